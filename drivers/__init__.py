@@ -1,0 +1,1 @@
+"""Device drivers behind one small async protocol (DESIGN §3); no cellctl imports here."""

@@ -1,0 +1,94 @@
+"""The Driver protocol and the value types every driver returns."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from drivers.points import MethodSpec, Point
+
+Value = bool | int | float | str
+
+
+class Quality(str, enum.Enum):
+    """OPC-style quality of a reading."""
+
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One value read from a device, with the time it was taken (time.time()) and its quality."""
+
+    value: Value | None
+    timestamp: float
+    quality: Quality = Quality.GOOD
+    error: str | None = None
+
+
+class HealthState(str, enum.Enum):
+    """Connection health of a device."""
+
+    DISCONNECTED = "disconnected"
+    CONNECTED = "connected"
+    DEGRADED = "degraded"
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class Health:
+    """A device's connection health, the last error and since when (time.time())."""
+
+    state: HealthState = HealthState.DISCONNECTED
+    last_error: str | None = None
+    since: float = field(default_factory=time.time)
+
+
+ReadingsCallback = Callable[[dict[str, Reading]], None]
+HealthCallback = Callable[[str, Health], None]
+Unsubscribe = Callable[[], None]
+
+
+@runtime_checkable
+class Driver(Protocol):
+    """What every driver offers: connect, batched reads, confirmed writes, calls, subscriptions."""
+
+    name: str
+
+    @property
+    def health(self) -> Health:
+        """The device's current connection health."""
+        ...
+
+    async def connect(self) -> None:
+        """Connect, retrying with backoff until the connect deadline; raises ConnectFailed."""
+        ...
+
+    async def close(self) -> None:
+        """Stop every background task and close the connection."""
+        ...
+
+    async def read(self, points: Sequence[Point]) -> list[Reading]:
+        """Read the points in as few requests as the device allows; one Reading per point."""
+        ...
+
+    async def write(self, point: Point, value: Value) -> None:
+        """Write one value; returns once the device confirmed it, raises DriverError otherwise."""
+        ...
+
+    async def call(self, method: MethodSpec, args: Sequence[Value]) -> Any:
+        """Call a device method (OPC UA); NotSupported elsewhere."""
+        ...
+
+    def subscribe(self, points: Sequence[Point], callback: ReadingsCallback) -> Unsubscribe:
+        """Call back with {point name: Reading} on every change (polling or monitored items)."""
+        ...
+
+    def on_health(self, callback: HealthCallback) -> Unsubscribe:
+        """Call back with (device name, Health) once per health transition."""
+        ...

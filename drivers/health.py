@@ -1,0 +1,98 @@
+"""Health tracking and the reconnect backoff shared by every network driver."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from drivers.base import Health, HealthCallback, HealthState, Unsubscribe
+from drivers.errors import ConnectFailed, DriverError
+
+log = logging.getLogger("drivers")
+
+
+class HealthTracker:
+    """Holds a device's Health and tells listeners once per transition, never on every poll."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._health = Health()
+        self._listeners: list[HealthCallback] = []
+
+    @property
+    def health(self) -> Health:
+        """The current health."""
+        return self._health
+
+    def set(self, state: HealthState, error: str | None = None) -> None:
+        """Move to a state; listeners hear of it only when the state actually changes."""
+        if state is self._health.state:
+            if error is not None and error != self._health.last_error:
+                self._health = Health(state, error, self._health.since)
+            return
+        last = error if error is not None else self._health.last_error
+        self._health = Health(state, last, time.time())
+        log.info("device %s health %s%s", self.device, state.value, f": {error}" if error else "")
+        for listener in list(self._listeners):
+            listener(self.device, self._health)
+
+    def listen(self, callback: HealthCallback) -> Unsubscribe:
+        """Register a listener; returns the function that removes it."""
+        self._listeners.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+
+        return unsubscribe
+
+
+class Backoff:
+    """Exponential backoff with full jitter: delays grow from `first` to `cap`."""
+
+    def __init__(self, first: float = 0.05, cap: float = 5.0, factor: float = 2.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.factor = factor
+        self._attempt = 0
+
+    def reset(self) -> None:
+        """Start again from the first delay (after a success)."""
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        """The next delay: a random value up to the current exponential ceiling."""
+        ceiling = min(self.cap, self.first * self.factor**self._attempt)
+        self._attempt += 1
+        # Half fixed, half random: spreads reconnect storms without ever waiting zero.
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+async def connect_with_backoff(
+    attempt: Callable[[], Awaitable[None]],
+    *,
+    device: str,
+    endpoint: str,
+    deadline: float,
+    backoff: Backoff | None = None,
+) -> None:
+    """Call `attempt` until it succeeds or `deadline` seconds pass; then raise ConnectFailed."""
+    backoff = backoff or Backoff()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    last: Exception | None = None
+    while True:
+        try:
+            await attempt()
+            return
+        except (DriverError, OSError, asyncio.TimeoutError) as err:
+            last = err
+        remaining = end - loop.time()
+        if remaining <= 0:
+            raise ConnectFailed(
+                f"{device}: cannot connect to {endpoint} within {deadline:g} s: {last}"
+            ) from last
+        await asyncio.sleep(min(backoff.next_delay(), remaining))

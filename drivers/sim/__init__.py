@@ -1,0 +1,1 @@
+"""Simulators: plant models, protocol servers that expose them, and a TCP fault proxy."""

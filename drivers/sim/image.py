@@ -1,0 +1,60 @@
+"""The process image: one device's current values by tag name, shared by a model and a server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from drivers.base import Value
+from drivers.points import DataType, Point
+
+_ZERO: dict[DataType, Value] = {DataType.BOOL: False, DataType.STRING: ""}
+_FLOATS = (DataType.FLOAT32, DataType.FLOAT64)
+
+
+def zero_value(datatype: DataType) -> Value:
+    """The power-on value of a point of this type."""
+    if datatype in _ZERO:
+        return _ZERO[datatype]
+    return 0.0 if datatype in _FLOATS else 0
+
+
+class ProcessImage:
+    """Values by tag name; the model sets them (marking them dirty), the server publishes them.
+
+    The protocol server copies client writes in with `accept_client_write` (not dirty: the
+    server already holds them) and, after each model tick, publishes `take_dirty()`.
+    """
+
+    def __init__(self, device: str, points: Iterable[Point]) -> None:
+        self.device = device
+        self.points: dict[str, Point] = {p.name: p for p in points}
+        self._values: dict[str, Value] = {
+            name: zero_value(p.datatype) for name, p in self.points.items()
+        }
+        self._dirty: set[str] = set()
+
+    def get(self, tag: str) -> Value:
+        """The current value of a tag."""
+        return self._values[tag]
+
+    def set(self, tag: str, value: Value) -> None:
+        """Set a value from the model side; the server publishes it after the tick."""
+        if tag not in self._values:
+            raise KeyError(f"{self.device}: no tag {tag!r} in the simulator's image")
+        if self._values[tag] != value or type(self._values[tag]) is not type(value):
+            self._values[tag] = value
+            self._dirty.add(tag)
+
+    def accept_client_write(self, tag: str, value: Value) -> None:
+        """Record a value a protocol client wrote (already in the server's own store)."""
+        self._values[tag] = value
+
+    def take_dirty(self) -> dict[str, Value]:
+        """The values the model changed since the last call, for the server to publish."""
+        dirty = {tag: self._values[tag] for tag in self._dirty}
+        self._dirty.clear()
+        return dirty
+
+    def snapshot(self) -> dict[str, Value]:
+        """A copy of every value."""
+        return dict(self._values)

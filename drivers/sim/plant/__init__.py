@@ -1,0 +1,1 @@
+"""Plant models: plain Python machines with behaviour over time and no protocol."""

@@ -1,0 +1,99 @@
+"""What every plant model offers, and the clock that lets the simulators run faster than life."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import ClassVar
+
+from drivers.base import Value
+from drivers.points import DataType
+from drivers.sim.image import ProcessImage
+
+
+class PlantError(Exception):
+    """A plant model cannot be bound to its device (a missing signal, an unknown model)."""
+
+
+class SimClock:
+    """Model time: `speed` model seconds pass per real second."""
+
+    def __init__(self, speed: float = 1.0) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        self.speed = speed
+
+    async def sleep(self, model_seconds: float) -> None:
+        """Wait for a span of model time."""
+        await asyncio.sleep(max(0.0, model_seconds) / self.speed)
+
+
+MethodHandler = Callable[..., Awaitable[Value | None]]
+
+
+class PlantModel:
+    """A machine's behaviour over time, reading and writing named signals of its device.
+
+    Subclasses declare `signals` (signal name → type). Each signal is bound to one of the
+    device's tags: by an explicit map, else to the tag named `signal` or ending in `.signal`.
+    """
+
+    #: The model's name as written in a cell file's `sim:`.
+    model: ClassVar[str] = ""
+    #: Signals the model reads or writes, with their types.
+    signals: ClassVar[dict[str, DataType]] = {}
+
+    def __init__(
+        self,
+        image: ProcessImage,
+        clock: SimClock,
+        signal_map: Mapping[str, str] | None = None,
+    ) -> None:
+        self.image = image
+        self.clock = clock
+        self._tags = bind_signals(self.model, self.signals, image, signal_map or {})
+
+    def get(self, signal: str) -> Value:
+        """The current value of a signal."""
+        return self.image.get(self._tags[signal])
+
+    def set(self, signal: str, value: Value) -> None:
+        """Set a signal; the server publishes it after the tick."""
+        self.image.set(self._tags[signal], value)
+
+    def tick(self, dt: float) -> None:
+        """Advance the model by dt model seconds."""
+
+    def methods(self) -> dict[str, MethodHandler]:
+        """Method handlers by browse name without namespace (e.g. 'Pick'), for OPC UA devices."""
+        return {}
+
+    def faults(self) -> dict[str, Callable[[bool], None]]:
+        """Named device faults that tests and `cellctl sim` can raise (True) or clear (False)."""
+        return {}
+
+
+def bind_signals(
+    model: str,
+    signals: Mapping[str, DataType],
+    image: ProcessImage,
+    signal_map: Mapping[str, str],
+) -> dict[str, str]:
+    """Map each signal to a tag of the device; raise PlantError naming what is missing."""
+    bound: dict[str, str] = {}
+    problems: list[str] = []
+    for signal in signals:
+        tag = signal_map.get(signal)
+        if tag is None:
+            candidates = [t for t in image.points if t == signal or t.endswith("." + signal)]
+            tag = candidates[0] if len(candidates) == 1 else None
+            if len(candidates) > 1:
+                problems.append(f"signal {signal!r} matches several tags: {', '.join(candidates)}")
+                continue
+        if tag is None or tag not in image.points:
+            problems.append(f"signal {signal!r} has no tag on device {image.device!r}")
+            continue
+        bound[signal] = tag
+    if problems:
+        raise PlantError(f"plant model {model!r}: " + "; ".join(problems))
+    return bound
