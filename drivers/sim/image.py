@@ -5,18 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from drivers.base import Value
-from drivers.points import DataType, Point
-
-_ZERO: dict[DataType, Value] = {DataType.BOOL: False, DataType.STRING: ""}
-_FLOATS = (DataType.FLOAT32, DataType.FLOAT64)
-
-
-def zero_value(datatype: DataType) -> Value:
-    """The power-on value of a point of this type."""
-    if datatype in _ZERO:
-        return _ZERO[datatype]
-    return 0.0 if datatype in _FLOATS else 0
-
+from drivers.codecs import zero_value
+from drivers.points import Point
 
 class ProcessImage:
     """Values by tag name; the model sets them (marking them dirty), the server publishes them.

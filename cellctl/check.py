@@ -1,0 +1,78 @@
+"""`cellctl check`: the commissioning check of every device of a cell."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from cellctl.cell import Cell
+from cellctl.connect import build_drivers
+from cellctl.tags import device_config, point_for
+from drivers.base import Driver
+from drivers.config import ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig
+from drivers.errors import DriverError, PointMismatch
+from drivers.opcua import OpcuaDriver
+
+
+@dataclass
+class DeviceCheck:
+    """The outcome of checking one device."""
+
+    device: str
+    endpoint: str
+    round_trip: float | None = None
+    health: str = "not reached"
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the device was reached and everything agreed with the cell file."""
+        return self.round_trip is not None and not self.problems
+
+
+def _endpoint(cell: Cell, device: str) -> str:
+    config = device_config(cell, device)
+    if isinstance(config, ModbusTcpConfig | ModbusRtuConfig):
+        return config.endpoint
+    if isinstance(config, OpcuaConfig):
+        return config.endpoint
+    return "memory"
+
+
+async def _check_device(cell: Cell, device: str, driver: Driver) -> DeviceCheck:
+    result = DeviceCheck(device, _endpoint(cell, device))
+    tags = [t for t, spec in cell.tags.items() if spec.device == device]
+    try:
+        await driver.connect()
+    except PointMismatch as err:
+        # The session is up but nodes differ: list each mismatch, still time a read below.
+        result.problems.extend(str(err).splitlines())
+        if isinstance(driver, OpcuaDriver):
+            await driver.close()
+        return result
+    except DriverError as err:
+        result.problems.append(str(err))
+        return result
+    try:
+        if isinstance(driver, OpcuaDriver):
+            result.problems.extend(await driver.verify())
+        started = time.perf_counter()
+        readings = await driver.read([point_for(cell, t) for t in tags])
+        result.round_trip = time.perf_counter() - started
+        for tag, reading in zip(tags, readings, strict=True):
+            if reading.error is not None:
+                result.problems.append(f"{tag}: {reading.error}")
+        result.health = driver.health.state.value
+    except DriverError as err:
+        result.problems.append(str(err))
+    finally:
+        await driver.close()
+    return result
+
+
+async def check_cell(cell: Cell) -> list[DeviceCheck]:
+    """Reach every device at once, time a read of all its tags, list every disagreement."""
+    names = list(cell.devices)
+    drivers = build_drivers(cell, names)
+    return list(await asyncio.gather(*(_check_device(cell, n, drivers[n]) for n in names)))

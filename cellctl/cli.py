@@ -1,0 +1,345 @@
+"""The `cellctl` command line: parse arguments, print, exit codes. The work is done elsewhere."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from typer.exceptions import TyperException
+from rich.console import Console
+from rich.live import Live
+
+from cellctl import __version__, exitcodes
+from cellctl.cell import Cell, load_cell
+from cellctl.check import check_cell
+from cellctl.connect import (
+    CellSession,
+    DeviceFailed,
+    DevicesUnreachable,
+    TagValue,
+    non_loopback_endpoints,
+)
+from cellctl.errors import CellctlError, Problem, ValidationFailed
+from cellctl.liveview import plain_line, tag_table
+from cellctl.logsetup import configure_logging
+from cellctl.tags import parse_value
+from cellctl.validate import validate_files
+from drivers.codecs import format_value
+from drivers.errors import DriverError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="cellctl",
+    help="Control a microfactory production cell: devices, simulators, recipes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
+
+CellOption = Annotated[
+    Path, typer.Option("--cell", "-c", help="the cell file (recipes/<cell>/cell.yaml)")
+]
+
+
+class _Stop(Exception):
+    """Ends a command with an exit code after its message was printed."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _exit_code_of(error: BaseException) -> int:
+    """Map a failure to the CLI's exit-code convention."""
+    if isinstance(error, DevicesUnreachable | DeviceFailed | DriverError):
+        return exitcodes.DEVICE_FAILURE
+    code = getattr(error, "exit_code", None)
+    return code if isinstance(code, int) else exitcodes.BAD_INPUT
+
+
+def _fail(error: BaseException) -> _Stop:
+    """Print an error a technician can act on (no traceback) and return the stop to raise."""
+    problems = error.problems if isinstance(error, ValidationFailed) else None
+    if problems:
+        for problem in problems:
+            err.print(str(problem), markup=False)
+    else:
+        for line in str(error).splitlines() or [type(error).__name__]:
+            err.print(f"error: {line}", markup=False)
+    return _Stop(_exit_code_of(error))
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; cellctl and driver errors become messages and exit codes."""
+    try:
+        return asyncio.run(main)
+    except (CellctlError, DriverError) as error:
+        raise _fail(error) from error
+
+
+def _load(path: Path) -> Cell:
+    try:
+        return load_cell(path)
+    except CellctlError as error:
+        raise _fail(error) from error
+
+
+async def _until_signalled(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `work(stop)` where SIGINT/SIGTERM set `stop`: the normal end of sim and demo."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await work(stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"cellctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show library logs and tracebacks")] = False,
+    log_file: Annotated[
+        Path | None, typer.Option("--log-file", help="JSON log (default: CELLCTL_LOG_FILE or ~/.local/state/cellctl/cellctl.log)")
+    ] = None,
+) -> None:
+    """cellctl: control software for microfactory production cells."""
+    configure_logging(log_file, debug=debug)
+
+
+@app.command()
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="cell or recipe files")],
+    as_json: Annotated[bool, typer.Option("--json", help="print problems as JSON")] = False,
+) -> None:
+    """Check cell and recipe files; every problem as FILE:LINE:COL: message."""
+    problems: list[Problem] = validate_files(files)
+    if as_json:
+        out.print_json(json.dumps([p.to_json() for p in problems]))
+    else:
+        for problem in problems:
+            err.print(str(problem), markup=False)
+        if not problems:
+            out.print(f"{len(files)} file(s) valid")
+    if problems:
+        raise _Stop(exitcodes.BAD_INPUT)
+
+
+@app.command()
+def read(
+    tags: Annotated[list[str] | None, typer.Argument(help="tags to read (default: every tag)")] = None,
+    cell: CellOption = ...,  # type: ignore[assignment]
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="keep showing values until Ctrl-C")] = False,
+) -> None:
+    """Read tags from whatever serves the cell file's endpoints."""
+    spec = _load(cell)
+    names = list(tags) if tags else list(spec.tags)
+    if watch:
+        _run(_until_signalled(lambda stop: _watch(spec, names, stop, seconds=None)))
+        return
+    values = _run(_read_once(spec, names))
+    if as_json:
+        out.print_json(json.dumps([_json_value(v) for v in values]))
+    elif out.is_terminal:
+        out.print(tag_table(values))
+    else:
+        for value in values:
+            out.print(plain_line(value), markup=False, soft_wrap=True)
+    bad = [v for v in values if v.error is not None]
+    for value in bad:
+        err.print(f"error: {value.tag}: {value.error}", markup=False)
+    if bad:
+        raise _Stop(exitcodes.DEVICE_FAILURE)
+
+
+async def _read_once(cell: Cell, names: list[str]) -> list[TagValue]:
+    async with CellSession(cell, names) as session:
+        return await session.read()
+
+
+def _json_value(value: TagValue) -> dict[str, Any]:
+    return {
+        "tag": value.tag,
+        "device": value.device,
+        "value": value.value,
+        "quality": value.quality.value,
+        "timestamp": value.timestamp,
+        "error": value.error,
+    }
+
+
+async def _watch(cell: Cell, names: list[str], stop: asyncio.Event, seconds: float | None) -> None:
+    async with CellSession(cell, names) as session:
+        latest: dict[str, TagValue] = {v.tag: v for v in await session.read()}
+        unsubscribe = session.subscribe(lambda value: latest.__setitem__(value.tag, value))
+        try:
+            with Live(tag_table(latest.values(), cell.cell), console=out, auto_refresh=False) as live:
+                loop = asyncio.get_running_loop()
+                end = None if seconds is None else loop.time() + seconds
+                while not stop.is_set() and (end is None or loop.time() < end):
+                    live.update(tag_table([latest[n] for n in names], cell.cell), refresh=True)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.25)
+        finally:
+            unsubscribe()
+
+
+@app.command()
+def write(
+    assignments: Annotated[list[str], typer.Argument(help="TAG=VALUE pairs, written in order")],
+    cell: CellOption = ...,  # type: ignore[assignment]
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="write to non-loopback endpoints without asking")] = False,
+) -> None:
+    """Write tags; each write is reported only once the device confirmed it."""
+    spec = _load(cell)
+    pairs: list[tuple[str, Any]] = []
+    problems: list[str] = []
+    for text in assignments:
+        tag, sep, raw = text.partition("=")
+        if not sep:
+            problems.append(f"{text!r}: write TAG=VALUE")
+            continue
+        try:
+            pairs.append((tag.strip(), parse_value(spec, tag.strip(), raw.strip())))
+        except CellctlError as error:
+            problems.append(str(error))
+    if problems:
+        for problem in problems:
+            err.print(f"error: {problem}", markup=False)
+        raise _Stop(exitcodes.BAD_INPUT)
+    remote = non_loopback_endpoints(spec, [t for t, _ in pairs])
+    if remote and not yes:
+        if not sys.stdin.isatty():
+            err.print(
+                f"error: {', '.join(remote)} is not on this machine: pass --yes to write to it",
+                markup=False,
+            )
+            raise _Stop(exitcodes.BAD_INPUT)
+        if not typer.confirm(f"Write to {', '.join(remote)}, a real machine?"):
+            raise _Stop(exitcodes.BAD_INPUT)
+    _run(_write_all(spec, pairs))
+
+
+async def _write_all(cell: Cell, pairs: list[tuple[str, Any]]) -> None:
+    async with CellSession(cell, [t for t, _ in pairs]) as session:
+        for tag, value in pairs:
+            await session.write(tag, value)
+            out.print(f"{tag} = {format_value(value)} (confirmed)", markup=False)
+
+
+@app.command()
+def check(cell_file: Annotated[Path, typer.Argument(metavar="CELL", help="the cell file")]) -> None:
+    """Commissioning check: reach every device, read every tag, compare OPC UA nodes."""
+    spec = _load(cell_file)
+    results = _run(check_cell(spec))
+    failed = False
+    for result in results:
+        status = "ok" if result.ok else "FAIL"
+        rtt = f"{result.round_trip * 1000:.1f} ms" if result.round_trip is not None else "-"
+        out.print(f"{status:4} {result.device:16} {result.endpoint}  rtt {rtt}  {result.health}", markup=False)
+        for problem in result.problems:
+            out.print(f"     {result.device}: {problem}", markup=False)
+        failed = failed or not result.ok
+    if failed:
+        raise _Stop(exitcodes.DEVICE_FAILURE)
+
+
+@app.command()
+def sim(
+    cell_file: Annotated[Path, typer.Argument(metavar="CELL", help="the cell file")],
+    speed: Annotated[float, typer.Option("--speed", min=0.01, max=1000, help="model time factor")] = 1.0,
+    write_cell: Annotated[
+        Path | None, typer.Option("--write-cell", help="write a copy of the cell file pointing at what is served")
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="address to serve on")] = "127.0.0.1",
+) -> None:
+    """Serve every device of a cell on simulators until SIGINT/SIGTERM."""
+    from cellctl.simwiring import CellSimulator
+
+    spec = _load(cell_file)
+
+    async def serve(stop: asyncio.Event) -> None:
+        simulator = CellSimulator(spec, speed=speed, host=host, keep_ports=True)
+        async with simulator:
+            for served in simulator.endpoints():
+                out.print(f"{served.device:16} {served.driver:11} {served.endpoint}", markup=False)
+            if write_cell is not None:
+                simulator.write_cell(cell_file, write_cell)
+                out.print(f"cell file for clients: {write_cell}", markup=False)
+            out.print("serving; Ctrl-C or SIGTERM stops", markup=False)
+            await stop.wait()
+
+    _run(_until_signalled(serve))
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option("--seconds", min=0.5, help="how long to show the table")] = 5.0,
+    cell_file: Annotated[Path, typer.Option("--cell", help="the cell to simulate")] = DEMO_CELL,
+) -> None:
+    """Start the demo cell's simulators in-process, connect every driver, show every tag live."""
+    from cellctl.simwiring import CellSimulator
+
+    spec = _load(cell_file)
+
+    async def show(stop: asyncio.Event) -> None:
+        async with CellSimulator(spec) as simulator:
+            served = simulator.served_cell
+            await _watch(served, list(served.tags), stop, seconds=seconds)
+
+    _run(_until_signalled(show))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on argv and return its exit code (used in-process by the tests)."""
+    try:
+        result = app(args=argv, prog_name="cellctl", standalone_mode=False)
+    except _Stop as stop:
+        return stop.code
+    except typer.Exit as done:
+        return int(done.exit_code)
+    except typer.Abort:
+        err.print("interrupted")
+        return exitcodes.INTERRUPTED
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return exitcodes.INTERRUPTED
+    except TyperException as usage:  # click's usage errors (its exit 2) are bad input here
+        show = getattr(usage, "show", None)
+        if callable(show):
+            show()
+        else:
+            err.print(f"error: {usage}", markup=False)
+        return exitcodes.BAD_INPUT
+    except (CellctlError, DriverError) as error:
+        return _fail(error).code
+    return int(result) if isinstance(result, int) else exitcodes.OK
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

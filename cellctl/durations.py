@@ -1,0 +1,59 @@
+"""Durations as written in cell and recipe files: '500ms', '1.5s', '2m', '1h' → seconds."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, WithJsonSchema
+
+from cellctl.errors import InvalidField
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+PATTERN = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*$"
+_DURATION = re.compile(PATTERN)
+
+
+class DurationError(InvalidField):
+    """A duration that cannot be parsed; pydantic reports it at the field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "bad-duration")
+
+
+def parse_duration(text: object) -> float:
+    """Seconds of a duration such as '20ms', '1.5s', '2m', '1h'.
+
+    A bare number is refused: '5' could mean 5 s or 5 ms, and a cell file must not guess.
+    """
+    if isinstance(text, bool) or not isinstance(text, str):
+        if isinstance(text, int | float) and not isinstance(text, bool):
+            raise DurationError(
+                f"duration {text!r} needs a unit: write '{text}s' or '{text}ms' (ms, s, m, h)"
+            )
+        raise DurationError(f"duration {text!r} is not a text like '500ms', '1.5s' or '2m'")
+    match = _DURATION.match(text)
+    if match is None:
+        raise DurationError(f"duration {text!r} is not like '500ms', '1.5s', '2m' or '1h'")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as a cell file would write it: 0.02 → '20ms', 1.5 → '1.5s', 120 → '2m'."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 3600:g}h" if seconds % 3600 == 0 else f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def _validate(value: Any) -> float:
+    return parse_duration(value)
+
+
+#: A pydantic field type: written as '500ms' etc., held as float seconds.
+Duration = Annotated[
+    float,
+    BeforeValidator(_validate),
+    WithJsonSchema({"type": "string", "pattern": PATTERN, "examples": ["20ms", "1.5s", "2m"]}),
+]

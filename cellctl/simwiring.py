@@ -1,0 +1,224 @@
+"""The one place cellctl imports drivers.sim: serve a cell's devices on simulators.
+
+Used by `--sim`, `cellctl sim` and `cellctl demo`. Devices on one Modbus TCP host:port (a
+gateway) or one serial line share one simulated bus; each OPC UA device gets its own server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+from ruamel.yaml import YAML
+
+from cellctl.cell import Cell
+from cellctl.errors import CellctlError
+from cellctl.tags import methods_by_device, points_by_device
+from drivers.sim.image import ProcessImage
+from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
+from drivers.sim.opcua_server import OpcuaSimServer
+from drivers.sim.plant.base import PlantError, PlantModel, SimClock
+from drivers.sim.plant.registry import create_model
+from drivers.sim.runner import SimRunner
+from drivers.sim.server import SimServer
+
+
+class SimulatorError(CellctlError):
+    """The simulators for a cell could not be built or started."""
+
+
+@dataclass
+class _Bus:
+    """Devices that one simulated server serves."""
+
+    kind: str
+    units: dict[int, ProcessImage] = field(default_factory=dict)
+    devices: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServedEndpoint:
+    """What one device is served at, for people and for other processes."""
+
+    device: str
+    driver: str
+    endpoint: str
+
+
+class CellSimulator:
+    """Every device of a cell on its simulator: plant models where named, generic otherwise.
+
+    `keep_ports` serves at the cell file's own ports (for `cellctl sim`); otherwise every
+    server takes a free port, and `served_cell` says where they are.
+    """
+
+    def __init__(
+        self,
+        cell: Cell,
+        *,
+        speed: float = 1.0,
+        host: str = "127.0.0.1",
+        keep_ports: bool = False,
+    ) -> None:
+        self.cell = cell
+        self.host = host
+        self.keep_ports = keep_ports
+        self.clock = SimClock(speed)
+        self.runner = SimRunner(self.clock)
+        self.images: dict[str, ProcessImage] = {}
+        self.models: dict[str, PlantModel] = {}
+        self.servers: dict[str, SimServer] = {}  # by device name (shared servers repeat)
+        self._unique: list[SimServer] = []
+        self._started = False
+        self._build()
+
+    def _build(self) -> None:
+        points = points_by_device(self.cell)
+        methods = methods_by_device(self.cell)
+        buses: dict[str, _Bus] = {}
+        problems: list[str] = []
+        for name, device in self.cell.devices.items():
+            image = ProcessImage(name, points.get(name, []))
+            self.images[name] = image
+            if device.sim is not None:
+                model_name, signal_map = _sim_spec(device.sim)
+                try:
+                    self.models[name] = create_model(model_name, image, self.clock, signal_map)
+                except PlantError as err:
+                    problems.append(f"device {name}: {err}")
+            if device.driver == "modbus-tcp":
+                bus = buses.setdefault(f"tcp:{device.host}:{device.port}", _Bus("tcp"))
+            elif device.driver == "modbus-rtu":
+                bus = buses.setdefault(f"rtu:{device.port}", _Bus("rtu"))
+            elif device.driver == "opcua":
+                model = self.models.get(name)
+                handlers = model.methods() if model is not None else {}
+                server = OpcuaSimServer(
+                    self._opcua_endpoint(device.endpoint),
+                    image,
+                    methods.get(name, []),
+                    handlers,
+                    host=self.host,
+                )
+                self.servers[name] = server
+                self._unique.append(server)
+                continue
+            else:  # memory devices live in the controller's process; nothing to serve
+                continue
+            bus.units[device.unit] = image
+            bus.devices.append(name)
+        if problems:
+            raise SimulatorError("\n".join(problems))
+        for key, bus in buses.items():
+            modbus: SimServer
+            if bus.kind == "tcp":
+                port = int(key.rsplit(":", 1)[1]) if self.keep_ports else 0
+                modbus = ModbusSimServer(bus.units, host=self.host, port=port)
+            else:
+                modbus = ModbusRtuSimServer(bus.units)
+            self._unique.append(modbus)
+            for name in bus.devices:
+                self.servers[name] = modbus
+        for name, model in self.models.items():
+            if name in self.servers:
+                self.runner.add(model, self.servers[name])
+
+    def _opcua_endpoint(self, endpoint: str) -> str:
+        url = urlparse(endpoint)
+        port = url.port if self.keep_ports and url.port else 0
+        return urlunparse(url._replace(netloc=f"{self.host}:{port}"))
+
+    async def start(self) -> None:
+        """Start every server, then the plant models; on any failure stop what started."""
+        try:
+            for server in self._unique:
+                await server.start()
+            await self.runner.start()
+        except OSError as err:
+            await self.stop()
+            raise SimulatorError(f"cannot start the simulators: {err}") from err
+        self._started = True
+
+    async def stop(self) -> None:
+        """Stop the models and every server."""
+        with contextlib.suppress(Exception):
+            await self.runner.stop()
+        for server in reversed(self._unique):
+            with contextlib.suppress(Exception):
+                await server.stop()
+        self._started = False
+
+    async def __aenter__(self) -> CellSimulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def endpoints(self) -> list[ServedEndpoint]:
+        """Each device and the endpoint it is served at (a pty path for RTU)."""
+        return [
+            ServedEndpoint(name, self.cell.devices[name].driver, server.endpoint)
+            for name, server in self.servers.items()
+        ]
+
+    def _device_updates(self) -> dict[str, dict[str, object]]:
+        updates: dict[str, dict[str, object]] = {}
+        for name, server in self.servers.items():
+            driver = self.cell.devices[name].driver
+            if driver == "modbus-tcp":
+                host, port = server.endpoint.rsplit(":", 1)
+                updates[name] = {"host": host, "port": int(port)}
+            elif driver == "modbus-rtu":
+                updates[name] = {"port": server.endpoint}
+            elif driver == "opcua":
+                updates[name] = {"endpoint": server.endpoint}
+        return updates
+
+    @property
+    def served_cell(self) -> Cell:
+        """A copy of the cell whose devices point at what is actually served."""
+        devices = {
+            name: device.model_copy(update=self._device_updates().get(name, {}))
+            for name, device in self.cell.devices.items()
+        }
+        return self.cell.model_copy(update={"devices": devices})
+
+    def write_cell(self, source: Path, target: Path) -> None:
+        """Write a copy of the cell file (comments kept) pointing at what is served."""
+        yaml = YAML(typ="rt")
+        data = yaml.load(source.read_text(encoding="utf-8"))
+        for name, fields in self._device_updates().items():
+            for key, value in fields.items():
+                data["devices"][name][key] = value
+        # Write beside, then rename: a reader never sees a half-written cell file.
+        partial = target.with_name(target.name + ".part")
+        with partial.open("w", encoding="utf-8") as out:
+            yaml.dump(data, out)
+        partial.replace(target)
+
+    def fault(self, device: str, name: str, on: bool = True) -> None:
+        """Raise or clear a named plant-model fault (e.g. 'light-curtain' on the conveyor)."""
+        model = self.models.get(device)
+        faults: dict[str, Callable[[bool], None]] = model.faults() if model is not None else {}
+        if name not in faults:
+            known = ", ".join(f"{d}:{f}" for d, m in self.models.items() for f in m.faults())
+            raise SimulatorError(f"no fault {name!r} on device {device!r}; known: {known}")
+        faults[name](on)
+
+
+def _sim_spec(sim: object) -> tuple[str, dict[str, str]]:
+    if isinstance(sim, str):
+        return sim, {}
+    model = getattr(sim, "model")
+    signals = dict(getattr(sim, "signals", None) or {})
+    return str(model), signals
+
+
+async def serve_forever(stop: asyncio.Event) -> None:
+    """Wait until `stop` is set (by a signal handler)."""
+    await stop.wait()

@@ -1,0 +1,406 @@
+"""Load a YAML file keeping line numbers, refuse what is unsafe, and locate problems in it.
+
+Shared by the cell file and the recipe file: every problem comes out as a `Problem` with the
+1-based line and column of the offending key or value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedBase
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.scalarstring import (
+    DoubleQuotedScalarString,
+    ScalarString,
+    SingleQuotedScalarString,
+)
+
+from cellctl.errors import InvalidField, Problem, ValidationFailed, did_you_mean
+
+#: Files larger than this are refused unread: cell and recipe files are a few kilobytes.
+MAX_BYTES = 1024 * 1024
+#: Nodes a document may expand to through aliases; more is an alias bomb ("billion laughs").
+MAX_NODES = 200_000
+#: Deepest nesting of flow collections ([...] and {...}) accepted.
+MAX_FLOW_DEPTH = 64
+
+Loc = Sequence[str | int]
+
+
+@dataclass
+class YamlDocument:
+    """A parsed YAML file: its data (ruamel round-trip objects) and problems found while loading."""
+
+    file: str
+    data: Any
+    problems: list[Problem] = field(default_factory=list)
+
+    def position(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
+        """The 1-based (line, col) of the value at `loc`, or of its key when `key` is true.
+
+        Elements of `loc` not found in the data (pydantic's union tags) are skipped; when the
+        path ends early, the position of the deepest node reached is returned.
+        """
+        node: Any = self.data
+        line, col = 0, 0
+        if isinstance(node, CommentedBase):
+            line, col = node.lc.line, node.lc.col
+        for index, part in enumerate(loc):
+            last = index == len(loc) - 1
+            found = _child_position(node, part, key=key and last)
+            if found is None:
+                continue
+            (line, col), node = found
+        return line + 1, col + 1
+
+    def problem(
+        self, loc: Loc, code: str, message: str, *, key: bool = False, col_offset: int = 0
+    ) -> Problem:
+        """A Problem located at `loc` (see `position`), `col_offset` characters further right."""
+        line, col = self.position(loc, key=key)
+        return Problem(self.file, line, col + col_offset, code, message)
+
+    def has(self, loc: Loc) -> bool:
+        """True when every element of `loc` exists in the data."""
+        node: Any = self.data
+        for part in loc:
+            in_map = isinstance(node, dict) and part in node
+            in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+            if not (in_map or in_list):
+                return False
+            node = node[part]
+        return True
+
+
+def _child_position(node: Any, part: str | int, *, key: bool) -> tuple[tuple[int, int], Any] | None:
+    """((line, col), child) of one step into a mapping or sequence, or None if not there."""
+    if isinstance(node, dict):
+        match = _find_key(node, part)
+        if match is None:
+            return None
+        pos: tuple[int, int] | None = None
+        if isinstance(node, CommentedBase):
+            try:
+                pos = node.lc.key(match) if key else node.lc.value(match)
+            except (KeyError, TypeError):  # a key merged in with '<<' has no position of its own
+                pos = None
+        if pos is None:
+            pos = _own_position(node)
+        return pos, node[match]
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        item_pos: tuple[int, int] | None = None
+        if isinstance(node, CommentedBase):
+            try:
+                item_pos = node.lc.item(part)
+            except (KeyError, TypeError):
+                item_pos = None
+        return item_pos or _own_position(node), node[part]
+    return None
+
+
+def _find_key(mapping: dict[Any, Any], part: str | int) -> Any:
+    if part in mapping:
+        return part
+    for candidate in mapping:  # pydantic reports keys as text; YAML may hold 1 or true
+        if str(candidate) == str(part):
+            return candidate
+    return None
+
+
+def _own_position(node: Any) -> tuple[int, int]:
+    if isinstance(node, CommentedBase):
+        return node.lc.line, node.lc.col
+    return 0, 0
+
+
+def load_yaml(path: Path, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
+    """Read and parse a YAML file; raises ValidationFailed for a file that cannot be used at all.
+
+    Non-fatal problems (duplicate keys) are returned in the document's `problems`.
+    """
+    name = str(path)
+    try:
+        with path.open("rb") as stream:
+            raw = stream.read(max_bytes + 1)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ValidationFailed(
+            [Problem(name, 1, 1, "unreadable", f"cannot read: {reason}")]
+        ) from err
+    return parse_yaml(raw, name, max_bytes=max_bytes)
+
+
+def _fail(name: str, line: int, col: int, code: str, message: str) -> ValidationFailed:
+    return ValidationFailed([Problem(name, line, col, code, message)])
+
+
+def parse_yaml(raw: bytes, name: str, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
+    """Parse YAML bytes from a file called `name`; see load_yaml."""
+    if len(raw) > max_bytes:
+        raise _fail(name, 1, 1, "too-large", f"file is larger than {max_bytes} bytes; refused")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line, col = _line_col(raw, err.start)
+        raise _fail(
+            name, line, col, "encoding", "file is not UTF-8 text (save it as UTF-8)"
+        ) from None
+    deep = _too_deep_flow(text)
+    if deep is not None:
+        line, col = _line_col(text.encode("utf-8"), len(text[:deep].encode("utf-8")))
+        raise _fail(name, line, col, "too-deep", "YAML is nested too deeply; refused")
+    try:
+        return _parse_text(text, name)
+    except RecursionError:
+        raise _fail(name, 1, 1, "too-deep", "YAML is nested too deeply; refused") from None
+
+
+def _too_deep_flow(text: str) -> int | None:
+    """Offset of a '[' or '{' nested more than MAX_FLOW_DEPTH deep, else None.
+
+    ruamel's scanner takes quadratic time on deeply nested flow collections (3000 levels: ~20 s),
+    so they are refused before parsing. Brackets in strings count too: no real file nests 64.
+    """
+    if text.count("[") + text.count("{") <= MAX_FLOW_DEPTH:
+        return None
+    depth = 0
+    for offset, char in enumerate(text):
+        if char in "[{":
+            depth += 1
+            if depth > MAX_FLOW_DEPTH:
+                return offset
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return None
+
+
+def _parse_text(text: str, name: str) -> YamlDocument:
+    yaml = _yaml()
+    try:
+        node = yaml.compose(text)
+    except ReaderError as err:
+        line, col = _line_col(text.encode("utf-8"), len(text[: err.position].encode("utf-8")))
+        raise _fail(
+            name, line, col, "yaml-syntax", f"character {err.character!r} is not allowed"
+        ) from None
+    except MarkedYAMLError as err:
+        raise _syntax_failure(name, err) from None
+    except YAMLError as err:  # any other parser complaint, still without a traceback
+        raise _fail(name, 1, 1, "yaml-syntax", f"YAML error: {err}") from None
+    if node is None:
+        raise _fail(name, 1, 1, "empty", "file is empty")
+    problems = _duplicate_keys(name, node)
+    _refuse_bombs(name, node)
+    try:
+        # Built from the nodes already composed: parsing is most of the cost of loading.
+        data = yaml.constructor.construct_document(node)
+    except MarkedYAMLError as err:
+        raise _syntax_failure(name, err) from None
+    except YAMLError as err:
+        raise _fail(name, 1, 1, "yaml-syntax", f"YAML error: {err}") from None
+    return YamlDocument(name, data, problems)
+
+
+def _yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True  # lets a problem inside a quoted expression point at its column
+    yaml.allow_duplicate_keys = True  # duplicates are found, all of them, in the composed nodes
+    return yaml
+
+
+def _line_col(data: bytes, offset: int) -> tuple[int, int]:
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    return data.count(b"\n", 0, offset) + 1, offset - line_start + 1
+
+
+def _syntax_failure(name: str, err: MarkedYAMLError) -> ValidationFailed:
+    mark = err.problem_mark or err.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    what = err.problem or err.context or "invalid YAML"
+    if err.context and err.problem:
+        what = f"{err.problem} ({err.context})"
+    return ValidationFailed([Problem(name, line, col, "yaml-syntax", f"YAML syntax error: {what}")])
+
+
+def _duplicate_keys(name: str, root: Node) -> list[Problem]:
+    """Every duplicate key in every mapping, reported at its second occurrence."""
+    problems: list[Problem] = []
+    seen_nodes: set[int] = set()
+    stack: list[tuple[Node, str]] = [(root, "")]
+    while stack:
+        node, where = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, MappingNode):
+            first: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key = str(key_node.value) if isinstance(key_node, ScalarNode) else None
+                if key is not None and key in first:
+                    mark = key_node.start_mark
+                    inside = f" in {where}" if where else ""
+                    problems.append(
+                        Problem(
+                            name,
+                            mark.line + 1,
+                            mark.column + 1,
+                            "duplicate-key",
+                            f"duplicate key {key!r}{inside} (first at line {first[key]})",
+                        )
+                    )
+                elif key is not None:
+                    first[key] = key_node.start_mark.line + 1
+                child = f"{where}.{key}" if where and key is not None else (key or where)
+                stack.append((value_node, child))
+        elif isinstance(node, SequenceNode):
+            stack.extend((item, where) for item in node.value)
+    return sorted(problems, key=lambda p: (p.line, p.col))
+
+
+def _refuse_bombs(name: str, root: Node) -> None:
+    """Refuse alias cycles and documents whose aliases expand to more than MAX_NODES nodes."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def size(node: Node) -> int:
+        ident = id(node)
+        if ident in sizes:
+            return sizes[ident]
+        if ident in on_path:
+            mark = node.start_mark
+            raise ValidationFailed(
+                [Problem(name, mark.line + 1, mark.column + 1, "alias", "recursive alias refused")]
+            )
+        on_path.add(ident)
+        total = 1
+        children: list[Node] = []
+        if isinstance(node, MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, SequenceNode):
+            children = list(node.value)
+        for child in children:
+            total += size(child)
+            if total > MAX_NODES:
+                mark = node.start_mark
+                raise ValidationFailed(
+                    [
+                        Problem(
+                            name,
+                            mark.line + 1,
+                            mark.column + 1,
+                            "alias",
+                            f"aliases expand this document past {MAX_NODES} nodes; refused",
+                        )
+                    ]
+                )
+        on_path.discard(ident)
+        sizes[ident] = total
+        return total
+
+    size(root)
+
+
+@dataclass(frozen=True)
+class Where:
+    """What a pydantic error's loc points at: the thing's name, the field path, the allowed keys."""
+
+    name: str
+    fields: tuple[str | int, ...] = ()
+    keys: tuple[str, ...] = ()
+
+
+Describe = Callable[[tuple[str | int, ...]], Where]
+
+
+def validation_problems(
+    doc: YamlDocument, error: ValidationError, describe: Describe
+) -> list[Problem]:
+    """Translate pydantic errors into located problems.
+
+    `describe(loc)` names the thing at fault ("device conveyor"), the field path inside it and
+    the keys allowed there (for "did you mean" hints).
+    """
+    return [_translate(doc, details, describe) for details in error.errors()]
+
+
+def _translate(doc: YamlDocument, details: ErrorDetails, describe: Describe) -> Problem:
+    loc = tuple(details["loc"])
+    kind = details["type"]
+    ctx = details.get("ctx") or {}
+    if loc and loc[-1] == "[key]":
+        message = f"{describe(loc[:-1]).name}: {_message(details)}"
+        return doc.problem(loc[:-1], _code(details), message, key=True)
+    where = describe(loc)
+    if kind == "missing":
+        return doc.problem(loc[:-1], "missing", f"{where.name}: missing required key {loc[-1]!r}")
+    if kind == "extra_forbidden":
+        hint = did_you_mean(str(loc[-1]), where.keys)
+        return doc.problem(
+            loc, "unknown-key", f"{where.name}: unknown key {loc[-1]!r}{hint}", key=True
+        )
+    if kind == "union_tag_invalid":
+        discriminator = str(ctx.get("discriminator", "")).strip("'")
+        expected = str(ctx.get("expected_tags", "")).replace("'", "")
+        message = (
+            f"{where.name}: unknown {discriminator} {ctx.get('tag')!r} (expected one of {expected})"
+        )
+        return doc.problem((*loc, discriminator), "unknown-" + discriminator, message)
+    if kind == "union_tag_not_found" and isinstance(details["input"], dict):
+        discriminator = str(ctx.get("discriminator", "")).strip("'")
+        return doc.problem(loc, "missing", f"{where.name}: missing required key {discriminator!r}")
+    fields = ".".join(str(part) for part in where.fields)
+    prefix = f"{where.name}: {fields}: " if fields else f"{where.name}: "
+    return doc.problem(loc, _code(details), prefix + _message(details))
+
+
+def _code(details: ErrorDetails) -> str:
+    """The problem code: an InvalidField's own code, else pydantic's error type."""
+    error = (details.get("ctx") or {}).get("error")
+    return error.code if isinstance(error, InvalidField) else details["type"]
+
+
+def _message(details: ErrorDetails) -> str:
+    kind = details["type"]
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"expected a mapping, got {_describe(details['input'])}"
+    if kind == "list_type":
+        return f"expected a list, got {_describe(details['input'])}"
+    message = details["msg"]
+    if kind in ("value_error", "assertion_error"):
+        return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return f"{message[:1].lower()}{message[1:]}, got {_describe(details['input'])}"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    text = repr(str(value)) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def scalar_offset(value: object, col: int) -> int:
+    """Columns from a YAML scalar's start to character `col` of its text (0 when unknowable).
+
+    Lets a problem inside an expression point at its column: plain scalars start with their
+    text, quoted ones one character later; block scalars and multi-line text give 0.
+    """
+    if not isinstance(value, str) or "\n" in value:
+        return 0
+    if isinstance(value, DoubleQuotedScalarString | SingleQuotedScalarString):
+        return col + 1
+    if isinstance(value, ScalarString):  # literal or folded block: the text starts a line below
+        return 0
+    return col

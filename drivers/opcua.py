@@ -1,0 +1,730 @@
+"""The OPC UA driver: an asyncua client with its own reconnect loop, node checks, subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar, cast
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
+from asyncua.common.subscription import DataChangeNotif, Subscription
+from asyncua.crypto import uacrypto
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.status_codes import StatusCodes
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from cryptography import x509
+
+from drivers.base import (
+    Health,
+    HealthCallback,
+    HealthState,
+    Quality,
+    Reading,
+    ReadingsCallback,
+    Unsubscribe,
+    Value,
+)
+from drivers.codecs import check_value
+from drivers.config import OpcuaConfig
+from drivers.errors import (
+    BadResponse,
+    BadStatus,
+    ConnectFailed,
+    DeviceTimeout,
+    DriverError,
+    NotConnected,
+    NotSupported,
+    PointMismatch,
+    WriteRejected,
+)
+from drivers.health import Backoff, HealthTracker, connect_with_backoff
+from drivers.opcua_types import (
+    datatype_name,
+    datatype_node,
+    from_ua,
+    ns0_node,
+    status_code,
+    status_name,
+    to_variant,
+)
+from drivers.points import Access, MethodSpec, OpcuaPoint, Point
+
+log = logging.getLogger("drivers.opcua")
+
+T = TypeVar("T")
+
+# Security policy names a cell file may use → message security mode (None: no security).
+SECURITY_MODES: dict[str, ua.MessageSecurityMode | None] = {
+    "None": None,
+    "Basic256Sha256_Sign": ua.MessageSecurityMode.Sign,
+    "Basic256Sha256_SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
+}
+# Sessions of a controller that died without closing them expire on the server after this long.
+SESSION_TIMEOUT_MS = 60_000
+# Reconnect delays after a lost connection grow up to this cap (seconds).
+RECONNECT_CAP = 5.0
+
+
+class OpcuaDriver:
+    """Talks to one OPC UA server; implements the Driver protocol."""
+
+    def __init__(
+        self,
+        config: OpcuaConfig,
+        points: Sequence[OpcuaPoint] = (),
+        methods: Sequence[MethodSpec] = (),
+    ) -> None:
+        self.name = config.name
+        self.config = config
+        self._points = tuple(points)
+        self._methods = tuple(methods)
+        self._tracker = HealthTracker(config.name)
+        self._client: Client | None = None
+        # True between a successful connect() and close(): only then is a loss reconnected.
+        self._running = False
+        self._watches: list[_Watch] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._method_ids: dict[str, ua.NodeId] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def health(self) -> Health:
+        """The device's current connection health."""
+        return self._tracker.health
+
+    def on_health(self, callback: HealthCallback) -> Unsubscribe:
+        """Call back with (device name, Health) once per health transition."""
+        return self._tracker.listen(callback)
+
+    async def connect(self) -> None:
+        """Connect within limits.worst_case, check every point and method; raise on any mismatch."""
+        if self._running:
+            return
+        try:
+            client = await self._open()
+            problems = await self._check(client)
+            if problems:
+                raise PointMismatch(
+                    f"{self.name}: {len(problems)} difference(s) between the cell file and "
+                    f"{self.config.endpoint}:\n  " + "\n  ".join(problems)
+                )
+            for watch in list(self._watches):
+                await self._activate(watch, client)
+            if self._client is not client:
+                raise ConnectFailed(f"{self.name}: connection to {self.config.endpoint} lost")
+        except BaseException as err:
+            await self._shutdown()
+            self._tracker.set(HealthState.DISCONNECTED, str(err))
+            raise
+        self._running = True
+        self._tracker.set(HealthState.CONNECTED)
+
+    async def verify(self) -> list[str]:
+        """Every difference between declared points/methods and the server; connects if needed."""
+        client = self._client or await self._open()
+        return await self._check(client)
+
+    async def close(self) -> None:
+        """Delete subscriptions, close the session and stop every background task."""
+        self._running = False
+        await self._shutdown()
+        self._tracker.set(HealthState.DISCONNECTED)
+
+    async def _shutdown(self) -> None:
+        """Cancel background tasks and drop the client; watches stay registered for a reconnect."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        client, self._client = self._client, None
+        self._forget_session()
+        if client is not None:
+            await self._dispose(client)
+
+    def _forget_session(self) -> None:
+        """Everything tied to one session: its subscriptions and resolved method ids."""
+        self._method_ids.clear()
+        for watch in self._watches:
+            watch.detach()
+
+    async def _open(self) -> Client:
+        """Open a session, retrying with backoff and jitter for at most limits.worst_case."""
+        if self._client is not None:
+            return self._client  # opened by verify()
+        deadline = self.config.limits.worst_case
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+
+        async def attempt() -> None:
+            await self._open_session(max(end - loop.time(), 0.001))
+
+        await connect_with_backoff(
+            attempt, device=self.name, endpoint=self.config.endpoint, deadline=deadline
+        )
+        assert self._client is not None
+        return self._client
+
+    async def _open_session(self, budget: float) -> None:
+        """One connect attempt with a fresh client, bounded by `budget` seconds."""
+        limits = self.config.limits
+        # The watchdog probes the server every interval: a frozen server is noticed in 2 × that.
+        client = Client(
+            self.config.endpoint, timeout=limits.timeout, watchdog_intervall=limits.worst_case
+        )
+        client.session_timeout = SESSION_TIMEOUT_MS
+        try:
+            await self._secure(client)
+            await asyncio.wait_for(client.connect(), budget)
+        except BaseException as err:
+            # A cancelled connect leaves its socket open.
+            client.disconnect_socket()
+            if isinstance(err, UaError):
+                raise ConnectFailed(
+                    f"{self.name}: {self.config.endpoint} refused the session: {_error_text(err)}"
+                ) from err
+            raise
+        client.connection_lost_callback = lambda exc: self._on_lost(client, exc)
+        self._client = client
+
+    async def _secure(self, client: Client) -> None:
+        """Apply the configured security policy, certificates and user identity."""
+        security = self.config.security
+        if security.policy not in SECURITY_MODES:
+            raise ConnectFailed(
+                f"{self.name}: unknown security policy {security.policy!r} "
+                f"(expected one of {', '.join(SECURITY_MODES)})"
+            )
+        if security.user is not None:
+            client.set_user(security.user)
+        if security.password is not None:
+            client.set_password(security.password)
+        mode = SECURITY_MODES[security.policy]
+        if mode is None:
+            return
+        if not security.cert or not security.key:
+            raise ConnectFailed(
+                f"{self.name}: security policy {security.policy} needs cert and key"
+            )
+        try:
+            cert = await uacrypto.load_certificate(security.cert)
+        except (OSError, ValueError) as err:
+            raise ConnectFailed(
+                f"{self.name}: cannot load certificate {security.cert}: {err}"
+            ) from err
+        # The client must present the application URI its certificate was issued for.
+        client.application_uri = _certificate_uri(cert) or client.application_uri
+        await client.set_security(
+            SecurityPolicyBasic256Sha256,
+            security.cert,
+            security.key,
+            server_certificate=security.server_cert,
+            mode=mode,
+        )
+
+    async def _on_lost(self, client: Client, exc: Exception) -> None:
+        """asyncua's supervisor saw the connection die: report LOST, reconnect in the background."""
+        if client is not self._client:
+            return
+        self._client = None
+        self._forget_session()
+        if not self._running:
+            return  # connect() is still running and will fail on its next request
+        self._tracker.set(
+            HealthState.LOST, f"connection to {self.config.endpoint} lost: {_error_text(exc)}"
+        )
+        self._spawn(self._reconnect(client))
+
+    async def _reconnect(self, old: Client) -> None:
+        """Reconnect with backoff and jitter until it works or the driver is closed."""
+        await self._dispose(old)
+        backoff = Backoff(cap=RECONNECT_CAP)
+        while self._running:
+            try:
+                await self._open_session(self.config.limits.worst_case)
+            except (DriverError, OSError, TimeoutError) as err:
+                self._tracker.set(HealthState.LOST, f"reconnect to {self.config.endpoint}: {err}")
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            client = self._client
+            if client is None:
+                return  # lost again at once; that loss started its own reconnect
+            for watch in list(self._watches):
+                await self._activate(watch, client)
+            if self._client is client:
+                self._tracker.set(HealthState.CONNECTED)
+            return
+
+    async def _dispose(self, client: Client) -> None:
+        """Close a client's session and socket, bounded; errors only matter to the log."""
+        client.connection_lost_callback = None
+        try:
+            await asyncio.wait_for(client.disconnect(), self.config.limits.worst_case)
+        except (OSError, TimeoutError, UaError) as err:
+            log.debug("%s: closing the session failed: %r", self.name, err)
+        finally:
+            client.disconnect_socket()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a background task that close() cancels."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: background task failed", self.name, exc_info=task.exception())
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def _request(
+        self, what: str, call: Callable[[Client], Awaitable[T]], attempts: int = 1
+    ) -> T:
+        """One service call bounded by limits.timeout (retried on timeout), errors mapped."""
+        timeout = self.config.limits.timeout
+        last: Exception | None = None
+        for _ in range(attempts):
+            client = self._client
+            if client is None:
+                raise NotConnected(f"{self.name}: {what}: not connected to {self.config.endpoint}")
+            try:
+                return await asyncio.wait_for(call(client), timeout)
+            except TimeoutError as err:
+                last = err
+            except (ConnectionError, OSError) as err:
+                raise NotConnected(
+                    f"{self.name}: {what}: connection to {self.config.endpoint} failed: {err}"
+                ) from err
+            except UaStatusCodeError as err:
+                name = status_name(status_code(err.code))
+                raise BadStatus(
+                    f"{self.name}: {what}: {self.config.endpoint} answered {name}", name
+                ) from err
+            except UaError as err:
+                raise BadResponse(f"{self.name}: {what}: {self.config.endpoint}: {err}") from err
+        raise DeviceTimeout(
+            f"{self.name}: {what}: no answer from {self.config.endpoint} "
+            f"within {timeout:g} s × {attempts}"
+        ) from last
+
+    async def read(self, points: Sequence[Point]) -> list[Reading]:
+        """Read every point's value in one request; a bad node gives a BAD reading, not an error."""
+        opc = [self._opcua_point(p) for p in points]
+        if not opc:
+            return []
+        ids = [_node_id(self.name, p.name, p.node_id) for p in opc]
+        attempts = self.config.limits.retries + 1
+        values = await self._request(
+            f"read {len(opc)} point(s)",
+            lambda c: c.uaclient.read_attributes(ids, AttributeIds.Value),
+            attempts,
+        )
+        now = time.time()
+        return [self._reading(p, dv, now) for p, dv in zip(opc, values, strict=True)]
+
+    async def write(self, point: Point, value: Value) -> None:
+        """Write one value as a Variant of the point's type; returns once the server said Good."""
+        p = self._opcua_point(point)
+        where = f"{self.name} {p.name} {p.node_id}"
+        if p.access is not Access.RW:
+            raise WriteRejected(f"{where}: read-only in the cell file, not written")
+        try:
+            checked = check_value(p.datatype, value)
+        except WriteRejected as err:
+            raise WriteRejected(f"{where}: {err}") from err
+        node = _node_id(self.name, p.name, p.node_id)
+        datavalue = ua.DataValue(to_variant(p.datatype, checked))
+        results = await self._request(
+            f"write {p.name} {p.node_id}",
+            lambda c: c.uaclient.write_attributes([node], [datavalue], AttributeIds.Value),
+        )
+        if not results[0].is_good():
+            name = status_name(results[0])
+            raise BadStatus(f"{where}: {self.config.endpoint} refused the write: {name}", name)
+
+    async def call(self, method: MethodSpec, args: Sequence[Value]) -> Any:
+        """Call a method with Variants of the declared types; its single result, or None."""
+        where = f"{self.name} {method.name} ({method.object_node} {method.browse_name})"
+        if len(args) != len(method.args):
+            raise WriteRejected(f"{where}: takes {len(method.args)} argument(s), got {len(args)}")
+        inputs: list[ua.Variant] = []
+        for spec, value in zip(method.args, args, strict=True):
+            try:
+                inputs.append(to_variant(spec.datatype, check_value(spec.datatype, value)))
+            except WriteRejected as err:
+                raise WriteRejected(f"{where}: argument {spec.name}: {err}") from err
+        object_id = _node_id(self.name, method.name, method.object_node)
+        method_id = await self._method_id(method)
+        request = ua.CallMethodRequest(object_id, method_id, inputs)
+        results = await self._request(f"call {method.name}", lambda c: c.uaclient.call([request]))
+        result = results[0]
+        if not result.StatusCode.is_good():
+            name = status_name(result.StatusCode)
+            refused = [
+                spec.name
+                for spec, status in zip(method.args, result.InputArgumentResults, strict=False)
+                if not status.is_good()
+            ]
+            detail = f" (argument {', '.join(refused)})" if refused else ""
+            raise BadStatus(f"{where}: {self.config.endpoint} answered {name}{detail}", name)
+        if method.result is None or not result.OutputArguments:
+            return None
+        try:
+            return from_ua(method.result, result.OutputArguments[0].Value)
+        except ValueError as err:
+            raise BadResponse(f"{where}: result {err}") from err
+
+    async def _method_id(self, method: MethodSpec) -> ua.NodeId:
+        """The NodeId of a method, found by its browse name on its object (cached per session)."""
+        if method.name not in self._method_ids:
+            found = await self._find_methods([method])
+            result = found[0]
+            if isinstance(result, str):
+                raise PointMismatch(f"{self.name} {method.name}: {result}")
+            self._method_ids[method.name] = result
+        return self._method_ids[method.name]
+
+    async def _find_methods(self, methods: Sequence[MethodSpec]) -> list[ua.NodeId | str]:
+        """Each method's NodeId, or why it was not found, in one TranslateBrowsePaths request."""
+        paths = [_browse_path(self.name, method) for method in methods]
+        results = await self._request(
+            "find methods", lambda c: c.uaclient.translate_browsepaths_to_nodeids(paths)
+        )
+        found: list[ua.NodeId | str] = []
+        for method, result in zip(methods, results, strict=True):
+            if result.StatusCode.is_good() and result.Targets:
+                target = result.Targets[0].TargetId  # an ExpandedNodeId: keep the plain NodeId
+                found.append(ua.NodeId(target.Identifier, target.NamespaceIndex, target.NodeIdType))
+            else:
+                found.append(f"no method {method.browse_name} on {method.object_node}")
+        return found
+
+    # -- subscriptions -----------------------------------------------------------------------
+
+    def subscribe(self, points: Sequence[Point], callback: ReadingsCallback) -> Unsubscribe:
+        """Monitored items for the points; callback with {name: Reading} on every change."""
+        watch = _Watch(self, [self._opcua_point(p) for p in points], callback)
+        self._watches.append(watch)
+        client = self._client
+        if client is not None:
+            self._spawn(self._activate(watch, client))
+
+        def unsubscribe() -> None:
+            if watch in self._watches:
+                self._watches.remove(watch)
+            watch.active = False
+            subscription = watch.detach()
+            if subscription is not None:
+                self._spawn(self._delete(subscription))
+
+        return unsubscribe
+
+    async def _activate(self, watch: _Watch, client: Client) -> None:
+        """Create the watch's subscription on this session; refused items become BAD readings."""
+        if not watch.active or watch.client is client:
+            return
+        watch.client = client
+        period = self.config.publishing_interval * 1000.0
+        nodes = [client.get_node(node_id) for node_id in watch.by_node]
+        try:
+            subscription = await self._request(
+                "create subscription", lambda c: c.create_subscription(period, watch)
+            )
+            results = await self._request(
+                f"monitor {len(nodes)} node(s)",
+                lambda c: subscription.subscribe_data_change(
+                    nodes, sampling_interval=ua.Double(period)
+                ),
+            )
+        except DriverError as err:
+            watch.client = None
+            if self._client is client:  # not a lost connection (that restores it): report it
+                watch.deliver_bad(watch.points, f"{self.name}: cannot subscribe: {err}")
+            return
+        if not watch.active or watch.client is not client:
+            self._spawn(self._delete(subscription))
+            return
+        watch.subscription = subscription
+        refused = [
+            (node_id, result)
+            for node_id, result in zip(watch.by_node, results, strict=True)
+            if isinstance(result, ua.StatusCode)
+        ]
+        for node_id, status in refused:
+            points = [p for p in watch.points if p.name in watch.by_node[node_id]]
+            watch.deliver_bad(points, f"monitored item refused: {status_name(status)}")
+
+    async def _delete(self, subscription: Subscription) -> None:
+        """Delete a subscription on the server; a dead session took it along anyway."""
+        with contextlib.suppress(DriverError):
+            await self._request("delete subscription", lambda _c: subscription.delete())
+
+    # -- checks ------------------------------------------------------------------------------
+
+    async def _check(self, client: Client) -> list[str]:
+        """Compare declared points and methods with the server; one message per difference."""
+        problems: list[str] = []
+        attributes = (
+            AttributeIds.DataType,
+            AttributeIds.AccessLevel,
+            AttributeIds.UserAccessLevel,
+        )
+        to_read: list[ua.ReadValueId] = []
+        checked: list[OpcuaPoint] = []
+        for point in self._points:
+            try:
+                node = _node_id(self.name, point.name, point.node_id)
+            except PointMismatch as err:
+                problems.append(str(err))
+                continue
+            checked.append(point)
+            to_read += [ua.ReadValueId(NodeId=node, AttributeId=a) for a in attributes]
+        methods: list[MethodSpec] = []
+        for method in self._methods:
+            try:
+                path = _browse_path(self.name, method)
+            except PointMismatch as err:
+                problems.append(str(err))
+                continue
+            methods.append(method)
+            to_read.append(
+                ua.ReadValueId(NodeId=path.StartingNode, AttributeId=AttributeIds.NodeClass)
+            )
+        params = ua.ReadParameters(NodesToRead=to_read)
+        values = (
+            await self._request("check nodes", lambda c: c.uaclient.read(params)) if to_read else []
+        )
+        for i, point in enumerate(checked):
+            problems += _point_problems(point, *values[3 * i : 3 * i + 3])
+        if methods:
+            problems += await self._method_problems(methods, values[3 * len(checked) :])
+        return problems
+
+    async def _method_problems(
+        self, methods: Sequence[MethodSpec], object_classes: Sequence[ua.DataValue]
+    ) -> list[str]:
+        """Missing objects or methods, and argument lists that differ from the cell file."""
+        problems: list[str] = []
+        found = await self._find_methods(methods)
+        for method, node_class, result in zip(methods, object_classes, found, strict=True):
+            where = f"{method.name} {method.object_node} {method.browse_name}"
+            if node_class.StatusCode is not None and node_class.StatusCode.is_bad():
+                problems.append(f"{where}: no object {method.object_node} on the server")
+                continue
+            if isinstance(result, str):
+                problems.append(f"{where}: {result}")
+                continue
+            self._method_ids[method.name] = result
+            inputs = await self._arguments(result, "InputArguments")
+            declared_in = [arg.datatype for arg in method.args]
+            problems += _argument_problems(where, "argument", inputs, declared_in, method)
+            if method.result is not None:
+                outputs = await self._arguments(result, "OutputArguments")
+                problems += _argument_problems(where, "result", outputs, [method.result], method)
+        return problems
+
+    async def _arguments(self, method_id: ua.NodeId, prop: str) -> list[ua.Argument]:
+        """A method's InputArguments or OutputArguments property ([] when it has none)."""
+        client = self._client
+        if client is None:
+            raise NotConnected(f"{self.name}: not connected to {self.config.endpoint}")
+        method = client.get_node(method_id)
+
+        async def read(_c: Client) -> list[ua.Argument]:
+            try:
+                child: Node = await method.get_child(f"0:{prop}")
+            except UaStatusCodeError:
+                return []
+            value = await child.read_value()
+            return list(value or [])
+
+        return await self._request(f"read {prop} of {method_id.to_string()}", read)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _opcua_point(self, point: Point) -> OpcuaPoint:
+        if not isinstance(point, OpcuaPoint):
+            raise NotSupported(f"{self.name}: {point.name} is not an OPC UA point")
+        return point
+
+    def _reading(self, point: OpcuaPoint, datavalue: ua.DataValue, now: float) -> Reading:
+        """A Reading from a DataValue: BAD with the status name, or the value as its Python type."""
+        where = f"{self.name} {point.name} {point.node_id}"
+        status = datavalue.StatusCode
+        if status is not None and status.is_bad():
+            return Reading(None, now, Quality.BAD, f"{where}: {status_name(status)}")
+        raw = datavalue.Value.Value if datavalue.Value is not None else None
+        try:
+            value = from_ua(point.datatype, raw)
+        except ValueError as err:
+            return Reading(None, now, Quality.BAD, f"{where}: {err}")
+        if status is not None and status.is_uncertain():
+            return Reading(value, now, Quality.UNCERTAIN, f"{where}: {status_name(status)}")
+        return Reading(value, now)
+
+
+class _Watch:
+    """One subscribe() call: its points, callback and the asyncua subscription of this session."""
+
+    def __init__(self, driver: OpcuaDriver, points: list[OpcuaPoint], callback: ReadingsCallback):
+        self.driver = driver
+        self.points = points
+        self.callback = callback
+        self.active = True
+        self.client: Client | None = None
+        self.subscription: Subscription | None = None
+        # One monitored item per node, even when several tags name the same node.
+        self.by_node: dict[ua.NodeId, list[str]] = {}
+        self._points = {p.name: p for p in points}
+        for p in points:
+            self.by_node.setdefault(_node_id(driver.name, p.name, p.node_id), []).append(p.name)
+
+    def detach(self) -> Subscription | None:
+        """Forget the session this watch was subscribed on; returns its subscription."""
+        subscription, self.subscription, self.client = self.subscription, None, None
+        return subscription
+
+    def deliver(self, readings: dict[str, Reading]) -> None:
+        """Hand readings to the subscriber; its errors are logged, never raised into asyncua."""
+        if not self.active or not readings:
+            return
+        try:
+            self.callback(readings)
+        except Exception:
+            log.exception("%s: subscriber callback failed", self.driver.name)
+
+    def deliver_bad(self, points: Sequence[OpcuaPoint], error: str) -> None:
+        """A BAD reading for each point, naming the point and the reason."""
+        now = time.time()
+        self.deliver(
+            {
+                p.name: Reading(
+                    None, now, Quality.BAD, f"{self.driver.name} {p.name} {p.node_id}: {error}"
+                )
+                for p in points
+            }
+        )
+
+    def datachange_notification(self, node: Node, _value: Any, data: DataChangeNotif) -> None:
+        """asyncua's data-change callback: one Reading per tag on the node."""
+        names = self.by_node.get(node.nodeid, [])
+        now = time.time()
+        datavalue = data.monitored_item.Value
+        self.deliver(
+            {name: self.driver._reading(self._points[name], datavalue, now) for name in names}
+        )
+
+    def status_change_notification(self, _status: ua.StatusChangeNotification) -> None:
+        """Subscription status changes (a lost session) reach users as health, not here."""
+
+
+def _node_id(device: str, what: str, text: str) -> ua.NodeId:
+    """Parse a NodeId string; PointMismatch naming the tag when the cell file's text is invalid."""
+    try:
+        return ua.NodeId.from_string(text)
+    except (UaError, ValueError) as err:
+        raise PointMismatch(f"{device} {what}: invalid NodeId {text!r}: {err}") from err
+
+
+def _browse_path(device: str, method: MethodSpec) -> ua.BrowsePath:
+    """The path from a method's object to the method; PointMismatch for malformed cell-file text."""
+    start = _node_id(device, method.name, method.object_node)
+    try:
+        name = ua.QualifiedName.from_string(method.browse_name)
+    except (UaError, ValueError) as err:
+        raise PointMismatch(
+            f"{device} {method.name}: invalid browse name {method.browse_name!r}: {err}"
+        ) from err
+    element = ua.RelativePathElement(
+        ReferenceTypeId=ns0_node(ObjectIds.HasComponent),
+        IsInverse=cast(ua.Boolean, False),  # asyncua's marker class; the value is a bool
+        IncludeSubtypes=cast(ua.Boolean, True),
+        TargetName=name,
+    )
+    return ua.BrowsePath(start, ua.RelativePath([element]))
+
+
+def _point_problems(
+    point: OpcuaPoint, datatype: ua.DataValue, access: ua.DataValue, user_access: ua.DataValue
+) -> list[str]:
+    """How one variable on the server differs from its declaration."""
+    where = f"{point.name} {point.node_id}"
+    status = datatype.StatusCode
+    if status is not None and status.is_bad():
+        if status.value == StatusCodes.BadNodeIdUnknown:
+            return [f"{where}: no such node on the server"]
+        if status.value == StatusCodes.BadAttributeIdInvalid:
+            return [f"{where}: not a variable"]
+        return [f"{where}: cannot read its DataType: {status_name(status)}"]
+    problems: list[str] = []
+    server_type = datatype.Value.Value if datatype.Value is not None else None
+    if server_type != datatype_node(point.datatype):
+        shown = (
+            datatype_name(server_type) if isinstance(server_type, ua.NodeId) else repr(server_type)
+        )
+        problems.append(f"{where}: server says {shown}, cell file says {point.datatype.value}")
+    no_read: list[str] = []
+    no_write: list[str] = []
+    for label, value in (("AccessLevel", access), ("UserAccessLevel", user_access)):
+        bits = value.Value.Value if value.Value is not None else None
+        if not isinstance(bits, int):
+            problems.append(f"{where}: cannot read its {label}: {status_name(value.StatusCode)}")
+            continue
+        if not bits & (1 << ua.AccessLevel.CurrentRead):
+            no_read.append(label)
+        if point.access is Access.RW and not bits & (1 << ua.AccessLevel.CurrentWrite):
+            no_write.append(label)
+    if no_read:
+        problems.append(f"{where}: server does not allow reading ({', '.join(no_read)})")
+    if no_write:
+        problems.append(
+            f"{where}: cell file says rw, server does not allow writing ({', '.join(no_write)})"
+        )
+    return problems
+
+
+def _argument_problems(
+    where: str,
+    kind: str,
+    server: Sequence[ua.Argument],
+    declared: Sequence[Any],
+    method: MethodSpec,
+) -> list[str]:
+    """Differences in count and type between a method's server-side and declared arguments."""
+    if len(server) != len(declared):
+        noun = "arguments" if kind == "argument" else "results"
+        return [f"{where}: server has {len(server)} {noun}, cell file declares {len(declared)}"]
+    problems: list[str] = []
+    for i, (arg, datatype) in enumerate(zip(server, declared, strict=True)):
+        if arg.DataType != datatype_node(datatype):
+            label = method.args[i].name if kind == "argument" else "result"
+            problems.append(
+                f"{where}: {kind} {label} server says {datatype_name(arg.DataType)}, "
+                f"cell file says {datatype.value}"
+            )
+    return problems
+
+
+def _certificate_uri(cert: x509.Certificate) -> str | None:
+    """The application URI in a certificate's SubjectAltName, if any."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
+
+
+def _error_text(err: BaseException) -> str:
+    """An exception as a short message: the status name for OPC UA errors."""
+    if isinstance(err, UaStatusCodeError):
+        return status_name(status_code(err.code))
+    return str(err) or type(err).__name__

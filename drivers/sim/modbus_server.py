@@ -1,0 +1,407 @@
+"""Modbus simulators: process images served by pymodbus over TCP (a gateway) or RTU (a pty)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import cast
+
+from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType as SimType
+from pymodbus.simulator import SimAction, SimData, SimDevice
+
+from drivers.base import Value
+from drivers.codecs import decode_registers, encode_registers, get_bit, set_bit
+from drivers.errors import BadResponse
+from drivers.points import DataType, ModbusPoint, ModbusTable
+from drivers.sim.image import ProcessImage
+from drivers.sim.pty_bridge import PtyBridge
+
+log = logging.getLogger("drivers.sim")
+
+# The function codes pymodbus's simulator accepts, by the table they address.
+_FC_TABLE: dict[int, ModbusTable] = {
+    1: ModbusTable.COIL,
+    5: ModbusTable.COIL,
+    15: ModbusTable.COIL,
+    2: ModbusTable.DISCRETE_INPUT,
+    3: ModbusTable.HOLDING_REGISTER,
+    6: ModbusTable.HOLDING_REGISTER,
+    16: ModbusTable.HOLDING_REGISTER,
+    22: ModbusTable.HOLDING_REGISTER,
+    23: ModbusTable.HOLDING_REGISTER,
+    4: ModbusTable.INPUT_REGISTER,
+}
+# The function code publish() uses to write each table from the model side.
+_WRITE_FC: dict[ModbusTable, int] = {
+    ModbusTable.COIL: 15,
+    ModbusTable.DISCRETE_INPUT: 2,
+    ModbusTable.HOLDING_REGISTER: 16,
+    ModbusTable.INPUT_REGISTER: 4,
+}
+_READ_HR = 3
+# pymodbus's 4-tuple layout order: separate coils, discrete inputs, holding and input registers.
+_TUPLE_ORDER = (
+    ModbusTable.COIL,
+    ModbusTable.DISCRETE_INPUT,
+    ModbusTable.HOLDING_REGISTER,
+    ModbusTable.INPUT_REGISTER,
+)
+# pymodbus needs at least one block per table and bit blocks cannot be marked invalid, so a
+# table without points gets one 16-bit block at the very top of the address space.
+_UNUSED_BITS_START = 65520
+
+
+def _merged_ranges(points: Iterable[ModbusPoint]) -> list[tuple[int, int]]:
+    """The address ranges [start, end) the points occupy, overlapping/adjacent ones merged."""
+    ranges: list[tuple[int, int]] = []
+    for start, end in sorted((p.address, p.end) for p in points):
+        if ranges and start <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], end))
+        else:
+            ranges.append((start, end))
+    return ranges
+
+
+def _table_blocks(table: ModbusTable, points: Sequence[ModbusPoint]) -> list[SimData]:
+    """pymodbus blocks defining exactly the addresses the points use (others answer exception 2)."""
+    ranges = _merged_ranges(points)
+    # count=1 with a list of values: pymodbus multiplies list length by count when it checks
+    # for overlaps, so count=N would make neighbouring blocks look overlapping.
+    if table.is_bit_table:
+        if not ranges:
+            return [SimData(_UNUSED_BITS_START, values=[False] * 16, datatype=SimType.BITS)]
+        return [SimData(s, values=[False] * (e - s), datatype=SimType.BITS) for s, e in ranges]
+    if not ranges:
+        return [SimData(0, count=1, datatype=SimType.INVALID)]
+    return [SimData(s, values=[0] * (e - s), datatype=SimType.REGISTERS) for s, e in ranges]
+
+
+class _Unit:
+    """One simulated Modbus unit: its image and its points by table."""
+
+    def __init__(self, unit: int, image: ProcessImage) -> None:
+        if not 1 <= unit <= 247:
+            raise ValueError(f"{image.device}: Modbus unit id {unit} is not in 1..247")
+        self.unit = unit
+        self.image = image
+        self.points: dict[str, ModbusPoint] = {}
+        for name, point in image.points.items():
+            if not isinstance(point, ModbusPoint):
+                raise TypeError(f"{image.device}: point {name} is not a Modbus point")
+            self.points[name] = point
+        self.by_table: dict[ModbusTable, list[ModbusPoint]] = {t: [] for t in ModbusTable}
+        for point in self.points.values():
+            self.by_table[point.table].append(point)
+
+    def sim_device(self, action: SimAction) -> SimDevice:
+        """A pymodbus device with four separate tables (coil 0 and hr 0 do not alias)."""
+        c, d, h, i = (_table_blocks(t, self.by_table[t]) for t in _TUPLE_ORDER)
+        return SimDevice(id=self.unit, simdata=(c, d, h, i), action=action)
+
+
+class _ModbusSimBase:
+    """What the TCP and RTU simulators share: tables, hooks, publish, exception injection."""
+
+    def __init__(self, devices: dict[int, ProcessImage]) -> None:
+        if not devices:
+            raise ValueError("a Modbus simulator needs at least one device")
+        self._units = {unit: _Unit(unit, image) for unit, image in devices.items()}
+        self._by_device = {u.image.device: u for u in self._units.values()}
+        self._exceptions: dict[tuple[int, ModbusTable | None], int] = {}
+        self._server: ModbusBaseServer | None = None
+        self._connections = 0
+        # True while publish() writes the tables, so the hook neither faults nor copies back.
+        # Nothing on that path suspends (the hook never awaits), so no request interleaves.
+        self._publishing = False
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return self._server is not None
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now (TCP); the serial line counts as one while it runs."""
+        return self._connections
+
+    def _create_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
+        raise NotImplementedError
+
+    def _after_start(self, server: ModbusBaseServer) -> None:
+        """Note what the server bound (the TCP port)."""
+
+    def _after_stop(self) -> None:
+        """Release what _create_server set up beyond the pymodbus server."""
+
+    async def start(self) -> None:
+        """Build fresh tables from the images' current values and start serving."""
+        if self._server is not None:
+            return
+        devices = [u.sim_device(self._action(u)) for u in self._units.values()]
+        server = self._create_server(devices)
+        self._server = server
+        try:
+            # Tables are filled before the endpoint opens, so no client sees power-on zeros.
+            for unit in self._units.values():
+                await self._write_values(unit, unit.image.snapshot())
+            await server.serve_forever(background=True)
+        except BaseException:
+            self._server = None
+            await _shutdown(server)
+            self._after_stop()
+            raise
+        self._after_start(server)
+
+    async def stop(self) -> None:
+        """Stop serving and close every client connection (a killed device)."""
+        server, self._server = self._server, None
+        if server is not None:
+            await _shutdown(server)
+            self._after_stop()
+        self._connections = 0
+
+    async def publish(self, device: str, values: dict[str, Value]) -> None:
+        """Encode model values into the device's tables (kept in the image while stopped)."""
+        unit = self._by_device.get(device)
+        if unit is None:
+            raise KeyError(f"no Modbus device {device!r} in this simulator")
+        unknown = sorted(set(values) - set(unit.points))
+        if unknown:
+            raise KeyError(f"{device}: no tags {', '.join(unknown)} on this Modbus device")
+        if self._server is not None:
+            await self._write_values(unit, values)
+
+    def inject_exception(
+        self, unit: int, code: int | None, table: ModbusTable | None = None
+    ) -> None:
+        """Answer every request to a unit (or a table of it) with an exception code; None clears."""
+        if unit not in self._units:
+            raise KeyError(f"no Modbus unit {unit} in this simulator")
+        if code is None:
+            self._exceptions.pop((unit, table), None)
+            return
+        ExcCodes(code)  # raises ValueError for a code pymodbus cannot send
+        self._exceptions[(unit, table)] = code
+
+    def _action(self, unit: _Unit) -> SimAction:
+        """The pymodbus `action` hook of one unit: injected exceptions, client writes → image.
+
+        It never awaits: an action that suspends lets pymodbus match a late reply to the next
+        request (libraries.md).
+        """
+
+        async def action(
+            function_code: int,
+            start_address: int,
+            address: int,
+            count: int,
+            registers: list[int],
+            set_values: list[int] | list[bool] | None,
+        ) -> ExcCodes | None:
+            if self._publishing:
+                return None
+            table = _FC_TABLE.get(function_code)
+            code = self._injected(unit.unit, table)
+            if code is not None:
+                return ExcCodes(code)
+            if set_values is not None and table is not None:
+                self._copy_client_write(unit, table, start_address, address, registers, set_values)
+            return None
+
+        return action
+
+    def _injected(self, unit: int, table: ModbusTable | None) -> int | None:
+        """The exception code injected for this unit and table, if any."""
+        code = self._exceptions.get((unit, table)) if table is not None else None
+        return code if code is not None else self._exceptions.get((unit, None))
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        # A request for a unit we do not simulate is dropped here, before pymodbus looks the
+        # unit up (which answers exception 4 and logs a KeyError traceback): the request
+        # handler only acts on a PDU when this hook returns one, so the unit stays silent like
+        # a real RS-485 slave that is not addressed.
+        if not sending and pdu.dev_id not in self._units:
+            log.debug("ignoring a request for unit %d, which is not simulated", pdu.dev_id)
+            return cast(ModbusPDU, None)
+        return pdu
+
+    def _trace_connect(self, connected: bool) -> None:
+        self._connections += 1 if connected else -1
+
+    def _copy_client_write(
+        self,
+        unit: _Unit,
+        table: ModbusTable,
+        start_address: int,
+        address: int,
+        registers: list[int],
+        values: list[int] | list[bool],
+    ) -> None:
+        """Copy the values a client is writing into the image, for every point the range touches.
+
+        Called by the hook before pymodbus stores the write; `registers` is the table block
+        as it is now (starting at `start_address`), `values` what the client writes.
+        """
+        end = address + len(values)
+        for point in unit.by_table[table]:
+            if point.end <= address or point.address >= end:
+                continue
+            if table is ModbusTable.COIL:
+                value: Value = bool(values[point.address - address])
+            else:
+                words = [
+                    int(values[a - address]) if address <= a < end else registers[a - start_address]
+                    for a in range(point.address, point.end)
+                ]
+                try:
+                    value = _register_value(point, words)
+                except BadResponse as err:
+                    log.warning(
+                        "%s %s: client wrote %s: %s", unit.image.device, point.name, words, err
+                    )
+                    continue
+            unit.image.accept_client_write(point.name, value)
+
+    async def _write_values(self, unit: _Unit, values: dict[str, Value]) -> None:
+        server = self._server
+        if server is None:
+            return
+        self._publishing = True
+        try:
+            for tag, value in values.items():
+                point = unit.points[tag]
+                fc = _WRITE_FC[point.table]
+                if point.table.is_bit_table:
+                    await server.async_setValues(unit.unit, fc, point.address, [bool(value)])
+                elif point.bit is not None:
+                    # Several bit points share a register: change only this bit.
+                    (word,) = await server.async_getValues(unit.unit, _READ_HR, point.address, 1)
+                    word = set_bit(int(word), point.bit, bool(value))
+                    await server.async_setValues(unit.unit, fc, point.address, [word])
+                else:
+                    words = encode_registers(point.datatype, value, point.word_order, point.length)
+                    await server.async_setValues(unit.unit, fc, point.address, words)
+        finally:
+            self._publishing = False
+
+
+async def _shutdown(server: ModbusBaseServer) -> None:
+    """Close a pymodbus server's endpoint and its client connections."""
+    # pymodbus leaves shutdown() unannotated.
+    shutdown = cast(Callable[[], Awaitable[None]], server.shutdown)
+    await shutdown()
+
+
+def _register_value(point: ModbusPoint, words: list[int]) -> Value:
+    """The value of a register point from its registers."""
+    if point.bit is not None:
+        return get_bit(words[0], point.bit)
+    if point.datatype is DataType.BOOL:
+        return words[0] != 0
+    return decode_registers(point.datatype, words, point.word_order)
+
+
+def _check_loopback(host: str) -> None:
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"simulators bind loopback only, not {host!r}")
+
+
+class ModbusSimServer(_ModbusSimBase):
+    """A Modbus TCP gateway on loopback serving several unit ids, each with four tables."""
+
+    def __init__(
+        self, devices: dict[int, ProcessImage], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        super().__init__(devices)
+        _check_loopback(host)
+        self._host = host
+        self._port = port
+
+    @property
+    def port(self) -> int:
+        """The TCP port; 0 until a server started with port 0 has bound one."""
+        return self._port
+
+    @property
+    def endpoint(self) -> str:
+        """'host:port' as a Modbus TCP client connects to it."""
+        return f"{self._host}:{self._port}"
+
+    def _create_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
+        return ModbusTcpServer(
+            devices,
+            address=(self._host, self._port),
+            trace_pdu=self._trace_pdu,
+            trace_connect=self._trace_connect,
+        )
+
+    def _after_start(self, server: ModbusBaseServer) -> None:
+        # Remember the port that port 0 bound, so a restart binds the same one.
+        sockets = getattr(server.transport, "sockets", None) or []
+        if sockets:
+            self._port = int(sockets[0].getsockname()[1])
+
+
+class ModbusRtuSimServer(_ModbusSimBase):
+    """Modbus RTU slaves on a pseudo-terminal line; clients open `client_path` with pyserial.
+
+    `client_path` is a symlink that stays the same across stop/start while the ptys behind it
+    are new each start (like a USB adaptor's stable /dev/serial/by-id link): stop() unplugs the
+    line, so the client sees it hang up; freeze() keeps it plugged in but silent.
+    """
+
+    def __init__(self, devices: dict[int, ProcessImage], baudrate: int = 19200) -> None:
+        super().__init__(devices)
+        self._baudrate = baudrate
+        self._bridge = PtyBridge()
+        self._link = os.path.join(
+            tempfile.gettempdir(), f"cellctl-modbus-rtu-{os.getpid()}-{secrets.token_hex(4)}"
+        )
+
+    @property
+    def client_path(self) -> str:
+        """The serial port path a client opens (exists only while the simulator runs)."""
+        return self._link
+
+    @property
+    def endpoint(self) -> str:
+        """The serial port path a client opens."""
+        return self._link
+
+    def freeze(self, frozen: bool) -> None:
+        """Drop every byte on the line while frozen: the devices never answer."""
+        self._bridge.freeze(frozen)
+
+    def _create_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
+        self._bridge.start()
+        # Replace the link atomically, so a client never sees a half-made path.
+        temporary = f"{self._link}.{secrets.token_hex(4)}"
+        os.symlink(self._bridge.client_path, temporary)
+        os.replace(temporary, self._link)
+        return ModbusSerialServer(
+            devices,
+            framer=FramerType.RTU,
+            port=self._bridge.device_path,
+            baudrate=self._baudrate,
+            trace_pdu=self._trace_pdu,
+            trace_connect=self._trace_connect,
+        )
+
+    def _after_stop(self) -> None:
+        if os.path.islink(self._link):
+            os.unlink(self._link)
+        self._bridge.stop()

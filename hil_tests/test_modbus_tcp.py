@@ -1,0 +1,285 @@
+"""Modbus TCP: the real driver (a pymodbus client) against the real simulator on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from pymodbus.client import AsyncModbusTcpClient
+
+from drivers.base import HealthState, Value
+from drivers.config import ModbusTcpConfig
+from drivers.errors import NotSupported
+from drivers.modbus import ModbusDriver, make_modbus_drivers
+from drivers.points import MethodSpec, ModbusPoint
+from drivers.sim.modbus_server import ModbusSimServer
+from hil_tests.modbus_fixtures import (
+    AFTER,
+    BIT3,
+    BIT15,
+    DOOR_CLOSED,
+    FLOAT_CDAB,
+    INT32_ABCD,
+    LIMITS,
+    ROUNDTRIP,
+    RUN,
+    Rig,
+    check_batching,
+    check_coil0_hr0_independent,
+    check_connect_fails_then_keeps_trying,
+    check_down_at_first_connect,
+    check_exception_codes,
+    check_inputs,
+    check_kill_and_restart,
+    check_register_bits,
+    check_roundtrip,
+    check_subscription,
+    check_table_exception,
+    check_timeout,
+    check_two_units_share_a_bus,
+    check_unknown_unit,
+    check_unsubscribe,
+    check_write_rejected,
+    press_image,
+    wait_until,
+)
+
+UNIT = 1
+MODULE = pytest.mark.asyncio(loop_scope="module")
+TcpRig = Rig[ModbusSimServer]
+Shared = tuple[TcpRig, ModbusDriver]
+EXCEPTIONS = [
+    (1, "illegal function"),
+    (2, "illegal data address"),
+    (3, "illegal data value"),
+    (4, "server device failure"),
+    (6, "server device busy"),
+]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound and released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def shared() -> AsyncIterator[Shared]:
+    """One simulator and one connected driver for the tests that only read and write."""
+    image = press_image()
+    rig = Rig(ModbusSimServer({UNIT: image}), image, UNIT)
+    await rig.server.start()
+    try:
+        async with rig.driver() as driver:
+            yield rig, driver
+    finally:
+        await rig.server.stop()
+
+
+@pytest_asyncio.fixture
+async def rig() -> AsyncIterator[TcpRig]:
+    """A fresh running simulator, for tests that inject faults or stop it."""
+    image = press_image()
+    server = ModbusSimServer({UNIT: image})
+    await server.start()
+    try:
+        yield Rig(server, image, UNIT)
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def stopped_rig() -> TcpRig:
+    """A simulator on a known free port that has not started yet."""
+    image = press_image()
+    return Rig(ModbusSimServer({UNIT: image}, port=free_port()), image, UNIT)
+
+
+@MODULE
+@pytest.mark.parametrize(("point", "value"), ROUNDTRIP, ids=[p.name for p, _ in ROUNDTRIP])
+async def test_every_type_and_word_order_round_trips(
+    shared: Shared, point: ModbusPoint, value: Value
+) -> None:
+    await check_roundtrip(*shared, point, value)
+
+
+@MODULE
+async def test_discrete_and_input_registers_carry_model_values(
+    shared: Shared,
+) -> None:
+    await check_inputs(*shared)
+
+
+@MODULE
+async def test_reads_are_batched_by_max_gap(shared: Shared) -> None:
+    await check_batching(shared[0])
+
+
+@MODULE
+async def test_register_bits_change_independently(shared: Shared) -> None:
+    await check_register_bits(shared[1])
+
+
+@MODULE
+async def test_coil0_and_hr0_are_independent(shared: Shared) -> None:
+    await check_coil0_hr0_independent(shared[1])
+
+
+@MODULE
+async def test_writes_refused_before_sending(shared: Shared) -> None:
+    await check_write_rejected(shared[1])
+
+
+@MODULE
+async def test_call_is_not_supported(shared: Shared) -> None:
+    with pytest.raises(NotSupported, match=r"^press: Modbus devices have no methods"):
+        await shared[1].call(MethodSpec("robot.pick", "ns=2;s=Robot", "2:Pick"), [])
+
+
+@MODULE
+async def test_a_plain_pymodbus_client_sees_what_the_driver_sees(
+    shared: Shared,
+) -> None:
+    rig, driver = shared
+    client = AsyncModbusTcpClient("127.0.0.1", port=rig.server.port, timeout=1, retries=0)
+    assert await client.connect()
+    try:
+        await driver.write(FLOAT_CDAB, 41.5)
+        answer = await client.read_holding_registers(FLOAT_CDAB.address, count=2, device_id=UNIT)
+        # CDAB is pymodbus's "little" word order (low word first).
+        value = client.convert_from_registers(
+            answer.registers, client.DATATYPE.FLOAT32, word_order="little"
+        )
+        assert value == 41.5
+        words = client.convert_to_registers(-987654321, client.DATATYPE.INT32)
+        assert not (
+            await client.write_registers(INT32_ABCD.address, words, device_id=UNIT)
+        ).isError()
+        assert (await driver.read([INT32_ABCD]))[0].value == -987654321
+        assert rig.image.get(INT32_ABCD.name) == -987654321
+        assert not (await client.write_coil(RUN.address, True, device_id=UNIT)).isError()
+        assert (await driver.read([RUN]))[0].value is True
+        await driver.write(BIT3, True)
+        await driver.write(BIT15, True)
+        answer = await client.read_holding_registers(BIT3.address, count=1, device_id=UNIT)
+        assert answer.registers == [0x8008]
+        answer = await client.read_discrete_inputs(DOOR_CLOSED.address, count=1, device_id=UNIT)
+        assert answer.bits[0] is True
+        answer = await client.read_holding_registers(AFTER.address + 1, count=1, device_id=UNIT)
+        assert answer.isError() and answer.exception_code == 2  # undefined address
+    finally:
+        client.close()
+
+
+@pytest.mark.asyncio
+async def test_subscription_sees_a_model_change_within_two_polls(rig: TcpRig) -> None:
+    async with rig.driver() as driver:
+        await check_subscription(rig, driver)
+
+
+@pytest.mark.asyncio
+async def test_unsubscribe_stops_polling(rig: TcpRig) -> None:
+    async with rig.driver() as driver:
+        await check_unsubscribe(rig, driver)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("code", "text"), EXCEPTIONS)
+async def test_exception_answers_are_named(rig: TcpRig, code: int, text: str) -> None:
+    async with rig.driver() as driver:
+        await check_exception_codes(rig, driver, code, text)
+
+
+@pytest.mark.asyncio
+async def test_exception_on_one_table_only(rig: TcpRig) -> None:
+    async with rig.driver() as driver:
+        await check_table_exception(rig, driver)
+
+
+@pytest.mark.asyncio
+async def test_device_down_at_first_connect_is_reached_when_it_comes_up(
+    stopped_rig: TcpRig,
+) -> None:
+    try:
+        await check_down_at_first_connect(stopped_rig)
+    finally:
+        await stopped_rig.server.stop()
+
+
+@pytest.mark.asyncio
+async def test_connect_fails_in_time_then_keeps_trying(stopped_rig: TcpRig) -> None:
+    try:
+        await check_connect_fails_then_keeps_trying(stopped_rig)
+    finally:
+        await stopped_rig.server.stop()
+
+
+@pytest.mark.asyncio
+async def test_killed_and_restarted_device(rig: TcpRig) -> None:
+    port = rig.server.port
+    async with rig.driver() as driver:
+        await check_kill_and_restart(rig, driver)
+    assert rig.server.port == port
+
+
+@pytest.mark.asyncio
+async def test_frozen_device_times_out_and_health_degrades() -> None:
+    handlers: list[asyncio.Task[None]] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.append(task)
+        with contextlib.closing(writer):
+            while await reader.read(1024):
+                pass  # accepts every request, answers none
+
+    frozen = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = int(frozen.sockets[0].getsockname()[1])
+    config = ModbusTcpConfig("press", "127.0.0.1", port, UNIT, limits=LIMITS)
+    driver = make_modbus_drivers([config])["press"]
+    try:
+        await driver.connect()
+        await check_timeout(driver)
+        assert driver.health.state is HealthState.DEGRADED
+    finally:
+        await driver.close()  # the handler sees EOF and ends
+        frozen.close()
+        await asyncio.wait_for(asyncio.gather(*handlers), 2.0)
+
+
+@pytest.mark.asyncio
+async def test_unknown_unit_is_silent(rig: TcpRig, caplog: pytest.LogCaptureFixture) -> None:
+    await check_unknown_unit(rig, caplog)
+
+
+@pytest.mark.asyncio
+async def test_second_unit_shares_one_connection() -> None:
+    press, feeder = press_image(), press_image("feeder")
+    server = ModbusSimServer({UNIT: press, 2: feeder})
+    await server.start()
+    try:
+        rig = Rig(server, press, UNIT)
+        await check_two_units_share_a_bus(rig, feeder, 2)
+        await wait_until(lambda: server.connections == 0, 1.0, "the shared connection to close")
+    finally:
+        await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_separately_made_drivers_do_not_share() -> None:
+    press, feeder = press_image(), press_image("feeder")
+    server = ModbusSimServer({UNIT: press, 2: feeder})
+    await server.start()
+    rig = Rig(server, press, UNIT)
+    try:
+        async with rig.driver() as first, rig.driver(name="feeder", unit=2) as second:
+            assert first.bus is not second.bus  # separately made drivers: two connections
+            await wait_until(lambda: server.connections == 2, 1.0, "two connections")
+    finally:
+        await server.stop()

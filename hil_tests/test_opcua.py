@@ -1,0 +1,603 @@
+"""The OPC UA driver (real asyncua client) against the OPC UA simulator (real asyncua server)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+
+import pytest
+import pytest_asyncio
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.uaerrors import UaStatusCodeError
+
+from drivers.base import Driver, Health, HealthState, Quality, Reading
+from drivers.config import OpcuaConfig, RequestLimits
+from drivers.errors import (
+    BadStatus,
+    ConnectFailed,
+    DeviceTimeout,
+    NotConnected,
+    PointMismatch,
+    WriteRejected,
+)
+from drivers.opcua import OpcuaDriver
+from drivers.points import Access, DataType, MethodArg, MethodSpec, OpcuaPoint
+from drivers.sim.image import ProcessImage
+from drivers.sim.opcua_server import OpcuaSimServer
+
+DEVICE = "robot"
+LIMITS = RequestLimits(timeout=0.3, retries=1)
+PUBLISHING = 0.1  # seconds
+
+# One rw point of every type (string NodeIds in ns=2, some numeric in ns=3) and a ro one.
+SAMPLES: dict[DataType, tuple[str, object, object]] = {
+    # type: (NodeId, a value, another value)
+    DataType.BOOL: ("ns=2;s=Robot.Enabled", True, False),
+    DataType.INT16: ("ns=2;s=Robot.Offset", -1234, 32767),
+    DataType.UINT16: ("ns=2;s=Robot.Mode", 65000, 7),
+    DataType.INT32: ("ns=3;i=1001", -100_000, 2_000_000_000),
+    DataType.UINT32: ("ns=3;i=1002", 4_000_000_000, 12),
+    DataType.INT64: ("ns=2;s=Robot.Ticks", -(2**40), 2**62),
+    DataType.UINT64: ("ns=3;i=1003", 2**63 + 5, 1),
+    DataType.FLOAT32: ("ns=2;s=Robot.Speed", 0.1, 41.5),
+    DataType.FLOAT64: ("ns=3;i=1004", 1 / 3, -2.5e300),
+    DataType.STRING: ("ns=2;s=Robot.Program", "pick-and-place é", ""),
+}
+RW = [OpcuaPoint(f"robot.{t.value}", node, t, Access.RW) for t, (node, _, _) in SAMPLES.items()]
+BUSY = OpcuaPoint("robot.busy", "ns=2;s=Robot.Busy", DataType.BOOL)
+TEMP = OpcuaPoint("robot.temp", "ns=3;i=2001", DataType.FLOAT32)
+POINTS = [*RW, BUSY, TEMP]
+BY_TYPE = {p.datatype: p for p in RW}
+
+PICK = MethodSpec(
+    "robot.pick", "ns=2;s=Robot", "2:Pick", (MethodArg("slot", DataType.INT32),), DataType.BOOL
+)
+FAIL = MethodSpec("robot.fail", "ns=2;s=Robot", "2:Fail", (), None)
+HOME = MethodSpec(
+    "robot.home", "ns=2;s=Robot", "2:Home", (MethodArg("speed", DataType.FLOAT32),), DataType.INT32
+)
+METHODS = [PICK, FAIL, HOME]
+
+
+async def pick(slot: int) -> bool:
+    """A plant model's handler: odd slots are reachable."""
+    if slot < 0:
+        raise ValueError(f"no slot {slot}")
+    return slot % 2 == 1
+
+
+async def fail() -> None:
+    """A handler whose machine refuses."""
+    raise RuntimeError("robot is faulted")
+
+
+HANDLERS = {"Pick": pick, "Fail": fail}  # Home has no handler: the generic one answers 0
+
+
+async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
+    """Poll `predicate` on the loop until it holds; fail naming `what` after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def config(endpoint: str, limits: RequestLimits = LIMITS) -> OpcuaConfig:
+    """The robot device's connection settings, with short test timeouts."""
+    return OpcuaConfig(DEVICE, endpoint, publishing_interval=PUBLISHING, limits=limits)
+
+
+class Sim:
+    """A started simulator and its process image."""
+
+    def __init__(self, points: list[OpcuaPoint] = POINTS) -> None:
+        self.image = ProcessImage(DEVICE, points)
+        self.server = OpcuaSimServer("opc.tcp://127.0.0.1:0/robot", self.image, METHODS, HANDLERS)
+
+    async def set(self, values: dict[str, object]) -> None:
+        """Set values as the plant model would and publish them."""
+        for tag, value in values.items():
+            self.image.set(tag, value)
+        await self.server.publish(DEVICE, self.image.take_dirty())
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def sim() -> AsyncIterator[Sim]:
+    """One simulator for the module (fast start from the address-space cache)."""
+    sim = Sim()
+    await sim.server.start()
+    yield sim
+    await sim.server.stop()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def driver(sim: Sim) -> AsyncIterator[OpcuaDriver]:
+    """A connected driver for the simulator, closed after the test."""
+    drv = OpcuaDriver(config(sim.server.endpoint), POINTS, METHODS)
+    await drv.connect()
+    yield drv
+    await drv.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def own_sim() -> AsyncIterator[Sim]:
+    """A simulator of the test's own, for tests that stop and restart it."""
+    sim = Sim([RW[0], BUSY])
+    await sim.server.start()
+    yield sim
+    await sim.server.stop()
+
+
+@contextlib.asynccontextmanager
+async def raw_client(endpoint: str) -> AsyncIterator[Client]:
+    """A plain asyncua client, as any third-party client would connect."""
+    client = Client(endpoint, timeout=2)
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+
+
+def by_value(readings: list[Reading]) -> list[object]:
+    """The values of readings, asserting each is GOOD."""
+    assert all(r.quality is Quality.GOOD for r in readings), readings
+    return [r.value for r in readings]
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_driver_satisfies_protocol(driver: OpcuaDriver) -> None:
+    assert isinstance(driver, Driver)
+    assert driver.health.state is HealthState.CONNECTED
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("which", [1, 2])
+async def test_reads_every_type_in_one_request(driver: OpcuaDriver, sim: Sim, which: int) -> None:
+    await sim.set({BY_TYPE[t].name: SAMPLES[t][which] for t in SAMPLES})
+    values = by_value(await driver.read(RW))
+    assert values == [SAMPLES[t][which] for t in SAMPLES]
+    # float32 comes back as the shortest decimal that round-trips, not 0.10000000149011612
+    assert all(type(v) is type(SAMPLES[t][which]) for v, t in zip(values, SAMPLES, strict=True))
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("which", [1, 2])
+async def test_writes_every_type(driver: OpcuaDriver, sim: Sim, which: int) -> None:
+    for t, (_, *values) in SAMPLES.items():
+        await driver.write(BY_TYPE[t], values[which - 1])
+    expected = [SAMPLES[t][which] for t in SAMPLES]
+    assert by_value(await driver.read(RW)) == expected
+    # the simulator's process image saw every client write, as the plant model would
+    assert [sim.image.get(p.name) for p in RW] == expected
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_int_written_to_float_and_int32_nodes_is_sent_as_their_type(
+    driver: OpcuaDriver,
+) -> None:
+    await driver.write(BY_TYPE[DataType.FLOAT64], 3)
+    await driver.write(BY_TYPE[DataType.INT32], 3.0)
+    assert by_value(await driver.read([BY_TYPE[DataType.FLOAT64], BY_TYPE[DataType.INT32]])) == [
+        3.0,
+        3,
+    ]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_numeric_node_ids_in_ns3(sim: Sim, driver: OpcuaDriver) -> None:
+    await sim.set({TEMP.name: 21.7})
+    async with raw_client(sim.server.endpoint) as client:
+        namespaces = await client.get_namespace_array()
+        node = client.get_node(ua.NodeId(2001, 3))
+        assert await node.read_value() == pytest.approx(21.7, rel=1e-6)
+        assert (await node.read_browse_name()).NamespaceIndex == 3
+    assert len(namespaces) >= 4  # ns=2 and ns=3 registered
+    assert by_value(await driver.read([TEMP])) == [21.7]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_raw_client_sees_what_driver_reads(sim: Sim, driver: OpcuaDriver) -> None:
+    await driver.write(BY_TYPE[DataType.INT64], -77)
+    await driver.write(BY_TYPE[DataType.STRING], "shared")
+    await sim.set({BUSY.name: True})
+    points = [BY_TYPE[DataType.INT64], BY_TYPE[DataType.STRING], BUSY]
+    ours = by_value(await driver.read(points))
+    async with raw_client(sim.server.endpoint) as client:
+        theirs = await client.read_values([client.get_node(p.node_id) for p in points])
+        data_types = [await client.get_node(p.node_id).read_data_type() for p in points]
+    assert ours == theirs == [-77, "shared", True]
+    assert [d.Identifier for d in data_types] == [8, 12, 1]  # Int64, String, Boolean
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_missing_node_reads_bad_without_failing_the_others(sim: Sim) -> None:
+    ghost = OpcuaPoint("robot.ghost", "ns=2;s=Robot.Ghost", DataType.INT32)
+    drv = OpcuaDriver(config(sim.server.endpoint), [BUSY])
+    await drv.connect()
+    try:
+        await sim.set({BUSY.name: False})
+        good, bad = await drv.read([BUSY, ghost])
+    finally:
+        await drv.close()
+    assert good.quality is Quality.GOOD and good.value is False
+    assert bad.quality is Quality.BAD and bad.value is None
+    assert bad.error is not None and "robot.ghost" in bad.error and "BadNodeIdUnknown" in bad.error
+
+
+# -- writes that must not happen -----------------------------------------------------------
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_server_refuses_write_to_ro_node_from_any_client(sim: Sim) -> None:
+    await sim.set({BUSY.name: False})
+    async with raw_client(sim.server.endpoint) as client:
+        node = client.get_node(BUSY.node_id)
+        with pytest.raises(UaStatusCodeError) as caught:
+            await node.write_value(ua.DataValue(ua.Variant(True, ua.VariantType.Boolean)))
+        assert await node.read_value() is False
+    assert type(caught.value).__name__ in ("BadUserAccessDenied", "BadNotWritable")
+    assert sim.image.get(BUSY.name) is False
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_server_refusal_is_bad_status(sim: Sim) -> None:
+    # The cell file claims rw; the server says no: the driver reports the server's status.
+    lying = replace(BUSY, access=Access.RW)
+    drv = OpcuaDriver(config(sim.server.endpoint))
+    await drv.connect()
+    try:
+        with pytest.raises(BadStatus) as caught:
+            await drv.write(lying, True)
+    finally:
+        await drv.close()
+    assert caught.value.status == "BadUserAccessDenied"
+    assert "robot.busy" in str(caught.value) and "ns=2;s=Robot.Busy" in str(caught.value)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_driver_refuses_ro_point_before_sending(sim: Sim, driver: OpcuaDriver) -> None:
+    # The server would accept this write (rw node): only the driver's own check stops it.
+    declared_ro = replace(BY_TYPE[DataType.UINT16], access=Access.RO)
+    await driver.write(BY_TYPE[DataType.UINT16], 5)
+    with pytest.raises(WriteRejected, match=re.escape("robot.uint16 ns=2;s=Robot.Mode: read-only")):
+        await driver.write(declared_ro, 6)
+    assert by_value(await driver.read([BY_TYPE[DataType.UINT16]])) == [5]
+    assert sim.image.get(declared_ro.name) == 5
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize(
+    ("datatype", "value"),
+    [(DataType.INT16, 40_000), (DataType.UINT32, -1), (DataType.BOOL, 1), (DataType.FLOAT32, 1e39)],
+)
+async def test_value_out_of_type_is_rejected_before_sending(
+    driver: OpcuaDriver, datatype: DataType, value: object
+) -> None:
+    point = BY_TYPE[datatype]
+    before = await driver.read([point])
+    with pytest.raises(WriteRejected, match=re.escape(f"robot {point.name} {point.node_id}")):
+        await driver.write(point, value)
+    assert (await driver.read([point]))[0].value == before[0].value
+
+
+# -- subscriptions --------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_subscription_sees_change_within_two_publishing_intervals(
+    sim: Sim, driver: OpcuaDriver
+) -> None:
+    await sim.set({BUSY.name: False, TEMP.name: 20.0})
+    seen: list[dict[str, Reading]] = []
+    unsubscribe = driver.subscribe([BUSY, TEMP], seen.append)
+    try:
+        await wait_until(
+            lambda: {BUSY.name, TEMP.name} <= {k for s in seen for k in s}, 2.0, "initial values"
+        )
+        latest = {k: r.value for s in seen for k, r in s.items()}
+        assert latest == {BUSY.name: False, TEMP.name: 20.0}
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await sim.set({TEMP.name: 22.5})
+        await wait_until(
+            lambda: any(s.get(TEMP.name, Reading(None, 0)).value == 22.5 for s in seen),
+            2 * PUBLISHING,
+            "the change within two publishing intervals",
+        )
+        assert loop.time() - start <= 2 * PUBLISHING
+    finally:
+        unsubscribe()
+    count = len(seen)
+    await sim.set({TEMP.name: 23.5})
+    await driver.read([TEMP])  # a round trip after the change: a late notification would be here
+    assert all(s.get(TEMP.name, Reading(None, 0)).value != 23.5 for s in seen[count:])
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_refused_monitored_item_is_bad_and_others_still_work(
+    sim: Sim, driver: OpcuaDriver
+) -> None:
+    ghost = OpcuaPoint("robot.ghost", "ns=2;s=Robot.Ghost", DataType.INT32)
+    seen: dict[str, list[Reading]] = {}
+
+    def record(readings: dict[str, Reading]) -> None:
+        for name, reading in readings.items():
+            seen.setdefault(name, []).append(reading)
+
+    unsubscribe = driver.subscribe([ghost, TEMP], record)
+    try:
+        await wait_until(lambda: ghost.name in seen and TEMP.name in seen, 2.0, "first readings")
+        assert seen[ghost.name][0].quality is Quality.BAD
+        assert "BadNodeIdUnknown" in (seen[ghost.name][0].error or "")
+        await sim.set({TEMP.name: 30.25})
+        await wait_until(lambda: seen[TEMP.name][-1].value == 30.25, 2.0, "the good item's change")
+    finally:
+        unsubscribe()
+
+
+# -- methods ---------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_method_call_returns_its_result(driver: OpcuaDriver) -> None:
+    assert await driver.call(PICK, [3]) is True
+    assert await driver.call(PICK, [4]) is False
+    assert await driver.call(HOME, [0.5]) == 0  # no handler: the generic one answers zero
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_method_without_result_returns_none_and_raising_handler_is_bad_status(
+    driver: OpcuaDriver,
+) -> None:
+    with pytest.raises(BadStatus) as caught:
+        await driver.call(FAIL, [])
+    assert caught.value.status == "BadInvalidState"
+    assert "robot.fail" in str(caught.value)
+    with pytest.raises(BadStatus) as refused:
+        await driver.call(PICK, [-1])  # the handler raises ValueError: the arguments are wrong
+    assert refused.value.status == "BadInvalidArgument"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_method_arguments_checked_before_sending(driver: OpcuaDriver) -> None:
+    with pytest.raises(WriteRejected, match="takes 1 argument"):
+        await driver.call(PICK, [])
+    with pytest.raises(WriteRejected, match="argument slot"):
+        await driver.call(PICK, [2**40])
+
+
+# -- node checks -----------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_verify_lists_every_mismatch_and_connect_refuses(sim: Sim) -> None:
+    wrong_type = OpcuaPoint("robot.speed", "ns=2;s=Robot.Speed", DataType.FLOAT64, Access.RW)
+    missing = OpcuaPoint("robot.ghost", "ns=2;s=Robot.Ghost", DataType.BOOL)
+    not_writable = OpcuaPoint("robot.busy", "ns=2;s=Robot.Busy", DataType.BOOL, Access.RW)
+    not_a_variable = OpcuaPoint("robot.obj", "ns=2;s=Robot", DataType.BOOL)
+    wrong_args = replace(PICK, name="robot.pick2", args=(MethodArg("slot", DataType.INT16),))
+    extra_arg = replace(FAIL, name="robot.fail2", args=(MethodArg("why", DataType.STRING),))
+    wrong_result = replace(HOME, name="robot.home2", result=DataType.BOOL)
+    no_method = MethodSpec("robot.place", "ns=2;s=Robot", "2:Place", (), None)
+    no_object = MethodSpec("robot.jump", "ns=2;s=Rabbit", "2:Jump", (), None)
+    points = [*RW, wrong_type, missing, not_writable, not_a_variable]
+    methods = [PICK, wrong_args, extra_arg, wrong_result, no_method, no_object]
+    drv = OpcuaDriver(config(sim.server.endpoint), points, methods)
+    try:
+        problems = await drv.verify()
+    finally:
+        await drv.close()
+    expected = [
+        "robot.speed ns=2;s=Robot.Speed: server says Float, cell file says float64",
+        "robot.ghost ns=2;s=Robot.Ghost: no such node on the server",
+        "robot.busy ns=2;s=Robot.Busy: cell file says rw, "
+        "server does not allow writing (AccessLevel, UserAccessLevel)",
+        "robot.obj ns=2;s=Robot: not a variable",
+        "robot.pick2 ns=2;s=Robot 2:Pick: argument slot server says Int32, cell file says int16",
+        "robot.fail2 ns=2;s=Robot 2:Fail: server has 0 arguments, cell file declares 1",
+        "robot.home2 ns=2;s=Robot 2:Home: result result server says Int32, cell file says bool",
+        "robot.place ns=2;s=Robot 2:Place: no method 2:Place on ns=2;s=Robot",
+        "robot.jump ns=2;s=Rabbit 2:Jump: no object ns=2;s=Rabbit on the server",
+    ]
+    assert problems == expected
+
+    drv = OpcuaDriver(config(sim.server.endpoint), points, methods)
+    with pytest.raises(PointMismatch) as caught:
+        await drv.connect()
+    message = str(caught.value)
+    assert message.startswith(
+        f"robot: 9 difference(s) between the cell file and {sim.server.endpoint}"
+    )
+    assert all(problem in message for problem in expected)
+    assert drv.health.state is HealthState.DISCONNECTED
+    with pytest.raises(NotConnected):
+        await drv.read([BUSY])
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_verify_of_matching_cell_is_empty(driver: OpcuaDriver) -> None:
+    assert await driver.verify() == []
+
+
+# -- connection faults -----------------------------------------------------------------------
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_server_down_at_first_connect_is_reached_once_it_comes_up(own_sim: Sim) -> None:
+    endpoint = own_sim.server.endpoint
+    await own_sim.server.stop()
+    with pytest.raises(OSError):  # really down: nothing listens on the port
+        await asyncio.open_connection("127.0.0.1", own_sim.server.port)
+    drv = OpcuaDriver(config(endpoint, RequestLimits(timeout=0.5, retries=3)), [BUSY])
+    connecting = asyncio.create_task(drv.connect())
+    try:
+        await own_sim.server.start()
+        assert own_sim.server.endpoint == endpoint  # the same port again
+        await asyncio.wait_for(connecting, 3.0)
+        assert drv.health.state is HealthState.CONNECTED
+        assert by_value(await drv.read([BUSY])) == [False]
+    finally:
+        await drv.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_nothing_listening_fails_within_the_bound() -> None:
+    listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    listener.close()
+    await listener.wait_closed()
+    drv = OpcuaDriver(config(f"opc.tcp://127.0.0.1:{port}/robot"))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(
+        ConnectFailed, match=re.escape(f"robot: cannot connect to opc.tcp://127.0.0.1:{port}/robot")
+    ):
+        await drv.connect()
+    assert loop.time() - start <= LIMITS.worst_case + 0.3
+    await drv.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_frozen_server_fails_within_the_bound() -> None:
+    writers: list[asyncio.StreamWriter] = []
+
+    async def accept_and_ignore(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        writers.append(w)  # keep the socket open, never answer
+
+    frozen = await asyncio.start_server(accept_and_ignore, "127.0.0.1", 0)
+    port = frozen.sockets[0].getsockname()[1]
+    drv = OpcuaDriver(config(f"opc.tcp://127.0.0.1:{port}/robot"))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        with pytest.raises(ConnectFailed, match=re.escape(f"127.0.0.1:{port}")):
+            await drv.connect()
+        assert loop.time() - start <= LIMITS.worst_case + 0.3
+        assert writers  # it did accept: the driver got as far as the OPC UA hello
+    finally:
+        await drv.close()
+        for w in writers:
+            w.close()
+        frozen.close()
+        await frozen.wait_closed()
+
+
+class FreezableProxy:
+    """A TCP relay to a server that can stop relaying (a frozen device, the link still up)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.frozen = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [writer, up_writer]
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    if not self.frozen:
+                        dst.write(data)
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    async def close(self) -> None:
+        for w in self._writers:
+            w.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_server_freezing_after_connect_times_out_and_is_lost(sim: Sim) -> None:
+    proxy = FreezableProxy(sim.server.port)
+    await proxy.start()
+    drv = OpcuaDriver(config(f"opc.tcp://127.0.0.1:{proxy.port}/robot"), [BUSY])
+    states: list[HealthState] = []
+    drv.on_health(lambda _name, health: states.append(health.state))
+    try:
+        await drv.connect()
+        proxy.frozen = True
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(DeviceTimeout, match="robot: read 1 point"):
+            await drv.read([BUSY])
+        assert loop.time() - start <= LIMITS.worst_case + 0.3
+        # the watchdog notices within two of its intervals
+        await wait_until(lambda: HealthState.LOST in states, 4 * LIMITS.worst_case, "health LOST")
+        proxy.frozen = False
+        await wait_until(lambda: states[-1] is HealthState.CONNECTED, 5.0, "reconnected")
+        assert states == [HealthState.CONNECTED, HealthState.LOST, HealthState.CONNECTED]
+        assert by_value(await drv.read([BUSY])) in ([True], [False])
+    finally:
+        await drv.close()
+        await proxy.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_restart_reports_lost_then_connected_and_resubscribes(own_sim: Sim) -> None:
+    drv = OpcuaDriver(config(own_sim.server.endpoint), [BUSY])
+    transitions: list[Health] = []
+    await drv.connect()
+    drv.on_health(lambda _name, health: transitions.append(health))
+    seen: list[bool | None] = []
+    drv.subscribe([BUSY], lambda readings: seen.append(readings[BUSY.name].value))
+    try:
+        await wait_until(lambda: seen == [False], 2.0, "the initial value")
+        await own_sim.server.stop()
+        await wait_until(lambda: len(transitions) >= 1, 3.0, "health LOST")
+        assert transitions[0].state is HealthState.LOST
+        assert own_sim.server.endpoint in (transitions[0].last_error or "")
+        with pytest.raises(NotConnected, match="robot: read 1 point"):
+            await drv.read([BUSY])
+        own_sim.image.set(BUSY.name, True)  # changed while the device was down
+        await own_sim.server.start()
+        await wait_until(lambda: len(transitions) >= 2, 5.0, "health CONNECTED")
+        assert [h.state for h in transitions] == [HealthState.LOST, HealthState.CONNECTED]
+        await wait_until(lambda: seen[-1] is True, 2.0, "the value after the restart")
+        await own_sim.set({BUSY.name: False})
+        await wait_until(lambda: seen[-1] is False, 2.0, "a change after the restart")
+        assert [h.state for h in transitions] == [HealthState.LOST, HealthState.CONNECTED]
+    finally:
+        await drv.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_close_leaves_no_tasks_behind(sim: Sim) -> None:
+    before = asyncio.all_tasks()
+    drv = OpcuaDriver(config(sim.server.endpoint), [BUSY])
+    await drv.connect()
+    unsubscribe = drv.subscribe([BUSY], lambda _r: None)
+    await drv.read([BUSY])
+    await drv.close()
+    unsubscribe()
+    current = asyncio.current_task()
+
+    def ours() -> set[asyncio.Task[object]]:
+        # the server's per-connection tasks end when it sees the socket close
+        return {
+            t
+            for t in asyncio.all_tasks() - before
+            if t is not current and "asyncua/server" not in repr(t.get_coro())
+        }
+
+    await wait_until(lambda: not ours(), 1.0, "the driver's tasks to end")
+    assert drv.health.state is HealthState.DISCONNECTED
