@@ -43,6 +43,7 @@ from cellctl.yamlload import (
     Where,
     YamlDocument,
     load_yaml,
+    plain,
     scalar_offset,
     validation_problems,
 )
@@ -477,7 +478,9 @@ class Interlock(_Model):
     description: str | None = None
 
 
-SafeValue = Annotated[Any, WithJsonSchema({"type": ["boolean", "number", "string"]})]
+SafeValue = Annotated[
+    Any, BeforeValidator(plain), WithJsonSchema({"type": ["boolean", "number", "string"]})
+]
 
 
 class Cell(_Model):
@@ -657,7 +660,7 @@ class _Rules:
 
     def check_devices(self) -> None:
         units: dict[tuple[str, int], str] = {}
-        lines: dict[str, ModbusRtuDevice] = {}
+        lines: dict[str, str] = {}
         servers: dict[tuple[str, int], str] = {}
         for name, device in self.devices.items():
             loc: tuple[str | int, ...] = ("devices", name)
@@ -676,13 +679,15 @@ class _Rules:
                         f"{first} (line {self.line(('devices', first))})",
                     )
             if isinstance(device, ModbusRtuDevice):
-                other = lines.setdefault(device.port, device)
+                first = lines.setdefault(device.port, name)
+                other = self.devices[first]
                 if _serial(other) != _serial(device):
                     self.add(
                         (*loc, "port"),
                         "serial-conflict",
-                        f"device {name}: serial settings on {device.port} differ from those "
-                        f"of another device on the same line",
+                        f"device {name}: baudrate, parity, stopbits and bytesize on "
+                        f"{device.port} must be those of device {first} "
+                        f"(line {self.line(('devices', first))}): one line, one setting",
                     )
             if isinstance(device, ModbusTcpDevice | OpcuaDevice):
                 self._check_server(name, device, servers)
@@ -983,7 +988,7 @@ class _Rules:
                 )
             else:
                 try:
-                    tag.check_value(value)
+                    tag.check_value(plain(value))
                 except BadValue as err:
                     self.add(loc, "bad-value", f"safe_state {name}: {err}")
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from typer.exceptions import TyperException
 from rich.console import Console
 from rich.live import Live
+from typer.exceptions import TyperException
 
 from cellctl import __version__, exitcodes
 from cellctl.cell import Cell, load_cell
@@ -121,9 +121,15 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="show library logs and tracebacks")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show library logs and tracebacks")
+    ] = False,
     log_file: Annotated[
-        Path | None, typer.Option("--log-file", help="JSON log (default: CELLCTL_LOG_FILE or ~/.local/state/cellctl/cellctl.log)")
+        Path | None,
+        typer.Option(
+            "--log-file",
+            help="JSON log (default: CELLCTL_LOG_FILE or ~/.local/state/cellctl/cellctl.log)",
+        ),
     ] = None,
 ) -> None:
     """cellctl: control software for microfactory production cells."""
@@ -150,10 +156,14 @@ def validate(
 
 @app.command()
 def read(
-    tags: Annotated[list[str] | None, typer.Argument(help="tags to read (default: every tag)")] = None,
+    tags: Annotated[
+        list[str] | None, typer.Argument(help="tags to read (default: every tag)")
+    ] = None,
     cell: CellOption = ...,  # type: ignore[assignment]
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
-    watch: Annotated[bool, typer.Option("--watch", help="keep showing values until Ctrl-C")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="keep showing values until Ctrl-C")
+    ] = False,
 ) -> None:
     """Read tags from whatever serves the cell file's endpoints."""
     spec = _load(cell)
@@ -197,7 +207,9 @@ async def _watch(cell: Cell, names: list[str], stop: asyncio.Event, seconds: flo
         latest: dict[str, TagValue] = {v.tag: v for v in await session.read()}
         unsubscribe = session.subscribe(lambda value: latest.__setitem__(value.tag, value))
         try:
-            with Live(tag_table(latest.values(), cell.cell), console=out, auto_refresh=False) as live:
+            with Live(
+                tag_table(latest.values(), cell.cell), console=out, auto_refresh=False
+            ) as live:
                 loop = asyncio.get_running_loop()
                 end = None if seconds is None else loop.time() + seconds
                 while not stop.is_set() and (end is None or loop.time() < end):
@@ -212,7 +224,9 @@ async def _watch(cell: Cell, names: list[str], stop: asyncio.Event, seconds: flo
 def write(
     assignments: Annotated[list[str], typer.Argument(help="TAG=VALUE pairs, written in order")],
     cell: CellOption = ...,  # type: ignore[assignment]
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="write to non-loopback endpoints without asking")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="write to non-loopback endpoints without asking")
+    ] = False,
 ) -> None:
     """Write tags; each write is reported only once the device confirmed it."""
     spec = _load(cell)
@@ -260,7 +274,10 @@ def check(cell_file: Annotated[Path, typer.Argument(metavar="CELL", help="the ce
     for result in results:
         status = "ok" if result.ok else "FAIL"
         rtt = f"{result.round_trip * 1000:.1f} ms" if result.round_trip is not None else "-"
-        out.print(f"{status:4} {result.device:16} {result.endpoint}  rtt {rtt}  {result.health}", markup=False)
+        out.print(
+            f"{status:4} {result.device:16} {result.endpoint}  rtt {rtt}  {result.health}",
+            markup=False,
+        )
         for problem in result.problems:
             out.print(f"     {result.device}: {problem}", markup=False)
         failed = failed or not result.ok
@@ -271,9 +288,14 @@ def check(cell_file: Annotated[Path, typer.Argument(metavar="CELL", help="the ce
 @app.command()
 def sim(
     cell_file: Annotated[Path, typer.Argument(metavar="CELL", help="the cell file")],
-    speed: Annotated[float, typer.Option("--speed", min=0.01, max=1000, help="model time factor")] = 1.0,
+    speed: Annotated[
+        float, typer.Option("--speed", min=0.01, max=1000, help="model time factor")
+    ] = 1.0,
     write_cell: Annotated[
-        Path | None, typer.Option("--write-cell", help="write a copy of the cell file pointing at what is served")
+        Path | None,
+        typer.Option(
+            "--write-cell", help="write a copy of the cell file pointing at what is served"
+        ),
     ] = None,
     host: Annotated[str, typer.Option("--host", help="address to serve on")] = "127.0.0.1",
 ) -> None:
@@ -298,7 +320,9 @@ def sim(
 
 @app.command()
 def demo(
-    seconds: Annotated[float, typer.Option("--seconds", min=0.5, help="how long to show the table")] = 5.0,
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=0.5, help="how long to show the table")
+    ] = 5.0,
     cell_file: Annotated[Path, typer.Option("--cell", help="the cell to simulate")] = DEMO_CELL,
 ) -> None:
     """Start the demo cell's simulators in-process, connect every driver, show every tag live."""

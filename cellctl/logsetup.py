@@ -1,4 +1,4 @@
-"""Logging: structlog JSON lines to a file; the console sees one plain line per warning, no tracebacks."""
+"""Logging: structlog JSON lines to a file; the console gets one plain line, no tracebacks."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class _NoTracebackConsole(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
-    def formatException(self, ei: object) -> str:  # noqa: N802 - logging's API name
+    def formatException(self, ei: object) -> str:
         return ""
 
 

@@ -85,9 +85,10 @@ class CellSimulator:
             image = ProcessImage(name, points.get(name, []))
             self.images[name] = image
             if device.sim is not None:
-                model_name, signal_map = _sim_spec(device.sim)
                 try:
-                    self.models[name] = create_model(model_name, image, self.clock, signal_map)
+                    self.models[name] = create_model(
+                        device.sim.model, image, self.clock, dict(device.sim.signals)
+                    )
                 except PlantError as err:
                     problems.append(f"device {name}: {err}")
             if device.driver == "modbus-tcp":
@@ -209,14 +210,6 @@ class CellSimulator:
             known = ", ".join(f"{d}:{f}" for d, m in self.models.items() for f in m.faults())
             raise SimulatorError(f"no fault {name!r} on device {device!r}; known: {known}")
         faults[name](on)
-
-
-def _sim_spec(sim: object) -> tuple[str, dict[str, str]]:
-    if isinstance(sim, str):
-        return sim, {}
-    model = getattr(sim, "model")
-    signals = dict(getattr(sim, "signals", None) or {})
-    return str(model), signals
 
 
 async def serve_forever(stop: asyncio.Event) -> None:

@@ -18,6 +18,7 @@ from ruamel.yaml.comments import CommentedBase
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.scalarbool import ScalarBoolean
 from ruamel.yaml.scalarstring import (
     DoubleQuotedScalarString,
     ScalarString,
@@ -404,3 +405,16 @@ def scalar_offset(value: object, col: int) -> int:
     if isinstance(value, ScalarString):  # literal or folded block: the text starts a line below
         return 0
     return col
+
+
+def plain(value: Any) -> Any:
+    """A YAML scalar as the builtin it stands for (ruamel's ScalarInt, ScalarFloat → int, float).
+
+    Fields typed `Any` keep what the loader made; this keeps `type(v) is int` checks honest.
+    """
+    if isinstance(value, ScalarBoolean):  # an anchored true/false: an int subclass, not bool
+        return bool(value)
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    return value

@@ -13,7 +13,7 @@ from drivers.points import MethodSpec, Point
 Value = bool | int | float | str
 
 
-class Quality(str, enum.Enum):
+class Quality(enum.StrEnum):
     """OPC-style quality of a reading."""
 
     GOOD = "good"
@@ -31,7 +31,7 @@ class Reading:
     error: str | None = None
 
 
-class HealthState(str, enum.Enum):
+class HealthState(enum.StrEnum):
     """Connection health of a device."""
 
     DISCONNECTED = "disconnected"

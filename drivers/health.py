@@ -88,7 +88,7 @@ async def connect_with_backoff(
         try:
             await attempt()
             return
-        except (DriverError, OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, DriverError, OSError) as err:
             last = err
         remaining = end - loop.time()
         if remaining <= 0:

@@ -123,6 +123,11 @@ class OpcuaDriver:
         except BaseException as err:
             await self._shutdown()
             self._tracker.set(HealthState.DISCONNECTED, str(err))
+            if isinstance(err, DriverError) and not isinstance(err, ConnectFailed | PointMismatch):
+                # A request of the checks failed: to the caller, the connect did.
+                raise ConnectFailed(
+                    f"{self.name}: connecting to {self.config.endpoint}: {err}"
+                ) from err
             raise
         self._running = True
         self._tracker.set(HealthState.CONNECTED)
@@ -164,11 +169,19 @@ class OpcuaDriver:
         end = loop.time() + deadline
 
         async def attempt() -> None:
-            await self._open_session(max(end - loop.time(), 0.001))
+            try:
+                await self._open_session(max(end - loop.time(), 0.001))
+            except ConnectFailed as err:
+                if _permanent(err):
+                    raise _Refused(err) from err
+                raise
 
-        await connect_with_backoff(
-            attempt, device=self.name, endpoint=self.config.endpoint, deadline=deadline
-        )
+        try:
+            await connect_with_backoff(
+                attempt, device=self.name, endpoint=self.config.endpoint, deadline=deadline
+            )
+        except _Refused as refused:
+            raise refused.error from refused.error.__cause__
         assert self._client is not None
         return self._client
 
@@ -180,12 +193,17 @@ class OpcuaDriver:
             self.config.endpoint, timeout=limits.timeout, watchdog_intervall=limits.worst_case
         )
         client.session_timeout = SESSION_TIMEOUT_MS
-        try:
+
+        async def start() -> None:
             await self._secure(client)
-            await asyncio.wait_for(client.connect(), budget)
+            await client.connect()
+
+        try:
+            await asyncio.wait_for(start(), budget)
         except BaseException as err:
-            # A cancelled connect leaves its socket open.
-            client.disconnect_socket()
+            client.disconnect_socket()  # a cancelled connect leaves its socket open
+            if isinstance(err, TimeoutError):
+                raise TimeoutError(f"no answer within {budget:.3g} s") from err
             if isinstance(err, UaError):
                 raise ConnectFailed(
                     f"{self.name}: {self.config.endpoint} refused the session: {_error_text(err)}"
@@ -569,6 +587,27 @@ class OpcuaDriver:
         if status is not None and status.is_uncertain():
             return Reading(value, now, Quality.UNCERTAIN, f"{where}: {status_name(status)}")
         return Reading(value, now)
+
+
+class _Refused(Exception):
+    """Carries a ConnectFailed that retrying cannot fix out of the connect loop."""
+
+    def __init__(self, error: ConnectFailed) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+# Session refusals that do not go away by retrying: identity, certificates, security settings.
+_PERMANENT = ("BadUserAccessDenied", "BadIdentityToken", "BadCertificate", "BadSecurity")
+
+
+def _permanent(err: ConnectFailed) -> bool:
+    """True when a failed connect is a refusal or a configuration error, not a passing fault."""
+    cause = err.__cause__
+    if isinstance(cause, UaStatusCodeError):
+        return status_name(status_code(cause.code)).startswith(_PERMANENT)
+    # No cause: our own configuration checks; a plain UaError: e.g. "No matching endpoints".
+    return cause is None or isinstance(cause, UaError)
 
 
 class _Watch:

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 
-class DataType(str, enum.Enum):
+class DataType(enum.StrEnum):
     """The value types a point can carry."""
 
     BOOL = "bool"
@@ -21,7 +21,7 @@ class DataType(str, enum.Enum):
     STRING = "string"
 
 
-class WordOrder(str, enum.Enum):
+class WordOrder(enum.StrEnum):
     """Byte/word order of multi-register values; ABCD is big-endian, high word first."""
 
     ABCD = "ABCD"
@@ -30,14 +30,14 @@ class WordOrder(str, enum.Enum):
     DCBA = "DCBA"
 
 
-class Access(str, enum.Enum):
+class Access(enum.StrEnum):
     """Whether the controller may write a point."""
 
     RO = "ro"
     RW = "rw"
 
 
-class ModbusTable(str, enum.Enum):
+class ModbusTable(enum.StrEnum):
     """The four Modbus data tables."""
 
     COIL = "coil"

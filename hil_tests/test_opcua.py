@@ -5,17 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from pathlib import Path
 
+import asyncua
 import pytest
 import pytest_asyncio
 from asyncua import ua
 from asyncua.client.client import Client
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.server import Server
 from asyncua.ua.uaerrors import UaStatusCodeError
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from drivers.base import Driver, Health, HealthState, Quality, Reading
-from drivers.config import OpcuaConfig, RequestLimits
+from drivers.config import OpcuaConfig, OpcuaSecurity, RequestLimits
 from drivers.errors import (
     BadStatus,
     ConnectFailed,
@@ -27,7 +34,7 @@ from drivers.errors import (
 from drivers.opcua import OpcuaDriver
 from drivers.points import Access, DataType, MethodArg, MethodSpec, OpcuaPoint
 from drivers.sim.image import ProcessImage
-from drivers.sim.opcua_server import OpcuaSimServer
+from drivers.sim.opcua_server import OpcuaSimServer, default_cache_dir, init_with_cache
 
 DEVICE = "robot"
 LIMITS = RequestLimits(timeout=0.3, retries=1)
@@ -601,3 +608,107 @@ async def test_close_leaves_no_tasks_behind(sim: Sim) -> None:
 
     await wait_until(lambda: not ours(), 1.0, "the driver's tasks to end")
     assert drv.health.state is HealthState.DISCONNECTED
+
+
+# -- security --------------------------------------------------------------------------------
+
+
+class OneUser:
+    """A server-side user manager that knows one operator."""
+
+    def get_user(
+        self,
+        _iserver: object,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: object = None,
+    ) -> User | None:
+        if username == "operator" and password == "s3cret":
+            return User(role=UserRole.User, name=username)
+        return None
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_sign_and_encrypt_with_user_and_password(tmp_path: Path) -> None:
+    host = socket.gethostname()
+    server_key, server_cert = tmp_path / "server.pem", tmp_path / "server.der"
+    client_key, client_cert = tmp_path / "client.pem", tmp_path / "client.der"
+    await setup_self_signed_certificate(
+        server_key,
+        server_cert,
+        "urn:cellctl:test:server",
+        host,
+        [ExtendedKeyUsageOID.SERVER_AUTH],
+        {},
+    )
+    await setup_self_signed_certificate(
+        client_key,
+        client_cert,
+        "urn:cellctl:test:client",
+        host,
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        {},
+    )
+    server = Server(user_manager=OneUser())
+    await init_with_cache(server, default_cache_dir())
+    await server.set_application_uri("urn:cellctl:test:server")
+    server.set_endpoint("opc.tcp://127.0.0.1:0/secure")
+    server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+    server.set_identity_tokens([ua.UserNameIdentityToken])
+    await server.load_certificate(str(server_cert))
+    await server.load_private_key(str(server_key))
+    idx = await server.register_namespace("urn:cellctl:test")
+    await server.nodes.objects.add_variable(
+        ua.NodeId("Robot.Busy", idx), "Robot.Busy", ua.Variant(True, ua.VariantType.Boolean)
+    )
+    await server.start()
+    assert server.bserver is not None
+    endpoint = f"opc.tcp://127.0.0.1:{server.bserver.port}/secure"
+    secure = OpcuaSecurity(
+        "Basic256Sha256_SignAndEncrypt",
+        str(client_cert),
+        str(client_key),
+        None,
+        "operator",
+        "s3cret",
+    )
+    try:
+        drv = OpcuaDriver(replace(config(endpoint), security=secure), [BUSY])
+        await drv.connect()
+        try:
+            assert by_value(await drv.read([BUSY])) == [True]
+        finally:
+            await drv.close()
+        wrong = OpcuaDriver(replace(config(endpoint), security=replace(secure, password="guess")))
+        with pytest.raises(ConnectFailed, match="BadUserAccessDenied"):
+            await wrong.connect()
+        plain = OpcuaDriver(config(endpoint))
+        with pytest.raises(ConnectFailed, match="refused the session: No matching endpoints"):
+            await plain.connect()
+    finally:
+        await server.stop()
+
+
+def test_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "cellctl"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == Path.home() / ".cache" / "cellctl"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_second_start_loads_the_address_space_cache(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+    for _ in range(2):
+        server = OpcuaSimServer(
+            "opc.tcp://127.0.0.1:0/x", ProcessImage(DEVICE, [BUSY]), cache_dir=tmp_path
+        )
+        start = loop.time()
+        await server.start()
+        times.append(loop.time() - start)
+        await server.stop()
+    # the bare path is the marker asyncua looks for before it loads the cache
+    marker = tmp_path / f"asyncua-{asyncua.__version__}-address-space"
+    assert await asyncio.to_thread(marker.is_file)
+    assert times[1] < 0.5 < times[0], times  # ≈ 0.1 s from the cache, 1–4 s building it

@@ -1,4 +1,4 @@
-"""Broken cell files: every problem reported at once, at its exact line and column, naming the culprit."""
+"""Broken cell files: every problem at once, at its exact line and column, naming the culprit."""
 
 from __future__ import annotations
 
@@ -45,9 +45,7 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         [expect(3, "\t", "yaml-syntax", "YAML syntax error")],
     ),
     "duplicate-tag": (
-        HEAD + "tags:\n"
-        "  a: {device: plc, address: 'hr:0'}\n"
-        "  a: {device: plc, address: 'hr:1'}\n",
+        HEAD + "tags:\n  a: {device: plc, address: 'hr:0'}\n  a: {device: plc, address: 'hr:1'}\n",
         [expect(8, "a:", "duplicate-key", "'a'", "tags", "first at line 7")],
     ),
     "duplicate-device-and-key": (
@@ -131,6 +129,21 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         "  b: {driver: modbus-rtu, port: /dev/ttyUSB0, unit: 2}\n",
         [expect(4, "2}", "unit-conflict", "device b", "/dev/ttyUSB0", "device a (line 3)")],
     ),
+    "serial-settings-differ-on-one-line": (
+        "cell: t\ndevices:\n"
+        "  a: {driver: modbus-rtu, port: /dev/ttyUSB0, unit: 1}\n"
+        "  b: {driver: modbus-rtu, port: /dev/ttyUSB0, unit: 2, baudrate: 9600}\n",
+        [expect(4, "/dev", "serial-conflict", "device b", "device a (line 3)", "baudrate")],
+    ),
+    "sim-signal-names-another-devices-tag": (
+        HEAD + "  plc2: {driver: modbus-tcp, host: 127.0.0.2, sim: {model: conveyor,\n"
+        "         signals: {run: ua.run, speed_rpm: nowhere}}}\n"
+        "tags:\n  ua.run: {device: ua, node: 'ns=2;s=Run', type: bool}\n",
+        [
+            expect(7, "ua.run", "unknown-tag", "device plc2", "signal 'run'", "'ua.run'"),
+            expect(7, "nowhere", "unknown-tag", "device plc2", "signal 'speed_rpm'"),
+        ],
+    ),
     "rtu-unit-zero-is-broadcast": (
         "cell: t\ndevices:\n  a: {driver: modbus-rtu, port: /dev/ttyS0, unit: 0}\n",
         [expect(3, "0}", "greater_than_equal", "device a", "unit")],
@@ -189,7 +202,8 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         [expect(9, "'hr:2'", "address-overlap", "tag word", "tag b0", "hr:3.0")],
     ),
     "same-coil-twice": (
-        HEAD + "tags:\n  a: {device: plc, address: 'coil:0'}\n  b: {device: plc, address: 'COIL:0'}\n",
+        HEAD
+        + "tags:\n  a: {device: plc, address: 'coil:0'}\n  b: {device: plc, address: 'COIL:0'}\n",
         [expect(8, "'COIL", "address-overlap", "tag b", "tag a")],
     ),
     "float-on-coil": (
@@ -255,7 +269,9 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         [expect(8, "'i=", "address-overlap", "tag b", "tag a", "line 7")],
     ),
     "bad-tag-names": (
-        HEAD + "tags:\n  robot.pass: {device: mem, type: bool}\n  'two words': {device: mem, type: bool}\n",
+        HEAD
+        + "tags:\n  robot.pass: {device: mem, type: bool}\n"
+        + "  'two words': {device: mem, type: bool}\n",
         [
             expect(7, "robot", "bad-name", "'pass' is reserved"),
             expect(8, "'two", "bad-name", "'two words'"),
@@ -284,6 +300,11 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
             expect(8, "nowhere", "unknown-device", "method x.go", "'nowhere'"),
         ],
     ),
+    "method-named-like-a-tag": (
+        HEAD + "tags:\n  ua.pick: {device: ua, node: 'ns=2;s=P', type: bool}\n"
+        "methods:\n  ua.pick: {device: ua, node: 'ns=2;s=R', method: '2:Pick'}\n",
+        [expect(9, "ua.pick", "duplicate-name", "method ua.pick", "a tag has the same name")],
+    ),
     "method-bad-arg-type": (
         HEAD + "methods:\n  ua.pick: {device: ua, node: 'ns=2;s=R', method: '2:Pick',\n"
         "            args: {slot: integer}}\n",
@@ -303,6 +324,14 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
     "interlock-refused-construct": (
         HEAD + "interlocks:\n  - {name: evil, when: \"__import__('os')\", action: abort}\n",
         [expect(7, "__import__", "expression", "interlock evil", "'__import__' not allowed")],
+    ),
+    "interlock-when-missing-or-not-text": (
+        HEAD
+        + "interlocks:\n  - {name: a, action: hold}\n  - {name: b, when: true, action: hold}\n",
+        [
+            expect(7, "{", "missing", "interlock a", "missing required key 'when'"),
+            expect(8, "true", "string_type", "interlock b", "when", "valid string"),
+        ],
     ),
     "interlock-duplicate-name-and-bad-action": (
         HEAD + "tags:\n  ok: {device: plc, address: 'di:0'}\ninterlocks:\n"
@@ -358,9 +387,7 @@ def test_broken_cell(tmp_path: Path, name: str) -> None:
     assert len(problems) == len(expected), shown
     for want in expected:
         prefix = f"{path}:{want.line}:{col_of(text, want.line, want.at)}: "
-        matching = [
-            p for p in problems if str(p).startswith(prefix) and p.code == want.code
-        ]
+        matching = [p for p in problems if str(p).startswith(prefix) and p.code == want.code]
         assert matching, f"nothing at {prefix} with code {want.code}:\n{shown}"
         assert any(all(word in p.message for word in want.says) for p in matching), shown
 
@@ -434,7 +461,9 @@ def test_recursive_alias_is_refused(tmp_path: Path) -> None:
 def test_deep_flow_nesting_is_refused_quickly(tmp_path: Path) -> None:
     text = "cell: t\ndevices: " + "[" * 3000 + "]" * 3000 + "\n"
     problems = check(tmp_path / "deep.yaml", text.encode())
-    assert [(p.line, p.col, p.code) for p in problems] == [(2, 10 + 64, "too-deep")]  # the 65th bracket
+    assert [(p.line, p.col, p.code) for p in problems] == [
+        (2, 10 + 64, "too-deep")
+    ]  # the 65th bracket
 
 
 def test_deep_block_nesting_is_refused(tmp_path: Path) -> None:

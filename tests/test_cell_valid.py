@@ -76,13 +76,21 @@ def test_demo_points(demo: Cell) -> None:
         "safety.light_curtain_ok", ModbusTable.DISCRETE_INPUT, 7, DataType.BOOL
     )
     assert tags.point_for(demo, "press.setpoint_kN") == ModbusPoint(
-        "press.setpoint_kN", ModbusTable.HOLDING_REGISTER, 0, DataType.FLOAT32, None,
-        WordOrder.ABCD, Access.RW,
+        "press.setpoint_kN",
+        ModbusTable.HOLDING_REGISTER,
+        0,
+        DataType.FLOAT32,
+        None,
+        WordOrder.ABCD,
+        Access.RW,
     )
     cycles = tags.point_for(demo, "press.cycles")
     assert isinstance(cycles, ModbusPoint)
     assert (cycles.table, cycles.address, cycles.datatype, cycles.end) == (
-        ModbusTable.INPUT_REGISTER, 2, DataType.UINT32, 4,
+        ModbusTable.INPUT_REGISTER,
+        2,
+        DataType.UINT32,
+        4,
     )
     assert tags.point_for(demo, "robot.position") == OpcuaPoint(
         "robot.position", "ns=2;s=Robot.Position", DataType.FLOAT64
@@ -93,7 +101,11 @@ def test_demo_points(demo: Cell) -> None:
 
 def test_demo_methods(demo: Cell) -> None:
     pick = tags.method_spec(demo, "robot.pick")
-    assert (pick.object_node, pick.browse_name, pick.result) == ("ns=2;s=Robot", "2:Pick", DataType.BOOL)
+    assert (pick.object_node, pick.browse_name, pick.result) == (
+        "ns=2;s=Robot",
+        "2:Pick",
+        DataType.BOOL,
+    )
     assert [(a.name, a.datatype) for a in pick.args] == [("slot", DataType.INT32)]
     assert {name: [m.name for m in ms] for name, ms in tags.methods_by_device(demo).items()} == {
         "robot": ["robot.pick", "robot.place"],
@@ -124,6 +136,7 @@ def test_demo_safe_state_writes_rw_tags_with_checked_values(demo: Cell) -> None:
         "inspection.trigger": False,
     }
     for name, value in demo.safe_state.items():
+        assert type(value) in (bool, int)  # builtins, not the YAML loader's subclasses
         assert demo.tags[name].access is Access.RW
         assert demo.tags[name].check_value(value) == value
 
@@ -131,8 +144,14 @@ def test_demo_safe_state_writes_rw_tags_with_checked_values(demo: Cell) -> None:
 # What the plant-model helper's models read and write (drivers/sim/plant): each signal must
 # bind to exactly one tag of its device by name suffix.
 SIGNALS = {
-    "conveyor": ["run", "speed_rpm", "part_at_station", "light_curtain_ok", "fault",
-                 "parts_delivered"],
+    "conveyor": [
+        "run",
+        "speed_rpm",
+        "part_at_station",
+        "light_curtain_ok",
+        "fault",
+        "parts_delivered",
+    ],
     "press": ["setpoint_kN", "force_kN", "cycle_start", "cycle_done", "fault", "cycles"],
     "robot": ["busy", "fault", "position"],
     "inspection": ["trigger", "done", "passed", "measured_mm"],
@@ -212,8 +231,17 @@ def test_valid_variants(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("20ms", 0.02), ("1.5s", 1.5), ("10s", 10.0), ("2m", 120.0),
-     ("1h", 3600.0), (" 3 s ", 3.0), (".5s", 0.5), ("0s", 0.0)],
+    [
+        ("500ms", 0.5),
+        ("20ms", 0.02),
+        ("1.5s", 1.5),
+        ("10s", 10.0),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        (" 3 s ", 3.0),
+        (".5s", 0.5),
+        ("0s", 0.0),
+    ],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -221,8 +249,16 @@ def test_parse_duration(text: str, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     ("value", "says"),
-    [(5, "needs a unit"), (0.5, "needs a unit"), ("5", "'5'"), ("1.5 sec", "'1.5 sec'"),
-     ("-1s", "'-1s'"), ("1e3ms", "'1e3ms'"), (True, "True"), ("inf s", "'inf s'")],
+    [
+        (5, "needs a unit"),
+        (0.5, "needs a unit"),
+        ("5", "'5'"),
+        ("1.5 sec", "'1.5 sec'"),
+        ("-1s", "'-1s'"),
+        ("1e3ms", "'1e3ms'"),
+        (True, "True"),
+        ("inf s", "'inf s'"),
+    ],
 )
 def test_parse_duration_refuses(value: object, says: str) -> None:
     with pytest.raises(DurationError) as caught:

@@ -203,58 +203,48 @@ def test_press_ignores_a_nonsense_setpoint(press: Press) -> None:
 
 @pytest.fixture
 def robot() -> Robot:
-    """A robot whose moves take 80 ms of real time."""
-    return Robot(image_for(Robot, "robot"), SimClock(speed=10.0))
+    """A robot driven by explicit ticks."""
+    return Robot(image_for(Robot, "robot"), SimClock())
 
 
 @pytest.mark.asyncio
-async def test_robot_pick_sets_busy_moves_and_returns_true(robot: Robot) -> None:
-    pick = start_call(robot.methods()["Pick"](3))
-    await wait_until(lambda: robot.get("busy") is True)
+async def test_robot_pick_starts_a_move_that_ends_in_model_time(robot: Robot) -> None:
+    assert await robot.methods()["Pick"](3) is True
+    assert robot.get("busy") is True
     assert robot.get("position") == 0.0
-    assert await asyncio.wait_for(pick, timeout=2.0) is True
+    run_for(robot, Robot.MOVE_TIME / 2)
+    assert robot.get("busy") is True
+    run_for(robot, Robot.MOVE_TIME)
     assert robot.get("busy") is False
     assert robot.get("position") == 3 * Robot.SLOT_PITCH_MM
-    assert await asyncio.wait_for(robot.methods()["Place"](1), timeout=2.0) is True
+    assert await robot.methods()["Place"](1) is True
+    run_for(robot, Robot.MOVE_TIME * 1.5)
     assert robot.get("position") == Robot.SLOT_PITCH_MM
 
 
 @pytest.mark.asyncio
 async def test_robot_refuses_while_busy(robot: Robot) -> None:
-    first = start_call(robot.methods()["Pick"](2))
-    await wait_until(lambda: robot.get("busy") is True)
+    assert await robot.methods()["Pick"](2) is True
     assert await robot.methods()["Place"](5) is False
-    assert await asyncio.wait_for(first, timeout=2.0) is True
+    run_for(robot, Robot.MOVE_TIME * 1.5)
     assert robot.get("position") == 2 * Robot.SLOT_PITCH_MM
 
 
 @pytest.mark.asyncio
-async def test_robot_faulted_fails_at_once(robot: Robot) -> None:
+async def test_robot_faulted_refuses_a_move(robot: Robot) -> None:
     robot.faults()["fault"](True)
     assert robot.get("fault") is True
-    started = time.monotonic()
     assert await robot.methods()["Pick"](1) is False
-    assert time.monotonic() - started < 0.05  # no move was attempted
     assert robot.get("busy") is False
 
 
 @pytest.mark.asyncio
-async def test_robot_fault_during_a_move_fails_it(robot: Robot) -> None:
-    pick = start_call(robot.methods()["Pick"](4))
-    await wait_until(lambda: robot.get("busy") is True)
+async def test_robot_fault_during_a_move_stops_it(robot: Robot) -> None:
+    assert await robot.methods()["Pick"](4) is True
+    run_for(robot, Robot.MOVE_TIME / 4)
     robot.faults()["fault"](True)
-    assert await asyncio.wait_for(pick, timeout=2.0) is False
+    run_for(robot, Robot.MOVE_TIME * 2)
     assert robot.get("position") == 0.0
-    assert robot.get("busy") is False
-
-
-@pytest.mark.asyncio
-async def test_robot_cancelled_move_clears_busy(robot: Robot) -> None:
-    pick = start_call(robot.methods()["Pick"](4))
-    await wait_until(lambda: robot.get("busy") is True)
-    pick.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await pick
     assert robot.get("busy") is False
 
 

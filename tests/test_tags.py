@@ -171,8 +171,9 @@ def test_missing_password_variable_names_device_and_variable(
     cell: Cell, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CELLCTL_TEST_UA_PASSWORD", raising=False)
-    with pytest.raises(MissingSecret, match="device ua: environment variable "
-                       "CELLCTL_TEST_UA_PASSWORD"):
+    with pytest.raises(
+        MissingSecret, match="device ua: environment variable CELLCTL_TEST_UA_PASSWORD"
+    ):
         tags.device_config(cell, "ua")
 
 
@@ -191,7 +192,7 @@ def test_method_specs_keep_argument_order(cell: Cell) -> None:
     )
     assert tags.method_spec(cell, "ua.home") == MethodSpec("ua.home", "ns=2;s=Robot", "2:Home")
     assert [m.name for m in tags.methods_by_device(cell)["ua"]] == ["ua.pick", "ua.home"]
-    with pytest.raises(UnknownMethod, match="'ua.pik'"):
+    with pytest.raises(UnknownMethod, match=r"'ua\.pik'"):
         tags.method_spec(cell, "ua.pik")
 
 

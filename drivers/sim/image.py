@@ -8,6 +8,7 @@ from drivers.base import Value
 from drivers.codecs import zero_value
 from drivers.points import Point
 
+
 class ProcessImage:
     """Values by tag name; the model sets them (marking them dirty), the server publishes them.
 

@@ -1,9 +1,9 @@
-"""The robot: Pick and Place methods that take time, with busy and position signals."""
+"""The robot: Pick and Place methods that start a timed move, with busy and position signals."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from drivers.points import DataType
 from drivers.sim.plant.base import MethodHandler, PlantModel
@@ -12,8 +12,9 @@ from drivers.sim.plant.base import MethodHandler, PlantModel
 class Robot(PlantModel):
     """A one-axis handling robot; slot n sits at n × SLOT_PITCH_MM along its axis.
 
-    A move is refused (returns False) when the robot is faulted or already busy, and a fault
-    raised during a move makes it fail where it stands; a slot outside 0..MAX_SLOT is a
+    Pick and Place start a move and return True at once; `busy` is true until it ends. A move
+    is refused (returns False) when the robot is faulted or already busy, and a fault raised
+    during a move stops it where it stands; a slot outside 0..MAX_SLOT is a
     ValueError (the OPC UA simulator answers BadInvalidArgument).
     """
 
@@ -28,22 +29,43 @@ class Robot(PlantModel):
     SLOT_PITCH_MM: ClassVar[float] = 100.0
     MAX_SLOT: ClassVar[int] = 15
 
-    async def _move(self, slot: int) -> bool:
-        """Move to a slot over MOVE_TIME model seconds; True when the robot got there."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._target: int | None = None
+        self._remaining = 0.0
+
+    def _start_move(self, slot: int) -> bool:
+        """Accept a move to a slot; False when faulted or busy. The move runs in tick().
+
+        Like most robot controllers' OPC UA interfaces, the call only starts the motion and
+        `busy` shows it: a method that blocked for the whole move would stall every other
+        request on the client's session (OPC UA servers answer a session's requests in turn).
+        """
         if not 0 <= slot <= self.MAX_SLOT:
             raise ValueError(f"{self.image.device}: no slot {slot} (slots 0..{self.MAX_SLOT})")
         if self.get("fault") or self.get("busy"):
             return False
+        self._target = slot
+        self._remaining = self.MOVE_TIME
         self.set("busy", True)
-        try:
-            await self.clock.sleep(self.MOVE_TIME)
-            if self.get("fault"):
-                return False
-            self.set("position", slot * self.SLOT_PITCH_MM)
-            return True
-        finally:
-            # Also when the caller gives up (cancelled): the robot must not stay busy forever.
+        return True
+
+    def tick(self, dt: float) -> None:
+        """Advance a move; a fault stops it where it stands."""
+        if self._target is None:
+            return
+        if self.get("fault"):
+            self._target = None
             self.set("busy", False)
+            return
+        self._remaining -= dt
+        if self._remaining <= 0:
+            self.set("position", self._target * self.SLOT_PITCH_MM)
+            self._target = None
+            self.set("busy", False)
+
+    async def _move(self, slot: int) -> bool:
+        return self._start_move(slot)
 
     def methods(self) -> dict[str, MethodHandler]:
         """'Pick' and 'Place', each (slot: int) -> bool."""
