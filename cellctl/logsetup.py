@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 from structlog.processors import ExceptionRenderer
@@ -33,6 +35,22 @@ class _NoTracebackConsole(logging.Formatter):
         return ""
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (tests and terminals swap it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+# The handlers this module installed, so a second configure replaces only its own.
+_INSTALLED: list[logging.Handler] = []
+
+
 def _shared_processors() -> list[structlog.types.Processor]:
     return [
         structlog.contextvars.merge_contextvars,
@@ -50,18 +68,20 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> Path
     """
     shared = _shared_processors()
     root = logging.getLogger()
-    for handler in list(root.handlers):
+    for handler in _INSTALLED:
         root.removeHandler(handler)
         handler.close()
+    _INSTALLED.clear()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
-    console = logging.StreamHandler()
+    console = _StderrHandler()
     console.setLevel(logging.DEBUG if debug else logging.ERROR)
     console.setFormatter(_NoTracebackConsole())
     # Library records never reach the console unless --debug: their tracebacks are noise there.
     if not debug:
         console.addFilter(lambda record: not record.name.startswith(NOISY_LIBRARIES))
     root.addHandler(console)
+    _INSTALLED.append(console)
 
     path = log_file or default_log_file()
     used: Path | None = path
@@ -83,6 +103,7 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> Path
             )
         )
         root.addHandler(file_handler)
+        _INSTALLED.append(file_handler)
 
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)

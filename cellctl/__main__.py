@@ -1,0 +1,5 @@
+"""`python -m cellctl`: the same as the `cellctl` command."""
+
+from cellctl.cli import main
+
+main()

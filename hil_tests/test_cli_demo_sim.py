@@ -1,0 +1,164 @@
+"""`cellctl read/write/check` in-process against the demo cell on its simulators."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cellctl.cell import load_cell
+from cellctl.cli import run
+from cellctl.simwiring import CellSimulator
+from hil_tests.support import LoopThread
+
+DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[CellSimulator, Path, LoopThread]]:
+    """The demo cell on simulators at free ports, and a cell file pointing at them."""
+    loop = LoopThread()
+
+    async def start() -> CellSimulator:
+        simulator = CellSimulator(load_cell(DEMO_CELL), speed=4.0)
+        await simulator.start()
+        return simulator
+
+    simulator = loop.run(start())
+    served = tmp_path_factory.mktemp("demo") / "cell.yaml"
+    simulator.write_cell(DEMO_CELL, served)
+    try:
+        yield simulator, served, loop
+    finally:
+        loop.run(simulator.stop())
+        loop.close()
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run cellctl in-process; (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = run(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def values(capsys: pytest.CaptureFixture[str], cell: Path, *tags: str) -> dict[str, object]:
+    """Tag values through `cellctl read --json`."""
+    code, out, err = cli(capsys, "read", "--cell", str(cell), "--json", *tags)
+    assert code == 0, err
+    return {row["tag"]: row["value"] for row in json.loads(out)}
+
+
+def test_write_confirms_and_read_shows_the_value(demo, capsys) -> None:  # type: ignore[no-untyped-def]
+    _, cell, _ = demo
+    code, out, err = cli(
+        capsys, "write", "--cell", str(cell), "conveyor.speed_rpm=1234", "press.setpoint_kN=12.3"
+    )
+    assert code == 0, err
+    assert "conveyor.speed_rpm = 1234 (confirmed)" in out
+    assert "press.setpoint_kN = 12.3 (confirmed)" in out
+    got = values(capsys, cell, "conveyor.speed_rpm", "press.setpoint_kN")
+    # float32 shown in its shortest round-trip form, not 12.300000190734863
+    assert got == {"conveyor.speed_rpm": 1234, "press.setpoint_kN": 12.3}
+
+
+def test_the_image_sees_what_the_cli_wrote(demo, capsys) -> None:  # type: ignore[no-untyped-def]
+    simulator, cell, _ = demo
+    assert cli(capsys, "write", "--cell", str(cell), "--yes", "press.cycle_start=true")[0] == 0
+    assert simulator.images["press"].get("press.cycle_start") is True
+    assert cli(capsys, "write", "--cell", str(cell), "--yes", "press.cycle_start=false")[0] == 0
+    assert simulator.images["press"].get("press.cycle_start") is False
+
+
+@pytest.mark.parametrize(
+    ("assignment", "named"),
+    [
+        ("conveyor.speed_rpm=3001", "conveyor.speed_rpm"),  # above the tag's max
+        ("conveyor.speed_rpm=-1", "conveyor.speed_rpm"),
+        ("conveyor.speed_rpm=fast", "conveyor.speed_rpm"),
+        ("conveyor.run=maybe", "conveyor.run"),
+        ("press.force_kN=3", "press.force_kN"),  # read-only
+        ("conveyor.nosuch=1", "conveyor.nosuch"),
+        ("conveyor.speed_rpm", "TAG=VALUE"),
+    ],
+)
+def test_bad_writes_are_refused_before_anything_is_sent(
+    demo, capsys, assignment: str, named: str
+) -> None:  # type: ignore[no-untyped-def]
+    simulator, cell, _ = demo
+    before = simulator.images["conveyor"].snapshot()
+    # A good assignment first: nothing at all may be written when any one is bad.
+    code, out, err = cli(capsys, "write", "--cell", str(cell), "conveyor.speed_rpm=777", assignment)
+    assert code == 1
+    assert named in err
+    assert "Traceback" not in out + err
+    assert simulator.images["conveyor"].snapshot() == before
+
+
+def test_plant_models_run_behind_the_protocol(demo, capsys) -> None:  # type: ignore[no-untyped-def]
+    _, cell, _ = demo
+    assert (
+        cli(capsys, "write", "--cell", str(cell), "conveyor.speed_rpm=1200", "conveyor.run=true")[0]
+        == 0
+    )
+    deadline = time.monotonic() + 10
+    while not values(capsys, cell, "conveyor.part_at_station")["conveyor.part_at_station"]:
+        assert time.monotonic() < deadline, "no part reached the station"
+    assert cli(capsys, "write", "--cell", str(cell), "conveyor.run=false")[0] == 0
+
+
+def test_a_plant_fault_is_seen_by_read(demo, capsys) -> None:  # type: ignore[no-untyped-def]
+    simulator, cell, loop = demo
+    loop.loop.call_soon_threadsafe(simulator.fault, "conveyor", "light-curtain", True)
+    try:
+        deadline = time.monotonic() + 5
+        while values(capsys, cell, "safety.light_curtain_ok")["safety.light_curtain_ok"]:
+            assert time.monotonic() < deadline, "the broken curtain never showed"
+    finally:
+        loop.loop.call_soon_threadsafe(simulator.fault, "conveyor", "light-curtain", False)
+
+
+def test_check_lists_each_opcua_mismatch(demo, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, cell, _ = demo
+    text = cell.read_text(encoding="utf-8")
+    text = re.sub(r"(Robot\.Position['\"]?, type:) float64", r"\1 int32", text)
+    text = re.sub(r"(Robot\.Busy['\"]?, type: bool)", r"\1, access: rw", text)
+    assert "int32" in text and "access: rw}" in text
+    wrong = tmp_path / "cell.yaml"
+    wrong.write_text(text, encoding="utf-8")
+    code, out, err = cli(capsys, "check", str(wrong))
+    assert code == 2, out + err
+    lines = [line for line in out.splitlines() if line.strip().startswith("robot:")]
+    assert any("robot.position" in line and "Double" in line for line in lines), out
+    assert any("robot.busy" in line for line in lines), out
+    assert re.search(r"^ok\s+conveyor ", out, re.M), out
+
+
+def test_unreachable_device_exits_2_naming_it(capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cell = tmp_path / "cell.yaml"
+    cell.write_text(
+        "cell: lonely\n"
+        "devices:\n"
+        f"  plc: {{driver: modbus-tcp, host: 127.0.0.1, port: {port},\n"
+        "        timeout: 100ms, retries: 1}\n"
+        "tags:\n"
+        "  plc.count: {device: plc, address: 'hr:0'}\n",
+        encoding="utf-8",
+    )
+    started = time.monotonic()
+    code, _, err = cli(capsys, "read", "--cell", str(cell))
+    assert code == 2
+    assert "plc" in err and str(port) in err
+    assert "Traceback" not in err
+    assert time.monotonic() - started < 5  # retried within timeout × (retries + 1), then gave up

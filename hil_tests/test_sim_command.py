@@ -1,0 +1,203 @@
+"""A cell file no project file describes, served by `cellctl sim` in its own process and read and
+written by third-party clients (raw pymodbus and asyncua) and by `cellctl read/write`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from asyncua import Client, ua
+from pymodbus.client import AsyncModbusTcpClient
+
+from cellctl.cell import load_cell
+from cellctl.cli import run
+from hil_tests.support import wait_until
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+CELL = """\
+cell: bottling
+devices:
+  filler: {{driver: modbus-tcp, host: 127.0.0.1, port: {modbus_port}, unit: 7, poll: 50ms,
+            timeout: 300ms, retries: 1}}
+  capper: {{driver: opcua, endpoint: "opc.tcp://127.0.0.1:{opcua_port}/capper",
+            publishing_interval: 50ms, timeout: 1s}}
+tags:
+  filler.enable:    {{device: filler, address: "coil:3", access: rw}}
+  filler.volume_ml: {{device: filler, address: "hr:10", type: float32, access: rw}}
+  filler.count:     {{device: filler, address: "hr:12", type: uint32, word_order: CDAB, access: rw}}
+  filler.level:     {{device: filler, address: "ir:0", type: int16}}
+  capper.torque_Nm: {{device: capper, node: "ns=3;i=1001", type: float64, access: rw}}
+  capper.batch:     {{device: capper, node: "ns=3;s=Batch.Name", type: string, access: rw}}
+  capper.ready:     {{device: capper, node: "ns=3;s=Ready", type: bool}}
+methods:
+  capper.home: {{device: capper, node: "ns=3;s=Capper", method: "3:Home", args: {{speed: int32}},
+                result: bool}}
+"""
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`cellctl sim` serving the bottling cell in a child process; the cell file it wrote."""
+    folder = tmp_path_factory.mktemp("bottling")
+    cell = folder / "cell.yaml"
+    cell.write_text(CELL.format(modbus_port=free_port(), opcua_port=free_port()), encoding="utf-8")
+    written = folder / "served.yaml"
+    env = dict(os.environ, CELLCTL_LOG_FILE=str(folder / "sim.log"))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cellctl", "sim", str(cell), "--write-cell", str(written)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        wait_until(lambda: written.exists() or child.poll() is not None, 30, "cellctl sim to serve")
+        assert child.poll() is None, child.communicate()
+        yield written
+    finally:
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=15)
+        # SIGINT is the normal end of `cellctl sim`.
+        assert child.returncode == 0, err
+        assert "Traceback" not in err
+    assert "filler" in out and "capper" in out
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run cellctl in-process; (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = run(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def cellctl_values(capsys: pytest.CaptureFixture[str], cell: Path) -> dict[str, object]:
+    """Every tag through `cellctl read --json`."""
+    code, out, err = cli(capsys, "read", "--cell", str(cell), "--json")
+    assert code == 0, err
+    return {row["tag"]: row["value"] for row in json.loads(out)}
+
+
+def test_serves_the_cell_files_own_ports(served: Path) -> None:
+    cell = load_cell(served)
+    source = load_cell(served.parent / "cell.yaml")
+    assert cell.devices["filler"].port == source.devices["filler"].port  # type: ignore[union-attr]
+    assert cell.devices["capper"].endpoint == source.devices["capper"].endpoint  # type: ignore[union-attr]
+
+
+def test_raw_pymodbus_writes_are_what_cellctl_reads(
+    served: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    filler = load_cell(served).devices["filler"]
+
+    async def third_party() -> None:
+        client = AsyncModbusTcpClient("127.0.0.1", port=filler.port, timeout=1, retries=0)  # type: ignore[union-attr]
+        assert await client.connect()
+        try:
+            regs = client.convert_to_registers(41.5, client.DATATYPE.FLOAT32)
+            assert not (await client.write_registers(10, regs, device_id=7)).isError()
+            count = client.convert_to_registers(70000, client.DATATYPE.UINT32, word_order="little")
+            assert not (await client.write_registers(12, count, device_id=7)).isError()
+            assert not (await client.write_coil(3, True, device_id=7)).isError()
+        finally:
+            client.close()
+
+    asyncio.run(third_party())
+    got = cellctl_values(capsys, served)
+    assert got["filler.volume_ml"] == 41.5
+    assert got["filler.count"] == 70000
+    assert got["filler.enable"] is True
+    assert got["filler.level"] == 0
+
+
+def test_cellctl_writes_are_what_raw_pymodbus_reads(
+    served: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = cli(
+        capsys,
+        "write",
+        "--cell",
+        str(served),
+        "filler.volume_ml=0.1",
+        "filler.count=123456",
+        "filler.enable=false",
+    )
+    assert code == 0, err
+    filler = load_cell(served).devices["filler"]
+
+    async def third_party() -> tuple[float, int, bool]:
+        client = AsyncModbusTcpClient("127.0.0.1", port=filler.port, timeout=1, retries=0)  # type: ignore[union-attr]
+        assert await client.connect()
+        try:
+            regs = (await client.read_holding_registers(10, count=4, device_id=7)).registers
+            coils = (await client.read_coils(3, count=1, device_id=7)).bits
+        finally:
+            client.close()
+        volume = client.convert_from_registers(regs[:2], client.DATATYPE.FLOAT32)
+        count = client.convert_from_registers(regs[2:], client.DATATYPE.UINT32, word_order="little")
+        return float(volume), int(count), bool(coils[0])  # type: ignore[arg-type]
+
+    volume, count, enable = asyncio.run(third_party())
+    assert abs(volume - 0.1) < 1e-7
+    assert count == 123456
+    assert enable is False
+
+
+def test_raw_asyncua_and_cellctl_see_the_same_nodes(
+    served: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoint = load_cell(served).devices["capper"].endpoint  # type: ignore[union-attr]
+
+    async def third_party_write() -> None:
+        async with Client(endpoint, timeout=2) as client:
+            await client.get_node("ns=3;i=1001").write_value(
+                ua.Variant(7.25, ua.VariantType.Double)
+            )
+            with pytest.raises(ua.UaStatusCodeError):  # a read-only node refuses any client
+                await client.get_node("ns=3;s=Ready").write_value(
+                    ua.Variant(True, ua.VariantType.Boolean)
+                )
+
+    asyncio.run(third_party_write())
+    got = cellctl_values(capsys, served)
+    assert got["capper.torque_Nm"] == 7.25
+    assert got["capper.ready"] is False
+
+    code, _, err = cli(
+        capsys, "write", "--cell", str(served), "capper.batch=LOT-42", "capper.torque_Nm=3.5"
+    )
+    assert code == 0, err
+
+    async def third_party_read() -> tuple[object, object, object]:
+        async with Client(endpoint, timeout=2) as client:
+            batch = await client.get_node("ns=3;s=Batch.Name").read_value()
+            torque = await client.get_node("ns=3;i=1001").read_value()
+            capper = client.get_node("ns=3;s=Capper")
+            homed = await capper.call_method("3:Home", ua.Variant(5, ua.VariantType.Int32))
+            return batch, torque, homed
+
+    batch, torque, homed = asyncio.run(third_party_read())
+    assert (batch, torque) == ("LOT-42", 3.5)
+    assert homed is False  # the generic simulator answers with the result type's zero value
+
+
+def test_cellctl_check_agrees_with_the_served_cell(
+    served: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(capsys, "check", str(served))
+    assert code == 0, out + err
