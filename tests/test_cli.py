@@ -1,0 +1,109 @@
+"""The CLI's exit-code convention and messages, in-process (no devices)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cellctl import __version__
+from cellctl.cli import run
+
+DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run cellctl in-process; (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = run(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "--version")
+    assert (code, out.strip()) == (0, f"cellctl {__version__}")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["no-such-command"],
+        ["read"],  # --cell missing
+        ["read", "--cell"],
+        ["sim", str(DEMO_CELL), "--speed", "fast"],
+        ["demo", "--seconds", "-3"],
+        ["validate", "--bogus", str(DEMO_CELL)],
+    ],
+)
+def test_usage_errors_exit_1_not_2(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
+    code, out, err = cli(capsys, *args)
+    assert code == 1
+    assert "Traceback" not in out + err
+    assert err.strip()
+
+
+def test_validate_demo_cell(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "validate", str(DEMO_CELL))[0] == 0
+
+
+def test_validate_reports_every_problem_located(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "cell.yaml"
+    broken.write_text(
+        "cell: broken\n"
+        "devices:\n"
+        "  plc: {driver: modbus-tcp, host: 127.0.0.1, port: 70000}\n"
+        "tags:\n"
+        "  plc.a: {device: plc, address: 'hr:0'}\n"
+        "  plc.b: {device: plc, address: '40001'}\n",
+        encoding="utf-8",
+    )
+    code, _, err = cli(capsys, "validate", str(broken))
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert any(line.startswith(f"{broken}:3:") and "port" in line for line in lines), err
+    assert any(line.startswith(f"{broken}:6:") and "plc.b" in line for line in lines), err
+    code, out, _ = cli(capsys, "validate", "--json", str(broken), str(DEMO_CELL))
+    rows = json.loads(out)
+    assert code == 1
+    assert {row["line"] for row in rows} >= {3, 6}
+    assert all(row["file"] == str(broken) for row in rows)
+
+
+def test_validate_tells_files_apart(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("recipe: x\nversion: 1\nsteps: []\n", encoding="utf-8")
+    other = tmp_path / "o.yaml"
+    other.write_text("hello: world\n", encoding="utf-8")
+    missing = tmp_path / "missing.yaml"
+    code, _, err = cli(capsys, "validate", str(recipe), str(other), str(missing))
+    assert code == 1
+    assert f"{recipe}:1:1:" in err and "recipe" in err
+    assert f"{other}:1:1:" in err and "neither a cell file" in err
+    assert f"{missing}:1:1:" in err
+
+
+def test_read_with_a_broken_cell_exits_1_before_connecting(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "cell.yaml"
+    broken.write_text("cell: x\ndevices: {}\ntags:\n  a.b: {device: nowhere, address: 'hr:0'}\n")
+    code, _, err = cli(capsys, "read", "--cell", str(broken))
+    assert code == 1
+    assert f"{broken}:4:" in err and "nowhere" in err
+
+
+def test_read_unknown_tag_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "read", "--cell", str(DEMO_CELL), "conveyor.nosuch")
+    assert code == 1
+    assert "conveyor.nosuch" in err
+
+
+def test_write_to_a_real_serial_line_needs_yes(capsys: pytest.CaptureFixture[str]) -> None:
+    # The demo cell's press sits on /dev/ttyUSB0: a real machine, so no write without --yes.
+    code, _, err = cli(capsys, "write", "--cell", str(DEMO_CELL), "press.cycle_start=true")
+    assert code == 1
+    assert "press" in err and "--yes" in err
