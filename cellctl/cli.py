@@ -218,6 +218,8 @@ async def _watch(cell: Cell, names: list[str], stop: asyncio.Event, seconds: flo
                         await asyncio.wait_for(stop.wait(), 0.25)
         finally:
             unsubscribe()
+        if not out.is_terminal:
+            out.print()  # rich leaves the last frame without a newline off a terminal
 
 
 @app.command()

@@ -206,7 +206,7 @@ def _parse_text(text: str, name: str) -> YamlDocument:
         data = yaml.constructor.construct_document(node)
     except MarkedYAMLError as err:
         raise _syntax_failure(name, err) from None
-    except YAMLError as err:
+    except (YAMLError, ValueError, TypeError) as err:  # ruamel raises ValueError for '!!int x'
         raise _fail(name, 1, 1, "yaml-syntax", f"YAML error: {err}") from None
     return YamlDocument(name, data, problems)
 
@@ -245,6 +245,16 @@ def _duplicate_keys(name: str, root: Node) -> list[Problem]:
         if isinstance(node, MappingNode):
             first: dict[str, int] = {}
             for key_node, value_node in node.value:
+                if not isinstance(key_node, ScalarNode):
+                    # A '?' complex key: never needed here, and ruamel cannot always build it.
+                    mark = key_node.start_mark
+                    raise _fail(
+                        name,
+                        mark.line + 1,
+                        mark.column + 1,
+                        "yaml-syntax",
+                        "a key must be a plain value, not a list or mapping",
+                    )
                 key = str(key_node.value) if isinstance(key_node, ScalarNode) else None
                 if key is not None and key in first:
                     mark = key_node.start_mark

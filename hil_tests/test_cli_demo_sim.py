@@ -162,3 +162,28 @@ def test_unreachable_device_exits_2_naming_it(capsys, tmp_path: Path) -> None:  
     assert "plc" in err and str(port) in err
     assert "Traceback" not in err
     assert time.monotonic() - started < 5  # retried within timeout × (retries + 1), then gave up
+
+
+def test_demo_shows_every_tag_live_and_exits_0(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = cli(capsys, "demo", "--seconds", "1")
+    assert code == 0, err
+    for tag in load_cell(DEMO_CELL).tags:
+        assert tag in out
+    assert "good" in out and "bad" not in out
+
+
+def test_robot_busy_is_visible_as_soon_as_pick_returns(demo) -> None:  # type: ignore[no-untyped-def]
+    """The robot's Pick starts a move and returns; busy must already read true then."""
+    from asyncua import Client, ua
+
+    simulator, _, loop = demo
+    endpoint = simulator.served_cell.devices["robot"].endpoint
+
+    async def pick_then_read() -> tuple[object, object]:
+        async with Client(endpoint, timeout=2) as client:
+            robot = client.get_node("ns=2;s=Robot")
+            accepted = await robot.call_method("2:Pick", ua.Variant(2, ua.VariantType.Int32))
+            busy = await client.get_node("ns=2;s=Robot.Busy").read_value()
+            return accepted, busy
+
+    assert loop.run(pick_then_read()) == (True, True)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 
-from drivers.base import Value
 from drivers.points import DataType, MemoryPoint, ModbusPoint, ModbusTable, Point
 from drivers.sim.image import ProcessImage
 from drivers.sim.plant.base import PlantError, PlantModel, SimClock
@@ -35,20 +32,6 @@ def run_for(model: PlantModel, seconds: float, dt: float = TICK) -> None:
     """Tick the model for `seconds` of model time in steps of dt."""
     for _ in range(round(seconds / dt)):
         model.tick(dt)
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 2.0) -> None:
-    """Yield to the loop until `predicate` holds; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.001)
-
-
-def start_call(call: Awaitable[Value | None]) -> asyncio.Future[Value | None]:
-    """Run a method call in the background."""
-    return asyncio.ensure_future(call)
 
 
 # --- conveyor ---------------------------------------------------------------------------

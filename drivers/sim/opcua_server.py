@@ -8,7 +8,7 @@ import datetime
 import inspect
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -164,6 +164,13 @@ class OpcuaSimServer:
         if server is not None:
             await server.stop()
 
+    async def _publish_model_changes(self) -> None:
+        """Publish what a method handler changed before its answer leaves, so a client that
+        reads `busy` right after `Pick` returned never sees the value from before the call."""
+        changed = self._image.take_dirty()
+        if changed:
+            await self.publish(self._image.device, changed)
+
     async def publish(self, device: str, values: dict[str, Value]) -> None:
         """Write model values into the nodes, each as a Variant of its point's type."""
         if device != self._image.device:
@@ -232,7 +239,9 @@ class OpcuaSimServer:
             outputs.append(
                 ua.Argument(Name="result", DataType=datatype_node(spec.result), ValueRank=-1)
             )
-        callback = _MethodCallback(self._image.device, spec, self._handlers.get(qname.Name))
+        callback = _MethodCallback(
+            self._image.device, spec, self._handlers.get(qname.Name), self._publish_model_changes
+        )
         # Passing the namespace index lets the server number the method node in that namespace.
         await parent.add_method(qname.NamespaceIndex, qname.Name, callback.call, inputs, outputs)
 
@@ -263,10 +272,17 @@ class OpcuaSimServer:
 class _MethodCallback:
     """Runs a plant model's handler for an OPC UA method call, mapping failures to status codes."""
 
-    def __init__(self, device: str, spec: MethodSpec, handler: MethodHandler | None) -> None:
+    def __init__(
+        self,
+        device: str,
+        spec: MethodSpec,
+        handler: MethodHandler | None,
+        after: Callable[[], Awaitable[None]],
+    ) -> None:
         self.device = device
         self.spec = spec
         self.handler = handler
+        self.after = after
 
     async def call(self, _parent: ua.NodeId, *inputs: ua.Variant) -> Any:
         """asyncua calls this with the object's NodeId and the input Variants.
@@ -319,9 +335,9 @@ class _MethodCallback:
         """The handler's result, or the zero value of the result type when there is no handler."""
         if self.handler is None:
             return zero_value(self.spec.result) if self.spec.result is not None else None
-        result = self.handler(*args)
-        if inspect.isawaitable(result):
-            return await result
+        pending = self.handler(*args)
+        result = await pending if inspect.isawaitable(pending) else pending
+        await self.after()
         return result
 
 
