@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -28,7 +29,7 @@ from cellctl.connect import (
 )
 from cellctl.errors import CellctlError, Problem, ValidationFailed
 from cellctl.liveview import plain_line, tag_table
-from cellctl.logsetup import configure_logging
+from cellctl.logsetup import configure_logging, default_log_file
 from cellctl.tags import parse_value
 from cellctl.validate import validate_files
 from drivers.codecs import format_value
@@ -363,6 +364,14 @@ def run(argv: list[str] | None = None) -> int:
         return exitcodes.BAD_INPUT
     except (CellctlError, DriverError) as error:
         return _fail(error).code
+    except Exception as error:  # a bug of ours: one line here, the traceback in the log file
+        logging.getLogger("cellctl").exception("internal error")
+        err.print(
+            f"error: internal error: {type(error).__name__}: {error} "
+            f"(traceback in {default_log_file()}; please report it)",
+            markup=False,
+        )
+        return exitcodes.BAD_INPUT
     return int(result) if isinstance(result, int) else exitcodes.OK
 
 

@@ -15,6 +15,7 @@ from urllib.parse import urlparse, urlunparse
 
 from ruamel.yaml import YAML
 
+from cellctl import exitcodes
 from cellctl.cell import Cell
 from cellctl.errors import CellctlError
 from cellctl.tags import methods_by_device, points_by_device
@@ -28,7 +29,13 @@ from drivers.sim.server import SimServer
 
 
 class SimulatorError(CellctlError):
-    """The simulators for a cell could not be built or started."""
+    """The simulators for a cell cannot be built (an unknown plant model, a missing signal)."""
+
+
+class SimulatorStartFailed(SimulatorError):
+    """A simulator could not open its endpoint (a port in use, an address not on this host)."""
+
+    exit_code = exitcodes.DEVICE_FAILURE
 
 
 @dataclass
@@ -136,12 +143,16 @@ class CellSimulator:
     async def start(self) -> None:
         """Start every server, then the plant models; on any failure stop what started."""
         try:
+            # Every server is ready before the first endpoint opens: a client never finds
+            # half a cell.
+            for server in self._unique:
+                await server.prepare()
             for server in self._unique:
                 await server.start()
             await self.runner.start()
         except OSError as err:
             await self.stop()
-            raise SimulatorError(f"cannot start the simulators: {err}") from err
+            raise SimulatorStartFailed(f"cannot start the simulators: {err}") from err
         self._started = True
 
     async def stop(self) -> None:

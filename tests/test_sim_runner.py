@@ -33,6 +33,9 @@ class RecordingServer:
         """Not a network endpoint."""
         return "recording"
 
+    async def prepare(self) -> None:
+        """Nothing to build."""
+
     async def start(self) -> None:
         """Nothing to open."""
 

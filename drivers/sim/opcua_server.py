@@ -116,6 +116,7 @@ class OpcuaSimServer:
         for tag, node_id in self._node_ids.items():
             self._tags_by_node.setdefault(node_id, []).append(tag)
         self._server: Server | None = None
+        self._prepared: Server | None = None
         self._clock: asyncio.Task[None] | None = None
 
     @property
@@ -128,9 +129,9 @@ class OpcuaSimServer:
         """The TCP port (0 until the first start when asked for a free one)."""
         return self._port
 
-    async def start(self) -> None:
-        """Build the address space from the image and listen; a restart reuses the same port."""
-        if self._server is not None:
+    async def prepare(self) -> None:
+        """Build the address space without opening the endpoint (the slow part of a start)."""
+        if self._server is not None or self._prepared is not None:
             return
         for name in _QUIET_LOGGERS:
             logger = logging.getLogger(name)
@@ -146,6 +147,15 @@ class OpcuaSimServer:
         server.disable_clock()
         await self._build(server)
         server.subscribe_server_callback(CallbackType.PostWrite, self._on_post_write)
+        self._prepared = server
+
+    async def start(self) -> None:
+        """Listen (preparing first if needed); a restart reuses the same port."""
+        if self._server is not None:
+            return
+        await self.prepare()
+        server, self._prepared = self._prepared, None
+        assert server is not None
         await server.start()
         assert server.bserver is not None
         self._port = int(server.bserver.port)

@@ -15,6 +15,10 @@ class SimServer(Protocol):
         """What a client connects to: 'host:port', a pty path, or an opc.tcp:// URL."""
         ...
 
+    async def prepare(self) -> None:
+        """Do the slow work of a start (build address spaces) without opening the endpoint."""
+        ...
+
     async def start(self) -> None:
         """Open the endpoint; when this returns, clients can connect. Restart reuses the port."""
         ...
