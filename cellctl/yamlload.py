@@ -206,7 +206,7 @@ def _parse_text(text: str, name: str) -> YamlDocument:
         data = yaml.constructor.construct_document(node)
     except MarkedYAMLError as err:
         raise _syntax_failure(name, err) from None
-    except (YAMLError, ValueError, TypeError) as err:  # ruamel raises ValueError for '!!int x'
+    except Exception as err:  # ruamel raises anything for a tag like '!!map x' or '!!int x'
         raise _fail(name, 1, 1, "yaml-syntax", f"YAML error: {err}") from None
     return YamlDocument(name, data, problems)
 

@@ -96,3 +96,18 @@ async def connect_with_backoff(
                 f"{device}: cannot connect to {endpoint} within {deadline:g} s: {last}"
             ) from last
         await asyncio.sleep(min(backoff.next_delay(), remaining))
+
+
+class TracksHealth:
+    """Mixin for drivers: `health` and `on_health` served by the HealthTracker in `_tracker`."""
+
+    _tracker: HealthTracker
+
+    @property
+    def health(self) -> Health:
+        """The device's current connection health."""
+        return self._tracker.health
+
+    def on_health(self, callback: HealthCallback) -> Unsubscribe:
+        """Call back with (device name, Health) once per health transition."""
+        return self._tracker.listen(callback)

@@ -9,8 +9,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from drivers.base import (
-    Health,
-    HealthCallback,
     HealthState,
     Quality,
     Reading,
@@ -29,7 +27,7 @@ from drivers.errors import (
     PointMismatch,
     WriteRejected,
 )
-from drivers.health import HealthTracker
+from drivers.health import HealthTracker, TracksHealth
 from drivers.points import Access, DataType, MemoryPoint, MethodSpec, Point
 
 log = logging.getLogger("drivers")
@@ -54,7 +52,7 @@ class _Subscription:
         self.callback = callback
 
 
-class MemoryDriver:
+class MemoryDriver(TracksHealth):
     """A device whose values live in memory; tests and plant models act as the device side.
 
     Values are kept by point key, starting at the zero value of the first point's type.
@@ -74,15 +72,6 @@ class MemoryDriver:
         self._failure: DriverError | None = None
 
     # --- Driver protocol ------------------------------------------------------------------
-
-    @property
-    def health(self) -> Health:
-        """The device's current connection health."""
-        return self._tracker.health
-
-    def on_health(self, callback: HealthCallback) -> Unsubscribe:
-        """Call back with (device name, Health) once per health transition."""
-        return self._tracker.listen(callback)
 
     async def connect(self) -> None:
         """Connect; raises ConnectFailed while a failure is injected."""

@@ -15,8 +15,6 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from drivers.base import (
-    Health,
-    HealthCallback,
     HealthState,
     Quality,
     Reading,
@@ -39,7 +37,7 @@ from drivers.errors import (
     WriteRejected,
     modbus_exception_text,
 )
-from drivers.health import Backoff, HealthTracker, connect_with_backoff
+from drivers.health import Backoff, HealthTracker, TracksHealth, connect_with_backoff
 from drivers.points import Access, DataType, MethodSpec, ModbusPoint, ModbusTable, Point
 
 log = logging.getLogger("drivers.modbus")
@@ -283,7 +281,7 @@ _READERS: dict[ModbusTable, Callable[[ModbusBaseClient, int, int, int], Awaitabl
 }
 
 
-class ModbusDriver:
+class ModbusDriver(TracksHealth):
     """One Modbus device (a unit id) on a shared bus: batched reads, confirmed writes, polling."""
 
     def __init__(self, config: ModbusConfig, bus: ModbusBus) -> None:
@@ -303,15 +301,6 @@ class ModbusDriver:
     def endpoint(self) -> str:
         """Where the device is, as shown in messages: 'host:port unit N' or 'port unit N'."""
         return self.config.endpoint
-
-    @property
-    def health(self) -> Health:
-        """The device's current connection health."""
-        return self._tracker.health
-
-    def on_health(self, callback: HealthCallback) -> Unsubscribe:
-        """Call back with (device name, Health) once per health transition."""
-        return self._tracker.listen(callback)
 
     async def connect(self) -> None:
         """Connect the bus within limits.worst_case (with backoff); raises ConnectFailed."""

@@ -22,8 +22,6 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
 from drivers.base import (
-    Health,
-    HealthCallback,
     HealthState,
     Quality,
     Reading,
@@ -44,7 +42,7 @@ from drivers.errors import (
     PointMismatch,
     WriteRejected,
 )
-from drivers.health import Backoff, HealthTracker, connect_with_backoff
+from drivers.health import Backoff, HealthTracker, TracksHealth, connect_with_backoff
 from drivers.opcua_types import (
     datatype_name,
     datatype_node,
@@ -72,7 +70,7 @@ SESSION_TIMEOUT_MS = 60_000
 RECONNECT_CAP = 5.0
 
 
-class OpcuaDriver:
+class OpcuaDriver(TracksHealth):
     """Talks to one OPC UA server; implements the Driver protocol."""
 
     def __init__(
@@ -94,15 +92,6 @@ class OpcuaDriver:
         self._method_ids: dict[str, ua.NodeId] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    @property
-    def health(self) -> Health:
-        """The device's current connection health."""
-        return self._tracker.health
-
-    def on_health(self, callback: HealthCallback) -> Unsubscribe:
-        """Call back with (device name, Health) once per health transition."""
-        return self._tracker.listen(callback)
 
     async def connect(self) -> None:
         """Connect within limits.worst_case, check every point and method; raise on any mismatch."""

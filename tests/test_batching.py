@@ -184,11 +184,15 @@ def test_plan_properties(points: list[ModbusPoint], max_gap: int) -> None:
         for point in sorted(block.points, key=lambda p: p.address):
             assert point.address - covered_to <= max_gap
             covered_to = max(covered_to, point.end)
-    # Table order, then address order; blocks of one table never overlap.
+    # Table order, then address order; blocks of one table overlap only where overlapping
+    # points could not share one request without passing the request limit.
     for before, after in itertools.pairwise(blocks):
         assert table_rank.index(before.table) <= table_rank.index(after.table)
         if before.table is after.table:
-            assert before.end <= after.start
+            assert before.start <= after.start
+            if before.end > after.start:
+                limit = MAX_BITS if before.table.is_bit_table else MAX_REGISTERS
+                assert max(before.end, after.end) - before.start > limit
     # The plan depends on the points, not on the order they were given in.
     assert spans(plan_reads(list(reversed(points)), max_gap=max_gap)) == spans(blocks)
 
