@@ -123,7 +123,7 @@ def _root(
         typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
     ] = False,
     debug: Annotated[
-        bool, typer.Option("--debug", help="show library logs and tracebacks")
+        bool, typer.Option("--debug", help="show library logs on the console")
     ] = False,
     log_file: Annotated[
         Path | None,

@@ -69,7 +69,7 @@ class PlantModel:
         return {}
 
     def faults(self) -> dict[str, Callable[[bool], None]]:
-        """Named device faults that tests and `cellctl sim` can raise (True) or clear (False)."""
+        """Named device faults that tests and the sim wiring can raise (True) or clear (False)."""
         return {}
 
 
