@@ -11,7 +11,7 @@ from __future__ import annotations
 import keyword
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -30,6 +30,7 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -58,11 +59,12 @@ from drivers.points import Access, DataType, ModbusTable, WordOrder
 
 _PART = r"[A-Za-z][A-Za-z0-9_]*"
 _DOTTED = re.compile(rf"{_PART}(\.{_PART})*")
-_DEVICE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_DEVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _RESERVED = {"true", "false", *expr.FUNCTIONS}
 
 
-def _dotted_name(what: str) -> Any:
+def _dotted_name(what: str) -> Callable[[str], str]:
     def check(name: str) -> str:
         if not _DOTTED.fullmatch(name):
             raise InvalidField(
@@ -82,18 +84,22 @@ def _dotted_name(what: str) -> Any:
     return check
 
 
-def _device_name(name: str) -> str:
-    if not _DEVICE.fullmatch(name):
-        raise InvalidField(
-            f"device name {name!r} must start with a letter and hold letters, digits, '_', '-'",
-            "bad-name",
-        )
-    return name
+def _plain_name(what: str, pattern: re.Pattern[str]) -> Callable[[str], str]:
+    def check(name: str) -> str:
+        if not pattern.fullmatch(name):
+            raise InvalidField(
+                f"{what} name {name!r} must start with a letter or digit and hold only letters, "
+                "digits, '_', '-'" + (", '.'" if "." in pattern.pattern else ""),
+                "bad-name",
+            )
+        return name
+
+    return check
 
 
 TagName = Annotated[str, AfterValidator(_dotted_name("tag"))]
 MethodName = Annotated[str, AfterValidator(_dotted_name("method"))]
-DeviceName = Annotated[str, AfterValidator(_device_name)]
+DeviceName = Annotated[str, AfterValidator(_plain_name("device", _DEVICE))]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
@@ -360,7 +366,9 @@ DRIVERS: dict[str, type[_Model]] = {
     "memory": MemoryDevice,
 }
 
-_INTEGER_TYPES = tuple(codecs.INT_RANGES)
+INTEGER_TYPES = tuple(codecs.INT_RANGES)
+# Beyond any type's range; checked first so that float arithmetic never overflows.
+_LARGEST = 2**64
 
 
 class Tag(_Model):
@@ -380,6 +388,21 @@ class Tag(_Model):
     min: FiniteFloat | None = None
     max: FiniteFloat | None = None
     description: str | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_not_zero(cls, value: float) -> float:
+        if value == 0:
+            raise InvalidField("scale must not be 0", "bad-value")
+        return value
+
+    @field_validator("max")
+    @classmethod
+    def _max_not_below_min(cls, value: float | None, info: ValidationInfo) -> float | None:
+        low = info.data.get("min")
+        if value is not None and low is not None and value < low:
+            raise InvalidField(f"max {value:g} is below min {low:g}", "bad-value")
+        return value
 
     @model_validator(mode="after")
     def _type_stated(self) -> Tag:
@@ -410,7 +433,7 @@ class Tag(_Model):
         if not self.scaled or isinstance(value, bool) or not isinstance(value, int | float):
             return value
         raw = (value - self.offset) / self.scale
-        if self.datatype in _INTEGER_TYPES and math.isfinite(raw):
+        if self.datatype in INTEGER_TYPES and math.isfinite(raw):
             return math.floor(abs(raw) + 0.5) * (1 if raw >= 0 else -1)  # half away from zero
         return raw
 
@@ -435,9 +458,12 @@ class Tag(_Model):
             return value
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise BadValue(f"expects a number, got {value!r}")
-        if not math.isfinite(value):
+        if isinstance(value, int) and abs(value) > _LARGEST:
+            raise BadValue(f"{value} is out of range for {datatype.value}")
+        if isinstance(value, float) and not math.isfinite(value):
             raise BadValue(f"expects a finite number, got {value!r}")
-        if not self.scaled and datatype in _INTEGER_TYPES and not float(value).is_integer():
+        whole = isinstance(value, int) or value.is_integer()
+        if not self.scaled and datatype in INTEGER_TYPES and not whole:
             raise BadValue(f"expects a whole number for {datatype.value}, got {value!r}")
         if self.min is not None and value < self.min:
             raise BadValue(f"{value!r} is below the minimum {self.min:g}")
@@ -472,7 +498,7 @@ class Method(_Model):
 class Interlock(_Model):
     """A condition watched on every tag update; when true, the action is taken."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    name: Annotated[str, AfterValidator(_plain_name("interlock", _LABEL))]
     when: NonEmpty
     action: Literal["hold", "stop", "abort"]
     description: str | None = None
@@ -486,7 +512,7 @@ SafeValue = Annotated[
 class Cell(_Model):
     """A cell file: the cell's devices, tags, methods, interlocks and safe state."""
 
-    cell: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    cell: Annotated[str, AfterValidator(_plain_name("cell", _LABEL))]
     description: str | None = None
     devices: dict[DeviceName, Device] = Field(min_length=1)
     tags: dict[TagName, Tag] = {}
@@ -626,7 +652,7 @@ class _Rules:
         self.drivers: dict[str, str] = {
             str(name): raw["driver"]
             for name, raw in (raw_devices.items() if isinstance(raw_devices, dict) else ())
-            if isinstance(raw, dict) and raw.get("driver") in DRIVERS
+            if isinstance(raw, dict) and str(raw.get("driver")) in DRIVERS
         }
 
     def _names(self, section: str) -> set[str]:
@@ -850,12 +876,6 @@ class _Rules:
                         f"{subject}: {field} applies to numbers, not {tag.datatype.value}",
                     )
             return
-        if tag.scale == 0:
-            self.add((*loc, "scale"), "bad-value", f"{subject}: scale must not be 0")
-        if tag.min is not None and tag.max is not None and tag.min > tag.max:
-            self.add(
-                (*loc, "max"), "bad-value", f"{subject}: max {tag.max:g} is below min {tag.min:g}"
-            )
 
     def check_overlaps(self) -> None:
         """Two tags on one device must not share a register, bit, coil, node or key."""

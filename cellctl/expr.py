@@ -255,8 +255,7 @@ def check(
     checker = _Checker(expr, types)
     kind = checker.infer(expr.tree)
     if expect is not None and kind is not None and kind is not expect:
-        article = "a condition" if expect is Kind.BOOL else f"a {expect.value}"
-        checker.problem(expr.tree, f"expression must be {article}, but it is {_a(kind)}")
+        checker.problem(expr.tree, f"expression must be {_a(expect)}, but it is {_a(kind)}")
     return checker.problems
 
 
@@ -295,7 +294,8 @@ class _Checker:
             if isinstance(node.op, ast.Not):
                 self.want(node.operand, Kind.BOOL, "'not'")
                 return Kind.BOOL
-            self.want(node.operand, Kind.NUMBER, "unary '-'")
+            sign = "-" if isinstance(node.op, ast.USub) else "+"
+            self.want(node.operand, Kind.NUMBER, f"unary '{sign}'")
             return Kind.NUMBER
         if isinstance(node, ast.BinOp):
             symbol = _BINOPS[type(node.op)][0]

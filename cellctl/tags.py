@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cellctl.cell import (
+    INTEGER_TYPES,
     Cell,
     MemoryDevice,
     ModbusRtuDevice,
@@ -199,26 +200,18 @@ def parse_value(cell: Cell, tag_name: str, text: str) -> Value:
     if tag.access is not Access.RW:
         raise BadValue(f"{subject} is read-only")
     datatype = tag.datatype
+    stripped = text.strip()
     value: Value
     if datatype is DataType.BOOL:
-        word = _BOOL_WORDS.get(text.strip().lower())
-        if word is None:
+        if stripped.lower() not in _BOOL_WORDS:
             raise BadValue(f"{subject}: expects true/false (or 1/0, on/off), got {text!r}")
-        value = word
+        value = _BOOL_WORDS[stripped.lower()]
     elif datatype is DataType.STRING:
         value = text
-    elif (
-        not tag.scaled
-        and _INTEGER.fullmatch(text.strip()) is None
-        and datatype
-        not in (
-            DataType.FLOAT32,
-            DataType.FLOAT64,
-        )
-    ):
+    elif datatype in INTEGER_TYPES and not tag.scaled and not _INTEGER.fullmatch(stripped):
         raise BadValue(f"{subject}: expects a whole number ({datatype.value}), got {text!r}")
     else:
-        value = _number(subject, text)
+        value = _number(subject, stripped)
     try:
         return tag.check_value(value)
     except BadValue as err:
@@ -226,10 +219,7 @@ def parse_value(cell: Cell, tag_name: str, text: str) -> Value:
 
 
 def _number(subject: str, text: str) -> int | float:
-    stripped = text.strip()
-    if _INTEGER.fullmatch(stripped):
-        return int(stripped)
     try:
-        return float(stripped)
-    except ValueError:
+        return int(text) if _INTEGER.fullmatch(text) else float(text)
+    except ValueError:  # not a number, or an integer of more than 4300 digits
         raise BadValue(f"{subject}: expects a number, got {text!r}") from None

@@ -89,9 +89,11 @@ def _child_position(node: Any, part: str | int, *, key: bool) -> tuple[tuple[int
         if match is None:
             return None
         pos: tuple[int, int] | None = None
+        # An empty value has no text: ruamel places it at the next token, maybe lines on.
+        at_key = key or node[match] is None
         if isinstance(node, CommentedBase):
             try:
-                pos = node.lc.key(match) if key else node.lc.value(match)
+                pos = node.lc.key(match) if at_key else node.lc.value(match)
             except (KeyError, TypeError):  # a key merged in with '<<' has no position of its own
                 pos = None
         if pos is None:
@@ -388,7 +390,10 @@ def _message(details: ErrorDetails) -> str:
     message = details["msg"]
     if kind in ("value_error", "assertion_error"):
         return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    return f"{message[:1].lower()}{message[1:]}, got {_describe(details['input'])}"
+    message = f"{message[:1].lower()}{message[1:]}"
+    if isinstance(details["input"], dict | list):
+        return message
+    return f"{message}, got {_describe(details['input'])}"
 
 
 def _describe(value: Any) -> str:

@@ -206,6 +206,10 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         + "tags:\n  a: {device: plc, address: 'coil:0'}\n  b: {device: plc, address: 'COIL:0'}\n",
         [expect(8, "'COIL", "address-overlap", "tag b", "tag a")],
     ),
+    "tag-without-a-value": (
+        HEAD + "tags:\n  a:\n",
+        [expect(7, "a:", "model_type", "tag a", "expected a mapping, got nothing")],
+    ),
     "float-on-coil": (
         HEAD + "tags:\n  a: {device: plc, address: 'coil:3', type: float32}\n",
         [expect(7, "float32", "type-mismatch", "tag a", "coil:3", "bool")],
@@ -283,7 +287,7 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         "  b: {device: plc, address: 'hr:0', scale: 0, min: 5, max: 1}\n",
         [
             expect(7, "2}", "type-mismatch", "tag a", "scale", "bool"),
-            expect(8, "0,", "bad-value", "tag b", "scale must not be 0"),
+            expect(8, "0,", "bad-value", "tag b", "scale: scale must not be 0"),
             expect(8, "1}", "bad-value", "tag b", "max 1 is below min 5"),
         ],
     ),

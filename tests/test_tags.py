@@ -256,6 +256,8 @@ def test_parse_value(cell: Cell, tag: str, text: str, value: object) -> None:
         ("label", "ABCDEFGHI", "more than the 8 bytes"),
         ("count", "2147483648", "out of range for int32"),
         ("pos", "inf", "finite"),
+        ("pos", "9" * 5000, "expects a number"),
+        ("count", "9" * 400, "out of range for int32"),
     ],
 )
 def test_parse_value_refuses(cell: Cell, tag: str, text: str, says: str) -> None:
