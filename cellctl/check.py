@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass, field
 
 from cellctl.cell import Cell
-from cellctl.connect import build_drivers
+from cellctl.connect import build_drivers, refuse_in_process_devices
 from cellctl.tags import device_config, point_for
-from drivers.base import Driver
+from drivers.base import Driver, Quality
 from drivers.config import ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig
 from drivers.errors import DriverError, PointMismatch
 from drivers.opcua import OpcuaDriver
@@ -40,33 +40,34 @@ def _endpoint(cell: Cell, device: str) -> str:
     return "memory"
 
 
+async def _reach(driver: Driver) -> list[str]:
+    """Connect; an OPC UA server whose nodes differ is still reached, and each difference listed."""
+    try:
+        await driver.connect()
+    except PointMismatch:
+        if not isinstance(driver, OpcuaDriver):
+            raise
+        # verify() opens the session again without refusing it, so the read can be timed too.
+        return await driver.verify()
+    return []
+
+
 async def _check_device(cell: Cell, device: str, driver: Driver) -> DeviceCheck:
     result = DeviceCheck(device, _endpoint(cell, device))
     tags = [t for t, spec in cell.tags.items() if spec.device == device]
     try:
-        await driver.connect()
-    except PointMismatch as err:
-        # The session is up but nodes differ: list each mismatch, still time a read below.
-        result.problems.extend(str(err).splitlines())
-        if isinstance(driver, OpcuaDriver):
-            await driver.close()
-        return result
-    except DriverError as err:
-        result.problems.append(str(err))
-        return result
-    try:
-        if isinstance(driver, OpcuaDriver):
-            result.problems.extend(await driver.verify())
+        result.problems.extend(await _reach(driver))
         started = time.perf_counter()
         readings = await driver.read([point_for(cell, t) for t in tags])
         result.round_trip = time.perf_counter() - started
         for tag, reading in zip(tags, readings, strict=True):
-            if reading.error is not None:
-                result.problems.append(f"{tag}: {reading.error}")
+            if reading.quality is Quality.BAD:
+                result.problems.append(f"{tag}: {reading.error or 'bad quality'}")
         result.health = driver.health.state.value
     except DriverError as err:
         result.problems.append(str(err))
     finally:
+        # Always: a driver whose connect failed still has a reconnect loop to stop.
         await driver.close()
     return result
 
@@ -74,5 +75,6 @@ async def _check_device(cell: Cell, device: str, driver: Driver) -> DeviceCheck:
 async def check_cell(cell: Cell) -> list[DeviceCheck]:
     """Reach every device at once, time a read of all its tags, list every disagreement."""
     names = list(cell.devices)
+    refuse_in_process_devices(cell, names)
     drivers = build_drivers(cell, names)
     return list(await asyncio.gather(*(_check_device(cell, n, drivers[n]) for n in names)))

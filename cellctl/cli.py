@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -29,9 +30,10 @@ from cellctl.connect import (
 )
 from cellctl.errors import CellctlError, Problem, ValidationFailed
 from cellctl.liveview import plain_line, tag_table
-from cellctl.logsetup import configure_logging, default_log_file
+from cellctl.logsetup import configure_logging
 from cellctl.tags import parse_value
 from cellctl.validate import validate_files
+from drivers.base import Quality
 from drivers.codecs import format_value
 from drivers.errors import DriverError
 
@@ -48,6 +50,9 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
+
+#: Seconds sim, demo and --watch get to finish by themselves after SIGINT/SIGTERM.
+STOP_GRACE = 2.0
 
 CellOption = Annotated[
     Path, typer.Option("--cell", "-c", help="the cell file (recipes/<cell>/cell.yaml)")
@@ -103,9 +108,19 @@ async def _until_signalled(work: Callable[[asyncio.Event], Awaitable[None]]) -> 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    task = asyncio.ensure_future(work(stop))
+    stopped = asyncio.ensure_future(stop.wait())
     try:
-        await work(stop)
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            # The work ends by itself when it sees `stop`; one still connecting does not look,
+            # so it is cancelled (its drivers and simulators close on the way out).
+            await asyncio.wait({task}, timeout=STOP_GRACE)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     finally:
+        stopped.cancel()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 
@@ -134,7 +149,11 @@ def _root(
     ] = None,
 ) -> None:
     """cellctl: control software for microfactory production cells."""
-    configure_logging(log_file, debug=debug)
+    _LOG_FILE[0] = configure_logging(log_file, debug=debug)
+
+
+#: The JSON log file in use (set by the root callback), for messages that point at it.
+_LOG_FILE: list[Path | None] = [None]
 
 
 @app.command()
@@ -180,10 +199,11 @@ def read(
     else:
         for value in values:
             out.print(plain_line(value), markup=False, soft_wrap=True)
-    bad = [v for v in values if v.error is not None]
-    for value in bad:
-        err.print(f"error: {value.tag}: {value.error}", markup=False)
-    if bad:
+    for value in values:
+        if value.error is not None:
+            severity = "error" if value.quality is Quality.BAD else "warning"
+            err.print(f"{severity}: {value.tag}: {value.error}", markup=False)
+    if any(v.quality is Quality.BAD for v in values):
         raise _Stop(exitcodes.DEVICE_FAILURE)
 
 
@@ -192,11 +212,18 @@ async def _read_once(cell: Cell, names: list[str]) -> list[TagValue]:
         return await session.read()
 
 
+def _json_safe(value: object) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
+
+
 def _json_value(value: TagValue) -> dict[str, Any]:
     return {
         "tag": value.tag,
         "device": value.device,
-        "value": value.value,
+        # JSON has no NaN or Infinity (an unset float32 register often reads NaN): null, and
+        # the text shows what it was.
+        "value": value.value if _json_safe(value.value) else None,
+        "text": format_value(value.value),
         "quality": value.quality.value,
         "timestamp": value.timestamp,
         "error": value.error,
@@ -306,6 +333,9 @@ def sim(
     from cellctl.simwiring import CellSimulator
 
     spec = _load(cell_file)
+    if write_cell is not None and not write_cell.parent.is_dir():
+        err.print(f"error: --write-cell {write_cell}: no folder {write_cell.parent}", markup=False)
+        raise _Stop(exitcodes.BAD_INPUT)
 
     async def serve(stop: asyncio.Event) -> None:
         simulator = CellSimulator(spec, speed=speed, host=host, keep_ports=True)
@@ -365,10 +395,11 @@ def run(argv: list[str] | None = None) -> int:
     except (CellctlError, DriverError) as error:
         return _fail(error).code
     except Exception as error:  # a bug of ours: one line here, the traceback in the log file
-        logging.getLogger("cellctl").exception("internal error")
+        # INFO, not ERROR: the console handler shows ERROR records, and this one has its line.
+        logging.getLogger("cellctl").info("internal error", exc_info=error)
+        where = f"traceback in {_LOG_FILE[0]}; " if _LOG_FILE[0] else ""
         err.print(
-            f"error: internal error: {type(error).__name__}: {error} "
-            f"(traceback in {default_log_file()}; please report it)",
+            f"error: internal error: {type(error).__name__}: {error} ({where}please report it)",
             markup=False,
         )
         return exitcodes.BAD_INPUT

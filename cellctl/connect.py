@@ -58,6 +58,20 @@ def devices_for_tags(cell: Cell, tags: Iterable[str]) -> list[str]:
     return [name for name in cell.devices if name in needed]
 
 
+class InProcessDevice(CellctlError):
+    """A memory device exists only inside the process that runs it; nothing else can reach it."""
+
+
+def refuse_in_process_devices(cell: Cell, devices: Iterable[str]) -> None:
+    """Raise InProcessDevice naming each memory device among `devices`."""
+    memory = [d for d in devices if cell.devices[d].driver == "memory"]
+    if memory:
+        raise InProcessDevice(
+            f"{', '.join(memory)}: a memory device lives inside the process that runs it "
+            "(a controller or a test); this command cannot reach it"
+        )
+
+
 def build_drivers(cell: Cell, device_names: Sequence[str]) -> dict[str, Driver]:
     """One driver per named device; Modbus devices on one bus share one connection."""
     configs = {name: device_config(cell, name) for name in device_names}
@@ -77,12 +91,17 @@ def build_drivers(cell: Cell, device_names: Sequence[str]) -> dict[str, Driver]:
 
 
 class CellSession:
-    """Connected drivers for the devices some tags use; reads and writes in engineering units."""
+    """Connected drivers for the devices some tags use; reads and writes in engineering units.
+
+    It reaches devices over their protocols, so memory devices are refused.
+    """
 
     def __init__(self, cell: Cell, tags: Sequence[str]) -> None:
         self.cell = cell
         self.tags = list(tags)
-        self.drivers = build_drivers(cell, devices_for_tags(cell, self.tags))
+        devices = devices_for_tags(cell, self.tags)
+        refuse_in_process_devices(cell, devices)
+        self.drivers = build_drivers(cell, devices)
         self.points: dict[str, Point] = {t: point_for(cell, t) for t in self.tags}
 
     async def __aenter__(self) -> CellSession:
@@ -133,7 +152,9 @@ class CellSession:
             try:
                 readings = await self.drivers[device].read([self.points[t] for t in names])
             except DriverError as err:
-                raise DeviceFailed(str(err)) from err
+                # One device failing must not hide the others' values: its tags read BAD.
+                now = time.time()
+                return [TagValue(t, device, None, Quality.BAD, now, str(err)) for t in names]
             return [self._value(t, r) for t, r in zip(names, readings, strict=True)]
 
         groups = await asyncio.gather(*(read_device(d, n) for d, n in by_device.items()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from rich.table import Table
+from rich.text import Text
 
 from cellctl.connect import TagValue
 from drivers.base import Quality
@@ -24,12 +25,13 @@ def tag_table(values: Iterable[TagValue], title: str = "") -> Table:
     for value in values:
         shown = format_value(value.value) if value.error is None else value.error
         style = _QUALITY_STYLE[value.quality]
+        # Text(), never markup: a string tag may hold "[/x]", which rich would parse.
         table.add_row(
-            value.tag,
-            value.device,
-            shown,
-            f"[{style}]{value.quality.value}[/{style}]",
-            f"{value.age:.1f} s",
+            Text(value.tag),
+            Text(value.device),
+            Text(shown),
+            Text(value.quality.value, style=style),
+            Text(f"{value.age:.1f} s"),
         )
     return table
 

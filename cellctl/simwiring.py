@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
@@ -142,18 +142,26 @@ class CellSimulator:
 
     async def start(self) -> None:
         """Start every server, then the plant models; on any failure stop what started."""
-        try:
-            # Every server is ready before the first endpoint opens: a client never finds
-            # half a cell.
-            for server in self._unique:
-                await server.prepare()
-            for server in self._unique:
-                await server.start()
-            await self.runner.start()
-        except OSError as err:
-            await self.stop()
-            raise SimulatorStartFailed(f"cannot start the simulators: {err}") from err
+        # Every server is ready before the first endpoint opens: a client never finds half a
+        # cell.
+        for server in self._unique:
+            await self._starting(server, server.prepare)
+        for server in self._unique:
+            await self._starting(server, server.start)
+        await self.runner.start()
         self._started = True
+
+    async def _starting(self, server: SimServer, step: Callable[[], Awaitable[None]]) -> None:
+        """Run one server's prepare or start; a failure stops everything, naming the devices."""
+        try:
+            await step()
+        except (OSError, RuntimeError) as err:
+            # pymodbus says RuntimeError("Could not start listen") for a port in use.
+            await self.stop()
+            devices = ", ".join(n for n, s in self.servers.items() if s is server)
+            raise SimulatorStartFailed(
+                f"cannot serve {devices} at {server.endpoint}: {err} (is the port in use?)"
+            ) from err
 
     async def stop(self) -> None:
         """Stop the models and every server."""
@@ -202,6 +210,10 @@ class CellSimulator:
 
     def write_cell(self, source: Path, target: Path) -> None:
         """Write a copy of the cell file (comments kept) pointing at what is served."""
+        if not target.parent.is_dir():
+            raise SimulatorError(
+                f"--write-cell {target}: the folder {target.parent} does not exist"
+            )
         yaml = YAML(typ="rt")
         data = yaml.load(source.read_text(encoding="utf-8"))
         for name, fields in self._device_updates().items():

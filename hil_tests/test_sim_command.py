@@ -201,3 +201,44 @@ def test_cellctl_check_agrees_with_the_served_cell(
 ) -> None:
     code, out, err = cli(capsys, "check", str(served))
     assert code == 0, out + err
+
+
+def test_nan_reads_as_null_in_strict_json(served: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    filler = load_cell(served).devices["filler"]
+
+    async def write_nan() -> None:
+        client = AsyncModbusTcpClient("127.0.0.1", port=filler.port, timeout=1, retries=0)  # type: ignore[union-attr]
+        assert await client.connect()
+        try:
+            regs = client.convert_to_registers(float("nan"), client.DATATYPE.FLOAT32)
+            assert not (await client.write_registers(10, regs, device_id=7)).isError()
+        finally:
+            client.close()
+
+    asyncio.run(write_nan())
+    code, out, err = cli(capsys, "read", "--cell", str(served), "--json", "filler.volume_ml")
+
+    def refuse(constant: str) -> object:
+        raise AssertionError(f"not JSON: {constant}")
+
+    rows = json.loads(out, parse_constant=refuse)
+    assert code == 0, err
+    assert rows[0]["value"] is None and rows[0]["text"] == "nan"
+
+
+def test_sim_on_a_port_in_use_exits_2_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cell = tmp_path / "cell.yaml"
+        cell.write_text(
+            f"cell: clash\ndevices:\n  plc: {{driver: modbus-tcp, host: 127.0.0.1, port: {port}}}\n"
+            "tags:\n  plc.x: {device: plc, address: 'hr:0'}\n",
+            encoding="utf-8",
+        )
+        code, _, err = cli(capsys, "sim", str(cell))
+    assert code == 2
+    assert str(port) in err and "Traceback" not in err

@@ -107,3 +107,22 @@ def test_write_to_a_real_serial_line_needs_yes(capsys: pytest.CaptureFixture[str
     code, _, err = cli(capsys, "write", "--cell", str(DEMO_CELL), "press.cycle_start=true")
     assert code == 1
     assert "press" in err and "--yes" in err
+
+
+def test_memory_devices_are_refused_by_read_write_and_check(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cell = tmp_path / "cell.yaml"
+    cell.write_text(
+        "cell: bench\ndevices:\n  m: {driver: memory}\n"
+        "tags:\n  m.x: {device: m, type: int32, access: rw}\n"
+    )
+    for args in (
+        ["read", "--cell", str(cell)],
+        ["write", "--cell", str(cell), "m.x=5"],
+        ["check", str(cell)],
+    ):
+        code, out, err = cli(capsys, *args)
+        assert code == 1, (args, out, err)
+        assert "m: a memory device" in err
+        assert "confirmed" not in out
