@@ -37,7 +37,11 @@ class HealthTracker:
         self._health = Health(state, last, time.time())
         log.info("device %s health %s%s", self.device, state.value, f": {error}" if error else "")
         for listener in list(self._listeners):
-            listener(self.device, self._health)
+            try:
+                listener(self.device, self._health)
+            except Exception:
+                # A faulty listener must not break the connect or reconnect loop that called us.
+                log.exception("device %s: health listener %r failed", self.device, listener)
 
     def listen(self, callback: HealthCallback) -> Unsubscribe:
         """Register a listener; returns the function that removes it."""

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -48,17 +48,23 @@ ModbusConfig = ModbusTcpConfig | ModbusRtuConfig
 BusListener = Callable[[bool, str | None], None]
 #: One pymodbus request, made on the bus's client when the bus sends it.
 Request = Callable[[ModbusBaseClient], Awaitable[ModbusPDU]]
+T = TypeVar("T")
+#: What runs alone on the bus: one request, or a read-modify-write.
+Job = Callable[[ModbusBaseClient], Coroutine[Any, Any, T]]
 
 # A device whose connection is up but whose requests failed this many times in a row is LOST.
 LOST_AFTER_FAILURES = 3
 # pymodbus itself gives up after timeout × (retries + 1); this guard only catches a hang.
 _GUARD_MARGIN = 0.25
+# A request waits for the bus as long as one request ahead of it may take, plus this slack.
+_WAIT_MARGIN = 0.25
 
 
 class ModbusBus:
     """One pymodbus client shared by every unit on one TCP gateway or one serial line.
 
-    Requests are serialised (one at a time on the wire, as RS-485 requires). The bus runs its
+    Requests are serialised (one at a time on the wire, as RS-485 requires); a request is
+    bounded even behind others on a busy bus (see request()). The bus runs its
     own connect loop with exponential backoff and jitter, from the first connect() until
     close(): it keeps trying after a failed first connect and reconnects after a lost
     connection (pymodbus's own reconnect is disabled: it has no jitter and never retries a
@@ -73,13 +79,13 @@ class ModbusBus:
         self.limits = limits or config.limits
         self._config = config
         self._client: ModbusBaseClient | None = None
-        #: Held for one request, or across a read-modify-write.
+        #: Held while a job is on the wire: one request, or both halves of a read-modify-write.
         self.lock = asyncio.Lock()
         self._listeners: list[BusListener] = []
         self._up = asyncio.Event()
         self._down = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[ModbusPDU]] = set()
+        self._inflight: set[asyncio.Task[Any]] = set()
         #: Why the last connect attempt failed or the connection dropped.
         self.last_error: str | None = None
 
@@ -117,32 +123,68 @@ class ModbusBus:
                 f"{self.last_error or 'no connection'}"
             ) from err
 
-    async def request(self, what: str, call: Request) -> ModbusPDU:
-        """Send one request under the bus lock; `what` names device, endpoint and request."""
-        async with self.lock:
-            return await self.request_locked(what, call)
+    async def request(self, what: str, call: Job[T], *, steps: int = 1) -> T:
+        """Run `call` (`steps` exchanges) alone on the bus; `what` names device and request.
 
-    async def request_locked(self, what: str, call: Request) -> ModbusPDU:
-        """Send one request; the caller holds `lock` (read-modify-write)."""
-        client = self._client
-        if client is None or not self.connected:
-            raise NotConnected(f"{what}: not connected")
-        # The request runs as its own task and is shielded: a caller that is cancelled never
-        # cuts a request off mid-wire, where its late answer could be taken for the next one.
-        task = asyncio.ensure_future(call(client))
+        Bound: at most one worst case (+ 0.25 s) waiting for the bus (DeviceTimeout "not
+        sent"), then at most `steps` worst cases on the wire, where worst case is timeout ×
+        (retries + 1): (1 + steps) worst cases + 0.25 s in all.
+        The lock is taken in the caller's task, so a caller that gives up while waiting sends
+        nothing. Once taken, it belongs to a shielded task that holds it until the exchange
+        on the wire has ended: a cancelled caller never lets the next request start while an
+        answer is still due, and a request once sent is never cut off.
+        """
+        worst = self.limits.worst_case
+        wait = worst + _WAIT_MARGIN
+        self._check_connected(what)
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        try:
+            async with asyncio.timeout(wait):
+                await self.lock.acquire()
+        except TimeoutError as err:
+            raise DeviceTimeout(
+                f"{what}: not sent: the bus to {self.endpoint} stayed busy for {wait:g} s"
+            ) from err
+        try:
+            client = self._check_connected(what)
+            task = loop.create_task(call(client), name=f"modbus {what}")
+        except BaseException:
+            self.lock.release()
+            raise
+        # A done-callback releases the lock even when close() cancels the task before it ran.
+        task.add_done_callback(lambda _task: self.lock.release())
         self._inflight.add(task)
         task.add_done_callback(_forget(self._inflight))
-        worst = self.limits.worst_case
+        waited = loop.time() - asked
+        within = f"{steps * worst:g} s"
+        if waited >= 0.01:
+            within += f" (sent after {waited:.2f} s waiting for the bus)"
         try:
-            return await asyncio.wait_for(asyncio.shield(task), worst + _GUARD_MARGIN)
+            async with asyncio.timeout(steps * worst + _GUARD_MARGIN):
+                return await asyncio.shield(task)
+        except asyncio.CancelledError as err:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                # close() cancelled the request, not our caller: to the caller it failed.
+                raise NotConnected(f"{what}: driver closed") from err
+            raise
         except TimeoutError as err:
-            raise DeviceTimeout(f"{what}: no answer within {worst:g} s") from err
+            # pymodbus gives up by itself before this guard: it hangs, so free the bus.
+            task.cancel()
+            raise DeviceTimeout(f"{what}: no answer within {within}") from err
         except ConnectionException as err:
             raise NotConnected(f"{what}: connection lost") from err
         except ModbusIOException as err:
-            raise DeviceTimeout(f"{what}: no valid answer within {worst:g} s") from err
+            raise DeviceTimeout(f"{what}: no valid answer within {within}") from err
         except ModbusException as err:
             raise BadResponse(f"{what}: {err}") from err
+
+    def _check_connected(self, what: str) -> ModbusBaseClient:
+        client = self._client
+        if client is None or not self.connected:
+            raise NotConnected(f"{what}: not connected")
+        return client
 
     async def close(self) -> None:
         """Stop the connect loop, close the connection and wait for every request task."""
@@ -150,13 +192,14 @@ class ModbusBus:
         if supervisor is not None:
             supervisor.cancel()
             await asyncio.gather(supervisor, return_exceptions=True)
+        # Requests first, so their callers hear "driver closed", not a lost connection.
+        inflight = list(self._inflight)
+        for task in inflight:
+            task.cancel()
         client, self._client = self._client, None
         if client is not None:
             client.close()
         self._up.clear()
-        inflight = list(self._inflight)
-        for task in inflight:
-            task.cancel()
         await asyncio.gather(*inflight, return_exceptions=True)
 
     def _make_client(self) -> ModbusBaseClient:
@@ -224,10 +267,10 @@ class ModbusBus:
             self._notify(False, self.last_error)
 
 
-def _forget(tasks: set[asyncio.Task[ModbusPDU]]) -> Callable[[asyncio.Task[ModbusPDU]], None]:
+def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
     """A done-callback that drops a request task and retrieves its outcome (no warnings)."""
 
-    def done(task: asyncio.Task[ModbusPDU]) -> None:
+    def done(task: asyncio.Task[Any]) -> None:
         tasks.discard(task)
         if not task.cancelled():
             task.exception()
@@ -407,19 +450,20 @@ class ModbusDriver(TracksHealth):
     def _what(self, action: str) -> str:
         return f"{self.name} ({self.endpoint}) {action}"
 
-    async def _send(self, action: str, call: Request, *, locked: bool = False) -> ModbusPDU:
-        """Send one request through the bus, counting it and tracking health."""
+    async def _send(self, action: str, call: Job[T], *, steps: int = 1) -> T:
+        """Run a job of `steps` requests alone on the bus, tracking health."""
+        sent = False
 
-        def counted(client: ModbusBaseClient) -> Awaitable[ModbusPDU]:
-            self.requests += 1
-            return call(client)
+        async def job(client: ModbusBaseClient) -> T:
+            nonlocal sent
+            sent = True
+            return await call(client)
 
-        send = self.bus.request_locked if locked else self.bus.request
         try:
-            response = await send(self._what(action), counted)
+            response = await self.bus.request(self._what(action), job, steps=steps)
         except DriverError as err:
-            # A request cut off by a lost connection says nothing about the device itself.
-            if self.bus.connected and not isinstance(err, NotConnected):
+            # Unsent (bus busy) or cut off by a lost connection says nothing about the device.
+            if sent and self.bus.connected and not isinstance(err, NotConnected):
                 self._failures += 1
             self._update_health(str(err))
             raise
@@ -428,13 +472,22 @@ class ModbusDriver(TracksHealth):
         self._update_health()
         return response
 
+    def _request(self, call: Request) -> Job[ModbusPDU]:
+        """A job of one pymodbus request, counted in `requests`."""
+
+        async def job(client: ModbusBaseClient) -> ModbusPDU:
+            self.requests += 1
+            return await call(client)
+
+        return job
+
     async def _read_block(self, block: ReadBlock) -> dict[ModbusPoint, Reading]:
         last = block.end - 1
         span = f"{block.table.value}:{block.start}" + (f"..{last}" if last > block.start else "")
         reader = _READERS[block.table]
         unit = self.config.unit
         response = await self._send(
-            f"read {span}", lambda c: reader(c, block.start, block.count, unit)
+            f"read {span}", self._request(lambda c: reader(c, block.start, block.count, unit))
         )
         now = time.time()
         if response.isError():
@@ -462,33 +515,31 @@ class ModbusDriver(TracksHealth):
             )
 
     async def _write(self, p: ModbusPoint, call: Request) -> None:
-        self._check_answer(p, await self._send(f"write {p.describe()}", call))
+        self._check_answer(p, await self._send(f"write {p.describe()}", self._request(call)))
 
     async def _write_bit(self, p: ModbusPoint, flag: bool) -> None:
-        """Set one bit of a holding register by read-modify-write under the bus lock.
+        """Set one bit of a holding register by read-modify-write, alone on the bus.
 
-        The lock keeps our own requests out between the read and the write, but this is not
+        Nothing of ours runs on the bus between the read and the write, but this is not
         atomic on the device: another master, or the device itself, may change the register
         in between, and that change is then overwritten.
         """
         assert p.bit is not None
         bit, unit = p.bit, self.config.unit
-        async with self.bus.lock:
-            response = await self._send(
-                f"read {p.describe()}",
-                lambda c: c.read_holding_registers(p.address, count=1, device_id=unit),
-                locked=True,
-            )
-            self._check_answer(p, response)
+        read = self._request(lambda c: c.read_holding_registers(p.address, count=1, device_id=unit))
+
+        async def read_modify_write(client: ModbusBaseClient) -> ModbusPDU:
+            response = await read(client)
+            if response.isError():
+                return response
             if len(response.registers) != 1:
                 raise BadResponse(f"{self.name} {p.describe()}: expected 1 register back")
             word = set_bit(response.registers[0], bit, flag)
-            response = await self._send(
-                f"write {p.describe()}",
-                lambda c: c.write_register(p.address, word, device_id=unit),
-                locked=True,
-            )
-            self._check_answer(p, response)
+            write = self._request(lambda c: c.write_register(p.address, word, device_id=unit))
+            return await write(client)
+
+        response = await self._send(f"write {p.describe()}", read_modify_write, steps=2)
+        self._check_answer(p, response)
 
     def _update_health(self, error: str | None = None) -> None:
         """CONNECTED, DEGRADED or LOST from the connection and consecutive failures."""

@@ -85,8 +85,11 @@ class OpcuaDriver(TracksHealth):
         self._methods = tuple(methods)
         self._tracker = HealthTracker(config.name)
         self._client: Client | None = None
-        # True between a successful connect() and close(): only then is a loss reconnected.
+        # True from a connect() that succeeded, or failed for a passing reason, until close():
+        # only then is the session (re)opened in the background.
         self._running = False
+        # True once the server's nodes were checked against the cell file.
+        self._verified = False
         self._watches: list[_Watch] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._method_ids: dict[str, ua.NodeId] = {}
@@ -94,36 +97,65 @@ class OpcuaDriver(TracksHealth):
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Connect within limits.worst_case, check every point and method; raise on any mismatch."""
+        """Connect within limits.worst_case, check every point and method; raise on any mismatch.
+
+        After a connect that failed for a passing reason (nothing listening, no answer, the
+        connection lost) health is LOST and the driver keeps connecting in the background
+        until close(), as Modbus does. A refused session or a mismatch is final.
+        """
         if self._running:
-            return
+            if self._client is not None:
+                return
+            # A background connect is running: this one takes over.
+            self._running = False
+            await self._shutdown()
         try:
             client = await self._open()
             problems = await self._check(client)
             if problems:
-                raise PointMismatch(
-                    f"{self.name}: {len(problems)} difference(s) between the cell file and "
-                    f"{self.config.endpoint}:\n  " + "\n  ".join(problems)
-                )
+                raise self._mismatch(problems)
             for watch in list(self._watches):
                 await self._activate(watch, client)
             if self._client is not client:
                 raise ConnectFailed(f"{self.name}: connection to {self.config.endpoint} lost")
+        except _Refused as refused:
+            await self._shutdown()
+            self._tracker.set(HealthState.DISCONNECTED, str(refused.error))
+            raise refused.error from refused.error.__cause__
         except BaseException as err:
             await self._shutdown()
-            self._tracker.set(HealthState.DISCONNECTED, str(err))
-            if isinstance(err, DriverError) and not isinstance(err, ConnectFailed | PointMismatch):
-                # A request of the checks failed: to the caller, the connect did.
-                raise ConnectFailed(
-                    f"{self.name}: connecting to {self.config.endpoint}: {err}"
-                ) from err
-            raise
+            if not isinstance(err, DriverError) or isinstance(err, PointMismatch):
+                self._tracker.set(HealthState.DISCONNECTED, str(err))
+                raise
+            # A request of the checks failed: to the caller, the connect did.
+            error = (
+                err
+                if isinstance(err, ConnectFailed)
+                else ConnectFailed(f"{self.name}: connecting to {self.config.endpoint}: {err}")
+            )
+            self._running = True
+            self._tracker.set(HealthState.LOST, str(error))
+            self._spawn(self._reconnect(None))
+            if error is err:
+                raise
+            raise error from err
+        self._verified = True
         self._running = True
         self._tracker.set(HealthState.CONNECTED)
 
+    def _mismatch(self, problems: list[str]) -> PointMismatch:
+        """One PointMismatch listing every difference."""
+        return PointMismatch(
+            f"{self.name}: {len(problems)} difference(s) between the cell file and "
+            f"{self.config.endpoint}:\n  " + "\n  ".join(problems)
+        )
+
     async def verify(self) -> list[str]:
         """Every difference between declared points/methods and the server; connects if needed."""
-        client = self._client or await self._open()
+        try:
+            client = self._client or await self._open()
+        except _Refused as refused:
+            raise refused.error from refused.error.__cause__
         return await self._check(client)
 
     async def close(self) -> None:
@@ -150,7 +182,7 @@ class OpcuaDriver(TracksHealth):
             watch.detach()
 
     async def _open(self) -> Client:
-        """Open a session, retrying with backoff and jitter for at most limits.worst_case."""
+        """Open a session, retrying for at most limits.worst_case; _Refused when retry is futile."""
         if self._client is not None:
             return self._client  # opened by verify()
         deadline = self.config.limits.worst_case
@@ -165,12 +197,9 @@ class OpcuaDriver(TracksHealth):
                     raise _Refused(err) from err
                 raise
 
-        try:
-            await connect_with_backoff(
-                attempt, device=self.name, endpoint=self.config.endpoint, deadline=deadline
-            )
-        except _Refused as refused:
-            raise refused.error from refused.error.__cause__
+        await connect_with_backoff(
+            attempt, device=self.name, endpoint=self.config.endpoint, deadline=deadline
+        )
         assert self._client is not None
         return self._client
 
@@ -209,11 +238,21 @@ class OpcuaDriver(TracksHealth):
                 f"{self.name}: unknown security policy {security.policy!r} "
                 f"(expected one of {', '.join(SECURITY_MODES)})"
             )
+        mode = SECURITY_MODES[security.policy]
+        identity = security.user is not None or security.password is not None
+        if identity and mode is not ua.MessageSecurityMode.SignAndEncrypt:
+            # Without SignAndEncrypt asyncua sends the password in clear text whenever the
+            # server's token policy does not encrypt it (always with None, possibly with
+            # Sign), and that cannot be known before it is sent: refuse.
+            raise ConnectFailed(
+                f"{self.name}: user {security.user!r} at {self.config.endpoint} needs security "
+                f"policy Basic256Sha256_SignAndEncrypt: with {security.policy} the password "
+                "could cross the network in clear text"
+            )
         if security.user is not None:
             client.set_user(security.user)
         if security.password is not None:
             client.set_password(security.password)
-        mode = SECURITY_MODES[security.policy]
         if mode is None:
             return
         if not security.cert or not security.key:
@@ -249,20 +288,45 @@ class OpcuaDriver(TracksHealth):
         )
         self._spawn(self._reconnect(client))
 
-    async def _reconnect(self, old: Client) -> None:
-        """Reconnect with backoff and jitter until it works or the driver is closed."""
-        await self._dispose(old)
+    async def _reconnect(self, old: Client | None) -> None:
+        """Reconnect with backoff and jitter until it works or the driver is closed.
+
+        Nodes not yet checked against the cell file (the first connect failed) are checked
+        first; a mismatch ends the loop, with health LOST naming every difference.
+        """
+        if old is not None:
+            await self._dispose(old)
         backoff = Backoff(cap=RECONNECT_CAP)
         while self._running:
+            client: Client | None = None
             try:
                 await self._open_session(self.config.limits.worst_case)
+                client = self._client
+                if client is None:
+                    return  # lost again at once; that loss started its own reconnect
+                problems = [] if self._verified else await self._check(client)
             except (DriverError, OSError, TimeoutError) as err:
+                if client is not None:
+                    if self._client is not client:
+                        return  # lost during the checks; that loss started its own reconnect
+                    self._client = None
+                    self._forget_session()
+                    await self._dispose(client)
                 self._tracker.set(HealthState.LOST, f"reconnect to {self.config.endpoint}: {err}")
                 await asyncio.sleep(backoff.next_delay())
                 continue
-            client = self._client
-            if client is None:
-                return  # lost again at once; that loss started its own reconnect
+            if self._client is not client:
+                return  # lost during the checks; that loss started its own reconnect
+            if problems:
+                mismatch = self._mismatch(problems)
+                log.error("%s", mismatch)
+                self._running = False
+                self._client = None
+                self._forget_session()
+                await self._dispose(client)
+                self._tracker.set(HealthState.LOST, str(mismatch))
+                return
+            self._verified = True
             for watch in list(self._watches):
                 await self._activate(watch, client)
             if self._client is client:
@@ -588,6 +652,13 @@ class _Refused(Exception):
 
 # Session refusals that do not go away by retrying: identity, certificates, security settings.
 _PERMANENT = ("BadUserAccessDenied", "BadIdentityToken", "BadCertificate", "BadSecurity")
+# asyncua's own errors (not status codes) that say the security settings do not match.
+_PERMANENT_TEXT = (
+    "No matching endpoints",
+    "No matching policy",
+    "Server certificate mismatch",
+    "Unsupported security policy",
+)
 
 
 def _permanent(err: ConnectFailed) -> bool:
@@ -595,8 +666,12 @@ def _permanent(err: ConnectFailed) -> bool:
     cause = err.__cause__
     if isinstance(cause, UaStatusCodeError):
         return status_name(status_code(cause.code)).startswith(_PERMANENT)
-    # No cause: our own configuration checks; a plain UaError: e.g. "No matching endpoints".
-    return cause is None or isinstance(cause, UaError)
+    if isinstance(cause, UaError):
+        # Any other asyncua error (an answer cut short or garbled, by a server that is
+        # starting or a bad link) may pass: retry.
+        return str(cause).startswith(_PERMANENT_TEXT)
+    # No cause, or a file that cannot be read: our own configuration checks.
+    return cause is None or isinstance(cause, OSError | ValueError)
 
 
 class _Watch:

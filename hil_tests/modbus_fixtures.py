@@ -30,6 +30,10 @@ RW = Access.RW
 
 # Short limits keep failure tests fast: a silent device fails after 0.2 × (1 + 1) = 0.4 s.
 LIMITS = RequestLimits(timeout=0.2, retries=1)
+# For queues of failing requests: pymodbus drops the connection after retries + 3 failures
+# in a row, so 2 retries keep four failures on one connection.
+QUEUE_LIMITS = RequestLimits(timeout=0.15, retries=2)
+BUS_WAIT_SLACK = 0.25  # a request waits for the bus one worst case plus this
 MARGIN = 0.3  # scheduling slack on a loaded 2-core machine
 POLL = 0.05
 
@@ -395,6 +399,32 @@ async def check_silence_health(
         silence(False)
     await driver.read([point])
     assert states == [HealthState.DEGRADED, HealthState.LOST, HealthState.CONNECTED]
+
+
+async def check_queue_is_bounded(driver: ModbusDriver, silence: Callable[[bool], None]) -> None:
+    """Requests queued on a silent bus each fail within two worst cases (+ slack), not n × one.
+
+    Each waits for the bus at most one worst case (+ slack) and is then given its own.
+    """
+    worst = driver.bus.limits.worst_case
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def timed_read() -> tuple[float, str]:
+        with pytest.raises(DeviceTimeout) as caught:
+            await driver.read([HR0])
+        return loop.time() - start, str(caught.value)
+
+    silence(True)
+    try:
+        results = await asyncio.gather(*(timed_read() for _ in range(4)))
+    finally:
+        silence(False)
+    assert max(elapsed for elapsed, _ in results) <= 2 * worst + BUS_WAIT_SLACK + MARGIN
+    for _, message in results:
+        assert message.startswith(f"{driver.name} ({driver.endpoint}) read hr:0: ")
+    assert "not sent: the bus to" in results[-1][1]  # the last one never got the bus
+    assert (await driver.read([AFTER]))[0].value == 4242  # and the bus works again
 
 
 def no_tracebacks(records: list[logging.LogRecord]) -> list[str]:

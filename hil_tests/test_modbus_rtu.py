@@ -21,6 +21,7 @@ from hil_tests.modbus_fixtures import (
     DOOR_CLOSED,
     FLOAT_CDAB,
     INT32_ABCD,
+    QUEUE_LIMITS,
     ROUNDTRIP,
     RUN,
     Rig,
@@ -31,6 +32,7 @@ from hil_tests.modbus_fixtures import (
     check_exception_codes,
     check_inputs,
     check_kill_and_restart,
+    check_queue_is_bounded,
     check_register_bits,
     check_roundtrip,
     check_silence_health,
@@ -216,6 +218,13 @@ async def test_frozen_line_times_out_and_health_recovers(rig: RtuRig) -> None:
     assert isinstance(rig.server, ModbusRtuSimServer)
     async with rig.driver() as driver:
         await check_silence_health(driver, rig.server.freeze)
+
+
+@pytest.mark.asyncio
+async def test_requests_queued_on_a_frozen_line_are_each_bounded(rig: RtuRig) -> None:
+    assert isinstance(rig.server, ModbusRtuSimServer)
+    async with rig.driver(limits=QUEUE_LIMITS) as driver:
+        await check_queue_is_bounded(driver, rig.server.freeze)
 
 
 @pytest.mark.asyncio

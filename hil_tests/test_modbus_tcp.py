@@ -10,12 +10,15 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.pdu import ModbusPDU
 
-from drivers.base import HealthState, Value
-from drivers.config import ModbusTcpConfig
-from drivers.errors import NotSupported
+from drivers.base import Health, HealthState, Value
+from drivers.config import ModbusTcpConfig, RequestLimits
+from drivers.errors import NotConnected, NotSupported
 from drivers.modbus import ModbusDriver, make_modbus_drivers
-from drivers.points import MethodSpec, ModbusPoint
+from drivers.points import Access, DataType, MethodSpec, ModbusPoint, ModbusTable
+from drivers.sim.faultproxy import FaultProxy
+from drivers.sim.image import ProcessImage
 from drivers.sim.modbus_server import ModbusSimServer
 from hil_tests.modbus_fixtures import (
     AFTER,
@@ -23,8 +26,11 @@ from hil_tests.modbus_fixtures import (
     BIT15,
     DOOR_CLOSED,
     FLOAT_CDAB,
+    HR0,
     INT32_ABCD,
     LIMITS,
+    POLL,
+    QUEUE_LIMITS,
     ROUNDTRIP,
     RUN,
     Rig,
@@ -35,6 +41,7 @@ from hil_tests.modbus_fixtures import (
     check_exception_codes,
     check_inputs,
     check_kill_and_restart,
+    check_queue_is_bounded,
     check_register_bits,
     check_roundtrip,
     check_subscription,
@@ -91,6 +98,22 @@ async def rig() -> AsyncIterator[TcpRig]:
         yield Rig(server, image, UNIT)
     finally:
         await server.stop()
+
+
+@pytest_asyncio.fixture
+async def proxied(rig: TcpRig) -> AsyncIterator[tuple[FaultProxy, ModbusDriver]]:
+    """A driver that reaches the simulator through a fault proxy (latency, freezing)."""
+    proxy = FaultProxy("127.0.0.1", rig.server.port)
+    await proxy.start()
+    limits = RequestLimits(timeout=0.5, retries=0)
+    config = ModbusTcpConfig("press", "127.0.0.1", proxy.port, UNIT, poll=POLL, limits=limits)
+    driver = make_modbus_drivers([config])["press"]
+    try:
+        await driver.connect()
+        yield proxy, driver
+    finally:
+        await driver.close()
+        await proxy.stop()
 
 
 @pytest.fixture
@@ -283,3 +306,109 @@ async def test_separately_made_drivers_do_not_share() -> None:
             await wait_until(lambda: server.connections == 2, 1.0, "two connections")
     finally:
         await server.stop()
+
+
+@pytest.mark.asyncio
+async def test_requests_given_up_keep_the_bus_until_their_answers(
+    rig: TcpRig, proxied: tuple[FaultProxy, ModbusDriver]
+) -> None:
+    # A poll cut off by unsubscribe() and a read cancelled by its caller are still on the
+    # wire: the next write must wait for them before its own timeout starts, and is then
+    # confirmed (it used to fail while the device executed it).
+    proxy, driver = proxied
+    proxy.latency(0.3)  # each answer takes 0.3 s of the 0.5 s timeout
+    unsubscribe = driver.subscribe([HR0], lambda _readings: None)
+    await wait_until(lambda: driver.requests == 1, 1.0, "a poll on the wire")
+    unsubscribe()
+    reading = asyncio.create_task(driver.read([AFTER]))
+    await wait_until(lambda: driver.requests == 2, 1.0, "the read on the wire")
+    reading.cancel()
+    await driver.write(HR0, 42)
+    assert rig.image.get(HR0.name) == 42
+    assert reading.cancelled()
+
+
+@pytest.mark.asyncio
+async def test_close_fails_requests_in_flight_with_not_connected(
+    proxied: tuple[FaultProxy, ModbusDriver],
+) -> None:
+    proxy, driver = proxied
+    proxy.latency(0.3)
+    in_flight = asyncio.create_task(driver.read([HR0]))
+    queued = asyncio.create_task(driver.read([AFTER]))
+    await wait_until(lambda: driver.requests == 1, 1.0, "the first read on the wire")
+    await driver.close()
+    with pytest.raises(
+        NotConnected, match=rf"^press \({driver.endpoint}\) read hr:0: driver closed$"
+    ):
+        await in_flight
+    with pytest.raises(NotConnected, match=r"^press .* read hr:120: not connected$"):
+        await queued
+
+
+@pytest.mark.asyncio
+async def test_requests_queued_on_a_frozen_device_are_each_bounded(rig: TcpRig) -> None:
+    proxy = FaultProxy("127.0.0.1", rig.server.port)
+    await proxy.start()
+    try:
+        config = ModbusTcpConfig("press", "127.0.0.1", proxy.port, UNIT, limits=QUEUE_LIMITS)
+        driver = make_modbus_drivers([config])["press"]
+        try:
+            await driver.connect()
+            await check_queue_is_bounded(driver, proxy.freeze)
+        finally:
+            await driver.close()
+    finally:
+        await proxy.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_raising_health_listener_does_not_stop_reconnecting(rig: TcpRig) -> None:
+    def broken(_device: str, health: Health) -> None:
+        raise RuntimeError(f"listener bug on {health.state.value}")
+
+    async with rig.driver() as driver:
+        driver.on_health(broken)
+        await rig.server.stop()
+        await wait_until(lambda: driver.health.state is HealthState.LOST, 2.0, "health LOST")
+        await rig.server.start()
+        await wait_until(lambda: driver.health.state is HealthState.CONNECTED, 3.0, "the reconnect")
+        assert (await driver.read([AFTER]))[0].value == 4242
+
+
+@pytest.mark.asyncio
+async def test_undefined_bits_in_a_defined_word_answer_exception_2() -> None:
+    # pymodbus keeps bits in 16-bit words; the simulator must still refuse every coil and
+    # discrete input that no point defines, like a real device.
+    coils = [
+        ModbusPoint(f"c{a}", ModbusTable.COIL, a, DataType.BOOL, access=Access.RW)
+        for a in (0, 1, 2, 9)
+    ]
+    inputs = [ModbusPoint("d7", ModbusTable.DISCRETE_INPUT, 7, DataType.BOOL)]
+    image = ProcessImage("bits", [*coils, *inputs])
+    image.set("d7", True)
+    server = ModbusSimServer({UNIT: image})
+    await server.start()
+    client = AsyncModbusTcpClient("127.0.0.1", port=server.port, timeout=1, retries=0)
+    try:
+        assert await client.connect()
+
+        def refused(answer: ModbusPDU) -> bool:
+            return bool(answer.isError()) and answer.exception_code == 2
+
+        assert (await client.read_coils(0, count=3, device_id=UNIT)).bits[:3] == [False] * 3
+        assert (await client.read_coils(9, count=1, device_id=UNIT)).bits[0] is False
+        assert (await client.read_discrete_inputs(7, count=1, device_id=UNIT)).bits[0] is True
+        for address, count in ((3, 1), (0, 4), (8, 2), (15, 1), (20, 1)):
+            assert refused(await client.read_coils(address, count=count, device_id=UNIT))
+        for address in (6, 8, 0):
+            assert refused(await client.read_discrete_inputs(address, count=1, device_id=UNIT))
+        assert refused(await client.write_coil(3, True, device_id=UNIT))
+        assert refused(await client.write_coils(1, [True, True, True], device_id=UNIT))
+        assert not (await client.write_coils(0, [True, True, True], device_id=UNIT)).isError()
+        assert not (await client.write_coil(9, True, device_id=UNIT)).isError()
+    finally:
+        client.close()
+        await server.stop()
+    # Refused writes changed nothing; accepted ones reached the image.
+    assert [image.get(p.name) for p in coils] == [True, True, True, True]

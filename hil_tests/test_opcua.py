@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -151,6 +152,11 @@ async def raw_client(endpoint: str) -> AsyncIterator[Client]:
         yield client
     finally:
         await client.disconnect()
+
+
+def broken_listener(_device: str, health: Health) -> None:
+    """A health listener with a bug."""
+    raise RuntimeError(f"listener bug on {health.state.value}")
 
 
 def by_value(readings: list[Reading]) -> list[object]:
@@ -460,6 +466,54 @@ async def test_server_down_at_first_connect_is_reached_once_it_comes_up(own_sim:
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def test_failed_first_connect_keeps_trying_and_then_subscribes(own_sim: Sim) -> None:
+    endpoint = own_sim.server.endpoint
+    await own_sim.server.stop()
+    drv = OpcuaDriver(config(endpoint), [BUSY])
+    drv.on_health(broken_listener)
+    seen: list[object] = []
+    drv.subscribe([BUSY], lambda readings: seen.append(readings[BUSY.name].value))
+    states: list[HealthState] = []
+    drv.on_health(lambda _name, health: states.append(health.state))
+    try:
+        with pytest.raises(ConnectFailed, match=re.escape(f"robot: cannot connect to {endpoint}")):
+            await drv.connect()
+        assert states == [HealthState.LOST]
+        own_sim.image.set(BUSY.name, True)
+        await own_sim.server.start()
+        await wait_until(
+            lambda: drv.health.state is HealthState.CONNECTED, 5.0, "the background connect"
+        )
+        await wait_until(lambda: seen[-1:] == [True], 2.0, "the subscribed value")
+        await own_sim.set({BUSY.name: False})
+        await wait_until(lambda: seen[-1] is False, 2.0, "a change")
+        assert by_value(await drv.read([BUSY])) == [False]
+    finally:
+        await drv.close()
+    assert states == [HealthState.LOST, HealthState.CONNECTED, HealthState.DISCONNECTED]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_mismatch_found_by_the_background_connect_is_final(own_sim: Sim) -> None:
+    endpoint = own_sim.server.endpoint
+    await own_sim.server.stop()
+    drv = OpcuaDriver(config(endpoint), [BUSY, TEMP])  # TEMP is not on this server
+    try:
+        with pytest.raises(ConnectFailed):
+            await drv.connect()
+        await own_sim.server.start()
+        await wait_until(lambda: "difference" in (drv.health.last_error or ""), 5.0, "the check")
+        assert drv.health.state is HealthState.LOST
+        assert "robot.temp ns=3;i=2001: no such node on the server" in str(drv.health.last_error)
+        with pytest.raises(NotConnected):  # it gave up: no session behind the driver
+            await drv.read([BUSY])
+        with pytest.raises(PointMismatch, match=r"robot\.temp"):
+            await drv.connect()
+    finally:
+        await drv.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
 async def test_nothing_listening_fails_within_the_bound() -> None:
     listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
@@ -566,6 +620,7 @@ async def test_restart_reports_lost_then_connected_and_resubscribes(own_sim: Sim
     drv = OpcuaDriver(config(own_sim.server.endpoint), [BUSY])
     transitions: list[Health] = []
     await drv.connect()
+    drv.on_health(broken_listener)  # first: it must not stop the others or the reconnect
     drv.on_health(lambda _name, health: transitions.append(health))
     seen: list[bool | None] = []
     drv.subscribe([BUSY], lambda readings: seen.append(readings[BUSY.name].value))
@@ -717,3 +772,106 @@ async def test_second_start_loads_the_address_space_cache(tmp_path: Path) -> Non
     # The second start read the cache and did not build (and write) it again.
     assert len(states[0]) > 1
     assert states[1] == states[0]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("policy", ["None", "Basic256Sha256_Sign"])
+async def test_a_password_is_never_sent_without_encryption(sim: Sim, policy: str) -> None:
+    security = OpcuaSecurity(policy, "client.der", "client.pem", None, "operator", "s3cret")
+    drv = OpcuaDriver(replace(config(sim.server.endpoint), security=security), [BUSY])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    expected = (
+        f"robot: user 'operator' at {sim.server.endpoint} needs security policy "
+        f"Basic256Sha256_SignAndEncrypt: with {policy} the password could cross the network "
+        "in clear text"
+    )
+    try:
+        with pytest.raises(ConnectFailed) as caught:
+            await drv.connect()
+        assert str(caught.value) == expected
+        assert loop.time() - start < LIMITS.timeout  # refused at once, not retried
+        assert drv.health.state is HealthState.DISCONNECTED
+    finally:
+        await drv.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_missing_certificate_is_refused_at_once(sim: Sim, tmp_path: Path) -> None:
+    missing = str(tmp_path / "absent.der")
+    security = OpcuaSecurity("Basic256Sha256_SignAndEncrypt", missing, missing)
+    drv = OpcuaDriver(replace(config(sim.server.endpoint), security=security), [BUSY])
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        with pytest.raises(
+            ConnectFailed, match="^" + re.escape(f"robot: cannot load certificate {missing}: ")
+        ):
+            await drv.connect()
+        assert loop.time() - start < LIMITS.timeout  # a configuration error is not retried
+        assert drv.health.state is HealthState.DISCONNECTED  # and not tried in the background
+    finally:
+        await drv.close()
+
+
+class CutShortRelay:
+    """A TCP relay to a server that cuts short the CreateSession answer of its first connection.
+
+    asyncua fails that connect with a decoding error (a UaError that is not a status code),
+    as it may while a server is starting or a link is bad.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        cut = self.connections == 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def upstream() -> None:
+            while data := await reader.read(65536):
+                up_writer.write(data)
+            up_writer.close()
+
+        async def downstream() -> None:
+            # OPC UA TCP messages: 8-byte header whose last 4 bytes are the size (LE).
+            for index in itertools.count():
+                header = await up_reader.readexactly(8)
+                body = await up_reader.readexactly(int.from_bytes(header[4:], "little") - 8)
+                if cut and index == 2:  # ACK, OPN, then the CreateSession response
+                    body = body[:28]  # channel, token and sequence headers, then 12 bytes
+                    header = header[:4] + (8 + len(body)).to_bytes(4, "little")
+                writer.write(header + body)
+
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            await asyncio.gather(upstream(), downstream())
+        writer.close()
+        up_writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_answer_cut_short_at_connect_is_retried(sim: Sim) -> None:
+    relay = CutShortRelay(sim.server.port)
+    await relay.start()
+    drv = OpcuaDriver(config(f"opc.tcp://127.0.0.1:{relay.port}/robot"), [BUSY])
+    try:
+        await drv.connect()
+        assert relay.connections == 2
+        assert drv.health.state is HealthState.CONNECTED
+        assert by_value(await drv.read([BUSY])) in ([True], [False])
+    finally:
+        await drv.close()
+        await relay.close()

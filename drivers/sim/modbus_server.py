@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import tempfile
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import cast
 
@@ -46,6 +47,11 @@ _WRITE_FC: dict[ModbusTable, int] = {
     ModbusTable.INPUT_REGISTER: 4,
 }
 _READ_HR = 3
+# Bit reads whose exact count the action hook needs (it is only told the 16-bit words).
+_READ_BITS = (1, 2)
+# Bit reads seen by _trace_pdu and not yet checked by the hook, per unit (bounded: a request
+# that pymodbus refuses before the hook leaves its entry behind).
+_PENDING_READS = 64
 # pymodbus's 4-tuple layout order: separate coils, discrete inputs, holding and input registers.
 _TUPLE_ORDER = (
     ModbusTable.COIL,
@@ -99,6 +105,28 @@ class _Unit:
         self.by_table: dict[ModbusTable, list[ModbusPoint]] = {t: [] for t in ModbusTable}
         for point in self.points.values():
             self.by_table[point.table].append(point)
+        #: The coil and discrete input addresses a point defines; the others answer exception 2.
+        self.bits = {
+            t: frozenset(p.address for p in self.by_table[t]) for t in ModbusTable if t.is_bit_table
+        }
+        #: (function code, address, count) of bit reads on their way to the action hook.
+        self.pending_reads: deque[tuple[int, int, int]] = deque(maxlen=_PENDING_READS)
+
+    def bit_span(
+        self, function_code: int, address: int, words: int, values: Sequence[object] | None
+    ) -> range:
+        """The bit addresses a request touches; the hook is told words, not bits, for reads."""
+        if values is not None:
+            return range(address, address + len(values))
+        if function_code not in _READ_BITS:
+            return range(address, address + 1)  # fc 5 reads its one coil back
+        while self.pending_reads:
+            # Requests reach the hook in the order they were traced: older entries are of
+            # requests pymodbus refused before the hook, and are dropped.
+            fc, start, count = self.pending_reads.popleft()
+            if (fc, start) == (function_code, address) and (start % 16 + count + 15) // 16 == words:
+                return range(start, start + count)
+        return range(address, address + 1)  # not traced: check the address we know
 
     def sim_device(self, action: SimAction) -> SimDevice:
         """A pymodbus device with four separate tables (coil 0 and hr 0 do not alias)."""
@@ -211,9 +239,18 @@ class _ModbusSimBase:
             if self._publishing:
                 return None
             table = _FC_TABLE.get(function_code)
+            span = (
+                unit.bit_span(function_code, address, count, set_values)
+                if table is not None and table.is_bit_table
+                else None
+            )
             code = self._injected(unit.unit, table)
             if code is not None:
                 return ExcCodes(code)
+            if span is not None and table is not None and not unit.bits[table].issuperset(span):
+                # pymodbus stores bits in 16-bit words and answers for every bit of a word
+                # it holds; a real device refuses addresses it does not have.
+                return ExcCodes.ILLEGAL_ADDRESS
             if set_values is not None and table is not None:
                 self._copy_client_write(unit, table, start_address, address, registers, set_values)
             return None
@@ -233,6 +270,10 @@ class _ModbusSimBase:
         if not sending and pdu.dev_id not in self._units:
             log.debug("ignoring a request for unit %d, which is not simulated", pdu.dev_id)
             return cast(ModbusPDU, None)
+        if not sending and pdu.function_code in _READ_BITS:
+            self._units[pdu.dev_id].pending_reads.append(
+                (pdu.function_code, pdu.address, pdu.count)
+            )
         return pdu
 
     def _trace_connect(self, connected: bool) -> None:

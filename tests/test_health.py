@@ -1,0 +1,47 @@
+"""HealthTracker: one notification per transition, and a faulty listener harms nobody."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from drivers.base import Health, HealthState
+from drivers.health import HealthTracker
+
+
+def test_listeners_hear_each_transition_once() -> None:
+    tracker = HealthTracker("press")
+    heard: list[tuple[str, HealthState, str | None]] = []
+    tracker.listen(lambda device, health: heard.append((device, health.state, health.last_error)))
+    tracker.set(HealthState.CONNECTED)
+    tracker.set(HealthState.CONNECTED)
+    tracker.set(HealthState.LOST, "press: gone")
+    tracker.set(HealthState.LOST, "press: still gone")  # a new error, the same state
+    assert heard == [
+        ("press", HealthState.CONNECTED, None),
+        ("press", HealthState.LOST, "press: gone"),
+    ]
+    assert tracker.health.last_error == "press: still gone"
+
+
+def test_a_raising_listener_is_logged_and_the_others_still_hear(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tracker = HealthTracker("press")
+    heard: list[HealthState] = []
+
+    def broken(_device: str, health: Health) -> None:
+        raise RuntimeError(f"listener bug on {health.state.value}")
+
+    tracker.listen(broken)
+    tracker.listen(lambda _device, health: heard.append(health.state))
+    with caplog.at_level(logging.ERROR, logger="drivers"):
+        tracker.set(HealthState.LOST, "press: gone")  # must not raise into the caller's loop
+        tracker.set(HealthState.CONNECTED)
+    assert heard == [HealthState.LOST, HealthState.CONNECTED]
+    assert tracker.health.state is HealthState.CONNECTED
+    failures = [r for r in caplog.records if r.exc_info is not None]
+    assert len(failures) == 2
+    assert "press" in failures[0].getMessage() and "listener" in failures[0].getMessage()
+    assert "listener bug on lost" in str(failures[0].exc_info[1])  # type: ignore[index]
