@@ -778,6 +778,16 @@ class _Rules:
             )
         if device.password_env is not None and device.user is None:
             self.add((*loc, "password_env"), "missing", f"device {name}: password_env needs a user")
+        if device.user is not None and device.security != "Basic256Sha256_SignAndEncrypt":
+            # The driver refuses it too: without encryption the password may cross the network
+            # in clear text.
+            self.add(
+                (*loc, "user"),
+                "insecure-password",
+                f"device {name}: user {device.user!r} needs security "
+                "Basic256Sha256_SignAndEncrypt, or the password could cross the network in "
+                "clear text",
+            )
 
     # -- tags --------------------------------------------------------------------------------
 

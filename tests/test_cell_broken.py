@@ -101,7 +101,10 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
     "user-without-password-env": (
         "cell: t\ndevices:\n  ua:\n    driver: opcua\n"
         "    endpoint: opc.tcp://127.0.0.1:4840\n    user: op\n",
-        [expect(6, "op", "missing", "device ua", "user 'op' needs password_env")],
+        [
+            expect(6, "op", "missing", "device ua", "user 'op' needs password_env"),
+            expect(6, "op", "insecure-password", "device ua", "SignAndEncrypt", "clear text"),
+        ],
     ),
     "bad-endpoint": (
         "cell: t\ndevices:\n  ua: {driver: opcua, endpoint: 'http://127.0.0.1:4840/x'}\n",

@@ -41,7 +41,7 @@ devices:
     poll: 200ms
     timeout: 300ms
     retries: 0
-    security: Basic256Sha256_Sign
+    security: Basic256Sha256_SignAndEncrypt
     cert: certs/client.der
     key: certs/client.pem
     user: op
@@ -158,7 +158,7 @@ def test_opcua_config_reads_the_password_from_the_environment(
         publishing_interval=0.2,
         limits=RequestLimits(timeout=0.3, retries=0),
         security=OpcuaSecurity(
-            policy="Basic256Sha256_Sign",
+            policy="Basic256Sha256_SignAndEncrypt",
             cert=str(tmp_path / "certs/client.der"),
             key=str(tmp_path / "certs/client.pem"),
             user="op",
