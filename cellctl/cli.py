@@ -31,8 +31,10 @@ from cellctl.connect import (
 from cellctl.errors import CellctlError, Problem, ValidationFailed
 from cellctl.liveview import plain_line, tag_table
 from cellctl.logsetup import configure_logging
+from cellctl.plan import make_plan, plan_lines, plan_view
+from cellctl.schema import FileKind, schema_of, schema_of_both
 from cellctl.tags import parse_value
-from cellctl.validate import validate_files
+from cellctl.validate import open_recipe, validate_files
 from drivers.base import Quality
 from drivers.codecs import format_value
 from drivers.errors import DriverError
@@ -46,8 +48,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji=False: rich would turn ':100:' in 'cell.yaml:100:1: ...' into an emoji.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
 
@@ -156,13 +159,26 @@ def _root(
 _LOG_FILE: list[Path | None] = [None]
 
 
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option("--param", "-p", metavar="NAME=VALUE", help="a recipe parameter (repeatable)"),
+]
+
+
 @app.command()
 def validate(
     files: Annotated[list[Path], typer.Argument(help="cell or recipe files")],
+    cell: Annotated[
+        Path | None,
+        typer.Option(
+            "--cell", "-c", help="the cell of the recipes (default: cell.yaml beside each)"
+        ),
+    ] = None,
+    params: ParamOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print problems as JSON")] = False,
 ) -> None:
     """Check cell and recipe files; every problem as FILE:LINE:COL: message."""
-    problems: list[Problem] = validate_files(files)
+    problems: list[Problem] = validate_files(files, cell, params or ())
     if as_json:
         out.print_json(json.dumps([p.to_json() for p in problems]))
     else:
@@ -172,6 +188,41 @@ def validate(
             out.print(f"{len(files)} file(s) valid")
     if problems:
         raise _Stop(exitcodes.BAD_INPUT)
+
+
+@app.command()
+def plan(
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="the recipe file")],
+    cell: Annotated[
+        Path | None,
+        typer.Option("--cell", "-c", help="the cell file (default: cell.yaml beside the recipe)"),
+    ] = None,
+    params: ParamOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+) -> None:
+    """Dry run: the step tree with parameters resolved, tags, devices, worst case; no device."""
+    made = make_plan(open_recipe(recipe, cell), params or ())  # errors: see run()
+    if as_json:
+        out.print_json(json.dumps(made.to_json()))
+    elif out.is_terminal:
+        out.print(plan_view(made))
+    else:
+        for line in plan_lines(made):
+            out.print(line, markup=False)
+
+
+@app.command()
+def schema(
+    kind: Annotated[
+        FileKind | None,
+        typer.Argument(help="recipe or cell (default: either, for one editor setting)"),
+    ] = None,
+) -> None:
+    """Print the JSON Schema of recipe or cell files, for editors' YAML language servers."""
+    out.print(
+        json.dumps(schema_of(kind) if kind else schema_of_both(), indent=2),
+        markup=False,
+    )
 
 
 @app.command()

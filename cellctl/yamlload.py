@@ -54,7 +54,8 @@ class YamlDocument:
         node: Any = self.data
         line, col = 0, 0
         if isinstance(node, CommentedBase):
-            line, col = node.lc.line, node.lc.col
+            # A document that is one tagged scalar (`!foo x`) carries no position: line 1.
+            line, col = node.lc.line or 0, node.lc.col or 0
         for index, part in enumerate(loc):
             last = index == len(loc) - 1
             found = _child_position(node, part, key=key and last)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import re
+import warnings
+
 import pytest
 
 from cellctl import expr
+from cellctl.errors import CellctlError
 from cellctl.expr import EvaluationError, ExpressionError, Kind
 from drivers.base import Value
 from drivers.points import DataType
@@ -51,6 +56,31 @@ KINDS: dict[str, Kind | None] = {
         ("'a'.upper()", "not allowed", 0),
         ("parts > 1; 2", "syntax error", 9),
         ("", "empty expression", 0),
+        ("True or x", "True is not allowed: write 'true'", 0),
+        ("x == False", "False is not allowed: write 'false'", 5),
+        ("x == None", "None is not allowed", 5),
+        ("print(1)", "call to 'print' not allowed", 0),
+        ("exec('1')", "call to 'exec' not allowed", 0),
+        ("abs.__call__(1)", "call to 'abs.__call__' not allowed", 0),
+        ("x.__class__.__bases__", "names starting with '_' are not allowed ('__class__')", 0),
+        ("__builtins__", "names starting with '_'", 0),
+        ("1 @ 2", "'@'", 0),
+        ("1 << 64", "'<<'", 0),
+        ("a is not b", "'is not'", 0),
+        ("max(*parts)", "takes 2 to 16 arguments", 0),
+        ("max(*parts, *parts)", "'*' unpacking", 4),
+        ("max(" + "1, " * 16 + "1)", "takes 2 to 16 arguments, got 17", 0),
+        ("x == 18446744073709551616", "number 18446744073709551616 is too large", 5),
+        ("x == 1e999", "number 1e999 is too large for a float", 5),
+        ("x == '" + "y" * 257 + "'", "string of 257 characters, more than 256", 5),
+        ("round(x, 10**9)", "'**'", 9),
+        ("round(x, 16)", "round() digits must be a whole number in -15..15, got 16", 9),
+        ("round(x, -100)", "got -100", 9),
+        ("round(x, 0.5)", "got 0.5", 9),
+        ("x == b'y'", "bytes b'y' is not allowed", 5),
+        ("x == ...", "ellipsis", 5),
+        ("name == '\\d'", "syntax error: invalid escape sequence", 8),
+        ("x\x00", "NUL character is not allowed", 1),
         ("   ", "empty expression", 0),
     ],
 )
@@ -67,6 +97,40 @@ def test_length_and_depth_limits() -> None:
     with pytest.raises(ExpressionError, match="nested more than 50 deep"):
         expr.parse("-" * 60 + "1")
     assert expr.evaluate(expr.parse("-" * 50 + "1"), {}) == 1
+    with pytest.raises(ExpressionError, match="more than 200 parts"):
+        expr.parse("<".join(["1"] * 200))  # a flat chain: one comparison and 200 numbers
+    assert expr.evaluate(expr.parse("<".join(["0"] * 199)), {}) is False
+    # Each part of a dotted name is a level: a long chain is refused, not walked.
+    with pytest.raises(ExpressionError, match="nested more than 50 deep"):
+        expr.parse(".".join(["a"] * 52))
+    assert expr.parse(".".join(["a"] * 51)).names == {".".join(["a"] * 51)}
+    assert expr.parse("x == '" + "y" * 256 + "'").names == {"x"}
+    assert expr.evaluate(expr.parse("18446744073709551615 - 1"), {}) == 2**64 - 2
+    assert expr.evaluate(expr.parse("round(x, -15) + round(x, 15)"), {"x": 1.25}) == 1.25
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("(" + "-" * 480 + "f)(1)", "call to '---"),  # named from the text, never unparsed
+        ("(" * 150 + "x" + ")" * 150, None),
+        ("(" * 210 + "x" + ")" * 210, "too many nested parentheses"),
+        ("[" * 150 + "]" * 150, "lists not allowed"),
+        ("-" * 499 + "x", "nested more than 50 deep"),
+        ("not " * 120 + "x", "nested more than 50 deep"),
+        ("x" + " or x" * 99, None),
+        ("x == \ud800", "character '\\ud800' is not allowed"),
+        ("x\u2028", "invalid non-printable character"),
+    ],
+)
+def test_hostile_text_is_refused_with_the_package_error(text: str, says: str | None) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing the parser says leaks out as a warning
+        if says is None:
+            assert expr.check(expr.parse(text), {"x": Kind.BOOL}) == []
+        else:
+            with pytest.raises(ExpressionError, match=re.escape(says)):
+                expr.parse(text)
 
 
 def test_names_are_dotted_and_exclude_literals_and_functions() -> None:
@@ -165,7 +229,9 @@ VALUES: dict[str, Value] = {
         ("round(2.5)", 2),
         ("robot.name == 'R1'", True),
         ("robot.name < 'R2'", True),
-        ("True and 1 == 1.0", True),
+        ("true and 1 == 1.0", True),
+        ("1_000 + 0x10", 1016),
+        ("round(2.5, -1)", 0.0),
     ],
 )
 def test_evaluate(text: str, result: Value) -> None:
@@ -193,15 +259,50 @@ def test_and_or_short_circuit_and_skip_missing_values() -> None:
         ("conveyor.run + 1", "not a number"),
         ("robot.name > 1", "cannot compare"),
         ("conveyor.run < press.cycle_done", "cannot compare"),
-        ("round(parts, 0.5)", "whole digits"),
-        ("round(1e308 * 10)", "cannot round"),
+        ("round(parts, press.force_kN)", "whole digits"),
+        ("round(parts, parts * 3)", "whole digits"),
+        ("round(huge)", "cannot round"),
+        ("round(nan)", "cannot round"),
+        ("1e308 * 10", "number too large ('1e308 * 10')"),
+        ("-1e308 - 1e308", "number too large"),
+        ("huge + 1", "number too large"),
+        (" * ".join(["big"] * 17), "number too large ('big * big"),
+        ("big / 1e-300", "number too large"),
+        ("giant / 3", "number too large"),
+        ("giant * 0.5", "number too large"),
+        ("giant % 2 + giant", "number too large"),
+        ("nothing == nothing", "cannot compare None == None"),
+        ("nothing < 1", "cannot compare"),
     ],
 )
 def test_evaluation_errors_name_the_expression(text: str, says: str) -> None:
+    values: dict[str, object] = {
+        **VALUES,
+        "huge": math.inf,
+        "nan": math.nan,
+        "big": 2**64 - 1,
+        "giant": 10**400,
+        "nothing": None,  # not a Value: a mapping from outside must not crash the walk
+    }
     with pytest.raises(EvaluationError) as caught:
-        expr.evaluate(expr.parse(text), VALUES)
+        expr.evaluate(expr.parse(text), values)  # type: ignore[arg-type]
     assert says in str(caught.value)
     assert repr(text) in str(caught.value)
+
+
+def test_strings_only_compare() -> None:
+    for text in ("robot.name + 'x'", "robot.name * 3", "-robot.name", "max(robot.name, 'z')"):
+        (problem, *_) = expr.check(expr.parse(text), KINDS)
+        assert "is a string (strings can only be compared)" in problem.message, text
+        with pytest.raises(EvaluationError, match="not a number"):
+            expr.evaluate(expr.parse(text), VALUES)
+
+
+def test_errors_are_the_package_errors() -> None:
+    assert issubclass(ExpressionError, CellctlError)
+    assert issubclass(EvaluationError, CellctlError)
+    with pytest.raises(ExpressionError, match="expected an expression text, got int"):
+        expr.parse(42)  # type: ignore[arg-type]
 
 
 def test_evaluate_never_uses_python_eval() -> None:
