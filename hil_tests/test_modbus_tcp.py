@@ -12,9 +12,9 @@ import pytest_asyncio
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.pdu import ModbusPDU
 
-from drivers.base import Health, HealthState, Value
+from drivers.base import Health, HealthState, Quality, Value
 from drivers.config import ModbusTcpConfig, RequestLimits
-from drivers.errors import NotConnected, NotSupported
+from drivers.errors import DriverError, NotConnected, NotSupported
 from drivers.modbus import ModbusDriver, make_modbus_drivers
 from drivers.points import Access, DataType, MethodSpec, ModbusPoint, ModbusTable
 from drivers.sim.faultproxy import FaultProxy
@@ -412,3 +412,61 @@ async def test_undefined_bits_in_a_defined_word_answer_exception_2() -> None:
         await server.stop()
     # Refused writes changed nothing; accepted ones reached the image.
     assert [image.get(p.name) for p in coils] == [True, True, True, True]
+
+
+@pytest.mark.asyncio
+async def test_answers_cut_in_pieces_still_decode(
+    rig: TcpRig, proxied: tuple[FaultProxy, ModbusDriver]
+) -> None:
+    proxy, driver = proxied
+    rig.image.set(FLOAT_CDAB.name, 12.5)
+    await rig.server.publish(rig.image.device, rig.image.take_dirty())
+    proxy.fragment(3)
+    readings = await driver.read([FLOAT_CDAB, AFTER])
+    assert [r.value for r in readings] == [12.5, 4242]
+    assert all(r.quality is Quality.GOOD for r in readings)
+
+
+@pytest.mark.asyncio
+async def test_garbage_on_the_link_is_an_error_never_a_value(
+    proxied: tuple[FaultProxy, ModbusDriver],
+) -> None:
+    proxy, driver = proxied
+    proxy.garbage(True)
+    with pytest.raises(DriverError) as caught:
+        await driver.read([AFTER])
+    assert "press" in str(caught.value)
+    proxy.garbage(False)
+    # The garbled connection may be dropped; the next reads find the device again.
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while True:
+        try:
+            assert (await driver.read([AFTER]))[0].value == 4242
+            break
+        except DriverError:
+            assert asyncio.get_running_loop().time() < deadline, "no recovery after garbage"
+    assert driver.health.state is HealthState.CONNECTED
+
+
+@pytest.mark.asyncio
+async def test_a_dropped_link_is_lost_then_found_and_polling_resumes(
+    rig: TcpRig, proxied: tuple[FaultProxy, ModbusDriver]
+) -> None:
+    proxy, driver = proxied
+    states: list[HealthState] = []
+    driver.on_health(lambda _device, health: states.append(health.state))
+    seen: list[Value | None] = []
+    unsubscribe = driver.subscribe([HR0], lambda r: seen.extend(x.value for x in r.values()))
+    try:
+        await wait_until(lambda: bool(seen), 1.0, "the first poll")
+        proxy.drop()  # every open connection reset, as when a switch port flaps
+        await wait_until(lambda: HealthState.LOST in states, 3.0, "health LOST")
+        await wait_until(lambda: driver.health.state is HealthState.CONNECTED, 5.0, "reconnect")
+        rig.image.set(HR0.name, 1234)
+        await rig.server.publish(rig.image.device, rig.image.take_dirty())
+        await wait_until(lambda: 1234 in seen, 2.0, "polling after the reconnect")
+        # Each transition reported once: LOST once, then CONNECTED once.
+        assert states.count(HealthState.LOST) == 1
+        assert states[-1] is HealthState.CONNECTED
+    finally:
+        unsubscribe()

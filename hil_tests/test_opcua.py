@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 import asyncua
 import pytest
@@ -34,6 +35,7 @@ from drivers.errors import (
 )
 from drivers.opcua import OpcuaDriver
 from drivers.points import Access, DataType, MethodArg, MethodSpec, OpcuaPoint
+from drivers.sim.faultproxy import FaultProxy
 from drivers.sim.image import ProcessImage
 from drivers.sim.opcua_server import OpcuaSimServer, default_cache_dir, init_with_cache
 
@@ -875,3 +877,28 @@ async def test_an_answer_cut_short_at_connect_is_retried(sim: Sim) -> None:
     finally:
         await drv.close()
         await relay.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_dropped_link_is_lost_then_found_and_resubscribed(own_sim: Sim) -> None:
+    url = urlparse(own_sim.server.endpoint)
+    proxy = FaultProxy("127.0.0.1", url.port or 0)
+    await proxy.start()
+    drv = OpcuaDriver(config(f"opc.tcp://127.0.0.1:{proxy.port}{url.path}"), [BUSY])
+    states: list[HealthState] = []
+    seen: list[bool | None] = []
+    try:
+        await drv.connect()
+        drv.on_health(lambda _name, health: states.append(health.state))
+        drv.subscribe([BUSY], lambda readings: seen.append(readings[BUSY.name].value))
+        await wait_until(lambda: bool(seen), 2.0, "the initial value")
+        proxy.drop()  # the session's TCP connection is reset mid-way
+        await wait_until(lambda: HealthState.LOST in states, 5.0, "health LOST")
+        await wait_until(lambda: drv.health.state is HealthState.CONNECTED, 8.0, "reconnect")
+        await own_sim.set({BUSY.name: not seen[-1]})
+        expected = not seen[-1]
+        await wait_until(lambda: seen[-1] is expected, 3.0, "a change after the reconnect")
+        assert states == [HealthState.LOST, HealthState.CONNECTED]
+    finally:
+        await drv.close()
+        await proxy.stop()
