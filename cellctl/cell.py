@@ -8,10 +8,9 @@ run on every entry that passed its own validation.
 
 from __future__ import annotations
 
-import keyword
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -36,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from cellctl import expr
+from cellctl import expr, names
 from cellctl.durations import Duration
 from cellctl.errors import BadValue, InvalidField, Problem, ValidationFailed, did_you_mean
 from cellctl.yamlload import (
@@ -57,49 +56,9 @@ from drivers.points import Access, DataType, ModbusTable, WordOrder
 # Field types
 
 
-_PART = r"[A-Za-z][A-Za-z0-9_]*"
-_DOTTED = re.compile(rf"{_PART}(\.{_PART})*")
-_DEVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_RESERVED = {"true", "false", *expr.FUNCTIONS}
-
-
-def _dotted_name(what: str) -> Callable[[str], str]:
-    def check(name: str) -> str:
-        if not _DOTTED.fullmatch(name):
-            raise InvalidField(
-                f"{what} name {name!r} must be letters, digits and '_' in dot-separated parts "
-                "that start with a letter (e.g. press.force_kN)",
-                "bad-name",
-            )
-        bad = [p for p in name.split(".") if keyword.iskeyword(p)] + (
-            [name] if name in _RESERVED else []
-        )
-        if bad:
-            raise InvalidField(
-                f"{what} name {name!r}: {bad[0]!r} is reserved in expressions", "bad-name"
-            )
-        return name
-
-    return check
-
-
-def _plain_name(what: str, pattern: re.Pattern[str]) -> Callable[[str], str]:
-    def check(name: str) -> str:
-        if not pattern.fullmatch(name):
-            raise InvalidField(
-                f"{what} name {name!r} must start with a letter or digit and hold only letters, "
-                "digits, '_', '-'" + (", '.'" if "." in pattern.pattern else ""),
-                "bad-name",
-            )
-        return name
-
-    return check
-
-
-TagName = Annotated[str, AfterValidator(_dotted_name("tag"))]
-MethodName = Annotated[str, AfterValidator(_dotted_name("method"))]
-DeviceName = Annotated[str, AfterValidator(_plain_name("device", _DEVICE))]
+TagName = Annotated[str, AfterValidator(names.expression_name("tag"))]
+MethodName = Annotated[str, AfterValidator(names.expression_name("method"))]
+DeviceName = Annotated[str, AfterValidator(names.label("device name", names.DEVICE))]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
@@ -490,7 +449,7 @@ class Method(_Model):
     device: DeviceName
     node: NodeId
     method: BrowseName
-    args: dict[Annotated[str, AfterValidator(_dotted_name("argument"))], DataType] = {}
+    args: dict[Annotated[str, AfterValidator(names.expression_name("argument"))], DataType] = {}
     result: DataType | None = None
     description: str | None = None
 
@@ -498,7 +457,7 @@ class Method(_Model):
 class Interlock(_Model):
     """A condition watched on every tag update; when true, the action is taken."""
 
-    name: Annotated[str, AfterValidator(_plain_name("interlock", _LABEL))]
+    name: Annotated[str, AfterValidator(names.label("interlock name"))]
     when: NonEmpty
     action: Literal["hold", "stop", "abort"]
     description: str | None = None
@@ -512,7 +471,7 @@ SafeValue = Annotated[
 class Cell(_Model):
     """A cell file: the cell's devices, tags, methods, interlocks and safe state."""
 
-    cell: Annotated[str, AfterValidator(_plain_name("cell", _LABEL))]
+    cell: Annotated[str, AfterValidator(names.label("cell name"))]
     description: str | None = None
     devices: dict[DeviceName, Device] = Field(min_length=1)
     tags: dict[TagName, Tag] = {}

@@ -31,7 +31,6 @@ usable after it.
 from __future__ import annotations
 
 import hashlib
-import keyword
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -57,7 +56,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from cellctl import expr
+from cellctl import expr, names
 from cellctl.cell import Cell, MethodName, TagName, check_cell_file, load_cell
 from cellctl.durations import Duration
 from cellctl.errors import BadValue, InvalidField, Problem, ValidationFailed, did_you_mean
@@ -75,39 +74,10 @@ from drivers.base import Value
 # ---------------------------------------------------------------------------------------------
 # Field types
 
-_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-_RESERVED = {"true", "false", *expr.FUNCTIONS}
-
-
-def _label(what: str) -> Callable[[str], str]:
-    def check(value: str) -> str:
-        if not _LABEL.fullmatch(value):
-            raise InvalidField(
-                f"{what} {value!r} must start with a letter or digit and hold only letters, "
-                "digits, '_', '-', '.'",
-                "bad-name",
-            )
-        return value
-
-    return check
-
-
-def _check_name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise InvalidField(
-            f"name {value!r} must start with a letter and hold only letters, digits and '_'",
-            "bad-name",
-        )
-    if keyword.iskeyword(value) or value in _RESERVED:
-        raise InvalidField(f"name {value!r} is reserved in expressions", "bad-name")
-    return value
-
-
-StepId = Annotated[str, AfterValidator(_label("step id"))]
-RecipeName = Annotated[str, AfterValidator(_label("recipe name"))]
+StepId = Annotated[str, AfterValidator(names.label("step id"))]
+RecipeName = Annotated[str, AfterValidator(names.label("recipe name"))]
 #: A parameter or bound name: one word usable in expressions.
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[str, AfterValidator(names.expression_name("parameter or bound", names.WORD))]
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 NonNegativeDuration = Annotated[Duration, Field(ge=0)]
 
