@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -10,8 +11,12 @@ from pydantic import BeforeValidator, WithJsonSchema
 from cellctl.errors import InvalidField
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-PATTERN = r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*$"
+# ASCII digits only: Python's \d and float() would also take '１２' (full-width digits).
+PATTERN = r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)\s*$"
 _DURATION = re.compile(PATTERN)
+#: The longest duration a file may give: 7 days. Longer is a typo, and bounding every
+#: duration keeps every sum of them (a recipe's worst case) a finite number.
+MAX_SECONDS = 7 * 24 * 3600.0
 
 
 class DurationError(InvalidField):
@@ -25,6 +30,7 @@ def parse_duration(text: object) -> float:
     """Seconds of a duration such as '20ms', '1.5s', '2m', '1h'.
 
     A bare number is refused: '5' could mean 5 s or 5 ms, and a cell file must not guess.
+    So is a duration longer than 7 days (MAX_SECONDS, '168h').
     """
     if isinstance(text, bool) or not isinstance(text, str):
         if isinstance(text, int | float) and not isinstance(text, bool):
@@ -35,7 +41,17 @@ def parse_duration(text: object) -> float:
     match = _DURATION.match(text)
     if match is None:
         raise DurationError(f"duration {text!r} is not like '500ms', '1.5s', '2m' or '1h'")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds) or seconds > MAX_SECONDS:
+        raise DurationError(
+            f"duration {_short(text)} is longer than 7 days ('168h'), the longest a duration may be"
+        )
+    return seconds
+
+
+def _short(text: str) -> str:
+    """A text quoted for a message, cut short when long (400 nines help nobody)."""
+    return repr(text) if len(text) <= 30 else repr(text[:27] + "...")
 
 
 def format_duration(seconds: float) -> str:

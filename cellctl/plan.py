@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -225,6 +226,10 @@ class _Planner:
             self.cell.tags[tag].device for tag in part.writes + reads if tag in self.cell.tags
         ]
         worst = _with_retries(part.worst_case, step.on_error)
+        if worst is not None and not math.isfinite(worst):
+            # Durations are bounded, but deep repeats multiply past what a float holds.
+            self.note_unbounded(f"{step.label(path)}: its worst case is too long to count")
+            worst = None
         return PlanStep(
             path=path,
             id=step.id,
@@ -401,9 +406,13 @@ def _quote(text: str) -> str:
 
 
 def _human(seconds: float | None) -> str:
-    """A duration for people: 500ms, 34s, 2m 41s, 1h 5m; 'not known' for None."""
+    """A duration for people: 500ms, 34s, 2m 41s, 1h 5m, 3d 4h; 'not known' for None."""
     if seconds is None:
         return "not known before the run"
+    if not math.isfinite(seconds):
+        return "too long to count"
+    if seconds >= 1000 * 86400:
+        return f"{seconds / 86400:.3g} days"
     if seconds == 0:
         return "0s"
     if seconds < 1:
@@ -413,8 +422,11 @@ def _human(seconds: float | None) -> str:
     if seconds < 3600:
         minutes, rest = divmod(round(seconds), 60)
         return f"{minutes}m {rest}s" if rest else f"{minutes}m"
-    hours, rest = divmod(round(seconds), 3600)
-    return f"{hours}h {rest // 60}m" if rest // 60 else f"{hours}h"
+    if seconds < 86400:
+        hours, rest = divmod(round(seconds), 3600)
+        return f"{hours}h {rest // 60}m" if rest // 60 else f"{hours}h"
+    days, rest = divmod(round(seconds), 86400)
+    return f"{days}d {rest // 3600}h" if rest // 3600 else f"{days}d"
 
 
 # ---------------------------------------------------------------------------------------------

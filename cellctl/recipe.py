@@ -30,6 +30,7 @@ usable after it.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import math
 import re
@@ -62,6 +63,7 @@ from cellctl.durations import Duration
 from cellctl.errors import BadValue, InvalidField, Problem, ValidationFailed, did_you_mean
 from cellctl.yamlload import (
     MAX_BYTES,
+    DuplicateKey,
     Where,
     YamlDocument,
     parse_yaml,
@@ -70,6 +72,9 @@ from cellctl.yamlload import (
     validation_problems,
 )
 from drivers.base import Value
+
+#: A path into the recipe's data: pydantic's loc (union tags included) or a raw one.
+Loc = Sequence[str | int]
 
 # ---------------------------------------------------------------------------------------------
 # Field types
@@ -80,6 +85,26 @@ RecipeName = Annotated[str, AfterValidator(names.label("recipe name"))]
 Name = Annotated[str, AfterValidator(names.expression_name("parameter or bound", names.WORD))]
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 NonNegativeDuration = Annotated[Duration, Field(ge=0)]
+
+
+def _given(what: str, code: str) -> BeforeValidator:
+    """An optional key may be left out, but not written empty (`timeout:`, `if:`): an empty
+    value is a slip, not a choice, and must not silently mean "none"."""
+
+    def check(value: object) -> object:
+        if value is None:
+            raise InvalidField(
+                f"no {what} given (the value is empty; give one or leave the key out)", code
+            )
+        return value
+
+    return BeforeValidator(check)
+
+
+#: Optional fields: absent is None, written empty is an error.
+MaybeTimeout = Annotated[PositiveDuration | None, _given("duration", "bad-duration")]
+MaybeDelay = Annotated[NonNegativeDuration | None, _given("duration", "bad-duration")]
+MaybeName = Annotated[Name | None, _given("name", "bad-name")]
 
 
 class ExpressionField(InvalidField):
@@ -106,11 +131,23 @@ def to_expression(value: object) -> expr.Expression:
             raise ExpressionField(err.message, err.col) from None
     if value is None:
         raise ExpressionField("no expression given (the value is empty)")
-    shape = "a mapping" if isinstance(value, dict) else "a list"
     raise ExpressionField(
-        f"expected an expression, got {shape} (a fixed text is written in quotes inside the "
-        "expression: \"'LOT-42'\")"
+        f"expected an expression, got {_shape(value)}; a fixed text is written in quotes "
+        "inside the expression: \"'LOT-42'\""
     )
+
+
+def _shape(value: object) -> str:
+    """What a YAML value that is no expression is, in words."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list | tuple | set):
+        return "a list"
+    if isinstance(value, datetime.date):  # `2024-05-01` is a YAML date unless quoted
+        return f"the date {value.isoformat()}"
+    if isinstance(value, bytes):
+        return "binary data (!!binary)"
+    return f"a YAML {type(value).__name__}"
 
 
 #: An expression field: written as text (or a YAML number / true / false), held parsed.
@@ -120,6 +157,16 @@ Expr = Annotated[
     PlainSerializer(str),
     WithJsonSchema({"type": ["string", "number", "boolean"]}),
 ]
+
+
+def _expression_given(value: object) -> object:
+    if value is None:
+        to_expression(value)  # raises: no expression given
+    return value
+
+
+#: An optional expression (`if`, a set's `wait`): absent is None, written empty is an error.
+MaybeExpr = Annotated[Expr | None, BeforeValidator(_expression_given)]
 
 
 def _number(value: object) -> int | float:
@@ -143,7 +190,9 @@ class _Model(BaseModel):
 ParameterType = Literal["int", "float", "bool", "str", "enum"]
 _BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True}
 _BOOL_WORDS.update({"false": False, "no": False, "off": False, "0": False})
-_INTEGER = re.compile(r"[+-]?\d+")
+# ASCII digits only: int() and float() would also take '１２' (full-width digits) or '1_000'.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|nan)", re.I)
 
 
 class _Typed(_Model):
@@ -244,11 +293,13 @@ class _Typed(_Model):
                 raise BadValue(f"expects {self.describe_range()}, got {text!r}")
             value = int(stripped)
         elif self.type == "float":
-            try:
-                value = float(stripped)
-            except ValueError:
-                raise BadValue(f"expects {self.describe_range()}, got {text!r}") from None
+            if not _FLOAT.fullmatch(stripped) or len(stripped) > 50:
+                raise BadValue(f"expects {self.describe_range()}, got {text!r}")
+            value = float(stripped)
         return self.check_value(value)
+
+
+_DEFAULT_NEEDS = {"type", "min", "max", "choices"}
 
 
 class Parameter(_Typed):
@@ -259,8 +310,9 @@ class Parameter(_Typed):
     @field_validator("default")
     @classmethod
     def _default_fits(cls, value: object, info: ValidationInfo) -> Value | None:
-        if value is None or "type" not in info.data:
-            return None if value is None else plain(value)  # a bad type is reported already
+        if value is None or not info.data.keys() >= _DEFAULT_NEEDS:
+            # A bad type, range or choices is reported already: no check against half of it.
+            return None if value is None else plain(value)
         data = {key: info.data.get(key) for key in ("type", "min", "max", "choices", "unit")}
         try:
             return _Typed.model_construct(**data).check_value(value)
@@ -279,7 +331,7 @@ class OnError(_Model):
 
     action: Literal["hold", "abort", "retry", "skip"]
     count: int | None = Field(None, ge=1, le=100)
-    delay: NonNegativeDuration | None = None
+    delay: MaybeDelay = None
 
     @model_validator(mode="after")
     def _retry_only(self) -> OnError:
@@ -322,8 +374,8 @@ OnErrorField = Annotated[
 
 class _Step(_Model):
     id: StepId | None = None
-    if_: Expr | None = Field(None, alias="if")
-    on_error: OnErrorField | None = None
+    if_: MaybeExpr = Field(None, alias="if")
+    on_error: Annotated[OnErrorField | None, _given("action", "empty")] = None
 
     @property
     def kind(self) -> str:
@@ -350,8 +402,8 @@ class SetStep(_Step):
 
     id: StepId
     set: dict[TagName, Expr] = Field(min_length=1)
-    wait: Expr | None = None
-    timeout: PositiveDuration | None = None
+    wait: MaybeExpr = None
+    timeout: MaybeTimeout = None
 
     def idempotent(self, tag: str) -> bool:
         """True when repeating the write of `tag` is harmless (see `idempotent_writes`)."""
@@ -379,7 +431,7 @@ class WaitStep(_Step):
 
     id: StepId
     wait: Expr
-    timeout: PositiveDuration | None = None
+    timeout: MaybeTimeout = None
 
 
 class CallStep(_Step):
@@ -388,8 +440,8 @@ class CallStep(_Step):
     id: StepId
     call: MethodName
     args: dict[str, Expr] = {}
-    result: Name | None = None
-    timeout: PositiveDuration | None = None
+    result: MaybeName = None
+    timeout: MaybeTimeout = None
 
 
 class DelayStep(_Step):
@@ -402,7 +454,7 @@ class RepeatStep(_Step):
     """Run the nested steps `repeat` times; the round (1..N) is bound to `index` when given."""
 
     repeat: Expr
-    index: Name | None = None
+    index: MaybeName = None
     steps: list[Step] = Field(min_length=1)
 
 
@@ -417,8 +469,8 @@ class PromptStep(_Step):
 
     id: StepId
     prompt: Annotated[str, Field(min_length=1)]
-    answer: Answer | None = None
-    timeout: PositiveDuration | None = None
+    answer: Annotated[Answer | None, _given("answer", "empty")] = None
+    timeout: MaybeTimeout = None
 
 
 STEP_MODELS: dict[str, type[_Step]] = {
@@ -513,7 +565,7 @@ class Defaults(_Model):
     A prompt waits for the operator, not for a machine: the default timeout does not apply.
     """
 
-    timeout: PositiveDuration | None = None
+    timeout: MaybeTimeout = None
 
 
 class Recipe(_Model):
@@ -672,10 +724,22 @@ def load_recipe(path: Path, cell: Cell) -> LoadedRecipe:
 
 def recipe_from_document(doc: YamlDocument, cell: Cell) -> Recipe:
     """Validate a loaded YAML document as a recipe for `cell`; raises ValidationFailed."""
+    recipe, problems = _validate(doc, cell)
+    if problems or recipe is None:
+        raise ValidationFailed(problems)
+    return recipe
+
+
+def _validate(doc: YamlDocument, cell: Cell | None) -> tuple[Recipe | None, list[Problem]]:
+    """The recipe (None when its shape is broken) and every problem, sorted.
+
+    Without a cell (the cell file is broken or missing) only what does not need one is
+    checked: YAML, keys, types, durations, expression syntax, ids, names, retries.
+    """
     # Imported here: recipe_check builds on this module's models.
     from cellctl.recipe_check import check_rules
 
-    problems = list(doc.problems)
+    problems = _yaml_problems(doc)
     recipe: Recipe | None = None
     try:
         recipe = Recipe.model_validate(doc.data)
@@ -683,20 +747,19 @@ def recipe_from_document(doc: YamlDocument, cell: Cell) -> Recipe:
         problems.extend(model_problems(doc, err))
     if isinstance(doc.data, dict):
         problems.extend(check_rules(doc, doc.data, cell))
-    if problems or recipe is None:
-        raise ValidationFailed(_sorted(problems))
-    return recipe
+    return recipe, _sorted(problems)
 
 
 def check_recipe_file(path: Path, cell_path: Path | None = None) -> list[Problem]:
     """Every problem of a recipe file and of its cell file; an empty list when both are valid.
 
-    The cell file is `cell_path`, else the one beside the recipe. When the cell file has
-    problems, those are returned (located in the cell file) and the recipe is not checked.
+    The cell file is `cell_path`, else the one beside the recipe. When the cell file is broken
+    (or missing), its problems come first (located in the cell file), then the recipe's own
+    problems that do not need a cell; its tags, methods and types wait for a valid cell file.
     """
     cell_file = cell_path if cell_path is not None else cell_file_for(path)
     if cell_path is None and not cell_file.exists():
-        return [
+        cell_problems = [
             Problem(
                 str(path),
                 1,
@@ -705,14 +768,19 @@ def check_recipe_file(path: Path, cell_path: Path | None = None) -> list[Problem
                 f"no cell file beside the recipe ({cell_file} not found); give it with --cell",
             )
         ]
-    cell_problems = check_cell_file(cell_file)
-    if cell_problems:
-        return cell_problems
+    else:
+        cell_problems = check_cell_file(cell_file)
+    if not cell_problems:
+        try:
+            load_recipe(path, load_cell(cell_file))
+        except ValidationFailed as err:
+            return err.problems
+        return []
     try:
-        load_recipe(path, load_cell(cell_file))
-    except ValidationFailed as err:
-        return err.problems
-    return []
+        doc = parse_yaml(_read(path), str(path))
+    except ValidationFailed as err:  # the recipe's YAML is broken too
+        return [*cell_problems, *err.problems]
+    return [*cell_problems, *_validate(doc, None)[1]]
 
 
 def _sorted(problems: list[Problem]) -> list[Problem]:
@@ -723,6 +791,51 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
 _TAGS = {model.__name__ for model in STEP_MODELS.values()}
 
 
+def _yaml_problems(doc: YamlDocument) -> list[Problem]:
+    """The loader's problems the recipe's way: a duplicate key names its step (and the tag in a
+    set); an alias is refused where it is written.
+
+    Aliases are refused because the data an alias stands for is the anchor's own: every
+    problem inside it would be reported at the anchor's lines (a duplicate id "first at" its
+    own line), never at the alias. A recipe shares values through parameters instead.
+    """
+    describe = _describer(doc)
+    renamed = {dup.problem: _duplicate_problem(dup, describe) for dup in doc.duplicates}
+    problems = [renamed.get(problem, problem) for problem in doc.problems]
+    for alias in doc.aliases:
+        step = _step_at(alias.loc)
+        if step is not None and step[0] == len(alias.loc):
+            prefix, what = f"step #{step[1]}: ", "the step"  # its id would be the anchor's
+        else:
+            prefix, what = _prefix(describe(alias.loc)), "the value"
+        message = f"{prefix}aliases (*{alias.name}) are not allowed in a recipe: write {what} out"
+        problems.append(Problem(doc.file, alias.line, alias.col, "alias", message))
+    return problems
+
+
+def _duplicate_problem(dup: DuplicateKey, describe: Callable[[Loc], Where]) -> Problem:
+    where = describe(dup.loc)
+    if where.name == "recipe file":  # the loader's own words name the section already
+        return dup.problem
+    message = f"{_prefix(where)}duplicate key {dup.key!r} (first at line {dup.first_line})"
+    return replace(dup.problem, message=message)
+
+
+def _prefix(where: Where) -> str:
+    """'step 'a': ' or 'step 'a': on_error: ': what a message inside `where` starts with."""
+    fields = ".".join(str(part) for part in where.fields)
+    return f"{where.name}: {fields}: " if fields else f"{where.name}: "
+
+
+def under_alias(doc: YamlDocument, loc: Sequence[str | int]) -> bool:
+    """True when `loc` (pydantic's, or a raw path) is inside an alias: its problems are the
+    anchor's, reported there; the alias itself is refused."""
+    parts = [str(part) for part in loc if part not in _TAGS]
+    return any(
+        [str(part) for part in alias.loc] == parts[: len(alias.loc)] for alias in doc.aliases
+    )
+
+
 def model_problems(doc: YamlDocument, error: ValidationError) -> list[Problem]:
     """pydantic's errors as located problems naming the step, parameter or key at fault."""
     problems = validation_problems(doc, error, _describer(doc))
@@ -730,6 +843,8 @@ def model_problems(doc: YamlDocument, error: ValidationError) -> list[Problem]:
     for details, problem in zip(error.errors(), problems, strict=True):
         cause = (details.get("ctx") or {}).get("error")
         loc = tuple(details["loc"])
+        if under_alias(doc, loc):
+            continue
         if isinstance(cause, StepKindError) and cause.key is not None:
             problem = doc.problem((*loc, cause.key), cause.code, problem.message, key=True)
         elif isinstance(cause, ExpressionField):
@@ -744,13 +859,18 @@ def model_problems(doc: YamlDocument, error: ValidationError) -> list[Problem]:
     return located
 
 
+_ITEM_WORDS = {"parallel": ("branch", "branches"), "set": ("tag", "tags")}
+_ITEM_WORDS["choices"] = ("choice", "choices")
+_NUMBER_WORDS = {1: "one", 2: "two"}
+
+
 def _too_short(message: str, details: ErrorDetails) -> str:
-    """'needs at least 2 branches' for pydantic's 'list should have at least 2 items …'."""
+    """'needs at least two branches' for pydantic's 'list should have at least 2 items …'."""
     head = message.rpartition(": list should")[0] or message.rpartition(": ")[0]
     least = int((details.get("ctx") or {}).get("min_length", 1))
-    word = "branch" if details["loc"][-1] == "parallel" else "step"
-    plural = ("es" if word == "branch" else "s") if least > 1 else ""
-    return f"{head}: needs at least {least} {word}{plural}"
+    one, many = _ITEM_WORDS.get(str(details["loc"][-1]), ("step", "steps"))
+    count = _NUMBER_WORDS.get(least, str(least))
+    return f"{head}: needs at least {count} {one if least == 1 else many}"
 
 
 def raw_at(data: Any, loc: Sequence[str | int]) -> Any:
@@ -774,25 +894,38 @@ def step_label(raw: object, path: str) -> str:
     return f"step {str(ident)!r}" if isinstance(ident, str) and ident else f"step #{path}"
 
 
-def _describer(doc: YamlDocument) -> Callable[[tuple[str | int, ...]], Where]:
-    def describe(loc: tuple[str | int, ...]) -> Where:
+def _step_at(parts: Sequence[str | int]) -> tuple[int, str] | None:
+    """How many parts of a path (union tags removed) lead to the innermost step it reaches,
+    and that step's path ('2.1'); None when the path is not inside `steps`."""
+    if len(parts) < 2 or parts[0] != "steps" or not isinstance(parts[1], int):
+        return None
+    step_len, path = 2, str(parts[1] + 1)
+    while True:
+        rest = parts[step_len:]
+        if len(rest) >= 2 and rest[0] == "steps" and isinstance(rest[1], int):
+            step_len, path = step_len + 2, f"{path}.{rest[1] + 1}"
+        elif (
+            len(rest) >= 3
+            and rest[0] == "parallel"
+            and isinstance(rest[1], int)
+            and isinstance(rest[2], int)
+        ):
+            step_len, path = step_len + 3, f"{path}.{rest[1] + 1}.{rest[2] + 1}"
+        else:
+            return step_len, path
+
+
+def _describer(doc: YamlDocument) -> Callable[[Loc], Where]:
+    def describe(loc: Loc) -> Where:
         parts = [part for part in loc if part not in _TAGS]
         if parts[:1] == ["parameters"] and len(parts) >= 2:
             return Where(f"parameter {parts[1]}", tuple(parts[2:]), _keys(Parameter))
         if parts[:1] == ["defaults"]:
             return Where("defaults", tuple(parts[1:]), _keys(Defaults))
-        if parts[:1] != ["steps"] or len(parts) < 2:
+        step = _step_at(parts)
+        if step is None:
             return Where("recipe file", tuple(parts), _keys(Recipe))
-        # Descend to the innermost step the loc reaches.
-        step_len, path = 2, str(int(parts[1]) + 1)
-        while True:
-            rest = parts[step_len:]
-            if len(rest) >= 2 and rest[0] == "steps" and isinstance(rest[1], int):
-                step_len, path = step_len + 2, f"{path}.{rest[1] + 1}"
-            elif len(rest) >= 3 and rest[0] == "parallel" and isinstance(rest[2], int):
-                step_len, path = step_len + 3, f"{path}.{int(rest[1]) + 1}.{rest[2] + 1}"
-            else:
-                break
+        step_len, path = step
         raw = raw_at(doc.data, parts[:step_len])
         name = step_label(raw, path)
         rest = parts[step_len:]

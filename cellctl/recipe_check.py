@@ -5,9 +5,9 @@ nothing but itself: the steps around it, and the steps nested in a broken block,
 checked. Every problem is located at the key or value at fault and names the step.
 
 Ranges are checked on constants and parameters: a value computed from them is bounded by
-interval arithmetic over the parameters' min and max, and both ends must fit the tag (its
-type's raw range after scale/offset, its min/max). A value that reads a tag or a call result
-is checked at run time, before it is sent.
+interval arithmetic over the min and max of parameters, answers and repeat indexes, and both
+ends must fit the tag (its type's raw range after scale/offset, its min/max). A value that
+reads a tag or a call result is checked at run time, before it is sent.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from cellctl.recipe import (
     iter_steps,
     raw_at,
     step_label,
+    under_alias,
 )
 from cellctl.yamlload import YamlDocument, scalar_offset
 from drivers import codecs
@@ -53,8 +54,12 @@ _PARAMETER = TypeAdapter(Parameter)
 _INF = math.inf
 
 
-def check_rules(doc: YamlDocument, data: dict[Any, Any], cell: Cell) -> list[Problem]:
-    """Every problem of a recipe against its cell, located in the recipe file."""
+def check_rules(doc: YamlDocument, data: dict[Any, Any], cell: Cell | None) -> list[Problem]:
+    """Every problem of a recipe against its cell, located in the recipe file.
+
+    With no cell (its file is broken), only what does not need one: ids, bound names, where
+    names are bound, timeouts, retries, parallel branches; no tag, method, type or range.
+    """
     return _Checker(doc, data, cell).run()
 
 
@@ -283,10 +288,11 @@ class _Block:
 
 
 class _Checker:
-    def __init__(self, doc: YamlDocument, data: dict[Any, Any], cell: Cell) -> None:
+    def __init__(self, doc: YamlDocument, data: dict[Any, Any], cell: Cell | None) -> None:
         self.doc = doc
         self.data = data
         self.cell = cell
+        self.tags = cell.tags if cell is not None else {}
         self.problems: list[Problem] = []
         raw_parameters = data.get("parameters")
         raw_parameters = raw_parameters if isinstance(raw_parameters, dict) else {}
@@ -297,8 +303,15 @@ class _Checker:
                 self.parameters[str(name)] = _PARAMETER.validate_python(raw)
             except ValidationError:
                 continue  # reported by the model pass
+        #: What a name with a known range is (for messages), and its min and max.
+        self.ranges: dict[str, tuple[str, float | None, float | None]] = {
+            name: (f"parameter {name}", parameter.min, parameter.max)
+            for name, parameter in self.parameters.items()
+        }
         defaults = data.get("defaults")
-        self.default_timeout = isinstance(defaults, dict) and "timeout" in defaults
+        # A default timeout that is broken counts as given (its own error says what is wrong);
+        # one written empty is none at all.
+        self.default_timeout = isinstance(defaults, dict) and defaults.get("timeout") is not None
         self.ids: dict[str, int] = {}
         # The choices of each enum parameter or answer: a literal compared with one is checked.
         self.choices: dict[str, list[str]] = {
@@ -315,6 +328,8 @@ class _Checker:
     def add(
         self, loc: Loc, code: str, message: str, *, key: bool = False, col_offset: int = 0
     ) -> None:
+        if under_alias(self.doc, loc):
+            return  # the anchor's own problem, reported at the anchor; the alias is refused
         self.problems.append(self.doc.problem(loc, code, message, key=key, col_offset=col_offset))
 
     def line(self, loc: Loc, *, key: bool = False) -> int:
@@ -345,13 +360,13 @@ class _Checker:
 
     def run(self) -> list[Problem]:
         scope = _Scope({}, {})
-        for name, tag in self.cell.tags.items():
+        for name, tag in self.tags.items():
             datatype = tag.datatype
             whole = datatype in INTEGER_TYPES and not tag.scaled
             scope.add(name, expr.kind_of(datatype), Span(-_INF, _INF, whole, known=False))
         for name in self.parameter_names:
             parameter = self.parameters.get(name)
-            if name in self.cell.tags:
+            if name in self.tags:
                 self.add(
                     ("parameters", name),
                     "duplicate-name",
@@ -436,6 +451,7 @@ class _Checker:
             span = Span.of(answer.min, answer.max, answer.type == "int")
             if self.bind(answer.name, (*loc, "answer", "name"), label):
                 done.exports[answer.name] = (answer.kind, span)
+                self.ranges[answer.name] = (f"answer {answer.name}", answer.min, answer.max)
                 if answer.choices is not None:
                     self.choices[answer.name] = answer.choices
         if step.on_error is not None and step.on_error.action == "retry":
@@ -456,6 +472,8 @@ class _Checker:
             )
 
     def write(self, name: str, value: expr.Expression, loc: Loc, label: str, scope: _Scope) -> None:
+        if self.cell is None:
+            return
         subject = f"{label}: set {name}"
         tag = self.cell.tags.get(name)
         if tag is None:
@@ -475,15 +493,17 @@ class _Checker:
     def call(self, step: CallStep, loc: Loc, label: str, scope: _Scope, done: _Block) -> None:
         self.need_timeout(step, loc, "call", label)
         name = step.call
-        method = self.cell.methods.get(name)
-        if method is None:
-            hint = did_you_mean(name, self.cell.methods)
-            if not hint and name in self.cell.tags:
+        # Without a cell, the method and its args are checked once the cell file is valid.
+        methods = self.cell.methods if self.cell is not None else {}
+        method = methods.get(name)
+        if method is None and self.cell is not None:
+            hint = did_you_mean(name, methods)
+            if not hint and name in self.tags:
                 hint = " (it is a tag: write it with 'set', read it in an expression)"
             self.add((*loc, "call"), "unknown-method", f"{label}: unknown method {name!r}{hint}")
             for arg, value in step.args.items():
                 self.expression(value, (*loc, "args", arg), f"{label}: arg {arg}", scope)
-        else:
+        elif method is not None:
             for arg, value in step.args.items():
                 arg_loc = (*loc, "args", arg)
                 subject = f"{label}: arg {arg}"
@@ -535,6 +555,8 @@ class _Checker:
         if step.index is not None and self.bind(step.index, (*loc, "index"), label):
             high = count.high if count is not None else _INF
             body.add(step.index, expr.Kind.NUMBER, Span(1, max(high, 1), True, count is not None))
+            most = max(high, 1) if math.isfinite(high) else None
+            self.ranges[step.index] = (f"index {step.index}", 1, most)
         inner = self.block(self.raw((*loc, "steps")), (*loc, "steps"), f"{path}.", body)
         done.writes.update(inner.writes)  # a repeat body's names end with the loop
 
@@ -557,7 +579,7 @@ class _Checker:
     def bind(self, name: str, loc: Loc, label: str) -> bool:
         """Register a bound name; False (and a problem) when it collides with another name."""
         clash: str | None = None
-        if name in self.cell.tags:
+        if name in self.tags:
             clash = "a tag of the cell"
         elif name in self.parameter_names:
             clash = "a parameter"
@@ -571,17 +593,19 @@ class _Checker:
         return True
 
     def check_retry(self, step: AnyStep, loc: Loc, label: str) -> None:
-        """Retry only where repeating is harmless: idempotent writes, no calls."""
-        for inner, _ in iter_steps([step]):
+        """Retry only where repeating is harmless: idempotent writes, no calls.
+
+        A set step alone is judged by its own marks (SetStep.idempotent_writes). A retried
+        block (repeat, parallel) runs again from its start, after its steps have written:
+        a value in it that reads any tag written anywhere in the block may read the block's
+        own result, so it is not idempotent there.
+        """
+        inner_steps = [inner for inner, _ in iter_steps([step])]
+        written = {tag for inner in inner_steps if isinstance(inner, SetStep) for tag in inner.set}
+        for inner in inner_steps:
             culprit: str | None = None
             if isinstance(inner, SetStep):
-                marks = inner.idempotent_writes
-                bad = next((tag for tag, ok in marks.items() if not ok), None)
-                if bad is not None:
-                    culprit = (
-                        f"the write {bad}: {inner.set[bad].text!r}, which is not idempotent "
-                        "(its value depends on a tag the step writes)"
-                    )
+                culprit = _unrepeatable_write(inner, None if inner is step else written)
             elif isinstance(inner, CallStep):
                 culprit = f"the call {inner.call}, and a call is not known to be idempotent"
             if culprit is not None:
@@ -612,6 +636,8 @@ class _Checker:
                 "in a step that may be skipped)",
                 col_offset=scalar_offset(raw, max(value.text.find(name), 0)),
             )
+        if self.cell is None:
+            return None  # names and types are checked once the cell file is valid
         kinds = {**scope.kinds, **dict.fromkeys(hidden)} if hidden else scope.kinds
         errors = expr.check(value, kinds)
         for error in errors:
@@ -716,14 +742,14 @@ class _Checker:
     def check_span(
         self, value: expr.Expression, span: Span, loc: Loc, subject: str, target: _Target
     ) -> None:
-        names = sorted(value.names & set(self.parameters))
-        single = value.text.strip() in self.parameters
-        for end, which in ((span.low, "min"), (span.high, "max")):
+        ranged = [self.ranges[name] for name in sorted(value.names) if name in self.ranges]
+        single = self.ranges.get(value.text.strip())
+        for index, (end, which) in enumerate(((span.low, "min"), (span.high, "max"))):
             if math.isinf(end):
                 if not target.bounded:
                     continue
-                lacking = [n for n in names if getattr(self.parameters[n], which) is None]
-                give = f": give parameter {', '.join(lacking)} a {which}" if lacking else ""
+                lacking = [what for what, *limits in ranged if limits[index] is None]
+                give = f": give {', '.join(lacking)} a {which}" if lacking else ""
                 self.add(
                     loc,
                     "unbounded",
@@ -733,14 +759,35 @@ class _Checker:
             try:
                 target.check(_whole(end) if span.whole else end)
             except BadValue as err:
-                source = f"its {which}" if single else "from the parameters' min and max"
-                what = f"parameter {value.text.strip()}" if single else repr(value.text)
+                sources = ", ".join(what for what, *_ in ranged)
+                source = f"its {which}" if single else f"from the range of {sources}"
+                what = single[0] if single else repr(value.text)
                 self.add(
                     loc,
                     "out-of-range",
                     f"{subject}: {what} may be {_show(end)} ({source}), but {target.what}: {err}",
                 )
                 return
+
+
+def _unrepeatable_write(step: SetStep, block_writes: set[str] | None) -> str | None:
+    """The first write of a set step that a retry must not repeat, in words, else None.
+
+    Alone, the step is judged by its own marks; in a retried block (`block_writes`: every tag
+    the block writes), a value that reads any of the block's tags is not repeated.
+    """
+    for tag, value in step.set.items():
+        if block_writes is None:
+            if step.idempotent(tag):
+                continue
+            why = "its value depends on a tag the step writes"
+        else:
+            reads = value.names & block_writes
+            if not reads:
+                continue
+            why = f"its value reads {', '.join(sorted(reads))}, which the block writes"
+        return f"the write {tag}: {value.text!r}, which is not idempotent ({why})"
+    return None
 
 
 def _items(raw: object, prefix: str) -> Iterator[tuple[int, Any, str]]:

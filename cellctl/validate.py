@@ -79,7 +79,7 @@ def validate_files(
 def open_recipe(path: Path, cell_path: Path | None = None) -> LoadedRecipe:
     """Load a recipe with its cell (`cell_path`, else the one beside it); raises ValidationFailed.
 
-    The problems are those `validate` reports: the cell file's, else the recipe's.
+    The problems are those `validate` reports: the cell file's and the recipe's own.
     """
     try:
         return load_recipe(path, load_cell(cell_path or cell_file_for(path)))

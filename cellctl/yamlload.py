@@ -15,7 +15,9 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedBase
+from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
@@ -35,6 +37,36 @@ MAX_NODES = 200_000
 MAX_FLOW_DEPTH = 64
 
 Loc = Sequence[str | int]
+#: A path from the document's root: mapping keys (as text) and list indices.
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class DuplicateKey:
+    """A key given twice in one mapping: the mapping's path, the key, its first line.
+
+    `problem` is the report in `YamlDocument.problems`, at the second occurrence; a loader
+    that can name the thing at `loc` better (a recipe's step) may say it its own way.
+    """
+
+    loc: KeyPath
+    key: str
+    first_line: int
+    problem: Problem
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A YAML alias (`*name`): the path where it is used, its name, its own 1-based position.
+
+    The data at `loc` is the anchored node itself, whose positions are the anchor's: a loader
+    that must locate every problem honestly can refuse aliases, or not look inside them.
+    """
+
+    loc: KeyPath
+    name: str
+    line: int
+    col: int
 
 
 @dataclass
@@ -44,6 +76,10 @@ class YamlDocument:
     file: str
     data: Any
     problems: list[Problem] = field(default_factory=list)
+    #: The duplicate keys among `problems`, with where they are.
+    duplicates: list[DuplicateKey] = field(default_factory=list)
+    #: Every alias, in the order written.
+    aliases: list[Alias] = field(default_factory=list)
 
     def position(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
         """The 1-based (line, col) of the value at `loc`, or of its key when `key` is true.
@@ -202,8 +238,10 @@ def _parse_text(text: str, name: str) -> YamlDocument:
         raise _fail(name, 1, 1, "yaml-syntax", f"YAML error: {err}") from None
     if node is None:
         raise _fail(name, 1, 1, "empty", "file is empty")
-    problems = _duplicate_keys(name, node)
+    paths = _paths(name, node)
+    duplicates = _duplicate_keys(name, node, paths)
     _refuse_bombs(name, node)
+    aliases = _aliases(yaml.composer, paths)
     try:
         # Built from the nodes already composed: parsing is most of the cost of loading.
         data = yaml.constructor.construct_document(node)
@@ -211,11 +249,32 @@ def _parse_text(text: str, name: str) -> YamlDocument:
         raise _syntax_failure(name, err) from None
     except Exception as err:  # ruamel raises anything for a tag like '!!map x' or '!!int x'
         raise _fail(name, 1, 1, "yaml-syntax", f"YAML error: {err}") from None
-    return YamlDocument(name, data, problems)
+    return YamlDocument(name, data, [d.problem for d in duplicates], duplicates, aliases)
+
+
+class _Composer(Composer):
+    """ruamel's composer, noting each alias where it is used: the composed node keeps only the
+    anchor's position."""
+
+    def __init__(self, loader: Any = None) -> None:
+        super().__init__(loader)
+        #: (parent node, key node or index, alias name, its mark) of every alias.
+        self.uses: list[tuple[Node, Any, str, Any]] = []
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.parser.peek_event() if self.parser.check_event(AliasEvent) else None
+        node = super().compose_node(parent, index)
+        if event is not None:
+            # A mapping's value is composed with its key node as `index`, a key with None: an
+            # aliased key is then named by itself. A list's item has its position.
+            where = node if index is None else index
+            self.uses.append((parent, where, str(event.anchor), event.start_mark))
+        return node
 
 
 def _yaml() -> YAML:
     yaml = YAML(typ="rt")
+    yaml.Composer = _Composer
     yaml.preserve_quotes = True  # lets a problem inside a quoted expression point at its column
     yaml.allow_duplicate_keys = True  # duplicates are found, all of them, in the composed nodes
     return yaml
@@ -235,18 +294,19 @@ def _syntax_failure(name: str, err: MarkedYAMLError) -> ValidationFailed:
     return ValidationFailed([Problem(name, line, col, "yaml-syntax", f"YAML syntax error: {what}")])
 
 
-def _duplicate_keys(name: str, root: Node) -> list[Problem]:
-    """Every duplicate key in every mapping, reported at its second occurrence."""
-    problems: list[Problem] = []
-    seen_nodes: set[int] = set()
-    stack: list[tuple[Node, str]] = [(root, "")]
+def _paths(name: str, root: Node) -> dict[int, KeyPath]:
+    """The path of every node (by id) where it is first written: a node reached again is an
+    alias, and an alias always follows its anchor, so the walk goes in the order written.
+    """
+    paths: dict[int, KeyPath] = {}
+    stack: list[tuple[Node, KeyPath]] = [(root, ())]
     while stack:
-        node, where = stack.pop()
-        if id(node) in seen_nodes:
+        node, path = stack.pop()
+        if id(node) in paths:
             continue
-        seen_nodes.add(id(node))
+        paths[id(node)] = path
+        children: list[tuple[Node, KeyPath]] = []
         if isinstance(node, MappingNode):
-            first: dict[str, int] = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, ScalarNode):
                     # A '?' complex key: never needed here, and ruamel cannot always build it.
@@ -258,26 +318,64 @@ def _duplicate_keys(name: str, root: Node) -> list[Problem]:
                         "yaml-syntax",
                         "a key must be a plain value, not a list or mapping",
                     )
-                key = str(key_node.value) if isinstance(key_node, ScalarNode) else None
-                if key is not None and key in first:
-                    mark = key_node.start_mark
-                    inside = f" in {where}" if where else ""
-                    problems.append(
-                        Problem(
-                            name,
-                            mark.line + 1,
-                            mark.column + 1,
-                            "duplicate-key",
-                            f"duplicate key {key!r}{inside} (first at line {first[key]})",
-                        )
-                    )
-                elif key is not None:
-                    first[key] = key_node.start_mark.line + 1
-                child = f"{where}.{key}" if where and key is not None else (key or where)
-                stack.append((value_node, child))
+                children.append((value_node, (*path, str(key_node.value))))
         elif isinstance(node, SequenceNode):
-            stack.extend((item, where) for item in node.value)
-    return sorted(problems, key=lambda p: (p.line, p.col))
+            children = [(item, (*path, index)) for index, item in enumerate(node.value)]
+        stack.extend(reversed(children))
+    return paths
+
+
+def _duplicate_keys(name: str, root: Node, paths: dict[int, KeyPath]) -> list[DuplicateKey]:
+    """Every duplicate key in every mapping, reported at its second occurrence."""
+    found: list[DuplicateKey] = []
+    for node in _mappings(root):
+        loc = paths[id(node)]
+        first: dict[str, int] = {}
+        for key_node, _ in node.value:
+            key = str(key_node.value)
+            if key not in first:
+                first[key] = key_node.start_mark.line + 1
+                continue
+            mark = key_node.start_mark
+            where = ".".join(part for part in loc if isinstance(part, str))
+            inside = f" in {where}" if where else ""
+            message = f"duplicate key {key!r}{inside} (first at line {first[key]})"
+            problem = Problem(name, mark.line + 1, mark.column + 1, "duplicate-key", message)
+            found.append(DuplicateKey(loc, key, first[key], problem))
+    return sorted(found, key=lambda d: (d.problem.line, d.problem.col))
+
+
+def _mappings(root: Node) -> list[MappingNode]:
+    """Every mapping node once (an aliased one is the same node)."""
+    seen: set[int] = set()
+    found: list[MappingNode] = []
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, MappingNode):
+            found.append(node)
+            stack.extend(value for _, value in node.value)
+        elif isinstance(node, SequenceNode):
+            stack.extend(node.value)
+    return found
+
+
+def _aliases(composer: _Composer, paths: dict[int, KeyPath]) -> list[Alias]:
+    """Every alias the composer met, at the path where it is used."""
+    aliases: list[Alias] = []
+    for parent, index, alias, mark in composer.uses:
+        if parent is None:  # the whole document is an alias: YAML has no anchor for it
+            continue
+        loc = paths.get(id(parent), ())
+        if isinstance(index, ScalarNode):  # a mapping's value, or an aliased key: the entry
+            loc = (*loc, str(index.value))
+        elif isinstance(index, int):  # a list's item
+            loc = (*loc, index)
+        aliases.append(Alias(loc, alias, mark.line + 1, mark.column + 1))
+    return aliases
 
 
 def _refuse_bombs(name: str, root: Node) -> None:

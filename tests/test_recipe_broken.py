@@ -57,7 +57,7 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
     "empty-file": ("# a recipe, some day\n", [expect(1, "#", "empty", "empty")]),
     "duplicate-key-in-set": (
         HEAD + "  - id: a\n    set:\n      plc.run: true\n      plc.run: false\n",
-        [expect(7, "plc.run", "duplicate-key", "'plc.run'", "first at line 6")],
+        [expect(7, "plc.run", "duplicate-key", "step 'a': set:", "'plc.run'", "first at line 6")],
     ),
     "unknown-top-level-key": (
         "recipe: t\nversion: 1\nstep:\n  - {delay: 1s}\n",
@@ -75,7 +75,7 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
     ),
     "empty-steps": (
         "recipe: t\nversion: 1\nsteps: []\n",
-        [expect(3, "[]", "too_short", "steps", "at least 1")],
+        [expect(3, "[]", "too_short", "steps", "needs at least one step")],
     ),
     "version-not-a-number": (
         "recipe: t\nversion: three\nsteps:\n  - {delay: 1s}\n",
@@ -198,7 +198,7 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
     ),
     "parallel-with-one-branch": (
         HEAD + "  - parallel:\n      - [{delay: 1s}]\n",
-        [expect(5, "- [", "too_short", "step #1", "parallel", "at least 2")],
+        [expect(5, "- [", "too_short", "step #1", "parallel", "needs at least two branches")],
     ),
     # --- writes: tags, access, types, ranges -------------------------------------------------
     "unknown-tag": (
@@ -231,7 +231,7 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
     "constants-out-of-range": (
         HEAD + "  - {id: a, set: {plc.speed: 70000, plc.limited: 3001, plc.speed: -1}}\n",
         [
-            expect(4, "plc.speed: -1", "duplicate-key", "'plc.speed'"),
+            expect(4, "plc.speed: -1", "duplicate-key", "step 'a': set:", "'plc.speed'"),
             expect(4, "70000", "out-of-range", "set plc.speed", "70000", "uint16"),
             expect(4, "3001", "out-of-range", "set plc.limited", "above the maximum 3000"),
         ],
@@ -425,6 +425,133 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
             expect(6, "retry", "retry-not-idempotent", "step #2", "plc.speed", "in step 's'"),
         ],
     ),
+    # --- found in review: each gap has its case ---------------------------------------------
+    "empty-default-timeout": (
+        "recipe: t\nversion: 1\ndefaults:\n  timeout:\nsteps:\n"
+        "  - {id: w, wait: plc.ready}\n  - {id: h, call: arm.home}\n",
+        [
+            expect(4, "timeout", "bad-duration", "defaults: timeout", "no duration given"),
+            expect(6, "wait", "missing-timeout", "step 'w'", "a wait needs a timeout"),
+            expect(7, "call", "missing-timeout", "step 'h'", "a call needs a timeout"),
+        ],
+    ),
+    "null-default-timeout": (
+        "recipe: t\nversion: 1\ndefaults: {timeout: null}\nsteps:\n  - {id: a, wait: plc.ready}\n",
+        [
+            expect(3, "timeout", "bad-duration", "defaults: timeout", "no duration given"),
+            expect(5, "wait", "missing-timeout", "step 'a'", "a wait needs a timeout"),
+        ],
+    ),
+    "empty-if-wait-and-timeout": (
+        HEAD + "  - {id: i, if: , set: {plc.run: true}}\n"
+        "  - {id: s, set: {plc.run: true}, wait: , timeout: 1s}\n"
+        "  - {id: w, wait: plc.ready, timeout: }\n",
+        [
+            expect(4, "if", "expression", "step 'i'", "if", "no expression given"),
+            expect(5, "wait", "expression", "step 's'", "wait", "no expression given"),
+            expect(6, "timeout", "bad-duration", "step 'w'", "timeout", "no duration given"),
+        ],
+    ),
+    "retry-of-a-block-whose-steps-read-each-others-tags": (
+        HEAD + "  - repeat: 1\n    on_error: {action: retry, count: 3}\n    steps:\n"
+        "      - {id: s1, set: {plc.count: plc.speed + 1}}\n"
+        "      - {id: s2, set: {plc.speed: plc.count}}\n"
+        "  - id: calls\n    repeat: 1\n    on_error: retry\n    steps:\n"
+        "      - {id: h, call: arm.home, timeout: 1s}\n",
+        [
+            expect(
+                5,
+                "{action",
+                "retry-not-idempotent",
+                "step #1",
+                "plc.count",
+                "reads plc.speed",
+                "which the block writes",
+                "in step 's1'",
+            ),
+            expect(11, "retry", "retry-not-idempotent", "step 'calls'", "call arm.home"),
+        ],
+    ),
+    "duplicate-keys-inside-steps": (
+        HEAD + "  - {id: s, set: {plc.run: true}, set: {plc.run: false}}\n"
+        "  - id: b\n    set:\n      plc.run: true\n      plc.run: false\n"
+        "  - {id: c, set: {plc.run: true}, on_error: {action: skip, action: hold}}\n",
+        [
+            expect(4, "set: {plc.run: false", "duplicate-key", "step 's':", "'set'", "line 4"),
+            expect(8, "plc.run", "duplicate-key", "step 'b': set:", "'plc.run'", "line 7"),
+            expect(9, "action: hold", "duplicate-key", "step 'c': on_error:", "'action'"),
+        ],
+    ),
+    "duplicate-key-in-a-parameter": (
+        "recipe: t\nversion: 1\nparameters:\n  n: {type: int, min: 0, min: 1, default: 1}\n"
+        "steps:\n  - {delay: 1s}\n",
+        [expect(4, "min: 1", "duplicate-key", "parameter n:", "'min'", "first at line 4")],
+    ),
+    "durations-longer-than-a-week": (
+        HEAD + "  - {delay: 99999999999999999999999999999h}\n"
+        "  - {delay: " + "9" * 400 + "h}\n"
+        "  - {id: w, wait: plc.ready, timeout: 10081m}\n"
+        "  - {delay: １２s}\n",
+        [
+            expect(4, "999", "bad-duration", "step #1", "delay", "longer than 7 days"),
+            expect(5, "999", "bad-duration", "step #2", "delay", "longer than 7 days"),
+            expect(6, "10081m", "bad-duration", "step 'w'", "timeout", "longer than 7 days"),
+            expect(7, "１２s", "bad-duration", "step #4", "delay", "'１２s'"),
+        ],
+    ),
+    "aliases-in-steps": (
+        HEAD + "  - &s {id: a, delay: 1s}\n  - *s\n"
+        "  - &t {id: b, set: {plc.rnu: true}}\n  - *t\n"
+        "  - {id: c, set: {plc.speed: &v 5}}\n  - {id: d, set: {plc.limited: *v}}\n",
+        [
+            expect(5, "*s", "alias", "step #2", "aliases (*s) are not allowed", "the step"),
+            expect(6, "plc.rnu", "unknown-tag", "step 'b'", "'plc.rnu'"),
+            expect(7, "*t", "alias", "step #4", "aliases (*t) are not allowed"),
+            expect(9, "*v", "alias", "step 'd': set plc.limited", "(*v)", "the value"),
+        ],
+    ),
+    "empty-set": (
+        HEAD + "  - {id: a, set: {}}\n",
+        [expect(4, "{}", "too_short", "step 'a'", "set", "needs at least one tag")],
+    ),
+    "date-and-binary-given-as-expressions": (
+        HEAD + "  - {id: b, wait: 2001-12-14, timeout: 1s}\n"
+        "  - {id: c, wait: !!binary aGVsbG8=, timeout: 1s}\n",
+        [
+            expect(4, "2001", "expression", "step 'b'", "wait", "got the date 2001-12-14"),
+            expect(5, "!!binary", "expression", "step 'c'", "wait", "got binary data"),
+        ],
+    ),
+    "enum-with-choices-that-are-not-texts": (
+        "recipe: t\nversion: 1\nparameters:\n"
+        "  mode: {type: enum, choices: [1, two], default: 1}\nsteps:\n  - {delay: 1s}\n",
+        [expect(4, "1,", "string_type", "parameter mode", "choices.0", "valid string")],
+    ),
+    "answer-range-does-not-fit-the-tag": (
+        PARAMS
+        + "  - {id: q, prompt: How many?, answer: {name: n, type: int, min: 0, max: 70000}}\n"
+        "  - {id: m, prompt: More?, answer: {name: m, type: int, min: 0}}\n"
+        "  - {id: a, set: {plc.speed: n, plc.limited: speed + n, plc.count: m}}\n",
+        [
+            expect(
+                12,
+                "n,",
+                "out-of-range",
+                "step 'a'",
+                "set plc.speed",
+                "answer n may be 70000",
+                "(its max)",
+            ),
+            expect(
+                12,
+                "speed + n",
+                "out-of-range",
+                "set plc.limited",
+                "from the range of answer n, parameter speed",
+            ),
+            expect(12, "m}", "unbounded", "set plc.count", "give answer m a max"),
+        ],
+    ),
 }
 
 
@@ -546,3 +673,86 @@ def test_every_problem_of_a_file_is_reported_at_once(
         (5, "missing-timeout"),
         (6, "unknown-method"),
     ]
+
+
+def test_a_broken_cell_file_does_not_hide_the_recipes_own_problems(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    text = (
+        HEAD
+        + "  - {id: a, set: {plc.rnu: true}, timout: 1s}\n"
+        + "  - {id: a, delay: 10}\n"
+        + '  - {id: w, wait: "plc.ready and", timeout: 1s}\n'
+        + "  - {id: x, wait: plc.ready}\n"
+    )
+    path = write_recipe(tmp_path, "r", text.encode())
+    cell = tmp_path / "cell.yaml"
+    cell.write_text("cell: t\ndevices:\n  m: {driver: memory, pol: 1s}\n")
+    code, lines = validate(capsys, path)
+    shown = "\n".join(lines)
+    assert code == 1
+    assert lines[0].startswith(f"{cell}:3:") and "'pol'" in lines[0], shown
+
+    def at(line: int, found: str) -> str:
+        return f"{path}:{line}:{col_of(text, line, found)}: "
+
+    wanted = [
+        (at(4, "timout"), "step 'a': unknown key 'timout'"),
+        (at(5, "a,"), "step 'a': id used twice (first at line 4)"),
+        (at(5, "10}"), "step 'a': delay: duration 10 needs a unit"),
+        (at(6, "plc.ready"), "step 'w': wait: syntax error"),
+        (at(7, "wait"), "step 'x': a wait needs a timeout"),
+    ]
+    assert len(lines) == 1 + len(wanted), shown
+    for line, (prefix, says) in zip(lines[1:], wanted, strict=True):
+        assert line.startswith(prefix) and says in line, shown
+    # What needs the cell (the tag plc.rnu) waits for a valid cell file.
+    assert "plc.rnu" not in shown
+
+
+def test_a_recipe_without_its_cell_file_still_reports_its_own_problems(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "lonely.yaml"
+    path.write_text(HEAD + "  - {id: a, set: {plc.rnu: true}, timout: 1s}\n")
+    code, lines = validate(capsys, path)
+    assert code == 1
+    assert lines[0].startswith(f"{path}:1:1: no cell file beside the recipe")
+    assert lines[1:] == [f"{path}:4:35: step 'a': unknown key 'timout' (did you mean 'timeout'?)"]
+
+
+def test_plan_refuses_a_wait_whose_default_timeout_is_empty(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    text = (
+        "recipe: t\nversion: 1\ndefaults: {timeout: null}\nsteps:\n  - {id: a, wait: plc.ready}\n"
+    )
+    path = write_recipe(tmp_path, "r", text.encode())
+    capsys.readouterr()
+    code = run(["plan", str(path)])
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert f"{path}:3:{col_of(text, 3, 'timeout')}: defaults: timeout: no duration given" in err
+    assert f"{path}:5:{col_of(text, 5, 'wait')}: step 'a': a wait needs a timeout" in err
+
+
+@pytest.mark.parametrize(
+    ("assignment", "name"),
+    [
+        ("parts=１２", "parts"),
+        ("force=１２", "force"),
+        ("force=1_0", "force"),
+        ("parts=٣", "parts"),
+    ],
+)
+def test_parameter_values_take_ascii_digits_only(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, assignment: str, name: str
+) -> None:
+    path = write_recipe(tmp_path, "p", (PARAMS + "  - {delay: 1s}\n").encode())
+    capsys.readouterr()
+    code = run(["validate", str(path), "-p", assignment])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 1
+    line = next(n for n, row in enumerate(PARAMS.splitlines(), 1) if row.startswith(f"  {name}:"))
+    assert len(lines) == 1 and lines[0].startswith(f"{path}:{line}:3: -p: parameter {name}: ")
+    assert repr(assignment.partition("=")[2]) in lines[0]

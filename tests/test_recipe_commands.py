@@ -400,3 +400,39 @@ def test_readme_error_example_is_what_validate_prints(
     code, _, err = cli(capsys, "validate", "recipes/demo/broken.yaml")
     assert code == 1
     assert err == expected.split("\n", 1)[1]
+
+
+def test_plan_of_a_worst_case_too_long_to_count(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Durations stop at 7 days, but repeats multiply: 52 nested rounds of a million overflow
+    # a float. The plan says so instead of crashing, and its JSON stays JSON.
+    lines = ["recipe: forever", "version: 1", "steps:"]
+    for depth in range(52):
+        lines += [f"{'    ' * depth}  - repeat: 1000000", f"{'    ' * depth}    steps:"]
+    lines.append(f"{'    ' * 52}  - {{delay: 168h}}")
+    recipe = tmp_path / "forever.yaml"
+    recipe.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, out, err = cli(capsys, "plan", recipe, "--cell", DEMO_CELL)
+    assert (code, err) == (0, ""), err
+    assert re.search(r"^worst case: +not known before the run$", out, re.M), out
+    assert "its worst case is too long to count" in out
+    code, out, _ = cli(capsys, "plan", "--json", recipe, "--cell", DEMO_CELL)
+    assert code == 0
+    assert json.loads(out)["worst_case"] is None  # not Infinity, which JSON does not have
+
+
+def test_plan_writes_a_long_worst_case_in_days(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    recipe = tmp_path / "long.yaml"
+    recipe.write_text(
+        "recipe: long\nversion: 1\nsteps:\n"
+        "  - repeat: 3\n    steps: [{delay: 168h}, {delay: 1h}]\n"
+        "  - repeat: 1000000\n    steps: [{delay: 168h}]\n",
+        encoding="utf-8",
+    )
+    code, out, err = cli(capsys, "plan", recipe, "--cell", DEMO_CELL)
+    assert (code, err) == (0, ""), err
+    assert "[worst case 21d 3h]" in out
+    assert re.search(r"^worst case: +7e\+06 days ", out, re.M), out
