@@ -1,5 +1,5 @@
 """`python -m cellctl`: the same as the `cellctl` command."""
 
-from cellctl.cli import main
+from cellctl.entry import main
 
 main()

@@ -651,7 +651,7 @@ class _Rules:
             loc: tuple[str | int, ...] = ("devices", name)
             if isinstance(device, ModbusTcpDevice | ModbusRtuDevice):
                 bus = (
-                    f"{device.host.lower()}:{device.port}"
+                    f"{_host_key(device.host)}:{device.port}"
                     if isinstance(device, ModbusTcpDevice)
                     else device.port
                 )
@@ -696,7 +696,7 @@ class _Rules:
         servers: dict[tuple[str, int], str],
     ) -> None:
         """One TCP port serves one thing: one OPC UA server, or Modbus units behind one gateway."""
-        key = (device.host.lower(), device.port)
+        key = (_host_key(device.host), device.port)
         first = servers.setdefault(key, name)
         if first == name:
             return
@@ -980,6 +980,12 @@ class _Rules:
                     tag.check_value(plain(value))
                 except BadValue as err:
                     self.add(loc, "bad-value", f"safe_state {name}: {err}")
+
+
+def _host_key(host: str) -> str:
+    """A host as compared for conflicts: 'localhost' is 127.0.0.1, case does not matter."""
+    host = host.lower().strip("[]")
+    return "127.0.0.1" if host == "localhost" else host
 
 
 def _serial(device: ModbusRtuDevice) -> tuple[int, str, int, int]:

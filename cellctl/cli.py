@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
@@ -250,16 +251,21 @@ def read(
     else:
         for value in values:
             out.print(plain_line(value), markup=False, soft_wrap=True)
+    # One line per cause: a device that is down fails all its tags with the same error.
+    causes: dict[tuple[str, str], list[str]] = {}
     for value in values:
         if value.error is not None:
             severity = "error" if value.quality is Quality.BAD else "warning"
-            err.print(f"{severity}: {value.tag}: {value.error}", markup=False)
+            causes.setdefault((severity, value.error), []).append(value.tag)
+    for (severity, cause), tags in causes.items():
+        who = tags[0] if len(tags) == 1 else f"{len(tags)} tags ({tags[0]}, …)"
+        err.print(f"{severity}: {who}: {cause}", markup=False)
     if any(v.quality is Quality.BAD for v in values):
         raise _Stop(exitcodes.DEVICE_FAILURE)
 
 
 async def _read_once(cell: Cell, names: list[str]) -> list[TagValue]:
-    async with CellSession(cell, names) as session:
+    async with CellSession(cell, names, partial=True) as session:
         return await session.read()
 
 
@@ -366,6 +372,17 @@ def check(cell_file: Annotated[Path, typer.Argument(metavar="CELL", help="the ce
         raise _Stop(exitcodes.DEVICE_FAILURE)
 
 
+def _unwritable(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (checked before any port opens), or None."""
+    if path.is_dir():
+        return "is a folder: name a file"
+    if not path.parent.is_dir():
+        return f"no folder {path.parent}"
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "not writable"
+    return None
+
+
 @app.command()
 def sim(
     cell_file: Annotated[Path, typer.Argument(metavar="CELL", help="the cell file")],
@@ -384,9 +401,11 @@ def sim(
     from cellctl.simwiring import CellSimulator
 
     spec = _load(cell_file)
-    if write_cell is not None and not write_cell.parent.is_dir():
-        err.print(f"error: --write-cell {write_cell}: no folder {write_cell.parent}", markup=False)
-        raise _Stop(exitcodes.BAD_INPUT)
+    if write_cell is not None:
+        problem = _unwritable(write_cell)
+        if problem:
+            err.print(f"error: --write-cell {write_cell}: {problem}", markup=False)
+            raise _Stop(exitcodes.BAD_INPUT)
 
     async def serve(stop: asyncio.Event) -> None:
         simulator = CellSimulator(spec, speed=speed, host=host, keep_ports=True)

@@ -96,9 +96,12 @@ class CellSession:
     It reaches devices over their protocols, so memory devices are refused.
     """
 
-    def __init__(self, cell: Cell, tags: Sequence[str]) -> None:
+    def __init__(self, cell: Cell, tags: Sequence[str], *, partial: bool = False) -> None:
         self.cell = cell
         self.tags = list(tags)
+        # partial: devices that cannot be reached read BAD instead of failing the session.
+        self.partial = partial
+        self.unreachable: dict[str, str] = {}
         devices = devices_for_tags(cell, self.tags)
         refuse_in_process_devices(cell, devices)
         self.drivers = build_drivers(cell, devices)
@@ -122,13 +125,19 @@ class CellSession:
         results = await asyncio.gather(
             *(self.drivers[n].connect() for n in names), return_exceptions=True
         )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
+        failures = {
+            n: r for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)
+        }
+        for failure in failures.values():
+            if not isinstance(failure, Exception):
+                await self.close()
+                raise failure
+        if failures and (not self.partial or len(failures) == len(names)):
             await self.close()
-            for failure in failures:
-                if not isinstance(failure, Exception):
-                    raise failure
-            raise DevicesUnreachable("\n".join(str(f) for f in failures))
+            raise DevicesUnreachable("\n".join(str(f) for f in failures.values()))
+        for name, failure in failures.items():
+            self.unreachable[name] = str(failure)
+            await self.drivers[name].close()  # stops its reconnect loop
 
     async def close(self) -> None:
         """Close every driver; a failure to close one never stops the others."""
@@ -149,6 +158,10 @@ class CellSession:
             by_device.setdefault(self.cell.tags[tag].device, []).append(tag)
 
         async def read_device(device: str, names: list[str]) -> list[TagValue]:
+            if device in self.unreachable:
+                now = time.time()
+                why = self.unreachable[device]
+                return [TagValue(t, device, None, Quality.BAD, now, why) for t in names]
             try:
                 readings = await self.drivers[device].read([self.points[t] for t in names])
             except DriverError as err:

@@ -221,9 +221,12 @@ class CellSimulator:
                 data["devices"][name][key] = value
         # Write beside, then rename: a reader never sees a half-written cell file.
         partial = target.with_name(target.name + ".part")
-        with partial.open("w", encoding="utf-8") as out:
-            yaml.dump(data, out)
-        partial.replace(target)
+        try:
+            with partial.open("w", encoding="utf-8") as out:
+                yaml.dump(data, out)
+            partial.replace(target)
+        except OSError as err:
+            raise SimulatorError(f"cannot write {target}: {err.strerror or err}") from err
 
     def fault(self, device: str, name: str, on: bool = True) -> None:
         """Raise or clear a named plant-model fault (e.g. 'light-curtain' on the conveyor)."""

@@ -100,3 +100,33 @@ def test_every_rw_tag_takes_its_own_value_back(
         assert f"{tag} = " in capsys.readouterr().out
     after = {r["tag"]: r["value"] for r in read_json(capsys, cell_file, *rw)}
     assert after == before
+
+
+def test_every_tag_is_delivered_by_its_subscription(cell: Cell) -> None:
+    """Polling (Modbus) and monitored items (OPC UA) deliver every tag, all of good quality."""
+    import asyncio
+    import contextlib
+
+    from cellctl.connect import CellSession, TagValue
+
+    async def watch() -> dict[str, TagValue]:
+        seen: dict[str, TagValue] = {}
+        everything = asyncio.Event()
+
+        def record(value: TagValue) -> None:
+            seen[value.tag] = value
+            if len(seen) == len(cell.tags):
+                everything.set()
+
+        async with CellSession(cell, list(cell.tags)) as session:
+            stop = session.subscribe(record)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(everything.wait(), 10)
+            finally:
+                stop()
+        return seen
+
+    seen = asyncio.run(watch())
+    assert set(seen) == set(cell.tags), set(cell.tags) - set(seen)
+    assert all(v.quality.value == "good" for v in seen.values()), seen

@@ -189,3 +189,29 @@ def test_robot_busy_is_visible_as_soon_as_pick_returns(demo) -> None:  # type: i
             return accepted, busy
 
     assert loop.run(pick_then_read()) == (True, True)
+
+
+def test_read_prints_what_it_can_when_one_device_is_down(demo, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    _, cell, _ = demo
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    text = cell.read_text(encoding="utf-8")
+    text = text.replace(
+        "\ntags:\n",
+        f"\n  spare: {{driver: modbus-tcp, host: 127.0.0.1, port: {port}, timeout: 100ms}}\n"
+        "tags:\n  spare.a: {device: spare, address: 'hr:0'}\n"
+        "  spare.b: {device: spare, address: 'hr:1'}\n",
+        1,
+    )
+    partly = tmp_path / "cell.yaml"
+    partly.write_text(text, encoding="utf-8")
+    code, out, err = cli(capsys, "read", "--cell", str(partly), "--json")
+    assert code == 2
+    rows = {row["tag"]: row for row in json.loads(out)}
+    assert rows["conveyor.run"]["quality"] == "good"
+    assert rows["spare.a"]["quality"] == "bad" and rows["spare.b"]["value"] is None
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "2 tags" in lines[0] and str(port) in lines[0], err

@@ -114,6 +114,12 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         HEAD + "  ua2: {driver: opcua, endpoint: 'opc.tcp://127.0.0.1:4840/other'}\n",
         [expect(6, "'opc", "endpoint-conflict", "device ua2", "device ua (line 4)", "port")],
     ),
+    "localhost-is-127.0.0.1": (
+        "cell: t\ndevices:\n"
+        "  a: {driver: opcua, endpoint: 'opc.tcp://127.0.0.1:18840/a'}\n"
+        "  b: {driver: opcua, endpoint: 'opc.tcp://localhost:18840/b'}\n",
+        [expect(4, "'opc", "endpoint-conflict", "device b", "device a (line 3)", "port")],
+    ),
     "opcua-same-endpoint": (
         HEAD + "  ua2: {driver: opcua, endpoint: 'opc.tcp://127.0.0.1:4840/ua'}\n",
         [expect(6, "'opc", "endpoint-conflict", "device ua2", "already device ua (line 4)")],

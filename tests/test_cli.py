@@ -126,3 +126,13 @@ def test_memory_devices_are_refused_by_read_write_and_check(
         assert code == 1, (args, out, err)
         assert "m: a memory device" in err
         assert "confirmed" not in out
+
+
+def test_sim_refuses_a_write_cell_it_cannot_write_before_serving(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for target, says in ((tmp_path, "is a folder"), (tmp_path / "no" / "x.yaml", "no folder")):
+        code, _, err = cli(capsys, "sim", str(DEMO_CELL), "--write-cell", str(target))
+        assert code == 1
+        assert says in err and "Traceback" not in err
+    assert not (tmp_path / "no").exists()
