@@ -194,7 +194,9 @@ class CellSimulator:
                 host, port = server.endpoint.rsplit(":", 1)
                 updates[name] = {"host": host, "port": int(port)}
             elif driver == "modbus-rtu":
-                updates[name] = {"port": server.endpoint}
+                # A pseudo-terminal carries bytes, not a UART's framing: the kernel refuses
+                # parity settings on it (EINVAL), so the copy that points at one says none.
+                updates[name] = {"port": server.endpoint, "parity": "N"}
             elif driver == "opcua":
                 updates[name] = {"endpoint": server.endpoint}
         return updates

@@ -242,3 +242,35 @@ def test_sim_on_a_port_in_use_exits_2_naming_it(
         code, _, err = cli(capsys, "sim", str(cell))
     assert code == 2
     assert str(port) in err and "Traceback" not in err
+
+
+def test_an_rtu_device_with_parity_is_served_and_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from cellctl.simwiring import CellSimulator
+    from hil_tests.support import LoopThread
+
+    cell = tmp_path / "cell.yaml"
+    cell.write_text(
+        "cell: par\ndevices:\n"
+        "  p: {driver: modbus-rtu, port: /dev/ttyUSB9, parity: E, unit: 5, timeout: 300ms}\n"
+        "tags:\n  p.x: {device: p, address: 'hr:0', access: rw}\n",
+        encoding="utf-8",
+    )
+    loop = LoopThread()
+
+    async def start() -> CellSimulator:
+        simulator = CellSimulator(load_cell(cell))
+        await simulator.start()
+        return simulator
+
+    simulator = loop.run(start())
+    try:
+        served = tmp_path / "served.yaml"
+        simulator.write_cell(cell, served)
+        code, _, err = cli(capsys, "write", "--cell", str(served), "p.x=77")
+        assert code == 0, err
+        assert cellctl_values(capsys, served) == {"p.x": 77}
+    finally:
+        loop.run(simulator.stop())
+        loop.close()
