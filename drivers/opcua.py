@@ -68,6 +68,8 @@ SECURITY_MODES: dict[str, ua.MessageSecurityMode | None] = {
 SESSION_TIMEOUT_MS = 60_000
 # Reconnect delays after a lost connection grow up to this cap (seconds).
 RECONNECT_CAP = 5.0
+# asyncua's own liveness probe, behind our keep-alive (seconds).
+BACKSTOP_PROBE = 30.0
 
 
 class OpcuaDriver(TracksHealth):
@@ -134,7 +136,7 @@ class OpcuaDriver(TracksHealth):
                 else ConnectFailed(f"{self.name}: connecting to {self.config.endpoint}: {err}")
             )
             self._running = True
-            self._tracker.set(HealthState.LOST, str(error))
+            self._set_lost(str(error))
             self._spawn(self._reconnect(None))
             if error is err:
                 raise
@@ -165,13 +167,15 @@ class OpcuaDriver(TracksHealth):
         self._tracker.set(HealthState.DISCONNECTED)
 
     async def _shutdown(self) -> None:
-        """Cancel background tasks and drop the client; watches stay registered for a reconnect."""
+        """Drop the client and cancel background tasks; watches stay registered for a reconnect."""
+        # The client goes first: tasks tied to it (the keep-alive) end even if a library
+        # swallowed their cancellation.
+        client, self._client = self._client, None
+        self._forget_session()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        client, self._client = self._client, None
-        self._forget_session()
         if client is not None:
             await self._dispose(client)
 
@@ -205,10 +209,13 @@ class OpcuaDriver(TracksHealth):
 
     async def _open_session(self, budget: float) -> None:
         """One connect attempt with a fresh client, bounded by `budget` seconds."""
-        limits = self.config.limits
-        # The watchdog probes the server every interval: a frozen server is noticed in 2 × that.
+        # asyncua notices a closed connection at once; a silent server is found by our own
+        # keep-alive (asyncua's watchdog would take up to twice its interval): its probe is
+        # left as a slow backstop.
         client = Client(
-            self.config.endpoint, timeout=limits.timeout, watchdog_intervall=limits.worst_case
+            self.config.endpoint,
+            timeout=self.config.limits.timeout,
+            watchdog_intervall=BACKSTOP_PROBE,
         )
         client.session_timeout = SESSION_TIMEOUT_MS
 
@@ -217,7 +224,8 @@ class OpcuaDriver(TracksHealth):
             await client.connect()
 
         try:
-            await asyncio.wait_for(start(), budget)
+            async with asyncio.timeout(budget):
+                await start()
         except BaseException as err:
             client.disconnect_socket()  # a cancelled connect leaves its socket open
             if isinstance(err, TimeoutError):
@@ -229,6 +237,7 @@ class OpcuaDriver(TracksHealth):
             raise
         client.connection_lost_callback = lambda exc: self._on_lost(client, exc)
         self._client = client
+        self._spawn(self._keep_alive(client))
 
     async def _secure(self, client: Client) -> None:
         """Apply the configured security policy, certificates and user identity."""
@@ -283,10 +292,40 @@ class OpcuaDriver(TracksHealth):
         self._forget_session()
         if not self._running:
             return  # connect() is still running and will fail on its next request
-        self._tracker.set(
-            HealthState.LOST, f"connection to {self.config.endpoint} lost: {_error_text(exc)}"
-        )
+        self._set_lost(f"connection to {self.config.endpoint} lost: {_error_text(exc)}")
         self._spawn(self._reconnect(client))
+
+    async def _keep_alive(self, client: Client) -> None:
+        """Probe the server every publishing interval; no answer within the limits → lost.
+
+        A server that stopped answering is so found within limits.worst_case plus one
+        publishing interval.
+        """
+        limits = self.config.limits
+        state = client.nodes.server_state
+        while self._client is client:
+            await asyncio.sleep(self.config.publishing_interval)
+            try:
+                await self._request(
+                    "keep-alive", lambda _c: state.read_value(), attempts=limits.retries + 1
+                )
+            except (DeviceTimeout, NotConnected) as err:
+                await self._on_lost(client, err)
+                return
+            except DriverError:
+                pass  # an answer, even a bad one, proves the server is there
+
+    def _set_lost(self, cause: str) -> None:
+        """Health LOST; on the transition every subscriber hears BAD for each point it watches."""
+        was = self._tracker.health.state
+        self._tracker.set(HealthState.LOST, cause)
+        if was is not HealthState.LOST:
+            for watch in list(self._watches):
+                watch.deliver_bad(watch.points, self._cause(cause))
+
+    def _cause(self, error: str | None) -> str:
+        """A health error as the reason in a BAD reading (which names the device already)."""
+        return (error or "lost").removeprefix(f"{self.name}: ")
 
     async def _reconnect(self, old: Client | None) -> None:
         """Reconnect with backoff and jitter until it works or the driver is closed.
@@ -312,7 +351,7 @@ class OpcuaDriver(TracksHealth):
                     self._client = None
                     self._forget_session()
                     await self._dispose(client)
-                self._tracker.set(HealthState.LOST, f"reconnect to {self.config.endpoint}: {err}")
+                self._set_lost(f"reconnect to {self.config.endpoint}: {err}")
                 await asyncio.sleep(backoff.next_delay())
                 continue
             if self._client is not client:
@@ -324,7 +363,7 @@ class OpcuaDriver(TracksHealth):
                 self._client = None
                 self._forget_session()
                 await self._dispose(client)
-                self._tracker.set(HealthState.LOST, str(mismatch))
+                self._set_lost(str(mismatch))
                 return
             self._verified = True
             for watch in list(self._watches):
@@ -337,7 +376,8 @@ class OpcuaDriver(TracksHealth):
         """Close a client's session and socket, bounded; errors only matter to the log."""
         client.connection_lost_callback = None
         try:
-            await asyncio.wait_for(client.disconnect(), self.config.limits.worst_case)
+            async with asyncio.timeout(self.config.limits.worst_case):
+                await client.disconnect()
         except (OSError, TimeoutError, UaError) as err:
             log.debug("%s: closing the session failed: %r", self.name, err)
         finally:
@@ -367,7 +407,10 @@ class OpcuaDriver(TracksHealth):
             if client is None:
                 raise NotConnected(f"{self.name}: {what}: not connected to {self.config.endpoint}")
             try:
-                return await asyncio.wait_for(call(client), timeout)
+                # Not wait_for: on 3.11 it returns the result and drops a cancellation that
+                # races with the answer, and a cancelled background task would live on.
+                async with asyncio.timeout(timeout):
+                    return await call(client)
             except TimeoutError as err:
                 last = err
             except (ConnectionError, OSError) as err:
@@ -487,6 +530,11 @@ class OpcuaDriver(TracksHealth):
         client = self._client
         if client is not None:
             self._spawn(self._activate(watch, client))
+        health = self._tracker.health
+        if health.state is HealthState.LOST:
+            # The others heard of the loss when it happened: this one hears of it now.
+            cause = self._cause(health.last_error)
+            asyncio.get_running_loop().call_soon(watch.deliver_bad, watch.points, cause)
 
         def unsubscribe() -> None:
             if watch in self._watches:
@@ -718,6 +766,8 @@ class _Watch:
 
     def datachange_notification(self, node: Node, _value: Any, data: DataChangeNotif) -> None:
         """asyncua's data-change callback: one Reading per tag on the node."""
+        if self.client is None:
+            return  # late news from a lost session must not hide that it was lost
         names = self.by_node.get(node.nodeid, [])
         now = time.time()
         datavalue = data.monitored_item.Value

@@ -43,6 +43,9 @@ DEVICE = "robot"
 LIMITS = RequestLimits(timeout=0.3, retries=1)
 PUBLISHING = 0.1  # seconds
 SCHEDULING_SLACK = 0.15
+# A lost device is noticed within one request's worst case plus one publishing interval.
+LOSS_BOUND = LIMITS.worst_case + PUBLISHING
+LOSS_SLACK = 0.3  # scheduling on a loaded 2-core machine
 
 # One rw point of every type (string NodeIds in ns=2, some numeric in ns=3) and a ro one.
 SAMPLES: dict[DataType, tuple[str, object, object]] = {
@@ -159,6 +162,25 @@ async def raw_client(endpoint: str) -> AsyncIterator[Client]:
 def broken_listener(_device: str, health: Health) -> None:
     """A health listener with a bug."""
     raise RuntimeError(f"listener bug on {health.state.value}")
+
+
+class Recorder:
+    """A subscriber callback that keeps every reading, per point."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[Reading]] = {}
+
+    def __call__(self, readings: dict[str, Reading]) -> None:
+        for name, reading in readings.items():
+            self.seen.setdefault(name, []).append(reading)
+
+    def last(self, name: str) -> Reading | None:
+        """The latest reading of a point, if any."""
+        return self.seen[name][-1] if self.seen.get(name) else None
+
+    def bad(self, name: str) -> list[Reading]:
+        """Every BAD reading of a point."""
+        return [r for r in self.seen.get(name, []) if r.quality is Quality.BAD]
 
 
 def by_value(readings: list[Reading]) -> list[object]:
@@ -598,20 +620,29 @@ async def test_server_freezing_after_connect_times_out_and_is_lost(sim: Sim) -> 
     drv = OpcuaDriver(config(f"opc.tcp://127.0.0.1:{proxy.port}/robot"), [BUSY])
     states: list[HealthState] = []
     drv.on_health(lambda _name, health: states.append(health.state))
+    watcher = Recorder()
     try:
         await drv.connect()
+        drv.subscribe([BUSY], watcher)
+        await wait_until(lambda: watcher.last(BUSY.name) is not None, 2.0, "the initial value")
         proxy.frozen = True
         loop = asyncio.get_running_loop()
         start = loop.time()
         with pytest.raises(DeviceTimeout, match="robot: read 1 point"):
             await drv.read([BUSY])
         assert loop.time() - start <= LIMITS.worst_case + 0.3
-        # the watchdog notices within two of its intervals
-        await wait_until(lambda: HealthState.LOST in states, 4 * LIMITS.worst_case, "health LOST")
+        # the keep-alive notices a silent server, and the subscriber hears of it
+        await wait_until(lambda: bool(watcher.bad(BUSY.name)), 5.0, "a BAD reading")
+        assert loop.time() - start <= LOSS_BOUND + LOSS_SLACK
+        assert states == [HealthState.CONNECTED, HealthState.LOST]
+        assert "no answer" in (watcher.bad(BUSY.name)[0].error or "")
         proxy.frozen = False
         await wait_until(lambda: states[-1] is HealthState.CONNECTED, 5.0, "reconnected")
         assert states == [HealthState.CONNECTED, HealthState.LOST, HealthState.CONNECTED]
         assert by_value(await drv.read([BUSY])) in ([True], [False])
+        await wait_until(
+            lambda: watcher.seen[BUSY.name][-1].quality is Quality.GOOD, 2.0, "a GOOD value again"
+        )
     finally:
         await drv.close()
         await proxy.close()
@@ -667,6 +698,22 @@ async def test_close_leaves_no_tasks_behind(sim: Sim) -> None:
 
     await wait_until(lambda: not ours(), 1.0, "the driver's tasks to end")
     assert drv.health.state is HealthState.DISCONNECTED
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_close_while_the_keep_alive_probes_never_hangs(sim: Sim) -> None:
+    # Probing all the time, close() often lands as a probe's answer arrives: a cancellation
+    # lost in that race left the probe running and close() waiting for ever.
+    busy = replace(config(sim.server.endpoint), publishing_interval=0.0005)
+    for cycle in range(40):
+        drv = OpcuaDriver(busy, [BUSY])
+        await drv.connect()
+        for _ in range(cycle % 4):  # vary where in the probe cycle close() lands
+            await drv.read([BUSY])
+        closing = asyncio.ensure_future(drv.close())
+        done, _ = await asyncio.wait([closing], timeout=LIMITS.worst_case + 1.0)
+        assert closing in done, f"close() hung in cycle {cycle}"
+        assert drv.health.state is HealthState.DISCONNECTED
 
 
 # -- security --------------------------------------------------------------------------------
@@ -895,10 +942,75 @@ async def test_a_dropped_link_is_lost_then_found_and_resubscribed(own_sim: Sim) 
         proxy.drop()  # the session's TCP connection is reset mid-way
         await wait_until(lambda: HealthState.LOST in states, 5.0, "health LOST")
         await wait_until(lambda: drv.health.state is HealthState.CONNECTED, 8.0, "reconnect")
-        await own_sim.set({BUSY.name: not seen[-1]})
+        await wait_until(lambda: seen[-1] is not None, 2.0, "a GOOD value after the reconnect")
         expected = not seen[-1]
+        await own_sim.set({BUSY.name: expected})
         await wait_until(lambda: seen[-1] is expected, 3.0, "a change after the reconnect")
         assert states == [HealthState.LOST, HealthState.CONNECTED]
     finally:
         await drv.close()
         await proxy.stop()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_killed_server_tells_every_subscriber_once_then_good_values_again(
+    own_sim: Sim,
+) -> None:
+    flag = RW[0]  # robot.bool, the other point of own_sim
+    drv = OpcuaDriver(config(own_sim.server.endpoint), [flag, BUSY])
+    both, one = Recorder(), Recorder()
+    watches = {both: [flag, BUSY], one: [BUSY]}
+    await own_sim.set({flag.name: False, BUSY.name: False})
+    await drv.connect()
+    states: list[HealthState] = []
+    drv.on_health(lambda _name, health: states.append(health.state))
+    try:
+        for recorder, points in watches.items():
+            drv.subscribe(points, recorder)
+
+        def all_have(check: Callable[[Reading | None], bool]) -> bool:
+            return all(check(r.last(p.name)) for r, points in watches.items() for p in points)
+
+        await wait_until(lambda: all_have(lambda r: r is not None), 2.0, "the initial values")
+        assert all_have(lambda r: r is not None and r.quality is Quality.GOOD)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await own_sim.server.stop()
+        await wait_until(
+            lambda: all_have(lambda r: r is not None and r.quality is Quality.BAD),
+            5.0,
+            "BAD readings for every watched point",
+        )
+        assert loop.time() - start <= LOSS_BOUND + LOSS_SLACK
+        for recorder, points in watches.items():
+            for p in points:
+                reading = recorder.bad(p.name)[0]
+                assert reading.value is None
+                assert (reading.error or "").startswith(
+                    f"robot {p.name} {p.node_id}: connection to {own_sim.server.endpoint} lost"
+                )
+        assert states == [HealthState.LOST]
+        late = Recorder()  # subscribes during the outage: hears of it at once
+        drv.subscribe([flag], late)
+        await wait_until(lambda: bool(late.bad(flag.name)), 1.0, "BAD for a late subscriber")
+        # failed reconnects keep health LOST; subscribers are not told again
+        await wait_until(
+            lambda: (drv.health.last_error or "").startswith("reconnect to"),
+            5.0,
+            "a failed reconnect",
+        )
+        own_sim.image.set(flag.name, True)  # changed while the device was down
+        own_sim.image.set(BUSY.name, True)
+        await own_sim.server.start()
+        watches[late] = [flag]
+        await wait_until(
+            lambda: all_have(lambda r: r is not None and r.value is True),
+            5.0,
+            "GOOD values after the restart",
+        )
+        assert all_have(lambda r: r is not None and r.quality is Quality.GOOD)
+        assert states == [HealthState.LOST, HealthState.CONNECTED]
+        for recorder, points in watches.items():
+            assert [len(recorder.bad(p.name)) for p in points] == [1] * len(points)
+    finally:
+        await drv.close()
