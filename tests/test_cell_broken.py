@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cellctl.cell import check_cell_file, load_cell
 from cellctl.errors import Problem, ValidationFailed
+from tests.located import Expect, col_of, expect
 
 # Five lines every case below builds on: a Modbus TCP, an OPC UA and a memory device.
 HEAD = """\
@@ -18,20 +18,6 @@ devices:
   ua: {driver: opcua, endpoint: "opc.tcp://127.0.0.1:4840/ua"}
   mem: {driver: memory}
 """
-
-
-@dataclass(frozen=True)
-class Expect:
-    """One expected problem: its line, the text its column points at, its code, words it says."""
-
-    line: int
-    at: str  # the problem's column is where this text starts on that line
-    code: str
-    says: tuple[str, ...]
-
-
-def expect(line: int, at: str, code: str, *says: str) -> Expect:
-    return Expect(line, at, code, says)
 
 
 CASES: dict[str, tuple[str, list[Expect]]] = {
@@ -377,13 +363,6 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         ],
     ),
 }
-
-
-def col_of(text: str, line: int, at: str) -> int:
-    """The 1-based column where `at` first occurs on a 1-based line of text."""
-    found = text.splitlines()[line - 1].find(at)
-    assert found >= 0, f"{at!r} is not on line {line}"
-    return found + 1
 
 
 def check(path: Path, data: bytes) -> list[Problem]:

@@ -7,7 +7,6 @@ are written against (every tag type, ro and rw tags, a scaled and a string tag, 
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from cellctl.cli import run
 from cellctl.errors import Problem
 from cellctl.recipe import check_recipe_file
+from tests.located import Expect, col_of, expect
 
 CELL = Path(__file__).resolve().parent / "recipes" / "cell.yaml"
 
@@ -32,20 +32,6 @@ parameters:
   lot:   {type: str, default: LOT-1}
 steps:
 """
-
-
-@dataclass(frozen=True)
-class Expect:
-    """One expected problem: its line, the text its column points at, its code, words it says."""
-
-    line: int
-    at: str  # the problem's column is where this text first occurs on that line
-    code: str
-    says: tuple[str, ...]
-
-
-def expect(line: int, at: str, code: str, *says: str) -> Expect:
-    return Expect(line, at, code, says)
 
 
 CASES: dict[str, tuple[str, list[Expect]]] = {
@@ -553,13 +539,6 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         ],
     ),
 }
-
-
-def col_of(text: str, line: int, at: str) -> int:
-    """The 1-based column where `at` first occurs on a 1-based line of text."""
-    found = text.splitlines()[line - 1].find(at)
-    assert found >= 0, f"{at!r} is not on line {line}"
-    return found + 1
 
 
 def validate(capsys: pytest.CaptureFixture[str], path: Path) -> tuple[int, list[str]]:
