@@ -6,8 +6,7 @@ gateway) or one serial line share one simulated bus; each OPC UA device gets its
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from drivers.sim.plant.base import PlantError, PlantModel, SimClock
 from drivers.sim.plant.registry import create_model
 from drivers.sim.runner import SimRunner
 from drivers.sim.server import SimServer
+
+log = logging.getLogger("cellctl.sim")
 
 
 class SimulatorError(CellctlError):
@@ -80,7 +81,6 @@ class CellSimulator:
         self.models: dict[str, PlantModel] = {}
         self.servers: dict[str, SimServer] = {}  # by device name (shared servers repeat)
         self._unique: list[SimServer] = []
-        self._started = False
         self._build()
 
     def _build(self) -> None:
@@ -149,7 +149,6 @@ class CellSimulator:
         for server in self._unique:
             await self._starting(server, server.start)
         await self.runner.start()
-        self._started = True
 
     async def _starting(self, server: SimServer, step: Callable[[], Awaitable[None]]) -> None:
         """Run one server's prepare or start; a failure stops everything, naming the devices."""
@@ -165,12 +164,13 @@ class CellSimulator:
 
     async def stop(self) -> None:
         """Stop the models and every server."""
-        with contextlib.suppress(Exception):
-            await self.runner.stop()
-        for server in reversed(self._unique):
-            with contextlib.suppress(Exception):
-                await server.stop()
-        self._started = False
+        # Stop everything even when one part fails; a failure is logged, never hidden.
+        parts = [self.runner.stop(), *(server.stop() for server in reversed(self._unique))]
+        for part in parts:
+            try:
+                await part
+            except Exception:
+                log.warning("a simulator did not stop cleanly", exc_info=True)
 
     async def __aenter__(self) -> CellSimulator:
         await self.start()
@@ -204,8 +204,9 @@ class CellSimulator:
     @property
     def served_cell(self) -> Cell:
         """A copy of the cell whose devices point at what is actually served."""
+        updates = self._device_updates()
         devices = {
-            name: device.model_copy(update=self._device_updates().get(name, {}))
+            name: device.model_copy(update=updates.get(name, {}))
             for name, device in self.cell.devices.items()
         }
         return self.cell.model_copy(update={"devices": devices})
@@ -238,8 +239,3 @@ class CellSimulator:
             known = ", ".join(f"{d}:{f}" for d, m in self.models.items() for f in m.faults())
             raise SimulatorError(f"no fault {name!r} on device {device!r}; known: {known}")
         faults[name](on)
-
-
-async def serve_forever(stop: asyncio.Event) -> None:
-    """Wait until `stop` is set (by a signal handler)."""
-    await stop.wait()

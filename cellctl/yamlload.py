@@ -6,6 +6,8 @@ Shared by the cell file and the recipe file: every problem comes out as a `Probl
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedBase
 from ruamel.yaml.composer import Composer
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning, YAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
@@ -223,10 +225,29 @@ def _too_deep_flow(text: str) -> int | None:
     return None
 
 
+def _refuse_reused_anchors(name: str, caught: list[warnings.WarningMessage]) -> None:
+    """An anchor defined twice is a located problem, not a warning on the console."""
+    for record in caught:
+        if isinstance(record.message, ReusedAnchorWarning):
+            # ruamel says where only in its text: "line 1, column 4" for each occurrence.
+            marks = re.findall(r"line (\d+), column (\d+)", str(record.message))
+            first, again = (marks[0], marks[-1]) if marks else (("1", "1"), ("1", "1"))
+            raise _fail(
+                name,
+                int(again[0]),
+                int(again[1]),
+                "duplicate-anchor",
+                f"anchor defined twice (first at line {first[0]}): rename one",
+            )
+
+
 def _parse_text(text: str, name: str) -> YamlDocument:
     yaml = _yaml()
     try:
-        node = yaml.compose(text)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ReusedAnchorWarning)
+            node = yaml.compose(text)
+        _refuse_reused_anchors(name, caught)
     except ReaderError as err:
         line, col = _line_col(text.encode("utf-8"), len(text[: err.position].encode("utf-8")))
         raise _fail(

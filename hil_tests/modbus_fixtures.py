@@ -21,6 +21,7 @@ from drivers.modbus import ModbusDriver, make_modbus_drivers
 from drivers.points import Access, DataType, ModbusPoint, ModbusTable, WordOrder
 from drivers.sim.image import ProcessImage
 from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
+from hil_tests.support import wait_for_condition as wait_until
 
 COIL = ModbusTable.COIL
 DI = ModbusTable.DISCRETE_INPUT
@@ -104,15 +105,6 @@ def press_image(device: str = "press") -> ProcessImage:
     image.set(DOOR_CLOSED.name, True)
     image.set(RO_SETPOINT.name, 7)
     return image
-
-
-async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    """Poll `predicate` until it holds; fail naming `what` after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def stays_false(predicate: Callable[[], bool], window: float) -> bool:

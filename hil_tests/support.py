@@ -37,3 +37,14 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
+
+
+async def wait_for_condition(
+    predicate: Callable[[], bool], within: float = 3.0, what: str = "the condition"
+) -> None:
+    """Poll `predicate` on the running loop until it holds; fail naming `what` after `within` s."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.005)

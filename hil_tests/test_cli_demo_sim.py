@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from cellctl.cell import load_cell
-from cellctl.cli import run
 from cellctl.simwiring import CellSimulator
 from hil_tests.support import LoopThread
+from tests.support import cli
 
 DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
 
@@ -38,14 +38,6 @@ def demo(
     finally:
         loop.run(simulator.stop())
         loop.close()
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run cellctl in-process; (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = run(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def values(capsys: pytest.CaptureFixture[str], cell: Path, *tags: str) -> dict[str, object]:

@@ -15,18 +15,10 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.sim.faultproxy import FaultProxy
+from hil_tests.support import wait_for_condition as wait_until
 
 REGISTERS = [7, 8, 9]
 TIMEOUT = 0.2
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    """Poll `predicate` until it holds; fail the test after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.01)
 
 
 async def eventually(action: Callable[[], Awaitable[bool]], within: float = 3.0) -> None:

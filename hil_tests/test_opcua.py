@@ -38,6 +38,7 @@ from drivers.points import Access, DataType, MethodArg, MethodSpec, OpcuaPoint
 from drivers.sim.faultproxy import FaultProxy
 from drivers.sim.image import ProcessImage
 from drivers.sim.opcua_server import OpcuaSimServer, default_cache_dir, init_with_cache
+from hil_tests.support import wait_for_condition as wait_until
 
 DEVICE = "robot"
 LIMITS = RequestLimits(timeout=0.3, retries=1)
@@ -90,16 +91,6 @@ async def fail() -> None:
 
 
 HANDLERS = {"Pick": pick, "Fail": fail}  # Home has no handler: the generic one answers 0
-
-
-async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    """Poll `predicate` on the loop until it holds; fail naming `what` after `within` seconds."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while not predicate():
-        if loop.time() > end:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def config(endpoint: str, limits: RequestLimits = LIMITS) -> OpcuaConfig:

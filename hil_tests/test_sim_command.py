@@ -18,8 +18,8 @@ from asyncua import Client, ua
 from pymodbus.client import AsyncModbusTcpClient
 
 from cellctl.cell import load_cell
-from cellctl.cli import run
 from hil_tests.support import wait_until
+from tests.support import cli
 
 
 def free_port() -> int:
@@ -76,14 +76,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert child.returncode == 0, err
         assert "Traceback" not in err
     assert "filler" in out and "capper" in out
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run cellctl in-process; (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = run(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def cellctl_values(capsys: pytest.CaptureFixture[str], cell: Path) -> dict[str, object]:

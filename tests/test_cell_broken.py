@@ -450,6 +450,13 @@ def test_recursive_alias_is_refused(tmp_path: Path) -> None:
     assert [(p.line, p.code) for p in problems] == [(1, "alias")]
 
 
+def test_an_anchor_defined_twice_is_located_at_its_second_definition(tmp_path: Path) -> None:
+    # Found by the YAML fuzz test: ruamel only warns (a console line, or an error under -W).
+    problems = check(tmp_path / "anchors.yaml", b"a: &a [1]\nb: &a [2]\ncell: t\n")
+    assert [(p.line, p.col, p.code) for p in problems] == [(2, 4, "duplicate-anchor")]
+    assert "first at line 1" in problems[0].message
+
+
 def test_deep_flow_nesting_is_refused_quickly(tmp_path: Path) -> None:
     text = "cell: t\ndevices: " + "[" * 3000 + "]" * 3000 + "\n"
     problems = check(tmp_path / "deep.yaml", text.encode())

@@ -8,17 +8,9 @@ from pathlib import Path
 import pytest
 
 from cellctl import __version__
-from cellctl.cli import run
+from tests.support import cli
 
 DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """Run cellctl in-process; (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = run(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,10 +15,10 @@ import pytest
 from rich.console import Console
 from ruamel.yaml import YAML
 
-from cellctl.cli import run
 from cellctl.plan import make_plan, plan_view
 from cellctl.recipe import iter_steps
 from cellctl.validate import open_recipe
+from tests.support import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "recipes" / "demo"
@@ -33,14 +33,6 @@ EXPECTED = {
     "changeover": ({"conveyor", "robot", "press", "inspection"}, "57s"),
     "press-calibration": ({"conveyor", "robot", "press", "inspection"}, "35s"),
 }
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    """Run cellctl in-process; (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = run([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def demo(name: str) -> Path:
