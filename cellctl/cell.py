@@ -478,6 +478,9 @@ class Cell(_Model):
     methods: dict[MethodName, Method] = {}
     interlocks: list[Interlock] = []
     safe_state: dict[str, SafeValue] = {}
+    #: Safe-state tags that Unholding sets back to the value the recipe last wrote (level
+    #: outputs such as a conveyor's run; never a trigger such as a press's cycle start).
+    restore_on_unhold: list[str] = []
     _source: Path | None = PrivateAttr(None)
 
     @property
@@ -639,6 +642,7 @@ class _Rules:
         self.check_methods()
         self.check_interlocks()
         self.check_safe_state()
+        self.check_restore_on_unhold()
         return self.problems
 
     # -- devices ---------------------------------------------------------------------------
@@ -980,6 +984,27 @@ class _Rules:
                     tag.check_value(plain(value))
                 except BadValue as err:
                     self.add(loc, "bad-value", f"safe_state {name}: {err}")
+
+    def check_restore_on_unhold(self) -> None:
+        raw = self.data.get("restore_on_unhold")
+        safe = self.data.get("safe_state")
+        if not isinstance(raw, list):
+            return
+        safe_tags = {str(t) for t in safe} if isinstance(safe, dict) else set()
+        for index, name in enumerate(raw):
+            if not isinstance(name, str):
+                continue  # the model reports the type
+            loc: tuple[str | int, ...] = ("restore_on_unhold", index)
+            if name not in self.raw_tags:
+                hint = did_you_mean(name, self.raw_tags)
+                self.add(loc, "unknown-tag", f"restore_on_unhold: unknown tag {name!r}{hint}")
+            elif name not in safe_tags:
+                self.add(
+                    loc,
+                    "not-in-safe-state",
+                    f"restore_on_unhold: tag {name} is not in the safe state; only what the "
+                    "safe state changed is restored",
+                )
 
 
 def _host_key(host: str) -> str:

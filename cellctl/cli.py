@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -39,6 +39,9 @@ from cellctl.validate import open_recipe, validate_files
 from drivers.base import Quality
 from drivers.codecs import format_value
 from drivers.errors import DriverError
+
+if TYPE_CHECKING:  # the controller is imported by the commands that run it
+    from cellctl.batchrun import RunOptions
 
 T = TypeVar("T")
 
@@ -421,24 +424,125 @@ def sim(
     _run(_until_signalled(serve))
 
 
+def _interactive() -> bool:
+    """True when somebody can answer at a terminal (stdin and stdout are terminals)."""
+    return sys.stdin.isatty() and out.is_terminal
+
+
+@app.command("run")
+def run_recipe(
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="the recipe file")],
+    cell: Annotated[
+        Path | None,
+        typer.Option("--cell", "-c", help="the cell file (default: cell.yaml beside the recipe)"),
+    ] = None,
+    params: ParamOption = None,
+    sim: Annotated[
+        bool, typer.Option("--sim", help="start the cell's simulators in this process first")
+    ] = False,
+    speed: Annotated[
+        float, typer.Option("--speed", min=0.01, max=1000, help="model time factor (--sim)")
+    ] = 1.0,
+    step: Annotated[
+        bool, typer.Option("--step", help="pause before every step (Maintenance mode)")
+    ] = False,
+    breaks: Annotated[
+        list[str] | None,
+        typer.Option("--break", metavar="STEP_ID", help="pause before this step (repeatable)"),
+    ] = None,
+    answers: Annotated[
+        list[str] | None,
+        typer.Option("--answer", metavar="ID=VALUE", help="answer a prompt (repeatable)"),
+    ] = None,
+    operator: Annotated[
+        str | None, typer.Option("--operator", help="who runs the batch (recorded)")
+    ] = None,
+) -> None:
+    """Run a recipe to Complete: Reset, Start, a live view; Ctrl-C holds, SIGTERM stops."""
+    from cellctl.batchrun import RunOptions
+
+    if speed != 1.0 and not sim:
+        err.print("error: --speed sets the simulators' time; it needs --sim", markup=False)
+        raise _Stop(exitcodes.BAD_INPUT)
+    options = RunOptions(
+        recipe=recipe,
+        cell=cell,
+        params=params or [],
+        sim=sim,
+        speed=speed,
+        step=step,
+        breaks=breaks or [],
+        answers=answers or [],
+        operator=operator,
+        interactive=_interactive(),
+    )
+    _finish(options)
+
+
+def _finish(options: RunOptions) -> None:
+    """Check the inputs, run the batch, exit with its code."""
+    from cellctl.batchrun import run_command
+
+    try:
+        batch = run_command(options, out)
+    except CellctlError as error:
+        raise _fail(error) from error
+    code = _run(batch())
+    if code != exitcodes.OK:
+        raise _Stop(code)
+
+
 @app.command()
 def demo(
-    seconds: Annotated[
-        float, typer.Option("--seconds", min=0.5, help="how long to show the table")
-    ] = 5.0,
+    fault: Annotated[
+        str | None,
+        typer.Option("--fault", help="break this mid-batch, then restore it (light-curtain)"),
+    ] = None,
     cell_file: Annotated[Path, typer.Option("--cell", help="the cell to simulate")] = DEMO_CELL,
+    speed: Annotated[
+        float, typer.Option("--speed", min=0.01, max=1000, help="model time factor")
+    ] = 1.0,
+    params: ParamOption = None,
 ) -> None:
-    """Start the demo cell's simulators in-process, connect every driver, show every tag live."""
-    from cellctl.simwiring import CellSimulator
+    """Run press-fit on the demo cell's simulators, in this process, to Complete."""
+    from cellctl.batchrun import RunOptions
 
-    spec = _load(cell_file)
+    options = RunOptions(
+        recipe=cell_file.parent / "press-fit.yaml",
+        cell=cell_file,
+        params=params or [],
+        sim=True,
+        speed=speed,
+        interactive=_interactive(),
+        operator="demo",
+        fault=fault,
+    )
+    _finish(options)
 
-    async def show(stop: asyncio.Event) -> None:
-        async with CellSimulator(spec) as simulator:
-            served = simulator.served_cell
-            await _watch(served, list(served.tags), stop, seconds=seconds)
 
-    _run(_until_signalled(show))
+@app.command()
+def states(
+    mermaid: Annotated[
+        bool, typer.Option("--mermaid", help="a mermaid stateDiagram-v2 instead of the table")
+    ] = False,
+) -> None:
+    """The PackML state table: for each state, where each command takes it."""
+    from cellctl import machine
+
+    if mermaid:
+        out.print(machine.mermaid(), markup=False)
+        return
+    rows = machine.state_table_rows()
+    if out.is_terminal:
+        from rich.table import Table
+
+        table = Table(*rows[0])
+        for row in rows[1:]:
+            table.add_row(*row)
+        out.print(table)
+    else:
+        for row in rows:
+            out.print("\t".join(row), markup=False)
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -362,6 +362,17 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
             expect(13, "25.5", "bad-value", "safe_state force", "above the maximum 20"),
         ],
     ),
+    "restore-on-unhold-unknown-and-not-safe": (
+        HEAD + "tags:\n"
+        "  run: {device: plc, address: 'coil:0', access: rw}\n"
+        "  speed: {device: plc, address: 'hr:0', access: rw}\n"
+        "safe_state: {run: false}\n"
+        "restore_on_unhold: [run, speed, runn]\n",
+        [
+            expect(10, "speed", "not-in-safe-state", "tag speed", "not in the safe state"),
+            expect(10, "runn", "unknown-tag", "'runn'", "did you mean 'run'"),
+        ],
+    ),
 }
 
 

@@ -1,0 +1,347 @@
+"""`cellctl run` and `cellctl demo`: check everything, connect, run one batch in a live view (or
+one line per event), take the operator's keys and signals, print the summary, exit code.
+
+Nothing touches a device before every input is valid; nothing is written when a device cannot
+be reached before the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.live import Live
+
+from cellctl import exitcodes, expr
+from cellctl.cell import Cell
+from cellctl.connect import build_drivers
+from cellctl.controller import CommandBlocked, Controller
+from cellctl.errors import BadValue, CellctlError, did_you_mean
+from cellctl.events import Event, StateChanged, StepStarted, TripCleared
+from cellctl.keys import TerminalKeys, TerminalOperator
+from cellctl.machine import Command, IllegalCommand, Mode, State
+from cellctl.operator import FailureChoice, Operator, ScriptedOperator, parse_answers
+from cellctl.plan import make_plan
+from cellctl.recipe import LoadedRecipe, parse_parameters, step_ids
+from cellctl.runview import RunModel, event_line, render, summary_lines
+from cellctl.tagio import TagIO
+from cellctl.validate import open_recipe
+from drivers.base import Value
+
+if TYPE_CHECKING:  # imported when --sim is given: it loads every simulator
+    from cellctl.simwiring import CellSimulator
+
+#: The key hints of the live view.
+HINT_RUNNING = "Ctrl-C or h hold · Ctrl-C twice abort"
+HINT_HELD = "u unhold · a abort"
+HINT_CHOICE = "the step failed: r retry it · s skip it · Esc back"
+
+
+@dataclass
+class RunOptions:
+    """Everything `cellctl run` was asked to do."""
+
+    recipe: Path
+    cell: Path | None = None
+    params: list[str] = field(default_factory=list)
+    sim: bool = False
+    speed: float = 1.0
+    step: bool = False
+    breaks: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    operator: str | None = None
+    interactive: bool = False
+    #: The demo's plant fault (e.g. "light-curtain"), raised mid-batch and cleared again.
+    fault: str | None = None
+
+
+@dataclass
+class Prepared:
+    """A run whose inputs were all checked: nothing has touched a device yet."""
+
+    loaded: LoadedRecipe
+    parameters: dict[str, Value]
+    operator: Operator | None
+    devices: list[str]
+    tags: list[str]
+
+
+class NeedsTerminal(CellctlError):
+    """Stepping and breakpoints need somebody at a terminal."""
+
+
+def prepare(options: RunOptions) -> Prepared:
+    """Load and check the recipe, cell, parameters, answers and breakpoints; raises CellctlError."""
+    loaded = open_recipe(options.recipe, options.cell)
+    recipe, cell = loaded.recipe, loaded.cell
+    parameters = parse_parameters(recipe, options.params)
+    answers = parse_answers(recipe, options.answers)
+    ids = step_ids(recipe)
+    for wanted in options.breaks:
+        if wanted not in ids:
+            raise BadValue(
+                f"--break {wanted}: recipe {recipe.recipe} has no step {wanted!r}"
+                f"{did_you_mean(wanted, ids)}"
+            )
+    if (options.step or options.breaks) and not options.interactive:
+        raise NeedsTerminal(
+            "--step and --break wait for keys at a terminal; stdin/stdout is not one"
+        )
+    plan = make_plan(loaded, options.params)
+    interlock_tags = {
+        name for interlock in cell.interlocks for name in expr.parse(interlock.when).names
+    } & set(cell.tags)
+    tags = list(
+        dict.fromkeys([*plan.reads, *plan.writes, *sorted(interlock_tags), *cell.safe_state])
+    )
+    used = {cell.tags[t].device for t in tags} | set(plan.devices)
+    devices = [name for name in cell.devices if name in used]
+    operator = None if options.interactive else ScriptedOperator(answers, options.operator)
+    return Prepared(loaded, dict(parameters), operator, devices, tags)
+
+
+@contextlib.asynccontextmanager
+async def _served(
+    cell: Cell, options: RunOptions
+) -> AsyncIterator[tuple[Cell, CellSimulator | None]]:
+    """The cell to connect to: served by in-process simulators with --sim, else as written."""
+    if not options.sim:
+        yield cell, None
+        return
+    from cellctl.simwiring import CellSimulator
+
+    async with CellSimulator(cell, speed=options.speed) as simulator:
+        yield simulator.served_cell, simulator
+
+
+class BatchRun:
+    """One `cellctl run`: the controller, its view, the operator's keys and signals."""
+
+    def __init__(self, options: RunOptions, prepared: Prepared, out: Console) -> None:
+        self.options = options
+        self.prepared = prepared
+        self.out = out
+        self.model: RunModel | None = None
+        self.controller: Controller | None = None
+        self.interrupts = 0
+        self.choosing = False
+        #: True while the demo's fault script will Unhold by itself.
+        self.demo_busy = False
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def _print_event(self, event: Event) -> None:
+        line = event_line(event)
+        if line is not None and not self.options.interactive:
+            self.out.print(line, markup=False)
+
+    async def run(self) -> int:
+        """Connect, run the batch, print the summary; the exit code."""
+        prepared = self.prepared
+        loaded = prepared.loaded
+        async with _served(loaded.cell, self.options) as (cell, simulator):
+            drivers = build_drivers(cell, prepared.devices)
+            io = TagIO(cell, drivers, prepared.tags)
+            await io.connect()  # DevicesUnreachable: nothing was written
+            try:
+                return await self._run_connected(io, simulator)
+            finally:
+                await io.close()
+
+    async def _run_connected(self, io: TagIO, simulator: CellSimulator | None) -> int:
+        prepared, options = self.prepared, self.options
+        loaded = prepared.loaded
+        self.model = model = RunModel(
+            loaded.recipe,
+            loaded.identity,
+            loaded.cell.cell,
+            lambda: [v for t in prepared.tags if (v := io.board.latest(t)) is not None],
+            parameters=prepared.parameters,
+        )
+        operator: Operator
+        if prepared.operator is not None:
+            operator = prepared.operator
+        else:
+            operator = TerminalOperator(model, options.operator)
+        stepping = options.step or bool(options.breaks)
+        controller = Controller(
+            loaded,
+            prepared.parameters,
+            io,
+            operator,
+            mode=Mode.MAINTENANCE if stepping else Mode.PRODUCTION,
+            step_mode=options.step,
+            breakpoints=options.breaks,
+            comm_devices=prepared.devices,
+        )
+        self.controller = controller
+        controller.listeners.append(model.apply)
+        controller.listeners.append(self._print_event)
+        controller.listeners.append(self._hints)
+        model.hint = HINT_RUNNING
+        if stepping:
+            self.out.print(
+                "Maintenance mode: "
+                + ("stepping through every step" if options.step else "")
+                + (" and " if options.step and options.breaks else "")
+                + (f"breakpoints at {', '.join(options.breaks)}" if options.breaks else ""),
+                markup=False,
+            )
+        if not options.interactive:
+            self.out.print(f"run {loaded.identity} on cell {loaded.cell.cell}", markup=False)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        extras: list[asyncio.Task[None]] = []
+        keys: TerminalKeys | None = None
+        fault = _fault_of(simulator, options.fault) if simulator and options.fault else None
+        try:
+            await controller.open()
+            if options.interactive:
+                keys = TerminalKeys(sys.stdin.fileno())
+                keys.open()
+                extras.append(asyncio.ensure_future(self._keys(keys, operator)))
+            if fault is not None and simulator is not None:
+                self.demo_busy = True
+                extras.append(asyncio.ensure_future(self._demo_fault(simulator, *fault)))
+            if options.interactive:
+                with Live(
+                    get_renderable=lambda: render(model),
+                    console=self.out,
+                    refresh_per_second=8,
+                    transient=False,
+                ):
+                    ended = await controller.run_batch(stop_when_held=lambda: False)
+            else:
+                # Nobody can Unhold without a terminal, except the demo's own fault script.
+                ended = await controller.run_batch(stop_when_held=lambda: not self.demo_busy)
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)
+            for task in extras:
+                task.cancel()
+            await asyncio.gather(*extras, return_exceptions=True)
+            if keys is not None:
+                keys.close()
+            await controller.close()
+        for line in summary_lines(model, ended):
+            self.out.print(line, markup=False)
+        return exitcodes.OK if ended.state is State.COMPLETE else exitcodes.BATCH_NOT_COMPLETE
+
+    # -- the operator's hands ---------------------------------------------------------------
+
+    def _hints(self, event: Event) -> None:
+        if self.model is None or not isinstance(event, StateChanged):
+            return
+        self.choosing = False
+        self.model.hint = HINT_HELD if event.target is State.HELD else HINT_RUNNING
+
+    def _command(self, command: Command, choice: FailureChoice | None = None) -> None:
+        controller = self.controller
+        if controller is None:
+            return
+
+        async def issue() -> None:
+            # A refusal is already an event (CommandRefused) that the view shows.
+            with contextlib.suppress(IllegalCommand, CommandBlocked):
+                await controller.command(command, choice=choice)
+
+        task = asyncio.ensure_future(issue())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _on_sigint(self) -> None:
+        controller = self.controller
+        if controller is None:
+            return
+        self.interrupts += 1
+        if self.interrupts >= 2 or controller.state is State.HELD:
+            self._command(Command.ABORT)
+        elif controller.machine.is_legal(Command.HOLD):
+            self._command(Command.HOLD)
+        else:
+            self._command(Command.STOP)
+
+    def _on_sigterm(self) -> None:
+        self._command(Command.STOP)
+
+    async def _keys(self, keys: TerminalKeys, operator: Operator) -> None:
+        controller = self.controller
+        assert controller is not None and self.model is not None
+        while True:
+            key = await keys.get()
+            if key == "":
+                return
+            if isinstance(operator, TerminalOperator) and operator.waiting:
+                operator.feed(key)
+                continue
+            state = controller.state
+            if self.choosing:
+                self.choosing = False
+                self.model.hint = HINT_HELD
+                if key in ("r", "s"):
+                    choice = FailureChoice.RETRY if key == "r" else FailureChoice.SKIP
+                    self._command(Command.UNHOLD, choice)
+            elif key == "h":
+                self._command(Command.HOLD)
+            elif key == "u" and state is State.HELD:
+                if controller.executor.failure is not None:
+                    self.choosing = True
+                    self.model.hint = HINT_CHOICE
+                else:
+                    self._command(Command.UNHOLD)
+            elif key == "a" and state is State.HELD:
+                self._command(Command.ABORT)
+
+    async def _demo_fault(self, simulator: CellSimulator, device: str, name: str) -> None:
+        """The demo's fault: raise it in the second round, clear it once Held, then Unhold."""
+        controller = self.controller
+        assert controller is not None
+        second_round = asyncio.Event()
+        cleared = asyncio.Event()
+
+        def watch(event: Event) -> None:
+            if isinstance(event, StepStarted) and event.round == 2:
+                second_round.set()
+            if isinstance(event, TripCleared):
+                cleared.set()
+
+        controller.listeners.append(watch)
+        try:
+            await second_round.wait()
+            simulator.fault(device, name, True)
+            await controller.wait_for({State.HELD, State.STOPPED, State.ABORTED})
+            if controller.state is not State.HELD:
+                return
+            # Let the people watching see the hold and the safe state before it is cleared.
+            await asyncio.sleep(1.5)
+            simulator.fault(device, name, False)
+            await cleared.wait()
+            with contextlib.suppress(IllegalCommand, CommandBlocked):
+                await controller.command(Command.UNHOLD, cause=f"demo: {device} {name} restored")
+        finally:
+            self.demo_busy = False
+            controller.poke()  # a run_batch waiting in Held looks again
+
+
+def _fault_of(simulator: CellSimulator, fault: str) -> tuple[str, str]:
+    """(device, fault) for 'device:fault' or a fault name that one plant model has."""
+    known = {(d, f) for d, m in simulator.models.items() for f in m.faults()}
+    device, _, name = fault.rpartition(":")
+    matches = [(d, f) for d, f in known if f == name and device in ("", d)]
+    if len(matches) != 1:
+        names = ", ".join(sorted(f"{d}:{f}" for d, f in known))
+        raise BadValue(f"--fault {fault}: no single plant model has it; known: {names}")
+    return matches[0]
+
+
+def run_command(options: RunOptions, out: Console) -> Callable[[], Coroutine[Any, Any, int]]:
+    """The coroutine factory of `cellctl run` (the CLI runs it with its error handling)."""
+    prepared = prepare(options)
+    return lambda: BatchRun(options, prepared, out).run()

@@ -1,0 +1,435 @@
+"""The controller of one batch: the PackML machine, the executor task, the interlocks and the
+safe state, and the operator's commands.
+
+The machine only records state changes (cellctl.machine); the work of each acting state runs
+here in a task the controller owns, one at a time: a new state cancels the work of the one it
+left (Abort during Holding: Aborting writes the whole safe state again). The executor is its
+own task, started on the first Execute, paused by Hold/Suspend/Stop and cancelled by Abort and
+after Stop.
+
+What Holding does, where the issue is silent: the executor stops taking steps at once (no new
+write or call starts), the safe state is written, and Held is reached once the write or call in
+flight has ended. Unholding writes back the cell's `restore_on_unhold` tags to the value the
+recipe last wrote, then the executor re-enters the interrupted wait. Suspend pauses the
+executor the same way but writes nothing (an external cause: starved or blocked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+import structlog
+
+from cellctl.cell import Cell
+from cellctl.errors import CellctlError
+from cellctl.events import (
+    BatchEnded,
+    CommandRefused,
+    Event,
+    ModeChanged,
+    Notice,
+    SafeStateWritten,
+    StateChanged,
+    TagWritten,
+    TripCleared,
+    WaitProgress,
+)
+from cellctl.executor import Executor, PauseReason, StepFailure
+from cellctl.interlocks import InterlockMonitor, Trip, write_safe_state
+from cellctl.machine import Command, IllegalCommand, Mode, PackMLMachine, State
+from cellctl.operator import FailureChoice, Operator
+from cellctl.recipe import LoadedRecipe
+from cellctl.tagio import TagIO
+from drivers.base import Value
+
+log = structlog.get_logger("cellctl.controller")
+_stdlog = logging.getLogger("cellctl.controller")
+
+#: States in which a batch has ended for good.
+END_STATES = frozenset({State.COMPLETE, State.STOPPED, State.ABORTED})
+#: Commands an active interlock blocks (Stop and Abort are never blocked).
+BLOCKED_BY_TRIPS = frozenset({Command.START, Command.UNHOLD, Command.RESET})
+#: Seconds Stopping waits for a write or call in flight before it cancels it.
+STOP_GRACE = 30.0
+
+
+class CommandBlocked(CellctlError):
+    """A command an active interlock (or a pending choice) refuses; nothing changed."""
+
+
+class Controller:
+    """One batch of one recipe on one cell: commands in, events out."""
+
+    def __init__(
+        self,
+        loaded: LoadedRecipe,
+        parameters: Mapping[str, Value],
+        io: TagIO,
+        operator: Operator,
+        *,
+        listener: Callable[[Event], None] | None = None,
+        mode: Mode = Mode.PRODUCTION,
+        step_mode: bool = False,
+        breakpoints: Collection[str] = (),
+        comm_devices: Collection[str] = (),
+    ) -> None:
+        self.loaded = loaded
+        self.cell: Cell = io.cell
+        self.io = io
+        self.operator = operator
+        self.listeners: list[Callable[[Event], None]] = [listener] if listener else []
+        self.machine = PackMLMachine(self._state_changed, mode=mode)
+        self.executor = Executor(
+            loaded.recipe,
+            parameters,
+            io,
+            self,
+            operator,
+            step_mode=step_mode,
+            breakpoints=breakpoints,
+        )
+        self.interlocks = InterlockMonitor(
+            self.cell,
+            io,
+            on_trip=self._tripped,
+            on_clear=self._trip_cleared,
+            comm_devices=comm_devices,
+        )
+        self.faults: list[str] = []
+        self.cause: str | None = None
+        self.started_at: float | None = None
+        self._changed = asyncio.Event()
+        self._work: asyncio.Task[None] | None = None
+        self._run: asyncio.Task[None] | None = None
+        self._pending_hold: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._choice: FailureChoice | None = None
+
+    # -- events ------------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Tell every listener and the log (executor events come through here too)."""
+        if not isinstance(event, WaitProgress) or event.met:  # unmet waits: too many to log
+            fields = {k: v for k, v in asdict(event).items() if k != "at"}
+            log.info(type(event).__name__, **fields)
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                _stdlog.exception("an event listener failed")
+
+    def _state_changed(self, change: StateChanged) -> None:
+        # The machine's callback: record and signal only (DESIGN §7).
+        self.emit(change)
+        self._changed.set()
+
+    @property
+    def state(self) -> State:
+        """The machine's state now."""
+        return self.machine.state
+
+    # -- the executor's host ---------------------------------------------------------------
+
+    def step_failed(self, failure: StepFailure) -> None:
+        """A step failed: hold (the operator chooses retry or skip) or abort, as on_error says."""
+        self.faults.append(failure.message)
+        command = Command.ABORT if failure.action == "abort" else Command.HOLD
+        self._later(command, failure.message)
+
+    def operator_abort(self, reason: str) -> None:
+        """The operator chose abort while stepping."""
+        self._later(Command.ABORT, reason)
+
+    # -- interlocks ---------------------------------------------------------------------------
+
+    def _tripped(self, trip: Trip) -> None:
+        # Called inside a driver's callback: act synchronously on the executor, then schedule.
+        self.faults.append(trip.message)
+        self.emit(trip.event())
+        if self._run is not None and not self._run.done():
+            if trip.action == "abort":
+                self._run.cancel()
+            else:
+                self.executor.pause(PauseReason.HOLD)
+        command = {"hold": Command.HOLD, "stop": Command.STOP, "abort": Command.ABORT}[trip.action]
+        self._spawn(self._act_on_trip(trip, command))
+
+    def _trip_cleared(self, name: str) -> None:
+        self.emit(TripCleared(interlock=name))
+
+    async def _act_on_trip(self, trip: Trip, command: Command) -> None:
+        if self.machine.is_legal(command):
+            await self._apply(command, trip.message)
+            return
+        if command is Command.HOLD and self.state in (State.STARTING, State.UNHOLDING):
+            self._pending_hold = trip.message  # held as soon as Execute is reached
+        if self.state not in (State.STOPPING, State.ABORTING, State.HOLDING):
+            await self._safe_state(f"interlock {trip.interlock} in {self.state}")
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def _later(self, command: Command, cause: str) -> None:
+        """Issue a command from a synchronous context; a refusal is recorded, never raised."""
+
+        async def issue() -> None:
+            if self.machine.is_legal(command):
+                await self._apply(command, cause)
+            else:
+                self.emit(Notice(text=f"{command} not taken in {self.state}: {cause}"))
+
+        self._spawn(issue())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def legal_commands(self) -> list[Command]:
+        """The commands the machine takes now (interlocks may still block some)."""
+        return self.machine.legal_commands()
+
+    async def command(
+        self,
+        command: Command,
+        *,
+        cause: str = "operator",
+        choice: FailureChoice | None = None,
+    ) -> State:
+        """An operator command; raises IllegalCommand or CommandBlocked, nothing changed then."""
+        try:
+            if command in BLOCKED_BY_TRIPS:
+                await self.interlocks.check_now()
+                message = self.interlocks.blocking_message(str(command))
+                if message:
+                    raise CommandBlocked(message)
+            failure = self.executor.failure
+            if command is Command.UNHOLD and failure is not None and choice is None:
+                raise CommandBlocked(
+                    f"Unhold: {failure.message}; choose retry or skip "
+                    f"({'its outcome is unknown: ' if failure.outcome_unknown else ''}"
+                    "a retry runs the whole step again)"
+                )
+            if not self.machine.is_legal(command):
+                # The machine refuses it (IllegalCommand naming the state, the mode and the
+                # legal commands) and changes nothing.
+                self.machine.command(command, cause)
+        except (IllegalCommand, CommandBlocked) as refused:
+            self.emit(CommandRefused(command=command, reason=str(refused)))
+            raise
+        self._choice = choice
+        await self._apply(command, cause)
+        return self.state
+
+    def set_mode(self, mode: Mode) -> None:
+        """Change the unit mode (Stopped, Idle, Complete, Aborted only)."""
+        self.machine.set_mode(mode)
+        self.emit(ModeChanged(mode=mode))
+
+    async def _apply(self, command: Command, cause: str) -> None:
+        if command is Command.ABORT and self._run is not None:
+            self._run.cancel()  # at once, before anything else
+        if command in (Command.HOLD, Command.STOP) and self._run is not None:
+            self.executor.pause(PauseReason.HOLD if command is Command.HOLD else PauseReason.STOP)
+        if command is Command.SUSPEND:
+            self.executor.pause(PauseReason.SUSPEND)
+        target = self.machine.command(command, cause)
+        self._enter(target)
+
+    def _enter(self, state: State) -> None:
+        """Start the work of the state just entered; the work of the previous one is cancelled."""
+        previous, self._work = self._work, None
+        if previous is not None and previous is not asyncio.current_task():
+            previous.cancel()
+        work = {
+            State.RESETTING: self._resetting,
+            State.STARTING: self._starting,
+            State.EXECUTE: self._executing,
+            State.COMPLETING: self._completing,
+            State.HOLDING: self._holding,
+            State.UNHOLDING: self._unholding,
+            State.SUSPENDING: self._suspending,
+            State.UNSUSPENDING: self._unsuspending,
+            State.STOPPING: self._stopping,
+            State.ABORTING: self._aborting,
+            State.CLEARING: self._clearing,
+        }.get(state)
+        if work is not None:
+            self._work = asyncio.ensure_future(self._complete_after(state, work))
+
+    async def _complete_after(self, state: State, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a bug of ours: record it, and make the cell safe
+            _stdlog.exception("the work of %s failed", state)
+            self.faults.append(f"{state}: internal error: {error}")
+            if self.state is state and state is not State.ABORTING:
+                await self._apply(Command.ABORT, f"internal error in {state}: {error}")
+            return
+        if self.state is not state:
+            return  # a command moved the machine on while the work ran
+        if state is State.EXECUTE:
+            return  # Execute ends when the recipe is done (see _executing)
+        target = self.machine.state_complete(f"{state} done")
+        self._enter(target)
+
+    # -- the work of each state --------------------------------------------------------------
+
+    async def _resetting(self) -> None:
+        self.cause = None
+
+    async def _starting(self) -> None:
+        self.started_at = self.started_at or time.time()
+
+    async def _executing(self) -> None:
+        if self._pending_hold is not None:
+            cause, self._pending_hold = self._pending_hold, None
+            await self._apply(Command.HOLD, cause)
+            return
+        if self._run is None:
+            self._run = asyncio.ensure_future(self.executor.run())
+        else:
+            self.executor.resume(self._take_choice())
+        try:
+            # Shielded: leaving Execute cancels this work, never the executor itself.
+            await asyncio.shield(self._run)
+        except Exception as error:
+            _stdlog.exception("the executor failed")
+            self.faults.append(f"executor: internal error: {error}")
+            if self.state is State.EXECUTE:
+                await self._apply(Command.ABORT, f"internal error: {error}")
+            return
+        if self.state is State.EXECUTE:
+            self._enter(self.machine.state_complete("recipe done"))
+
+    def _take_choice(self) -> FailureChoice | None:
+        choice, self._choice = self._choice, None
+        return choice
+
+    async def _completing(self) -> None:
+        return None
+
+    async def _holding(self) -> None:
+        self.executor.pause(PauseReason.HOLD)
+        await self._safe_state("Holding")
+        await self.executor.wait_paused()
+
+    async def _unholding(self) -> None:
+        commanded = self.executor.commanded()
+        restore = set(self.cell.restore_on_unhold)
+        for tag in [t for t in commanded if t in restore]:  # in the order the recipe wrote them
+            try:
+                await self.io.write(tag, commanded[tag])
+            except CellctlError as error:
+                message = f"Unholding: cannot restore {tag} = {commanded[tag]!r}: {error}"
+                self.faults.append(message)
+                self.emit(Notice(text=message, level="error"))
+                await self._apply(Command.STOP, message)
+                return
+            self.emit(TagWritten(tag=tag, value=commanded[tag]))
+        # The executor resumes when Execute is entered (see _executing).
+
+    async def _suspending(self) -> None:
+        self.executor.pause(PauseReason.SUSPEND)
+        await self.executor.wait_paused()
+
+    async def _unsuspending(self) -> None:
+        return None
+
+    async def _stopping(self) -> None:
+        if self._run is not None and not self._run.done():
+            self.executor.pause(PauseReason.STOP)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.executor.wait_paused(), STOP_GRACE)
+            await self._end_run()
+        await self._safe_state("Stopping")
+
+    async def _aborting(self) -> None:
+        await self._end_run()
+        await self._safe_state("Aborting")
+
+    async def _clearing(self) -> None:
+        return None
+
+    async def _end_run(self) -> None:
+        run = self._run
+        if run is None:
+            return
+        run.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await run
+
+    async def _safe_state(self, reason: str) -> SafeStateWritten:
+        written = await write_safe_state(self.io, self.cell, reason)
+        for result in written.results:
+            if result.error is not None:
+                self.faults.append(f"safe state {result.tag}: {result.error}")
+        self.emit(written)
+        return written
+
+    # -- a whole batch ----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Watch the tags and start the interlocks (devices already connected)."""
+        self.io.watch()
+        self.interlocks.start()
+        await self.interlocks.check_now()
+
+    async def close(self) -> None:
+        """Stop everything this controller started (the devices stay as they are)."""
+        self.interlocks.stop()
+        for task in [self._work, self._run, *self._tasks]:
+            if task is not None and not task.done():
+                task.cancel()
+        tasks = [t for t in (self._work, self._run, *self._tasks) if t is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait_for(self, states: Iterable[State]) -> State:
+        """Wait until the machine is in one of `states` (with nothing left to do there)."""
+        wanted = frozenset(states)
+        while True:
+            self._changed.clear()
+            if self.state in wanted and self._settled():
+                return self.state
+            await self._changed.wait()
+
+    def poke(self) -> None:
+        """Wake whatever waits for a state, to look again (a condition of its own changed)."""
+        self._changed.set()
+
+    def _settled(self) -> bool:
+        return self._work is None or self._work.done() or self.state is State.EXECUTE
+
+    async def run_batch(self, *, stop_when_held: Callable[[], bool]) -> BatchEnded:
+        """Reset, Start, and wait for Complete, Stopped or Aborted, or for Held when
+        `stop_when_held()` says nobody will Unhold; returns the BatchEnded event it emitted."""
+        begun = time.time()
+        try:
+            await self.command(Command.RESET, cause="run")
+            await self.wait_for({State.IDLE, State.STOPPED, State.ABORTED, State.HELD})
+            if self.state is State.IDLE:
+                await self.command(Command.START, cause="run")
+                while await self.wait_for(END_STATES | {State.HELD}) is State.HELD:
+                    if stop_when_held():
+                        break
+                    self._changed.clear()  # then the next change or poke() looks again
+                    await self._changed.wait()
+        except CommandBlocked as blocked:
+            self.cause = str(blocked)
+        failed = self.state is not State.COMPLETE
+        ended = BatchEnded(
+            state=self.state,
+            duration=time.time() - (self.started_at or begun),
+            steps_done=self.executor.steps_done,
+            faults=tuple(self.faults),
+            cause=self.cause or (self.faults[0] if failed and self.faults else None),
+        )
+        self.emit(ended)
+        return ended

@@ -1,0 +1,196 @@
+"""What the controller tells its views, its log and (later) its journal: one frozen dataclass
+per kind of event, each stamped with time.time()."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+from cellctl.packml import Command, Mode, State
+from drivers.base import Value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base of every controller event."""
+
+    at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateChanged(Event):
+    """The machine went from `source` to `target`; `command` is None for a state complete."""
+
+    source: State
+    target: State
+    command: Command | None
+    cause: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModeChanged(Event):
+    """The unit mode changed."""
+
+    mode: Mode
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandRefused(Event):
+    """An operator command that was refused, and why (illegal here, or blocked by a trip)."""
+
+    command: Command
+    reason: str
+
+
+class StepOutcome(enum.StrEnum):
+    """How a step ended."""
+
+    DONE = "done"
+    SKIPPED = "skipped"  # its `if` was false, on_error skip, or the operator skipped it
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # a wait/delay/prompt cut by hold, suspend, stop; re-entered
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepStarted(Event):
+    """A step began (or was re-entered); `path` is its place ('2.3'), `label` how to name it."""
+
+    path: str
+    step_id: str | None
+    kind: str
+    label: str
+    detail: str = ""  # what it does, values resolved: "conveyor.run := true"
+    round: int | None = None  # the repeat round (1..N) of the innermost repeat, if any
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepEnded(Event):
+    """A step ended: done, skipped, failed (with the error) or interrupted."""
+
+    path: str
+    step_id: str | None
+    label: str
+    outcome: StepOutcome
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WaitProgress(Event):
+    """A wait's condition was evaluated on fresh values of its tags."""
+
+    path: str
+    step_id: str | None
+    condition: str
+    values: dict[str, Value | None]
+    met: bool
+    deadline: float | None = None  # time.time() at which it times out
+
+
+@dataclass(frozen=True, kw_only=True)
+class TagWritten(Event):
+    """A write the device confirmed (`path` None for the safe state or a restore)."""
+
+    tag: str
+    value: Value
+    path: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodCalled(Event):
+    """A device method call that returned."""
+
+    method: str
+    args: dict[str, Value]
+    result: Value | None
+    path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tripped(Event):
+    """An interlock (or a lost device: name 'comm-loss:<device>') tripped."""
+
+    interlock: str
+    action: str  # hold, stop or abort
+    condition: str
+    values: dict[str, Value | None]
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TripCleared(Event):
+    """A tripped interlock's condition is false again (Start, Unhold and Reset are free again)."""
+
+    interlock: str
+
+
+@dataclass(frozen=True)
+class SafeWrite:
+    """One tag of the safe state: the value written and, when it failed, why."""
+
+    tag: str
+    value: Value
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SafeStateWritten(Event):
+    """The safe state was applied: every tag attempted, each result recorded."""
+
+    reason: str
+    results: tuple[SafeWrite, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every tag of the safe state was written."""
+        return all(r.error is None for r in self.results)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptShown(Event):
+    """A prompt waits for the operator."""
+
+    path: str
+    step_id: str
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptAnswered(Event):
+    """The operator answered (value None for a plain acknowledgement)."""
+
+    path: str
+    step_id: str
+    value: Value | None
+    operator: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepPaused(Event):
+    """Stepping or a breakpoint: the executor waits before the step; `preview` shows what it
+    will do, values resolved."""
+
+    path: str
+    step_id: str | None
+    label: str
+    preview: tuple[str, ...]
+    breakpoint: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notice(Event):
+    """Anything else worth a line: a restore write, a decision, a device's health."""
+
+    text: str
+    level: str = "info"  # info, warning, error
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchEnded(Event):
+    """The batch ended in `state` (Complete, Stopped, Aborted or Held)."""
+
+    state: State
+    duration: float
+    steps_done: int
+    faults: tuple[str, ...]
+    cause: str | None = None

@@ -1,0 +1,764 @@
+"""The executor: runs a recipe's steps on the cell while the machine is in Execute.
+
+It is its own asyncio task, which the controller starts, holds (pause/resume) and cancels
+(Abort); it never runs inside a state machine callback. Interruptions take effect at step
+boundaries: a wait, delay, prompt or stepping question in progress is cut and re-entered on
+resume, a write or call in flight always completes. Failures follow each step's `on_error`.
+
+Freshness: every value that reads tags is read from the devices at that moment, after the
+previous write was confirmed (writes are awaited in order), and a wait only counts samples
+taken at or after the last confirmed write or call return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import ChainMap
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import NoReturn, Protocol, TypeVar
+
+from cellctl import expr
+from cellctl.connect import DeviceFailed, TagValue
+from cellctl.durations import format_duration
+from cellctl.errors import BadValue, CellctlError
+from cellctl.events import (
+    Event,
+    MethodCalled,
+    Notice,
+    PromptAnswered,
+    PromptShown,
+    StepEnded,
+    StepOutcome,
+    StepPaused,
+    StepStarted,
+    TagWritten,
+    WaitProgress,
+)
+from cellctl.operator import FailureChoice, NoAnswer, Operator, PromptRequest, StepChoice
+from cellctl.recipe import (
+    AnyStep,
+    CallStep,
+    DelayStep,
+    ParallelStep,
+    PromptStep,
+    Recipe,
+    RepeatStep,
+    SetStep,
+    WaitStep,
+)
+from cellctl.tagio import OutOfRange, TagIO
+from drivers.base import Quality, Value
+from drivers.codecs import format_value
+
+T = TypeVar("T")
+Scope = ChainMap[str, Value]
+
+
+class PauseReason(enum.StrEnum):
+    """Why the executor pauses at the next step boundary."""
+
+    HOLD = "hold"
+    SUSPEND = "suspend"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """A step that failed: where, why, and what its on_error asks of the controller."""
+
+    path: str
+    step_id: str | None
+    label: str
+    message: str  # one line naming the step and the cause
+    action: str  # "hold" or "abort"
+    outcome_unknown: bool  # a write or call was sent and its result is not known
+
+
+class ExecutorHost(Protocol):
+    """What the executor tells the controller."""
+
+    def emit(self, event: Event) -> None:
+        """Record and show an event."""
+        ...
+
+    def step_failed(self, failure: StepFailure) -> None:
+        """A step failed; the controller issues Hold or Abort (synchronous)."""
+        ...
+
+    def operator_abort(self, reason: str) -> None:
+        """The operator chose abort while stepping."""
+        ...
+
+
+class _StepError(Exception):
+    """A step failed; the message names the step and the cause."""
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.outcome_unknown = outcome_unknown
+
+
+class _Interrupted(Exception):
+    """The executor was paused while a step was in progress: re-enter it on resume."""
+
+
+@dataclass
+class _Ctx:
+    """One step being run: where it is, how it is named, its bound and its progress."""
+
+    step: AnyStep
+    path: str
+    label: str
+    round: int | None
+    timeout: float | None
+    detail: str = ""
+    writes_done: int = 0  # a set step's writes confirmed in this attempt
+
+    def deadline(self) -> float | None:
+        """time.time() at which the step times out when (re)entered now, None for never."""
+        return None if self.timeout is None else time.time() + self.timeout
+
+
+def show(value: Value | None) -> str:
+    """A value for a detail line: texts quoted, booleans as true/false."""
+    return repr(value) if isinstance(value, str) else format_value(value)
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def retry_refusal(step: AnyStep) -> str | None:
+    """Why on_error retry may not re-run this step, or None when it may."""
+    if isinstance(step, SetStep):
+        unsafe = [tag for tag, ok in step.idempotent_writes.items() if not ok]
+        return f"its write of {unsafe[0]} is not idempotent" if unsafe else None
+    if isinstance(step, WaitStep | DelayStep):
+        return None
+    return f"a {step.kind} step is never repeated without the operator"
+
+
+class Executor:
+    """Runs a recipe's steps; the controller pauses, resumes and cancels it."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        parameters: Mapping[str, Value],
+        io: TagIO,
+        host: ExecutorHost,
+        operator: Operator,
+        *,
+        step_mode: bool = False,
+        breakpoints: Collection[str] = (),
+    ) -> None:
+        self.recipe = recipe
+        self.io = io
+        self.host = host
+        self.operator = operator
+        self.step_mode = step_mode
+        self.breakpoints = frozenset(breakpoints)
+        self.steps_done = 0
+        self._scope: Scope = ChainMap({}, dict(parameters))
+        self._commanded: dict[str, Value] = {}
+        self._last_confirm = 0.0
+        self._pause: PauseReason | None = None
+        self._running = asyncio.Event()
+        self._running.set()
+        self._wakers: set[asyncio.Event] = set()
+        self._busy = 0  # branches running a step action (not parked at a boundary)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._pending: list[tuple[StepFailure, asyncio.Future[FailureChoice]]] = []
+
+    # --- the controller's side --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run every step to the end; cancelling the task is Abort (nothing written after)."""
+        self._add_busy(1)
+        try:
+            await self._run_block(self.recipe.steps, "", self._scope, None)
+        finally:
+            self._add_busy(-1)
+
+    def pause(self, reason: PauseReason) -> None:
+        """Stop every branch at its next step boundary; waits and prompts are interrupted."""
+        self._pause = reason
+        self._running.clear()
+        for waker in self._wakers:
+            waker.set()
+
+    async def wait_paused(self) -> None:
+        """Return once no branch runs a step action (writes and calls in flight completed)."""
+        await self._idle.wait()
+
+    def resume(self, choice: FailureChoice | None = None) -> None:
+        """Go on after a pause; a failed step waiting for the operator needs `choice`.
+
+        A choice given while no step failed is ignored. Raises ValueError (nothing changed)
+        when a failed step waits and no choice is given.
+        """
+        if self._pending:
+            failure, answer = self._pending[0]
+            if choice is None:
+                raise ValueError(f"{failure.label} failed: choose retry or skip")
+            self._pending.pop(0)
+            answer.set_result(choice)
+            if self._pending:
+                # Another branch failed meanwhile: stay paused and report it from the loop,
+                # not from inside the controller's own Unhold.
+                asyncio.get_running_loop().call_soon(self.host.step_failed, self._pending[0][0])
+                return
+        self._pause = None
+        self._running.set()
+
+    @property
+    def failure(self) -> StepFailure | None:
+        """The failed step waiting for the operator's choice (retry or skip)."""
+        return self._pending[0][0] if self._pending else None
+
+    @property
+    def paused(self) -> bool:
+        """True between pause() and resume()."""
+        return self._pause is not None
+
+    def commanded(self) -> dict[str, Value]:
+        """The last value the recipe wrote to each tag (confirmed by the device)."""
+        return dict(self._commanded)
+
+    # --- pausing ----------------------------------------------------------------------------
+
+    def _add_busy(self, delta: int) -> None:
+        self._busy += delta
+        if self._busy <= 0:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    async def _park(self) -> None:
+        """A step boundary: wait here while paused."""
+        if self._pause is None:
+            return
+        self._add_busy(-1)
+        try:
+            while self._pause is not None:
+                await self._running.wait()
+        finally:
+            self._add_busy(1)
+
+    def _checkpoint(self) -> None:
+        """No new write, call or wait starts while paused."""
+        if self._pause is not None:
+            raise _Interrupted
+
+    async def _sleep(self, seconds: float | None) -> bool:
+        """Sleep (None: forever); True when a pause cut it short."""
+        self._checkpoint()
+        waker = asyncio.Event()
+        self._wakers.add(waker)
+        try:
+            async with asyncio.timeout(seconds):
+                await waker.wait()
+        except TimeoutError:
+            return False
+        finally:
+            self._wakers.discard(waker)
+        return True
+
+    async def _interruptible(self, ask: Callable[[], Awaitable[T]]) -> T:
+        """Await the operator; raises _Interrupted when a pause cuts it short."""
+        self._checkpoint()  # before asking: a question never asked is never left unawaited
+        task = asyncio.ensure_future(ask())
+        waker = asyncio.Event()
+        self._wakers.add(waker)
+        woken = asyncio.ensure_future(waker.wait())
+        try:
+            done, _ = await asyncio.wait({task, woken}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._wakers.discard(waker)
+            woken.cancel()
+            if not task.done():
+                task.cancel()
+        if task in done:
+            return task.result()
+        raise _Interrupted
+
+    async def _until_cancelled(self) -> NoReturn:
+        """Abort asked of the controller: no branch starts anything more; wait for the cancel."""
+        self.pause(PauseReason.STOP)
+        self._add_busy(-1)
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            self._add_busy(1)
+        raise AssertionError("unreachable: the future is never set")
+
+    async def _await_choice(self, failure: StepFailure) -> FailureChoice:
+        """Hold on a failed step until the operator chooses retry or skip."""
+        answer: asyncio.Future[FailureChoice] = asyncio.get_running_loop().create_future()
+        self._pending.append((failure, answer))
+        # This branch holds now; the others stop at their next boundary too, even before the
+        # controller's Hold reaches pause().
+        if self._pause is None:
+            self.pause(PauseReason.HOLD)
+        if len(self._pending) == 1:
+            self.host.step_failed(failure)
+        self._add_busy(-1)
+        try:
+            choice = await answer
+        finally:
+            self._add_busy(1)
+            if (failure, answer) in self._pending:  # cancelled while waiting: Stop or Abort
+                self._pending.remove((failure, answer))
+        await self._park()
+        return choice
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        self.host.emit(event)
+
+    def _started(self, ctx: _Ctx, detail: str) -> None:
+        ctx.detail = detail
+        self._emit(
+            StepStarted(
+                path=ctx.path,
+                step_id=ctx.step.id,
+                kind=ctx.step.kind,
+                label=ctx.label,
+                detail=detail,
+                round=ctx.round,
+            )
+        )
+
+    def _ended(self, ctx: _Ctx, outcome: StepOutcome, error: str | None = None) -> None:
+        self._emit(
+            StepEnded(
+                path=ctx.path, step_id=ctx.step.id, label=ctx.label, outcome=outcome, error=error
+            )
+        )
+
+    def _confirmed(self, at: float) -> None:
+        self._last_confirm = max(self._last_confirm, at)
+
+    # --- values -----------------------------------------------------------------------------
+
+    def _tags_of(self, expression: expr.Expression) -> list[str]:
+        return sorted(name for name in expression.names if name in self.io.cell.tags)
+
+    async def _read(self, tags: list[str], ctx: _Ctx) -> dict[str, Value]:
+        """Fresh values of tags; a BAD one is a step failure naming the tag and the error."""
+        if not tags:
+            return {}
+        values: dict[str, Value] = {}
+        for tag, read in (await self.io.read(tags)).items():
+            if read.quality is Quality.BAD or read.value is None:
+                raise _StepError(f"{ctx.label}: cannot read {tag}: {read.error or 'no value'}")
+            values[tag] = read.value
+        return values
+
+    async def _resolve(
+        self, expressions: Mapping[str, expr.Expression], scope: Scope, ctx: _Ctx, what: str
+    ) -> dict[str, Value]:
+        """Evaluate expressions with one fresh read of the tags they name."""
+        tags = sorted({t for e in expressions.values() for t in self._tags_of(e)})
+        values = {**scope, **await self._read(tags, ctx)}
+        resolved: dict[str, Value] = {}
+        for name, expression in expressions.items():
+            try:
+                resolved[name] = expr.evaluate(expression, values)
+            except expr.EvaluationError as err:
+                raise _StepError(f"{ctx.label}: {what}{name}: {err}") from None
+        return resolved
+
+    async def _evaluate(
+        self, expression: expr.Expression, scope: Scope, ctx: _Ctx, what: str
+    ) -> Value:
+        """One expression's value; `what` names it in a failure ('if', 'set dev.run')."""
+        return (await self._resolve({what: expression}, scope, ctx, ""))[what]
+
+    def _constant(self, expression: expr.Expression, scope: Scope) -> str:
+        """An expression's value when it reads no tag, else its text."""
+        if not expression.names <= scope.keys():
+            return expression.text
+        try:
+            return show(expr.evaluate(expression, scope))
+        except expr.EvaluationError:
+            return expression.text
+
+    # --- running steps ----------------------------------------------------------------------
+
+    async def _run_block(
+        self, steps: list[AnyStep], prefix: str, scope: Scope, round_: int | None
+    ) -> None:
+        for number, step in enumerate(steps, 1):
+            await self._run_step(step, f"{prefix}{number}", scope, round_)
+
+    async def _run_step(self, step: AnyStep, path: str, scope: Scope, round_: int | None) -> None:
+        """One step with its stepping pause, its `if` and its on_error policy."""
+        ctx = _Ctx(step, path, step.label(path), round_, self.recipe.timeout_of(step))
+        await self._park()
+        if not await self._confirm(ctx, scope):
+            self._ended(ctx, StepOutcome.SKIPPED)
+            return
+        action = step.on_error.action if step.on_error is not None else "hold"
+        count = step.on_error.retries if step.on_error is not None else 0
+        if action == "retry" and (why := retry_refusal(step)) is not None:
+            # Validation refuses this already; a recipe that got past it still never repeats.
+            self._emit(Notice(text=f"{ctx.label}: no retry, {why}: holding", level="warning"))
+            action = "hold"
+        retries = count if action == "retry" else 0
+        while True:
+            try:
+                if not await self._perform(ctx, scope):
+                    self._ended(ctx, StepOutcome.SKIPPED)  # its `if` is false
+                return
+            except _StepError as err:
+                failed = err
+            if retries > 0:
+                retries -= 1
+                self._ended(ctx, StepOutcome.FAILED, failed.message)
+                attempt = count - retries
+                self._emit(Notice(text=f"{ctx.label}: retry {attempt} of {count}"))
+                delay = step.on_error.delay if step.on_error is not None else None
+                await self._park()
+                if delay and await self._sleep(delay):
+                    await self._park()
+                continue
+            if action == "skip":
+                self._ended(ctx, StepOutcome.SKIPPED, failed.message)
+                return
+            self._ended(ctx, StepOutcome.FAILED, failed.message)
+            failure = StepFailure(
+                path,
+                step.id,
+                ctx.label,
+                failed.message,
+                "abort" if action == "abort" else "hold",
+                failed.outcome_unknown,
+            )
+            if action == "abort":
+                self.host.step_failed(failure)
+                await self._until_cancelled()
+            if await self._await_choice(failure) is FailureChoice.SKIP:
+                self._ended(ctx, StepOutcome.SKIPPED, f"skipped by the operator: {failed.message}")
+                return
+            retries = count if action == "retry" else 0
+
+    async def _perform(self, ctx: _Ctx, scope: Scope) -> bool:
+        """Run a step once (False: its `if` is false); a failure becomes a _StepError."""
+        step = ctx.step
+        try:
+            if (
+                step.if_ is not None
+                and await self._evaluate(step.if_, scope, ctx, "if") is not True
+            ):
+                return False
+            if isinstance(step, RepeatStep):
+                await self._repeat(ctx, step, scope)
+            elif isinstance(step, ParallelStep):
+                await self._parallel(ctx, step, scope)
+            else:
+                await self._leaf(ctx, scope)
+        except _StepError:
+            raise
+        except Exception as err:  # EvaluationError, OutOfRange, DeviceFailed, NoAnswer, a bug
+            cause = str(err) if isinstance(err, CellctlError) else f"{type(err).__name__}: {err}"
+            raise _StepError(f"{ctx.label}: {cause}") from err
+        return True
+
+    async def _leaf(self, ctx: _Ctx, scope: Scope) -> None:
+        """A leaf step, re-entered after each interruption until it ends."""
+        ctx.writes_done = 0  # a new attempt (a retry) writes everything again
+        while True:
+            try:
+                await self._action(ctx, scope)
+                break
+            except _Interrupted:
+                self._ended(ctx, StepOutcome.INTERRUPTED)
+                await self._park()
+        self.steps_done += 1
+        self._ended(ctx, StepOutcome.DONE)
+
+    async def _action(self, ctx: _Ctx, scope: Scope) -> None:
+        step = ctx.step
+        if isinstance(step, SetStep):
+            await self._set(ctx, step, scope)
+        elif isinstance(step, WaitStep):
+            self._started(ctx, f"until {step.wait.text}")
+            await self._wait(ctx, step.wait, scope, ctx.deadline())
+        elif isinstance(step, CallStep):
+            await self._call(ctx, step, scope)
+        elif isinstance(step, DelayStep):
+            self._started(ctx, f"delay {format_duration(step.delay)}")
+            if await self._sleep(step.delay):
+                raise _Interrupted
+        elif isinstance(step, PromptStep):
+            await self._prompt(ctx, step, scope)
+
+    def _set_detail(self, step: SetStep, scope: Scope) -> str:
+        detail = ", ".join(f"{tag} := {self._constant(e, scope)}" for tag, e in step.set.items())
+        return detail if step.wait is None else f"{detail}, then until {step.wait.text}"
+
+    async def _set(self, ctx: _Ctx, step: SetStep, scope: Scope) -> None:
+        """Write in order (each value read fresh after the previous write), then the wait."""
+        self._started(ctx, self._set_detail(step, scope))
+        deadline = ctx.deadline()
+        for tag, expression in list(step.set.items())[ctx.writes_done :]:
+            self._checkpoint()
+            value = await self._evaluate(expression, scope, ctx, f"set {tag}")
+            try:
+                checked = self.io.check(tag, value)
+                confirmed = await self.io.write(tag, checked)
+            except OutOfRange as err:
+                raise _StepError(f"{ctx.label}: {err}") from None
+            except DeviceFailed as err:
+                raise _StepError(f"{ctx.label}: {err}", outcome_unknown=True) from err
+            self._confirmed(confirmed)
+            self._commanded[tag] = checked
+            ctx.writes_done += 1
+            self._emit(TagWritten(tag=tag, value=checked, path=ctx.path))
+            if deadline is not None and time.time() > deadline:
+                assert ctx.timeout is not None
+                raise _StepError(
+                    f"{ctx.label} timed out after {_seconds(ctx.timeout)} writing {tag}"
+                )
+        if step.wait is not None:
+            self._checkpoint()
+            await self._wait(ctx, step.wait, scope, deadline)
+
+    async def _wait(
+        self, ctx: _Ctx, condition: expr.Expression, scope: Scope, deadline: float | None
+    ) -> None:
+        """Wait for a condition, evaluated on every update of its tags (never polled).
+
+        Only samples taken at or after the last confirmed write or call count; the fresh
+        read made once listening stands in for a tag until a newer sample comes.
+        """
+        tags = self._tags_of(condition)
+        waker = asyncio.Event()
+        heard: dict[str, TagValue] = {}
+
+        def listener(sample: TagValue) -> None:
+            old = heard.get(sample.tag)
+            if old is None or sample.timestamp >= old.timestamp:
+                heard[sample.tag] = sample
+            waker.set()
+
+        unlisten = self.io.board.listen(tags, listener)  # first, so no update is missed
+        self._wakers.add(waker)
+        try:
+            baseline = await self.io.read(tags) if tags else {}
+            while True:
+                self._checkpoint()
+                waker.clear()
+                current = {t: self._newest(heard.get(t), baseline[t]) for t in tags}
+                met, shown = self._judge(ctx, condition, scope, current)
+                self._emit(
+                    WaitProgress(
+                        path=ctx.path,
+                        step_id=ctx.step.id,
+                        condition=condition.text,
+                        values=shown,
+                        met=met,
+                        deadline=deadline,
+                    )
+                )
+                if met:
+                    return
+                remaining = None if deadline is None else deadline - time.time()
+                try:
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(remaining):
+                        await waker.wait()
+                except TimeoutError:
+                    assert ctx.timeout is not None
+                    now = ", ".join(f"{t} = {show(v)}" for t, v in shown.items())
+                    raise _StepError(
+                        f"{ctx.label} timed out after {_seconds(ctx.timeout)} waiting for "
+                        f"{condition.text}" + (f" ({now})" if now else "")
+                    ) from None
+        finally:
+            unlisten()
+            self._wakers.discard(waker)
+
+    def _newest(self, sample: TagValue | None, baseline: TagValue) -> TagValue:
+        """The newest sample taken since the last confirmation, else the baseline read."""
+        if (
+            sample is not None
+            and sample.timestamp >= self._last_confirm
+            and sample.timestamp >= baseline.timestamp
+        ):
+            return sample
+        return baseline
+
+    def _judge(
+        self, ctx: _Ctx, condition: expr.Expression, scope: Scope, current: dict[str, TagValue]
+    ) -> tuple[bool, dict[str, Value | None]]:
+        """(met, the tag values used); a tag without a good value leaves it unmet."""
+        good = {
+            t: v.value
+            for t, v in current.items()
+            if v.quality is not Quality.BAD and v.value is not None
+        }
+        shown: dict[str, Value | None] = {t: good.get(t) for t in current}
+        if len(good) < len(current):
+            return False, shown
+        try:
+            return expr.evaluate(condition, {**scope, **good}) is True, shown
+        except expr.EvaluationError as err:
+            raise _StepError(f"{ctx.label}: wait {condition.text}: {err}") from None
+
+    async def _call(self, ctx: _Ctx, step: CallStep, scope: Scope) -> None:
+        self._checkpoint()
+        args = await self._resolve(step.args, scope, ctx, "arg ")
+        shown = ", ".join(f"{name}={show(value)}" for name, value in args.items())
+        self._started(ctx, f"{step.call}({shown})")
+        self._checkpoint()
+        try:
+            result = await asyncio.wait_for(self.io.call(step.call, args), ctx.timeout)
+        except TimeoutError:
+            assert ctx.timeout is not None
+            raise _StepError(
+                f"{ctx.label} timed out after {_seconds(ctx.timeout)} calling "
+                f"{step.call}({shown}); its outcome is unknown",
+                outcome_unknown=True,
+            ) from None
+        except DeviceFailed as err:
+            raise _StepError(f"{ctx.label}: {err}", outcome_unknown=True) from err
+        self._confirmed(time.time())
+        if step.result is not None and result is not None:
+            scope[step.result] = result
+        self._emit(MethodCalled(method=step.call, args=args, result=result, path=ctx.path))
+
+    async def _prompt(self, ctx: _Ctx, step: PromptStep, scope: Scope) -> None:
+        self._started(ctx, f"prompt: {step.prompt}")
+        self._emit(PromptShown(path=ctx.path, step_id=step.id, text=step.prompt))
+        request = PromptRequest(ctx.path, step.id, step.prompt, step.answer)
+        try:
+            async with asyncio.timeout(ctx.timeout):
+                value = await self._interruptible(partial(self.operator.answer, request))
+        except NoAnswer as err:
+            raise _StepError(str(err)) from None
+        except TimeoutError:
+            assert ctx.timeout is not None
+            raise _StepError(
+                f"{ctx.label}: no answer to the prompt within {_seconds(ctx.timeout)}"
+            ) from None
+        if step.answer is not None:
+            try:
+                value = step.answer.check_value(value)
+            except BadValue as err:
+                raise _StepError(f"{ctx.label}: answer {step.answer.name}: {err}") from None
+            scope[step.answer.name] = value
+        self._emit(
+            PromptAnswered(path=ctx.path, step_id=step.id, value=value, operator=self.operator.name)
+        )
+
+    async def _repeat(self, ctx: _Ctx, step: RepeatStep, scope: Scope) -> None:
+        count = await self._evaluate(step.repeat, scope, ctx, "repeat")
+        if isinstance(count, float) and count.is_integer():
+            count = int(count)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise _StepError(
+                f"{ctx.label}: repeat {step.repeat.text} is {show(count)}, "
+                "not a whole number of at least 0"
+            )
+        self._started(ctx, f"repeat {count} times")
+        for index in range(1, count + 1):
+            # Names bound in a round (and the index) are the round's own.
+            inner = scope.new_child({step.index: index} if step.index else {})
+            await self._run_block(step.steps, f"{ctx.path}.", inner, index)
+        self._ended(ctx, StepOutcome.DONE)
+
+    async def _parallel(self, ctx: _Ctx, step: ParallelStep, scope: Scope) -> None:
+        self._started(ctx, f"{len(step.parallel)} branches at once")
+
+        async def branch(steps: list[AnyStep], prefix: str) -> None:
+            try:
+                await self._run_block(steps, prefix, scope, ctx.round)
+            finally:
+                self._add_busy(-1)
+
+        # Each branch counts as busy from now; this one only waits for them.
+        self._add_busy(len(step.parallel) - 1)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number, steps in enumerate(step.parallel, 1):
+                    group.create_task(branch(steps, f"{ctx.path}.{number}."))
+        finally:
+            self._add_busy(1)
+        self._ended(ctx, StepOutcome.DONE)
+
+    # --- stepping ---------------------------------------------------------------------------
+
+    async def _confirm(self, ctx: _Ctx, scope: Scope) -> bool:
+        """Stepping or a breakpoint: ask the operator; True to run the step, False to skip."""
+        leaf = not isinstance(ctx.step, RepeatStep | ParallelStep)
+        at_break = ctx.step.id is not None and ctx.step.id in self.breakpoints
+        if not (at_break or (self.step_mode and leaf)):
+            return True
+        while True:
+            pause = StepPaused(
+                path=ctx.path,
+                step_id=ctx.step.id,
+                label=ctx.label,
+                preview=await self._preview(ctx, scope),
+                breakpoint=at_break,
+            )
+            self._emit(pause)
+            try:
+                choice = await self._interruptible(partial(self.operator.confirm_step, pause))
+                break
+            except _Interrupted:
+                await self._park()
+        if choice is StepChoice.SKIP:
+            return False
+        if choice is StepChoice.CONTINUE:
+            self.step_mode = False
+        elif choice is StepChoice.ABORT:
+            self.host.operator_abort(f"the operator aborted before {ctx.label}")
+            await self._until_cancelled()
+        return True
+
+    async def _preview(self, ctx: _Ctx, scope: Scope) -> tuple[str, ...]:
+        """What the step will do, values resolved by fresh reads (never raises)."""
+        step = ctx.step
+        lines: list[str] = []
+
+        async def resolved(expression: expr.Expression) -> str:
+            try:
+                value = await self._evaluate(expression, scope, ctx, "")
+            except (_StepError, CellctlError) as err:
+                return f"{expression.text} (cannot resolve now: {err})"
+            return show(value)
+
+        if step.if_ is not None:
+            lines.append(f"if {step.if_.text}: now {await resolved(step.if_)}")
+        if isinstance(step, SetStep):
+            for tag, expression in step.set.items():
+                lines.append(f"{tag} := {await resolved(expression)}")
+        if isinstance(step, CallStep):
+            args = [f"{n}={await resolved(e)}" for n, e in step.args.items()]
+            lines.append(f"{step.call}({', '.join(args)})")
+        condition = step.wait if isinstance(step, SetStep | WaitStep) else None
+        if condition is not None:
+            tags = self._tags_of(condition)
+            now = await self.io.read(tags) if tags else {}
+            values = ", ".join(f"{t} = {show(v.value)}" for t, v in now.items())
+            lines.append(f"until {condition.text}" + (f" (now {values})" if values else ""))
+        if isinstance(step, DelayStep):
+            lines.append(f"delay {format_duration(step.delay)}")
+        if isinstance(step, PromptStep):
+            lines.append(f"prompt: {step.prompt}")
+        if isinstance(step, RepeatStep):
+            lines.append(f"repeat {await resolved(step.repeat)} times")
+        if isinstance(step, ParallelStep):
+            lines.append(f"{len(step.parallel)} branches at once")
+        return tuple(lines)

@@ -1,0 +1,335 @@
+"""Interlocks and the safe state: conditions watched on every update of their tags, lost
+communication treated as a trip, and the safe state written tag by tag.
+
+The monitor only decides and reports: on_trip / on_clear are plain synchronous calls (board
+listeners run inside driver callbacks); the controller takes the action and schedules its own
+tasks. A value that cannot be trusted (BAD quality, an expression that cannot be evaluated)
+trips rather than passes: fail safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+
+from cellctl import expr
+from cellctl.cell import Cell
+from cellctl.connect import TagValue
+from cellctl.errors import CellctlError
+from cellctl.events import SafeStateWritten, SafeWrite, Tripped
+from cellctl.tagio import TagIO
+from drivers.base import Health, HealthState, Quality, Unsubscribe, Value
+
+ACTIONS = ("hold", "stop", "abort")
+#: Commands a standing trip refuses; Stop and Abort are never blocked.
+BLOCKED_COMMANDS = ("Start", "Unhold", "Reset")
+COMM_LOSS = "comm-loss:"
+
+
+def show_value(value: Value | None) -> str:
+    """A value as a cell file writes it: true/false, numbers, quoted text; '?' unknown."""
+    if value is None:
+        return "?"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def show_values(values: Mapping[str, Value | None]) -> str:
+    """'a = 1, b = false' for a trip's tag values."""
+    return ", ".join(f"{tag} = {show_value(value)}" for tag, value in values.items())
+
+
+@dataclass(frozen=True)
+class Trip:
+    """An interlock (or a lost device, 'comm-loss:<device>') whose condition is true."""
+
+    interlock: str
+    action: str
+    condition: str
+    values: dict[str, Value | None]
+    message: str
+
+    @property
+    def comm_loss(self) -> bool:
+        """True for lost communication with a device rather than a cell-file interlock."""
+        return self.interlock.startswith(COMM_LOSS)
+
+    def event(self) -> Tripped:
+        """The Tripped event of this trip."""
+        return Tripped(
+            interlock=self.interlock,
+            action=self.action,
+            condition=self.condition,
+            values=dict(self.values),
+            message=self.message,
+        )
+
+
+@dataclass(frozen=True)
+class _Watched:
+    """One interlock of the cell, parsed once."""
+
+    name: str
+    action: str
+    condition: expr.Expression
+    tags: tuple[str, ...]
+
+
+class InterlockMonitor:
+    """Evaluates every interlock on each update of its tags and watches devices for lost
+    communication; reports each trip once and each clear once."""
+
+    def __init__(
+        self,
+        cell: Cell,
+        io: TagIO,
+        *,
+        on_trip: Callable[[Trip], None],
+        on_clear: Callable[[str], None],
+        comm_devices: Collection[str],
+        comm_action: str = "hold",
+    ) -> None:
+        if comm_action not in ACTIONS:
+            raise ValueError(f"comm_action must be one of {', '.join(ACTIONS)}: {comm_action!r}")
+        self.cell = cell
+        self.io = io
+        self.on_trip = on_trip
+        self.on_clear = on_clear
+        self.comm_action = comm_action
+        self._interlocks: list[_Watched] = []
+        for interlock in cell.interlocks:
+            condition = expr.parse(interlock.when)
+            tags = tuple(t for t in cell.tags if t in condition.names)  # cell-file order
+            self._interlocks.append(_Watched(interlock.name, interlock.action, condition, tags))
+        # Fail safe: a device an interlock reads is watched for loss even if not named.
+        devices = set(comm_devices) | {cell.tags[t].device for t in self.tags()}
+        self._devices = [d for d in cell.devices if d in devices]
+        self._device_tags = {d: [t for t in io.tags if io.device_of(t) == d] for d in self._devices}
+        self._fresh: dict[str, bool] = {}  # a good reading arrived since the device was lost
+        self._active: dict[str, Trip] = {}
+        self._stops: list[Unsubscribe] = []
+
+    def tags(self) -> list[str]:
+        """Every tag the interlocks name, in cell-file order (the controller watches them)."""
+        named = {t for watched in self._interlocks for t in watched.tags}
+        return [t for t in self.cell.tags if t in named]
+
+    @property
+    def active(self) -> dict[str, Trip]:
+        """Trips whose condition is still true, by name; they block Start, Unhold and Reset."""
+        return dict(self._active)
+
+    def start(self) -> None:
+        """Listen to the board and to device health; evaluate what is already known."""
+        if self._stops:
+            return
+        self._stops = [
+            self.io.board.listen(self._watched_tags(), self._on_value),
+            self.io.on_health(self._on_health),
+        ]
+        for device in self._devices:
+            health = self._health(device)
+            if health is not None and health.state is HealthState.LOST:
+                self._lose(device, health.last_error or "no detail", {})
+        for device in self._devices:
+            for tag in self._device_tags[device]:
+                latest = self.io.board.latest(tag)
+                if latest is not None:
+                    self._comm_reading(latest)
+        for watched in self._interlocks:
+            self._evaluate(watched, self._board_values(watched))
+
+    def stop(self) -> None:
+        """Stop listening; `active` keeps what it holds."""
+        for stop in self._stops:
+            stop()
+        self._stops = []
+
+    async def check_now(self) -> list[Trip]:
+        """Read every interlock tag (and every watched tag of the watched devices) afresh,
+        evaluate all, report new trips and clears; returns every trip active afterwards."""
+        names = self._watched_tags()
+        read = await self.io.read(names) if names else {}
+        values = {tag: self._newest(value) for tag, value in read.items()}
+        for device in self._devices:
+            mine = [values[t] for t in self._device_tags[device] if t in values]
+            bad = next((v for v in mine if v.quality is Quality.BAD), None)
+            if bad is not None:
+                self._lose(device, f"{bad.tag} is bad: {bad.error}", {bad.tag: None})
+                continue
+            health = self._health(device)
+            if health is not None and health.state is HealthState.LOST:
+                self._lose(device, health.last_error or "no detail", {})
+            elif self._health_ok(device):
+                self._fresh[device] = True
+                self._clear(COMM_LOSS + device)
+        for watched in self._interlocks:
+            self._evaluate(watched, {t: values.get(t) for t in watched.tags})
+        return list(self._active.values())
+
+    def blocking_message(self, command: str) -> str | None:
+        """Why `command` is refused while trips stand, or None when it is free."""
+        command = str(command)
+        if command not in BLOCKED_COMMANDS or not self._active:
+            return None
+        named = [
+            f"{trip.interlock} ({trip.condition if trip.comm_loss else show_values(trip.values)})"
+            for trip in self._active.values()
+        ]
+        if len(named) == 1:
+            return f"{command} is blocked by interlock {named[0]} until it clears"
+        return f"{command} is blocked by interlocks {'; '.join(named)} until they clear"
+
+    # --- events ---------------------------------------------------------------------------
+
+    def _on_value(self, value: TagValue) -> None:
+        if value.device in self._device_tags:
+            self._comm_reading(value)
+        for watched in self._interlocks:
+            if value.tag in watched.tags:
+                self._evaluate(watched, self._board_values(watched))
+
+    def _on_health(self, device: str, health: Health) -> None:
+        if device not in self._device_tags:
+            return
+        if health.state is HealthState.LOST:
+            self._lose(device, health.last_error or "no detail", {})
+        elif health.state is HealthState.CONNECTED:
+            self._maybe_recovered(device)
+
+    def _comm_reading(self, value: TagValue) -> None:
+        if value.quality is Quality.BAD:
+            self._lose(value.device, f"{value.tag} is bad: {value.error}", {value.tag: None})
+        else:
+            self._fresh[value.device] = True
+            self._maybe_recovered(value.device)
+
+    # --- decisions ------------------------------------------------------------------------
+
+    def _evaluate(self, watched: _Watched, values: Mapping[str, TagValue | None]) -> None:
+        """Trip or clear one interlock on these samples; unknown values leave it as it is."""
+        samples = [values.get(t) for t in watched.tags]
+        known = [s for s in samples if s is not None]
+        if len(known) < len(samples):
+            return  # no sample yet: not evaluated yet
+        bad = [s for s in known if s.quality is Quality.BAD]
+        if bad:
+            # Cannot tell: the device's comm-loss trip stands in for the interlock.
+            for sample in bad:
+                self._lose(
+                    sample.device, f"{sample.tag} is bad: {sample.error}", {sample.tag: None}
+                )
+            return
+        shown: dict[str, Value | None] = {s.tag: s.value for s in known}
+        given = {s.tag: s.value for s in known if s.value is not None}
+        try:
+            result = expr.evaluate(watched.condition, given)
+        except expr.EvaluationError as err:
+            self._trip_interlock(watched, shown, f"cannot evaluate: {err}")
+            return
+        if result is True:
+            self._trip_interlock(watched, shown, None)
+        elif result is False:
+            self._clear(watched.name)
+        else:
+            self._trip_interlock(watched, shown, f"gave {show_value(result)}, not true or false")
+
+    def _trip_interlock(
+        self, watched: _Watched, values: dict[str, Value | None], problem: str | None
+    ) -> None:
+        if watched.name in self._active:
+            return
+        detail = "; ".join(p for p in (show_values(values), problem) if p)
+        message = f"interlock {watched.name} tripped ({watched.condition.text}; {detail}): "
+        self._trip(
+            Trip(
+                watched.name,
+                watched.action,
+                watched.condition.text,
+                values,
+                message + watched.action,
+            )
+        )
+
+    def _lose(self, device: str, detail: str, values: dict[str, Value | None]) -> None:
+        self._fresh[device] = False
+        name = COMM_LOSS + device
+        if name in self._active:
+            return
+        condition = f"lost communication with {device}"
+        message = f"interlock {name} tripped ({condition}; {detail}): {self.comm_action}"
+        self._trip(Trip(name, self.comm_action, condition, values, message))
+
+    def _maybe_recovered(self, device: str) -> None:
+        """Clear a comm-loss once the device is CONNECTED and its readings are good again."""
+        if COMM_LOSS + device not in self._active or not self._health_ok(device):
+            return
+        tags = self._device_tags.get(device, [])
+        if tags:
+            if not self._fresh.get(device, False):
+                return
+            latest = [self.io.board.latest(t) for t in tags]
+            if any(v is not None and v.quality is Quality.BAD for v in latest):
+                return
+        self._clear(COMM_LOSS + device)
+
+    def _trip(self, trip: Trip) -> None:
+        self._active[trip.interlock] = trip
+        self.on_trip(trip)
+
+    def _clear(self, name: str) -> None:
+        if self._active.pop(name, None) is not None:
+            self.on_clear(name)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _watched_tags(self) -> list[str]:
+        """The interlocks' tags and every watched tag of the watched devices, once each."""
+        devices = (t for d in self._devices for t in self._device_tags[d])
+        return list(dict.fromkeys([*self.tags(), *devices]))
+
+    def _board_values(self, watched: _Watched) -> dict[str, TagValue | None]:
+        return {t: self.io.board.latest(t) for t in watched.tags}
+
+    def _newest(self, value: TagValue) -> TagValue:
+        """A fresh read, unless the board heard something newer while it was under way."""
+        latest = self.io.board.latest(value.tag)
+        return latest if latest is not None and latest.timestamp > value.timestamp else value
+
+    def _health(self, device: str) -> Health | None:
+        driver = self.io.drivers.get(device)
+        return driver.health if driver is not None else None
+
+    def _health_ok(self, device: str) -> bool:
+        health = self._health(device)
+        return health is None or health.state is HealthState.CONNECTED
+
+
+async def write_safe_state(io: TagIO, cell: Cell, reason: str) -> SafeStateWritten:
+    """Write every tag of the cell's safe state (devices in parallel, each device's tags in
+    cell-file order), every write attempted whatever the others did; never raises for a
+    device error, each result is recorded."""
+    by_device: dict[str, list[str]] = {}
+    for tag in cell.safe_state:
+        by_device.setdefault(cell.tags[tag].device, []).append(tag)
+
+    async def write_device(device: str, tags: Iterable[str]) -> dict[str, str | None]:
+        errors: dict[str, str | None] = {}
+        for tag in tags:
+            if device not in io.drivers:
+                errors[tag] = f"write {tag}: device {device} is not connected"
+                continue
+            try:
+                await io.write(tag, cell.safe_state[tag])
+            except CellctlError as err:  # DeviceFailed, OutOfRange: recorded, the rest go on
+                errors[tag] = str(err)
+            else:
+                errors[tag] = None
+        return errors
+
+    done = await asyncio.gather(*(write_device(d, tags) for d, tags in by_device.items()))
+    errors = {tag: error for group in done for tag, error in group.items()}
+    results = tuple(SafeWrite(tag, value, errors[tag]) for tag, value in cell.safe_state.items())
+    return SafeStateWritten(reason=reason, results=results)

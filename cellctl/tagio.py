@@ -1,0 +1,196 @@
+"""The controller's hands on the cell: fresh reads, range-checked confirmed writes, method
+calls, and a board of the newest value of every watched tag with listeners per tag.
+
+Freshness rules the executor relies on: `read` always asks the devices (never a cache);
+`write` returns the time.time() at which the device confirmed; every TagValue carries the
+time its sample was taken, so a wait can ignore samples older than the last confirmed write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from cellctl.cell import Cell
+from cellctl.connect import DeviceFailed, DevicesUnreachable, TagValue
+from cellctl.errors import BadValue, CellctlError
+from cellctl.tags import from_raw, method_spec, point_for, to_raw
+from drivers.base import Driver, HealthCallback, Quality, Reading, Unsubscribe, Value
+from drivers.errors import DriverError
+from drivers.points import Point
+
+TagListener = Callable[[TagValue], None]
+
+
+class OutOfRange(CellctlError):
+    """A value computed at run time that does not fit its tag (type, min/max, raw range)."""
+
+
+class TagBoard:
+    """The newest value of every watched tag; listeners hear each update of the tags they name."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, TagValue] = {}
+        self._listeners: dict[str, list[TagListener]] = {}
+
+    def update(self, value: TagValue) -> None:
+        """Take a new sample and tell the tag's listeners (in the order they listened)."""
+        self._latest[value.tag] = value
+        for listener in list(self._listeners.get(value.tag, ())):
+            listener(value)
+
+    def latest(self, tag: str) -> TagValue | None:
+        """The newest sample of a tag, or None before the first."""
+        return self._latest.get(tag)
+
+    def listen(self, tags: Iterable[str], listener: TagListener) -> Unsubscribe:
+        """Call `listener` with every update of any of `tags` until unsubscribed."""
+        names = list(dict.fromkeys(tags))
+        for tag in names:
+            self._listeners.setdefault(tag, []).append(listener)
+
+        def unsubscribe() -> None:
+            for tag in names:
+                listeners = self._listeners.get(tag, [])
+                if listener in listeners:
+                    listeners.remove(listener)
+
+        return unsubscribe
+
+
+class TagIO:
+    """Connected drivers for a cell's devices, with reads, writes and calls in engineering units.
+
+    `drivers` are built by the caller (cellctl.connect.build_drivers, or memory drivers in
+    tests); `tags` are the tags to watch on the board once `watch()` is called.
+    """
+
+    def __init__(self, cell: Cell, drivers: Mapping[str, Driver], tags: Sequence[str]) -> None:
+        self.cell = cell
+        self.drivers = dict(drivers)
+        self.tags = list(dict.fromkeys(tags))
+        self.board = TagBoard()
+        self._points: dict[str, Point] = {}
+        self._unwatch: Unsubscribe | None = None
+
+    def point(self, tag: str) -> Point:
+        """The driver point of a tag (built once)."""
+        if tag not in self._points:
+            self._points[tag] = point_for(self.cell, tag)
+        return self._points[tag]
+
+    def device_of(self, tag: str) -> str:
+        """The device a tag lives on."""
+        return self.cell.tags[tag].device
+
+    async def connect(self) -> None:
+        """Connect every driver at once (each retries within its own bound); raises
+        DevicesUnreachable with one line per device that could not be reached."""
+        names = list(self.drivers)
+        results = await asyncio.gather(
+            *(self.drivers[n].connect() for n in names), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, Exception):
+                await self.close()
+                raise failure
+        if failures:
+            await self.close()
+            raise DevicesUnreachable("\n".join(str(f) for f in failures))
+
+    def watch(self) -> None:
+        """Subscribe to every watched tag; each update goes to the board."""
+        by_device: dict[str, list[Point]] = {}
+        for tag in self.tags:
+            by_device.setdefault(self.device_of(tag), []).append(self.point(tag))
+
+        def deliver(readings: dict[str, Reading]) -> None:
+            for tag, reading in readings.items():
+                self.board.update(self.value_of(tag, reading))
+
+        stops = [self.drivers[d].subscribe(points, deliver) for d, points in by_device.items()]
+
+        def unwatch() -> None:
+            for stop in stops:
+                stop()
+
+        self._unwatch = unwatch
+
+    async def close(self) -> None:
+        """Stop watching and close every driver; one failing to close never stops the others."""
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        await asyncio.gather(*(d.close() for d in self.drivers.values()), return_exceptions=True)
+
+    def value_of(self, tag: str, reading: Reading) -> TagValue:
+        """A reading as the tag's engineering value."""
+        spec = self.cell.tags[tag]
+        value = reading.value
+        if value is not None and reading.quality is not Quality.BAD:
+            value = from_raw(spec, value)
+        return TagValue(tag, spec.device, value, reading.quality, reading.timestamp, reading.error)
+
+    async def read(self, tags: Iterable[str]) -> dict[str, TagValue]:
+        """Read tags from their devices now (batched per device, devices in parallel).
+
+        A device that fails gives BAD values naming the error; the caller decides.
+        """
+        by_device: dict[str, list[str]] = {}
+        for tag in dict.fromkeys(tags):
+            by_device.setdefault(self.device_of(tag), []).append(tag)
+
+        async def read_device(device: str, names: list[str]) -> list[TagValue]:
+            try:
+                readings = await self.drivers[device].read([self.point(t) for t in names])
+            except DriverError as err:
+                now = time.time()
+                return [TagValue(t, device, None, Quality.BAD, now, str(err)) for t in names]
+            return [self.value_of(t, r) for t, r in zip(names, readings, strict=True)]
+
+        groups = await asyncio.gather(*(read_device(d, n) for d, n in by_device.items()))
+        return {value.tag: value for group in groups for value in group}
+
+    def check(self, tag: str, value: Value) -> Value:
+        """The value checked for a write to `tag`; OutOfRange naming the tag otherwise."""
+        spec = self.cell.tags[tag]
+        try:
+            return spec.check_value(value)
+        except BadValue as err:
+            raise OutOfRange(f"tag {tag} on device {spec.device}: {err}") from None
+
+    async def write(self, tag: str, value: Value) -> float:
+        """Write a checked value; returns time.time() once the device confirmed it.
+
+        Raises OutOfRange (nothing sent) or DeviceFailed naming the device and tag.
+        """
+        spec = self.cell.tags[tag]
+        checked = self.check(tag, value)
+        try:
+            await self.drivers[spec.device].write(self.point(tag), to_raw(spec, checked))
+        except DriverError as err:
+            raise DeviceFailed(f"write {tag}: {err}") from err
+        return time.time()
+
+    async def call(self, method: str, args: Mapping[str, Value]) -> Value | None:
+        """Call a device method with named args (in the cell file's order); DeviceFailed."""
+        spec = method_spec(self.cell, method)
+        ordered = [args[arg.name] for arg in spec.args]
+        device = self.cell.methods[method].device
+        try:
+            result = await self.drivers[device].call(spec, ordered)
+        except DriverError as err:
+            raise DeviceFailed(f"call {method}: {err}") from err
+        return result  # type: ignore[no-any-return]
+
+    def on_health(self, callback: HealthCallback) -> Unsubscribe:
+        """Call back with (device, Health) on each health transition of any device."""
+        stops = [driver.on_health(callback) for driver in self.drivers.values()]
+
+        def unsubscribe() -> None:
+            for stop in stops:
+                stop()
+
+        return unsubscribe

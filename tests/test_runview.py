@@ -1,0 +1,422 @@
+"""The live view of a batch: its model kept from events, its rendering, its plain lines, the
+summary."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from cellctl.cell import load_cell
+from cellctl.connect import TagValue
+from cellctl.events import (
+    BatchEnded,
+    CommandRefused,
+    Event,
+    MethodCalled,
+    ModeChanged,
+    Notice,
+    PromptAnswered,
+    PromptShown,
+    SafeStateWritten,
+    SafeWrite,
+    StateChanged,
+    StepEnded,
+    StepOutcome,
+    StepPaused,
+    StepStarted,
+    TagWritten,
+    TripCleared,
+    Tripped,
+    WaitProgress,
+)
+from cellctl.machine import Command, Mode, State
+from cellctl.recipe import LoadedRecipe, load_recipe
+from cellctl.runview import RunModel, StepStatus, clock, event_line, render, summary_lines
+from drivers.base import Quality
+
+DEMO = Path(__file__).parent.parent / "recipes" / "demo"
+T0 = float(int(time.time()) - 60)  # whole seconds: event lines show .000
+
+
+def load(name: str) -> LoadedRecipe:
+    return load_recipe(DEMO / f"{name}.yaml", load_cell(DEMO / "cell.yaml"))
+
+
+def model_for(name: str, values: list[TagValue] | None = None) -> RunModel:
+    loaded = load(name)
+    return RunModel(
+        loaded.recipe,
+        loaded.identity,
+        loaded.cell.cell,
+        lambda: list(values or []),
+        parameters={"force_kN": 12.0, "parts": 3, "speed_rpm": 1200},
+    )
+
+
+def shown(model: RunModel) -> str:
+    stream = io.StringIO()
+    Console(file=stream, width=120, force_terminal=False).print(render(model))
+    return stream.getvalue()
+
+
+def line_of(text: str, needle: str) -> str:
+    return next(line for line in text.splitlines() if needle in line)
+
+
+def started(path: str, step_id: str, kind: str, at: float, round_: int | None = None) -> Event:
+    return StepStarted(
+        path=path, step_id=step_id, kind=kind, label=f"step {step_id!r}", round=round_, at=at
+    )
+
+
+def ended(path: str, step_id: str, outcome: StepOutcome, at: float, error: str = "") -> Event:
+    return StepEnded(
+        path=path,
+        step_id=step_id,
+        label=f"step {step_id!r}",
+        outcome=outcome,
+        error=error or None,
+        at=at,
+    )
+
+
+CURTAIN_TRIP = Tripped(
+    interlock="light-curtain",
+    action="hold",
+    condition="not safety.light_curtain_ok",
+    values={"safety.light_curtain_ok": False},
+    message="someone reached into the cell",
+    at=T0 + 6,
+)
+
+SAFE_FAILED = SafeStateWritten(
+    reason="trip light-curtain",
+    results=(
+        SafeWrite("conveyor.run", False),
+        SafeWrite("press.cycle_start", False, "press coil:0: timeout after 0.5 s"),
+    ),
+    at=T0 + 6.1,
+)
+
+
+def into_second_round(model: RunModel) -> None:
+    """Idle -> Execute, the first round of `cycle` done, the second waiting for a part."""
+    events: list[Event] = [
+        ModeChanged(mode=Mode.MAINTENANCE, at=T0),
+        StateChanged(source=State.IDLE, target=State.STARTING, command=Command.START, at=T0),
+        StateChanged(source=State.STARTING, target=State.EXECUTE, command=None, at=T0 + 0.5),
+        started("1", "start-conveyor", "set", T0 + 0.6),
+        TagWritten(tag="conveyor.run", value=True, path="1", at=T0 + 0.7),
+        ended("1", "start-conveyor", StepOutcome.DONE, T0 + 0.7),
+        started("2", "cycle", "repeat", T0 + 0.8),
+    ]
+    body = ["wait-part", "pick", "picked", "place", "placed", "press", "release"]
+    for number, step_id in enumerate(body, 1):
+        events.append(started(f"2.{number}", step_id, "wait", T0 + 1, round_=1))
+        events.append(ended(f"2.{number}", step_id, StepOutcome.DONE, T0 + 2))
+    events.append(started("2.1", "wait-part", "wait", T0 + 3, round_=2))
+    events.append(
+        WaitProgress(
+            path="2.1",
+            step_id="wait-part",
+            condition="conveyor.part_at_station",
+            values={"conveyor.part_at_station": False},
+            met=False,
+            deadline=time.time() + 9,
+            at=T0 + 3.1,
+        )
+    )
+    for event in events:
+        model.apply(event)
+
+
+def test_the_view_shows_state_mode_current_step_round_and_wait_values() -> None:
+    values = [TagValue("conveyor.run", "conveyor", True, Quality.GOOD, time.time())]
+    model = model_for("press-fit", values)
+    into_second_round(model)
+    model.clock = lambda: T0 + 60.5  # 60 s after Execute was entered at T0 + 0.5
+    model.hint = "Ctrl-C hold · u unhold · a abort"
+    text = shown(model)
+
+    assert "demo · press-fit v3 sha256:" in text
+    assert "state Execute" in text and "mode Maintenance" in text
+    assert "elapsed 60.0 s" in text
+    assert "force_kN=12.0" in text and "parts=3" in text
+    assert "cycle (round 2/3)" in text
+    # The current step has the running mark; the body's marks started over for round 2.
+    assert "▶ 2.1 wait-part" in line_of(text, "2.1 wait-part")
+    assert "· 2.2 pick" in line_of(text, "2.2 pick")
+    assert "✓ 1 start-conveyor done" in line_of(text, "1 start-conveyor")
+    assert model.status["2.2"] is StepStatus.PENDING
+    assert model.current == ["2", "2.1"]
+    # The active wait: its condition, its tag with the current value, the time left.
+    wait = line_of(text, "wait 2.1 wait-part")
+    assert "conveyor.part_at_station" in wait
+    assert re.search(r"\((8|9)\.\d s left\)", wait)
+    assert "conveyor.part_at_station = false" in text
+    # The tags table, the last events and the hint.
+    assert "│ conveyor.run │ conveyor │  true │ good" in text
+    assert "step 2.1 wait-part started (round 2)" in text
+    assert text.rstrip().endswith("Ctrl-C hold · u unhold · a abort")
+
+
+def test_a_trip_shows_its_interlock_and_values_and_a_failed_safe_state() -> None:
+    model = model_for("press-fit")
+    into_second_round(model)
+    for event in (
+        CURTAIN_TRIP,
+        SAFE_FAILED,
+        ended("2.1", "wait-part", StepOutcome.INTERRUPTED, T0 + 6.2),
+        StateChanged(source=State.EXECUTE, target=State.HOLDING, command=None, at=T0 + 6.2),
+        StateChanged(source=State.HOLDING, target=State.HELD, command=None, at=T0 + 6.3),
+    ):
+        model.apply(event)
+    text = shown(model)
+
+    assert "state Held" in text
+    assert "TRIP light-curtain: not safety.light_curtain_ok -> hold" in text
+    assert "safety.light_curtain_ok = false" in text
+    assert "someone reached into the cell" in text
+    assert "safe state (trip light-curtain) FAILED" in text
+    assert "press.cycle_start = false FAILED: press coil:0: timeout after 0.5 s" in text
+    assert "‖ 2.1 wait-part interrupted" in text
+    assert "wait 2.1" not in text  # an interrupted wait is no longer active
+
+    model.apply(TripCleared(interlock="light-curtain", at=T0 + 7))
+    assert "someone reached into the cell" not in shown(model)
+    assert model.trips == {}
+
+
+def test_markup_in_texts_and_values_is_shown_as_text() -> None:
+    model = model_for("press-fit")
+    model.apply(Notice(text="lot [/x] [bold]LOT-7", at=T0))
+    model.apply(
+        WaitProgress(
+            path="2.1",
+            step_id="wait-part",
+            condition="conveyor.part_at_station",
+            values={"batch.name": "[red]x"},
+            met=False,
+            at=T0,
+        )
+    )
+    text = shown(model)
+    assert "lot [/x] [bold]LOT-7" in text
+    assert "batch.name = [red]x" in text
+
+
+def test_a_step_pause_shows_its_preview_and_choices() -> None:
+    model = model_for("press-fit")
+    into_second_round(model)
+    model.apply(ended("2.1", "wait-part", StepOutcome.DONE, T0 + 4))
+    pause = StepPaused(
+        path="2.2",
+        step_id="pick",
+        label="step 'pick'",
+        preview=("call robot.pick(slot=1)",),
+        breakpoint=True,
+        at=T0 + 4,
+    )
+    model.apply(pause)
+    text = shown(model)
+    assert "⏸ 2.2 pick paused" in text
+    assert "paused before step 2.2 pick (breakpoint)" in text
+    assert "call robot.pick(slot=1)" in text
+    assert "Enter run · s skip · c continue · a abort" in text
+
+    model.apply(started("2.2", "pick", "call", T0 + 5, round_=2))
+    assert model.pause is None
+    assert "Enter run" not in shown(model)
+
+
+def test_a_prompt_takes_its_answer_spec_from_the_recipe_and_shows_what_is_typed() -> None:
+    model = model_for("changeover")
+    model.apply(PromptShown(path="3", step_id="swap-tool", text="Swap the press tool", at=T0))
+    assert model.prompt is not None and model.prompt.answer is not None
+    model.typed = "B[7"
+    model.prompt_error = "'X': is not one of 'A12'"
+    text = shown(model)
+    assert "prompt swap-tool: Swap the press tool" in text
+    assert "answer fitted_tool: one of 'A12', 'B7', 'C3'" in text
+    assert "> B[7" in text and "'X': is not one of 'A12'" in text
+
+    model.apply(PromptAnswered(path="3", step_id="swap-tool", value="B7", at=T0 + 1))
+    assert model.prompt is None and model.typed == ""
+
+
+def test_parallel_branches_are_nodes_of_their_own() -> None:
+    model = model_for("changeover")
+    model.apply(started("2.1.1", "robot-home", "call", T0))
+    model.apply(started("2.2.1", "press-release", "set", T0))
+    text = shown(model)
+    assert "branch 1" in text and "branch 3" in text
+    assert "▶ 2.1.1 robot-home" in text and "▶ 2.2.1 press-release" in text
+    assert model.current == ["2.1.1", "2.2.1"]
+
+
+def test_event_lines_name_what_happened() -> None:
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.250", clock(T0 + 0.25))
+    assert clock(T0 + 6.1).endswith(".100") and clock(T0 + 0.9996).endswith(".000")
+
+    def line(event: Event) -> str | None:
+        text = event_line(event)
+        assert text is None or text.startswith(clock(event.at) + " ")
+        return None if text is None else text.split(" ", 1)[1]
+
+    assert (
+        line(StateChanged(source=State.IDLE, target=State.STARTING, command=Command.START))
+        == "state Idle -> Starting (Start)"
+    )
+    assert (
+        line(StateChanged(source=State.EXECUTE, target=State.HOLDING, command=None, cause="x"))
+        == "state Execute -> Holding: x"
+    )
+    assert line(ModeChanged(mode=Mode.MAINTENANCE)) == "mode Maintenance"
+    assert (
+        line(CommandRefused(command=Command.UNHOLD, reason="light-curtain is tripped"))
+        == "Unhold refused: light-curtain is tripped"
+    )
+    assert (
+        line(
+            StepStarted(
+                path="2.1",
+                step_id="wait-part",
+                kind="wait",
+                label="step 'wait-part'",
+                detail="until conveyor.part_at_station",
+            )
+        )
+        == "step 2.1 wait-part started: until conveyor.part_at_station"
+    )
+    assert line(ended("2.1", "wait-part", StepOutcome.DONE, T0)) == "step 2.1 wait-part done"
+    assert (
+        line(ended("2.6", "press", StepOutcome.FAILED, T0, "timeout after 5 s"))
+        == "step 2.6 press failed: timeout after 5 s"
+    )
+
+    def progress(met: bool) -> WaitProgress:
+        return WaitProgress(
+            path="2.1",
+            step_id="wait-part",
+            condition="conveyor.part_at_station",
+            values={"conveyor.part_at_station": met},
+            met=met,
+        )
+
+    assert line(progress(False)) is None
+    assert line(progress(True)) == (
+        "step 2.1 wait-part met: conveyor.part_at_station (conveyor.part_at_station = true)"
+    )
+    assert line(TagWritten(tag="conveyor.run", value=True, path="1")) == "wrote conveyor.run = true"
+    assert (
+        line(MethodCalled(method="robot.pick", args={"slot": 1}, result=True, path="2.2"))
+        == "called robot.pick(slot=1) -> true"
+    )
+    assert line(CURTAIN_TRIP) == (
+        "TRIP light-curtain: not safety.light_curtain_ok (safety.light_curtain_ok = false) -> hold"
+    )
+    assert line(TripCleared(interlock="light-curtain")) == "trip cleared: light-curtain"
+    assert line(SAFE_FAILED) == (
+        "safe state (trip light-curtain): conveyor.run = false ok, press.cycle_start = false "
+        "FAILED: press coil:0: timeout after 0.5 s"
+    )
+    assert line(PromptShown(path="3", step_id="swap-tool", text="Swap")) == "prompt swap-tool: Swap"
+    assert (
+        line(PromptAnswered(path="3", step_id="swap-tool", value="B7", operator="kim"))
+        == "prompt swap-tool = B7 (by kim)"
+    )
+    assert (
+        line(PromptAnswered(path="4", step_id="wrong-tool", value=None))
+        == "prompt wrong-tool acknowledged"
+    )
+    assert (
+        line(
+            StepPaused(
+                path="2.2",
+                step_id="pick",
+                label="step 'pick'",
+                preview=("call robot.pick(slot=1)",),
+                breakpoint=False,
+            )
+        )
+        == "paused before step 2.2 pick (stepping): call robot.pick(slot=1)"
+    )
+    assert line(Notice(text="robot: connected")) == "robot: connected"
+    assert line(Notice(text="press: lost", level="error")) == "error: press: lost"
+    assert (
+        line(
+            BatchEnded(
+                state=State.HELD, duration=6.25, steps_done=8, faults=(), cause="light-curtain"
+            )
+        )
+        == "batch ended Held after 6.2 s: light-curtain"
+    )
+
+
+def run_with_faults() -> tuple[RunModel, BatchEnded]:
+    model = model_for("press-fit")
+    into_second_round(model)
+    for event in (
+        ended("2.1", "wait-part", StepOutcome.FAILED, T0 + 4, "timeout after 10 s"),
+        CURTAIN_TRIP,
+        CommandRefused(command=Command.UNHOLD, reason="interlock light-curtain is tripped"),
+        CommandRefused(command=Command.START, reason="Start is not legal in Held"),
+    ):
+        model.apply(event)
+    end = BatchEnded(
+        state=State.ABORTED,
+        duration=12.44,
+        steps_done=8,
+        faults=("comm-loss:press",),
+        cause="aborted by the operator",
+    )
+    model.apply(end)
+    return model, end
+
+
+def test_summary_counts_steps_and_names_every_fault() -> None:
+    model, end = run_with_faults()
+    lines = summary_lines(model, end)
+    assert lines[:3] == [
+        "outcome: Aborted",
+        "duration: 12.4 s",
+        "steps: 8 done, 0 skipped, 1 failed",
+    ]
+    # The controller's faults are the batch record's: the summary repeats them as they are.
+    assert lines[3:] == ["faults: 1", "  comm-loss:press", "cause: aborted by the operator"]
+    assert model.elapsed() == pytest.approx(12.44)
+    assert model.current == [] and model.waits == {}
+
+
+def test_without_the_controllers_faults_the_summary_names_what_the_view_saw() -> None:
+    model, end = run_with_faults()
+    end = dataclasses.replace(end, faults=())
+    assert summary_lines(model, end)[3:] == [
+        "faults: 3",
+        "  step 2.1 wait-part failed: timeout after 10 s",
+        "  TRIP light-curtain: not safety.light_curtain_ok (safety.light_curtain_ok = false)"
+        " -> hold",
+        "  Unhold refused: interlock light-curtain is tripped",  # not: Start is not legal
+        "cause: aborted by the operator",
+    ]
+
+
+def test_summary_of_a_clean_batch() -> None:
+    model = model_for("press-fit")
+    model.apply(started("1", "start-conveyor", "set", T0))
+    model.apply(ended("1", "start-conveyor", StepOutcome.DONE, T0 + 1))
+    model.apply(ended("2", "cycle", StepOutcome.DONE, T0 + 1))  # a block is not counted
+    model.apply(ended("3", "stop-conveyor", StepOutcome.SKIPPED, T0 + 2))
+    end = BatchEnded(state=State.COMPLETE, duration=2.0, steps_done=1, faults=())
+    assert summary_lines(model, end) == [
+        "outcome: Complete",
+        "duration: 2.0 s",
+        "steps: 1 done, 1 skipped, 0 failed",
+        "faults: none",
+    ]
