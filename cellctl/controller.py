@@ -42,7 +42,7 @@ from cellctl.events import (
 )
 from cellctl.executor import Executor, PauseReason, StepFailure
 from cellctl.interlocks import InterlockMonitor, Trip, write_safe_state
-from cellctl.machine import Command, IllegalCommand, Mode, PackMLMachine, State
+from cellctl.machine import Command, IllegalCommand, MachineError, Mode, PackMLMachine, State
 from cellctl.operator import FailureChoice, Operator
 from cellctl.recipe import LoadedRecipe
 from cellctl.tagio import TagIO
@@ -85,6 +85,15 @@ class Controller:
         self.operator = operator
         self.listeners: list[Callable[[Event], None]] = [listener] if listener else []
         self.machine = PackMLMachine(self._state_changed, mode=mode)
+        if (step_mode or breakpoints) and not self.machine.may_step():
+            raise MachineError(f"stepping and breakpoints need Maintenance mode, not {mode}")
+        identity = loaded.identity
+        self.log = log.bind(
+            recipe=identity.name,
+            version=identity.version,
+            sha256=identity.sha256,
+            operator=operator.name,
+        )
         self.executor = Executor(
             loaded.recipe,
             parameters,
@@ -117,7 +126,7 @@ class Controller:
         """Tell every listener and the log (executor events come through here too)."""
         if not isinstance(event, WaitProgress) or event.met:  # unmet waits: too many to log
             fields = {k: v for k, v in asdict(event).items() if k != "at"}
-            log.info(type(event).__name__, **fields)
+            self.log.info(type(event).__name__, **fields)
         for listener in list(self.listeners):
             try:
                 listener(event)
@@ -293,10 +302,15 @@ class Controller:
             cause, self._pending_hold = self._pending_hold, None
             await self._apply(Command.HOLD, cause)
             return
+        choice = self._take_choice()
         if self._run is None:
             self._run = asyncio.ensure_future(self.executor.run())
+        elif self.executor.failure is not None and choice is None:
+            # Back in Execute (an Unsuspend) with a failed step nobody chose for: hold again.
+            await self._apply(Command.HOLD, self.executor.failure.message)
+            return
         else:
-            self.executor.resume(self._take_choice())
+            self.executor.resume(choice)
         try:
             # Shielded: leaving Execute cancels this work, never the executor itself.
             await asyncio.shield(self._run)
@@ -378,6 +392,7 @@ class Controller:
 
     async def open(self) -> None:
         """Watch the tags and start the interlocks (devices already connected)."""
+        self.emit(ModeChanged(mode=self.machine.mode))
         self.io.watch()
         self.interlocks.start()
         await self.interlocks.check_now()
