@@ -21,13 +21,19 @@ from rich.live import Live
 
 from cellctl import exitcodes, expr
 from cellctl.cell import Cell
-from cellctl.connect import build_drivers
+from cellctl.connect import DevicesUnreachable, build_drivers
 from cellctl.controller import CommandBlocked, Controller
 from cellctl.errors import BadValue, CellctlError, did_you_mean
 from cellctl.events import Event, StateChanged, StepStarted, TripCleared
 from cellctl.keys import TerminalKeys, TerminalOperator
 from cellctl.machine import Command, IllegalCommand, Mode, State
-from cellctl.operator import FailureChoice, Operator, ScriptedOperator, parse_answers
+from cellctl.operator import (
+    FailureChoice,
+    Operator,
+    ScriptedOperator,
+    check_answered,
+    parse_answers,
+)
 from cellctl.plan import make_plan
 from cellctl.recipe import LoadedRecipe, parse_parameters, step_ids
 from cellctl.runview import RunModel, event_line, render, summary_lines
@@ -90,10 +96,12 @@ def prepare(options: RunOptions) -> Prepared:
                 f"--break {wanted}: recipe {recipe.recipe} has no step {wanted!r}"
                 f"{did_you_mean(wanted, ids)}"
             )
-    if (options.step or options.breaks) and not options.interactive:
-        raise NeedsTerminal(
-            "--step and --break wait for keys at a terminal; stdin/stdout is not one"
-        )
+    if not options.interactive:
+        if options.step or options.breaks:
+            raise NeedsTerminal(
+                "--step and --break wait for keys at a terminal; stdin/stdout is not one"
+            )
+        check_answered(recipe, answers)
     plan = make_plan(loaded, options.params)
     interlock_tags = {
         name for interlock in cell.interlocks for name in expr.parse(interlock.when).names
@@ -119,6 +127,17 @@ async def _served(
 
     async with CellSimulator(cell, speed=options.speed) as simulator:
         yield simulator.served_cell, simulator
+
+
+async def _all_answer(io: TagIO, tags: list[str]) -> None:
+    """Read every tag once before anything is written: a device that accepted the connection
+    but does not answer (or refuses a tag) ends the run with exit 2, nothing written."""
+    failed: dict[str, str] = {}
+    for value in (await io.read(tags)).values():
+        if value.error is not None or value.value is None:
+            failed.setdefault(value.device, value.error or f"{value.tag}: no value")
+    if failed:
+        raise DevicesUnreachable("\n".join(failed.values()))
 
 
 class BatchRun:
@@ -150,6 +169,7 @@ class BatchRun:
             io = TagIO(cell, drivers, prepared.tags)
             await io.connect()  # DevicesUnreachable: nothing was written
             try:
+                await _all_answer(io, prepared.tags)
                 return await self._run_connected(io, simulator)
             finally:
                 await io.close()
@@ -242,15 +262,18 @@ class BatchRun:
         self.choosing = False
         self.model.hint = HINT_HELD if event.target is State.HELD else HINT_RUNNING
 
-    def _command(self, command: Command, choice: FailureChoice | None = None) -> None:
+    def _command(
+        self, command: Command, how: str, choice: FailureChoice | None = None
+    ) -> None:
         controller = self.controller
         if controller is None:
             return
+        who = self.options.operator or "the operator"
 
         async def issue() -> None:
             # A refusal is already an event (CommandRefused) that the view shows.
             with contextlib.suppress(IllegalCommand, CommandBlocked):
-                await controller.command(command, choice=choice)
+                await controller.command(command, cause=f"{who} ({how})", choice=choice)
 
         task = asyncio.ensure_future(issue())
         self._pending.add(task)
@@ -262,14 +285,14 @@ class BatchRun:
             return
         self.interrupts += 1
         if self.interrupts >= 2 or controller.state is State.HELD:
-            self._command(Command.ABORT)
+            self._command(Command.ABORT, "Ctrl-C")
         elif controller.machine.is_legal(Command.HOLD):
-            self._command(Command.HOLD)
+            self._command(Command.HOLD, "Ctrl-C")
         else:
-            self._command(Command.STOP)
+            self._command(Command.STOP, "Ctrl-C")
 
     def _on_sigterm(self) -> None:
-        self._command(Command.STOP)
+        self._command(Command.STOP, "SIGTERM")
 
     async def _keys(self, keys: TerminalKeys, operator: Operator) -> None:
         controller = self.controller
@@ -287,17 +310,17 @@ class BatchRun:
                 self.model.hint = HINT_HELD
                 if key in ("r", "s"):
                     choice = FailureChoice.RETRY if key == "r" else FailureChoice.SKIP
-                    self._command(Command.UNHOLD, choice)
+                    self._command(Command.UNHOLD, f"key u, then {key}", choice)
             elif key == "h":
-                self._command(Command.HOLD)
+                self._command(Command.HOLD, "key h")
             elif key == "u" and state is State.HELD:
                 if controller.executor.failure is not None:
                     self.choosing = True
                     self.model.hint = HINT_CHOICE
                 else:
-                    self._command(Command.UNHOLD)
+                    self._command(Command.UNHOLD, "key u")
             elif key == "a" and state is State.HELD:
-                self._command(Command.ABORT)
+                self._command(Command.ABORT, "key a")
 
     async def _demo_fault(self, simulator: CellSimulator, device: str, name: str) -> None:
         """The demo's fault: raise it in the second round, clear it once Held, then Unhold."""

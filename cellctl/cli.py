@@ -132,6 +132,11 @@ async def _until_signalled(work: Callable[[asyncio.Event], Awaitable[None]]) -> 
             loop.remove_signal_handler(signum)
 
 
+def _plain(line: str) -> None:
+    """A line for scripts, tabs kept (rich's print would expand them to spaces)."""
+    out.file.write(line + "\n")
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"cellctl {__version__}")
@@ -253,7 +258,7 @@ def read(
         out.print(tag_table(values))
     else:
         for value in values:
-            out.print(plain_line(value), markup=False, soft_wrap=True)
+            _plain(plain_line(value))
     # One line per cause: a device that is down fails all its tags with the same error.
     causes: dict[tuple[str, str], list[str]] = {}
     for value in values:
@@ -542,7 +547,7 @@ def states(
         out.print(table)
     else:
         for row in rows:
-            out.print("\t".join(row), markup=False)
+            _plain("\t".join(row))
 
 
 def run(argv: list[str] | None = None) -> int:

@@ -116,9 +116,10 @@ class Controller:
         self._changed = asyncio.Event()
         self._work: asyncio.Task[None] | None = None
         self._run: asyncio.Task[None] | None = None
-        self._pending_hold: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._choice: FailureChoice | None = None
+        #: Why the last Hold, Stop or Abort was taken (the batch's cause when it ends so).
+        self._stop_cause: str | None = None
 
     # -- events ------------------------------------------------------------------------------
 
@@ -176,8 +177,6 @@ class Controller:
         if self.machine.is_legal(command):
             await self._apply(command, trip.message)
             return
-        if command is Command.HOLD and self.state in (State.STARTING, State.UNHOLDING):
-            self._pending_hold = trip.message  # held as soon as Execute is reached
         if self.state not in (State.STOPPING, State.ABORTING, State.HOLDING):
             await self._safe_state(f"interlock {trip.interlock} in {self.state}")
 
@@ -212,6 +211,15 @@ class Controller:
     ) -> State:
         """An operator command; raises IllegalCommand or CommandBlocked, nothing changed then."""
         try:
+            if not self.machine.is_legal(command):
+                # The machine refuses it (IllegalCommand naming the state, the mode and the
+                # legal commands) and changes nothing.
+                self.machine.command(command, cause)
+            if command is Command.START and self._run is not None:
+                raise CommandBlocked(
+                    f"Start: this controller ran its batch already ({self.state}); "
+                    "a new batch is a new run"
+                )
             if command in BLOCKED_BY_TRIPS:
                 await self.interlocks.check_now()
                 message = self.interlocks.blocking_message(str(command))
@@ -224,14 +232,11 @@ class Controller:
                     f"({'its outcome is unknown: ' if failure.outcome_unknown else ''}"
                     "a retry runs the whole step again)"
                 )
-            if not self.machine.is_legal(command):
-                # The machine refuses it (IllegalCommand naming the state, the mode and the
-                # legal commands) and changes nothing.
-                self.machine.command(command, cause)
         except (IllegalCommand, CommandBlocked) as refused:
             self.emit(CommandRefused(command=command, reason=str(refused)))
             raise
-        self._choice = choice
+        if command is Command.UNHOLD:
+            self._choice = choice
         await self._apply(command, cause)
         return self.state
 
@@ -241,6 +246,8 @@ class Controller:
         self.emit(ModeChanged(mode=mode))
 
     async def _apply(self, command: Command, cause: str) -> None:
+        if command in (Command.HOLD, Command.STOP, Command.ABORT):
+            self._stop_cause = cause
         if command is Command.ABORT and self._run is not None:
             self._run.cancel()  # at once, before anything else
         if command in (Command.HOLD, Command.STOP) and self._run is not None:
@@ -298,12 +305,10 @@ class Controller:
         self.started_at = self.started_at or time.time()
 
     async def _executing(self) -> None:
-        if self._pending_hold is not None:
-            cause, self._pending_hold = self._pending_hold, None
-            await self._apply(Command.HOLD, cause)
-            return
         choice = self._take_choice()
         if self._run is None:
+            if self.executor.paused:  # held or suspended before its first step: nothing failed
+                self.executor.resume()
             self._run = asyncio.ensure_future(self.executor.run())
         elif self.executor.failure is not None and choice is None:
             # Back in Execute (an Unsuspend) with a failed step nobody chose for: hold again.
@@ -331,9 +336,11 @@ class Controller:
         return None
 
     async def _holding(self) -> None:
-        self.executor.pause(PauseReason.HOLD)
+        if self._run is not None:
+            self.executor.pause(PauseReason.HOLD)
         await self._safe_state("Holding")
-        await self.executor.wait_paused()
+        if self._run is not None:
+            await self.executor.wait_paused()
 
     async def _unholding(self) -> None:
         commanded = self.executor.commanded()
@@ -444,7 +451,7 @@ class Controller:
             duration=time.time() - (self.started_at or begun),
             steps_done=self.executor.steps_done,
             faults=tuple(self.faults),
-            cause=self.cause or (self.faults[0] if failed and self.faults else None),
+            cause=self.cause or (self._stop_cause if failed else None),
         )
         self.emit(ended)
         return ended

@@ -219,6 +219,10 @@ def mermaid() -> str:
         initial=State.STOPPED.value,
         auto_transitions=False,
         graph_engine="mermaid",
-        title="PackML",
     )
-    return str(machine.get_combined_graph().draw(None))
+    text = str(machine.get_combined_graph().draw(None))
+    # transitions writes its title as a bare front-matter line, which mermaid ignores (it
+    # reads YAML): keep the diagram and give it valid front matter.
+    if text.startswith("---\n"):
+        text = text.split("\n---\n", 1)[1]
+    return "---\ntitle: PackML state model\n---\n" + text

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from cellctl.errors import BadValue, CellctlError, did_you_mean
 from cellctl.events import StepPaused
-from cellctl.recipe import Answer, PromptStep, Recipe, iter_steps
+from cellctl.recipe import Answer, PromptStep, Recipe, RepeatStep, iter_steps
 from drivers.base import Value
 
 
@@ -92,6 +92,37 @@ def parse_answers(recipe: Recipe, assignments: Sequence[str]) -> dict[str, Value
     return answers
 
 
+def certain_prompts(recipe: Recipe) -> list[PromptStep]:
+    """The prompts every run reaches: neither they nor a block around them has an `if`,
+    `on_error: skip` or a repeat (whose count may be 0)."""
+    steps = {path: step for step, path in iter_steps(recipe.steps)}
+
+    def certain(path: str) -> bool:
+        parts = path.split(".")
+        for end in range(1, len(parts)):
+            outer = steps.get(".".join(parts[:end]))  # None for a parallel branch's number
+            if outer is not None and (outer.may_skip or isinstance(outer, RepeatStep)):
+                return False
+        return not steps[path].may_skip
+
+    return [s for p, s in steps.items() if isinstance(s, PromptStep) and certain(p)]
+
+
+def _needs_operator(step_id: str, text: str, answer: Answer | None) -> str:
+    wanted = answer.describe_range() if answer else "any text"
+    return (
+        f"prompt {step_id!r} ({text!r}) needs an operator: run on a terminal, or give "
+        f"--answer {step_id}=VALUE ({wanted})"
+    )
+
+
+def check_answered(recipe: Recipe, answers: Mapping[str, Value | None]) -> None:
+    """Without a terminal: NoAnswer for the first prompt every run reaches that has no answer."""
+    for prompt in certain_prompts(recipe):
+        if prompt.id not in answers:
+            raise NoAnswer(_needs_operator(prompt.id, prompt.prompt, prompt.answer))
+
+
 class ScriptedOperator:
     """The operator of a run without a terminal: answers from --answer, never steps."""
 
@@ -103,11 +134,7 @@ class ScriptedOperator:
         """The --answer given for this prompt; NoAnswer naming the prompt when there is none."""
         if request.step_id in self.answers:
             return self.answers[request.step_id]
-        wanted = f"{request.answer.describe_range()}" if request.answer else "any text"
-        raise NoAnswer(
-            f"prompt {request.step_id!r} ({request.text!r}) needs an operator: run on a "
-            f"terminal, or give --answer {request.step_id}=VALUE ({wanted})"
-        )
+        raise NoAnswer(_needs_operator(request.step_id, request.text, request.answer))
 
     async def confirm_step(self, pause: StepPaused) -> StepChoice:
         """Nobody can step without a terminal: the CLI refuses --step and --break before."""

@@ -75,15 +75,18 @@ _STOPPABLE = (
     S.UNHOLDING, S.SUSPENDING, S.SUSPENDED, S.UNSUSPENDING,
 )  # fmt: skip
 
-#: (state, command) -> target state. A pair that is not here is refused. Hold from the
-#: Suspend states is the optional extension of the 2015 model (the dashed lines of OPC 30050
-#: figure 15): an interlock that holds must be able to hold a suspended batch.
+#: (state, command) -> target state. A pair that is not here is refused. Hold from Starting,
+#: Unholding and the Suspend states is the optional extension of the 2015 model (the dashed
+#: lines of OPC 30050 figure 15): an interlock that holds must be able to hold the batch in
+#: every state that leads to Execute.
 TRANSITIONS: dict[tuple[State, Command], State] = {
     (S.STOPPED, C.RESET): S.RESETTING,
     (S.COMPLETE, C.RESET): S.RESETTING,
     (S.IDLE, C.START): S.STARTING,
     **{(state, C.STOP): S.STOPPING for state in _STOPPABLE},
+    (S.STARTING, C.HOLD): S.HOLDING,
     (S.EXECUTE, C.HOLD): S.HOLDING,
+    (S.UNHOLDING, C.HOLD): S.HOLDING,
     (S.SUSPENDING, C.HOLD): S.HOLDING,
     (S.SUSPENDED, C.HOLD): S.HOLDING,
     (S.UNSUSPENDING, C.HOLD): S.HOLDING,

@@ -292,6 +292,8 @@ def _trip_text(event: Tripped) -> str:
 
 
 def _safe_text(event: SafeStateWritten) -> str:
+    if not event.results:
+        return "the cell file has no safe state"
     return ", ".join(
         f"{r.tag} = {format_value(r.value)} " + ("ok" if r.error is None else f"FAILED: {r.error}")
         for r in event.results

@@ -24,11 +24,12 @@ from cellctl.machine import (
 )
 
 # PackML (ISA-TR88.00.02-2015) written out by hand: state -> {command or "SC": target}.
-# Hold from Suspending, Suspended and Unsuspending is the optional extension cellctl takes.
+# Hold from Starting, Unholding, Suspending, Suspended and Unsuspending is the optional
+# extension of OPC 30050 that cellctl takes.
 _STOP, _ABORT = {"Stop": "Stopping"}, {"Abort": "Aborting"}
 REFERENCE: dict[str, dict[str, str]] = {
     "Stopped": {"Reset": "Resetting", **_ABORT},
-    "Starting": {**_STOP, **_ABORT, "SC": "Execute"},
+    "Starting": {**_STOP, "Hold": "Holding", **_ABORT, "SC": "Execute"},
     "Idle": {"Start": "Starting", **_STOP, **_ABORT},
     "Execute": {**_STOP, "Hold": "Holding", "Suspend": "Suspending", **_ABORT, "SC": "Completing"},
     "Completing": {**_STOP, **_ABORT, "SC": "Complete"},
@@ -36,7 +37,7 @@ REFERENCE: dict[str, dict[str, str]] = {
     "Resetting": {**_STOP, **_ABORT, "SC": "Idle"},
     "Holding": {**_STOP, **_ABORT, "SC": "Held"},
     "Held": {**_STOP, "Unhold": "Unholding", **_ABORT},
-    "Unholding": {**_STOP, **_ABORT, "SC": "Execute"},
+    "Unholding": {**_STOP, "Hold": "Holding", **_ABORT, "SC": "Execute"},
     "Suspending": {**_STOP, "Hold": "Holding", **_ABORT, "SC": "Suspended"},
     "Suspended": {**_STOP, "Hold": "Holding", "Unsuspend": "Unsuspending", **_ABORT},
     "Unsuspending": {**_STOP, "Hold": "Holding", **_ABORT, "SC": "Execute"},
