@@ -262,9 +262,7 @@ class BatchRun:
         self.choosing = False
         self.model.hint = HINT_HELD if event.target is State.HELD else HINT_RUNNING
 
-    def _command(
-        self, command: Command, how: str, choice: FailureChoice | None = None
-    ) -> None:
+    def _command(self, command: Command, how: str, choice: FailureChoice | None = None) -> None:
         controller = self.controller
         if controller is None:
             return
