@@ -23,7 +23,6 @@ from cellctl import __version__, exitcodes
 from cellctl.cell import Cell, load_cell
 from cellctl.check import check_cell
 from cellctl.connect import (
-    CellSession,
     DeviceFailed,
     DevicesUnreachable,
     TagValue,
@@ -34,6 +33,7 @@ from cellctl.liveview import plain_line, tag_table
 from cellctl.logsetup import configure_logging
 from cellctl.plan import make_plan, plan_lines, plan_view
 from cellctl.schema import FileKind, schema_of, schema_of_both
+from cellctl.tagio import CellSession
 from cellctl.tags import parse_value
 from cellctl.validate import open_recipe, validate_files
 from drivers.base import Quality
@@ -274,7 +274,7 @@ def read(
 
 async def _read_once(cell: Cell, names: list[str]) -> list[TagValue]:
     async with CellSession(cell, names, partial=True) as session:
-        return await session.read()
+        return list((await session.read()).values())
 
 
 def _json_safe(value: object) -> bool:
@@ -297,7 +297,7 @@ def _json_value(value: TagValue) -> dict[str, Any]:
 
 async def _watch(cell: Cell, names: list[str], stop: asyncio.Event, seconds: float | None) -> None:
     async with CellSession(cell, names) as session:
-        latest: dict[str, TagValue] = {v.tag: v for v in await session.read()}
+        latest: dict[str, TagValue] = await session.read()
         unsubscribe = session.subscribe(lambda value: latest.__setitem__(value.tag, value))
         try:
             with Live(

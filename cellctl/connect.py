@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from urllib.parse import urlparse
 
 from cellctl.cell import Cell
 from cellctl.errors import CellctlError, UnknownTag
-from cellctl.tags import device_config, from_raw, methods_by_device, point_for, to_raw
-from drivers.base import Driver, Quality, Reading, Unsubscribe, Value
+from cellctl.tags import device_config, methods_by_device, point_for
+from drivers.base import Driver, Quality, Value
 from drivers.config import MemoryConfig, ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig
-from drivers.errors import DriverError
 from drivers.memory import MemoryDriver
 from drivers.modbus import make_modbus_drivers
 from drivers.opcua import OpcuaDriver
-from drivers.points import OpcuaPoint, Point
+from drivers.points import OpcuaPoint
 
 
 class DevicesUnreachable(CellctlError):
@@ -88,117 +85,6 @@ def build_drivers(cell: Cell, device_names: Sequence[str]) -> dict[str, Driver]:
         elif isinstance(config, MemoryConfig):
             drivers[name] = MemoryDriver(config)
     return {name: drivers[name] for name in device_names}
-
-
-class CellSession:
-    """Connected drivers for the devices some tags use; reads and writes in engineering units.
-
-    It reaches devices over their protocols, so memory devices are refused.
-    """
-
-    def __init__(self, cell: Cell, tags: Sequence[str], *, partial: bool = False) -> None:
-        self.cell = cell
-        self.tags = list(tags)
-        # partial: devices that cannot be reached read BAD instead of failing the session.
-        self.partial = partial
-        self.unreachable: dict[str, str] = {}
-        devices = devices_for_tags(cell, self.tags)
-        refuse_in_process_devices(cell, devices)
-        self.drivers = build_drivers(cell, devices)
-        self.points: dict[str, Point] = {t: point_for(cell, t) for t in self.tags}
-
-    async def __aenter__(self) -> CellSession:
-        await self.connect()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def connect(self) -> None:
-        """Connect every driver at once; each retries within its own bound."""
-        names = list(self.drivers)
-        results = await asyncio.gather(
-            *(self.drivers[n].connect() for n in names), return_exceptions=True
-        )
-        failures = {
-            n: r for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)
-        }
-        for failure in failures.values():
-            if not isinstance(failure, Exception):
-                await self.close()
-                raise failure
-        if failures and (not self.partial or len(failures) == len(names)):
-            await self.close()
-            raise DevicesUnreachable("\n".join(str(f) for f in failures.values()))
-        for name, failure in failures.items():
-            self.unreachable[name] = str(failure)
-            await self.drivers[name].close()  # stops its reconnect loop
-
-    async def close(self) -> None:
-        """Close every driver; a failure to close one never stops the others."""
-        await asyncio.gather(*(d.close() for d in self.drivers.values()), return_exceptions=True)
-
-    def _value(self, tag: str, reading: Reading) -> TagValue:
-        spec = self.cell.tags[tag]
-        value = reading.value
-        if value is not None and reading.quality is not Quality.BAD:
-            value = from_raw(spec, value)
-        return TagValue(tag, spec.device, value, reading.quality, reading.timestamp, reading.error)
-
-    async def read(self, tags: Sequence[str] | None = None) -> list[TagValue]:
-        """Read tags (default: all of the session's), batched per device, devices in parallel."""
-        wanted = list(tags) if tags is not None else self.tags
-        by_device: dict[str, list[str]] = {}
-        for tag in wanted:
-            by_device.setdefault(self.cell.tags[tag].device, []).append(tag)
-
-        async def read_device(device: str, names: list[str]) -> list[TagValue]:
-            if device in self.unreachable:
-                now = time.time()
-                why = self.unreachable[device]
-                return [TagValue(t, device, None, Quality.BAD, now, why) for t in names]
-            try:
-                readings = await self.drivers[device].read([self.points[t] for t in names])
-            except DriverError as err:
-                # One device failing must not hide the others' values: its tags read BAD.
-                now = time.time()
-                return [TagValue(t, device, None, Quality.BAD, now, str(err)) for t in names]
-            return [self._value(t, r) for t, r in zip(names, readings, strict=True)]
-
-        groups = await asyncio.gather(*(read_device(d, n) for d, n in by_device.items()))
-        found = {v.tag: v for group in groups for v in group}
-        return [found[t] for t in wanted]
-
-    def subscribe(self, callback: Callable[[TagValue], None]) -> Unsubscribe:
-        """Call back with each tag's new value (polling or monitored items, per device)."""
-        by_device: dict[str, list[Point]] = {}
-        for tag in self.tags:
-            by_device.setdefault(self.cell.tags[tag].device, []).append(self.points[tag])
-
-        def deliver(readings: dict[str, Reading]) -> None:
-            for tag, reading in readings.items():
-                callback(self._value(tag, reading))
-
-        stops = [self.drivers[d].subscribe(points, deliver) for d, points in by_device.items()]
-
-        def unsubscribe() -> None:
-            for stop in stops:
-                stop()
-
-        return unsubscribe
-
-    async def write(self, tag: str, value: Value) -> None:
-        """Write one engineering value; returns once the device confirmed it."""
-        spec = self.cell.tags[tag]
-        try:
-            await self.drivers[spec.device].write(self.points[tag], to_raw(spec, value))
-        except DriverError as err:
-            raise DeviceFailed(str(err)) from err
 
 
 def _is_loopback(host: str) -> bool:

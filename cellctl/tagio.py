@@ -13,7 +13,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from cellctl.cell import Cell
-from cellctl.connect import DeviceFailed, DevicesUnreachable, TagValue
+from cellctl.connect import (
+    DeviceFailed,
+    DevicesUnreachable,
+    TagValue,
+    build_drivers,
+    devices_for_tags,
+    refuse_in_process_devices,
+)
 from cellctl.errors import BadValue, CellctlError
 from cellctl.tags import from_raw, method_spec, point_for, to_raw
 from drivers.base import Driver, HealthCallback, Quality, Reading, Unsubscribe, Value
@@ -71,6 +78,8 @@ class TagIO:
         self.drivers = dict(drivers)
         self.tags = list(dict.fromkeys(tags))
         self.board = TagBoard()
+        #: Devices that could not be reached (CellSession with partial=True): they read BAD.
+        self.unreachable: dict[str, str] = {}
         self._points: dict[str, Point] = {}
         self._unwatch: Unsubscribe | None = None
 
@@ -133,16 +142,21 @@ class TagIO:
             value = from_raw(spec, value)
         return TagValue(tag, spec.device, value, reading.quality, reading.timestamp, reading.error)
 
-    async def read(self, tags: Iterable[str]) -> dict[str, TagValue]:
-        """Read tags from their devices now (batched per device, devices in parallel).
+    async def read(self, tags: Iterable[str] | None = None) -> dict[str, TagValue]:
+        """Read tags (default: the watched ones) from their devices now, batched per device,
+        devices in parallel, in the order asked.
 
         A device that fails gives BAD values naming the error; the caller decides.
         """
+        tags = list(dict.fromkeys(self.tags if tags is None else tags))
         by_device: dict[str, list[str]] = {}
-        for tag in dict.fromkeys(tags):
+        for tag in tags:
             by_device.setdefault(self.device_of(tag), []).append(tag)
 
         async def read_device(device: str, names: list[str]) -> list[TagValue]:
+            if device in self.unreachable:
+                why = self.unreachable[device]
+                return [TagValue(t, device, None, Quality.BAD, time.time(), why) for t in names]
             try:
                 readings = await self.drivers[device].read([self.point(t) for t in names])
             except DriverError as err:
@@ -151,7 +165,8 @@ class TagIO:
             return [self.value_of(t, r) for t, r in zip(names, readings, strict=True)]
 
         groups = await asyncio.gather(*(read_device(d, n) for d, n in by_device.items()))
-        return {value.tag: value for group in groups for value in group}
+        found = {value.tag: value for group in groups for value in group}
+        return {tag: found[tag] for tag in dict.fromkeys(tags)}
 
     def check(self, tag: str, value: Value) -> Value:
         """The value checked for a write to `tag`; OutOfRange naming the tag otherwise."""
@@ -194,3 +209,52 @@ class TagIO:
                 stop()
 
         return unsubscribe
+
+
+class CellSession(TagIO):
+    """The CLI's connection to the devices some tags use (read, write, watch).
+
+    It reaches devices over their protocols, so memory devices are refused. With `partial`,
+    devices that cannot be reached read BAD instead of failing the session.
+    """
+
+    def __init__(self, cell: Cell, tags: Sequence[str], *, partial: bool = False) -> None:
+        devices = devices_for_tags(cell, tags)
+        refuse_in_process_devices(cell, devices)
+        super().__init__(cell, build_drivers(cell, devices), tags)
+        self.partial = partial
+
+    async def __aenter__(self) -> CellSession:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect every driver at once; with `partial`, some may stay unreachable."""
+        if not self.partial:
+            await super().connect()
+            return
+        names = list(self.drivers)
+        results = await asyncio.gather(
+            *(self.drivers[n].connect() for n in names), return_exceptions=True
+        )
+        failures = {
+            n: r for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)
+        }
+        for failure in failures.values():
+            if not isinstance(failure, Exception):
+                await self.close()
+                raise failure
+        if failures and len(failures) == len(names):
+            await self.close()
+            raise DevicesUnreachable("\n".join(str(f) for f in failures.values()))
+        for name, failure in failures.items():
+            self.unreachable[name] = str(failure)
+            await self.drivers[name].close()  # stops its reconnect loop
+
+    def subscribe(self, callback: TagListener) -> Unsubscribe:
+        """Watch the session's tags and call back with each new value."""
+        self.watch()
+        return self.board.listen(self.tags, callback)

@@ -107,7 +107,8 @@ def test_every_tag_is_delivered_by_its_subscription(cell: Cell) -> None:
     import asyncio
     import contextlib
 
-    from cellctl.connect import CellSession, TagValue
+    from cellctl.connect import TagValue
+    from cellctl.tagio import CellSession
 
     async def watch() -> dict[str, TagValue]:
         seen: dict[str, TagValue] = {}
