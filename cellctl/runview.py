@@ -191,6 +191,10 @@ class RunModel:
                 self.faults.append(event.text)
         elif isinstance(event, BatchEnded):
             self.ended = event
+            cut = (StepStatus.RUNNING, StepStatus.PAUSED)  # cut short by an abort or a stop
+            for path, status in self.status.items():
+                if status in cut and event.state is not State.COMPLETE:
+                    self.status[path] = StepStatus.INTERRUPTED
             self.current.clear()
             self.waits.clear()
             self.pause = None
