@@ -158,12 +158,23 @@ def test_unreachable_device_exits_2_naming_it(capsys, tmp_path: Path) -> None:  
     assert time.monotonic() - started < 5  # retried within timeout × (retries + 1), then gave up
 
 
-def test_demo_shows_every_tag_live_and_exits_0(capsys) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = cli(capsys, "demo", "--seconds", "1")
-    assert code == 0, err
-    for tag in load_cell(DEMO_CELL).tags:
-        assert tag in out
-    assert "good" in out and "bad" not in out
+def test_demo_trips_holds_safe_unholds_and_completes(capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = cli(capsys, "demo", "--fault", "light-curtain", "--speed", "4")
+    assert code == 0, out + err
+    lines = out.splitlines()
+
+    def first(text: str) -> int:
+        found = [i for i, line in enumerate(lines) if text in line]
+        assert found, f"no line with {text!r} in:\n{out}"
+        return found[0]
+
+    trip = first("TRIP light-curtain")
+    safe = first("safe state (Holding): conveyor.run = false ok")
+    held = first("Holding -> Held")
+    unhold = first("Held -> Unholding (Unhold)")
+    complete = first("-> Complete")
+    assert trip < safe < held < unhold < complete, out
+    assert "outcome: Complete" in out
 
 
 def test_robot_busy_is_visible_as_soon_as_pick_returns(demo) -> None:  # type: ignore[no-untyped-def]

@@ -25,7 +25,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         ["read"],  # --cell missing
         ["read", "--cell"],
         ["sim", str(DEMO_CELL), "--speed", "fast"],
-        ["demo", "--seconds", "-3"],
+        ["demo", "--speed", "fast"],
         ["validate", "--bogus", str(DEMO_CELL)],
     ],
 )
