@@ -34,14 +34,13 @@ from cellctl.events import (
     Event,
     ModeChanged,
     Notice,
-    SafeStateWritten,
     StateChanged,
     TagWritten,
     TripCleared,
     WaitProgress,
 )
 from cellctl.executor import Executor, PauseReason, StepFailure
-from cellctl.interlocks import InterlockMonitor, Trip, write_safe_state
+from cellctl.interlocks import COMM_LOSS, InterlockMonitor, Trip, write_safe_state
 from cellctl.machine import Command, IllegalCommand, MachineError, Mode, PackMLMachine, State
 from cellctl.operator import FailureChoice, Operator
 from cellctl.recipe import LoadedRecipe
@@ -55,6 +54,10 @@ _stdlog = logging.getLogger("cellctl.controller")
 END_STATES = frozenset({State.COMPLETE, State.STOPPED, State.ABORTED})
 #: Commands an active interlock blocks (Stop and Abort are never blocked).
 BLOCKED_BY_TRIPS = frozenset({Command.START, Command.UNHOLD, Command.RESET})
+#: States in which the cell must stay in its safe state (what failed is written again).
+SAFE_STATES = frozenset(
+    {State.HOLDING, State.HELD, State.STOPPING, State.STOPPED, State.ABORTING, State.ABORTED}
+)
 #: Seconds Stopping waits for a write or call in flight before it cancels it.
 STOP_GRACE = 30.0
 
@@ -120,6 +123,8 @@ class Controller:
         self._choice: FailureChoice | None = None
         #: Why the last Hold, Stop or Abort was taken (the batch's cause when it ends so).
         self._stop_cause: str | None = None
+        #: Safe-state tags whose last write failed: written again when a device comes back.
+        self._safe_pending: dict[str, Value] = {}
 
     # -- events ------------------------------------------------------------------------------
 
@@ -172,6 +177,10 @@ class Controller:
 
     def _trip_cleared(self, name: str) -> None:
         self.emit(TripCleared(interlock=name))
+        if self._safe_pending and self.state in SAFE_STATES:
+            # A device is back: what its safe state could not get is written now.
+            pending = list(self._safe_pending)
+            self._spawn(self._safe_state(f"{name} cleared, written again", pending))
 
     async def _act_on_trip(self, trip: Trip, command: Command) -> None:
         if self.machine.is_legal(command):
@@ -300,6 +309,7 @@ class Controller:
 
     async def _resetting(self) -> None:
         self.cause = None
+        self._safe_pending.clear()  # a new batch: the recipe decides the outputs again
 
     async def _starting(self) -> None:
         self.started_at = self.started_at or time.time()
@@ -343,6 +353,7 @@ class Controller:
             await self.executor.wait_paused()
 
     async def _unholding(self) -> None:
+        self._safe_pending.clear()  # the batch goes on: the recipe decides the outputs again
         commanded = self.executor.commanded()
         restore = set(self.cell.restore_on_unhold)
         for tag in [t for t in commanded if t in restore]:  # in the order the recipe wrote them
@@ -387,13 +398,20 @@ class Controller:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await run
 
-    async def _safe_state(self, reason: str) -> SafeStateWritten:
-        written = await write_safe_state(self.io, self.cell, reason)
+    async def _safe_state(self, reason: str, tags: list[str] | None = None) -> None:
+        lost = [
+            trip.interlock.removeprefix(COMM_LOSS)
+            for trip in self.interlocks.active.values()
+            if trip.comm_loss
+        ]
+        written = await write_safe_state(self.io, self.cell, reason, tags=tags, lost=lost)
         for result in written.results:
-            if result.error is not None:
+            if result.error is None:
+                self._safe_pending.pop(result.tag, None)
+            else:
+                self._safe_pending[result.tag] = result.value
                 self.faults.append(f"safe state {result.tag}: {result.error}")
         self.emit(written)
-        return written
 
     # -- a whole batch ----------------------------------------------------------------------
 

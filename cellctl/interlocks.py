@@ -307,12 +307,24 @@ class InterlockMonitor:
         return health is None or health.state is HealthState.CONNECTED
 
 
-async def write_safe_state(io: TagIO, cell: Cell, reason: str) -> SafeStateWritten:
-    """Write every tag of the cell's safe state (devices in parallel, each device's tags in
-    cell-file order), every write attempted whatever the others did; never raises for a
-    device error, each result is recorded."""
+async def write_safe_state(
+    io: TagIO,
+    cell: Cell,
+    reason: str,
+    *,
+    tags: Collection[str] | None = None,
+    lost: Collection[str] = (),
+) -> SafeStateWritten:
+    """Write the cell's safe state (`tags`: only those), devices in parallel, each device's
+    tags in cell-file order, every write attempted whatever the others did; never raises for a
+    device error, each result is recorded.
+
+    Devices in `lost` (a comm-loss trip stands) are not waited for: their tags are recorded as
+    not written, for the caller to write again once the device answers.
+    """
+    wanted = [t for t in cell.safe_state if tags is None or t in tags]
     by_device: dict[str, list[str]] = {}
-    for tag in cell.safe_state:
+    for tag in wanted:
         by_device.setdefault(cell.tags[tag].device, []).append(tag)
 
     async def write_device(device: str, tags: Iterable[str]) -> dict[str, str | None]:
@@ -320,6 +332,9 @@ async def write_safe_state(io: TagIO, cell: Cell, reason: str) -> SafeStateWritt
         for tag in tags:
             if device not in io.drivers:
                 errors[tag] = f"write {tag}: device {device} is not connected"
+                continue
+            if device in lost:
+                errors[tag] = f"{device} is lost: written when it answers again"
                 continue
             try:
                 await io.write(tag, cell.safe_state[tag])
@@ -331,5 +346,5 @@ async def write_safe_state(io: TagIO, cell: Cell, reason: str) -> SafeStateWritt
 
     done = await asyncio.gather(*(write_device(d, tags) for d, tags in by_device.items()))
     errors = {tag: error for group in done for tag, error in group.items()}
-    results = tuple(SafeWrite(tag, value, errors[tag]) for tag, value in cell.safe_state.items())
+    results = tuple(SafeWrite(tag, cell.safe_state[tag], errors[tag]) for tag in wanted)
     return SafeStateWritten(reason=reason, results=results)

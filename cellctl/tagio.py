@@ -77,6 +77,7 @@ class TagIO:
         self.cell = cell
         self.drivers = dict(drivers)
         self.tags = list(dict.fromkeys(tags))
+        self._watched = frozenset(self.tags)
         self.board = TagBoard()
         #: Devices that could not be reached (CellSession with partial=True): they read BAD.
         self.unreachable: dict[str, str] = {}
@@ -161,7 +162,13 @@ class TagIO:
                 readings = await self.drivers[device].read([self.point(t) for t in names])
             except DriverError as err:
                 now = time.time()
-                return [TagValue(t, device, None, Quality.BAD, now, str(err)) for t in names]
+                bad = [TagValue(t, device, None, Quality.BAD, now, str(err)) for t in names]
+                # The device failed to answer: the interlocks hear of it now, not at the next
+                # poll (which may wait behind this very request on a shared bus).
+                for value in bad:
+                    if value.tag in self._watched:
+                        self.board.update(value)
+                return bad
             return [self.value_of(t, r) for t, r in zip(names, readings, strict=True)]
 
         groups = await asyncio.gather(*(read_device(d, n) for d, n in by_device.items()))

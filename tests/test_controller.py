@@ -346,7 +346,8 @@ async def test_lost_communication_holds_and_safe_state_tries_every_tag(bench: Be
     tripped = bench.since(mark, Tripped)
     assert [(t.interlock, t.action) for t in tripped] == [("comm-loss:press", "hold")]
     assert "press" in tripped[0].message and tripped[0].message in bench.ctl.faults
-    # Each write attempted even though the press fails; each result recorded.
+    # Every tag has its result: the lost press is not waited for (its tags are recorded as
+    # not written, for later), the line's tags are written.
     safe = bench.since(mark, SafeStateWritten)[-1]
     errors = {r.tag: r.error for r in safe.results}
     assert list(errors) == list(SAFE)
@@ -360,8 +361,16 @@ async def test_lost_communication_holds_and_safe_state_tries_every_tag(bench: Be
         await bench.ctl.command(Command.UNHOLD)
     assert bench.ctl.state is State.HELD
 
+    # The press answers again: what its safe state could not get is written now, while Held.
+    bench.forget_writes()
     bench.drivers["press"].fail(None)
     await wait_until(lambda: not bench.ctl.interlocks.active)
+    await wait_until(lambda: len(bench.writes("press")) == 2)
+    assert bench.writes("press") == [("press.go", False), ("press.heat", False)]
+    again = bench.since(mark, SafeStateWritten)[-1]
+    assert "comm-loss:press cleared" in again.reason and again.ok
+    assert [r.tag for r in again.results] == ["press.go", "press.heat"]
+    assert bench.ctl.state is State.HELD
     await bench.ctl.command(Command.UNHOLD)
     await bench.settle(State.EXECUTE)
     bench.device("line.done", True)

@@ -403,3 +403,31 @@ async def test_write_safe_state_records_a_failing_device_and_writes_the_rest() -
         assert press.writes == []
     finally:
         await io.close()
+
+
+@pytest.mark.asyncio
+async def test_write_safe_state_does_not_wait_for_a_lost_device_and_writes_a_subset() -> None:
+    cell = bench_cell()
+    io = await make_io(cell)
+    try:
+        press, conveyor = io.drivers["press"], io.drivers["conveyor"]
+        assert isinstance(press, MemoryDriver) and isinstance(conveyor, MemoryDriver)
+        written = await write_safe_state(io, cell, "comm-loss:press", lost=["press"])
+        by_tag = {r.tag: r.error for r in written.results}
+        assert by_tag["conveyor.run"] is None and by_tag["conveyor.speed_rpm"] is None
+        for tag in ("press.cycle_start", "press.setpoint_kN"):  # recorded, not sent
+            error = by_tag[tag]
+            assert error is not None and "press is lost" in error
+        assert press.writes == []
+        # Once the press answers again, only what it missed is written.
+        again = await write_safe_state(
+            io, cell, "press back", tags=["press.cycle_start", "press.setpoint_kN"]
+        )
+        assert again.ok and [r.tag for r in again.results] == [
+            "press.cycle_start",
+            "press.setpoint_kN",
+        ]
+        assert press.writes == [("press.cycle_start", False), ("press.setpoint_kN", 0)]
+        assert conveyor.writes == [("conveyor.run", False), ("conveyor.speed_rpm", 0)]
+    finally:
+        await io.close()
