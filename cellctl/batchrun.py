@@ -282,12 +282,13 @@ class BatchRun:
         if controller is None:
             return
         self.interrupts += 1
+        how = "Ctrl-C" if self.options.interactive else "SIGINT"
         if self.interrupts >= 2 or controller.state is State.HELD:
-            self._command(Command.ABORT, "Ctrl-C")
+            self._command(Command.ABORT, how)
         elif controller.machine.is_legal(Command.HOLD):
-            self._command(Command.HOLD, "Ctrl-C")
+            self._command(Command.HOLD, how)
         else:
-            self._command(Command.STOP, "Ctrl-C")
+            self._command(Command.STOP, how)
 
     def _on_sigterm(self) -> None:
         self._command(Command.STOP, "SIGTERM")
