@@ -79,6 +79,12 @@ class Prepared:
     tags: list[str]
 
 
+class Interrupted(CellctlError):
+    """Ctrl-C or SIGTERM before the batch started."""
+
+    exit_code = exitcodes.INTERRUPTED
+
+
 class NeedsTerminal(CellctlError):
     """Stepping and breakpoints need somebody at a terminal."""
 
@@ -125,7 +131,10 @@ async def _served(
         return
     from cellctl.simwiring import CellSimulator
 
-    async with CellSimulator(cell, speed=options.speed) as simulator:
+    simulator = CellSimulator(cell, speed=options.speed)
+    if options.fault is not None:
+        _fault_of(simulator, options.fault)  # a fault no model has: refused before a port opens
+    async with simulator:
         yield simulator.served_cell, simulator
 
 
@@ -164,15 +173,33 @@ class BatchRun:
         """Connect, run the batch, print the summary; the exit code."""
         prepared = self.prepared
         loaded = prepared.loaded
-        async with _served(loaded.cell, self.options) as (cell, simulator):
-            drivers = build_drivers(cell, prepared.devices)
-            io = TagIO(cell, drivers, prepared.tags)
-            await io.connect()  # DevicesUnreachable: nothing was written
-            try:
-                await _all_answer(io, prepared.tags)
-                return await self._run_connected(io, simulator)
-            finally:
-                await io.close()
+        # Until the controller takes the signals over, Ctrl-C or SIGTERM ends the run at once:
+        # nothing has been written yet.
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        assert me is not None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, me.cancel)
+        try:
+            async with _served(loaded.cell, self.options) as (cell, simulator):
+                drivers = build_drivers(cell, prepared.devices)
+                io = TagIO(cell, drivers, prepared.tags)
+                await io.connect()  # DevicesUnreachable: nothing was written
+                try:
+                    await _all_answer(io, prepared.tags)
+                    return await self._run_connected(io, simulator)
+                finally:
+                    await io.close()
+        except asyncio.CancelledError:
+            # Our own signal before the controller took them over (not a cancel from outside).
+            if self.controller is None and me.uncancel() == 0:
+                raise Interrupted(
+                    "interrupted before the batch started: nothing was written"
+                ) from None
+            raise
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
 
     async def _run_connected(self, io: TagIO, simulator: CellSimulator | None) -> int:
         prepared, options = self.prepared, self.options
@@ -221,6 +248,7 @@ class BatchRun:
         extras: list[asyncio.Task[None]] = []
         keys: TerminalKeys | None = None
         fault = _fault_of(simulator, options.fault) if simulator and options.fault else None
+        # Signals from now on go to the controller (hold, abort, stop).
         try:
             await controller.open()
             if options.interactive:
@@ -228,7 +256,6 @@ class BatchRun:
                 keys.open()
                 extras.append(asyncio.ensure_future(self._keys(keys, operator)))
             if fault is not None and simulator is not None:
-                self.demo_busy = True
                 extras.append(asyncio.ensure_future(self._demo_fault(simulator, *fault)))
             if options.interactive:
                 with Live(
@@ -241,6 +268,9 @@ class BatchRun:
             else:
                 # Nobody can Unhold without a terminal, except the demo's own fault script.
                 ended = await controller.run_batch(stop_when_held=lambda: not self.demo_busy)
+            # One last fresh read, so the final view shows the values the batch left behind.
+            for value in (await io.read(prepared.tags)).values():
+                io.board.update(value)
         finally:
             loop.remove_signal_handler(signal.SIGINT)
             loop.remove_signal_handler(signal.SIGTERM)
@@ -261,6 +291,8 @@ class BatchRun:
             return
         self.choosing = False
         self.model.hint = HINT_HELD if event.target is State.HELD else HINT_RUNNING
+        if event.target is State.EXECUTE:
+            self.interrupts = 0  # running again: the next Ctrl-C holds again
 
     def _command(self, command: Command, how: str, choice: FailureChoice | None = None) -> None:
         controller = self.controller
@@ -337,6 +369,7 @@ class BatchRun:
         controller.listeners.append(watch)
         try:
             await second_round.wait()
+            self.demo_busy = True  # this hold is the demo's own: it unholds by itself
             simulator.fault(device, name, True)
             await controller.wait_for({State.HELD, State.STOPPED, State.ABORTED})
             if controller.state is not State.HELD:

@@ -171,7 +171,7 @@ class Controller:
             if trip.action == "abort":
                 self._run.cancel()
             else:
-                self.executor.pause(PauseReason.HOLD)
+                self.executor.freeze()  # the safe state comes next: nothing may follow it
         command = {"hold": Command.HOLD, "stop": Command.STOP, "abort": Command.ABORT}[trip.action]
         self._spawn(self._act_on_trip(trip, command))
 
@@ -346,10 +346,15 @@ class Controller:
         return None
 
     async def _holding(self) -> None:
-        if self._run is not None:
+        running = self._run is not None and not self._run.done()
+        if running:
             self.executor.pause(PauseReason.HOLD)
+            if not self.executor.frozen:
+                # Hold takes effect at the step boundary: the running step's writes end
+                # first, so the safe state is the last word.
+                await self.executor.wait_paused()
         await self._safe_state("Holding")
-        if self._run is not None:
+        if running:
             await self.executor.wait_paused()
 
     async def _unholding(self) -> None:
@@ -376,7 +381,15 @@ class Controller:
         return None
 
     async def _stopping(self) -> None:
-        if self._run is not None and not self._run.done():
+        running = self._run is not None and not self._run.done()
+        if running and self.executor.frozen:
+            # A trip: the safe state at once; the write or call in flight ends before it on
+            # its device's connection.
+            await self._safe_state("Stopping")
+            await self._end_run()
+            return
+        if running:
+            # Stop lets the running step finish (its wait too, within STOP_GRACE).
             self.executor.pause(PauseReason.STOP)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.executor.wait_paused(), STOP_GRACE)

@@ -103,6 +103,14 @@ class _StepError(Exception):
         self.outcome_unknown = outcome_unknown
 
 
+class _At(enum.Enum):
+    """What a checkpoint is about to start: a pause lets some of it go on."""
+
+    OUTPUT = "output"  # a write or a call: the running step finishes them, unless frozen
+    WAIT = "wait"  # a wait or a delay: Hold and Suspend cut it, Stop lets it finish
+    OPERATOR = "operator"  # a prompt or a stepping question: any pause cuts it
+
+
 class _Interrupted(Exception):
     """The executor was paused while a step was in progress: re-enter it on resume."""
 
@@ -170,7 +178,9 @@ class Executor:
         self._pause: PauseReason | None = None
         self._running = asyncio.Event()
         self._running.set()
-        self._wakers: set[asyncio.Event] = set()
+        self._frozen = False
+        # What a pause may cut short: waits and delays, and questions to the operator.
+        self._wakers: dict[_At, set[asyncio.Event]] = {_At.WAIT: set(), _At.OPERATOR: set()}
         self._busy = 0  # branches running a step action (not parked at a boundary)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -187,11 +197,34 @@ class Executor:
             self._add_busy(-1)
 
     def pause(self, reason: PauseReason) -> None:
-        """Stop every branch at its next step boundary; waits and prompts are interrupted."""
+        """Stop every branch at its next step boundary.
+
+        The running step's writes and calls go on to the boundary. Hold and Suspend cut a wait
+        or delay in progress (re-entered on resume); Stop lets it finish. Questions to the
+        operator are cut by any pause.
+        """
         self._pause = reason
         self._running.clear()
-        for waker in self._wakers:
-            waker.set()
+        cut = [_At.OPERATOR] if reason is PauseReason.STOP else [_At.OPERATOR, _At.WAIT]
+        for kind in cut:
+            for waker in self._wakers[kind]:
+                waker.set()
+
+    def freeze(self) -> None:
+        """A trip: no new write or call starts, not even inside the running step (the safe
+        state must be the last word); waits and questions are cut. Resume lifts it."""
+        self._frozen = True
+        self._running.clear()
+        if self._pause is None:
+            self._pause = PauseReason.HOLD
+        for wakers in self._wakers.values():
+            for waker in wakers:
+                waker.set()
+
+    @property
+    def frozen(self) -> bool:
+        """True between freeze() and resume()."""
+        return self._frozen
 
     async def wait_paused(self) -> None:
         """Return once no branch runs a step action (writes and calls in flight completed)."""
@@ -215,6 +248,7 @@ class Executor:
                 asyncio.get_running_loop().call_soon(self.host.step_failed, self._pending[0][0])
                 return
         self._pause = None
+        self._frozen = False
         self._running.set()
 
     @property
@@ -251,36 +285,42 @@ class Executor:
         finally:
             self._add_busy(1)
 
-    def _checkpoint(self) -> None:
-        """No new write, call or wait starts while paused."""
-        if self._pause is not None:
+    def _checkpoint(self, at: _At) -> None:
+        """Before a write, call, wait or question: raise _Interrupted when a pause stops it."""
+        if self._frozen:
             raise _Interrupted
+        if self._pause is None or at is _At.OUTPUT:
+            return  # the running step's writes and calls go on to its end
+        if at is _At.WAIT and self._pause is PauseReason.STOP:
+            return  # Stop lets the running step finish
+        raise _Interrupted
 
     async def _sleep(self, seconds: float | None) -> bool:
         """Sleep (None: forever); True when a pause cut it short."""
-        self._checkpoint()
+        self._checkpoint(_At.WAIT)
         waker = asyncio.Event()
-        self._wakers.add(waker)
+        self._wakers[_At.WAIT].add(waker)
         try:
             async with asyncio.timeout(seconds):
                 await waker.wait()
         except TimeoutError:
             return False
         finally:
-            self._wakers.discard(waker)
+            self._wakers[_At.WAIT].discard(waker)
         return True
 
     async def _interruptible(self, ask: Callable[[], Awaitable[T]]) -> T:
         """Await the operator; raises _Interrupted when a pause cuts it short."""
-        self._checkpoint()  # before asking: a question never asked is never left unawaited
+        # Before asking: a question never asked is never left unawaited.
+        self._checkpoint(_At.OPERATOR)
         task = asyncio.ensure_future(ask())
         waker = asyncio.Event()
-        self._wakers.add(waker)
+        self._wakers[_At.OPERATOR].add(waker)
         woken = asyncio.ensure_future(waker.wait())
         try:
             done, _ = await asyncio.wait({task, woken}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._wakers.discard(waker)
+            self._wakers[_At.OPERATOR].discard(waker)
             woken.cancel()
             if not task.done():
                 task.cancel()
@@ -510,7 +550,7 @@ class Executor:
         self._started(ctx, self._set_detail(step, scope))
         deadline = ctx.deadline()
         for tag, expression in list(step.set.items())[ctx.writes_done :]:
-            self._checkpoint()
+            self._checkpoint(_At.OUTPUT)
             value = await self._evaluate(expression, scope, ctx, f"set {tag}")
             try:
                 checked = self.io.check(tag, value)
@@ -529,7 +569,7 @@ class Executor:
                     f"{ctx.label} timed out after {_seconds(ctx.timeout)} writing {tag}"
                 )
         if step.wait is not None:
-            self._checkpoint()
+            self._checkpoint(_At.WAIT)
             await self._wait(ctx, step.wait, scope, deadline)
 
     async def _wait(
@@ -551,11 +591,11 @@ class Executor:
             waker.set()
 
         unlisten = self.io.board.listen(tags, listener)  # first, so no update is missed
-        self._wakers.add(waker)
+        self._wakers[_At.WAIT].add(waker)
         try:
             baseline = await self.io.read(tags) if tags else {}
             while True:
-                self._checkpoint()
+                self._checkpoint(_At.WAIT)
                 waker.clear()
                 current = {t: self._newest(heard.get(t), baseline[t]) for t in tags}
                 met, shown = self._judge(ctx, condition, scope, current)
@@ -586,7 +626,7 @@ class Executor:
                     ) from None
         finally:
             unlisten()
-            self._wakers.discard(waker)
+            self._wakers[_At.WAIT].discard(waker)
 
     def _newest(self, sample: TagValue | None, baseline: TagValue) -> TagValue:
         """The newest sample taken since the last confirmation, else the baseline read."""
@@ -616,11 +656,11 @@ class Executor:
             raise _StepError(f"{ctx.label}: wait {condition.text}: {err}") from None
 
     async def _call(self, ctx: _Ctx, step: CallStep, scope: Scope) -> None:
-        self._checkpoint()
+        self._checkpoint(_At.OUTPUT)
         args = await self._resolve(step.args, scope, ctx, "arg ")
         shown = ", ".join(f"{name}={show(value)}" for name, value in args.items())
         self._started(ctx, f"{step.call}({shown})")
-        self._checkpoint()
+        self._checkpoint(_At.OUTPUT)
         try:
             result = await asyncio.wait_for(self.io.call(step.call, args), ctx.timeout)
         except TimeoutError:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cellctl.cell import ModbusTcpDevice, OpcuaDevice, load_cell
+from cellctl.cell import Cell, ModbusTcpDevice, OpcuaDevice, load_cell
 from cellctl.controller import CommandBlocked
 from cellctl.events import (
     Event,
@@ -224,7 +224,7 @@ recipe: long-wait
 version: 1
 steps:
   - {id: start-conveyor, set: {conveyor.speed_rpm: 900, conveyor.run: true}}
-  - {id: long-wait, wait: conveyor.fault, timeout: 30s}
+  - {id: long-wait, wait: "conveyor.speed_rpm == 901", timeout: 30s}
 """
 
 
@@ -292,6 +292,11 @@ def test_a_signal_ends_a_run_without_terminal_with_the_safe_state(
         # The batch has the conveyor running, on the device itself.
         assert demo.loop.run(read_conveyor(demo.cell)) == ConveyorOutputs(True, 900)
         child.send_signal(interrupt.signal)
+        if interrupt.acting is State.STOPPING:
+            # Stop lets the running step finish: the wait goes on until its condition holds.
+            out.wait_for(lambda line: "Execute -> Stopping" in line, 5, "Stopping")
+            assert child.poll() is None and not any("safe state" in x for x in out.lines)
+            demo.loop.run(write_conveyor_speed(demo.cell, 901))
         signalled = time.monotonic()
         code = child.wait(timeout=10)
         took = time.monotonic() - signalled
@@ -315,3 +320,18 @@ def test_a_signal_ends_a_run_without_terminal_with_the_safe_state(
     cause = next(line for line in lines if line.startswith("cause: "))
     assert any(name in cause for name in interrupt.names), text
     assert demo.loop.run(read_conveyor(demo.cell)) == CONVEYOR_SAFE
+
+
+async def write_conveyor_speed(cell: Cell, rpm: int) -> None:
+    """Write hr 0 of the conveyor with a raw pymodbus client of our own (the plant side)."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    device = cell.devices["conveyor"]
+    assert isinstance(device, ModbusTcpDevice)
+    client = AsyncModbusTcpClient(device.host, port=device.port, timeout=1.0, retries=0)
+    try:
+        assert await client.connect()
+        answer = await client.write_register(0, rpm, device_id=device.unit)
+        assert not answer.isError(), answer
+    finally:
+        client.close()

@@ -206,9 +206,7 @@ def test_a_at_a_step_pause_aborts(terminal: list[Terminal], tmp_path: Path) -> N
     assert "wrote plc.mode" not in term.text()
 
 
-# BUG (controller.py run_batch, BatchEnded.cause): the cause of the command that ended the batch
-# is not kept (self.cause is only set from CommandBlocked), so the summary of an aborted batch
-# says "cause: not given" although the abort event names it. Remove the mark once fixed.
+# Regression: the summary of an aborted batch names the cause of the abort.
 def test_the_summary_of_an_abort_names_its_cause(terminal: list[Terminal], tmp_path: Path) -> None:
     term = run_on_terminal(terminal, tmp_path, STEPS, "--step")
     term.wait_for("paused before step 1 start (stepping)")

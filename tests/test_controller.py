@@ -586,15 +586,34 @@ async def test_abort_from_held(bench: Bench) -> None:
 
 
 @pytest.mark.asyncio
-async def test_stop_while_a_wait_runs(bench: Bench) -> None:
+async def test_stop_lets_the_running_wait_finish_then_writes_the_safe_state(
+    bench: Bench,
+) -> None:
     await bench.to_execute()
     bench.forget_writes()
     await bench.ctl.command(Command.STOP)
+    # Stop lets the running step finish: Stopping waits for the wait, nothing written yet.
+    assert bench.ctl.state is State.STOPPING and bench.writes() == []
+    bench.device("line.done", True)
+    assert await bench.settle(State.STOPPED) is State.STOPPED
+    finish = [e.outcome for e in bench.of(StepEnded) if e.step_id == "finish"]
+    assert finish == [StepOutcome.DONE]
+    assert_safe_state(bench, bench.writes())
+    assert {t for t, _ in bench.writes()} == set(SAFE)
+
+
+@pytest.mark.asyncio
+async def test_a_stop_trip_cuts_the_wait_and_writes_the_safe_state_at_once(
+    bench: Bench,
+) -> None:
+    await bench.to_execute()
+    bench.forget_writes()
+    _, tag, bad, _ = TRIPS["stop"]
+    bench.device(tag, bad)
     assert await bench.settle(State.STOPPED) is State.STOPPED
     finish = [e.outcome for e in bench.of(StepEnded) if e.step_id == "finish"]
     assert finish == [StepOutcome.INTERRUPTED]
     assert_safe_state(bench, bench.writes())
-    assert {t for t, _ in bench.writes()} == set(SAFE)
 
 
 SLOW_CALL = """\
@@ -724,10 +743,8 @@ def trip_on_entering(rig: Bench, state: State) -> None:
     rig.hooks.append(hook)
 
 
-# BUG (controller.py _holding line 333, with _executing lines 306-307): a trip that holds
-# before the executor task exists (in Starting via _pending_hold, or in Execute before its
-# work task first runs) leaves Holding's executor.pause(HOLD) in place; Unhold then starts
-# executor.run() while paused, its first step parks forever and the machine sits in Execute.
+# Regression: a trip that holds before the executor task exists (in Starting, or in Execute
+# before its work first runs) must not leave the executor paused once Unhold starts it.
 @pytest.mark.asyncio
 @pytest.mark.parametrize("state", [State.STARTING, State.EXECUTE])
 async def test_trip_before_the_executor_starts_then_unhold_runs_the_recipe(
@@ -745,10 +762,8 @@ async def test_trip_before_the_executor_starts_then_unhold_runs_the_recipe(
     assert await bench.settle(State.COMPLETE, within=1.0) is State.COMPLETE
 
 
-# BUG (controller.py _unholding, lines 338-351): a trip that holds while Unholding runs is
-# only remembered (_pending_hold) and its safe state written, but the restore writes go on
-# after it: line.run is driven true again with the light curtain broken, until Holding
-# writes the safe state once more.
+# Regression: a trip while Unholding holds at once (Hold is legal from Unholding), so no
+# restore write reaches the device after the trip.
 @pytest.mark.asyncio
 async def test_no_restore_write_after_a_trip_in_unholding(bench: Bench) -> None:
     await bench.to_execute()
@@ -771,10 +786,8 @@ async def test_no_restore_write_after_a_trip_in_unholding(bench: Bench) -> None:
     assert ("line.run", True) not in after_trip
 
 
-# BUG (controller.py command(), lines 215-219): the interlock check comes before the
-# legality check, so a command that is illegal in the state is refused as "blocked by
-# interlock ... until it clears" (promising it will work later) instead of naming the
-# state and the legal commands; it also reads the devices first.
+# Regression: a command that is illegal in the state is refused naming the state and the
+# legal commands, even while an interlock stands (not "blocked until it clears").
 @pytest.mark.asyncio
 async def test_illegal_command_while_tripped_names_the_state(bench: Bench) -> None:
     await bench.ctl.command(Command.RESET)
@@ -785,17 +798,15 @@ async def test_illegal_command_while_tripped_names_the_state(bench: Bench) -> No
         await bench.ctl.command(Command.RESET)
 
 
-# BUG (controller.py _executing lines 306-316, and _resetting): Reset and Start are legal
-# after Stopped, Complete and Aborted, but the controller keeps the first batch's executor
-# task: after a Stop it is cancelled, `await shield(self._run)` raises CancelledError past
-# `except Exception`, and the machine sits in Execute with nothing running (no state
-# complete, no fault); after Complete, Start goes to Complete at once without running a
-# step. Either refuse Start once a batch has ended, or run a fresh executor.
+# Regression: one controller runs one batch; a second Start is refused instead of reusing
+# the first batch's executor.
 @pytest.mark.asyncio
 async def test_second_start_after_stop_runs_or_is_refused(bench: Bench) -> None:
     await bench.to_execute()
     await bench.ctl.command(Command.STOP)
+    bench.device("line.done", True)  # the running wait finishes, then Stopped
     await bench.settle(State.STOPPED)
+    bench.device("line.done", False)
     await bench.ctl.command(Command.RESET)
     await bench.settle(State.IDLE)
     bench.forget_writes()

@@ -459,38 +459,68 @@ steps:
     assert rig.writes() == [("dev.b", True)]
 
 
-@pytest.mark.asyncio
-async def test_pause_between_writes_does_the_rest_after_resume(rig: Rig) -> None:
-    executor = rig.executor(
-        """\
+THREE_WRITES = """\
 recipe: three
 version: 1
 steps:
   - {id: abc, set: {dev.a: true, dev.b: true, dev.c: true}}
+  - {id: d, set: {dev.start: true}}
 """
-    )
+
+
+@pytest.mark.asyncio
+async def test_hold_between_writes_takes_effect_at_the_step_boundary(rig: Rig) -> None:
+    executor = rig.executor(THREE_WRITES)
     rig.host.on(TagWritten, lambda _: executor.pause(PauseReason.HOLD))
     rig.start(executor)
     await wait_until(lambda: executor.paused)
     await asyncio.wait_for(executor.wait_paused(), DEADLINE)
+    # The running step wrote all it had to; the next step did not start.
+    assert rig.writes() == [("dev.a", True), ("dev.b", True), ("dev.c", True)]
+    assert rig.host.ended("1") == [StepOutcome.DONE] and not rig.host.started("2")
+    executor.resume()
+    await rig.done()
+    assert rig.writes()[-1] == ("dev.start", True)
+
+
+@pytest.mark.asyncio
+async def test_freeze_between_writes_does_the_rest_after_resume(rig: Rig) -> None:
+    """A trip freezes the executor at once: the safe state must be the last word."""
+    executor = rig.executor(THREE_WRITES)
+    rig.host.on(TagWritten, lambda _: executor.freeze())
+    rig.start(executor)
+    await wait_until(lambda: executor.frozen)
+    await asyncio.wait_for(executor.wait_paused(), DEADLINE)
     assert rig.writes() == [("dev.a", True)]
     executor.resume()
     await rig.done()
-    assert rig.writes() == [("dev.a", True), ("dev.b", True), ("dev.c", True)]
+    assert rig.writes() == [
+        ("dev.a", True),
+        ("dev.b", True),
+        ("dev.c", True),
+        ("dev.start", True),
+    ]
     assert rig.host.ended("1") == [StepOutcome.INTERRUPTED, StepOutcome.DONE]
 
 
 @pytest.mark.asyncio
-async def test_stop_pauses_then_cancel_writes_nothing_more(rig: Rig) -> None:
+async def test_stop_lets_the_running_wait_finish_then_cancel_writes_nothing_more(
+    rig: Rig,
+) -> None:
     executor = rig.executor(WAIT_DONE)
     task = rig.start(executor)
     await wait_until(lambda: bool(rig.host.of(WaitProgress)))
     executor.pause(PauseReason.STOP)
-    await asyncio.wait_for(executor.wait_paused(), DEADLINE)
+    paused = asyncio.ensure_future(executor.wait_paused())
+    # Stop lets the running step finish: the wait goes on until its condition holds.
+    await wait_until(lambda: len(rig.host.of(WaitProgress)) >= 1)
+    assert not paused.done() and rig.host.ended("2") == []
+    rig.device("dev.done", True)
+    await asyncio.wait_for(paused, DEADLINE)
+    assert rig.host.ended("2") == [StepOutcome.DONE] and not rig.host.started("3")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    rig.device("dev.done", True)
     assert rig.writes() == [("dev.start", True)]
 
 

@@ -156,9 +156,7 @@ def test_states_table_has_every_state_and_command(capsys: pytest.CaptureFixture[
     assert "Resetting" not in execute  # Reset is not legal in Execute
 
 
-# BUG (cellctl/cli.py states, and read's plain lines): rich's Console.print expands tabs to
-# spaces, so the "tab-separated" plain output is padded with spaces (8-column tab stops) and an
-# empty cell cannot be told apart. Remove the mark once the lines keep their tabs.
+# Regression: the plain table keeps its tabs (rich would expand them to spaces).
 def test_states_plain_table_is_tab_separated(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "states")
     assert code == 0
@@ -180,10 +178,7 @@ def test_states_mermaid_is_a_state_diagram(capsys: pytest.CaptureFixture[str]) -
         assert any(line.startswith(f"{state.value} --> ") for line in lines), state
 
 
-# BUG (cellctl/machine.py mermaid(), title="PackML"): transitions writes the title as a bare
-# front-matter line ("---\nPackML\n---"), which is not the YAML mapping mermaid reads
-# (`title: PackML`): mermaid drops the title. Remove the mark once it starts with the diagram or
-# with valid front matter.
+# Regression: the diagram starts with valid front matter (a YAML mapping) or the diagram.
 def test_states_mermaid_starts_with_the_diagram_or_valid_front_matter(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
