@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.live import Live
 
-from cellctl import exitcodes, expr
+from cellctl import exitcodes
 from cellctl.cell import Cell
-from cellctl.connect import DevicesUnreachable, build_drivers
+from cellctl.connect import DevicesUnreachable, build_drivers, devices_for_tags
 from cellctl.controller import CommandBlocked, Controller
 from cellctl.errors import BadValue, CellctlError, did_you_mean
-from cellctl.events import Event, StateChanged, StepStarted, TripCleared
+from cellctl.events import BatchEnded, Event, StateChanged, StepStarted, TripCleared
+from cellctl.interlocks import interlock_tags
 from cellctl.keys import TerminalKeys, TerminalOperator
 from cellctl.machine import Command, IllegalCommand, Mode, State
 from cellctl.operator import (
@@ -47,7 +48,7 @@ if TYPE_CHECKING:  # imported when --sim is given: it loads every simulator
 #: The key hints of the live view.
 HINT_RUNNING = "Ctrl-C or h hold · Ctrl-C twice abort"
 HINT_HELD = "u unhold · a abort"
-HINT_CHOICE = "the step failed: r retry it · s skip it · Esc back"
+HINT_CHOICE = "the step failed: r retry it · s skip it · any other key: back"
 
 
 @dataclass
@@ -109,13 +110,9 @@ def prepare(options: RunOptions) -> Prepared:
             )
         check_answered(recipe, answers)
     plan = make_plan(loaded, options.params)
-    interlock_tags = {
-        name for interlock in cell.interlocks for name in expr.parse(interlock.when).names
-    } & set(cell.tags)
-    tags = list(
-        dict.fromkeys([*plan.reads, *plan.writes, *sorted(interlock_tags), *cell.safe_state])
-    )
-    used = {cell.tags[t].device for t in tags} | set(plan.devices)
+    tags = list(dict.fromkeys([*plan.reads, *plan.writes, *interlock_tags(cell), *cell.safe_state]))
+    # The devices of those tags, and those the recipe only calls methods on.
+    used = set(devices_for_tags(cell, tags)) | set(plan.devices)
     devices = [name for name in cell.devices if name in used]
     operator = None if options.interactive else ScriptedOperator(answers, options.operator)
     return Prepared(loaded, dict(parameters), operator, devices, tags)
@@ -160,9 +157,10 @@ class BatchRun:
         self.controller: Controller | None = None
         self.interrupts = 0
         self.choosing = False
+        #: The terminal's input ended: nobody can Unhold any more.
+        self.keys_gone = False
         #: True while the demo's fault script will Unhold by itself.
         self.demo_busy = False
-        self._pending: set[asyncio.Task[None]] = set()
 
     def _print_event(self, event: Event) -> None:
         line = event_line(event)
@@ -178,8 +176,15 @@ class BatchRun:
         loop = asyncio.get_running_loop()
         me = asyncio.current_task()
         assert me is not None
+        interrupted: list[bool] = []
+
+        def interrupt() -> None:
+            if not interrupted:  # once: a second Ctrl-C must not cancel the cleanup too
+                interrupted.append(True)
+                me.cancel()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, me.cancel)
+            loop.add_signal_handler(signum, interrupt)
         try:
             async with _served(loaded.cell, self.options) as (cell, simulator):
                 drivers = build_drivers(cell, prepared.devices)
@@ -192,7 +197,7 @@ class BatchRun:
                     await io.close()
         except asyncio.CancelledError:
             # Our own signal before the controller took them over (not a cancel from outside).
-            if self.controller is None and me.uncancel() == 0:
+            if interrupted and self.controller is None and me.uncancel() == 0:
                 raise Interrupted(
                     "interrupted before the batch started: nothing was written"
                 ) from None
@@ -249,6 +254,18 @@ class BatchRun:
         keys: TerminalKeys | None = None
         fault = _fault_of(simulator, options.fault) if simulator and options.fault else None
         # Signals from now on go to the controller (hold, abort, stop).
+
+        async def batch() -> BatchEnded:
+            if options.interactive:
+                ended = await controller.run_batch(stop_when_held=lambda: self.keys_gone)
+            else:
+                # Nobody can Unhold without a terminal, except the demo's own fault script.
+                ended = await controller.run_batch(stop_when_held=lambda: not self.demo_busy)
+            # One last fresh read, so the final view shows the values the batch left behind.
+            for value in (await io.read(prepared.tags)).values():
+                io.board.update(value)
+            return ended
+
         try:
             await controller.open()
             if options.interactive:
@@ -264,16 +281,13 @@ class BatchRun:
                     refresh_per_second=8,
                     transient=False,
                 ):
-                    ended = await controller.run_batch(stop_when_held=lambda: False)
+                    ended = await batch()
             else:
-                # Nobody can Unhold without a terminal, except the demo's own fault script.
-                ended = await controller.run_batch(stop_when_held=lambda: not self.demo_busy)
-            # One last fresh read, so the final view shows the values the batch left behind.
-            for value in (await io.read(prepared.tags)).values():
-                io.board.update(value)
+                ended = await batch()
         finally:
-            loop.remove_signal_handler(signal.SIGINT)
-            loop.remove_signal_handler(signal.SIGTERM)
+            # The batch is over: a signal now must not cut the cleanup (bounded) short.
+            loop.add_signal_handler(signal.SIGINT, lambda: None)
+            loop.add_signal_handler(signal.SIGTERM, lambda: None)
             for task in extras:
                 task.cancel()
             await asyncio.gather(*extras, return_exceptions=True)
@@ -299,19 +313,15 @@ class BatchRun:
         if controller is None:
             return
         who = self.options.operator or "the operator"
-
-        async def issue() -> None:
-            # A refusal is already an event (CommandRefused) that the view shows.
-            with contextlib.suppress(IllegalCommand, CommandBlocked):
-                await controller.command(command, cause=f"{who} ({how})", choice=choice)
-
-        task = asyncio.ensure_future(issue())
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        # A refusal is an event (CommandRefused) that the view shows.
+        controller.request(command, cause=f"{who} ({how})", choice=choice)
 
     def _on_sigint(self) -> None:
         controller = self.controller
         if controller is None:
+            return
+        if controller.state is State.STOPPED and controller.started_at is None:
+            controller.refuse_start("SIGINT before the batch started")  # nothing written
             return
         self.interrupts += 1
         how = "Ctrl-C" if self.options.interactive else "SIGINT"
@@ -323,6 +333,10 @@ class BatchRun:
             self._command(Command.STOP, how)
 
     def _on_sigterm(self) -> None:
+        controller = self.controller
+        if controller is not None and controller.state is State.STOPPED:
+            controller.refuse_start("SIGTERM before the batch started")
+            return
         self._command(Command.STOP, "SIGTERM")
 
     async def _keys(self, keys: TerminalKeys, operator: Operator) -> None:
@@ -330,7 +344,9 @@ class BatchRun:
         assert controller is not None and self.model is not None
         while True:
             key = await keys.get()
-            if key == "":
+            if key == "":  # the terminal is gone: nobody can Unhold any more
+                self.keys_gone = True
+                controller.wake_waiters()
                 return
             if isinstance(operator, TerminalOperator) and operator.waiting:
                 operator.feed(key)
@@ -363,8 +379,8 @@ class BatchRun:
         def watch(event: Event) -> None:
             if isinstance(event, StepStarted) and event.round == 2:
                 second_round.set()
-            if isinstance(event, TripCleared):
-                cleared.set()
+            if isinstance(event, TripCleared) and not controller.interlocks.active:
+                cleared.set()  # every trip is gone, not only one of them
 
         controller.listeners.append(watch)
         try:
@@ -382,7 +398,7 @@ class BatchRun:
                 await controller.command(Command.UNHOLD, cause=f"demo: {device} {name} restored")
         finally:
             self.demo_busy = False
-            controller.poke()  # a run_batch waiting in Held looks again
+            controller.wake_waiters()  # a run_batch waiting in Held looks again
 
 
 def _fault_of(simulator: CellSimulator, fault: str) -> tuple[str, str]:

@@ -58,7 +58,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
 
-#: Seconds sim, demo and --watch get to finish by themselves after SIGINT/SIGTERM.
+#: Seconds `sim` and `read --watch` get to finish by themselves after SIGINT/SIGTERM.
 STOP_GRACE = 2.0
 
 CellOption = Annotated[
@@ -110,7 +110,7 @@ def _load(path: Path) -> Cell:
 
 
 async def _until_signalled(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run `work(stop)` where SIGINT/SIGTERM set `stop`: the normal end of sim and demo."""
+    """Run `work(stop)` where SIGINT/SIGTERM set `stop`: the normal end of sim and --watch."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -249,7 +249,7 @@ def read(
     spec = _load(cell)
     names = list(tags) if tags else list(spec.tags)
     if watch:
-        _run(_until_signalled(lambda stop: _watch(spec, names, stop, seconds=None)))
+        _run(_until_signalled(lambda stop: _watch(spec, names, stop)))
         return
     values = _run(_read_once(spec, names))
     if as_json:
@@ -295,7 +295,7 @@ def _json_value(value: TagValue) -> dict[str, Any]:
     }
 
 
-async def _watch(cell: Cell, names: list[str], stop: asyncio.Event, seconds: float | None) -> None:
+async def _watch(cell: Cell, names: list[str], stop: asyncio.Event) -> None:
     async with CellSession(cell, names) as session:
         latest: dict[str, TagValue] = await session.read()
         unsubscribe = session.subscribe(lambda value: latest.__setitem__(value.tag, value))
@@ -303,9 +303,7 @@ async def _watch(cell: Cell, names: list[str], stop: asyncio.Event, seconds: flo
             with Live(
                 tag_table(latest.values(), cell.cell), console=out, auto_refresh=False
             ) as live:
-                loop = asyncio.get_running_loop()
-                end = None if seconds is None else loop.time() + seconds
-                while not stop.is_set() and (end is None or loop.time() < end):
+                while not stop.is_set():
                     live.update(tag_table([latest[n] for n in names], cell.cell), refresh=True)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.25)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
 from dataclasses import asdict
@@ -40,7 +39,13 @@ from cellctl.events import (
     WaitProgress,
 )
 from cellctl.executor import Executor, PauseReason, StepFailure
-from cellctl.interlocks import COMM_LOSS, InterlockMonitor, Trip, write_safe_state
+from cellctl.interlocks import (
+    BLOCKED_COMMANDS,
+    COMM_LOSS,
+    InterlockMonitor,
+    Trip,
+    write_safe_state,
+)
 from cellctl.machine import Command, IllegalCommand, MachineError, Mode, PackMLMachine, State
 from cellctl.operator import FailureChoice, Operator
 from cellctl.recipe import LoadedRecipe
@@ -48,18 +53,17 @@ from cellctl.tagio import TagIO
 from drivers.base import Value
 
 log = structlog.get_logger("cellctl.controller")
-_stdlog = logging.getLogger("cellctl.controller")
 
 #: States in which a batch has ended for good.
 END_STATES = frozenset({State.COMPLETE, State.STOPPED, State.ABORTED})
-#: Commands an active interlock blocks (Stop and Abort are never blocked).
-BLOCKED_BY_TRIPS = frozenset({Command.START, Command.UNHOLD, Command.RESET})
 #: States in which the cell must stay in its safe state (what failed is written again).
 SAFE_STATES = frozenset(
     {State.HOLDING, State.HELD, State.STOPPING, State.STOPPED, State.ABORTING, State.ABORTED}
 )
+#: Seconds closing waits for the safe state and queued commands before it cancels them.
+CLOSE_WAIT = 30.0
 #: Seconds Stopping waits for a write or call in flight before it cancels it.
-STOP_GRACE = 30.0
+STOP_WAIT = 30.0
 
 
 class CommandBlocked(CellctlError):
@@ -125,6 +129,10 @@ class Controller:
         self._stop_cause: str | None = None
         #: Safe-state tags whose last write failed: written again when a device comes back.
         self._safe_pending: dict[str, Value] = {}
+        self._safe_lock = asyncio.Lock()  # one safe-state writer at a time
+        self._rewrite: asyncio.Task[None] | None = None
+        #: Set by a stop request before the batch started: Reset and Start are not issued.
+        self._no_start: str | None = None
 
     # -- events ------------------------------------------------------------------------------
 
@@ -137,7 +145,7 @@ class Controller:
             try:
                 listener(event)
             except Exception:
-                _stdlog.exception("an event listener failed")
+                self.log.error("an event listener failed", exc_info=True)
 
     def _state_changed(self, change: StateChanged) -> None:
         # The machine's callback: record and signal only (DESIGN §7).
@@ -155,11 +163,11 @@ class Controller:
         """A step failed: hold (the operator chooses retry or skip) or abort, as on_error says."""
         self.faults.append(failure.message)
         command = Command.ABORT if failure.action == "abort" else Command.HOLD
-        self._later(command, failure.message)
+        self.request(command, cause=failure.message)
 
     def operator_abort(self, reason: str) -> None:
         """The operator chose abort while stepping."""
-        self._later(Command.ABORT, reason)
+        self.request(Command.ABORT, cause=reason)
 
     # -- interlocks ---------------------------------------------------------------------------
 
@@ -178,9 +186,10 @@ class Controller:
     def _trip_cleared(self, name: str) -> None:
         self.emit(TripCleared(interlock=name))
         if self._safe_pending and self.state in SAFE_STATES:
-            # A device is back: what its safe state could not get is written now.
+            # A device is back: what its safe state could not get is written now. One task,
+            # which Unholding and Resetting end before the recipe decides the outputs again.
             pending = list(self._safe_pending)
-            self._spawn(self._safe_state(f"{name} cleared, written again", pending))
+            self._rewrite = self._spawn(self._safe_state(f"{name} cleared, written again", pending))
 
     async def _act_on_trip(self, trip: Trip, command: Command) -> None:
         if self.machine.is_legal(command):
@@ -191,25 +200,32 @@ class Controller:
 
     # -- commands -----------------------------------------------------------------------------
 
-    def _later(self, command: Command, cause: str) -> None:
-        """Issue a command from a synchronous context; a refusal is recorded, never raised."""
+    def request(self, command: Command, *, cause: str, choice: FailureChoice | None = None) -> None:
+        """A command from a synchronous context (a key, a signal, a failed step): carried out
+        in a task of the controller's; a refusal is an event (CommandRefused), never raised."""
 
         async def issue() -> None:
-            if self.machine.is_legal(command):
-                await self._apply(command, cause)
-            else:
-                self.emit(Notice(text=f"{command} not taken in {self.state}: {cause}"))
+            with contextlib.suppress(MachineError, CommandBlocked):
+                await self.command(command, cause=cause, choice=choice)
 
         self._spawn(issue())
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def refuse_start(self, cause: str) -> None:
+        """Before the batch started: Reset and Start will not be issued (the run ends)."""
+        self._no_start = cause
+        self.wake_waiters()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+        return task
 
-    def legal_commands(self) -> list[Command]:
-        """The commands the machine takes now (interlocks may still block some)."""
-        return self.machine.legal_commands()
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self.log.error("a controller task failed", exc_info=error)
+            self.faults.append(f"internal error: {type(error).__name__}: {error}")
 
     async def command(
         self,
@@ -220,20 +236,18 @@ class Controller:
     ) -> State:
         """An operator command; raises IllegalCommand or CommandBlocked, nothing changed then."""
         try:
-            if not self.machine.is_legal(command):
-                # The machine refuses it (IllegalCommand naming the state, the mode and the
-                # legal commands) and changes nothing.
-                self.machine.command(command, cause)
+            self.machine.check(command)
             if command is Command.START and self._run is not None:
                 raise CommandBlocked(
                     f"Start: this controller ran its batch already ({self.state}); "
                     "a new batch is a new run"
                 )
-            if command in BLOCKED_BY_TRIPS:
+            if command in BLOCKED_COMMANDS:
                 await self.interlocks.check_now()
-                message = self.interlocks.blocking_message(str(command))
+                message = self.interlocks.blocking_message(command)
                 if message:
                     raise CommandBlocked(message)
+                self.machine.check(command)  # the state may have moved on meanwhile
             failure = self.executor.failure
             if command is Command.UNHOLD and failure is not None and choice is None:
                 raise CommandBlocked(
@@ -242,17 +256,14 @@ class Controller:
                     "a retry runs the whole step again)"
                 )
         except (IllegalCommand, CommandBlocked) as refused:
-            self.emit(CommandRefused(command=command, reason=str(refused)))
+            blocked = isinstance(refused, CommandBlocked)
+            self.emit(CommandRefused(command=command, reason=str(refused), blocked=blocked))
             raise
+        # No await between the checks above and the change: nothing can move the state.
         if command is Command.UNHOLD:
             self._choice = choice
         await self._apply(command, cause)
         return self.state
-
-    def set_mode(self, mode: Mode) -> None:
-        """Change the unit mode (Stopped, Idle, Complete, Aborted only)."""
-        self.machine.set_mode(mode)
-        self.emit(ModeChanged(mode=mode))
 
     async def _apply(self, command: Command, cause: str) -> None:
         if command in (Command.HOLD, Command.STOP, Command.ABORT):
@@ -293,11 +304,14 @@ class Controller:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a bug of ours: record it, and make the cell safe
-            _stdlog.exception("the work of %s failed", state)
+            self.log.error("the work of a state failed", state=str(state), exc_info=error)
             self.faults.append(f"{state}: internal error: {error}")
-            if self.state is state and state is not State.ABORTING:
+            if self.state is not state:
+                return
+            if state is not State.ABORTING:
                 await self._apply(Command.ABORT, f"internal error in {state}: {error}")
-            return
+                return
+            # Aborting goes on to Aborted all the same: never stuck in an acting state.
         if self.state is not state:
             return  # a command moved the machine on while the work ran
         if state is State.EXECUTE:
@@ -309,7 +323,7 @@ class Controller:
 
     async def _resetting(self) -> None:
         self.cause = None
-        self._safe_pending.clear()  # a new batch: the recipe decides the outputs again
+        await self._end_rewrite()
 
     async def _starting(self) -> None:
         self.started_at = self.started_at or time.time()
@@ -330,7 +344,7 @@ class Controller:
             # Shielded: leaving Execute cancels this work, never the executor itself.
             await asyncio.shield(self._run)
         except Exception as error:
-            _stdlog.exception("the executor failed")
+            self.log.error("the executor failed", exc_info=error)
             self.faults.append(f"executor: internal error: {error}")
             if self.state is State.EXECUTE:
                 await self._apply(Command.ABORT, f"internal error: {error}")
@@ -358,7 +372,7 @@ class Controller:
             await self.executor.wait_paused()
 
     async def _unholding(self) -> None:
-        self._safe_pending.clear()  # the batch goes on: the recipe decides the outputs again
+        await self._end_rewrite()
         commanded = self.executor.commanded()
         restore = set(self.cell.restore_on_unhold)
         for tag in [t for t in commanded if t in restore]:  # in the order the recipe wrote them
@@ -392,7 +406,7 @@ class Controller:
             # Stop lets the running step finish (its wait too, within STOP_GRACE).
             self.executor.pause(PauseReason.STOP)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.executor.wait_paused(), STOP_GRACE)
+                await asyncio.wait_for(self.executor.wait_paused(), STOP_WAIT)
             await self._end_run()
         await self._safe_state("Stopping")
 
@@ -403,15 +417,29 @@ class Controller:
     async def _clearing(self) -> None:
         return None
 
+    async def _end_rewrite(self) -> None:
+        """The recipe decides the outputs again: no late safe-state write may follow."""
+        rewrite, self._rewrite = self._rewrite, None
+        if rewrite is not None and not rewrite.done():
+            rewrite.cancel()
+            await asyncio.wait({rewrite})
+        self._safe_pending.clear()
+
     async def _end_run(self) -> None:
         run = self._run
         if run is None:
             return
         run.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await run
+        # asyncio.wait, not await: a cancel aimed at this task must still reach it.
+        await asyncio.wait({run})
+        if not run.cancelled() and run.exception() is not None:
+            self.log.error("the executor failed", exc_info=run.exception())
 
     async def _safe_state(self, reason: str, tags: list[str] | None = None) -> None:
+        async with self._safe_lock:
+            await self._write_safe_state(reason, tags)
+
+    async def _write_safe_state(self, reason: str, tags: list[str] | None) -> None:
         lost = [
             trip.interlock.removeprefix(COMM_LOSS)
             for trip in self.interlocks.active.values()
@@ -436,13 +464,24 @@ class Controller:
         await self.interlocks.check_now()
 
     async def close(self) -> None:
-        """Stop everything this controller started (the devices stay as they are)."""
+        """Stop the interlocks, let queued commands and the safe state finish (at most
+        CLOSE_WAIT s), then cancel what is left; the devices stay as they are."""
         self.interlocks.stop()
+        await self._drain()
         for task in [self._work, self._run, *self._tasks]:
             if task is not None and not task.done():
                 task.cancel()
         tasks = [t for t in (self._work, self._run, *self._tasks) if t is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        """Wait (at most CLOSE_WAIT s) for queued commands, safe-state writes and the work of
+        an acting state; Execute's work and the executor are left alone."""
+        busy = [t for t in self._tasks if not t.done()]
+        if self._work is not None and not self._work.done() and self.state is not State.EXECUTE:
+            busy.append(self._work)
+        if busy:
+            await asyncio.wait(busy, timeout=CLOSE_WAIT)
 
     async def wait_for(self, states: Iterable[State]) -> State:
         """Wait until the machine is in one of `states` (with nothing left to do there)."""
@@ -453,29 +492,42 @@ class Controller:
                 return self.state
             await self._changed.wait()
 
-    def poke(self) -> None:
+    def wake_waiters(self) -> None:
         """Wake whatever waits for a state, to look again (a condition of its own changed)."""
         self._changed.set()
 
     def _settled(self) -> bool:
         return self._work is None or self._work.done() or self.state is State.EXECUTE
 
+    async def _until_ended(self, stop_when_held: Callable[[], bool]) -> None:
+        """Wait for Complete, Stopped or Aborted (or Held, when `stop_when_held()`), with the
+        queued commands and safe-state writes done and the state still the same."""
+        while True:
+            state = await self.wait_for(END_STATES | {State.HELD} | {State.IDLE})
+            if state is State.HELD and not stop_when_held():
+                self._changed.clear()  # then the next change or wake_waiters() looks again
+                await self._changed.wait()
+                continue
+            await self._drain()  # a queued Abort after Held, say, is carried out first
+            if self.state is state:
+                return
+
     async def run_batch(self, *, stop_when_held: Callable[[], bool]) -> BatchEnded:
         """Reset, Start, and wait for Complete, Stopped or Aborted, or for Held when
         `stop_when_held()` says nobody will Unhold; returns the BatchEnded event it emitted."""
         begun = time.time()
         try:
-            await self.command(Command.RESET, cause="run")
-            await self.wait_for({State.IDLE, State.STOPPED, State.ABORTED, State.HELD})
-            if self.state is State.IDLE:
+            if self._no_start is None:
+                await self.command(Command.RESET, cause="run")
+                await self.wait_for({State.IDLE, State.STOPPED, State.ABORTED, State.HELD})
+            if self._no_start is None and self.state is State.IDLE:
                 await self.command(Command.START, cause="run")
-                while await self.wait_for(END_STATES | {State.HELD}) is State.HELD:
-                    if stop_when_held():
-                        break
-                    self._changed.clear()  # then the next change or poke() looks again
-                    await self._changed.wait()
-        except CommandBlocked as blocked:
-            self.cause = str(blocked)
+                await self._until_ended(stop_when_held)
+        except (CommandBlocked, MachineError) as refused:
+            # Refused by an interlock, or the state moved on (a signal's Stop or Abort).
+            self.cause = str(refused)
+            await self._until_ended(stop_when_held)
+        self.cause = self.cause or self._no_start
         failed = self.state is not State.COMPLETE
         ended = BatchEnded(
             state=self.state,

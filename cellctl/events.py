@@ -41,6 +41,8 @@ class CommandRefused(Event):
 
     command: Command
     reason: str
+    #: An interlock or a lost device refused it (a fault), not a key pressed in the wrong state.
+    blocked: bool = False
 
 
 class StepOutcome(enum.StrEnum):

@@ -52,7 +52,6 @@ from cellctl.recipe import (
 )
 from cellctl.tagio import OutOfRange, TagIO
 from drivers.base import Quality, Value
-from drivers.codecs import format_value
 
 T = TypeVar("T")
 Scope = ChainMap[str, Value]
@@ -94,6 +93,10 @@ class ExecutorHost(Protocol):
         ...
 
 
+class ChoiceNeeded(CellctlError):
+    """Resume after a failed step without the operator's choice (retry or skip)."""
+
+
 class _StepError(Exception):
     """A step failed; the message names the step and the cause."""
 
@@ -124,17 +127,11 @@ class _Ctx:
     label: str
     round: int | None
     timeout: float | None
-    detail: str = ""
     writes_done: int = 0  # a set step's writes confirmed in this attempt
 
     def deadline(self) -> float | None:
         """time.time() at which the step times out when (re)entered now, None for never."""
         return None if self.timeout is None else time.time() + self.timeout
-
-
-def show(value: Value | None) -> str:
-    """A value for a detail line: texts quoted, booleans as true/false."""
-    return repr(value) if isinstance(value, str) else format_value(value)
 
 
 def _seconds(value: float) -> str:
@@ -239,7 +236,7 @@ class Executor:
         if self._pending:
             failure, answer = self._pending[0]
             if choice is None:
-                raise ValueError(f"{failure.label} failed: choose retry or skip")
+                raise ChoiceNeeded(f"{failure.label} failed: choose retry or skip")
             self._pending.pop(0)
             answer.set_result(choice)
             if self._pending:
@@ -364,7 +361,6 @@ class Executor:
         self.host.emit(event)
 
     def _started(self, ctx: _Ctx, detail: str) -> None:
-        ctx.detail = detail
         self._emit(
             StepStarted(
                 path=ctx.path,
@@ -427,7 +423,7 @@ class Executor:
         if not expression.names <= scope.keys():
             return expression.text
         try:
-            return show(expr.evaluate(expression, scope))
+            return expr.show(expr.evaluate(expression, scope))
         except expr.EvaluationError:
             return expression.text
 
@@ -619,7 +615,7 @@ class Executor:
                         await waker.wait()
                 except TimeoutError:
                     assert ctx.timeout is not None
-                    now = ", ".join(f"{t} = {show(v)}" for t, v in shown.items())
+                    now = expr.show_values(shown)
                     raise _StepError(
                         f"{ctx.label} timed out after {_seconds(ctx.timeout)} waiting for "
                         f"{condition.text}" + (f" ({now})" if now else "")
@@ -658,7 +654,7 @@ class Executor:
     async def _call(self, ctx: _Ctx, step: CallStep, scope: Scope) -> None:
         self._checkpoint(_At.OUTPUT)
         args = await self._resolve(step.args, scope, ctx, "arg ")
-        shown = ", ".join(f"{name}={show(value)}" for name, value in args.items())
+        shown = ", ".join(f"{name}={expr.show(value)}" for name, value in args.items())
         self._started(ctx, f"{step.call}({shown})")
         self._checkpoint(_At.OUTPUT)
         try:
@@ -707,7 +703,7 @@ class Executor:
             count = int(count)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise _StepError(
-                f"{ctx.label}: repeat {step.repeat.text} is {show(count)}, "
+                f"{ctx.label}: repeat {step.repeat.text} is {expr.show(count)}, "
                 "not a whole number of at least 0"
             )
         self._started(ctx, f"repeat {count} times")
@@ -721,13 +717,15 @@ class Executor:
         self._started(ctx, f"{len(step.parallel)} branches at once")
 
         async def branch(steps: list[AnyStep], prefix: str) -> None:
+            # Busy once running: a branch cancelled before it ran never counted.
+            self._add_busy(1)
             try:
                 await self._run_block(steps, prefix, scope, ctx.round)
             finally:
                 self._add_busy(-1)
 
-        # Each branch counts as busy from now; this one only waits for them.
-        self._add_busy(len(step.parallel) - 1)
+        # This one only waits for its branches; each parks at its first step when paused.
+        self._add_busy(-1)
         try:
             async with asyncio.TaskGroup() as group:
                 for number, steps in enumerate(step.parallel, 1):
@@ -777,7 +775,7 @@ class Executor:
                 value = await self._evaluate(expression, scope, ctx, "")
             except (_StepError, CellctlError) as err:
                 return f"{expression.text} (cannot resolve now: {err})"
-            return show(value)
+            return expr.show(value)
 
         if step.if_ is not None:
             lines.append(f"if {step.if_.text}: now {await resolved(step.if_)}")
@@ -791,7 +789,7 @@ class Executor:
         if condition is not None:
             tags = self._tags_of(condition)
             now = await self.io.read(tags) if tags else {}
-            values = ", ".join(f"{t} = {show(v.value)}" for t, v in now.items())
+            values = ", ".join(f"{t} = {expr.show(v.value)}" for t, v in now.items())
             lines.append(f"until {condition.text}" + (f" (now {values})" if values else ""))
         if isinstance(step, DelayStep):
             lines.append(f"delay {format_duration(step.delay)}")

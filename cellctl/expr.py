@@ -37,6 +37,7 @@ from typing import Any, TypeGuard
 
 from cellctl.errors import CellctlError, did_you_mean
 from drivers.base import Value
+from drivers.codecs import format_value
 from drivers.points import DataType
 
 #: Longest expression text accepted.
@@ -574,3 +575,13 @@ class _Evaluator:
             return round(args[0], digits)
         except (OverflowError, ValueError):  # round(inf) or round(nan)
             raise self.fail(f"cannot round {args[0]!r}") from None
+
+
+def show(value: Value | None) -> str:
+    """A value as an expression writes it: true, 12.0, 'A12'; '—' for no value."""
+    return repr(value) if isinstance(value, str) else format_value(value)
+
+
+def show_values(values: Mapping[str, Value | None]) -> str:
+    """'press.force_kN = 12.0, safety.ok = false': tags (or names) and their values."""
+    return ", ".join(f"{name} = {show(value)}" for name, value in values.items())

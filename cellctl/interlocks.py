@@ -10,6 +10,7 @@ trips rather than passes: fail safe.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -18,27 +19,23 @@ from cellctl.cell import Cell
 from cellctl.connect import TagValue
 from cellctl.errors import CellctlError
 from cellctl.events import SafeStateWritten, SafeWrite, Tripped
+from cellctl.packml import Command
 from cellctl.tagio import TagIO
 from drivers.base import Health, HealthState, Quality, Unsubscribe, Value
 
+#: Trip actions, mildest first.
 ACTIONS = ("hold", "stop", "abort")
 #: Commands a standing trip refuses; Stop and Abort are never blocked.
-BLOCKED_COMMANDS = ("Start", "Unhold", "Reset")
+BLOCKED_COMMANDS = frozenset({Command.START, Command.UNHOLD, Command.RESET})
 COMM_LOSS = "comm-loss:"
 
-
-def show_value(value: Value | None) -> str:
-    """A value as a cell file writes it: true/false, numbers, quoted text; '?' unknown."""
-    if value is None:
-        return "?"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
+log = logging.getLogger("cellctl.interlocks")
 
 
-def show_values(values: Mapping[str, Value | None]) -> str:
-    """'a = 1, b = false' for a trip's tag values."""
-    return ", ".join(f"{tag} = {show_value(value)}" for tag, value in values.items())
+def interlock_tags(cell: Cell) -> list[str]:
+    """Every tag the cell's interlocks name, in cell-file order."""
+    named = {name for interlock in cell.interlocks for name in expr.parse(interlock.when).names}
+    return [t for t in cell.tags if t in named]
 
 
 @dataclass(frozen=True)
@@ -113,8 +110,7 @@ class InterlockMonitor:
 
     def tags(self) -> list[str]:
         """Every tag the interlocks name, in cell-file order (the controller watches them)."""
-        named = {t for watched in self._interlocks for t in watched.tags}
-        return [t for t in self.cell.tags if t in named]
+        return interlock_tags(self.cell)
 
     @property
     def active(self) -> dict[str, Trip]:
@@ -169,14 +165,13 @@ class InterlockMonitor:
             self._evaluate(watched, {t: values.get(t) for t in watched.tags})
         return list(self._active.values())
 
-    def blocking_message(self, command: str) -> str | None:
+    def blocking_message(self, command: Command) -> str | None:
         """Why `command` is refused while trips stand, or None when it is free."""
-        command = str(command)
         if command not in BLOCKED_COMMANDS or not self._active:
             return None
         named = [
-            f"{trip.interlock} ({trip.condition if trip.comm_loss else show_values(trip.values)})"
-            for trip in self._active.values()
+            f"{t.interlock} ({t.condition if t.comm_loss else expr.show_values(t.values)})"
+            for t in self._active.values()
         ]
         if len(named) == 1:
             return f"{command} is blocked by interlock {named[0]} until it clears"
@@ -234,14 +229,14 @@ class InterlockMonitor:
         elif result is False:
             self._clear(watched.name)
         else:
-            self._trip_interlock(watched, shown, f"gave {show_value(result)}, not true or false")
+            self._trip_interlock(watched, shown, f"gave {expr.show(result)}, not true or false")
 
     def _trip_interlock(
         self, watched: _Watched, values: dict[str, Value | None], problem: str | None
     ) -> None:
         if watched.name in self._active:
             return
-        detail = "; ".join(p for p in (show_values(values), problem) if p)
+        detail = "; ".join(p for p in (expr.show_values(values), problem) if p)
         message = f"interlock {watched.name} tripped ({watched.condition.text}; {detail}): "
         self._trip(
             Trip(
@@ -259,8 +254,11 @@ class InterlockMonitor:
         if name in self._active:
             return
         condition = f"lost communication with {device}"
-        message = f"interlock {name} tripped ({condition}; {detail}): {self.comm_action}"
-        self._trip(Trip(name, self.comm_action, condition, values, message))
+        # Lost communication holds by default (the issue's rule), whatever the interlocks that
+        # read the device would do: Held has the safe state written too.
+        action = self.comm_action
+        message = f"interlock {name} tripped ({condition}; {detail}): {action}"
+        self._trip(Trip(name, action, condition, values, message))
 
     def _maybe_recovered(self, device: str) -> None:
         """Clear a comm-loss once the device is CONNECTED and its readings are good again."""
@@ -340,6 +338,9 @@ async def write_safe_state(
                 await io.write(tag, cell.safe_state[tag])
             except CellctlError as err:  # DeviceFailed, OutOfRange: recorded, the rest go on
                 errors[tag] = str(err)
+            except Exception as err:  # a bug must not leave the other tags unwritten either
+                log.exception("safe state: writing %s failed", tag)
+                errors[tag] = f"write {tag}: internal error: {type(err).__name__}: {err}"
             else:
                 errors[tag] = None
         return errors

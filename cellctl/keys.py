@@ -7,6 +7,7 @@ import asyncio
 import codecs
 import os
 import termios
+import tty
 from typing import Any
 
 from cellctl.errors import BadValue
@@ -18,7 +19,6 @@ from drivers.base import Value
 ENTER = "\n"
 BACKSPACE = ("\x7f", "\b")
 
-_LFLAG, _CC = 3, 6  # indexes into the termios attribute list
 
 _CHOICES = {
     ENTER: StepChoice.RUN,
@@ -46,10 +46,10 @@ class TerminalKeys:
         self._saved = termios.tcgetattr(self.fd)
         mode = termios.tcgetattr(self.fd)
         # No line buffering and no echo; ISIG stays on so Ctrl-C still raises SIGINT.
-        mode[_LFLAG] &= ~(termios.ECHO | termios.ICANON)
-        mode[_LFLAG] |= termios.ISIG
-        mode[_CC][termios.VMIN] = 1
-        mode[_CC][termios.VTIME] = 0
+        mode[tty.LFLAG] &= ~(termios.ECHO | termios.ICANON)
+        mode[tty.LFLAG] |= termios.ISIG
+        mode[tty.CC][termios.VMIN] = 1
+        mode[tty.CC][termios.VTIME] = 0
         try:
             termios.tcsetattr(self.fd, termios.TCSANOW, mode)
             self._loop.add_reader(self.fd, self._readable)

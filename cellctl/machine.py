@@ -19,7 +19,6 @@ from cellctl.packml import (
     MODE_COMMANDS,
     STATE_COMPLETE,
     TRANSITIONS,
-    WAIT_STATES,
     Command,
     IllegalCommand,
     IllegalModeChange,
@@ -33,7 +32,6 @@ __all__ = [
     "MODE_COMMANDS",
     "STATE_COMPLETE",
     "TRANSITIONS",
-    "WAIT_STATES",
     "Command",
     "IllegalCommand",
     "IllegalModeChange",
@@ -46,6 +44,7 @@ __all__ = [
 ]
 
 
+#: The trigger name of "state complete": an acting state's work is done (PackML's "SC").
 SC = "SC"
 
 log = logging.getLogger("cellctl.machine")
@@ -123,10 +122,14 @@ class PackMLMachine:
         """Whether stepping and breakpoints are allowed (any mode but Production)."""
         return self._mode is not Mode.PRODUCTION
 
-    def command(self, command: Command, cause: str = "") -> State:
-        """Carry out `command`; the new state. IllegalCommand (nothing changed) if not legal."""
+    def check(self, command: Command) -> None:
+        """IllegalCommand naming the state, the mode and the legal commands, unless legal now."""
         if not self.is_legal(command):
             raise IllegalCommand(self._refusal(command))
+
+    def command(self, command: Command, cause: str = "") -> State:
+        """Carry out `command`; the new state. IllegalCommand (nothing changed) if not legal."""
+        self.check(command)
         return self._fire(command.value, command, cause)
 
     def state_complete(self, cause: str = "") -> State:

@@ -107,9 +107,6 @@ MODE_COMMANDS: dict[Mode, frozenset[Command]] = {
 #: The states in which the mode may change.
 MODE_CHANGE_STATES = frozenset({S.STOPPED, S.IDLE, S.COMPLETE, S.ABORTED})
 
-#: States where the machine waits for a command (the others complete by themselves).
-WAIT_STATES = frozenset(State) - frozenset(STATE_COMPLETE)
-
 
 class MachineError(CellctlError):
     """A command or mode change the machine refuses; nothing changed."""
@@ -121,6 +118,3 @@ class IllegalCommand(MachineError):
 
 class IllegalModeChange(MachineError):
     """A mode change outside Stopped, Idle, Complete and Aborted."""
-
-
-#: The trigger name of "state complete": an acting state's work is done (PackML's "SC").

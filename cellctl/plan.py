@@ -38,7 +38,6 @@ from cellctl.recipe import (
     parse_parameters,
 )
 from drivers.base import Value
-from drivers.codecs import format_value
 
 
 @dataclass(frozen=True)
@@ -345,7 +344,7 @@ class _Planner:
             except expr.EvaluationError:
                 value = None
             if value is not None:
-                text = _show(value)
+                text = expr.show(value)
                 plain = expression.text.strip()
                 return (text if plain == text else f"{text} ({plain})"), value
         return _substitute(expression, self.values), None
@@ -393,11 +392,6 @@ def _substitute(expression: expr.Expression, values: Mapping[str, Value]) -> str
         return expression.text.strip()
     tree = _Parameters(values).visit(copy.deepcopy(expression.tree))
     return ast.unparse(tree)
-
-
-def _show(value: Value) -> str:
-    """A value as an expression would write it: true, 12.0, 'A12'."""
-    return repr(value) if isinstance(value, str) else format_value(value)
 
 
 def _quote(text: str) -> str:
@@ -495,7 +489,7 @@ def _header(plan: Plan) -> list[str]:
         width = max(len(p.name) for p in plan.parameters)
         for p in plan.parameters:
             unit = f" {p.unit}" if p.unit else ""
-            lines.append(f"  {p.name:<{width}} = {_show(p.value)}{unit}  ({p.source})")
+            lines.append(f"  {p.name:<{width}} = {expr.show(p.value)}{unit}  ({p.source})")
     return lines
 
 

@@ -35,7 +35,7 @@ from cellctl.events import (
     Tripped,
     WaitProgress,
 )
-from cellctl.expr import evaluate
+from cellctl.expr import evaluate, show_values
 from cellctl.liveview import tag_table
 from cellctl.machine import Mode, State
 from cellctl.operator import PromptRequest
@@ -95,10 +95,6 @@ _OUTCOME_STATUS = {
     StepOutcome.FAILED: StepStatus.FAILED,
     StepOutcome.INTERRUPTED: StepStatus.INTERRUPTED,
 }
-
-# Words in a refusal's reason that make it a fault for the summary (a trip or a device blocked
-# the command), rather than a key pressed in the wrong state.
-_FAULT_WORDS = ("trip", "interlock", "device")
 
 
 @dataclass
@@ -160,8 +156,7 @@ class RunModel:
         elif isinstance(event, ModeChanged):
             self.mode = event.mode
         elif isinstance(event, CommandRefused):
-            reason = event.reason.lower()
-            if any(word in reason for word in _FAULT_WORDS):
+            if event.blocked:  # an interlock refused it: a fault, not a key pressed too early
                 self.faults.append(f"{event.command} refused: {event.reason}")
         elif isinstance(event, StepStarted):
             self._started(event)
@@ -286,12 +281,8 @@ class RunModel:
 # Plain lines
 
 
-def _values_text(values: Mapping[str, Value | None]) -> str:
-    return ", ".join(f"{tag} = {format_value(value)}" for tag, value in values.items())
-
-
 def _trip_text(event: Tripped) -> str:
-    values = f" ({_values_text(event.values)})" if event.values else ""
+    values = f" ({show_values(event.values)})" if event.values else ""
     return f"TRIP {event.interlock}: {event.condition}{values} -> {event.action}"
 
 
@@ -330,7 +321,7 @@ def describe(event: Event) -> str | None:
     if isinstance(event, WaitProgress):
         if not event.met:
             return None
-        values = f" ({_values_text(event.values)})" if event.values else ""
+        values = f" ({show_values(event.values)})" if event.values else ""
         return f"step {event.path} {_name(event)} met: {event.condition}{values}"
     if isinstance(event, TagWritten):
         return f"wrote {event.tag} = {format_value(event.value)}"

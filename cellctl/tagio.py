@@ -22,7 +22,7 @@ from cellctl.connect import (
     refuse_in_process_devices,
 )
 from cellctl.errors import BadValue, CellctlError
-from cellctl.tags import from_raw, method_spec, point_for, to_raw
+from cellctl.tags import from_raw, method_spec, point_for, points_by_device, to_raw
 from drivers.base import Driver, HealthCallback, Quality, Reading, Unsubscribe, Value
 from drivers.errors import DriverError
 from drivers.points import Point
@@ -94,27 +94,34 @@ class TagIO:
         """The device a tag lives on."""
         return self.cell.tags[tag].device
 
-    async def connect(self) -> None:
+    async def connect(self, *, partial: bool = False) -> None:
         """Connect every driver at once (each retries within its own bound); raises
-        DevicesUnreachable with one line per device that could not be reached."""
+        DevicesUnreachable with one line per device that could not be reached.
+
+        With `partial`, it raises only when no device at all could be reached; the others
+        are kept in `unreachable` and read BAD.
+        """
         names = list(self.drivers)
         results = await asyncio.gather(
             *(self.drivers[n].connect() for n in names), return_exceptions=True
         )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        for failure in failures:
+        failures = {
+            n: r for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)
+        }
+        for failure in failures.values():
             if not isinstance(failure, Exception):
                 await self.close()
                 raise failure
-        if failures:
+        if failures and (not partial or len(failures) == len(names)):
             await self.close()
-            raise DevicesUnreachable("\n".join(str(f) for f in failures))
+            raise DevicesUnreachable("\n".join(str(f) for f in failures.values()))
+        for name, failure in failures.items():
+            self.unreachable[name] = str(failure)
+            await self.drivers[name].close()  # stops its reconnect loop
 
     def watch(self) -> None:
         """Subscribe to every watched tag; each update goes to the board."""
-        by_device: dict[str, list[Point]] = {}
-        for tag in self.tags:
-            by_device.setdefault(self.device_of(tag), []).append(self.point(tag))
+        by_device = points_by_device(self.cell, self.tags)
 
         def deliver(readings: dict[str, Reading]) -> None:
             for tag, reading in readings.items():
@@ -238,28 +245,10 @@ class CellSession(TagIO):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def connect(self) -> None:
-        """Connect every driver at once; with `partial`, some may stay unreachable."""
-        if not self.partial:
-            await super().connect()
-            return
-        names = list(self.drivers)
-        results = await asyncio.gather(
-            *(self.drivers[n].connect() for n in names), return_exceptions=True
-        )
-        failures = {
-            n: r for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)
-        }
-        for failure in failures.values():
-            if not isinstance(failure, Exception):
-                await self.close()
-                raise failure
-        if failures and len(failures) == len(names):
-            await self.close()
-            raise DevicesUnreachable("\n".join(str(f) for f in failures.values()))
-        for name, failure in failures.items():
-            self.unreachable[name] = str(failure)
-            await self.drivers[name].close()  # stops its reconnect loop
+    async def connect(self, *, partial: bool | None = None) -> None:
+        """Connect every driver at once; with the session's `partial`, some may stay
+        unreachable (they read BAD)."""
+        await super().connect(partial=self.partial if partial is None else partial)
 
     def subscribe(self, callback: TagListener) -> Unsubscribe:
         """Watch the session's tags and call back with each new value."""

@@ -709,23 +709,23 @@ async def test_mode_changes_only_where_allowed(bench: Bench) -> None:
     assert bench.ctl.machine.mode is Mode.PRODUCTION
     await bench.ctl.command(Command.RESET)
     await bench.settle(State.IDLE)
-    bench.ctl.set_mode(Mode.MANUAL)
+    bench.ctl.machine.set_mode(Mode.MANUAL)
     assert bench.mode() is Mode.MANUAL
     with pytest.raises(IllegalCommand, match="not allowed in Manual mode"):
         await bench.ctl.command(Command.START)
-    bench.ctl.set_mode(Mode.MAINTENANCE)
+    bench.ctl.machine.set_mode(Mode.MAINTENANCE)
     await bench.ctl.command(Command.START)
     await wait_until(lambda: any(e.step_id == "finish" for e in bench.of(WaitProgress)))
     with pytest.raises(IllegalModeChange, match="Execute"):
-        bench.ctl.set_mode(Mode.PRODUCTION)
+        bench.ctl.machine.set_mode(Mode.PRODUCTION)
     assert bench.mode() is Mode.MAINTENANCE
     await bench.ctl.command(Command.HOLD)
     await bench.settle(State.HELD)
     with pytest.raises(IllegalModeChange):
-        bench.ctl.set_mode(Mode.PRODUCTION)
+        bench.ctl.machine.set_mode(Mode.PRODUCTION)
     await bench.ctl.command(Command.ABORT)
     await bench.settle(State.ABORTED)
-    bench.ctl.set_mode(Mode.PRODUCTION)
+    bench.ctl.machine.set_mode(Mode.PRODUCTION)
     assert bench.mode() is Mode.PRODUCTION
 
 

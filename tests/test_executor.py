@@ -24,7 +24,7 @@ from cellctl.events import (
     TagWritten,
     WaitProgress,
 )
-from cellctl.executor import Executor, PauseReason, StepFailure
+from cellctl.executor import ChoiceNeeded, Executor, PauseReason, StepFailure
 from cellctl.operator import (
     FailureChoice,
     Operator,
@@ -562,7 +562,7 @@ async def test_hold_then_resume_none_is_refused_and_retry_runs_again(rig: Rig) -
     assert (failure.path, failure.step_id, failure.action) == ("1", "wait-done", "hold")
     assert executor.paused
     await asyncio.wait_for(executor.wait_paused(), DEADLINE)
-    with pytest.raises(ValueError, match="step 'wait-done' failed: choose retry or skip"):
+    with pytest.raises(ChoiceNeeded, match="step 'wait-done' failed: choose retry or skip"):
         executor.resume()
     assert executor.failure is failure and executor.paused
     rig.device("dev.done", True)

@@ -14,6 +14,7 @@ from cellctl.cell import Cell, cell_from_document
 from cellctl.connect import TagValue, build_drivers
 from cellctl.events import SafeWrite, Tripped
 from cellctl.interlocks import InterlockMonitor, Trip, write_safe_state
+from cellctl.packml import Command
 from cellctl.tagio import TagIO
 from cellctl.yamlload import parse_yaml
 from drivers.base import Quality
@@ -120,7 +121,7 @@ async def test_nothing_trips_on_safe_values(bench: Bench) -> None:
         "press.ratio_base",
     ]
     assert bench.seen.trips == [] and bench.monitor.active == {}
-    assert bench.monitor.blocking_message("Start") is None
+    assert bench.monitor.blocking_message(Command.START) is None
 
 
 @pytest.mark.asyncio
@@ -161,15 +162,15 @@ async def test_blocking_message_for_start_unhold_reset_only(bench: Bench) -> Non
     bench.device("press").set_device_value("press.force_kN", 31.5)
     assert bench.seen.names() == ["overforce"]
     assert bench.seen.trips[0].action == "abort"
-    assert bench.monitor.blocking_message("Unhold") == (
+    assert bench.monitor.blocking_message(Command.UNHOLD) == (
         "Unhold is blocked by interlock overforce (press.force_kN = 31.5) until it clears"
     )
-    assert bench.monitor.blocking_message("Start") is not None
-    assert bench.monitor.blocking_message("Reset") is not None
+    assert bench.monitor.blocking_message(Command.START) is not None
+    assert bench.monitor.blocking_message(Command.RESET) is not None
     for free in ("Stop", "Abort", "Hold"):
         assert bench.monitor.blocking_message(free) is None
     bench.device("conveyor").set_device_value("safety.light_curtain_ok", False)
-    message = bench.monitor.blocking_message("Start")
+    message = bench.monitor.blocking_message(Command.START)
     assert message is not None
     assert "interlocks overforce (press.force_kN = 31.5); light-curtain" in message
     assert message.endswith("until they clear")
@@ -195,7 +196,7 @@ async def test_device_failure_is_a_comm_loss_trip_cleared_on_recovery(bench: Ben
     assert trip.action == "hold"
     assert trip.condition == "lost communication with robot"
     assert "robot: no answer within 0.2 s" in trip.message
-    assert bench.monitor.blocking_message("Start") == (
+    assert bench.monitor.blocking_message(Command.START) == (
         "Start is blocked by interlock comm-loss:robot (lost communication with robot) "
         "until it clears"
     )

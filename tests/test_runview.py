@@ -365,7 +365,9 @@ def run_with_faults() -> tuple[RunModel, BatchEnded]:
     for event in (
         ended("2.1", "wait-part", StepOutcome.FAILED, T0 + 4, "timeout after 10 s"),
         CURTAIN_TRIP,
-        CommandRefused(command=Command.UNHOLD, reason="interlock light-curtain is tripped"),
+        CommandRefused(
+            command=Command.UNHOLD, reason="interlock light-curtain is tripped", blocked=True
+        ),
         CommandRefused(command=Command.START, reason="Start is not legal in Held"),
     ):
         model.apply(event)
