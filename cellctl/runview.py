@@ -137,6 +137,7 @@ class RunModel:
         self.events: deque[str] = deque(maxlen=LAST_EVENTS)
         self.faults: list[str] = []
         self.counts = _Counts()
+        self._failed: set[str] = set()  # steps whose last end was a failure
         self.hint = ""
         #: The clock the view measures elapsed and remaining time with.
         self.clock: Callable[[], float] = time.time
@@ -221,12 +222,19 @@ class RunModel:
             self.clear_prompt()
         if self._is_container(event.path):
             return
+        # "failed" counts steps that ended failed: one retried or skipped after a failure
+        # counts as done or skipped (its failure stays among the faults).
+        if event.outcome in (StepOutcome.DONE, StepOutcome.SKIPPED) and event.path in self._failed:
+            self._failed.discard(event.path)
+            self.counts.failed -= 1
         if event.outcome is StepOutcome.DONE:
             self.counts.done += 1
         elif event.outcome is StepOutcome.SKIPPED:
             self.counts.skipped += 1
         elif event.outcome is StepOutcome.FAILED:
-            self.counts.failed += 1
+            if event.path not in self._failed:
+                self._failed.add(event.path)
+                self.counts.failed += 1
             self.faults.append(f"step {event.path} {_name(event)} failed: {event.error or '?'}")
 
     def _prompt_shown(self, event: PromptShown) -> None:

@@ -184,7 +184,7 @@ def test_u_after_a_failed_step_asks_and_s_skips(terminal: list[Terminal], tmp_pa
     assert "step 2 await-mode skipped: skipped by the operator" in after
     assert "wrote plc.run = false" in after  # step 3 ran
     assert "outcome: Complete" in after
-    assert "steps: 2 done, 1 skipped, 1 failed" in after
+    assert "steps: 2 done, 1 skipped, 0 failed" in after  # skipped after its failure
     assert ("Held", "Unholding", "the operator (key u, then s)") in changes(tmp_path)
 
 
@@ -241,7 +241,7 @@ def test_r_after_the_plant_is_ready_runs_the_failed_step_again(
     after = term.text(at)
     assert "wrote plc.run = false" in after  # step 3 ran
     assert "outcome: Complete" in after
-    assert "steps: 3 done, 0 skipped, 1 failed" in after  # the retry counts as done
+    assert "steps: 3 done, 0 skipped, 0 failed" in after  # the retry counts as done
     assert ("Held", "Unholding", "the operator (key u, then r)") in changes(tmp_path)
     ends = [(r["step_id"], r["outcome"]) for r in logged(tmp_path, "StepEnded")]
     assert ends == [
