@@ -38,6 +38,8 @@ class TagValue:
     quality: Quality
     timestamp: float
     error: str | None = None
+    #: The device's own time of the value (see drivers.base.Reading.device_time).
+    device_time: float | None = None
 
     @property
     def age(self) -> float:

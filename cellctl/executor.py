@@ -625,12 +625,17 @@ class Executor:
             self._wakers[_At.WAIT].discard(waker)
 
     def _newest(self, sample: TagValue | None, baseline: TagValue) -> TagValue:
-        """The newest sample taken since the last confirmation, else the baseline read."""
-        if (
-            sample is not None
-            and sample.timestamp >= self._last_confirm
-            and sample.timestamp >= baseline.timestamp
-        ):
+        """The newest sample taken since the last confirmation, else the baseline read.
+
+        Where the device stamps its values (OPC UA), its own clock decides: a notification
+        that arrives after the baseline read but was sampled before it (published late) is
+        older than the baseline, whatever our clock says when it arrives.
+        """
+        if sample is None:
+            return baseline
+        if sample.device_time is not None and baseline.device_time is not None:
+            return sample if sample.device_time >= baseline.device_time else baseline
+        if sample.timestamp >= self._last_confirm and sample.timestamp >= baseline.timestamp:
             return sample
         return baseline
 

@@ -148,7 +148,15 @@ class TagIO:
         value = reading.value
         if value is not None and reading.quality is not Quality.BAD:
             value = from_raw(spec, value)
-        return TagValue(tag, spec.device, value, reading.quality, reading.timestamp, reading.error)
+        return TagValue(
+            tag,
+            spec.device,
+            value,
+            reading.quality,
+            reading.timestamp,
+            reading.error,
+            reading.device_time,
+        )
 
     async def read(self, tags: Iterable[str] | None = None) -> dict[str, TagValue]:
         """Read tags (default: the watched ones) from their devices now, batched per device,

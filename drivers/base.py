@@ -23,12 +23,18 @@ class Quality(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Reading:
-    """One value read from a device, with the time it was taken (time.time()) and its quality."""
+    """One value read from a device, with the time it was taken (time.time()) and its quality.
+
+    `device_time` is the device's own time of the value (OPC UA SourceTimestamp, else
+    ServerTimestamp; None where the protocol has none): on the device's clock, so it orders
+    two samples of one device even when that clock differs from ours.
+    """
 
     value: Value | None
     timestamp: float
     quality: Quality = Quality.GOOD
     error: str | None = None
+    device_time: float | None = None
 
 
 class HealthState(enum.StrEnum):

@@ -65,6 +65,7 @@ class MemoryDriver(TracksHealth):
         self.writes: list[tuple[str, Value]] = []  # confirmed writes, in order: (key, value)
         self._tracker = HealthTracker(config.name)
         self._values: dict[str, Value] = {}
+        self._changed: dict[str, float] = {}  # time.time() of each key's last change
         self._types: dict[str, DataType] = {}
         self._methods: dict[str, MethodHandler] = {}
         self._subscriptions: list[_Subscription] = []
@@ -90,11 +91,11 @@ class MemoryDriver(TracksHealth):
         self._tracker.set(HealthState.DISCONNECTED)
 
     async def read(self, points: Sequence[Point]) -> list[Reading]:
-        """The current value of each point, GOOD and stamped now."""
+        """The current value of each point, GOOD, stamped now and with the time it changed."""
         memory_points = [self._bind(p) for p in points]
         self._check_available()
         now = time.time()
-        return [Reading(self._values[p.key], now) for p in memory_points]
+        return [self._reading(p.key, now) for p in memory_points]
 
     async def write(self, point: Point, value: Value) -> None:
         """Validate and store a value, log it in `writes` and tell subscribers if it changed."""
@@ -220,11 +221,16 @@ class MemoryDriver(TracksHealth):
         if self._failure is not None:
             raise self._failure
 
+    def _reading(self, key: str, now: float) -> Reading:
+        # device_time: when the value last changed, as an OPC UA SourceTimestamp says.
+        return Reading(self._values[key], now, device_time=self._changed.get(key, now))
+
     def _store(self, key: str, value: Value) -> None:
         old = self._values.get(key)
         self._values[key] = value
         if old is not None and _same(old, value):
             return
+        self._changed[key] = time.time()
         if not self._connected or self._failure is not None:
             return  # subscribers get fresh readings when the device is back
         for subscription in list(self._subscriptions):
@@ -243,7 +249,7 @@ class MemoryDriver(TracksHealth):
         if self._failure is not None:
             readings = {p.name: Reading(None, now, Quality.BAD, str(self._failure)) for p in points}
         else:
-            readings = {p.name: Reading(self._values[p.key], now) for p in points}
+            readings = {p.name: self._reading(p.key, now) for p in points}
         try:
             subscription.callback(readings)
         except Exception:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -685,9 +686,20 @@ class OpcuaDriver(TracksHealth):
             value = from_ua(point.datatype, raw)
         except ValueError as err:
             return Reading(None, now, Quality.BAD, f"{where}: {err}")
+        stamp = datavalue.SourceTimestamp or datavalue.ServerTimestamp
+        device_time = _epoch(stamp) if stamp is not None else None
         if status is not None and status.is_uncertain():
-            return Reading(value, now, Quality.UNCERTAIN, f"{where}: {status_name(status)}")
-        return Reading(value, now)
+            return Reading(
+                value, now, Quality.UNCERTAIN, f"{where}: {status_name(status)}", device_time
+            )
+        return Reading(value, now, device_time=device_time)
+
+
+def _epoch(stamp: datetime.datetime) -> float:
+    """An OPC UA timestamp (UTC; naive ones are UTC too) as seconds since the epoch."""
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.UTC)
+    return stamp.timestamp()
 
 
 class _Refused(Exception):

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import re
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -197,6 +198,20 @@ async def test_reads_every_type_in_one_request(driver: OpcuaDriver, sim: Sim, wh
     assert values == [SAMPLES[t][which] for t in SAMPLES]
     # float32 comes back as the shortest decimal that round-trips, not 0.10000000149011612
     assert all(type(v) is type(SAMPLES[t][which]) for v, t in zip(values, SAMPLES, strict=True))
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_readings_carry_the_servers_time_of_the_value(driver: OpcuaDriver, sim: Sim) -> None:
+    """The device's own timestamp orders a late notification against a fresh read."""
+    point = RW[0]
+    before = time.time()
+    await sim.set({point.name: SAMPLES[point.datatype][1]})
+    await sim.set({point.name: SAMPLES[point.datatype][2]})
+    (reading,) = await driver.read([point])
+    assert reading.device_time is not None
+    # The same clock here (loopback), so it is also within our window; on a real device only
+    # the order of its own stamps is used.
+    assert before - 1 <= reading.device_time <= time.time() + 1
 
 
 @pytest.mark.asyncio(loop_scope="module")

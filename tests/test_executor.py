@@ -354,6 +354,38 @@ steps:
 
 
 @pytest.mark.asyncio
+async def test_a_sample_published_late_is_ordered_by_the_device_clock(rig: Rig) -> None:
+    """OPC UA publishes a change up to a publishing interval late: a notification that
+    arrives after the wait's fresh read, stamped on our clock after the write, but sampled
+    on the device before that read, must not satisfy the wait."""
+    executor = rig.executor(
+        """\
+recipe: late
+version: 1
+steps:
+  - {id: go, set: {dev.start: true}, wait: dev.done, timeout: 2s}
+"""
+    )
+    seen: list[WaitProgress] = []
+
+    def react(event: WaitProgress) -> None:
+        seen.append(event)
+        if len(seen) == 1:
+            baseline = rig.dev.device_value("dev.done")
+            assert baseline is False
+            late = TagValue(
+                "dev.done", "dev", True, Quality.GOOD, time.time(), device_time=time.time() - 5
+            )
+            rig.io.board.update(late)  # arrives now; sampled 5 s ago by the device's clock
+        else:
+            rig.device("dev.done", True)
+
+    rig.host.on(WaitProgress, react, times=2)
+    await finish(rig, executor)
+    assert [e.met for e in rig.host.of(WaitProgress)] == [False, False, True]
+
+
+@pytest.mark.asyncio
 async def test_out_of_range_value_fails_naming_the_tag_and_writes_nothing(rig: Rig) -> None:
     rig.device("dev.count", 100)  # the tag's max
     executor = rig.executor(
