@@ -46,8 +46,9 @@ if TYPE_CHECKING:  # imported when --sim is given: it loads every simulator
     from cellctl.simwiring import CellSimulator
 
 #: The key hints of the live view.
-HINT_RUNNING = "Ctrl-C or h hold · Ctrl-C twice abort"
+HINT_RUNNING = "Ctrl-C or h hold · p suspend · Ctrl-C twice abort"
 HINT_HELD = "u unhold · a abort"
+HINT_SUSPENDED = "p unsuspend · Ctrl-C or h hold"
 HINT_CHOICE = "the step failed: r retry it · s skip it · any other key: back"
 
 
@@ -304,7 +305,9 @@ class BatchRun:
         if self.model is None or not isinstance(event, StateChanged):
             return
         self.choosing = False
-        self.model.hint = HINT_HELD if event.target is State.HELD else HINT_RUNNING
+        self.model.hint = {State.HELD: HINT_HELD, State.SUSPENDED: HINT_SUSPENDED}.get(
+            event.target, HINT_RUNNING
+        )
         if event.target is State.EXECUTE:
             self.interrupts = 0  # running again: the next Ctrl-C holds again
 
@@ -360,6 +363,9 @@ class BatchRun:
                     self._command(Command.UNHOLD, f"key u, then {key}", choice)
             elif key == "h":
                 self._command(Command.HOLD, "key h")
+            elif key == "p":  # an external cause (starved, blocked): pause, write nothing
+                suspended = state is State.SUSPENDED
+                self._command(Command.UNSUSPEND if suspended else Command.SUSPEND, "key p")
             elif key == "u" and state is State.HELD:
                 if controller.executor.failure is not None:
                     self.choosing = True

@@ -87,6 +87,27 @@ def test_h_holds_and_u_unholds_to_complete(terminal: list[Terminal], tmp_path: P
     assert ("Held", "Unholding", "the operator (key u)") in changes(tmp_path)
 
 
+def test_p_suspends_writing_nothing_and_p_again_unsuspends(
+    terminal: list[Terminal], tmp_path: Path
+) -> None:
+    term = run_on_terminal(terminal, tmp_path, DWELL)
+    term.wait_for("step 2 dwell started: delay 2s", "p suspend")
+
+    at = term.press(b"p")
+    shown = term.wait_for("state Suspending -> Suspended", "p unsuspend", since=at)
+    assert "safe state" not in shown  # an external cause: nothing is written
+    assert term.child.poll() is None
+
+    at = term.press(b"p")
+    assert term.exit_code() == 0, term.text()
+    after = term.text(at)
+    assert "step 2 dwell started" in after  # the cut delay runs again
+    assert "outcome: Complete" in after
+    assert ("Execute", "Suspending", "the operator (key p)") in changes(tmp_path)
+    assert ("Suspended", "Unsuspending", "the operator (key p)") in changes(tmp_path)
+    assert not logged(tmp_path, "SafeStateWritten")
+
+
 def test_ctrl_c_after_an_unhold_holds_again_and_a_aborts(
     terminal: list[Terminal], tmp_path: Path
 ) -> None:
