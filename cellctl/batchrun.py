@@ -297,7 +297,11 @@ class BatchRun:
             await controller.close()
         for line in summary_lines(model, ended):
             self.out.print(line, markup=False)
-        return exitcodes.OK if ended.state is State.COMPLETE else exitcodes.BATCH_NOT_COMPLETE
+        if ended.state is State.COMPLETE:
+            return exitcodes.OK
+        if controller.start_refused is not None:
+            return exitcodes.INTERRUPTED  # a signal before the start: nothing was written
+        return exitcodes.BATCH_NOT_COMPLETE
 
     # -- the operator's hands ---------------------------------------------------------------
 
@@ -323,7 +327,7 @@ class BatchRun:
         controller = self.controller
         if controller is None:
             return
-        if controller.state is State.STOPPED and controller.started_at is None:
+        if controller.before_start:
             controller.refuse_start("SIGINT before the batch started")  # nothing written
             return
         self.interrupts += 1
@@ -337,8 +341,8 @@ class BatchRun:
 
     def _on_sigterm(self) -> None:
         controller = self.controller
-        if controller is not None and controller.state is State.STOPPED:
-            controller.refuse_start("SIGTERM before the batch started")
+        if controller is not None and controller.before_start:
+            controller.refuse_start("SIGTERM before the batch started")  # nothing written
             return
         self._command(Command.STOP, "SIGTERM")
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import structlog
@@ -34,6 +34,8 @@ from cellctl.events import (
     ModeChanged,
     Notice,
     StateChanged,
+    StepEnded,
+    StepOutcome,
     TagWritten,
     TripCleared,
     WaitProgress,
@@ -130,7 +132,9 @@ class Controller:
         #: Safe-state tags whose last write failed: written again when a device comes back.
         self._safe_pending: dict[str, Value] = {}
         self._safe_lock = asyncio.Lock()  # one safe-state writer at a time
-        self._rewrite: asyncio.Task[None] | None = None
+        #: Safe-state writes started outside an acting state (a trip in Held, a device back):
+        #: Unholding and Resetting end them before the recipe decides the outputs again.
+        self._safe_writers: set[asyncio.Task[None]] = set()
         #: Set by a stop request before the batch started: Reset and Start are not issued.
         self._no_start: str | None = None
 
@@ -138,6 +142,8 @@ class Controller:
 
     def emit(self, event: Event) -> None:
         """Tell every listener and the log (executor events come through here too)."""
+        if isinstance(event, StepEnded) and event.outcome is StepOutcome.FAILED:
+            self._fault(event.error or f"{event.label} failed")
         if not isinstance(event, WaitProgress) or event.met:  # unmet waits: too many to log
             fields = {k: v for k, v in asdict(event).items() if k != "at"}
             self.log.info(type(event).__name__, **fields)
@@ -159,9 +165,14 @@ class Controller:
 
     # -- the executor's host ---------------------------------------------------------------
 
+    def _fault(self, text: str) -> None:
+        """Record a fault for the batch's summary, once."""
+        if text not in self.faults:
+            self.faults.append(text)
+
     def step_failed(self, failure: StepFailure) -> None:
         """A step failed: hold (the operator chooses retry or skip) or abort, as on_error says."""
-        self.faults.append(failure.message)
+        self._fault(failure.message)
         command = Command.ABORT if failure.action == "abort" else Command.HOLD
         self.request(command, cause=failure.message)
 
@@ -173,7 +184,7 @@ class Controller:
 
     def _tripped(self, trip: Trip) -> None:
         # Called inside a driver's callback: act synchronously on the executor, then schedule.
-        self.faults.append(trip.message)
+        self._fault(trip.message)
         self.emit(trip.event())
         if self._run is not None and not self._run.done():
             if trip.action == "abort":
@@ -186,17 +197,15 @@ class Controller:
     def _trip_cleared(self, name: str) -> None:
         self.emit(TripCleared(interlock=name))
         if self._safe_pending and self.state in SAFE_STATES:
-            # A device is back: what its safe state could not get is written now. One task,
-            # which Unholding and Resetting end before the recipe decides the outputs again.
-            pending = list(self._safe_pending)
-            self._rewrite = self._spawn(self._safe_state(f"{name} cleared, written again", pending))
+            # A device is back: what its safe state could not get is written now.
+            self._safe_state_later(f"{name} cleared, written again", list(self._safe_pending))
 
     async def _act_on_trip(self, trip: Trip, command: Command) -> None:
         if self.machine.is_legal(command):
             await self._apply(command, trip.message)
             return
         if self.state not in (State.STOPPING, State.ABORTING, State.HOLDING):
-            await self._safe_state(f"interlock {trip.interlock} in {self.state}")
+            self._safe_state_later(f"interlock {trip.interlock} in {self.state}")
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -215,6 +224,20 @@ class Controller:
         self._no_start = cause
         self.wake_waiters()
 
+    @property
+    def start_refused(self) -> str | None:
+        """Why the batch was never started (refuse_start), or None."""
+        return self._no_start if self.started_at is None else None
+
+    @property
+    def before_start(self) -> bool:
+        """True until Start is carried out: nothing of the recipe has been written."""
+        return self.started_at is None and self.state in (
+            State.STOPPED,
+            State.RESETTING,
+            State.IDLE,
+        )
+
     def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
@@ -225,7 +248,7 @@ class Controller:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             self.log.error("a controller task failed", exc_info=error)
-            self.faults.append(f"internal error: {type(error).__name__}: {error}")
+            self._fault(f"internal error: {type(error).__name__}: {error}")
 
     async def command(
         self,
@@ -305,7 +328,7 @@ class Controller:
             raise
         except Exception as error:  # a bug of ours: record it, and make the cell safe
             self.log.error("the work of a state failed", state=str(state), exc_info=error)
-            self.faults.append(f"{state}: internal error: {error}")
+            self._fault(f"{state}: internal error: {error}")
             if self.state is not state:
                 return
             if state is not State.ABORTING:
@@ -323,7 +346,7 @@ class Controller:
 
     async def _resetting(self) -> None:
         self.cause = None
-        await self._end_rewrite()
+        await self._end_safe_writers()
 
     async def _starting(self) -> None:
         self.started_at = self.started_at or time.time()
@@ -345,7 +368,7 @@ class Controller:
             await asyncio.shield(self._run)
         except Exception as error:
             self.log.error("the executor failed", exc_info=error)
-            self.faults.append(f"executor: internal error: {error}")
+            self._fault(f"executor: internal error: {error}")
             if self.state is State.EXECUTE:
                 await self._apply(Command.ABORT, f"internal error: {error}")
             return
@@ -372,7 +395,7 @@ class Controller:
             await self.executor.wait_paused()
 
     async def _unholding(self) -> None:
-        await self._end_rewrite()
+        await self._end_safe_writers()
         commanded = self.executor.commanded()
         restore = set(self.cell.restore_on_unhold)
         for tag in [t for t in commanded if t in restore]:  # in the order the recipe wrote them
@@ -380,7 +403,7 @@ class Controller:
                 await self.io.write(tag, commanded[tag])
             except CellctlError as error:
                 message = f"Unholding: cannot restore {tag} = {commanded[tag]!r}: {error}"
-                self.faults.append(message)
+                self._fault(message)
                 self.emit(Notice(text=message, level="error"))
                 await self._apply(Command.STOP, message)
                 return
@@ -417,13 +440,20 @@ class Controller:
     async def _clearing(self) -> None:
         return None
 
-    async def _end_rewrite(self) -> None:
+    def _safe_state_later(self, reason: str, tags: list[str] | None = None) -> None:
+        task = self._spawn(self._safe_state(reason, tags))
+        self._safe_writers.add(task)
+        task.add_done_callback(self._safe_writers.discard)
+
+    async def _end_safe_writers(self) -> None:
         """The recipe decides the outputs again: no late safe-state write may follow."""
-        rewrite, self._rewrite = self._rewrite, None
-        if rewrite is not None and not rewrite.done():
-            rewrite.cancel()
-            await asyncio.wait({rewrite})
-        self._safe_pending.clear()
+        writers = [t for t in self._safe_writers if not t.done()]
+        for writer in writers:
+            writer.cancel()
+        if writers:
+            await asyncio.wait(writers)
+        async with self._safe_lock:
+            self._safe_pending.clear()
 
     async def _end_run(self) -> None:
         run = self._run
@@ -446,12 +476,20 @@ class Controller:
             if trip.comm_loss
         ]
         written = await write_safe_state(self.io, self.cell, reason, tags=tags, lost=lost)
+        back = [d for d in lost if COMM_LOSS + d not in self.interlocks.active]
+        if back:
+            # A lost device answered again while the others were written: write its tags now
+            # (its TripCleared came before they were on record as not written).
+            again = [r.tag for r in written.results if self.cell.tags[r.tag].device in back]
+            redo = await write_safe_state(self.io, self.cell, reason, tags=again)
+            done = {r.tag: r for r in redo.results}
+            written = replace(written, results=tuple(done.get(r.tag, r) for r in written.results))
         for result in written.results:
             if result.error is None:
                 self._safe_pending.pop(result.tag, None)
             else:
                 self._safe_pending[result.tag] = result.value
-                self.faults.append(f"safe state {result.tag}: {result.error}")
+                self._fault(f"safe state {result.tag}: {result.error}")
         self.emit(written)
 
     # -- a whole batch ----------------------------------------------------------------------

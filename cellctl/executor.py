@@ -148,6 +148,14 @@ def retry_refusal(step: AnyStep) -> str | None:
     return f"a {step.kind} step is never repeated without the operator"
 
 
+def _not_older(sample: TagValue, other: TagValue) -> bool:
+    """True when `sample` is at least as new as `other`: by the device's clock where both
+    carry it (one device, one clock), else by ours (when each was taken)."""
+    if sample.device_time is not None and other.device_time is not None:
+        return sample.device_time >= other.device_time
+    return sample.timestamp >= other.timestamp
+
+
 class Executor:
     """Runs a recipe's steps; the controller pauses, resumes and cancels it."""
 
@@ -467,7 +475,9 @@ class Executor:
                     await self._park()
                 continue
             if action == "skip":
-                self._ended(ctx, StepOutcome.SKIPPED, failed.message)
+                # Failed, then skipped as on_error says: the failure is on record.
+                self._ended(ctx, StepOutcome.FAILED, failed.message)
+                self._ended(ctx, StepOutcome.SKIPPED, f"skipped (on_error: skip): {failed.message}")
                 return
             self._ended(ctx, StepOutcome.FAILED, failed.message)
             failure = StepFailure(
@@ -550,6 +560,11 @@ class Executor:
             value = await self._evaluate(expression, scope, ctx, f"set {tag}")
             try:
                 checked = self.io.check(tag, value)
+            except OutOfRange as err:
+                raise _StepError(f"{ctx.label}: {err}") from None
+            # Again after the fresh read: a trip during it must stop this write too.
+            self._checkpoint(_At.OUTPUT)
+            try:
                 confirmed = await self.io.write(tag, checked)
             except OutOfRange as err:
                 raise _StepError(f"{ctx.label}: {err}") from None
@@ -582,7 +597,7 @@ class Executor:
 
         def listener(sample: TagValue) -> None:
             old = heard.get(sample.tag)
-            if old is None or sample.timestamp >= old.timestamp:
+            if old is None or _not_older(sample, old):
                 heard[sample.tag] = sample
             waker.set()
 
@@ -634,7 +649,7 @@ class Executor:
         if sample is None:
             return baseline
         if sample.device_time is not None and baseline.device_time is not None:
-            return sample if sample.device_time >= baseline.device_time else baseline
+            return sample if _not_older(sample, baseline) else baseline
         if sample.timestamp >= self._last_confirm and sample.timestamp >= baseline.timestamp:
             return sample
         return baseline

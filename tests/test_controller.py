@@ -6,8 +6,9 @@ and mode changes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,11 +36,11 @@ from cellctl.operator import FailureChoice, ScriptedOperator
 from cellctl.recipe import LoadedRecipe, RecipeIdentity, recipe_from_document
 from cellctl.tagio import TagIO
 from cellctl.yamlload import parse_yaml
-from drivers.base import Value
+from drivers.base import Reading, Value
 from drivers.config import MemoryConfig
 from drivers.errors import DeviceTimeout
 from drivers.memory import MemoryDriver
-from drivers.points import Access, MemoryPoint
+from drivers.points import Access, MemoryPoint, Point
 
 E = TypeVar("E", bound=Event)
 DEADLINE = 3.0
@@ -113,9 +114,11 @@ async def wait_until(predicate: Callable[[], bool], within: float = DEADLINE) ->
 class Bench:
     """A memory cell with interlocks and a safe state, its drivers, and a controller."""
 
-    def __init__(self, recipe_text: str = RECIPE) -> None:
+    def __init__(self, recipe_text: str = RECIPE, line: MemoryDriver | None = None) -> None:
         self.cell: Cell = cell_from_document(parse_yaml(CELL, "cell.yaml"))
         self.drivers = {d: MemoryDriver(MemoryConfig(d)) for d in ("line", "press", "aux", "arm")}
+        if line is not None:
+            self.drivers["line"] = line  # a line device of the test's own (a gated one)
         self.drivers["line"].set_device_value("safety.ok", True)
         self.drivers["press"].set_device_value("press.force", 10.0)
         self.io = TagIO(self.cell, dict(self.drivers), list(self.cell.tags))
@@ -859,3 +862,196 @@ async def test_two_branches_failing_hold_twice_and_never_resume_without_a_choice
     finally:
         await rig.ctl.close()
         await rig.io.close()
+
+
+# --- regressions: late writes and lost faults ------------------------------------------------
+
+
+class GatedDriver(MemoryDriver):
+    """A memory device that, once armed, stalls on one request until the test releases it."""
+
+    def __init__(self, config: MemoryConfig) -> None:
+        super().__init__(config)
+        self.armed = False
+        self.entered = asyncio.Event()  # the stalled request has begun
+        self.release = asyncio.Event()
+
+    async def stall(self) -> None:
+        """Hold this request until released; disarms (one stall per test)."""
+        self.armed = False
+        self.entered.set()
+        await self.release.wait()
+
+    async def reached(self) -> None:
+        """Wait (with the deadline) until the stalled request has begun."""
+        await asyncio.wait_for(self.entered.wait(), DEADLINE)
+
+
+class SlowRead(GatedDriver):
+    """Stalls on a read that asks for `tag` (a value expression read fresh)."""
+
+    def __init__(self, config: MemoryConfig, tag: str) -> None:
+        super().__init__(config)
+        self.tag = tag
+
+    async def read(self, points: Sequence[Point]) -> list[Reading]:
+        """The values, after the stall when armed and `tag` is asked for."""
+        if self.armed and any(p.name == self.tag for p in points):
+            await self.stall()
+        return await super().read(points)
+
+
+class SlowWrite(GatedDriver):
+    """Stalls on a write of `value` to `tag` (a safe-state write)."""
+
+    def __init__(self, config: MemoryConfig, tag: str, value: Value) -> None:
+        super().__init__(config)
+        self.tag, self.value = tag, value
+
+    async def write(self, point: Point, value: Value) -> None:
+        """Write, after the stall when armed and this is the gated write."""
+        if self.armed and point.name == self.tag and value == self.value:
+            await self.stall()
+        await super().write(point, value)
+
+
+@contextlib.asynccontextmanager
+async def opened(rig: Bench) -> AsyncIterator[Bench]:
+    """The bench connected with its controller open; closed afterwards."""
+    await rig.io.connect()
+    await rig.ctl.open()
+    try:
+        yield rig
+    finally:
+        await rig.ctl.close()
+        await rig.io.close()
+
+
+FRESH_READ = """\
+recipe: f
+version: 1
+steps:
+  - {id: go, set: {line.run: true}}
+  - {id: spd, set: {line.speed: "line.feed + 1"}}
+  - {id: finish, wait: line.done, timeout: 5s}
+"""
+
+
+# Regression: a trip while a set step reads its value afresh stops that write (it is made
+# after Unhold); the safe state stays the last word on the device.
+@pytest.mark.asyncio
+async def test_a_trip_during_the_fresh_read_of_a_set_value_stops_that_write() -> None:
+    line = SlowRead(MemoryConfig("line"), "line.feed")
+    line.set_device_value("line.feed", 41)
+    async with opened(Bench(FRESH_READ, line)) as rig:
+
+        def arm(event: Event) -> None:
+            # Armed by step go's write: the interlock checks on Reset and Start read it too.
+            if isinstance(event, TagWritten) and event.tag == "line.run":
+                rig.hooks.remove(arm)
+                line.armed = True
+
+        rig.hooks.append(arm)
+        await start(rig)
+        await line.reached()  # step spd reads line.feed for its write
+        rig.device("safety.ok", False)
+        await wait_until(lambda: bool(rig.of(SafeStateWritten)))
+        line.release.set()
+        # Held only once the executor has stopped: a write it let out would be logged by now.
+        await rig.settle(State.HELD)
+        assert line.writes == [("line.run", True), ("line.run", False), ("line.speed", 0)]
+        assert line.device_value("line.speed") == 0
+        # The write was stopped, not lost: after Unhold the step reads afresh and writes.
+        rig.device("safety.ok", True)
+        await rig.ctl.command(Command.UNHOLD)
+        await wait_until(lambda: line.device_value("line.speed") == 42)
+        rig.device("line.done", True)
+        assert await rig.settle(State.COMPLETE) is State.COMPLETE
+
+
+# Regression: a safe-state write that a trip starts while Held is ended by Unholding; it never
+# lands after the restore, under the resumed recipe.
+@pytest.mark.asyncio
+async def test_a_safe_state_write_started_by_a_trip_while_held_never_lands_after_unhold() -> None:
+    line = SlowWrite(MemoryConfig("line"), "line.run", False)
+    async with opened(Bench(line=line)) as rig:
+        await rig.to_execute()
+        await rig.ctl.command(Command.HOLD)
+        await rig.settle(State.HELD)
+        line.armed = True
+        mark = len(rig.events)
+        rig.device("safety.ok", False)  # the curtain flickers while Held...
+        await line.reached()  # ...its safe-state write stalls on line.run
+        rig.device("safety.ok", True)
+        await wait_until(lambda: not rig.ctl.interlocks.active)
+        rig.forget_writes()
+        await rig.ctl.command(Command.UNHOLD)
+        await rig.settle(State.EXECUTE)
+        line.release.set()
+        # A Hold's safe state waits for any safe-state writer still going (one at a time):
+        # once Held, a late write would be in the log before the Hold's own.
+        await rig.ctl.command(Command.HOLD)
+        await rig.settle(State.HELD)
+        assert [s.reason for s in rig.since(mark, SafeStateWritten)] == ["Holding"]
+        assert line.writes == [
+            ("line.run", True),
+            ("line.speed", 100),
+            ("line.run", False),
+            ("line.speed", 0),
+        ]
+
+
+# Regression: a lost device that answers again while Holding still writes the others gets its
+# safe state in that same write (its clear comes before its tags are on record as not written).
+@pytest.mark.asyncio
+async def test_a_device_back_while_holding_still_writes_the_rest_gets_its_safe_state() -> None:
+    line = SlowWrite(MemoryConfig("line"), "line.run", False)
+    async with opened(Bench(line=line)) as rig:
+        await rig.to_execute()
+        press = rig.drivers["press"]
+        assert press.device_value("press.go") is True
+        line.armed = True
+        mark = len(rig.events)
+        press.fail(DeviceTimeout("press: no answer within 0.2 s"))  # comm-loss: Holding
+        await line.reached()  # Holding writes the line's safe state, slowly
+        press.fail(None)  # the press answers again meanwhile
+        await wait_until(lambda: not rig.ctl.interlocks.active)
+        line.release.set()
+        await rig.settle(State.HELD)
+        assert_safe_state(rig, rig.writes())
+        safe = rig.since(mark, SafeStateWritten)
+        assert [s.reason for s in safe] == ["Holding"] and safe[0].ok
+        assert [r.tag for r in safe[0].results] == list(SAFE)
+
+
+SKIP_AND_RETRY = """\
+recipe: k
+version: 1
+steps:
+  - {id: go, set: {line.run: true}}
+  - {id: bad, set: {line.count: "line.feed + 20"}, on_error: skip}
+  - {id: w, wait: line.feed > 100, timeout: 0.1s, on_error: {action: retry, count: 1}}
+  - {id: finish, set: {aux.lamp: true}}
+"""
+
+
+# Regression: a step failure that on_error handles without a Hold (skipped, or retried and
+# then passed) is among the batch's faults, which the summary lists.
+@pytest.mark.asyncio
+async def test_a_skipped_and_a_retried_step_failure_appear_in_the_batchs_faults() -> None:
+    async with opened(Bench(SKIP_AND_RETRY)) as rig:
+
+        def feed_rises(event: Event) -> None:
+            # w times out once; the feed rises, so its retry passes.
+            if isinstance(event, StepEnded) and event.step_id == "w":
+                rig.device("line.feed", 200)
+
+        rig.hooks.append(feed_rises)
+        ended = await asyncio.wait_for(rig.ctl.run_batch(stop_when_held=lambda: True), DEADLINE)
+        assert (ended.state, ended.steps_done) == (State.COMPLETE, 3)
+        assert rig.writes("aux") == [("aux.lamp", True)]
+        assert len(ended.faults) == 2
+        bad, timed_out = ended.faults
+        assert "'bad'" in bad and "line.count" in bad and "above the maximum 10" in bad
+        assert "'w'" in timed_out and "timed out" in timed_out
+        assert list(ended.faults) == rig.ctl.faults
