@@ -309,7 +309,8 @@ class BatchRun:
         if self.model is None or not isinstance(event, StateChanged):
             return
         self.choosing = False
-        self.model.hint = {State.HELD: HINT_HELD, State.SUSPENDED: HINT_SUSPENDED}.get(
+        ended = {State.COMPLETE: "", State.STOPPED: "", State.ABORTED: ""}
+        self.model.hint = {State.HELD: HINT_HELD, State.SUSPENDED: HINT_SUSPENDED, **ended}.get(
             event.target, HINT_RUNNING
         )
         if event.target is State.EXECUTE:
