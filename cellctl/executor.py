@@ -477,7 +477,7 @@ class Executor:
             if action == "skip":
                 # Failed, then skipped as on_error says: the failure is on record.
                 self._ended(ctx, StepOutcome.FAILED, failed.message)
-                self._ended(ctx, StepOutcome.SKIPPED, f"skipped (on_error: skip): {failed.message}")
+                self._ended(ctx, StepOutcome.SKIPPED, "on_error: skip")
                 return
             self._ended(ctx, StepOutcome.FAILED, failed.message)
             failure = StepFailure(

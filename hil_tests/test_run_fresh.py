@@ -105,9 +105,10 @@ def test_a_wait_after_a_write_never_passes_on_the_value_from_before(
     # and that sample must not count. The wait times out (on_error: skip).
     assert "step 3 lower met" not in out
     assert (
-        "step 3 lower skipped: step 'lower' timed out after 0.3 s waiting for plc.flag "
+        "step 3 lower failed: step 'lower' timed out after 0.3 s waiting for plc.flag "
         "(plc.flag = false)" in out
     )
+    assert "step 3 lower skipped: on_error: skip" in out
     # `raise` wrote true, then waited for true: it passes on the new value.
     assert "step 4 raise met: plc.flag (plc.flag = true)" in out
     assert "outcome: Complete" in out
