@@ -28,6 +28,7 @@ import structlog
 from cellctl.cell import Cell
 from cellctl.errors import CellctlError
 from cellctl.events import (
+    COMM_LOSS,
     BatchEnded,
     CommandRefused,
     Event,
@@ -38,14 +39,13 @@ from cellctl.events import (
     StepOutcome,
     TagWritten,
     TripCleared,
+    Tripped,
     WaitProgress,
 )
 from cellctl.executor import Executor, PauseReason, StepFailure
 from cellctl.interlocks import (
     BLOCKED_COMMANDS,
-    COMM_LOSS,
     InterlockMonitor,
-    Trip,
     write_safe_state,
 )
 from cellctl.machine import Command, IllegalCommand, MachineError, Mode, PackMLMachine, State
@@ -182,10 +182,10 @@ class Controller:
 
     # -- interlocks ---------------------------------------------------------------------------
 
-    def _tripped(self, trip: Trip) -> None:
+    def _tripped(self, trip: Tripped) -> None:
         # Called inside a driver's callback: act synchronously on the executor, then schedule.
         self._fault(trip.message)
-        self.emit(trip.event())
+        self.emit(trip)
         if self._run is not None and not self._run.done():
             if trip.action == "abort":
                 self._run.cancel()
@@ -200,7 +200,7 @@ class Controller:
             # A device is back: what its safe state could not get is written now.
             self._safe_state_later(f"{name} cleared, written again", list(self._safe_pending))
 
-    async def _act_on_trip(self, trip: Trip, command: Command) -> None:
+    async def _act_on_trip(self, trip: Tripped, command: Command) -> None:
         if self.machine.is_legal(command):
             await self._apply(command, trip.message)
             return

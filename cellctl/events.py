@@ -108,6 +108,10 @@ class MethodCalled(Event):
     path: str
 
 
+#: The name prefix of a lost device's trip: 'comm-loss:<device>'.
+COMM_LOSS = "comm-loss:"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Tripped(Event):
     """An interlock (or a lost device: name 'comm-loss:<device>') tripped."""
@@ -117,6 +121,11 @@ class Tripped(Event):
     condition: str
     values: dict[str, Value | None]
     message: str
+
+    @property
+    def comm_loss(self) -> bool:
+        """True for lost communication with a device rather than a cell-file interlock."""
+        return self.interlock.startswith(COMM_LOSS)
 
 
 @dataclass(frozen=True, kw_only=True)

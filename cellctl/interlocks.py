@@ -18,16 +18,15 @@ from cellctl import expr
 from cellctl.cell import Cell
 from cellctl.connect import TagValue
 from cellctl.errors import CellctlError
-from cellctl.events import SafeStateWritten, SafeWrite, Tripped
+from cellctl.events import COMM_LOSS, SafeStateWritten, SafeWrite, Tripped
 from cellctl.packml import Command
 from cellctl.tagio import TagIO
 from drivers.base import Health, HealthState, Quality, Unsubscribe, Value
 
-#: Trip actions, mildest first.
+#: Tripped actions, mildest first.
 ACTIONS = ("hold", "stop", "abort")
 #: Commands a standing trip refuses; Stop and Abort are never blocked.
 BLOCKED_COMMANDS = frozenset({Command.START, Command.UNHOLD, Command.RESET})
-COMM_LOSS = "comm-loss:"
 
 log = logging.getLogger("cellctl.interlocks")
 
@@ -36,32 +35,6 @@ def interlock_tags(cell: Cell) -> list[str]:
     """Every tag the cell's interlocks name, in cell-file order."""
     named = {name for interlock in cell.interlocks for name in expr.parse(interlock.when).names}
     return [t for t in cell.tags if t in named]
-
-
-@dataclass(frozen=True)
-class Trip:
-    """An interlock (or a lost device, 'comm-loss:<device>') whose condition is true."""
-
-    interlock: str
-    action: str
-    condition: str
-    values: dict[str, Value | None]
-    message: str
-
-    @property
-    def comm_loss(self) -> bool:
-        """True for lost communication with a device rather than a cell-file interlock."""
-        return self.interlock.startswith(COMM_LOSS)
-
-    def event(self) -> Tripped:
-        """The Tripped event of this trip."""
-        return Tripped(
-            interlock=self.interlock,
-            action=self.action,
-            condition=self.condition,
-            values=dict(self.values),
-            message=self.message,
-        )
 
 
 @dataclass(frozen=True)
@@ -83,7 +56,7 @@ class InterlockMonitor:
         cell: Cell,
         io: TagIO,
         *,
-        on_trip: Callable[[Trip], None],
+        on_trip: Callable[[Tripped], None],
         on_clear: Callable[[str], None],
         comm_devices: Collection[str],
         comm_action: str = "hold",
@@ -105,7 +78,7 @@ class InterlockMonitor:
         self._devices = [d for d in cell.devices if d in devices]
         self._device_tags = {d: [t for t in io.tags if io.device_of(t) == d] for d in self._devices}
         self._fresh: dict[str, bool] = {}  # a good reading arrived since the device was lost
-        self._active: dict[str, Trip] = {}
+        self._active: dict[str, Tripped] = {}
         self._stops: list[Unsubscribe] = []
 
     def tags(self) -> list[str]:
@@ -113,7 +86,7 @@ class InterlockMonitor:
         return interlock_tags(self.cell)
 
     @property
-    def active(self) -> dict[str, Trip]:
+    def active(self) -> dict[str, Tripped]:
         """Trips whose condition is still true, by name; they block Start, Unhold and Reset."""
         return dict(self._active)
 
@@ -143,7 +116,7 @@ class InterlockMonitor:
             stop()
         self._stops = []
 
-    async def check_now(self) -> list[Trip]:
+    async def check_now(self) -> list[Tripped]:
         """Read every interlock tag (and every watched tag of the watched devices) afresh,
         evaluate all, report new trips and clears; returns every trip active afterwards."""
         names = self._watched_tags()
@@ -204,7 +177,7 @@ class InterlockMonitor:
     # --- decisions ------------------------------------------------------------------------
 
     def _evaluate(self, watched: _Watched, values: Mapping[str, TagValue | None]) -> None:
-        """Trip or clear one interlock on these samples; unknown values leave it as it is."""
+        """Tripped or clear one interlock on these samples; unknown values leave it as it is."""
         samples = [values.get(t) for t in watched.tags]
         known = [s for s in samples if s is not None]
         if len(known) < len(samples):
@@ -239,12 +212,12 @@ class InterlockMonitor:
         detail = "; ".join(p for p in (expr.show_values(values), problem) if p)
         message = f"interlock {watched.name} tripped ({watched.condition.text}; {detail}): "
         self._trip(
-            Trip(
-                watched.name,
-                watched.action,
-                watched.condition.text,
-                values,
-                message + watched.action,
+            Tripped(
+                interlock=watched.name,
+                action=watched.action,
+                condition=watched.condition.text,
+                values=values,
+                message=message + watched.action,
             )
         )
 
@@ -258,7 +231,11 @@ class InterlockMonitor:
         # read the device would do: Held has the safe state written too.
         action = self.comm_action
         message = f"interlock {name} tripped ({condition}; {detail}): {action}"
-        self._trip(Trip(name, action, condition, values, message))
+        self._trip(
+            Tripped(
+                interlock=name, action=action, condition=condition, values=values, message=message
+            )
+        )
 
     def _maybe_recovered(self, device: str) -> None:
         """Clear a comm-loss once the device is CONNECTED and its readings are good again."""
@@ -273,7 +250,7 @@ class InterlockMonitor:
                 return
         self._clear(COMM_LOSS + device)
 
-    def _trip(self, trip: Trip) -> None:
+    def _trip(self, trip: Tripped) -> None:
         self._active[trip.interlock] = trip
         self.on_trip(trip)
 
