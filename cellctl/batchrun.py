@@ -36,7 +36,7 @@ from cellctl.operator import (
     parse_answers,
 )
 from cellctl.plan import make_plan
-from cellctl.recipe import LoadedRecipe, parse_parameters, step_ids
+from cellctl.recipe import LoadedRecipe, step_ids
 from cellctl.runview import RunModel, event_line, render, summary_lines
 from cellctl.tagio import TagIO
 from cellctl.validate import open_recipe
@@ -95,7 +95,8 @@ def prepare(options: RunOptions) -> Prepared:
     """Load and check the recipe, cell, parameters, answers and breakpoints; raises CellctlError."""
     loaded = open_recipe(options.recipe, options.cell)
     recipe, cell = loaded.recipe, loaded.cell
-    parameters = parse_parameters(recipe, options.params)
+    plan = make_plan(loaded, options.params)  # checks every -p
+    parameters = {p.name: p.value for p in plan.parameters}
     answers = parse_answers(recipe, options.answers)
     ids = step_ids(recipe)
     for wanted in options.breaks:
@@ -110,13 +111,12 @@ def prepare(options: RunOptions) -> Prepared:
                 "--step and --break wait for keys at a terminal; stdin/stdout is not one"
             )
         check_answered(recipe, answers)
-    plan = make_plan(loaded, options.params)
     tags = list(dict.fromkeys([*plan.reads, *plan.writes, *interlock_tags(cell), *cell.safe_state]))
     # The devices of those tags, and those the recipe only calls methods on.
     used = set(devices_for_tags(cell, tags)) | set(plan.devices)
     devices = [name for name in cell.devices if name in used]
     operator = None if options.interactive else ScriptedOperator(answers, options.operator)
-    return Prepared(loaded, dict(parameters), operator, devices, tags)
+    return Prepared(loaded, parameters, operator, devices, tags)
 
 
 @contextlib.asynccontextmanager

@@ -41,6 +41,13 @@ class TagValue:
     #: The device's own time of the value (see drivers.base.Reading.device_time).
     device_time: float | None = None
 
+    def not_older_than(self, other: TagValue) -> bool:
+        """True when this sample is at least as new as `other`: by the device's clock where both
+        carry it (one device, one clock), else by ours (when each was taken)."""
+        if self.device_time is not None and other.device_time is not None:
+            return self.device_time >= other.device_time
+        return self.timestamp >= other.timestamp
+
     @property
     def age(self) -> float:
         """Seconds since the value was read."""

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import structlog
@@ -198,7 +198,7 @@ class Controller:
         self.emit(TripCleared(interlock=name))
         if self._safe_pending and self.state in SAFE_STATES:
             # A device is back: what its safe state could not get is written now.
-            self._safe_state_later(f"{name} cleared, written again", list(self._safe_pending))
+            self._safe_state_later(f"{name} cleared, written again", pending_only=True)
 
     async def _act_on_trip(self, trip: Tripped, command: Command) -> None:
         if self.machine.is_legal(command):
@@ -426,7 +426,7 @@ class Controller:
             await self._end_run()
             return
         if running:
-            # Stop lets the running step finish (its wait too, within STOP_GRACE).
+            # Stop lets the running step finish (its wait too, within STOP_WAIT).
             self.executor.pause(PauseReason.STOP)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.executor.wait_paused(), STOP_WAIT)
@@ -440,8 +440,8 @@ class Controller:
     async def _clearing(self) -> None:
         return None
 
-    def _safe_state_later(self, reason: str, tags: list[str] | None = None) -> None:
-        task = self._spawn(self._safe_state(reason, tags))
+    def _safe_state_later(self, reason: str, *, pending_only: bool = False) -> None:
+        task = self._spawn(self._safe_state(reason, pending_only=pending_only))
         self._safe_writers.add(task)
         task.add_done_callback(self._safe_writers.discard)
 
@@ -465,25 +465,26 @@ class Controller:
         if not run.cancelled() and run.exception() is not None:
             self.log.error("the executor failed", exc_info=run.exception())
 
-    async def _safe_state(self, reason: str, tags: list[str] | None = None) -> None:
+    async def _safe_state(self, reason: str, *, pending_only: bool = False) -> None:
+        """Write the safe state (or only what is pending: what a lost device did not get);
+        one writer at a time."""
         async with self._safe_lock:
-            await self._write_safe_state(reason, tags)
+            tags = list(self._safe_pending) if pending_only else list(self.cell.safe_state)
+            if tags:
+                await self._write_safe_state(reason, tags)
 
-    async def _write_safe_state(self, reason: str, tags: list[str] | None) -> None:
-        lost = [
+    async def _write_safe_state(self, reason: str, tags: list[str]) -> None:
+        lost = {
             trip.interlock.removeprefix(COMM_LOSS)
             for trip in self.interlocks.active.values()
             if trip.comm_loss
-        ]
+        }
+        # On record as pending before any write is awaited: a lost device that answers while
+        # the others are written finds its tags pending, and its TripCleared writes them.
+        for tag in tags:
+            if self.cell.tags[tag].device in lost:
+                self._safe_pending[tag] = self.cell.safe_state[tag]
         written = await write_safe_state(self.io, self.cell, reason, tags=tags, lost=lost)
-        back = [d for d in lost if COMM_LOSS + d not in self.interlocks.active]
-        if back:
-            # A lost device answered again while the others were written: write its tags now
-            # (its TripCleared came before they were on record as not written).
-            again = [r.tag for r in written.results if self.cell.tags[r.tag].device in back]
-            redo = await write_safe_state(self.io, self.cell, reason, tags=again)
-            done = {r.tag: r for r in redo.results}
-            written = replace(written, results=tuple(done.get(r.tag, r) for r in written.results))
         for result in written.results:
             if result.error is None:
                 self._safe_pending.pop(result.tag, None)

@@ -148,14 +148,6 @@ def retry_refusal(step: AnyStep) -> str | None:
     return f"a {step.kind} step is never repeated without the operator"
 
 
-def _not_older(sample: TagValue, other: TagValue) -> bool:
-    """True when `sample` is at least as new as `other`: by the device's clock where both
-    carry it (one device, one clock), else by ours (when each was taken)."""
-    if sample.device_time is not None and other.device_time is not None:
-        return sample.device_time >= other.device_time
-    return sample.timestamp >= other.timestamp
-
-
 class Executor:
     """Runs a recipe's steps; the controller pauses, resumes and cancels it."""
 
@@ -238,7 +230,7 @@ class Executor:
     def resume(self, choice: FailureChoice | None = None) -> None:
         """Go on after a pause; a failed step waiting for the operator needs `choice`.
 
-        A choice given while no step failed is ignored. Raises ValueError (nothing changed)
+        A choice given while no step failed is ignored. Raises ChoiceNeeded (nothing changed)
         when a failed step waits and no choice is given.
         """
         if self._pending:
@@ -597,7 +589,7 @@ class Executor:
 
         def listener(sample: TagValue) -> None:
             old = heard.get(sample.tag)
-            if old is None or _not_older(sample, old):
+            if old is None or sample.not_older_than(old):
                 heard[sample.tag] = sample
             waker.set()
 
@@ -649,7 +641,7 @@ class Executor:
         if sample is None:
             return baseline
         if sample.device_time is not None and baseline.device_time is not None:
-            return sample if _not_older(sample, baseline) else baseline
+            return sample if sample.not_older_than(baseline) else baseline
         if sample.timestamp >= self._last_confirm and sample.timestamp >= baseline.timestamp:
             return sample
         return baseline

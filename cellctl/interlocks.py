@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -83,7 +84,8 @@ class InterlockMonitor:
 
     def tags(self) -> list[str]:
         """Every tag the interlocks name, in cell-file order (the controller watches them)."""
-        return interlock_tags(self.cell)
+        named = {t for watched in self._interlocks for t in watched.tags}
+        return [t for t in self.cell.tags if t in named]
 
     @property
     def active(self) -> dict[str, Tripped]:
@@ -192,6 +194,11 @@ class InterlockMonitor:
             return
         shown: dict[str, Value | None] = {s.tag: s.value for s in known}
         given = {s.tag: s.value for s in known if s.value is not None}
+        odd = [t for t, v in given.items() if isinstance(v, float) and not math.isfinite(v)]
+        if odd:
+            # NaN compares false with everything: `force > 50` would pass. Fail safe.
+            self._trip_interlock(watched, shown, f"cannot evaluate: {', '.join(odd)} not a number")
+            return
         try:
             result = expr.evaluate(watched.condition, given)
         except expr.EvaluationError as err:
@@ -271,7 +278,7 @@ class InterlockMonitor:
     def _newest(self, value: TagValue) -> TagValue:
         """A fresh read, unless the board heard something newer while it was under way."""
         latest = self.io.board.latest(value.tag)
-        return latest if latest is not None and latest.timestamp > value.timestamp else value
+        return latest if latest is not None and latest.not_older_than(value) else value
 
     def _health(self, device: str) -> Health | None:
         driver = self.io.drivers.get(device)

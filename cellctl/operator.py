@@ -1,6 +1,6 @@
 """The operator as the executor sees it: who answers prompts and steps the recipe.
 
-The CLI gives a terminal operator (cellctl.runview) or, without a terminal, the scripted one
+The CLI gives a terminal operator (cellctl.keys) or, without a terminal, the scripted one
 here, which answers prompts from `--answer id=value` and can never step.
 """
 

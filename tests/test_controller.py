@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +40,7 @@ from drivers.config import MemoryConfig
 from drivers.errors import DeviceTimeout
 from drivers.memory import MemoryDriver
 from drivers.points import Access, MemoryPoint, Point
+from tests.support import wait_until
 
 E = TypeVar("E", bound=Event)
 DEADLINE = 3.0
@@ -100,15 +100,6 @@ TRIPS: dict[str, tuple[str, str, Value, Value]] = {
     "abort": ("overforce", "press.force", 50.0, 10.0),
 }
 ENDED = {"hold": State.HELD, "stop": State.STOPPED, "abort": State.ABORTED}
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = DEADLINE) -> None:
-    """Wait for a condition, with a deadline."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.002)
 
 
 class Bench:
@@ -1002,7 +993,8 @@ async def test_a_safe_state_write_started_by_a_trip_while_held_never_lands_after
 
 
 # Regression: a lost device that answers again while Holding still writes the others gets its
-# safe state in that same write (its clear comes before its tags are on record as not written).
+# safe state (its tags are on record as pending before any write is awaited, so its clear
+# writes them once Holding's write is done).
 @pytest.mark.asyncio
 async def test_a_device_back_while_holding_still_writes_the_rest_gets_its_safe_state() -> None:
     line = SlowWrite(MemoryConfig("line"), "line.run", False)
@@ -1018,10 +1010,14 @@ async def test_a_device_back_while_holding_still_writes_the_rest_gets_its_safe_s
         await wait_until(lambda: not rig.ctl.interlocks.active)
         line.release.set()
         await rig.settle(State.HELD)
+        await wait_until(lambda: len(rig.since(mark, SafeStateWritten)) == 2)
         assert_safe_state(rig, rig.writes())
-        safe = rig.since(mark, SafeStateWritten)
-        assert [s.reason for s in safe] == ["Holding"] and safe[0].ok
-        assert [r.tag for r in safe[0].results] == list(SAFE)
+        holding, again = rig.since(mark, SafeStateWritten)
+        assert holding.reason == "Holding" and [r.tag for r in holding.results] == list(SAFE)
+        assert {r.tag for r in holding.results if r.error} == {"press.go", "press.heat"}
+        assert "comm-loss:press cleared" in again.reason and again.ok
+        assert [r.tag for r in again.results] == ["press.go", "press.heat"]
+        assert rig.ctl.state is State.HELD
 
 
 SKIP_AND_RETRY = """\

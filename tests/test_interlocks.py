@@ -70,47 +70,69 @@ class Recorder:
         return [t.interlock for t in self.trips]
 
 
+def memory(io: TagIO, name: str) -> MemoryDriver:
+    """The memory driver of device `name` (every device of the bench cell is one)."""
+    driver = io.drivers[name]
+    assert isinstance(driver, MemoryDriver)
+    return driver
+
+
 @dataclass
-class Bench:
-    """A connected, watching TagIO on memory drivers, with a started monitor."""
+class Wired:
+    """The bench cell on connected, watching memory drivers."""
 
     cell: Cell
     io: TagIO
-    monitor: InterlockMonitor
-    seen: Recorder
 
     def device(self, name: str) -> MemoryDriver:
-        driver = self.io.drivers[name]
-        assert isinstance(driver, MemoryDriver)
-        return driver
+        """The memory driver of device `name`."""
+        return memory(self.io, name)
+
+
+@dataclass
+class Bench(Wired):
+    """A connected, watching TagIO on memory drivers, with a started monitor."""
+
+    monitor: InterlockMonitor
+    seen: Recorder
 
 
 async def make_io(cell: Cell) -> TagIO:
     """Memory drivers with safe values set on the device side, connected and watching."""
-    drivers = build_drivers(cell, list(cell.devices))
-    conveyor, press = drivers["conveyor"], drivers["press"]
-    assert isinstance(conveyor, MemoryDriver) and isinstance(press, MemoryDriver)
-    conveyor.set_device_value("safety.light_curtain_ok", True)
-    press.set_device_value("press.force_kN", 10.0)
-    press.set_device_value("press.ratio_base", 1.0)
-    io = TagIO(cell, drivers, [*cell.tags])
+    io = TagIO(cell, build_drivers(cell, list(cell.devices)), [*cell.tags])
+    memory(io, "conveyor").set_device_value("safety.light_curtain_ok", True)
+    memory(io, "press").set_device_value("press.force_kN", 10.0)
+    memory(io, "press").set_device_value("press.ratio_base", 1.0)
     await io.connect()
     io.watch()
     return io
 
 
 @pytest_asyncio.fixture
-async def bench() -> AsyncIterator[Bench]:
+async def wired() -> AsyncIterator[Wired]:
+    """The bench cell wired to memory drivers, closed after the test."""
     cell = bench_cell()
     io = await make_io(cell)
+    try:
+        yield Wired(cell, io)
+    finally:
+        await io.close()
+
+
+@pytest_asyncio.fixture
+async def bench(wired: Wired) -> AsyncIterator[Bench]:
+    """The wired bench with a started monitor watching conveyor and robot for comm loss."""
     seen = Recorder()
     monitor = InterlockMonitor(
-        cell, io, on_trip=seen.trip, on_clear=seen.clear, comm_devices=["conveyor", "robot"]
+        wired.cell,
+        wired.io,
+        on_trip=seen.trip,
+        on_clear=seen.clear,
+        comm_devices=["conveyor", "robot"],
     )
     monitor.start()
-    yield Bench(cell, io, monitor, seen)
+    yield Bench(wired.cell, wired.io, monitor, seen)
     monitor.stop()
-    await io.close()
 
 
 @pytest.mark.asyncio
@@ -185,6 +207,17 @@ async def test_evaluation_error_trips_the_interlock(bench: Bench) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_nan_from_the_device_trips_instead_of_passing(bench: Bench) -> None:
+    # NaN compares false with everything: `press.force_kN > 30` alone would let it pass.
+    bench.device("press").set_device_value("press.force_kN", float("nan"))
+    assert bench.seen.names() == ["overforce", "ratio"]
+    trip = bench.seen.trips[0]
+    assert trip.action == "abort" and "press.force_kN not a number" in trip.message
+    bench.device("press").set_device_value("press.force_kN", 10.0)
+    assert bench.seen.clears == ["overforce", "ratio"]
+
+
+@pytest.mark.asyncio
 async def test_device_failure_is_a_comm_loss_trip_cleared_on_recovery(bench: Bench) -> None:
     robot = bench.device("robot")
     robot.fail(DeviceTimeout("robot: no answer within 0.2 s"))
@@ -234,9 +267,7 @@ async def test_unknown_values_are_not_evaluated_yet() -> None:
     await io.close()
     io = TagIO(cell, io.drivers, [*cell.tags])  # a board with no samples yet
     await io.connect()
-    conveyor = io.drivers["conveyor"]
-    assert isinstance(conveyor, MemoryDriver)
-    conveyor.set_device_value("safety.light_curtain_ok", False)
+    memory(io, "conveyor").set_device_value("safety.light_curtain_ok", False)
     seen = Recorder()
     monitor = InterlockMonitor(cell, io, on_trip=seen.trip, on_clear=seen.clear, comm_devices=[])
     monitor.start()
@@ -276,9 +307,8 @@ async def test_bad_board_reading_trips_and_good_reading_clears(bench: Bench) -> 
 
 
 @pytest.mark.asyncio
-async def test_health_alone_for_a_device_without_watched_tags() -> None:
-    cell = bench_cell()
-    io = await make_io(cell)
+async def test_health_alone_for_a_device_without_watched_tags(wired: Wired) -> None:
+    cell, io = wired.cell, wired.io
     io.tags = [t for t in io.tags if t != "robot.busy"]  # robot: only its health tells
     seen = Recorder()
     monitor = InterlockMonitor(
@@ -286,8 +316,7 @@ async def test_health_alone_for_a_device_without_watched_tags() -> None:
     )
     monitor.start()
     try:
-        robot = io.drivers["robot"]
-        assert isinstance(robot, MemoryDriver)
+        robot = wired.device("robot")
         robot.fail(DeviceTimeout("robot: session closed"))
         assert seen.names() == ["comm-loss:robot"]
         assert "robot: session closed" in seen.trips[0].message
@@ -310,122 +339,103 @@ async def test_health_alone_for_a_device_without_watched_tags() -> None:
         assert late.names() == ["comm-loss:robot", "comm-loss:robot"]
     finally:
         monitor.stop()
-        await io.close()
 
 
 @pytest.mark.asyncio
-async def test_check_now_reads_fresh_values() -> None:
-    cell = bench_cell()
-    io = await make_io(cell)
+async def test_check_now_reads_fresh_values(wired: Wired) -> None:
     seen = Recorder()
     monitor = InterlockMonitor(
-        cell, io, on_trip=seen.trip, on_clear=seen.clear, comm_devices=[], comm_action="stop"
+        wired.cell,
+        wired.io,
+        on_trip=seen.trip,
+        on_clear=seen.clear,
+        comm_devices=[],
+        comm_action="stop",
     )
-    try:
-        # Not started: only check_now sees the device.
-        press = io.drivers["press"]
-        assert isinstance(press, MemoryDriver)
-        press.set_device_value("press.force_kN", 50.0)
-        assert seen.trips == []
-        trips = await monitor.check_now()
-        assert [t.interlock for t in trips] == ["overforce"] == seen.names()
-        assert await monitor.check_now() == trips and len(seen.trips) == 1  # once
-        press.set_device_value("press.force_kN", 1.0)
-        assert await monitor.check_now() == []
-        assert seen.clears == ["overforce"]
-        press.fail(DeviceTimeout("press: no answer"))
-        trips = await monitor.check_now()
-        assert [(t.interlock, t.action) for t in trips] == [("comm-loss:press", "stop")]
-        press.fail(None)
-        assert await monitor.check_now() == []
-        assert seen.clears == ["overforce", "comm-loss:press"]
-    finally:
-        await io.close()
+    # Not started: only check_now sees the device.
+    press = wired.device("press")
+    press.set_device_value("press.force_kN", 50.0)
+    assert seen.trips == []
+    trips = await monitor.check_now()
+    assert [t.interlock for t in trips] == ["overforce"] == seen.names()
+    assert await monitor.check_now() == trips and len(seen.trips) == 1  # once
+    press.set_device_value("press.force_kN", 1.0)
+    assert await monitor.check_now() == []
+    assert seen.clears == ["overforce"]
+    press.fail(DeviceTimeout("press: no answer"))
+    trips = await monitor.check_now()
+    assert [(t.interlock, t.action) for t in trips] == [("comm-loss:press", "stop")]
+    press.fail(None)
+    assert await monitor.check_now() == []
+    assert seen.clears == ["overforce", "comm-loss:press"]
 
 
 @pytest.mark.asyncio
-async def test_start_sees_a_trip_already_standing() -> None:
-    cell = bench_cell()
-    io = await make_io(cell)
-    conveyor = io.drivers["conveyor"]
-    assert isinstance(conveyor, MemoryDriver)
-    conveyor.set_device_value("safety.light_curtain_ok", False)
+async def test_start_sees_a_trip_already_standing(wired: Wired) -> None:
+    wired.device("conveyor").set_device_value("safety.light_curtain_ok", False)
     seen = Recorder()
-    monitor = InterlockMonitor(cell, io, on_trip=seen.trip, on_clear=seen.clear, comm_devices=[])
+    monitor = InterlockMonitor(
+        wired.cell, wired.io, on_trip=seen.trip, on_clear=seen.clear, comm_devices=[]
+    )
     monitor.start()
     try:
         assert seen.names() == ["light-curtain"]
     finally:
         monitor.stop()
-        await io.close()
 
 
 @pytest.mark.asyncio
-async def test_write_safe_state_writes_every_tag() -> None:
-    cell = bench_cell()
-    io = await make_io(cell)
-    try:
-        conveyor = io.drivers["conveyor"]
-        assert isinstance(conveyor, MemoryDriver)
-        conveyor.set_device_value("conveyor.run", True)
-        written = await write_safe_state(io, cell, "abort")
-        assert written.reason == "abort" and written.ok
-        assert written.results == (
-            SafeWrite("conveyor.run", False),
-            SafeWrite("press.cycle_start", False),
-            SafeWrite("press.setpoint_kN", 0),
-            SafeWrite("conveyor.speed_rpm", 0),
-        )
-        assert conveyor.writes == [("conveyor.run", False), ("conveyor.speed_rpm", 0)]
-        assert conveyor.device_value("conveyor.run") is False
-    finally:
-        await io.close()
+async def test_write_safe_state_writes_every_tag(wired: Wired) -> None:
+    io, cell, conveyor = wired.io, wired.cell, wired.device("conveyor")
+    conveyor.set_device_value("conveyor.run", True)
+    written = await write_safe_state(io, cell, "abort")
+    assert written.reason == "abort" and written.ok
+    assert written.results == (
+        SafeWrite("conveyor.run", False),
+        SafeWrite("press.cycle_start", False),
+        SafeWrite("press.setpoint_kN", 0),
+        SafeWrite("conveyor.speed_rpm", 0),
+    )
+    assert conveyor.writes == [("conveyor.run", False), ("conveyor.speed_rpm", 0)]
+    assert conveyor.device_value("conveyor.run") is False
 
 
 @pytest.mark.asyncio
-async def test_write_safe_state_records_a_failing_device_and_writes_the_rest() -> None:
-    cell = bench_cell()
-    io = await make_io(cell)
-    try:
-        press, conveyor = io.drivers["press"], io.drivers["conveyor"]
-        assert isinstance(press, MemoryDriver) and isinstance(conveyor, MemoryDriver)
-        press.fail(DeviceTimeout("press: no answer within 0.2 s"))
-        written = await write_safe_state(io, cell, "interlock light-curtain")
-        assert not written.ok
-        by_tag = {r.tag: r.error for r in written.results}
-        assert by_tag["conveyor.run"] is None and by_tag["conveyor.speed_rpm"] is None
-        for tag in ("press.cycle_start", "press.setpoint_kN"):  # each one attempted
-            error = by_tag[tag]
-            assert error is not None and tag in error and "no answer" in error
-        assert conveyor.writes == [("conveyor.run", False), ("conveyor.speed_rpm", 0)]
-        assert press.writes == []
-    finally:
-        await io.close()
+async def test_write_safe_state_records_a_failing_device_and_writes_the_rest(wired: Wired) -> None:
+    io, cell = wired.io, wired.cell
+    press, conveyor = wired.device("press"), wired.device("conveyor")
+    press.fail(DeviceTimeout("press: no answer within 0.2 s"))
+    written = await write_safe_state(io, cell, "interlock light-curtain")
+    assert not written.ok
+    by_tag = {r.tag: r.error for r in written.results}
+    assert by_tag["conveyor.run"] is None and by_tag["conveyor.speed_rpm"] is None
+    for tag in ("press.cycle_start", "press.setpoint_kN"):  # each one attempted
+        error = by_tag[tag]
+        assert error is not None and tag in error and "no answer" in error
+    assert conveyor.writes == [("conveyor.run", False), ("conveyor.speed_rpm", 0)]
+    assert press.writes == []
 
 
 @pytest.mark.asyncio
-async def test_write_safe_state_does_not_wait_for_a_lost_device_and_writes_a_subset() -> None:
-    cell = bench_cell()
-    io = await make_io(cell)
-    try:
-        press, conveyor = io.drivers["press"], io.drivers["conveyor"]
-        assert isinstance(press, MemoryDriver) and isinstance(conveyor, MemoryDriver)
-        written = await write_safe_state(io, cell, "comm-loss:press", lost=["press"])
-        by_tag = {r.tag: r.error for r in written.results}
-        assert by_tag["conveyor.run"] is None and by_tag["conveyor.speed_rpm"] is None
-        for tag in ("press.cycle_start", "press.setpoint_kN"):  # recorded, not sent
-            error = by_tag[tag]
-            assert error is not None and "press is lost" in error
-        assert press.writes == []
-        # Once the press answers again, only what it missed is written.
-        again = await write_safe_state(
-            io, cell, "press back", tags=["press.cycle_start", "press.setpoint_kN"]
-        )
-        assert again.ok and [r.tag for r in again.results] == [
-            "press.cycle_start",
-            "press.setpoint_kN",
-        ]
-        assert press.writes == [("press.cycle_start", False), ("press.setpoint_kN", 0)]
-        assert conveyor.writes == [("conveyor.run", False), ("conveyor.speed_rpm", 0)]
-    finally:
-        await io.close()
+async def test_write_safe_state_does_not_wait_for_a_lost_device_and_writes_a_subset(
+    wired: Wired,
+) -> None:
+    io, cell = wired.io, wired.cell
+    press, conveyor = wired.device("press"), wired.device("conveyor")
+    written = await write_safe_state(io, cell, "comm-loss:press", lost=["press"])
+    by_tag = {r.tag: r.error for r in written.results}
+    assert by_tag["conveyor.run"] is None and by_tag["conveyor.speed_rpm"] is None
+    for tag in ("press.cycle_start", "press.setpoint_kN"):  # recorded, not sent
+        error = by_tag[tag]
+        assert error is not None and "press is lost" in error
+    assert press.writes == []
+    # Once the press answers again, only what it missed is written.
+    again = await write_safe_state(
+        io, cell, "press back", tags=["press.cycle_start", "press.setpoint_kN"]
+    )
+    assert again.ok and [r.tag for r in again.results] == [
+        "press.cycle_start",
+        "press.setpoint_kN",
+    ]
+    assert press.writes == [("press.cycle_start", False), ("press.setpoint_kN", 0)]
+    assert conveyor.writes == [("conveyor.run", False), ("conveyor.speed_rpm", 0)]
