@@ -280,6 +280,8 @@ class Controller:
                 )
         except (IllegalCommand, CommandBlocked) as refused:
             blocked = isinstance(refused, CommandBlocked)
+            if blocked:  # an interlock or a pending choice refused it, not a key pressed early
+                self._fault(f"{command} refused: {refused}")
             self.emit(CommandRefused(command=command, reason=str(refused), blocked=blocked))
             raise
         # No await between the checks above and the change: nothing can move the state.

@@ -135,7 +135,6 @@ class RunModel:
         self.prompt_error = ""
         self.pause: StepPaused | None = None
         self.events: deque[str] = deque(maxlen=LAST_EVENTS)
-        self.faults: list[str] = []
         self.counts = _Counts()
         self._failed: set[str] = set()  # steps whose last end was a failure
         self.hint = ""
@@ -156,9 +155,6 @@ class RunModel:
                 self.started = event.at
         elif isinstance(event, ModeChanged):
             self.mode = event.mode
-        elif isinstance(event, CommandRefused):
-            if event.blocked:  # an interlock refused it: a fault, not a key pressed too early
-                self.faults.append(f"{event.command} refused: {event.reason}")
         elif isinstance(event, StepStarted):
             self._started(event)
         elif isinstance(event, StepEnded):
@@ -167,13 +163,10 @@ class RunModel:
             self.waits[event.path] = event
         elif isinstance(event, Tripped):
             self.trips[event.interlock] = event
-            self.faults.append(_trip_text(event))
         elif isinstance(event, TripCleared):
             self.trips.pop(event.interlock, None)
         elif isinstance(event, SafeStateWritten):
             self.safe_state = event
-            if not event.ok:
-                self.faults.append(f"safe state ({event.reason}): {_safe_text(event)}")
         elif isinstance(event, PromptShown):
             self._prompt_shown(event)
         elif isinstance(event, PromptAnswered):
@@ -182,9 +175,6 @@ class RunModel:
         elif isinstance(event, StepPaused):
             self.pause = event
             self.status[event.path] = StepStatus.PAUSED
-        elif isinstance(event, Notice):
-            if event.level == "error":
-                self.faults.append(event.text)
         elif isinstance(event, BatchEnded):
             self.ended = event
             cut = (StepStatus.RUNNING, StepStatus.PAUSED)  # cut short by an abort or a stop
@@ -231,11 +221,9 @@ class RunModel:
             self.counts.done += 1
         elif event.outcome is StepOutcome.SKIPPED:
             self.counts.skipped += 1
-        elif event.outcome is StepOutcome.FAILED:
-            if event.path not in self._failed:
-                self._failed.add(event.path)
-                self.counts.failed += 1
-            self.faults.append(f"step {event.path} {_name(event)} failed: {event.error or '?'}")
+        elif event.outcome is StepOutcome.FAILED and event.path not in self._failed:
+            self._failed.add(event.path)
+            self.counts.failed += 1
 
     def _prompt_shown(self, event: PromptShown) -> None:
         step = self.steps.get(event.path)
@@ -380,9 +368,8 @@ def summary_lines(model: RunModel, ended: BatchEnded) -> list[str]:
         f"duration: {ended.duration:.1f} s",
         f"steps: {counts.done} done, {counts.skipped} skipped, {counts.failed} failed",
     ]
-    # The controller's list is the batch record's: the summary says what the journal says. The
-    # model's own list (the same faults in the view's words) stands in when it gives none.
-    faults = list(ended.faults) or model.faults
+    # The controller's list is the batch record's: the summary says what the record says.
+    faults = ended.faults
     if faults:
         lines.append(f"faults: {len(faults)}")
         lines += [f"  {fault}" for fault in faults]

@@ -3,7 +3,6 @@ summary."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import re
 import time
@@ -394,19 +393,6 @@ def test_summary_counts_steps_and_names_every_fault() -> None:
     assert lines[3:] == ["faults: 1", "  comm-loss:press", "cause: aborted by the operator"]
     assert model.elapsed() == pytest.approx(12.44)
     assert model.current == [] and model.waits == {}
-
-
-def test_without_the_controllers_faults_the_summary_names_what_the_view_saw() -> None:
-    model, end = run_with_faults()
-    end = dataclasses.replace(end, faults=())
-    assert summary_lines(model, end)[3:] == [
-        "faults: 3",
-        "  step 2.1 wait-part failed: timeout after 10 s",
-        "  TRIP light-curtain: not safety.light_curtain_ok (safety.light_curtain_ok = false)"
-        " -> hold",
-        "  Unhold refused: interlock light-curtain is tripped",  # not: Start is not legal
-        "cause: aborted by the operator",
-    ]
 
 
 def test_summary_of_a_clean_batch() -> None:
