@@ -220,3 +220,12 @@ def format_value(value: Value | None) -> str:
     if isinstance(value, float):
         return repr(value)
     return str(value)
+
+
+def same_value(a: Value | None, b: Value | None) -> bool:
+    """Equal values of the same type; NaN equals NaN (re-reading NaN is not a change)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b

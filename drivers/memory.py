@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -16,7 +15,7 @@ from drivers.base import (
     Unsubscribe,
     Value,
 )
-from drivers.codecs import check_value, zero_value
+from drivers.codecs import check_value, same_value, zero_value
 from drivers.config import MemoryConfig
 from drivers.errors import (
     BadStatus,
@@ -33,15 +32,6 @@ from drivers.points import Access, DataType, MemoryPoint, MethodSpec, Point
 log = logging.getLogger("drivers")
 
 MethodHandler = Callable[..., Awaitable[Any]]
-
-
-def _same(a: Value, b: Value) -> bool:
-    """Equal values of the same type; NaN equals NaN, so re-writing NaN is not a change."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
 
 
 class _Subscription:
@@ -228,7 +218,7 @@ class MemoryDriver(TracksHealth):
     def _store(self, key: str, value: Value) -> None:
         old = self._values.get(key)
         self._values[key] = value
-        if old is not None and _same(old, value):
+        if old is not None and same_value(old, value):
             return
         self._changed[key] = time.time()
         if not self._connected or self._failure is not None:

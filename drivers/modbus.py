@@ -23,7 +23,7 @@ from drivers.base import (
     Value,
 )
 from drivers.batching import ReadBlock, decode_point, plan_reads
-from drivers.codecs import check_value, encode_registers, set_bit
+from drivers.codecs import check_value, encode_registers, same_value, set_bit
 from drivers.config import ModbusRtuConfig, ModbusTcpConfig, RequestLimits
 from drivers.errors import (
     BadResponse,
@@ -306,12 +306,7 @@ class _Subscription:
 
 def _same(a: Reading, b: Reading) -> bool:
     """Same quality and the same value of the same type (NaN equals NaN)."""
-    if a.quality is not b.quality or type(a.value) is not type(b.value):
-        return False
-    x, y = a.value, b.value
-    if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
-        return True
-    return x == y
+    return a.quality is b.quality and same_value(a.value, b.value)
 
 
 _READERS: dict[ModbusTable, Callable[[ModbusBaseClient, int, int, int], Awaitable[ModbusPDU]]] = {

@@ -39,7 +39,6 @@ from drivers.errors import (
     DeviceTimeout,
     DriverError,
     NotConnected,
-    NotSupported,
     PointMismatch,
     WriteRejected,
 )
@@ -49,6 +48,7 @@ from drivers.opcua_types import (
     datatype_node,
     from_ua,
     ns0_node,
+    parse_node_id,
     status_code,
     status_name,
     to_variant,
@@ -672,7 +672,7 @@ class OpcuaDriver(TracksHealth):
 
     def _opcua_point(self, point: Point) -> OpcuaPoint:
         if not isinstance(point, OpcuaPoint):
-            raise NotSupported(f"{self.name}: {point.name} is not an OPC UA point")
+            raise PointMismatch(f"{self.name}: {point.describe()} is not an OPC UA point")
         return point
 
     def _reading(self, point: OpcuaPoint, datavalue: ua.DataValue, now: float) -> Reading:
@@ -794,9 +794,9 @@ class _Watch:
 def _node_id(device: str, what: str, text: str) -> ua.NodeId:
     """Parse a NodeId string; PointMismatch naming the tag when the cell file's text is invalid."""
     try:
-        return ua.NodeId.from_string(text)
-    except (UaError, ValueError) as err:
-        raise PointMismatch(f"{device} {what}: invalid NodeId {text!r}: {err}") from err
+        return parse_node_id(text)
+    except ValueError as err:
+        raise PointMismatch(f"{device} {what}: {err}") from err
 
 
 def _browse_path(device: str, method: MethodSpec) -> ua.BrowsePath:

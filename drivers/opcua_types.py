@@ -6,6 +6,7 @@ import math
 
 from asyncua import ua
 from asyncua.ua.object_ids import ObjectIdNames
+from asyncua.ua.uaerrors import UaError
 
 from drivers.base import Value
 from drivers.codecs import FLOAT32_MAX, INT_RANGES, shortest_float32
@@ -88,3 +89,11 @@ def status_name(status: ua.StatusCode | None) -> str:
         return "Good"
     # The low 16 bits are info bits (overflow, limits), not part of the code's name.
     return str(status_code(status.value & 0xFFFF0000).name)
+
+
+def parse_node_id(text: str) -> ua.NodeId:
+    """A NodeId from its string form ('ns=2;s=Robot.Busy'); ValueError when it is malformed."""
+    try:
+        return ua.NodeId.from_string(text)
+    except (UaError, ValueError) as err:
+        raise ValueError(f"invalid NodeId {text!r}: {err}") from err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -54,6 +53,7 @@ from hil_tests.modbus_fixtures import (
     press_image,
     wait_until,
 )
+from hil_tests.support import free_port
 
 UNIT = 1
 MODULE = pytest.mark.asyncio(loop_scope="module")
@@ -66,13 +66,6 @@ EXCEPTIONS = [
     (4, "server device failure"),
     (6, "server device busy"),
 ]
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound and released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -470,3 +463,27 @@ async def test_a_dropped_link_is_lost_then_found_and_polling_resumes(
         assert states[-1] is HealthState.CONNECTED
     finally:
         unsubscribe()
+
+
+@pytest.mark.asyncio
+async def test_a_model_bit_in_an_input_register_changes_only_that_bit() -> None:
+    """Publishing ir:5.0 reads the input register it changes, not the holding register."""
+    points = [
+        ModbusPoint("a", ModbusTable.INPUT_REGISTER, 5, DataType.BOOL, bit=0),
+        ModbusPoint("b", ModbusTable.INPUT_REGISTER, 5, DataType.BOOL, bit=1),
+        ModbusPoint("h", ModbusTable.HOLDING_REGISTER, 5, DataType.UINT16),
+    ]
+    server = ModbusSimServer({1: ProcessImage("d", points)})
+    await server.start()
+    client = AsyncModbusTcpClient("127.0.0.1", port=server.port, timeout=1, retries=0)
+    try:
+        await server.publish("d", {"h": 0xFF00, "b": True})
+        await server.publish("d", {"a": True})
+        assert await client.connect()
+        answer = await client.read_input_registers(5, count=1, device_id=1)
+        assert not answer.isError() and answer.registers == [0b11]
+        held = await client.read_holding_registers(5, count=1, device_id=1)
+        assert held.registers == [0xFF00]
+    finally:
+        client.close()
+        await server.stop()

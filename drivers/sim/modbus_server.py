@@ -46,7 +46,11 @@ _WRITE_FC: dict[ModbusTable, int] = {
     ModbusTable.HOLDING_REGISTER: 16,
     ModbusTable.INPUT_REGISTER: 4,
 }
-_READ_HR = 3
+# The function code that reads a register table (to change one bit of a word in place).
+_READ_REGISTERS_FC: dict[ModbusTable, int] = {
+    ModbusTable.HOLDING_REGISTER: 3,
+    ModbusTable.INPUT_REGISTER: 4,
+}
 # Bit reads whose exact count the action hook needs (it is only told the 16-bit words).
 _READ_BITS = (1, 2)
 # Bit reads seen by _trace_pdu and not yet checked by the hook, per unit (bounded: a request
@@ -326,7 +330,8 @@ class _ModbusSimBase:
                     await server.async_setValues(unit.unit, fc, point.address, [bool(value)])
                 elif point.bit is not None:
                     # Several bit points share a register: change only this bit.
-                    (word,) = await server.async_getValues(unit.unit, _READ_HR, point.address, 1)
+                    read = _READ_REGISTERS_FC[point.table]  # this point's own table
+                    (word,) = await server.async_getValues(unit.unit, read, point.address, 1)
                     word = set_bit(int(word), point.bit, bool(value))
                     await server.async_setValues(unit.unit, fc, point.address, [word])
                 else:

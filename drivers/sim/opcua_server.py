@@ -20,7 +20,6 @@ from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
-from asyncua.ua.uaerrors import UaError
 
 from drivers.base import Value
 from drivers.codecs import check_value, zero_value
@@ -29,6 +28,7 @@ from drivers.opcua_types import (
     datatype_node,
     from_ua,
     ns0_node,
+    parse_node_id,
     status_code,
     to_variant,
     variant_type,
@@ -365,9 +365,9 @@ async def _run_clock(server: Server) -> None:
 def _parse_node_id(device: str, what: str, text: str) -> ua.NodeId:
     """A NodeId from its string form; ValueError naming the device and tag if it is malformed."""
     try:
-        return ua.NodeId.from_string(text)
-    except (UaError, ValueError) as err:
-        raise ValueError(f"{device}: {what}: invalid NodeId {text!r}: {err}") from err
+        return parse_node_id(text)
+    except ValueError as err:
+        raise ValueError(f"{device}: {what}: {err}") from err
 
 
 def _parent_of(node_id: ua.NodeId, objects: Mapping[ua.NodeId, Any]) -> Any:
