@@ -21,7 +21,7 @@ from drivers.modbus import ModbusDriver, make_modbus_drivers
 from drivers.points import Access, DataType, ModbusPoint, ModbusTable, WordOrder
 from drivers.sim.image import ProcessImage
 from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
-from hil_tests.support import wait_for_condition as wait_until
+from tests.support import wait_until
 
 COIL = ModbusTable.COIL
 DI = ModbusTable.DISCRETE_INPUT

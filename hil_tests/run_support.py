@@ -60,22 +60,22 @@ class Served:
         return self.on_loop(lambda: self.simulator.images[device].get(tag))
 
 
-async def start_demo(folder: Path) -> tuple[CellSimulator, Path]:
-    """Start the demo cell's simulators (call on the loop that keeps them) and write the served
-    cell file into `folder`."""
-    simulator = CellSimulator(load_cell(DEMO_CELL), speed=SPEED)
+async def _start(cell_path: Path, folder: Path, speed: float) -> tuple[CellSimulator, Path]:
+    """Start the cell's simulators (on the loop that keeps them); write the served cell file."""
+    simulator = CellSimulator(load_cell(cell_path), speed=speed)
     await simulator.start()
     served = folder / "cell.yaml"
-    simulator.write_cell(DEMO_CELL, served)
+    simulator.write_cell(cell_path, served)
     return simulator, served
 
 
 @contextlib.contextmanager
-def serve_demo(folder: Path) -> Iterator[Served]:
-    """The demo cell on simulators in a loop thread of their own, stopped afterwards."""
+def serve(cell_path: Path, folder: Path, speed: float = 1.0) -> Iterator[Served]:
+    """The cell on simulators in a loop thread of their own, its served file `folder`/cell.yaml;
+    stopped afterwards, with the tasks they left behind."""
     loop = LoopThread()
     try:
-        simulator, served = loop.run(start_demo(folder))
+        simulator, served = loop.run(_start(cell_path, folder, speed))
         try:
             yield Served(simulator, served, loop)
         finally:
@@ -83,6 +83,11 @@ def serve_demo(folder: Path) -> Iterator[Served]:
             loop.run(_cancel_leftovers())
     finally:
         loop.close()
+
+
+def serve_demo(folder: Path) -> contextlib.AbstractContextManager[Served]:
+    """The demo cell on simulators at SPEED, as serve() does it."""
+    return serve(DEMO_CELL, folder, SPEED)
 
 
 async def _cancel_leftovers() -> None:
@@ -185,6 +190,11 @@ async def opcua_value(cell: Cell, tag: str, write: Value | None = None) -> Value
         if write is not None:
             await node.write_value(write)
         return cast(Value, await node.read_value())
+
+
+def entered(events: list[Event], state: State) -> StateChanged:
+    """The first change into `state`."""
+    return next(e for e in events if isinstance(e, StateChanged) and e.target is state)
 
 
 async def wait_event(

@@ -1,8 +1,9 @@
-"""Test helpers: waiting for a condition with a deadline, and an event loop in a thread."""
+"""Test helpers: waiting for a condition with a deadline, a free port, a loop in a thread."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -18,6 +19,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (bound and released; connecting is refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class LoopThread:
@@ -37,14 +45,3 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
-
-
-async def wait_for_condition(
-    predicate: Callable[[], bool], within: float = 3.0, what: str = "the condition"
-) -> None:
-    """Poll `predicate` on the running loop until it holds; fail naming `what` after `within` s."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.005)

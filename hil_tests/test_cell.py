@@ -15,7 +15,6 @@ import pytest
 
 from cellctl.cell import Cell, load_cell
 from cellctl.cli import run
-from hil_tests.support import LoopThread
 
 DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
 
@@ -29,24 +28,10 @@ def cell_file(
     if given:
         yield Path(given)
         return
-    from cellctl.simwiring import CellSimulator
+    from hil_tests.run_support import serve  # only when no --cell is given
 
-    loop = LoopThread()
-    cell = load_cell(DEMO_CELL)
-
-    async def start() -> CellSimulator:
-        simulator = CellSimulator(cell)
-        await simulator.start()
-        return simulator
-
-    simulator = loop.run(start())
-    served = tmp_path_factory.mktemp("served") / "cell.yaml"
-    simulator.write_cell(DEMO_CELL, served)
-    try:
-        yield served
-    finally:
-        loop.run(simulator.stop())
-        loop.close()
+    with serve(DEMO_CELL, tmp_path_factory.mktemp("served")) as served:
+        yield served.cell_file
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cellctl.cell import load_cell
 from cellctl.simwiring import CellSimulator
+from hil_tests.run_support import serve
 from hil_tests.support import LoopThread
 from tests.support import cli
 
@@ -23,21 +23,8 @@ def demo(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[CellSimulator, Path, LoopThread]]:
     """The demo cell on simulators at free ports, and a cell file pointing at them."""
-    loop = LoopThread()
-
-    async def start() -> CellSimulator:
-        simulator = CellSimulator(load_cell(DEMO_CELL), speed=4.0)
-        await simulator.start()
-        return simulator
-
-    simulator = loop.run(start())
-    served = tmp_path_factory.mktemp("demo") / "cell.yaml"
-    simulator.write_cell(DEMO_CELL, served)
-    try:
-        yield simulator, served, loop
-    finally:
-        loop.run(simulator.stop())
-        loop.close()
+    with serve(DEMO_CELL, tmp_path_factory.mktemp("demo"), speed=4.0) as served:
+        yield served.simulator, served.cell_file, served.loop
 
 
 def values(capsys: pytest.CaptureFixture[str], cell: Path, *tags: str) -> dict[str, object]:

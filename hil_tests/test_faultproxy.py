@@ -15,7 +15,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.sim.faultproxy import FaultProxy
-from hil_tests.support import wait_for_condition as wait_until
+from tests.support import wait_until
 
 REGISTERS = [7, 8, 9]
 TIMEOUT = 0.2

@@ -39,7 +39,7 @@ from drivers.points import Access, DataType, MethodArg, MethodSpec, OpcuaPoint
 from drivers.sim.faultproxy import FaultProxy
 from drivers.sim.image import ProcessImage
 from drivers.sim.opcua_server import OpcuaSimServer, default_cache_dir, init_with_cache
-from hil_tests.support import wait_for_condition as wait_until
+from tests.support import wait_until
 
 DEVICE = "robot"
 LIMITS = RequestLimits(timeout=0.3, retries=1)
@@ -585,43 +585,9 @@ async def test_frozen_server_fails_within_the_bound() -> None:
         await frozen.wait_closed()
 
 
-class FreezableProxy:
-    """A TCP relay to a server that can stop relaying (a frozen device, the link still up)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.frozen = False
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self._writers += [writer, up_writer]
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await src.read(65536):
-                    if not self.frozen:
-                        dst.write(data)
-
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-    async def close(self) -> None:
-        for w in self._writers:
-            w.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
 @pytest.mark.asyncio(loop_scope="module")
 async def test_server_freezing_after_connect_times_out_and_is_lost(sim: Sim) -> None:
-    proxy = FreezableProxy(sim.server.port)
+    proxy = FaultProxy("127.0.0.1", sim.server.port)
     await proxy.start()
     drv = OpcuaDriver(config(f"opc.tcp://127.0.0.1:{proxy.port}/robot"), [BUSY])
     states: list[HealthState] = []
@@ -631,7 +597,7 @@ async def test_server_freezing_after_connect_times_out_and_is_lost(sim: Sim) -> 
         await drv.connect()
         drv.subscribe([BUSY], watcher)
         await wait_until(lambda: watcher.last(BUSY.name) is not None, 2.0, "the initial value")
-        proxy.frozen = True
+        proxy.freeze(True)
         loop = asyncio.get_running_loop()
         start = loop.time()
         with pytest.raises(DeviceTimeout, match="robot: read 1 point"):
@@ -642,7 +608,7 @@ async def test_server_freezing_after_connect_times_out_and_is_lost(sim: Sim) -> 
         assert loop.time() - start <= LOSS_BOUND + LOSS_SLACK
         assert states == [HealthState.CONNECTED, HealthState.LOST]
         assert "no answer" in (watcher.bad(BUSY.name)[0].error or "")
-        proxy.frozen = False
+        proxy.freeze(False)
         await wait_until(lambda: states[-1] is HealthState.CONNECTED, 5.0, "reconnected")
         assert states == [HealthState.CONNECTED, HealthState.LOST, HealthState.CONNECTED]
         assert by_value(await drv.read([BUSY])) in ([True], [False])
@@ -651,7 +617,7 @@ async def test_server_freezing_after_connect_times_out_and_is_lost(sim: Sim) -> 
         )
     finally:
         await drv.close()
-        await proxy.close()
+        await proxy.stop()
 
 
 @pytest.mark.asyncio(loop_scope="module")

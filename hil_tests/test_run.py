@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,12 +34,14 @@ from hil_tests.run_support import (
     Served,
     controller_for,
     edit_cell,
+    entered,
     held_or_ended,
     opcua_value,
     read_conveyor,
     serve_demo,
     wait_event,
 )
+from hil_tests.support import free_port
 from tests.support import cli
 
 #: Seconds any one batch here may take before the test fails (they take 1–3 s at SPEED).
@@ -58,24 +59,11 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield served
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def starts(event: Event, step_id: str, round_: int | None = None) -> bool:
     """True when `event` starts step `step_id` (in repeat round `round_`, when given)."""
     if not isinstance(event, StepStarted) or event.step_id != step_id:
         return False
     return round_ is None or event.round == round_
-
-
-def entered(events: list[Event], state: State) -> StateChanged:
-    """The first change into `state`."""
-    return next(e for e in events if isinstance(e, StateChanged) and e.target is state)
 
 
 def test_press_fit_completes_with_exactly_the_parts_pressed(

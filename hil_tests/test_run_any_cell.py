@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hil_tests.support import wait_until
+from hil_tests.support import free_port, wait_until
 from tests.support import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,14 +43,6 @@ DEMO_ARGS: dict[str, list[str]] = {
         "gauge-drift=ok",
     ],
 }
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (`cellctl sim` serves the cell's own ports)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
 
 DEMO_RECIPES = sorted(p for p in DEMO.glob("*.yaml") if p.name != "cell.yaml")
 

@@ -25,7 +25,6 @@ from cellctl.controller import CommandBlocked
 from cellctl.events import (
     Event,
     SafeStateWritten,
-    StateChanged,
     StepStarted,
     TripCleared,
     Tripped,
@@ -38,6 +37,7 @@ from hil_tests.run_support import (
     Served,
     controller_for,
     edit_cell,
+    entered,
     held_or_ended,
     read_conveyor,
     serve_demo,
@@ -58,11 +58,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The demo cell on simulators shared by this module's tests (none of them kills one)."""
     with serve_demo(tmp_path_factory.mktemp("demo")) as served:
         yield served
-
-
-def entered(events: list[Event], state: State) -> StateChanged:
-    """The first change into `state`."""
-    return next(e for e in events if isinstance(e, StateChanged) and e.target is state)
 
 
 def timeline(events: list[Event], since: float) -> str:

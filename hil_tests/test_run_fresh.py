@@ -8,7 +8,6 @@ against a cell file pointing at it, and a raw pymodbus client reads what the dev
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from cellctl.cell import ModbusTcpDevice, load_cell
-from cellctl.simwiring import CellSimulator
-from hil_tests.support import LoopThread
+from cellctl.cell import ModbusTcpDevice
+from hil_tests.run_support import serve
+from hil_tests.support import free_port
 from tests.support import cli
 
 FRESH = Path(__file__).resolve().parent / "cells" / "fresh"
@@ -52,32 +51,10 @@ class Plc:
 @pytest.fixture(scope="module")
 def plc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plc]:
     """The fresh cell's device on the generic simulator at a free port."""
-    loop = LoopThread()
-
-    async def start() -> CellSimulator:
-        simulator = CellSimulator(load_cell(CELL))
-        await simulator.start()
-        return simulator
-
-    try:
-        simulator = loop.run(start())
-        try:
-            served = tmp_path_factory.mktemp("fresh") / "cell.yaml"
-            simulator.write_cell(CELL, served)
-            device = simulator.served_cell.devices["plc"]
-            assert isinstance(device, ModbusTcpDevice)
-            yield Plc(device.host, device.port, served)
-        finally:
-            loop.run(simulator.stop())
-    finally:
-        loop.close()
-
-
-def closed_port() -> int:
-    """A loopback port that nobody listens on (connecting to it is refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    with serve(CELL, tmp_path_factory.mktemp("fresh")) as served:
+        device = served.simulator.served_cell.devices["plc"]
+        assert isinstance(device, ModbusTcpDevice)
+        yield Plc(device.host, device.port, served.cell_file)
 
 
 # --- freshness ---------------------------------------------------------------------------------
@@ -141,7 +118,7 @@ def spare_cell(plc: Plc, folder: Path, *, interlock: bool = False, safe: bool = 
         "devices:",
         f"  plc: {{driver: modbus-tcp, host: {plc.host}, port: {plc.port}, poll: 20ms,",
         "        timeout: 300ms, retries: 1}",
-        f"  spare: {{driver: modbus-tcp, host: 127.0.0.1, port: {closed_port()}, poll: 20ms,",
+        f"  spare: {{driver: modbus-tcp, host: 127.0.0.1, port: {free_port()}, poll: 20ms,",
         "          timeout: 300ms, retries: 1}",
         "tags:",
         "  plc.run:   {device: plc, address: 'coil:0', access: rw}",

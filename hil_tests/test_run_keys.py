@@ -23,10 +23,9 @@ from typing import Any
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from cellctl.cell import ModbusTcpDevice, load_cell
-from cellctl.simwiring import CellSimulator
-from hil_tests.run_support import edit_cell
-from hil_tests.support import LoopThread, wait_until
+from cellctl.cell import ModbusTcpDevice
+from hil_tests.run_support import edit_cell, serve
+from hil_tests.support import wait_until
 from hil_tests.test_run_terminal import (
     CELLS,
     CTRL_C,
@@ -213,25 +212,10 @@ def test_u_after_a_failed_step_asks_and_s_skips(terminal: list[Terminal], tmp_pa
 def served_generic(tmp_path: Path) -> Iterator[tuple[Path, ModbusTcpDevice]]:
     """The generic cell on its simulator in this process (the plant side the test writes to),
     and a cell file pointing at it."""
-    loop = LoopThread()
-
-    async def start() -> CellSimulator:
-        simulator = CellSimulator(load_cell(CELLS / "cell.yaml"))
-        await simulator.start()
-        return simulator
-
-    try:
-        simulator = loop.run(start())
-        try:
-            served = tmp_path / "cell.yaml"
-            simulator.write_cell(CELLS / "cell.yaml", served)
-            device = simulator.served_cell.devices["plc"]
-            assert isinstance(device, ModbusTcpDevice)
-            yield served, device
-        finally:
-            loop.run(simulator.stop())
-    finally:
-        loop.close()
+    with serve(CELLS / "cell.yaml", tmp_path) as served:
+        device = served.simulator.served_cell.devices["plc"]
+        assert isinstance(device, ModbusTcpDevice)
+        yield served.cell_file, device
 
 
 def write_register(device: ModbusTcpDevice, address: int, value: int) -> None:

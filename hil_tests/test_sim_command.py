@@ -18,16 +18,9 @@ from asyncua import Client, ua
 from pymodbus.client import AsyncModbusTcpClient
 
 from cellctl.cell import load_cell
-from hil_tests.support import wait_until
+from hil_tests.run_support import serve
+from hil_tests.support import free_port, wait_until
 from tests.support import cli
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
 
 CELL = """\
 cell: bottling
@@ -239,9 +232,6 @@ def test_sim_on_a_port_in_use_exits_2_naming_it(
 def test_an_rtu_device_with_parity_is_served_and_read(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from cellctl.simwiring import CellSimulator
-    from hil_tests.support import LoopThread
-
     cell = tmp_path / "cell.yaml"
     cell.write_text(
         "cell: par\ndevices:\n"
@@ -249,20 +239,8 @@ def test_an_rtu_device_with_parity_is_served_and_read(
         "tags:\n  p.x: {device: p, address: 'hr:0', access: rw}\n",
         encoding="utf-8",
     )
-    loop = LoopThread()
-
-    async def start() -> CellSimulator:
-        simulator = CellSimulator(load_cell(cell))
-        await simulator.start()
-        return simulator
-
-    simulator = loop.run(start())
-    try:
-        served = tmp_path / "served.yaml"
-        simulator.write_cell(cell, served)
-        code, _, err = cli(capsys, "write", "--cell", str(served), "p.x=77")
+    (tmp_path / "served").mkdir()
+    with serve(cell, tmp_path / "served") as served:
+        code, _, err = cli(capsys, "write", "--cell", str(served.cell_file), "p.x=77")
         assert code == 0, err
-        assert cellctl_values(capsys, served) == {"p.x": 77}
-    finally:
-        loop.run(simulator.stop())
-        loop.close()
+        assert cellctl_values(capsys, served.cell_file) == {"p.x": 77}

@@ -39,6 +39,7 @@ from drivers.base import Quality, Value
 from drivers.config import MemoryConfig
 from drivers.memory import MemoryDriver
 from drivers.points import Access, MemoryPoint
+from tests.support import wait_until
 
 E = TypeVar("E", bound=Event)
 
@@ -79,15 +80,6 @@ def unchecked_recipe(text: str) -> Recipe:
     """A recipe of the right shape that skipped the checks against the cell (for refusals the
     validation makes first and the executor makes again)."""
     return Recipe.model_validate(parse_yaml(text.encode(), "r.yaml").data)
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = DEADLINE) -> None:
-    """Wait for a condition, with a deadline."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        await asyncio.sleep(0.002)
 
 
 class Host:

@@ -186,7 +186,7 @@ async def test_blocking_message_for_start_unhold_reset_only(bench: Bench) -> Non
     )
     assert bench.monitor.blocking_message(Command.START) is not None
     assert bench.monitor.blocking_message(Command.RESET) is not None
-    for free in ("Stop", "Abort", "Hold"):
+    for free in (Command.STOP, Command.ABORT, Command.HOLD):
         assert bench.monitor.blocking_message(free) is None
     bench.device("conveyor").set_device_value("safety.light_curtain_ok", False)
     message = bench.monitor.blocking_message(Command.START)

@@ -6,8 +6,7 @@ import asyncio
 import contextlib
 import os
 import termios
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +18,9 @@ from cellctl.keys import TerminalKeys, TerminalOperator
 from cellctl.operator import PromptRequest, StepChoice
 from cellctl.recipe import PromptStep, load_recipe
 from cellctl.runview import RunModel
+from tests.support import wait_until
 
 DEMO = Path(__file__).parent.parent / "recipes" / "demo"
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 2.0) -> None:
-    """Poll `predicate` until it holds; fail the test after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.002)
 
 
 async def keys_of(keys: TerminalKeys, count: int) -> list[str]:

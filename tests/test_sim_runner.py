@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import ClassVar
 
 import pytest
@@ -17,6 +17,7 @@ from drivers.sim.image import ProcessImage
 from drivers.sim.plant.base import PlantModel, SimClock
 from drivers.sim.plant.conveyor import Conveyor
 from drivers.sim.runner import SimRunner
+from tests.support import wait_until
 
 SPEED = 50.0
 
@@ -74,15 +75,6 @@ def clockwork(device: str, clock: SimClock) -> Clockwork:
     """A Clockwork on its own image."""
     image = ProcessImage(device, [MemoryPoint(f"{device}.elapsed", "e", DataType.FLOAT64)])
     return Clockwork(image, clock)
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    """Poll `predicate` until it holds; fail the test after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s")
-        await asyncio.sleep(0.005)
 
 
 @pytest_asyncio.fixture
