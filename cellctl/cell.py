@@ -317,7 +317,6 @@ class MemoryDevice(_Model):
 Device = Annotated[
     ModbusTcpDevice | ModbusRtuDevice | OpcuaDevice | MemoryDevice, Field(discriminator="driver")
 ]
-ModbusDevice = ModbusTcpDevice | ModbusRtuDevice
 DRIVERS: dict[str, type[_Model]] = {
     "modbus-tcp": ModbusTcpDevice,
     "modbus-rtu": ModbusRtuDevice,
@@ -655,7 +654,7 @@ class _Rules:
             loc: tuple[str | int, ...] = ("devices", name)
             if isinstance(device, ModbusTcpDevice | ModbusRtuDevice):
                 bus = (
-                    f"{_host_key(device.host)}:{device.port}"
+                    f"{host_key(device.host)}:{device.port}"
                     if isinstance(device, ModbusTcpDevice)
                     else device.port
                 )
@@ -700,7 +699,7 @@ class _Rules:
         servers: dict[tuple[str, int], str],
     ) -> None:
         """One TCP port serves one thing: one OPC UA server, or Modbus units behind one gateway."""
-        key = (_host_key(device.host), device.port)
+        key = (host_key(device.host), device.port)
         first = servers.setdefault(key, name)
         if first == name:
             return
@@ -848,7 +847,6 @@ class _Rules:
                         "type-mismatch",
                         f"{subject}: {field} applies to numbers, not {tag.datatype.value}",
                     )
-            return
 
     def check_overlaps(self) -> None:
         """Two tags on one device must not share a register, bit, coil, node or key."""
@@ -1007,7 +1005,7 @@ class _Rules:
                 )
 
 
-def _host_key(host: str) -> str:
+def host_key(host: str) -> str:
     """A host as compared for conflicts: 'localhost' is 127.0.0.1, case does not matter."""
     host = host.lower().strip("[]")
     return "127.0.0.1" if host == "localhost" else host

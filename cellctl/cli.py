@@ -10,9 +10,9 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -43,7 +43,6 @@ from drivers.errors import DriverError
 if TYPE_CHECKING:  # the controller is imported by the commands that run it
     from cellctl.batchrun import RunOptions
 
-T = TypeVar("T")
 
 app = typer.Typer(
     name="cellctl",
@@ -92,21 +91,6 @@ def _fail(error: BaseException) -> _Stop:
         for line in str(error).splitlines() or [type(error).__name__]:
             err.print(f"error: {line}", markup=False)
     return _Stop(_exit_code_of(error))
-
-
-def _run(main: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine; cellctl and driver errors become messages and exit codes."""
-    try:
-        return asyncio.run(main)
-    except (CellctlError, DriverError) as error:
-        raise _fail(error) from error
-
-
-def _load(path: Path) -> Cell:
-    try:
-        return load_cell(path)
-    except CellctlError as error:
-        raise _fail(error) from error
 
 
 async def _until_signalled(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -246,12 +230,12 @@ def read(
     ] = False,
 ) -> None:
     """Read tags from whatever serves the cell file's endpoints."""
-    spec = _load(cell)
+    spec = load_cell(cell)
     names = list(tags) if tags else list(spec.tags)
     if watch:
-        _run(_until_signalled(lambda stop: _watch(spec, names, stop)))
+        asyncio.run(_until_signalled(lambda stop: _watch(spec, names, stop)))
         return
-    values = _run(_read_once(spec, names))
+    values = asyncio.run(_read_once(spec, names))
     if as_json:
         out.print_json(json.dumps([_json_value(v) for v in values]))
     elif out.is_terminal:
@@ -322,7 +306,7 @@ def write(
     ] = False,
 ) -> None:
     """Write tags; each write is reported only once the device confirmed it."""
-    spec = _load(cell)
+    spec = load_cell(cell)
     pairs: list[tuple[str, Any]] = []
     problems: list[str] = []
     for text in assignments:
@@ -348,7 +332,7 @@ def write(
             raise _Stop(exitcodes.BAD_INPUT)
         if not typer.confirm(f"Write to {', '.join(remote)}, a real machine?"):
             raise _Stop(exitcodes.BAD_INPUT)
-    _run(_write_all(spec, pairs))
+    asyncio.run(_write_all(spec, pairs))
 
 
 async def _write_all(cell: Cell, pairs: list[tuple[str, Any]]) -> None:
@@ -361,8 +345,8 @@ async def _write_all(cell: Cell, pairs: list[tuple[str, Any]]) -> None:
 @app.command()
 def check(cell_file: Annotated[Path, typer.Argument(metavar="CELL", help="the cell file")]) -> None:
     """Commissioning check: reach every device, read every tag, compare OPC UA nodes."""
-    spec = _load(cell_file)
-    results = _run(check_cell(spec))
+    spec = load_cell(cell_file)
+    results = asyncio.run(check_cell(spec))
     failed = False
     for result in results:
         status = "ok" if result.ok else "FAIL"
@@ -406,7 +390,7 @@ def sim(
     """Serve every device of a cell on simulators until SIGINT/SIGTERM."""
     from cellctl.simwiring import CellSimulator
 
-    spec = _load(cell_file)
+    spec = load_cell(cell_file)
     if write_cell is not None:
         problem = _unwritable(write_cell)
         if problem:
@@ -424,7 +408,7 @@ def sim(
             out.print("serving; Ctrl-C or SIGTERM stops", markup=False)
             await stop.wait()
 
-    _run(_until_signalled(serve))
+    asyncio.run(_until_signalled(serve))
 
 
 def _interactive() -> bool:
@@ -486,11 +470,8 @@ def _finish(options: RunOptions) -> None:
     """Check the inputs, run the batch, exit with its code."""
     from cellctl.batchrun import run_command
 
-    try:
-        batch = run_command(options, out)
-    except CellctlError as error:
-        raise _fail(error) from error
-    code = _run(batch())
+    # A cellctl or driver error reaches run(), which prints it with its exit code.
+    code = asyncio.run(run_command(options, out)())
     if code != exitcodes.OK:
         raise _Stop(code)
 
@@ -556,10 +537,7 @@ def run(argv: list[str] | None = None) -> int:
         return stop.code
     except typer.Exit as done:
         return int(done.exit_code)
-    except typer.Abort:
-        err.print("interrupted")
-        return exitcodes.INTERRUPTED
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
         return exitcodes.INTERRUPTED
     except TyperException as usage:  # click's usage errors (its exit 2) are bad input here
@@ -581,8 +559,3 @@ def run(argv: list[str] | None = None) -> int:
         )
         return exitcodes.BAD_INPUT
     return int(result) if isinstance(result, int) else exitcodes.OK
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())

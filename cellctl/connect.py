@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -10,10 +9,10 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from cellctl.cell import Cell
-from cellctl.errors import CellctlError, UnknownTag
-from cellctl.tags import device_config, methods_by_device, point_for
+from cellctl.errors import CellctlError
+from cellctl.tags import device_config, get_tag, methods_by_device, point_for
 from drivers.base import Driver, Quality, Value
-from drivers.config import MemoryConfig, ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig
+from drivers.config import MemoryConfig, ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig, is_loopback
 from drivers.memory import MemoryDriver
 from drivers.modbus import make_modbus_drivers
 from drivers.opcua import OpcuaDriver
@@ -56,11 +55,7 @@ class TagValue:
 
 def devices_for_tags(cell: Cell, tags: Iterable[str]) -> list[str]:
     """The devices the named tags live on, in cell-file order; unknown tags are refused."""
-    needed: set[str] = set()
-    for tag in tags:
-        if tag not in cell.tags:
-            raise UnknownTag(f"unknown tag {tag!r}: the cell file {cell.cell!r} has no such tag")
-        needed.add(cell.tags[tag].device)
+    needed = {get_tag(cell, tag).device for tag in tags}
     return [name for name in cell.devices if name in needed]
 
 
@@ -96,13 +91,6 @@ def build_drivers(cell: Cell, device_names: Sequence[str]) -> dict[str, Driver]:
     return {name: drivers[name] for name in device_names}
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def device_host(cell: Cell, device: str) -> str | None:
     """The network host a device is reached at (None for serial and memory devices)."""
     config = device_config(cell, device)
@@ -123,6 +111,6 @@ def non_loopback_endpoints(cell: Cell, tags: Iterable[str]) -> list[str]:
         serial = isinstance(config, ModbusRtuConfig) and not os.path.realpath(
             config.port
         ).startswith("/dev/pts/")
-        if serial or (host is not None and not _is_loopback(host)):
+        if serial or (host is not None and not is_loopback(host)):
             remote.append(f"{device} ({host or getattr(config, 'port', '')})")
     return remote

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BeforeValidator, WithJsonSchema
 
@@ -63,13 +63,9 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def _validate(value: Any) -> float:
-    return parse_duration(value)
-
-
 #: A pydantic field type: written as '500ms' etc., held as float seconds.
 Duration = Annotated[
     float,
-    BeforeValidator(_validate),
+    BeforeValidator(parse_duration),
     WithJsonSchema({"type": "string", "pattern": PATTERN, "examples": ["20ms", "1.5s", "2m"]}),
 ]

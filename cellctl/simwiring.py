@@ -15,7 +15,7 @@ from urllib.parse import urlparse, urlunparse
 from ruamel.yaml import YAML
 
 from cellctl import exitcodes
-from cellctl.cell import Cell
+from cellctl.cell import Cell, host_key
 from cellctl.errors import CellctlError
 from cellctl.tags import methods_by_device, points_by_device
 from drivers.sim.image import ProcessImage
@@ -99,7 +99,9 @@ class CellSimulator:
                 except PlantError as err:
                     problems.append(f"device {name}: {err}")
             if device.driver == "modbus-tcp":
-                bus = buses.setdefault(f"tcp:{device.host}:{device.port}", _Bus("tcp"))
+                # One bus per host:port as the cell file's rules see it (localhost = 127.0.0.1).
+                key = f"tcp:{host_key(device.host)}:{device.port}"
+                bus = buses.setdefault(key, _Bus("tcp"))
             elif device.driver == "modbus-rtu":
                 bus = buses.setdefault(f"rtu:{device.port}", _Bus("rtu"))
             elif device.driver == "opcua":

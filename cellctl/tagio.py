@@ -22,7 +22,7 @@ from cellctl.connect import (
     refuse_in_process_devices,
 )
 from cellctl.errors import BadValue, CellctlError
-from cellctl.tags import from_raw, method_spec, point_for, points_by_device, to_raw
+from cellctl.tags import method_spec, point_for, points_by_device
 from drivers.base import Driver, HealthCallback, Quality, Reading, Unsubscribe, Value
 from drivers.errors import DriverError
 from drivers.points import Point
@@ -147,7 +147,7 @@ class TagIO:
         spec = self.cell.tags[tag]
         value = reading.value
         if value is not None and reading.quality is not Quality.BAD:
-            value = from_raw(spec, value)
+            value = spec.from_raw(value)
         return TagValue(
             tag,
             spec.device,
@@ -206,7 +206,7 @@ class TagIO:
         spec = self.cell.tags[tag]
         checked = self.check(tag, value)
         try:
-            await self.drivers[spec.device].write(self.point(tag), to_raw(spec, checked))
+            await self.drivers[spec.device].write(self.point(tag), spec.to_raw(checked))
         except DriverError as err:
             raise DeviceFailed(f"write {tag}: {err}") from err
         return time.time()

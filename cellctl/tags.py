@@ -175,16 +175,6 @@ def methods_by_device(cell: Cell) -> dict[str, list[MethodSpec]]:
     return grouped
 
 
-def to_raw(tag: Tag, value: Value) -> Value:
-    """The raw device value of an engineering value ((value − offset) / scale, ints rounded)."""
-    return tag.to_raw(value)
-
-
-def from_raw(tag: Tag, raw: Value) -> Value:
-    """The engineering value of a raw device value (raw × scale + offset)."""
-    return tag.from_raw(raw)
-
-
 _BOOL_WORDS = {"true": True, "1": True, "on": True, "false": False, "0": False, "off": False}
 _INTEGER = re.compile(r"[+-]?\d+")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from drivers.points import WordOrder
@@ -100,3 +101,11 @@ class MemoryConfig:
 
     name: str
     poll: float = 0.02
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address on this machine: 'localhost', 127.0.0.0/8, ::1 (brackets allowed)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -204,3 +204,20 @@ async def test_stop_ends_the_loop(runner: SimRunner) -> None:
 def test_tick_must_be_positive() -> None:
     with pytest.raises(ValueError, match="tick"):
         SimRunner(SimClock(), tick=0)
+
+
+def test_localhost_and_127_0_0_1_on_one_port_are_one_simulated_gateway(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The cell file's rules treat both spellings as one gateway; so must the simulators."""
+    from cellctl.cell import load_cell
+    from cellctl.simwiring import CellSimulator
+
+    cell_file = tmp_path / "cell.yaml"
+    cell_file.write_text(
+        "cell: g\ndevices:\n"
+        "  a: {driver: modbus-tcp, host: localhost, port: 5502, unit: 1}\n"
+        "  b: {driver: modbus-tcp, host: 127.0.0.1, port: 5502, unit: 2}\n"
+        "tags:\n  a.x: {device: a, address: 'hr:0'}\n  b.x: {device: b, address: 'hr:0'}\n",
+        encoding="utf-8",
+    )
+    simulator = CellSimulator(load_cell(cell_file))
+    assert simulator.servers["a"] is simulator.servers["b"]

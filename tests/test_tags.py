@@ -198,16 +198,16 @@ def test_method_specs_keep_argument_order(cell: Cell) -> None:
 
 def test_scaling_between_engineering_and_raw_values(cell: Cell) -> None:
     temp = cell.tags["temp"]  # raw int16 in 0.1 degC steps from -40 degC
-    assert tags.to_raw(temp, 21.5) == 615
-    assert isinstance(tags.to_raw(temp, 21.5), int)
-    assert tags.from_raw(temp, 615) == 21.5
-    assert tags.to_raw(temp, 21.56) == 616  # rounded to the nearest raw step
-    assert tags.to_raw(temp, -40.06) == -1  # half away from zero on both sides
-    assert tags.from_raw(temp, -1) == -40.1
+    assert temp.to_raw(21.5) == 615
+    assert isinstance(temp.to_raw(21.5), int)
+    assert temp.from_raw(615) == 21.5
+    assert temp.to_raw(21.56) == 616  # rounded to the nearest raw step
+    assert temp.to_raw(-40.06) == -1  # half away from zero on both sides
+    assert temp.from_raw(-1) == -40.1
     speed = cell.tags["speed"]
-    assert tags.to_raw(speed, 1200) == 1200
-    assert tags.from_raw(speed, 1200) == 1200
-    assert isinstance(tags.from_raw(speed, 1200), int)
+    assert speed.to_raw(1200) == 1200
+    assert speed.from_raw(1200) == 1200
+    assert isinstance(speed.from_raw(1200), int)
 
 
 @pytest.mark.parametrize(

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
 import socket
 import struct
 from dataclasses import dataclass
+
+from drivers.config import is_loopback
 
 log = logging.getLogger("drivers.sim")
 
@@ -28,15 +29,6 @@ class ProxyStats:
     refused: int = 0
     bytes_to_server: int = 0
     bytes_to_client: int = 0
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
@@ -157,7 +149,7 @@ class FaultProxy:
     def __init__(
         self, target_host: str, target_port: int, host: str = "127.0.0.1", port: int = 0
     ) -> None:
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise ValueError(f"fault proxy binds loopback only, not {host!r}")
         self.target_host = target_host
         self.target_port = target_port
