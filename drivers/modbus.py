@@ -333,6 +333,9 @@ class ModbusDriver(TracksHealth):
         self._attached = False
         self._subscriptions: list[_Subscription] = []
         self._poller: asyncio.Task[None] | None = None
+        #: Every subscribed point and its read blocks: planned when subscriptions change, not
+        #: on every poll.
+        self._poll_plan: tuple[list[ModbusPoint], list[ReadBlock]] | None = None
         self._retired: set[asyncio.Task[None]] = set()
 
     @property
@@ -410,6 +413,7 @@ class ModbusDriver(TracksHealth):
         self._plan(modbus_points)  # a point no request can read fails here, not in the poller
         subscription = _Subscription(modbus_points, callback)
         self._subscriptions.append(subscription)
+        self._poll_plan = None
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(
                 self._poll(), name=f"modbus poll {self.name}"
@@ -418,6 +422,7 @@ class ModbusDriver(TracksHealth):
         def unsubscribe() -> None:
             if subscription in self._subscriptions:
                 self._subscriptions.remove(subscription)
+                self._poll_plan = None
             if not self._subscriptions and self._poller is not None:
                 # A shielded request in flight finishes on its own; close() awaits the task.
                 self._poller.cancel()
@@ -561,9 +566,14 @@ class ModbusDriver(TracksHealth):
         loop = asyncio.get_running_loop()
         due = loop.time()
         while self._subscriptions:
-            points = list(dict.fromkeys(p for s in self._subscriptions for p in s.points))
+            if self._poll_plan is None:
+                merged = list(dict.fromkeys(p for s in self._subscriptions for p in s.points))
+                self._poll_plan = (merged, self._plan(merged))
+            points, blocks = self._poll_plan
             try:
-                readings = dict(zip(points, await self.read(points), strict=True))
+                readings: dict[ModbusPoint, Reading] = {}
+                for block in blocks:
+                    readings.update(await self._read_block(block))
             except DriverError as err:
                 now = time.time()
                 readings = {p: Reading(None, now, Quality.BAD, str(err)) for p in points}
