@@ -23,8 +23,10 @@ from cellctl import exitcodes
 from cellctl.cell import Cell
 from cellctl.connect import DevicesUnreachable, build_drivers, devices_for_tags
 from cellctl.controller import CommandBlocked, Controller
+from cellctl.durations import format_duration
 from cellctl.errors import BadValue, CellctlError, did_you_mean
 from cellctl.events import BatchEnded, Event, StateChanged, StepStarted, TripCleared
+from cellctl.heartbeat import Heartbeat, heartbeat_tags
 from cellctl.interlocks import interlock_tags
 from cellctl.keys import TerminalKeys, TerminalOperator
 from cellctl.machine import Command, IllegalCommand, Mode, State
@@ -68,6 +70,8 @@ class RunOptions:
     interactive: bool = False
     #: The demo's plant fault (e.g. "light-curtain"), raised mid-batch and cleared again.
     fault: str | None = None
+    #: Seconds the run stays, once the batch ended, for the safe state to be confirmed.
+    safe_wait: float = 300.0
 
 
 @dataclass
@@ -79,6 +83,18 @@ class Prepared:
     operator: Operator | None
     devices: list[str]
     tags: list[str]
+
+
+class SafeStateUnconfirmed(CellctlError):
+    """The batch ended, but its safe state is not confirmed on every device (exit 5)."""
+
+    exit_code = exitcodes.SAFE_STATE_UNCONFIRMED
+
+    def __init__(self, unconfirmed: dict[str, str], why: str) -> None:
+        lines = [f"safe state not confirmed ({why}); the cell may not be safe:"]
+        lines += [f"  {tag}: {reason}" for tag, reason in unconfirmed.items()]
+        super().__init__("\n".join(lines))
+        self.unconfirmed = unconfirmed
 
 
 class Interrupted(CellctlError):
@@ -111,7 +127,8 @@ def prepare(options: RunOptions) -> Prepared:
                 "--step and --break wait for keys at a terminal; stdin/stdout is not one"
             )
         check_answered(recipe, answers)
-    tags = list(dict.fromkeys([*plan.reads, *plan.writes, *interlock_tags(cell), *cell.safe_state]))
+    watched = [*interlock_tags(cell), *cell.safe_state, *heartbeat_tags(cell)]
+    tags = list(dict.fromkeys([*plan.reads, *plan.writes, *watched]))
     # The devices of those tags, and those the recipe only calls methods on.
     used = set(devices_for_tags(cell, tags)) | set(plan.devices)
     devices = [name for name in cell.devices if name in used]
@@ -193,7 +210,9 @@ class BatchRun:
                 await io.connect()  # DevicesUnreachable: nothing was written
                 try:
                     await _all_answer(io, prepared.tags)
-                    return await self._run_connected(io, simulator)
+                    # The heartbeat is the only thing written before Start; it lasts the run.
+                    async with Heartbeat(io, cell.heartbeat):
+                        return await self._run_connected(io, simulator)
                 finally:
                     await io.close()
         except asyncio.CancelledError:
@@ -285,6 +304,7 @@ class BatchRun:
                     ended = await batch()
             else:
                 ended = await batch()
+            unconfirmed, why = await self._confirm_safe_state(controller)
         finally:
             # The batch is over: a signal now must not cut the cleanup (bounded) short.
             loop.add_signal_handler(signal.SIGINT, lambda: None)
@@ -297,11 +317,39 @@ class BatchRun:
             await controller.close()
         for line in summary_lines(model, ended):
             self.out.print(line, markup=False)
+        if unconfirmed:
+            raise SafeStateUnconfirmed(unconfirmed, why)
         if ended.state is State.COMPLETE:
             return exitcodes.OK
         if controller.start_refused is not None:
             return exitcodes.INTERRUPTED  # a signal before the start: nothing was written
         return exitcodes.BATCH_NOT_COMPLETE
+
+    async def _confirm_safe_state(self, controller: Controller) -> tuple[dict[str, str], str]:
+        """Stay until every device confirmed the safe state (read back), at most --safe-wait;
+        SIGTERM or Ctrl-C gives up. Returns what is unconfirmed and why the wait ended."""
+        loop = asyncio.get_running_loop()
+        give_up = asyncio.Event()
+        signals: list[str] = []
+
+        def stop_waiting(name: str) -> None:
+            signals.append(name)
+            give_up.set()
+
+        loop.add_signal_handler(signal.SIGINT, stop_waiting, "SIGINT")
+        loop.add_signal_handler(signal.SIGTERM, stop_waiting, "SIGTERM")
+        limit = self.options.safe_wait
+
+        def waiting(tags: list[str]) -> None:
+            self.out.print(
+                f"waiting up to {format_duration(limit)} for the safe state of "
+                f"{', '.join(tags)} to be confirmed; SIGTERM or Ctrl-C gives up",
+                markup=False,
+            )
+
+        unconfirmed = await controller.confirm_safe_state(limit, give_up, waiting=waiting)
+        why = f"given up on {signals[0]}" if signals else f"not within {format_duration(limit)}"
+        return unconfirmed, why
 
     # -- the operator's hands ---------------------------------------------------------------
 

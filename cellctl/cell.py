@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from cellctl import expr, names
-from cellctl.durations import Duration
+from cellctl.durations import Duration, format_duration
 from cellctl.errors import BadValue, InvalidField, Problem, ValidationFailed, did_you_mean
 from cellctl.yamlload import (
     Describe,
@@ -280,6 +280,8 @@ class OpcuaDevice(_Model):
     cert: NonEmpty | None = None
     key: NonEmpty | None = None
     server_cert: NonEmpty | None = None
+    # A folder of trusted server certificates (*.der, *.pem), for servers not pinned.
+    trust_dir: NonEmpty | None = None
     user: NonEmpty | None = None
     password_env: Annotated[str, AfterValidator(_check_env_name)] | None = None
     # Declared only to refuse it with a useful message; never holds a value.
@@ -462,6 +464,16 @@ class Interlock(_Model):
     description: str | None = None
 
 
+class Heartbeat(_Model):
+    """The controller's life signal to one device: written every `period` while the controller
+    runs (a counter that wraps, or a bit that toggles); the device's PLC brings its outputs to
+    their safe state when the value has not changed for `timeout`."""
+
+    tag: TagName
+    period: PositiveDuration
+    timeout: PositiveDuration
+
+
 SafeValue = Annotated[
     Any, BeforeValidator(plain), WithJsonSchema({"type": ["boolean", "number", "string"]})
 ]
@@ -480,6 +492,8 @@ class Cell(_Model):
     #: Safe-state tags that Unholding sets back to the value the recipe last wrote (level
     #: outputs such as a conveyor's run; never a trigger such as a press's cycle start).
     restore_on_unhold: list[str] = []
+    #: Life signals the controller writes while it runs, at most one per device.
+    heartbeat: list[Heartbeat] = []
     _source: Path | None = PrivateAttr(None)
 
     @property
@@ -544,7 +558,7 @@ def _describer(doc: YamlDocument) -> Describe:
 
     def describe(loc: tuple[str | int, ...]) -> Where:
         section = loc[0] if loc else None
-        if len(loc) < 2 or section not in (*_SECTIONS, "interlocks"):
+        if len(loc) < 2 or section not in (*_SECTIONS, "interlocks", "heartbeat"):
             return Where("cell file", loc, _keys(Cell))
         rest = loc[2:]
         models: dict[str, type[BaseModel]] = {"tags": Tag, "methods": Method}
@@ -554,6 +568,11 @@ def _describer(doc: YamlDocument) -> Describe:
             label = raw.get("name") if isinstance(raw, dict) else None
             name = f"interlock {label}" if label else f"interlock #{int(loc[1]) + 1}"
             model = Interlock
+        elif section == "heartbeat":
+            raw = doc.data["heartbeat"][loc[1]] if doc.has(loc[:2]) else None
+            tag = raw.get("tag") if isinstance(raw, dict) else None
+            name = f"heartbeat {tag}" if isinstance(tag, str) else f"heartbeat #{int(loc[1]) + 1}"
+            model = Heartbeat
         else:
             name = f"{_SECTIONS[str(section)]} {loc[1]}"
         if section == "devices" and rest and rest[0] in DRIVERS:
@@ -586,6 +605,7 @@ def _valid(section: Any, adapter: TypeAdapter[_M]) -> Iterator[tuple[str, _M]]:
 _DEVICE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Device)
 _TAG_ADAPTER = TypeAdapter(Tag)
 _METHOD_ADAPTER = TypeAdapter(Method)
+_HEARTBEAT_ADAPTER = TypeAdapter(Heartbeat)
 _MODBUS = ("modbus-tcp", "modbus-rtu")
 _TABLE_NAMES = {
     ModbusTable.COIL: "coil",
@@ -642,6 +662,7 @@ class _Rules:
         self.check_interlocks()
         self.check_safe_state()
         self.check_restore_on_unhold()
+        self.check_heartbeat()
         return self.problems
 
     # -- devices ---------------------------------------------------------------------------
@@ -737,6 +758,15 @@ class _Rules:
                 "missing",
                 f"device {name}: user {device.user!r} needs password_env, the name of the "
                 "environment variable that holds the password",
+            )
+        if device.user is not None and device.server_cert is None and device.trust_dir is None:
+            # The driver refuses it too: a server not known would receive the password.
+            self.add(
+                (*loc, "user"),
+                "untrusted-server",
+                f"device {name}: user {device.user!r} needs the server's certificate: pin it "
+                "with server_cert or name a trust_dir that holds it, or any server answering at "
+                f"{device.endpoint} would receive the password",
             )
         if device.password_env is not None and device.user is None:
             self.add((*loc, "password_env"), "missing", f"device {name}: password_env needs a user")
@@ -1003,6 +1033,86 @@ class _Rules:
                     f"restore_on_unhold: tag {name} is not in the safe state; only what the "
                     "safe state changed is restored",
                 )
+
+    def check_heartbeat(self) -> None:
+        raw = self.data.get("heartbeat")
+        if not isinstance(raw, list):
+            return
+        safe = self.data.get("safe_state")
+        safe_tags = {str(t) for t in safe} if isinstance(safe, dict) else set()
+        watched: dict[str, int] = {}  # device -> index of its first heartbeat
+        for index, item in enumerate(raw):
+            if not isinstance(item, dict):
+                continue  # reported by pydantic
+            loc: tuple[str | int, ...] = ("heartbeat", index)
+            name = item.get("tag")
+            if isinstance(name, str):
+                self._check_heartbeat_tag(index, name, watched, safe_tags)
+            try:
+                beat = _HEARTBEAT_ADAPTER.validate_python(item)
+            except ValidationError:
+                continue  # reported by pydantic
+            if beat.period >= beat.timeout:
+                self.add(
+                    (*loc, "period"),
+                    "bad-value",
+                    f"heartbeat {beat.tag}: period {format_duration(beat.period)} must be "
+                    f"shorter than timeout {format_duration(beat.timeout)} (the device trips "
+                    "when the value has not changed for timeout; give it several periods)",
+                )
+
+    def _check_heartbeat_tag(
+        self, index: int, name: str, watched: dict[str, int], safe_tags: set[str]
+    ) -> None:
+        loc: tuple[str | int, ...] = ("heartbeat", index, "tag")
+        subject = f"heartbeat {name}"
+        tag = self.tags.get(name)
+        if name not in self.raw_tags:
+            hint = did_you_mean(name, self.raw_tags)
+            self.add(loc, "unknown-tag", f"{subject}: unknown tag {name!r}{hint}")
+            return
+        if tag is None:
+            return  # the tag's own problems are reported at the tag
+        if tag.access is not Access.RW:
+            self.add(
+                loc,
+                "read-only",
+                f"{subject}: the tag is read-only; the controller writes its heartbeat: "
+                "give the tag access: rw",
+            )
+        datatype = tag.datatype
+        if datatype is not DataType.BOOL and datatype not in INTEGER_TYPES:
+            self.add(
+                loc,
+                "type-mismatch",
+                f"{subject}: a heartbeat is a counter (an integer type such as uint16) or a "
+                f"toggling bool, not {datatype.value}",
+            )
+        elif datatype in INTEGER_TYPES and (
+            tag.scaled or tag.min is not None or tag.max is not None
+        ):
+            self.add(
+                loc,
+                "type-mismatch",
+                f"{subject}: a heartbeat counter runs through its type's whole range and wraps: "
+                "remove scale, offset, min and max from the tag",
+            )
+        if name in safe_tags:
+            self.add(
+                loc,
+                "heartbeat-in-safe-state",
+                f"{subject}: the tag is also in the safe state (line "
+                f"{self.line(('safe_state', name))}); only the heartbeat writes it",
+            )
+        first = watched.setdefault(tag.device, index)
+        if first != index:
+            other = self.data["heartbeat"][first].get("tag")
+            self.add(
+                loc,
+                "duplicate-heartbeat",
+                f"{subject}: device {tag.device} already has heartbeat {other} (line "
+                f"{self.line(('heartbeat', first))}); a device watches one heartbeat",
+            )
 
 
 def host_key(host: str) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from cellctl.cell import Cell
 from cellctl.connect import build_drivers, refuse_in_process_devices
 from cellctl.tags import device_config, point_for
-from drivers.base import Driver, Quality
+from drivers.base import Driver, Quality, Value
 from drivers.config import ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig
 from drivers.errors import DriverError, PointMismatch
 from drivers.opcua import OpcuaDriver
@@ -52,6 +52,20 @@ async def _reach(driver: Driver) -> list[str]:
     return []
 
 
+async def _heartbeat_writable(cell: Cell, driver: Driver, tag: str, value: Value) -> list[str]:
+    """Write a heartbeat tag's value back as just read: the device sees no change (its watchdog
+    no beat), and a refusal shows the controller could not write its heartbeat.
+
+    OPC UA servers state it instead: connecting checks every rw node's AccessLevel and
+    UserAccessLevel, and a node the controller may not write is listed from there.
+    """
+    try:
+        await driver.write(point_for(cell, tag), value)
+    except DriverError as err:
+        return [f"{tag}: heartbeat cannot be written on the device: {err}"]
+    return []
+
+
 async def _check_device(cell: Cell, device: str, driver: Driver) -> DeviceCheck:
     result = DeviceCheck(device, _endpoint(cell, device))
     tags = [t for t, spec in cell.tags.items() if spec.device == device]
@@ -60,9 +74,14 @@ async def _check_device(cell: Cell, device: str, driver: Driver) -> DeviceCheck:
         started = time.perf_counter()
         readings = await driver.read([point_for(cell, t) for t in tags])
         result.round_trip = time.perf_counter() - started
+        # OPC UA nodes state whether they may be written (checked on connect); Modbus does not.
+        opcua = isinstance(driver, OpcuaDriver)
+        heartbeats = set() if opcua else {beat.tag for beat in cell.heartbeat}
         for tag, reading in zip(tags, readings, strict=True):
             if reading.quality is Quality.BAD:
                 result.problems.append(f"{tag}: {reading.error or 'bad quality'}")
+            elif tag in heartbeats and reading.value is not None:
+                result.problems.extend(await _heartbeat_writable(cell, driver, tag, reading.value))
         result.health = driver.health.state.value
     except DriverError as err:
         result.problems.append(str(err))

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -28,9 +27,10 @@ from cellctl.connect import (
     TagValue,
     non_loopback_endpoints,
 )
-from cellctl.errors import CellctlError, Problem, ValidationFailed
+from cellctl.durations import DurationError, parse_duration
+from cellctl.errors import BadValue, CellctlError, Problem, ValidationFailed
 from cellctl.liveview import plain_line, tag_table
-from cellctl.logsetup import configure_logging
+from cellctl.logsetup import active_log_file, configure_logging
 from cellctl.plan import make_plan, plan_lines, plan_view
 from cellctl.schema import FileKind, schema_of, schema_of_both
 from cellctl.tagio import CellSession
@@ -62,6 +62,18 @@ STOP_GRACE = 2.0
 
 CellOption = Annotated[
     Path, typer.Option("--cell", "-c", help="the cell file (recipes/<cell>/cell.yaml)")
+]
+
+
+DEFAULT_SAFE_WAIT = "5m"
+SafeWaitOption = Annotated[
+    str,
+    typer.Option(
+        "--safe-wait",
+        metavar="DURATION",
+        help="once the batch ended, how long to wait for the safe state to be confirmed "
+        "(exit 5 past it)",
+    ),
 ]
 
 
@@ -145,11 +157,8 @@ def _root(
     ] = None,
 ) -> None:
     """cellctl: control software for microfactory production cells."""
-    _LOG_FILE[0] = configure_logging(log_file, debug=debug)
-
-
-#: The JSON log file in use (set by the root callback), for messages that point at it.
-_LOG_FILE: list[Path | None] = [None]
+    # A --log-file that cannot be opened ends here, before the command does anything.
+    configure_logging(log_file, debug=debug)
 
 
 ParamOption = Annotated[
@@ -362,17 +371,6 @@ def check(cell_file: Annotated[Path, typer.Argument(metavar="CELL", help="the ce
         raise _Stop(exitcodes.DEVICE_FAILURE)
 
 
-def _unwritable(path: Path) -> str | None:
-    """Why a file cannot be written at `path` (checked before any port opens), or None."""
-    if path.is_dir():
-        return "is a folder: name a file"
-    if not path.parent.is_dir():
-        return f"no folder {path.parent}"
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return "not writable"
-    return None
-
-
 @app.command()
 def sim(
     cell_file: Annotated[Path, typer.Argument(metavar="CELL", help="the cell file")],
@@ -388,14 +386,24 @@ def sim(
     host: Annotated[str, typer.Option("--host", help="address to serve on")] = "127.0.0.1",
 ) -> None:
     """Serve every device of a cell on simulators until SIGINT/SIGTERM."""
-    from cellctl.simwiring import CellSimulator
+    from cellctl.simwiring import CellSimulator, cell_copy_problem
 
+    # '[::1]' as in a URL is the address ::1.
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        err.print(
+            "error: --host '': name the address to serve on (127.0.0.1, ::1; 0.0.0.0 for "
+            "every IPv4 interface)",
+            markup=False,
+        )
+        raise _Stop(exitcodes.BAD_INPUT)
     spec = load_cell(cell_file)
-    if write_cell is not None:
-        problem = _unwritable(write_cell)
-        if problem:
-            err.print(f"error: --write-cell {write_cell}: {problem}", markup=False)
-            raise _Stop(exitcodes.BAD_INPUT)
+    problem = cell_copy_problem(cell_file, write_cell) if write_cell is not None else None
+    if problem:
+        err.print(f"error: --write-cell {write_cell}: {problem}", markup=False)
+        raise _Stop(exitcodes.BAD_INPUT)
 
     async def serve(stop: asyncio.Event) -> None:
         simulator = CellSimulator(spec, speed=speed, host=host, keep_ports=True)
@@ -444,6 +452,7 @@ def run_recipe(
     operator: Annotated[
         str | None, typer.Option("--operator", help="who runs the batch (recorded)")
     ] = None,
+    safe_wait: SafeWaitOption = DEFAULT_SAFE_WAIT,
 ) -> None:
     """Run a recipe to Complete: Reset, Start, a live view; Ctrl-C holds, SIGTERM stops."""
     from cellctl.batchrun import RunOptions
@@ -462,8 +471,17 @@ def run_recipe(
         answers=answers or [],
         operator=operator,
         interactive=_interactive(),
+        safe_wait=_safe_wait(safe_wait),
     )
     _finish(options)
+
+
+def _safe_wait(text: str) -> float:
+    """--safe-wait as seconds; a bad duration is bad input naming the option."""
+    try:
+        return parse_duration(text)
+    except DurationError as error:
+        raise BadValue(f"--safe-wait {text}: {error}") from None
 
 
 def _finish(options: RunOptions) -> None:
@@ -487,6 +505,7 @@ def demo(
         float, typer.Option("--speed", min=0.01, max=1000, help="model time factor")
     ] = 1.0,
     params: ParamOption = None,
+    safe_wait: SafeWaitOption = DEFAULT_SAFE_WAIT,
 ) -> None:
     """Run press-fit on the demo cell's simulators, in this process, to Complete."""
     from cellctl.batchrun import RunOptions
@@ -500,6 +519,7 @@ def demo(
         interactive=_interactive(),
         operator="demo",
         fault=fault,
+        safe_wait=_safe_wait(safe_wait),
     )
     _finish(options)
 
@@ -552,10 +572,11 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug of ours: one line here, the traceback in the log file
         # INFO, not ERROR: the console handler shows ERROR records, and this one has its line.
         logging.getLogger("cellctl").info("internal error", exc_info=error)
-        where = f"traceback in {_LOG_FILE[0]}; " if _LOG_FILE[0] else ""
+        log_file = active_log_file()
+        where = f"traceback in {log_file}; " if log_file else ""
         err.print(
             f"error: internal error: {type(error).__name__}: {error} ({where}please report it)",
             markup=False,
         )
-        return exitcodes.BAD_INPUT
+        return exitcodes.INTERNAL_ERROR
     return int(result) if isinstance(result, int) else exitcodes.OK

@@ -9,9 +9,16 @@ after Stop.
 
 What Holding does, where the issue is silent: the executor stops taking steps at once (no new
 write or call starts), the safe state is written, and Held is reached once the write or call in
-flight has ended. Unholding writes back the cell's `restore_on_unhold` tags to the value the
-recipe last wrote, then the executor re-enters the interrupted wait. Suspend pauses the
-executor the same way but writes nothing (an external cause: starved or blocked).
+flight has ended.
+
+The safe state is attempted on every device every time. A device that is lost (its health
+says so) is not waited for; its whole safe state is written again by the keeper, every
+SAFE_RETRY s and at once when it answers again, until it is confirmed; so is a device whose
+write failed. `confirm_safe_state` waits for that at the end of a run and reads it back.
+
+Unholding writes back the cell's `restore_on_unhold` tags to the value the recipe last wrote,
+then the executor re-enters the interrupted wait. Suspend pauses the executor the same way but
+writes nothing (an external cause: starved or blocked).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
@@ -28,12 +36,12 @@ import structlog
 from cellctl.cell import Cell
 from cellctl.errors import CellctlError
 from cellctl.events import (
-    COMM_LOSS,
     BatchEnded,
     CommandRefused,
     Event,
     ModeChanged,
     Notice,
+    SafeStateWritten,
     StateChanged,
     StepEnded,
     StepOutcome,
@@ -52,7 +60,8 @@ from cellctl.machine import Command, IllegalCommand, MachineError, Mode, PackMLM
 from cellctl.operator import FailureChoice, Operator
 from cellctl.recipe import LoadedRecipe
 from cellctl.tagio import TagIO
-from drivers.base import Value
+from drivers.base import Health, HealthState, Quality, Unsubscribe, Value
+from drivers.codecs import same_value
 
 log = structlog.get_logger("cellctl.controller")
 
@@ -66,6 +75,11 @@ SAFE_STATES = frozenset(
 CLOSE_WAIT = 30.0
 #: Seconds Stopping waits for a write or call in flight before it cancels it.
 STOP_WAIT = 30.0
+#: Seconds the executor's end is awaited after its cancel (the write or call in flight ends
+#: within its device's bound); the safe state then goes on regardless: the executor is frozen.
+END_RUN_WAIT = 10.0
+#: Seconds between two attempts at a device's safe state that is still due.
+SAFE_RETRY = 1.0
 
 
 class CommandBlocked(CellctlError):
@@ -129,12 +143,22 @@ class Controller:
         self._choice: FailureChoice | None = None
         #: Why the last Hold, Stop or Abort was taken (the batch's cause when it ends so).
         self._stop_cause: str | None = None
-        #: Safe-state tags whose last write failed: written again when a device comes back.
+        #: Safe-state tags still due (a lost device, a failed write): the keeper writes them.
         self._safe_pending: dict[str, Value] = {}
-        self._safe_lock = asyncio.Lock()  # one safe-state writer at a time
-        #: Safe-state writes started outside an acting state (a trip in Held, a device back):
+        #: One safe-state writer at a time per device (a lost one never holds up the others).
+        self._safe_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        #: Safe-state writes started outside an acting state (a trip in Held, the keeper):
         #: Unholding and Resetting end them before the recipe decides the outputs again.
         self._safe_writers: set[asyncio.Task[None]] = set()
+        self._keeper: asyncio.Task[None] | None = None
+        self._keeper_wake = asyncio.Event()
+        self._keeper_reason = ""
+        self._keeper_errors: dict[str, str] = {}  # the keeper's last failures, tag -> why
+        #: Set after every safe-state write: confirm_safe_state looks again.
+        self._safe_changed = asyncio.Event()
+        #: The safe state was asked for in this batch: the run confirms it before it ends.
+        self._safe_asked = False
+        self._unhealth: Unsubscribe | None = None
         #: Set by a stop request before the batch started: Reset and Start are not issued.
         self._no_start: str | None = None
 
@@ -186,6 +210,8 @@ class Controller:
         # Called inside a driver's callback: act synchronously on the executor, then schedule.
         self._fault(trip.message)
         self.emit(trip)
+        if trip.action == "abort":
+            self.executor.abort()  # no write or call after this, whatever the cancel does
         if self._run is not None and not self._run.done():
             if trip.action == "abort":
                 self._run.cancel()
@@ -196,9 +222,14 @@ class Controller:
 
     def _trip_cleared(self, name: str) -> None:
         self.emit(TripCleared(interlock=name))
-        if self._safe_pending and self.state in SAFE_STATES:
+        if self._safe_pending:
             # A device is back: what its safe state could not get is written now.
-            self._safe_state_later(f"{name} cleared, written again", pending_only=True)
+            self._kick_keeper(f"{name} cleared, written again")
+
+    def _health_changed(self, device: str, health: Health) -> None:
+        pending = {self.cell.tags[t].device for t in self._safe_pending}
+        if health.state is HealthState.CONNECTED and device in pending:
+            self._kick_keeper(f"{device} answers again, written again")
 
     async def _act_on_trip(self, trip: Tripped, command: Command) -> None:
         if self.machine.is_legal(command):
@@ -293,8 +324,10 @@ class Controller:
     async def _apply(self, command: Command, cause: str) -> None:
         if command in (Command.HOLD, Command.STOP, Command.ABORT):
             self._stop_cause = cause
-        if command is Command.ABORT and self._run is not None:
-            self._run.cancel()  # at once, before anything else
+        if command is Command.ABORT:
+            self.executor.abort()  # no write or call after this, whatever the cancel does
+            if self._run is not None:
+                self._run.cancel()  # at once, before anything else
         if command in (Command.HOLD, Command.STOP) and self._run is not None:
             self.executor.pause(PauseReason.HOLD if command is Command.HOLD else PauseReason.STOP)
         if command is Command.SUSPEND:
@@ -431,7 +464,8 @@ class Controller:
             # Stop lets the running step finish (its wait too, within STOP_WAIT).
             self.executor.pause(PauseReason.STOP)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.executor.wait_paused(), STOP_WAIT)
+                async with asyncio.timeout(STOP_WAIT):
+                    await self.executor.wait_paused()
             await self._end_run()
         await self._safe_state("Stopping")
 
@@ -442,8 +476,8 @@ class Controller:
     async def _clearing(self) -> None:
         return None
 
-    def _safe_state_later(self, reason: str, *, pending_only: bool = False) -> None:
-        task = self._spawn(self._safe_state(reason, pending_only=pending_only))
+    def _safe_state_later(self, reason: str) -> None:
+        task = self._spawn(self._safe_state(reason))
         self._safe_writers.add(task)
         task.add_done_callback(self._safe_writers.discard)
 
@@ -454,46 +488,166 @@ class Controller:
             writer.cancel()
         if writers:
             await asyncio.wait(writers)
-        async with self._safe_lock:
-            self._safe_pending.clear()
+        self._safe_pending.clear()
+        self._keeper_errors.clear()
+        self._safe_asked = False  # the recipe decides the outputs again
 
     async def _end_run(self) -> None:
         run = self._run
         if run is None:
             return
         run.cancel()
-        # asyncio.wait, not await: a cancel aimed at this task must still reach it.
-        await asyncio.wait({run})
-        if not run.cancelled() and run.exception() is not None:
+        # asyncio.wait, not await: a cancel aimed at this task must still reach it. Bounded:
+        # the executor is frozen or aborted, so nothing it does later reaches a device.
+        await asyncio.wait({run}, timeout=END_RUN_WAIT)
+        if not run.done():
+            self._fault(f"the executor did not end within {END_RUN_WAIT:g} s of its cancel")
+            self.log.error("the executor did not end after its cancel", wait=END_RUN_WAIT)
+        elif not run.cancelled() and run.exception() is not None:
             self.log.error("the executor failed", exc_info=run.exception())
 
-    async def _safe_state(self, reason: str, *, pending_only: bool = False) -> None:
-        """Write the safe state (or only what is pending: what a lost device did not get);
-        one writer at a time."""
-        async with self._safe_lock:
-            tags = list(self._safe_pending) if pending_only else list(self.cell.safe_state)
-            if tags:
-                await self._write_safe_state(reason, tags)
+    async def _safe_state(self, reason: str) -> None:
+        """Write the whole safe state: every device attempted, a lost one by the keeper."""
+        if self.cell.safe_state:
+            self.emit(await self._write_safe_state(reason, list(self.cell.safe_state)))
 
-    async def _write_safe_state(self, reason: str, tags: list[str]) -> None:
-        lost = {
-            trip.interlock.removeprefix(COMM_LOSS)
-            for trip in self.interlocks.active.values()
-            if trip.comm_loss
-        }
-        # On record as pending before any write is awaited: a lost device that answers while
-        # the others are written finds its tags pending, and its TripCleared writes them.
+    def _lost_devices(self) -> set[str]:
+        """Devices whose health says they fail (lost, or degraded by a failed request), or
+        that are not connected at all: the keeper attempts them, nobody waits for them."""
+        lost = set()
+        for device in {self.cell.tags[t].device for t in self.cell.safe_state}:
+            driver = self.io.drivers.get(device)
+            if driver is None or driver.health.state is not HealthState.CONNECTED:
+                lost.add(device)
+        return lost
+
+    async def _write_safe_state(
+        self, reason: str, tags: list[str], *, attempt_lost: bool = False
+    ) -> SafeStateWritten:
+        """Write these safe-state tags, each device under its own lock; a lost device is left
+        to the keeper (unless `attempt_lost`); what fails becomes due, device by device."""
+        self._safe_asked = True
+        lost = set() if attempt_lost else self._lost_devices()
+        # On record as due before any write is awaited: a lost device that answers while the
+        # others are written finds its tags due, and the keeper writes them.
         for tag in tags:
             if self.cell.tags[tag].device in lost:
                 self._safe_pending[tag] = self.cell.safe_state[tag]
-        written = await write_safe_state(self.io, self.cell, reason, tags=tags, lost=lost)
+        if lost:
+            self._kick_keeper(f"{', '.join(sorted(lost))} lost, written when it answers")
+        written = await write_safe_state(
+            self.io, self.cell, reason, tags=tags, lost=lost, locks=self._safe_locks
+        )
+        failed = {self.cell.tags[r.tag].device for r in written.results if r.error is not None}
         for result in written.results:
-            if result.error is None:
+            device = self.cell.tags[result.tag].device
+            if result.error is None and device not in failed:
                 self._safe_pending.pop(result.tag, None)
-            else:
-                self._safe_pending[result.tag] = result.value
+                self._keeper_errors.pop(result.tag, None)
+            elif result.error is not None:
+                self._keeper_errors[result.tag] = result.error
                 self._fault(f"safe state {result.tag}: {result.error}")
-        self.emit(written)
+        # A device with one failed write owes its whole safe state again.
+        for tag, value in self.cell.safe_state.items():
+            if self.cell.tags[tag].device in failed:
+                self._safe_pending[tag] = value
+        if self._safe_pending and not attempt_lost:  # the keeper itself is the one attempting
+            self._kick_keeper(self._keeper_reason or "written again")
+        self._safe_changed.set()
+        return written
+
+    def _kick_keeper(self, reason: str) -> None:
+        """Have the keeper try the due safe state now (started when none runs)."""
+        self._keeper_reason = reason
+        self._keeper_wake.set()
+        if self._keeper is None or self._keeper.done():
+            # Not one of the controller's queued tasks (_tasks): a run's end waits for the
+            # keeper only through confirm_safe_state, within --safe-wait.
+            self._keeper = asyncio.ensure_future(self._keep_safe())
+            self._keeper.add_done_callback(self._task_done)
+            self._safe_writers.add(self._keeper)
+            self._keeper.add_done_callback(self._safe_writers.discard)
+
+    async def _keep_safe(self) -> None:
+        """Write the whole safe state of every device that still owes it, every SAFE_RETRY s
+        and at once when kicked, until each is confirmed (or Unholding/Resetting end it)."""
+        reported: set[str] = set()
+        while self._safe_pending:
+            self._keeper_wake.clear()
+            devices = {self.cell.tags[t].device for t in self._safe_pending}
+            tags = [t for t in self.cell.safe_state if self.cell.tags[t].device in devices]
+            reason = self._keeper_reason or "written again"
+            written = await self._write_safe_state(reason, tags, attempt_lost=True)
+            failed = {r.tag for r in written.results if r.error is not None}
+            if not failed or failed != reported:
+                self.emit(written)  # every success, a failure once (not every retry)
+            reported = failed
+            if not self._safe_pending:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SAFE_RETRY):
+                    await self._keeper_wake.wait()
+
+    async def confirm_safe_state(
+        self, within: float, give_up: asyncio.Event, *, waiting: Callable[[list[str]], None]
+    ) -> dict[str, str]:
+        """When the safe state was asked for in this batch, wait (at most `within` s, or until
+        `give_up` is set) until every device confirmed it and it reads back as written; returns
+        what is still unconfirmed, tag -> why ({} when all is confirmed). `waiting(tags)` is
+        called once if it has to wait."""
+        if not self._safe_asked or not self.cell.safe_state:
+            return {}
+        told = False
+        unconfirmed: dict[str, str] = {}
+
+        async def settle() -> None:
+            nonlocal told, unconfirmed
+            while True:
+                self._safe_changed.clear()
+                if not self._safe_pending:
+                    unconfirmed = await self._read_back()
+                    if not unconfirmed:
+                        return
+                    for tag in unconfirmed:
+                        self._safe_pending[tag] = self.cell.safe_state[tag]
+                    self._kick_keeper("read back other than written, written again")
+                else:
+                    unconfirmed = {
+                        t: self._keeper_errors.get(t, "not written yet") for t in self._safe_pending
+                    }
+                if not told:
+                    told = True
+                    waiting(list(unconfirmed))
+                await self._safe_changed.wait()
+
+        settling = asyncio.ensure_future(settle())
+        gave_up = asyncio.ensure_future(give_up.wait())
+        try:
+            await asyncio.wait(
+                {settling, gave_up}, timeout=within, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (settling, gave_up):
+                task.cancel()
+            await asyncio.gather(settling, gave_up, return_exceptions=True)
+        if settling.done() and not settling.cancelled():
+            settling.result()  # an error of ours is raised, not taken for "confirmed"
+            return {}
+        due = self._safe_pending or unconfirmed
+        return {t: self._keeper_errors.get(t) or unconfirmed.get(t) or "not confirmed" for t in due}
+
+    async def _read_back(self) -> dict[str, str]:
+        """Read the safe state back: tag -> why, for each tag that does not hold its value."""
+        tags = list(self.cell.safe_state)
+        read = await self.io.read(tags)
+        wrong: dict[str, str] = {}
+        for tag in tags:
+            value, wanted = read[tag], self.cell.safe_state[tag]
+            if value.quality is Quality.BAD or value.value is None:
+                wrong[tag] = value.error or "no value read back"
+            elif not same_value(value.value, wanted):
+                wrong[tag] = f"reads back {value.value!r}, not {wanted!r}"
+        return wrong
 
     # -- a whole batch ----------------------------------------------------------------------
 
@@ -501,6 +655,7 @@ class Controller:
         """Watch the tags and start the interlocks (devices already connected)."""
         self.emit(ModeChanged(mode=self.machine.mode))
         self.io.watch()
+        self._unhealth = self.io.on_health(self._health_changed)
         self.interlocks.start()
         await self.interlocks.check_now()
 
@@ -508,6 +663,11 @@ class Controller:
         """Stop the interlocks, let queued commands and the safe state finish (at most
         CLOSE_WAIT s), then cancel what is left; the devices stay as they are."""
         self.interlocks.stop()
+        if self._unhealth is not None:
+            self._unhealth()
+            self._unhealth = None
+        if self._keeper is not None:
+            self._keeper.cancel()  # the run has stopped waiting for the safe state
         await self._drain()
         for task in [self._work, self._run, *self._tasks]:
             if task is not None and not task.done():

@@ -110,11 +110,14 @@ class MethodCalled(Event):
 
 #: The name prefix of a lost device's trip: 'comm-loss:<device>'.
 COMM_LOSS = "comm-loss:"
+#: The name prefix of the trip of a device that answers with a BAD value: 'bad-value:<device>'.
+BAD_VALUE = "bad-value:"
 
 
 @dataclass(frozen=True, kw_only=True)
 class Tripped(Event):
-    """An interlock (or a lost device: name 'comm-loss:<device>') tripped."""
+    """An interlock tripped: one of the cell file's, a lost device ('comm-loss:<device>') or
+    a device that answers with a value that cannot be trusted ('bad-value:<device>')."""
 
     interlock: str
     action: str  # hold, stop or abort

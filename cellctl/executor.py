@@ -130,8 +130,17 @@ class _Ctx:
     writes_done: int = 0  # a set step's writes confirmed in this attempt
 
     def deadline(self) -> float | None:
-        """time.time() at which the step times out when (re)entered now, None for never."""
-        return None if self.timeout is None else time.time() + self.timeout
+        """time.monotonic() at which the step times out when (re)entered now, None for never.
+
+        Monotonic: a wall clock set forward or back (NTP, an operator) must neither fire a
+        timeout early nor hold it off."""
+        return None if self.timeout is None else time.monotonic() + self.timeout
+
+
+def _wall_clock(deadline: float | None) -> float | None:
+    """A monotonic deadline as the time.time() it falls at, for people to read (never to
+    decide on)."""
+    return None if deadline is None else time.time() + (deadline - time.monotonic())
 
 
 def _seconds(value: float) -> str:
@@ -176,6 +185,7 @@ class Executor:
         self._running = asyncio.Event()
         self._running.set()
         self._frozen = False
+        self._aborted = False
         # What a pause may cut short: waits and delays, and questions to the operator.
         self._wakers: dict[_At, set[asyncio.Event]] = {_At.WAIT: set(), _At.OPERATOR: set()}
         self._busy = 0  # branches running a step action (not parked at a boundary)
@@ -218,9 +228,15 @@ class Executor:
             for waker in wakers:
                 waker.set()
 
+    def abort(self) -> None:
+        """Abort: freeze for good. No write or call starts after this, even when the task's
+        cancellation is lost (asyncio.wait_for inside a library can drop it)."""
+        self._aborted = True
+        self.freeze()
+
     @property
     def frozen(self) -> bool:
-        """True between freeze() and resume()."""
+        """True between freeze() and resume(), and for good after abort()."""
         return self._frozen
 
     async def wait_paused(self) -> None:
@@ -231,8 +247,10 @@ class Executor:
         """Go on after a pause; a failed step waiting for the operator needs `choice`.
 
         A choice given while no step failed is ignored. Raises ChoiceNeeded (nothing changed)
-        when a failed step waits and no choice is given.
+        when a failed step waits and no choice is given. After abort() it does nothing.
         """
+        if self._aborted:
+            return
         if self._pending:
             failure, answer = self._pending[0]
             if choice is None:
@@ -283,7 +301,10 @@ class Executor:
             self._add_busy(1)
 
     def _checkpoint(self, at: _At) -> None:
-        """Before a write, call, wait or question: raise _Interrupted when a pause stops it."""
+        """Before a write, call, wait or question: raise _Interrupted when a pause stops it,
+        CancelledError after an Abort."""
+        if self._aborted:
+            raise asyncio.CancelledError("aborted")
         if self._frozen:
             raise _Interrupted
         if self._pause is None or at is _At.OUTPUT:
@@ -566,7 +587,7 @@ class Executor:
             self._commanded[tag] = checked
             ctx.writes_done += 1
             self._emit(TagWritten(tag=tag, value=checked, path=ctx.path))
-            if deadline is not None and time.time() > deadline:
+            if deadline is not None and time.monotonic() > deadline:
                 assert ctx.timeout is not None
                 raise _StepError(
                     f"{ctx.label} timed out after {_seconds(ctx.timeout)} writing {tag}"
@@ -609,12 +630,12 @@ class Executor:
                         condition=condition.text,
                         values=shown,
                         met=met,
-                        deadline=deadline,
+                        deadline=_wall_clock(deadline),
                     )
                 )
                 if met:
                     return
-                remaining = None if deadline is None else deadline - time.time()
+                remaining = None if deadline is None else deadline - time.monotonic()
                 try:
                     if remaining is not None and remaining <= 0:
                         raise TimeoutError
@@ -670,7 +691,9 @@ class Executor:
         self._started(ctx, f"{step.call}({shown})")
         self._checkpoint(_At.OUTPUT)
         try:
-            result = await asyncio.wait_for(self.io.call(step.call, args), ctx.timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can drop an Abort's cancel.
+            async with asyncio.timeout(ctx.timeout):
+                result = await self.io.call(step.call, args)
         except TimeoutError:
             assert ctx.timeout is not None
             raise _StepError(

@@ -7,5 +7,9 @@ BAD_INPUT = 1
 DEVICE_FAILURE = 2
 #: A batch that ended other than Complete (from the controller on).
 BATCH_NOT_COMPLETE = 3
+#: An internal error (a bug): see the log.
+INTERNAL_ERROR = 4
+#: The safe state could not be confirmed on every device (the tags are named).
+SAFE_STATE_UNCONFIRMED = 5
 #: Ctrl-C cut a one-shot command short.
 INTERRUPTED = 130

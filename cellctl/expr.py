@@ -308,10 +308,27 @@ class _Whitelist:
         else:
             raise self.fail(node, f"{type(value).__name__} {written} is not allowed")
 
+    def require_ascii(self, node: ast.expr) -> None:
+        """Refuse a name written with other than ASCII characters.
+
+        Python's parser folds names by NFKC: 'ｐｒｅｓｓ' and 'ᵖress' would read 'press', so the
+        text would name something other than what it shows.
+        """
+        written = ast.get_source_segment(self.source, node) or ""
+        bad = next((i for i, c in enumerate(written) if not c.isascii()), None)
+        if bad is not None:
+            shown = written if len(written) <= _SHOWN else written[: _SHOWN - 1] + "…"
+            raise ExpressionError(
+                f"name {shown!r}: {written[bad]!r} is not an ASCII letter; names are ASCII "
+                "letters, digits and '_' (e.g. press.force_kN)",
+                _offset(self.source, self.lead, node) + bad,
+            )
+
     def visit_name(self, node: ast.Name | ast.Attribute, depth: int) -> None:
         parts = _dotted(node)
         if parts is None:
             raise self.fail(node, "attributes are allowed only on names ('press.force_kN')")
+        self.require_ascii(node)
         # A dotted name is one node per part: 'a.b.c' nests three deep.
         self.count(node, len(parts) - 1, depth + len(parts) - 1)
         for part in parts:
@@ -325,6 +342,8 @@ class _Whitelist:
 
     def visit_call(self, node: ast.Call, depth: int) -> None:
         func = node.func
+        if isinstance(func, ast.Name):
+            self.require_ascii(func)
         name = func.id if isinstance(func, ast.Name) else None
         if name not in FUNCTIONS:
             shown = name or _segment(self.source, func)

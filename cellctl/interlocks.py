@@ -5,6 +5,10 @@ The monitor only decides and reports: on_trip / on_clear are plain synchronous c
 listeners run inside driver callbacks); the controller takes the action and schedules its own
 tasks. A value that cannot be trusted (BAD quality, an expression that cannot be evaluated)
 trips rather than passes: fail safe.
+
+A device is lost only when its health says so (or the watchdog finds it silent); a BAD value
+from a device that still answers is a trip of its own ('bad-value:<device>'), so the safe
+state is still written to that device.
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from cellctl import expr
-from cellctl.cell import Cell
+from cellctl.cell import Cell, MemoryDevice, OpcuaDevice
 from cellctl.connect import TagValue
 from cellctl.errors import CellctlError
-from cellctl.events import COMM_LOSS, SafeStateWritten, SafeWrite, Tripped
+from cellctl.events import BAD_VALUE, COMM_LOSS, SafeStateWritten, SafeWrite, Tripped
 from cellctl.packml import Command
 from cellctl.tagio import TagIO
 from drivers.base import Health, HealthState, Quality, Unsubscribe, Value
@@ -28,8 +33,23 @@ from drivers.base import Health, HealthState, Quality, Unsubscribe, Value
 ACTIONS = ("hold", "stop", "abort")
 #: Commands a standing trip refuses; Stop and Abort are never blocked.
 BLOCKED_COMMANDS = frozenset({Command.START, Command.UNHOLD, Command.RESET})
+#: An in-process device has no request timeout: the watchdog counts this one instead.
+MEMORY_TIMEOUT = 1.0
+#: Bounds of the watchdog's look period, seconds.
+WATCHDOG_LOOK = (0.02, 0.5)
 
 log = logging.getLogger("cellctl.interlocks")
+
+
+def silence_limit(cell: Cell, device: str) -> float:
+    """How long a device may stay silent before the watchdog calls it lost: its worst-case
+    request, timeout × (retries + 1), plus two poll periods. It applies to drivers that report
+    their answers (Driver.answered_at), which the memory driver does not."""
+    config = cell.devices[device]
+    if isinstance(config, MemoryDevice):
+        return MEMORY_TIMEOUT + 2 * config.poll
+    period = config.publishing_interval if isinstance(config, OpcuaDevice) else config.poll
+    return config.timeout * (config.retries + 1) + 2 * period
 
 
 def interlock_tags(cell: Cell) -> list[str]:
@@ -81,6 +101,11 @@ class InterlockMonitor:
         self._fresh: dict[str, bool] = {}  # a good reading arrived since the device was lost
         self._active: dict[str, Tripped] = {}
         self._stops: list[Unsubscribe] = []
+        self._silence_limits = {
+            d: silence_limit(cell, d)
+            for d in dict.fromkeys(cell.tags[t].device for t in self.tags())
+        }
+        self._watchdog: asyncio.Task[None] | None = None
 
     def tags(self) -> list[str]:
         """Every tag the interlocks name, in cell-file order (the controller watches them)."""
@@ -99,7 +124,13 @@ class InterlockMonitor:
         self._stops = [
             self.io.board.listen(self._watched_tags(), self._on_value),
             self.io.on_health(self._on_health),
+            self.io.board.on_listener_error(self._listener_failed),
         ]
+        if self._silence_limits:
+            self._watchdog = asyncio.get_running_loop().create_task(
+                self._watch_silence(), name="interlock watchdog"
+            )
+            self._watchdog.add_done_callback(self._watchdog_ended)
         for device in self._devices:
             health = self._health(device)
             if health is not None and health.state is HealthState.LOST:
@@ -113,10 +144,13 @@ class InterlockMonitor:
             self._evaluate(watched, self._board_values(watched))
 
     def stop(self) -> None:
-        """Stop listening; `active` keeps what it holds."""
+        """Stop listening and watching; `active` keeps what it holds."""
         for stop in self._stops:
             stop()
         self._stops = []
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     async def check_now(self) -> list[Tripped]:
         """Read every interlock tag (and every watched tag of the watched devices) afresh,
@@ -128,7 +162,7 @@ class InterlockMonitor:
             mine = [values[t] for t in self._device_tags[device] if t in values]
             bad = next((v for v in mine if v.quality is Quality.BAD), None)
             if bad is not None:
-                self._lose(device, f"{bad.tag} is bad: {bad.error}", {bad.tag: None})
+                self._bad(bad)
                 continue
             health = self._health(device)
             if health is not None and health.state is HealthState.LOST:
@@ -136,6 +170,7 @@ class InterlockMonitor:
             elif self._health_ok(device):
                 self._fresh[device] = True
                 self._clear(COMM_LOSS + device)
+                self._clear(BAD_VALUE + device)
         for watched in self._interlocks:
             self._evaluate(watched, {t: values.get(t) for t in watched.tags})
         return list(self._active.values())
@@ -171,7 +206,7 @@ class InterlockMonitor:
 
     def _comm_reading(self, value: TagValue) -> None:
         if value.quality is Quality.BAD:
-            self._lose(value.device, f"{value.tag} is bad: {value.error}", {value.tag: None})
+            self._bad(value)
         else:
             self._fresh[value.device] = True
             self._maybe_recovered(value.device)
@@ -186,11 +221,9 @@ class InterlockMonitor:
             return  # no sample yet: not evaluated yet
         bad = [s for s in known if s.quality is Quality.BAD]
         if bad:
-            # Cannot tell: the device's comm-loss trip stands in for the interlock.
+            # Cannot tell: the device's bad-value (or comm-loss) trip stands in for it.
             for sample in bad:
-                self._lose(
-                    sample.device, f"{sample.tag} is bad: {sample.error}", {sample.tag: None}
-                )
+                self._bad(sample)
             return
         shown: dict[str, Value | None] = {s.tag: s.value for s in known}
         given = {s.tag: s.value for s in known if s.value is not None}
@@ -228,14 +261,35 @@ class InterlockMonitor:
             )
         )
 
+    def _bad(self, sample: TagValue) -> None:
+        """A BAD sample: the device is lost if its health says it fails (lost, or degraded by
+        a request that failed), else it answers with a bad value."""
+        detail = f"{sample.tag} is bad: {sample.error}"
+        health = self._health(sample.device)
+        failing = health is not None and health.state in (HealthState.LOST, HealthState.DEGRADED)
+        if failing or COMM_LOSS + sample.device in self._active:
+            # Lost, or a sample from the outage that the device has not replaced yet.
+            self._lose(sample.device, detail, {sample.tag: None})
+            return
+        self._fresh[sample.device] = False
+        self._device_trip(
+            BAD_VALUE + sample.device,
+            f"{sample.device} answers, with a BAD value",
+            detail,
+            {sample.tag: None},
+        )
+
     def _lose(self, device: str, detail: str, values: dict[str, Value | None]) -> None:
         self._fresh[device] = False
-        name = COMM_LOSS + device
+        self._device_trip(COMM_LOSS + device, f"lost communication with {device}", detail, values)
+
+    def _device_trip(
+        self, name: str, condition: str, detail: str, values: dict[str, Value | None]
+    ) -> None:
         if name in self._active:
             return
-        condition = f"lost communication with {device}"
-        # Lost communication holds by default (the issue's rule), whatever the interlocks that
-        # read the device would do: Held has the safe state written too.
+        # A device's own trip holds by default, whatever the interlocks that read the device
+        # would do: Held has the safe state written too.
         action = self.comm_action
         message = f"interlock {name} tripped ({condition}; {detail}): {action}"
         self._trip(
@@ -244,9 +298,44 @@ class InterlockMonitor:
             )
         )
 
+    def _listener_failed(self, value: TagValue, error: Exception) -> None:
+        """A listener of the board raised on a sample: its device's values are not watched
+        as they should be, so the device counts as lost."""
+        self._lose(value.device, f"internal error on {value.tag}: {error!r}", {})
+
+    async def _watch_silence(self) -> None:
+        """Comm loss for a device of the interlocks that has not answered within its bound
+        (a stopped poller or keep-alive must not leave its interlocks unwatched)."""
+        since = time.monotonic()
+        look = min(max(min(self._silence_limits.values()) / 4, WATCHDOG_LOOK[0]), WATCHDOG_LOOK[1])
+        while True:
+            await asyncio.sleep(look)
+            now = time.monotonic()
+            for device, limit in self._silence_limits.items():
+                driver = self.io.drivers.get(device)
+                if driver is None or driver.answered_at is None:
+                    continue  # not connected, or a driver that cannot tell
+                answered = max(driver.answered_at, since)
+                if now - answered > limit:
+                    self._lose(
+                        device,
+                        f"no answer for {now - answered:.1f} s (watchdog bound {limit:g} s)",
+                        {},
+                    )
+
+    def _watchdog_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        log.error("the interlock watchdog failed", exc_info=error)
+        for device in self._silence_limits:
+            self._lose(device, f"the interlock watchdog failed: {error!r}", {})
+
     def _maybe_recovered(self, device: str) -> None:
-        """Clear a comm-loss once the device is CONNECTED and its readings are good again."""
-        if COMM_LOSS + device not in self._active or not self._health_ok(device):
+        """Clear a device's comm-loss and bad-value trips once it is CONNECTED and its
+        readings are good again."""
+        names = [n for n in (COMM_LOSS + device, BAD_VALUE + device) if n in self._active]
+        if not names or not self._health_ok(device):
             return
         tags = self._device_tags.get(device, [])
         if tags:
@@ -255,7 +344,8 @@ class InterlockMonitor:
             latest = [self.io.board.latest(t) for t in tags]
             if any(v is not None and v.quality is Quality.BAD for v in latest):
                 return
-        self._clear(COMM_LOSS + device)
+        for name in names:
+            self._clear(name)
 
     def _trip(self, trip: Tripped) -> None:
         self._active[trip.interlock] = trip
@@ -296,13 +386,15 @@ async def write_safe_state(
     *,
     tags: Collection[str] | None = None,
     lost: Collection[str] = (),
+    locks: Mapping[str, asyncio.Lock] | None = None,
 ) -> SafeStateWritten:
     """Write the cell's safe state (`tags`: only those), devices in parallel, each device's
     tags in cell-file order, every write attempted whatever the others did; never raises for a
     device error, each result is recorded.
 
-    Devices in `lost` (a comm-loss trip stands) are not waited for: their tags are recorded as
-    not written, for the caller to write again once the device answers.
+    Devices in `lost` are not waited for: their tags are recorded as not written, for the
+    caller to write again once the device answers. `locks`: each device's writes are made
+    holding its lock (one safe-state writer per device at a time).
     """
     wanted = [t for t in cell.safe_state if tags is None or t in tags]
     by_device: dict[str, list[str]] = {}
@@ -310,6 +402,12 @@ async def write_safe_state(
         by_device.setdefault(cell.tags[tag].device, []).append(tag)
 
     async def write_device(device: str, tags: Iterable[str]) -> dict[str, str | None]:
+        if locks is None or device in lost:
+            return await write_tags(device, tags)
+        async with locks[device]:
+            return await write_tags(device, tags)
+
+    async def write_tags(device: str, tags: Iterable[str]) -> dict[str, str | None]:
         errors: dict[str, str | None] = {}
         for tag in tags:
             if device not in io.drivers:

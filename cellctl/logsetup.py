@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,9 @@ from typing import Any
 import structlog
 from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
+
+from cellctl.errors import CellctlError
+from cellctl.files import NotARegularFile
 
 # Libraries that log tracebacks during outages (asyncua: "Publish iteration crashed").
 NOISY_LIBRARIES = ("asyncua", "pymodbus", "transitions")
@@ -47,8 +53,95 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+class LogFileUnusable(CellctlError):
+    """The log file that --log-file or CELLCTL_LOG_FILE names cannot be opened for appending."""
+
+
+def _open_for_append(path: Path) -> int:
+    """A descriptor appending to `path`, created if missing; raises OSError naming why not."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        # A character device is fine (/dev/null, /dev/stderr); a disk is not a log.
+        if stat.S_ISDIR(mode):
+            raise NotARegularFile(path, "a folder")
+        if stat.S_ISBLK(mode):
+            raise NotARegularFile(path, "a block device")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of blocking forever.
+        fd = os.open(path, flags | os.O_NONBLOCK, 0o666)
+    except OSError as err:
+        if err.errno == errno.ENXIO:
+            raise OSError(errno.ENXIO, "a FIFO that no process reads", str(path)) from err
+        raise
+    os.set_blocking(fd, True)
+    return fd
+
+
+class _JsonLinesFile(logging.Handler):
+    """Appends each formatted record as one line to an open file.
+
+    The first write that fails (a full disk, a reader gone) prints one warning on stderr and
+    ends logging to the file: never a traceback per record, never a half-written line retried.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        super().__init__()
+        self.path = path
+        self._fd: int | None = fd
+
+    @property
+    def working(self) -> bool:
+        """True until a write failed (or the handler was closed)."""
+        return self._fd is not None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record's JSON line; on an OSError, warn once and stop."""
+        if self._fd is None:
+            return
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+        except Exception:
+            self.handleError(record)  # a broken log call: the stdlib's report, as everywhere
+            return
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError as err:
+            self._release()
+            reason = err.strerror or str(err)
+            with contextlib.suppress(OSError):  # stderr gone too: nowhere left to say it
+                sys.stderr.write(
+                    f"warning: cannot write the log file {self.path}: {reason}; "
+                    "nothing more is logged to it\n"
+                )
+
+    def _release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            # A close that fails loses nothing more than the write that failed.
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._release()
+        super().close()
+
+
 # The handlers this module installed, so a second configure replaces only its own.
 _INSTALLED: list[logging.Handler] = []
+
+
+def active_log_file() -> Path | None:
+    """The log file records still reach (None: none opened, or a write to it failed)."""
+    for handler in _INSTALLED:
+        if isinstance(handler, _JsonLinesFile) and handler.working:
+            return handler.path
+    return None
 
 
 def _shared_processors() -> list[structlog.types.Processor]:
@@ -63,8 +156,9 @@ def _shared_processors() -> list[structlog.types.Processor]:
 def configure_logging(log_file: Path | None = None, debug: bool = False) -> Path | None:
     """Route structlog and the stdlib (pymodbus, asyncua) to a JSON file; quiet the console.
 
-    Returns the log file in use, or None when it cannot be opened (logging then stays
-    console-only, warnings and above, still without tracebacks).
+    Returns the log file in use. A file named by `log_file` or CELLCTL_LOG_FILE that cannot
+    be opened raises LogFileUnusable; when the default one cannot, None is returned and
+    logging stays console-only (errors, still without tracebacks).
     """
     shared = _shared_processors()
     root = logging.getLogger()
@@ -84,11 +178,21 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> Path
     _INSTALLED.append(console)
 
     path = log_file or default_log_file()
+    named = (
+        f"--log-file {path}"
+        if log_file is not None
+        else f"CELLCTL_LOG_FILE={path}"
+        if os.environ.get("CELLCTL_LOG_FILE")
+        else None
+    )
     used: Path | None = path
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(path, encoding="utf-8")
-    except OSError:
+        if named is None:  # only the default's folder is ours to make
+            path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = _JsonLinesFile(path, _open_for_append(path))
+    except OSError as err:
+        if named is not None:
+            raise LogFileUnusable(f"{named}: cannot open it: {err.strerror or err}") from err
         used = None
     else:
         file_handler.setFormatter(

@@ -29,8 +29,8 @@ def expression_name(what: str, pattern: re.Pattern[str] = DOTTED) -> Callable[[s
         if not pattern.fullmatch(name):
             shape = "in dot-separated parts " if pattern is DOTTED else ""
             raise InvalidField(
-                f"{what} name {name!r} must be letters, digits and '_' {shape}that start with a "
-                "letter" + (" (e.g. press.force_kN)" if pattern is DOTTED else ""),
+                f"{what} name {name!r} must be ASCII letters, digits and '_' {shape}that start "
+                "with a letter" + (" (e.g. press.force_kN)" if pattern is DOTTED else ""),
                 "bad-name",
             )
         bad = [p for p in name.split(".") if keyword.iskeyword(p)] + (
@@ -52,8 +52,8 @@ def label(what: str, pattern: re.Pattern[str] = LABEL) -> Callable[[str], str]:
     def check(name: str) -> str:
         if not pattern.fullmatch(name):
             raise InvalidField(
-                f"{what} {name!r} must start with a letter or digit and hold only letters, "
-                f"digits, {allowed}",
+                f"{what} {name!r} must start with an ASCII letter or digit and hold only ASCII "
+                f"letters, digits, {allowed}",
                 "bad-name",
             )
         return name

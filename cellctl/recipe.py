@@ -61,6 +61,7 @@ from cellctl import expr, names
 from cellctl.cell import Cell, MethodName, TagName, check_cell_file, load_cell
 from cellctl.durations import Duration
 from cellctl.errors import BadValue, InvalidField, Problem, ValidationFailed, did_you_mean
+from cellctl.files import read_regular
 from cellctl.yamlload import (
     MAX_BYTES,
     DuplicateKey,
@@ -704,8 +705,7 @@ def cell_file_for(recipe_path: Path) -> Path:
 
 def _read(path: Path) -> bytes:
     try:
-        with path.open("rb") as stream:
-            return stream.read(MAX_BYTES + 1)
+        return read_regular(path, MAX_BYTES + 1)
     except OSError as err:
         reason = err.strerror or str(err)
         raise ValidationFailed(

@@ -6,7 +6,11 @@ gateway) or one serial line share one simulated bus; each OPC UA device gets its
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import stat
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +21,7 @@ from ruamel.yaml import YAML
 from cellctl import exitcodes
 from cellctl.cell import Cell, host_key
 from cellctl.errors import CellctlError
+from cellctl.files import special_kind
 from cellctl.tags import methods_by_device, points_by_device
 from drivers.sim.image import ProcessImage
 from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
@@ -24,9 +29,36 @@ from drivers.sim.opcua_server import OpcuaSimServer
 from drivers.sim.plant.base import PlantError, PlantModel, SimClock
 from drivers.sim.plant.registry import create_model
 from drivers.sim.runner import SimRunner
-from drivers.sim.server import SimServer
+from drivers.sim.server import SimServer, url_host
 
 log = logging.getLogger("cellctl.sim")
+
+
+def cell_copy_problem(source: Path, target: Path) -> str | None:
+    """Why a copy of the cell file `source` cannot be written at `target`, or None.
+
+    Only a regular file, or a new file in an existing folder, is written: never the source
+    itself (under any name), a device, a FIFO or a folder.
+    """
+    real = Path(os.path.realpath(target))
+    try:
+        info = real.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        if not real.parent.is_dir():
+            return f"no folder {real.parent}"
+        writable = os.access(real.parent, os.W_OK)
+        return None if writable else f"the folder {real.parent} is not writable"
+    except OSError as err:  # e.g. a symlink loop
+        return err.strerror or str(err)
+    kind = special_kind(info.st_mode)
+    if kind is not None:
+        return f"is {kind}: name a regular file"
+    with contextlib.suppress(OSError):
+        if os.path.samestat(info, source.stat()):
+            return f"is the cell file being served ({source}): name another file"
+    if not os.access(real.parent, os.W_OK) or not os.access(real, os.W_OK):
+        return "not writable"
+    return None
 
 
 class SimulatorError(CellctlError):
@@ -72,6 +104,9 @@ class CellSimulator:
         host: str = "127.0.0.1",
         keep_ports: bool = False,
     ) -> None:
+        if not host.strip():
+            # asyncio and pymodbus read an empty host as "every interface".
+            raise SimulatorError("no address to serve on: name one (127.0.0.1, ::1, 0.0.0.0)")
         self.cell = cell
         self.host = host
         self.keep_ports = keep_ports
@@ -121,6 +156,11 @@ class CellSimulator:
                 continue
             bus.units[device.unit] = image
             bus.devices.append(name)
+        for beat in self.cell.heartbeat:
+            # The plant model plays the device PLC's watchdog on the controller's heartbeat.
+            watcher = self.models.get(self.cell.tags[beat.tag].device)
+            if watcher is not None:
+                watcher.watch_heartbeat(beat.tag, beat.timeout)
         if problems:
             raise SimulatorError("\n".join(problems))
         for key, bus in buses.items():
@@ -140,7 +180,7 @@ class CellSimulator:
     def _opcua_endpoint(self, endpoint: str) -> str:
         url = urlparse(endpoint)
         port = url.port if self.keep_ports and url.port else 0
-        return urlunparse(url._replace(netloc=f"{self.host}:{port}"))
+        return urlunparse(url._replace(netloc=f"{url_host(self.host)}:{port}"))
 
     async def start(self) -> None:
         """Start every server, then the plant models; on any failure stop what started."""
@@ -192,9 +232,8 @@ class CellSimulator:
         updates: dict[str, dict[str, object]] = {}
         for name, server in self.servers.items():
             driver = self.cell.devices[name].driver
-            if driver == "modbus-tcp":
-                host, port = server.endpoint.rsplit(":", 1)
-                updates[name] = {"host": host, "port": int(port)}
+            if isinstance(server, ModbusSimServer):
+                updates[name] = {"host": server.host, "port": server.port}
             elif driver == "modbus-rtu":
                 # A pseudo-terminal carries bytes, not a UART's framing: the kernel refuses
                 # parity settings on it (EINVAL), so the copy that points at one says none.
@@ -215,21 +254,30 @@ class CellSimulator:
 
     def write_cell(self, source: Path, target: Path) -> None:
         """Write a copy of the cell file (comments kept) pointing at what is served."""
-        if not target.parent.is_dir():
-            raise SimulatorError(
-                f"--write-cell {target}: the folder {target.parent} does not exist"
-            )
+        problem = cell_copy_problem(source, target)
+        if problem:
+            raise SimulatorError(f"--write-cell {target}: {problem}")
         yaml = YAML(typ="rt")
         data = yaml.load(source.read_text(encoding="utf-8"))
         for name, fields in self._device_updates().items():
             for key, value in fields.items():
                 data["devices"][name][key] = value
-        # Write beside, then rename: a reader never sees a half-written cell file.
-        partial = target.with_name(target.name + ".part")
+        # Through a symlink to the file it names, as a shell's '>' would.
+        real = Path(os.path.realpath(target))
         try:
-            with partial.open("w", encoding="utf-8") as out:
-                yaml.dump(data, out)
-            partial.replace(target)
+            mode = stat.S_IMODE((real if real.exists() else source).stat().st_mode)
+            # Write beside, then rename: a reader never sees a half-written cell file. A fresh
+            # private name: an existing '.part' file (or FIFO) is never opened.
+            fd, partial = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".part", dir=real.parent)
+            try:
+                with open(fd, "w", encoding="utf-8") as out:
+                    yaml.dump(data, out)
+                os.chmod(partial, mode)
+                os.replace(partial, real)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
+                raise
         except OSError as err:
             raise SimulatorError(f"cannot write {target}: {err.strerror or err}") from err
 

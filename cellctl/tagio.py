@@ -9,6 +9,7 @@ time its sample was taken, so a wait can ignore samples older than the last conf
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -28,6 +29,9 @@ from drivers.errors import DriverError
 from drivers.points import Point
 
 TagListener = Callable[[TagValue], None]
+ListenerError = Callable[[TagValue, Exception], None]
+
+log = logging.getLogger("cellctl.tagio")
 
 
 class OutOfRange(CellctlError):
@@ -40,12 +44,32 @@ class TagBoard:
     def __init__(self) -> None:
         self._latest: dict[str, TagValue] = {}
         self._listeners: dict[str, list[TagListener]] = {}
+        self._on_error: list[ListenerError] = []
 
     def update(self, value: TagValue) -> None:
-        """Take a new sample and tell the tag's listeners (in the order they listened)."""
+        """Take a new sample and tell the tag's listeners (in the order they listened); one
+        that raises is logged and reported, and never keeps the sample from the others."""
         self._latest[value.tag] = value
         for listener in list(self._listeners.get(value.tag, ())):
-            listener(value)
+            try:
+                listener(value)
+            except Exception as error:
+                log.exception("a listener of %s failed", value.tag)
+                for report in list(self._on_error):
+                    try:
+                        report(value, error)
+                    except Exception:
+                        log.exception("reporting a failed listener of %s failed", value.tag)
+
+    def on_listener_error(self, report: ListenerError) -> Unsubscribe:
+        """Call `report(sample, error)` whenever a listener raises on a sample."""
+        self._on_error.append(report)
+
+        def unsubscribe() -> None:
+            if report in self._on_error:
+                self._on_error.remove(report)
+
+        return unsubscribe
 
     def latest(self, tag: str) -> TagValue | None:
         """The newest sample of a tag, or None before the first."""

@@ -154,6 +154,7 @@ def _security(cell: Cell, device_name: str, device: OpcuaDevice) -> OpcuaSecurit
         server_cert=path(device.server_cert),
         user=device.user,
         password=password,
+        trust_dir=path(device.trust_dir),
     )
 
 

@@ -30,6 +30,7 @@ from ruamel.yaml.scalarstring import (
 )
 
 from cellctl.errors import InvalidField, Problem, ValidationFailed, did_you_mean
+from cellctl.files import read_regular
 
 #: Files larger than this are refused unread: cell and recipe files are a few kilobytes.
 MAX_BYTES = 1024 * 1024
@@ -171,8 +172,7 @@ def load_yaml(path: Path, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
     """
     name = str(path)
     try:
-        with path.open("rb") as stream:
-            raw = stream.read(max_bytes + 1)
+        raw = read_regular(path, max_bytes + 1)
     except OSError as err:
         reason = err.strerror or str(err)
         raise ValidationFailed(

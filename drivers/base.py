@@ -98,3 +98,8 @@ class Driver(Protocol):
     def on_health(self, callback: HealthCallback) -> Unsubscribe:
         """Call back with (device name, Health) once per health transition."""
         ...
+
+    @property
+    def answered_at(self) -> float | None:
+        """time.monotonic() of the device's last answer; None when the driver cannot tell."""
+        ...

@@ -79,9 +79,11 @@ class OpcuaSecurity:
     policy: str = "None"  # None, Basic256Sha256_Sign, Basic256Sha256_SignAndEncrypt
     cert: str | None = None
     key: str | None = None
-    server_cert: str | None = None
+    server_cert: str | None = None  # the server's certificate, pinned (DER or PEM)
     user: str | None = None
     password: str | None = None
+    # A folder of trusted server (or CA) certificates, *.der / *.pem; read on every connect.
+    trust_dir: str | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,13 @@ class HealthTracker:
         self.device = device
         self._health = Health()
         self._listeners: list[HealthCallback] = []
+        #: time.monotonic() of the device's last answer (None before the first): a watchdog
+        #: outside the driver tells a poller or keep-alive that stopped from a quiet device.
+        self.answered_at: float | None = None
+
+    def answered(self) -> None:
+        """The device answered a request (a poll, a keep-alive, a write, a notification)."""
+        self.answered_at = time.monotonic()
 
     @property
     def health(self) -> Health:
@@ -115,3 +122,8 @@ class TracksHealth:
     def on_health(self, callback: HealthCallback) -> Unsubscribe:
         """Call back with (device name, Health) once per health transition."""
         return self._tracker.listen(callback)
+
+    @property
+    def answered_at(self) -> float | None:
+        """time.monotonic() of the device's last answer; None when the driver cannot tell."""
+        return self._tracker.answered_at

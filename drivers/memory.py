@@ -61,6 +61,7 @@ class MemoryDriver(TracksHealth):
         self._subscriptions: list[_Subscription] = []
         self._connected = False
         self._failure: DriverError | None = None
+        self._bad: dict[str, str] = {}  # keys the device reports BAD (a sensor fault), and why
 
     # --- Driver protocol ------------------------------------------------------------------
 
@@ -161,6 +162,19 @@ class MemoryDriver(TracksHealth):
                 raise ValueError(f"{self.name} {key}: device value refused: {err}") from err
         self._store(key, value)
 
+    def set_bad(self, key: str, error: str | None) -> None:
+        """The device reports `key` BAD with `error` (a broken sensor) while it still answers
+        everything else; None makes it good again. Subscribers hear of it."""
+        if error is None:
+            self._bad.pop(key, None)
+        else:
+            self._bad[key] = error
+        if self._connected and self._failure is None:
+            for subscription in list(self._subscriptions):
+                named = [p for p in subscription.points if p.key == key]
+                if named:
+                    self._deliver(subscription, named)
+
     def device_value(self, key: str) -> Value:
         """The value the device holds for a key (KeyError if it has none yet)."""
         return self._values[key]
@@ -212,6 +226,8 @@ class MemoryDriver(TracksHealth):
             raise self._failure
 
     def _reading(self, key: str, now: float) -> Reading:
+        if key in self._bad:
+            return Reading(None, now, Quality.BAD, f"{self.name} {key}: {self._bad[key]}")
         # device_time: when the value last changed, as an OPC UA SourceTimestamp says.
         return Reading(self._values[key], now, device_time=self._changed.get(key, now))
 

@@ -1,4 +1,15 @@
-"""Modbus TCP and RTU driver: a client per bus, batched reads, confirmed writes, polling."""
+"""Modbus TCP and RTU driver: a client per bus, batched reads, confirmed writes, polling.
+
+A late answer is never taken for another request's. pymodbus resends a retry with the same
+TCP transaction id, and RTU answers carry nothing but the unit, so pymodbus's clients are
+built with retries=0 and the bus retries itself: each try is a fresh request (a fresh
+transaction id on TCP); on a serial line, after a try that got no answer or a wrong one, the
+next request waits until the line has been quiet for a turnaround (see turnaround()); and every
+answer must match its request's function code and size (or echo) — one that does not is a
+failed try, never a value. Reads and absolute writes (fc 5, 6, 16) are retried; a bit of a
+register is set by a read-modify-write, which is retried whole (a fresh read each time), never
+by resending its write, since that word was computed from a read that may be stale by then.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
@@ -46,25 +58,98 @@ log = logging.getLogger("drivers.modbus")
 ModbusConfig = ModbusTcpConfig | ModbusRtuConfig
 #: Told (connected, error) when the bus connects, loses its connection or fails to connect.
 BusListener = Callable[[bool, str | None], None]
-#: One pymodbus request, made on the bus's client when the bus sends it.
-Request = Callable[[ModbusBaseClient], Awaitable[ModbusPDU]]
 T = TypeVar("T")
-#: What runs alone on the bus: one request, or a read-modify-write.
+#: What runs alone on the bus, once per try: one request, or a read-modify-write.
 Job = Callable[[ModbusBaseClient], Coroutine[Any, Any, T]]
 
 # A device whose connection is up but whose requests failed this many times in a row is LOST.
 LOST_AFTER_FAILURES = 3
-# pymodbus itself gives up after timeout × (retries + 1); this guard only catches a hang.
+# The tries end by themselves within timeout × (retries + 1); this guard only catches a hang.
 _GUARD_MARGIN = 0.25
 # A request waits for the bus as long as one request ahead of it may take, plus this slack.
 _WAIT_MARGIN = 0.25
+# The shortest quiet a serial line needs after a failed try before the next request. The RTU
+# frame gap is only 3.5 characters (2 ms at 19200 baud), but a USB–RS-485 adaptor hands bytes
+# over in bursts up to its latency timer apart (16 ms by default on FTDI chips) and the OS adds
+# its own delay: 50 ms covers both, and is spent only after a failure.
+TURNAROUND_MIN = 0.05
+
+
+def turnaround(config: ModbusRtuConfig) -> float:
+    """How long a serial line must stay quiet after a failed try: max(3.5 characters, 50 ms)."""
+    parity = 0 if config.parity == "N" else 1
+    bits = 1 + config.bytesize + parity + config.stopbits  # start, data, parity, stop bits
+    return max(3.5 * bits / config.baudrate, TURNAROUND_MIN)
+
+
+class _Mismatch(Exception):
+    """An answer that cannot be the answer to the request just sent (a failed try)."""
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One Modbus request as the driver sends it: function code, address, count or values."""
+
+    function: int
+    address: int
+    count: int = 1
+    #: What a write sends: (0 or 1,) for fc 5, (word,) for fc 6, the words for fc 16.
+    values: tuple[int, ...] = ()
+
+    def send(self, client: ModbusBaseClient, unit: int) -> Awaitable[ModbusPDU]:
+        """Send it as a new request (pymodbus gives it a fresh transaction id on TCP)."""
+        a, n, fc = self.address, self.count, self.function
+        if fc == 1:
+            return client.read_coils(a, count=n, device_id=unit)
+        if fc == 2:
+            return client.read_discrete_inputs(a, count=n, device_id=unit)
+        if fc == 3:
+            return client.read_holding_registers(a, count=n, device_id=unit)
+        if fc == 4:
+            return client.read_input_registers(a, count=n, device_id=unit)
+        if fc == 5:
+            return client.write_coil(a, bool(self.values[0]), device_id=unit)
+        if fc == 6:
+            return client.write_register(a, self.values[0], device_id=unit)
+        if fc == 16:
+            return client.write_registers(a, list(self.values), device_id=unit)
+        raise ValueError(f"function code {fc} is not one the driver sends")
+
+    def mismatch(self, response: ModbusPDU) -> str | None:
+        """Why `response` cannot answer this request (function, size or echo), or None."""
+        fc = self.function
+        got = int(response.function_code)
+        if response.isError():
+            got &= 0x7F
+            return None if got == fc else f"an exception answer to function {got}, sent {fc}"
+        if got != fc:
+            return f"a function {got} answer to a function {fc} request"
+        if fc in (1, 2):
+            size = (self.count + 7) // 8  # bits come back packed in whole bytes
+            if len(response.bits) != 8 * size:
+                return f"{len(response.bits) // 8} bytes of bits, expected {size}"
+        elif fc in (3, 4):
+            if len(response.registers) != self.count:
+                return f"{_plural(len(response.registers), 'register')}, expected {self.count}"
+        elif fc in (5, 6):
+            echo = response.bits[:1] if fc == 5 else response.registers[:1]
+            if response.address != self.address or [int(v) for v in echo] != [self.values[0]]:
+                return f"an echo of {response.address} = {list(echo)}, expected {self.address}"
+        elif response.address != self.address or response.count != self.count:
+            return f"an echo of {response.count} at {response.address}, expected {self.count}"
+        return None
 
 
 class ModbusBus:
     """One pymodbus client shared by every unit on one TCP gateway or one serial line.
 
     Requests are serialised (one at a time on the wire, as RS-485 requires); a request is
-    bounded even behind others on a busy bus (see request()). The bus runs its
+    bounded even behind others on a busy bus (see request()), and retried by the bus, not by
+    pymodbus (see the module docstring). The bus runs its
     own connect loop with exponential backoff and jitter, from the first connect() until
     close(): it keeps trying after a failed first connect and reconnects after a lost
     connection (pymodbus's own reconnect is disabled: it has no jitter and never retries a
@@ -88,6 +173,12 @@ class ModbusBus:
         self._inflight: set[asyncio.Task[Any]] = set()
         #: Why the last connect attempt failed or the connection dropped.
         self.last_error: str | None = None
+        #: The quiet a serial line needs after a failed try (0 on TCP: transaction ids).
+        self.turnaround = turnaround(config) if isinstance(config, ModbusRtuConfig) else 0.0
+        # Serial line: after a failed try, the loop time from which it must stay quiet for
+        # a turnaround before the next request (None: nothing can be on its way).
+        self._answer_due: float | None = None
+        self._heard = -math.inf  # loop time of the last bytes received
 
     @property
     def connected(self) -> bool:
@@ -116,19 +207,25 @@ class ModbusBus:
                 self._supervise(), name=f"modbus connect {self.key}"
             )
         try:
-            await asyncio.wait_for(self._up.wait(), deadline)
+            async with asyncio.timeout(deadline):
+                await self._up.wait()
         except TimeoutError as err:
             raise ConnectFailed(
                 f"{device}: cannot connect to {endpoint} within {deadline:g} s: "
                 f"{self.last_error or 'no connection'}"
             ) from err
 
-    async def request(self, what: str, call: Job[T], *, steps: int = 1) -> T:
+    async def request(self, what: str, call: Job[T], *, steps: int = 1, retry: bool = True) -> T:
         """Run `call` (`steps` exchanges) alone on the bus; `what` names device and request.
 
+        A try that gets no answer, or one that does not match its request, is tried again
+        (fresh requests) up to limits.retries times when `retry`; the tries share one budget
+        of `steps` worst cases, where worst case is timeout × (retries + 1), and each exchange
+        waits at most `timeout` (a serial line's turnaround after a failed try comes out of
+        the budget, so the last try may wait less).
         Bound: at most one worst case (+ 0.25 s) waiting for the bus (DeviceTimeout "not
-        sent"), then at most `steps` worst cases on the wire, where worst case is timeout ×
-        (retries + 1): (1 + steps) worst cases + 0.25 s in all.
+        sent"), then at most `steps` worst cases on the wire: (1 + steps) worst cases + 0.25 s
+        in all.
         The lock is taken in the caller's task, so a caller that gives up while waiting sends
         nothing. Once taken, it belongs to a shielded task that holds it until the exchange
         on the wire has ended: a cancelled caller never lets the next request start while an
@@ -148,7 +245,9 @@ class ModbusBus:
             ) from err
         try:
             client = self._check_connected(what)
-            task = loop.create_task(call(client), name=f"modbus {what}")
+            budget = steps * worst
+            tries = self._tries(client, call, budget, retry)
+            task = loop.create_task(tries, name=f"modbus {what}")
         except BaseException:
             self.lock.release()
             raise
@@ -161,7 +260,7 @@ class ModbusBus:
         if waited >= 0.01:
             within += f" (sent after {waited:.2f} s waiting for the bus)"
         try:
-            async with asyncio.timeout(steps * worst + _GUARD_MARGIN):
+            async with asyncio.timeout(budget + _GUARD_MARGIN):
                 return await asyncio.shield(task)
         except asyncio.CancelledError as err:
             current = asyncio.current_task()
@@ -170,15 +269,91 @@ class ModbusBus:
                 raise NotConnected(f"{what}: driver closed") from err
             raise
         except TimeoutError as err:
-            # pymodbus gives up by itself before this guard: it hangs, so free the bus.
+            # The budget ran out (the tries raise it), or the guard fired on a hang: free the bus.
             task.cancel()
             raise DeviceTimeout(f"{what}: no answer within {within}") from err
+        except _LineBusy as err:
+            raise DeviceTimeout(
+                f"{what}: not sent: the line {self.endpoint} did not stay quiet for "
+                f"{self.turnaround * 1000:.0f} ms within {within}"
+            ) from err
+        except _Mismatch as err:
+            raise BadResponse(f"{what}: the answer does not match the request: {err}") from err
         except ConnectionException as err:
             raise NotConnected(f"{what}: connection lost") from err
         except ModbusIOException as err:
             raise DeviceTimeout(f"{what}: no valid answer within {within}") from err
         except ModbusException as err:
             raise BadResponse(f"{what}: {err}") from err
+
+    async def exchange(self, client: ModbusBaseClient, ask: Ask, unit: int) -> ModbusPDU:
+        """One request and its answer (inside a job); raises if the answer is not its own."""
+        sent = asyncio.get_running_loop().time()
+        try:
+            response = await ask.send(client, unit)
+        except ConnectionException:
+            raise
+        except BaseException:
+            # No answer yet (timed out, or cut off): it may still come.
+            self._answer_may_come(sent)
+            raise
+        problem = ask.mismatch(response)
+        if problem is not None:
+            # Likely a late answer to an earlier try; this try's own may still come.
+            self._answer_may_come(sent)
+            raise _Mismatch(problem)
+        return response
+
+    async def _tries(self, client: ModbusBaseClient, call: Job[T], budget: float, retry: bool) -> T:
+        """Run the job, again after a try without a (matching) answer, within the budget."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        tries = self.limits.retries + 1 if retry else 1
+        failed: ModbusIOException | _Mismatch | None = None
+        for _ in range(tries):
+            try:
+                await self._drain(deadline)
+            except _LineBusy:
+                if failed is None:
+                    raise
+                raise failed from None  # no time left for another try: the last one's failure
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await call(client)
+            except (ModbusIOException, _Mismatch) as err:
+                failed = err
+        assert failed is not None
+        raise failed
+
+    def _answer_may_come(self, sent: float) -> None:
+        if self.turnaround > 0:
+            # pymodbus would have given up on the answer at sent + timeout: the line must be
+            # quiet for a turnaround after that (or after the last byte heard, if later).
+            due = sent + self.limits.timeout
+            self._answer_due = max(due, self._answer_due or due)
+
+    async def _drain(self, deadline: float) -> None:
+        """On a serial line after a failed try: wait until it was quiet for a turnaround.
+
+        What arrives meanwhile is a late answer to the failed try: pymodbus drops it, as no
+        request is waiting. Raises _LineBusy when the line cannot be quiet before `deadline`.
+        """
+        loop = asyncio.get_running_loop()
+        while self._answer_due is not None:
+            quiet_at = max(self._answer_due, self._heard) + self.turnaround
+            now = loop.time()
+            if now >= quiet_at:
+                self._answer_due = None
+                return
+            if quiet_at > deadline:
+                raise _LineBusy
+            await asyncio.sleep(quiet_at - now)
+
+    def _on_packet(self, sending: bool, data: bytes) -> bytes:
+        # pymodbus's trace_packet hook, called in the loop for every chunk received.
+        if not sending:
+            self._heard = asyncio.get_running_loop().time()
+        return data
 
     def _check_connected(self, what: str) -> ModbusBaseClient:
         client = self._client
@@ -204,28 +379,37 @@ class ModbusBus:
 
     def _make_client(self) -> ModbusBaseClient:
         # reconnect_delay=0 turns pymodbus's reconnect off: _supervise does it, with jitter.
+        # retries=0: pymodbus would resend the same request (same transaction id); the bus
+        # retries itself with fresh requests (_tries).
         config, limits = self._config, self.limits
+        client: ModbusBaseClient
         if isinstance(config, ModbusTcpConfig):
-            return AsyncModbusTcpClient(
+            client = AsyncModbusTcpClient(
                 config.host,
                 port=config.port,
                 timeout=limits.timeout,
-                retries=limits.retries,
+                retries=0,
                 reconnect_delay=0,
                 trace_connect=self._on_connection,
             )
-        return AsyncModbusSerialClient(
-            config.port,
-            framer=FramerType.RTU,
-            baudrate=config.baudrate,
-            bytesize=config.bytesize,
-            parity=config.parity,
-            stopbits=config.stopbits,
-            timeout=limits.timeout,
-            retries=limits.retries,
-            reconnect_delay=0,
-            trace_connect=self._on_connection,
-        )
+        else:
+            client = AsyncModbusSerialClient(
+                config.port,
+                framer=FramerType.RTU,
+                baudrate=config.baudrate,
+                bytesize=config.bytesize,
+                parity=config.parity,
+                stopbits=config.stopbits,
+                timeout=limits.timeout,
+                retries=0,
+                reconnect_delay=0,
+                trace_packet=self._on_packet,
+                trace_connect=self._on_connection,
+            )
+        # pymodbus drops a TCP connection after a run of unanswered requests (retries + 3 by
+        # default); counted in tries now, so keep that run as long in requests.
+        client.set_max_no_responses((limits.retries + 1) * (limits.retries + 3))
+        return client
 
     def _on_connection(self, up: bool) -> None:
         # pymodbus calls this from its protocol callbacks; a loss wakes the connect loop.
@@ -267,6 +451,10 @@ class ModbusBus:
             self._notify(False, self.last_error)
 
 
+class _LineBusy(Exception):
+    """A serial line did not stay quiet for a turnaround before the request's deadline."""
+
+
 def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
     """A done-callback that drops a request task and retrieves its outcome (no warnings)."""
 
@@ -281,27 +469,57 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None
 class _Subscription:
     """One subscriber: its points, its callback and what it was last told."""
 
-    def __init__(self, points: tuple[ModbusPoint, ...], callback: ReadingsCallback) -> None:
+    def __init__(
+        self, device: str, points: tuple[ModbusPoint, ...], callback: ReadingsCallback
+    ) -> None:
+        self.device = device
         self.points = points
         self.callback = callback
         self.last: dict[str, Reading] = {}
+        self.failing = False
 
     def deliver(self, readings: dict[ModbusPoint, Reading]) -> None:
-        """Call back with the readings whose value or quality changed since last time."""
+        """Call back with the readings whose value or quality changed since it was last told.
+
+        A callback that raises is logged (once until it succeeds again) and told the same
+        changes on the next cycle; it never stops the poller or the other subscribers.
+        """
+        if any(point not in readings for point in self.points):
+            return  # subscribed while this cycle was reading: the next cycle serves it
         changed: dict[str, Reading] = {}
         for point in self.points:
             reading = readings[point]
             previous = self.last.get(point.name)
             if previous is None or not _same(previous, reading):
                 changed[point.name] = reading
-                self.last[point.name] = reading
         if not changed:
             return
         try:
             self.callback(changed)
-        except Exception:
-            # A faulty subscriber must not stop the polling that others depend on.
-            log.exception("subscriber callback failed for %s", ", ".join(changed))
+        except (Exception, asyncio.CancelledError) as err:
+            task = asyncio.current_task()
+            if isinstance(err, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # the poller itself is being stopped
+            # A CancelledError from a callback that is not our cancellation (a cancelled
+            # future's result(), say) is the callback's failure like any other.
+            if not self.failing:
+                log.error(
+                    "device %s: a subscriber callback failed on %s; it is offered the same "
+                    "changes every poll until it succeeds",
+                    self.device,
+                    ", ".join(changed),
+                    exc_info=err,
+                )
+            self.failing = True
+            return
+        if self.failing:
+            log.info(
+                "device %s: the subscriber callback on %s works again",
+                self.device,
+                ", ".join(changed),
+            )
+            self.failing = False
+        self.last.update(changed)
 
 
 def _same(a: Reading, b: Reading) -> bool:
@@ -309,13 +527,12 @@ def _same(a: Reading, b: Reading) -> bool:
     return a.quality is b.quality and same_value(a.value, b.value)
 
 
-_READERS: dict[ModbusTable, Callable[[ModbusBaseClient, int, int, int], Awaitable[ModbusPDU]]] = {
-    ModbusTable.COIL: lambda c, a, n, u: c.read_coils(a, count=n, device_id=u),
-    ModbusTable.DISCRETE_INPUT: lambda c, a, n, u: c.read_discrete_inputs(a, count=n, device_id=u),
-    ModbusTable.HOLDING_REGISTER: lambda c, a, n, u: c.read_holding_registers(
-        a, count=n, device_id=u
-    ),
-    ModbusTable.INPUT_REGISTER: lambda c, a, n, u: c.read_input_registers(a, count=n, device_id=u),
+# The function code that reads each table.
+_READ_FC: dict[ModbusTable, int] = {
+    ModbusTable.COIL: 1,
+    ModbusTable.DISCRETE_INPUT: 2,
+    ModbusTable.HOLDING_REGISTER: 3,
+    ModbusTable.INPUT_REGISTER: 4,
 }
 
 
@@ -326,10 +543,13 @@ class ModbusDriver(TracksHealth):
         self.name = config.name
         self.config = config
         self.bus = bus
-        #: Requests this device has sent (each read block, write or read-modify-write step).
+        #: Requests this device has sent: every try of a read block, a write, or either half
+        #: of a read-modify-write.
         self.requests = 0
         self._tracker = HealthTracker(config.name)
         self._failures = 0
+        #: Why the last poll cycle raised (a bug, a codec error); the device is LOST meanwhile.
+        self._poll_error: str | None = None
         self._attached = False
         self._subscriptions: list[_Subscription] = []
         self._poller: asyncio.Task[None] | None = None
@@ -386,22 +606,22 @@ class ModbusDriver(TracksHealth):
             raise WriteRejected(f"{where}: {p.name} is in a read-only table")
         if p.access is not Access.RW:
             raise WriteRejected(f"{where}: {p.name} is read-only")
-        unit = self.config.unit
         try:
             if p.table is ModbusTable.COIL or p.bit is not None:
                 flag = bool(check_value(DataType.BOOL, value))
                 if p.table is ModbusTable.COIL:
-                    await self._write(p, lambda c: c.write_coil(p.address, flag, device_id=unit))
+                    await self._write(p, Ask(5, p.address, values=(int(flag),)))
                 else:
                     await self._write_bit(p, flag)
                 return
             words = encode_registers(p.datatype, value, p.word_order, p.length)
         except WriteRejected as err:
             raise WriteRejected(f"{where}: {err}") from err
+        # Absolute values: sending one again after a lost answer changes nothing, so retried.
         if len(words) == 1:
-            await self._write(p, lambda c: c.write_register(p.address, words[0], device_id=unit))
+            await self._write(p, Ask(6, p.address, values=(words[0],)))
         else:
-            await self._write(p, lambda c: c.write_registers(p.address, words, device_id=unit))
+            await self._write(p, Ask(16, p.address, len(words), tuple(words)))
 
     async def call(self, method: MethodSpec, args: Sequence[Value]) -> Any:
         """Modbus has no methods: always NotSupported."""
@@ -411,13 +631,11 @@ class ModbusDriver(TracksHealth):
         """Poll the points every config.poll s (one batched read for all subscribers)."""
         modbus_points = tuple(self._modbus_point(p) for p in points)
         self._plan(modbus_points)  # a point no request can read fails here, not in the poller
-        subscription = _Subscription(modbus_points, callback)
+        subscription = _Subscription(self.name, modbus_points, callback)
         self._subscriptions.append(subscription)
         self._poll_plan = None
         if self._poller is None:
-            self._poller = asyncio.get_running_loop().create_task(
-                self._poll(), name=f"modbus poll {self.name}"
-            )
+            self._start_poller()
 
         def unsubscribe() -> None:
             if subscription in self._subscriptions:
@@ -451,7 +669,7 @@ class ModbusDriver(TracksHealth):
         return f"{self.name} ({self.endpoint}) {action}"
 
     async def _send(self, action: str, call: Job[T], *, steps: int = 1) -> T:
-        """Run a job of `steps` requests alone on the bus, tracking health."""
+        """Run a job of `steps` requests alone on the bus (retried), tracking health."""
         sent = False
 
         async def job(client: ModbusBaseClient) -> T:
@@ -468,27 +686,29 @@ class ModbusDriver(TracksHealth):
             self._update_health(str(err))
             raise
         # Any answer, an exception answer too, shows the device is talking to us.
+        self._tracker.answered()
         self._failures = 0
         self._update_health()
         return response
 
-    def _request(self, call: Request) -> Job[ModbusPDU]:
-        """A job of one pymodbus request, counted in `requests`."""
+    async def _exchange(self, client: ModbusBaseClient, ask: Ask) -> ModbusPDU:
+        """One request of a job, counted in `requests`."""
+        self.requests += 1
+        return await self.bus.exchange(client, ask, self.config.unit)
+
+    def _job(self, ask: Ask) -> Job[ModbusPDU]:
+        """A job of one request."""
 
         async def job(client: ModbusBaseClient) -> ModbusPDU:
-            self.requests += 1
-            return await call(client)
+            return await self._exchange(client, ask)
 
         return job
 
     async def _read_block(self, block: ReadBlock) -> dict[ModbusPoint, Reading]:
         last = block.end - 1
         span = f"{block.table.value}:{block.start}" + (f"..{last}" if last > block.start else "")
-        reader = _READERS[block.table]
-        unit = self.config.unit
-        response = await self._send(
-            f"read {span}", self._request(lambda c: reader(c, block.start, block.count, unit))
-        )
+        ask = Ask(_READ_FC[block.table], block.start, block.count)
+        response = await self._send(f"read {span}", self._job(ask))
         now = time.time()
         if response.isError():
             text = modbus_exception_text(response.exception_code)
@@ -514,8 +734,8 @@ class ModbusDriver(TracksHealth):
                 f"{self.name} {p.describe()}: {modbus_exception_text(code)}", code
             )
 
-    async def _write(self, p: ModbusPoint, call: Request) -> None:
-        self._check_answer(p, await self._send(f"write {p.describe()}", self._request(call)))
+    async def _write(self, p: ModbusPoint, ask: Ask) -> None:
+        self._check_answer(p, await self._send(f"write {p.describe()}", self._job(ask)))
 
     async def _write_bit(self, p: ModbusPoint, flag: bool) -> None:
         """Set one bit of a holding register by read-modify-write, alone on the bus.
@@ -523,28 +743,28 @@ class ModbusDriver(TracksHealth):
         Nothing of ours runs on the bus between the read and the write, but this is not
         atomic on the device: another master, or the device itself, may change the register
         in between, and that change is then overwritten.
+        A try whose read or write gets no answer is retried whole, from a fresh read: resending
+        the write alone could put back a word that the device has changed meanwhile.
         """
         assert p.bit is not None
-        bit, unit = p.bit, self.config.unit
-        read = self._request(lambda c: c.read_holding_registers(p.address, count=1, device_id=unit))
+        bit = p.bit
 
         async def read_modify_write(client: ModbusBaseClient) -> ModbusPDU:
-            response = await read(client)
+            response = await self._exchange(client, Ask(3, p.address))
             if response.isError():
                 return response
-            if len(response.registers) != 1:
-                raise BadResponse(f"{self.name} {p.describe()}: expected 1 register back")
             word = set_bit(response.registers[0], bit, flag)
-            write = self._request(lambda c: c.write_register(p.address, word, device_id=unit))
-            return await write(client)
+            return await self._exchange(client, Ask(6, p.address, values=(word,)))
 
         response = await self._send(f"write {p.describe()}", read_modify_write, steps=2)
         self._check_answer(p, response)
 
     def _update_health(self, error: str | None = None) -> None:
-        """CONNECTED, DEGRADED or LOST from the connection and consecutive failures."""
+        """CONNECTED, DEGRADED or LOST from the connection, consecutive failures and polling."""
         if not self.bus.connected or self._failures >= LOST_AFTER_FAILURES:
             state = HealthState.LOST
+        elif self._poll_error is not None:
+            state, error = HealthState.LOST, error or self._poll_error
         elif self._failures == 0:
             state = HealthState.CONNECTED
         elif self.health.state is HealthState.LOST:
@@ -562,26 +782,81 @@ class ModbusDriver(TracksHealth):
         else:
             self._tracker.set(HealthState.LOST, f"{self.name} ({self.endpoint}): {error}")
 
-    async def _poll(self) -> None:
+    def _start_poller(self, delay: float = 0.0) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._poll(delay), name=f"modbus poll {self.name}"
+        )
+        task.add_done_callback(self._poller_ended)
+        self._poller = task
+
+    def _poller_ended(self, task: asyncio.Task[None]) -> None:
+        """Supervision: a poller that ended while it was still wanted is reported and restarted."""
+        if task is not self._poller:
+            return  # stopped by unsubscribe() or close()
+        self._poller = None
+        if not self._subscriptions:
+            return
+        error = None if task.cancelled() else task.exception()
+        why = repr(error) if error is not None else "cancelled" if task.cancelled() else "ended"
+        text = f"{self.name} ({self.endpoint}): polling stopped: {why}"
+        log.error("device %s: %s; restarting it", self.name, text, exc_info=error)
+        self._poll_error = text
+        self._update_health(text)
+        self._start_poller(delay=self.config.poll)
+
+    async def _poll(self, delay: float = 0.0) -> None:
+        """Poll until no subscription is left; a cycle that raises is reported, not fatal."""
         loop = asyncio.get_running_loop()
+        await asyncio.sleep(delay)
         due = loop.time()
         while self._subscriptions:
-            if self._poll_plan is None:
-                merged = list(dict.fromkeys(p for s in self._subscriptions for p in s.points))
-                self._poll_plan = (merged, self._plan(merged))
-            points, blocks = self._poll_plan
             try:
-                readings: dict[ModbusPoint, Reading] = {}
-                for block in blocks:
-                    readings.update(await self._read_block(block))
-            except DriverError as err:
-                now = time.time()
-                readings = {p: Reading(None, now, Quality.BAD, str(err)) for p in points}
-            for subscription in list(self._subscriptions):
-                subscription.deliver(readings)
-            # Fixed rate; after an overrun (a slow or silent device) start again from now.
-            due = max(due + self.config.poll, loop.time())
-            await asyncio.sleep(due - loop.time())
+                await self._poll_once()
+            except Exception as err:
+                self._poll_failed(err)
+            now = loop.time()
+            # Fixed rate; after an overrun (a cycle longer than the period: a slow or silent
+            # unit) a whole period of rest, so that one unit cannot hold a shared line.
+            due += self.config.poll
+            if due <= now:
+                due = now + self.config.poll
+            await asyncio.sleep(due - now)
+
+    async def _poll_once(self) -> None:
+        """One cycle: read every subscribed block, tell each subscriber what changed."""
+        if self._poll_plan is None:
+            merged = list(dict.fromkeys(p for s in self._subscriptions for p in s.points))
+            self._poll_plan = (merged, self._plan(merged))
+        points, blocks = self._poll_plan
+        try:
+            readings: dict[ModbusPoint, Reading] = {}
+            for block in blocks:
+                readings.update(await self._read_block(block))
+        except DriverError as err:
+            now = time.time()
+            readings = {p: Reading(None, now, Quality.BAD, str(err)) for p in points}
+        else:
+            if self._poll_error is not None:
+                log.info("device %s: polling works again", self.name)
+                self._poll_error = None
+                self._update_health()
+        self._deliver(readings)
+
+    def _deliver(self, readings: dict[ModbusPoint, Reading]) -> None:
+        for subscription in list(self._subscriptions):
+            subscription.deliver(readings)
+
+    def _poll_failed(self, err: Exception) -> None:
+        """A cycle raised (a bug, a codec error): LOST, logged, subscribers told BAD."""
+        text = f"{self.name} ({self.endpoint}): polling failed: {err!r}"
+        if text != self._poll_error:
+            # Once per distinct error: the cycle is retried every period.
+            log.error("device %s: a poll cycle failed; polling goes on", self.name, exc_info=err)
+        self._poll_error = text
+        self._update_health(text)
+        now = time.time()
+        points = {p for s in self._subscriptions for p in s.points}
+        self._deliver({p: Reading(None, now, Quality.BAD, text) for p in points})
 
 
 def make_modbus_drivers(configs: Sequence[ModbusConfig]) -> dict[str, ModbusDriver]:

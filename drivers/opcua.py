@@ -8,19 +8,24 @@ import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeNotif, Subscription
+from asyncua.common.utils import ServiceError
 from asyncua.crypto import uacrypto
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from drivers.base import (
     HealthState,
@@ -73,6 +78,13 @@ RECONNECT_CAP = 5.0
 BACKSTOP_PROBE = 30.0
 
 
+class _Unbound:
+    """Marks a background task that serves no session (its failure is only logged)."""
+
+
+_UNBOUND = _Unbound()
+
+
 class OpcuaDriver(TracksHealth):
     """Talks to one OPC UA server; implements the Driver protocol."""
 
@@ -96,6 +108,9 @@ class OpcuaDriver(TracksHealth):
         self._watches: list[_Watch] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._method_ids: dict[str, ua.NodeId] = {}
+        # Delays restarts after background work failed, so that a failure that recurs on every
+        # session cannot spin; reset by a connect() that succeeds.
+        self._failures = Backoff(cap=RECONNECT_CAP)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -138,12 +153,13 @@ class OpcuaDriver(TracksHealth):
             )
             self._running = True
             self._set_lost(str(error))
-            self._spawn(self._reconnect(None))
+            self._spawn_reconnect(None)
             if error is err:
                 raise
             raise error from err
         self._verified = True
         self._running = True
+        self._failures.reset()
         self._tracker.set(HealthState.CONNECTED)
 
     def _mismatch(self, problems: list[str]) -> PointMismatch:
@@ -238,7 +254,7 @@ class OpcuaDriver(TracksHealth):
             raise
         client.connection_lost_callback = lambda exc: self._on_lost(client, exc)
         self._client = client
-        self._spawn(self._keep_alive(client))
+        self._spawn(self._keep_alive(client), "keep-alive", client)
 
     async def _secure(self, client: Client) -> None:
         """Apply the configured security policy, certificates and user identity."""
@@ -259,6 +275,14 @@ class OpcuaDriver(TracksHealth):
                 f"policy Basic256Sha256_SignAndEncrypt: with {security.policy} the password "
                 "could cross the network in clear text"
             )
+        if identity and security.server_cert is None and security.trust_dir is None:
+            # Without a known certificate any server answering at the endpoint (a rogue one
+            # too) would be sent the password: refuse.
+            raise ConnectFailed(
+                f"{self.name}: user {security.user!r} at {self.config.endpoint} needs the "
+                "server's certificate pinned (server_cert) or in a trust_dir: without one the "
+                "password would go to any server that answers there"
+            )
         if security.user is not None:
             client.set_user(security.user)
         if security.password is not None:
@@ -277,13 +301,72 @@ class OpcuaDriver(TracksHealth):
             ) from err
         # The client must present the application URI its certificate was issued for.
         client.application_uri = _certificate_uri(cert) or client.application_uri
+        server_cert: bytes | None = None
+        if security.server_cert is not None or security.trust_dir is not None:
+            server_cert = await self._trusted_server_cert(client, mode)
         await client.set_security(
             SecurityPolicyBasic256Sha256,
             security.cert,
             security.key,
-            server_certificate=security.server_cert,
+            # The certificate checked above: the channel is encrypted to it and the session
+            # refused ("Server certificate mismatch") if another one answers CreateSession.
+            server_certificate=server_cert,
             mode=mode,
         )
+
+    async def _trusted_server_cert(self, client: Client, mode: ua.MessageSecurityMode) -> bytes:
+        """The server's certificate from GetEndpoints (no security, no credentials), checked.
+
+        Checked against the pin (server_cert) and the trust directory (trust_dir) before any
+        session is opened, so that an unknown server is refused with its fingerprint instead
+        of going silent (asyncua encrypts to a pinned key that a rogue server cannot read).
+        """
+        security = self.config.security
+        endpoints = await client.connect_and_get_server_endpoints()
+        endpoint = Client.find_endpoint(endpoints, mode, SecurityPolicyBasic256Sha256.URI)
+        if not endpoint.ServerCertificate:
+            raise ConnectFailed(
+                f"{self.name}: {self.config.endpoint} presented no certificate for "
+                f"{security.policy}: not trusted, nothing was sent to it"
+            )
+        try:
+            der = _first_certificate(endpoint.ServerCertificate)
+            presented = x509.load_der_x509_certificate(der)
+        except ValueError as err:
+            raise ConnectFailed(
+                f"{self.name}: {self.config.endpoint} presented an unreadable certificate "
+                f"({err}): not trusted, nothing was sent to it"
+            ) from None
+        if security.server_cert is not None:
+            try:
+                pinned = await uacrypto.load_certificate(security.server_cert)
+            except (OSError, ValueError) as err:
+                raise ConnectFailed(
+                    f"{self.name}: cannot load server_cert {security.server_cert}: {err}"
+                ) from err
+            if pinned.public_bytes(serialization.Encoding.DER) != der:
+                raise ConnectFailed(
+                    f"{self.name}: {self.config.endpoint} is not trusted: its certificate is "
+                    f"not the one pinned in server_cert {security.server_cert}; nothing was "
+                    f"sent to it (no password). It presented {fingerprint_text(presented)}; "
+                    f"the pin is {fingerprint_text(pinned)}. If the server's certificate was "
+                    "renewed, pin the new one"
+                )
+        if security.trust_dir is not None:
+            validator = await trust_dir_validator(self.name, security.trust_dir)
+            try:
+                await validator.validate(presented, endpoint.Server)
+            except ServiceError as err:
+                raise ConnectFailed(
+                    f"{self.name}: {self.config.endpoint} is not trusted: trust_dir "
+                    f"{security.trust_dir} does not trust its certificate "
+                    f"({status_name(status_code(err.code))}); nothing was sent to it (no "
+                    f"password). It presented {fingerprint_text(presented)}. If this is the "
+                    "right server, copy its certificate into trust_dir"
+                ) from None
+            # asyncua checks the CreateSession answer's certificate with it again.
+            client.certificate_validator = validator
+        return der
 
     async def _on_lost(self, client: Client, exc: Exception) -> None:
         """asyncua's supervisor saw the connection die: report LOST, reconnect in the background."""
@@ -294,7 +377,7 @@ class OpcuaDriver(TracksHealth):
         if not self._running:
             return  # connect() is still running and will fail on its next request
         self._set_lost(f"connection to {self.config.endpoint} lost: {_error_text(exc)}")
-        self._spawn(self._reconnect(client))
+        self._spawn_reconnect(client)
 
     async def _keep_alive(self, client: Client) -> None:
         """Probe the server every publishing interval; no answer within the limits → lost.
@@ -328,7 +411,11 @@ class OpcuaDriver(TracksHealth):
         """A health error as the reason in a BAD reading (which names the device already)."""
         return (error or "lost").removeprefix(f"{self.name}: ")
 
-    async def _reconnect(self, old: Client | None) -> None:
+    def _spawn_reconnect(self, old: Client | None, delay: float = 0.0) -> None:
+        """Start the reconnect loop, itself supervised: if it dies it is started again."""
+        self._spawn(self._reconnect(old, delay), "reconnect", None)
+
+    async def _reconnect(self, old: Client | None, delay: float = 0.0) -> None:
         """Reconnect with backoff and jitter until it works or the driver is closed.
 
         Nodes not yet checked against the cell file (the first connect failed) are checked
@@ -336,6 +423,8 @@ class OpcuaDriver(TracksHealth):
         """
         if old is not None:
             await self._dispose(old)
+        if delay:
+            await asyncio.sleep(delay)
         backoff = Backoff(cap=RECONNECT_CAP)
         while self._running:
             client: Client | None = None
@@ -384,16 +473,45 @@ class OpcuaDriver(TracksHealth):
         finally:
             client.disconnect_socket()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a background task that close() cancels."""
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+    def _spawn(
+        self,
+        coro: Coroutine[Any, Any, None],
+        what: str,
+        session: Client | _Unbound | None = _UNBOUND,
+    ) -> None:
+        """Run a background task that close() cancels; one that fails is never left unseen.
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s: background task failed", self.name, exc_info=task.exception())
+        Its error is logged; when the task serves a session (`session`: that client, or None
+        for the current one), the session is dropped, health goes LOST naming the error and
+        the reconnect loop starts it all again.
+        """
+        task = asyncio.create_task(coro, name=f"{self.name} {what}")
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._tasks.discard(task)
+            if task.cancelled() or task.exception() is None:
+                return
+            error = task.exception()
+            assert error is not None
+            log.error("%s: %s failed", self.name, what, exc_info=error)
+            if not isinstance(session, _Unbound):
+                self._session_failed(session, f"{what} failed: {_failure_text(error)}")
+
+        task.add_done_callback(done)
+
+    def _session_failed(self, client: Client | None, cause: str) -> None:
+        """Work of a session (`client`, or None: the current one) died: LOST and reconnect."""
+        if client is not None and client is not self._client:
+            return  # a task of a session already replaced
+        current, self._client = self._client, None
+        if current is not None:
+            current.connection_lost_callback = None
+            self._forget_session()
+        if not self._running:
+            return  # connect() is still running and will fail on its next request
+        self._set_lost(cause)
+        self._spawn_reconnect(current, self._failures.next_delay())
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -530,7 +648,7 @@ class OpcuaDriver(TracksHealth):
         self._watches.append(watch)
         client = self._client
         if client is not None:
-            self._spawn(self._activate(watch, client))
+            self._spawn(self._activate(watch, client), "subscribe", client)
         health = self._tracker.health
         if health.state is HealthState.LOST:
             # The others heard of the loss when it happened: this one hears of it now.
@@ -543,7 +661,7 @@ class OpcuaDriver(TracksHealth):
             watch.active = False
             subscription = watch.detach()
             if subscription is not None:
-                self._spawn(self._delete(subscription))
+                self._spawn(self._delete(subscription), "delete subscription")
 
         return unsubscribe
 
@@ -570,7 +688,7 @@ class OpcuaDriver(TracksHealth):
                 watch.deliver_bad(watch.points, f"{self.name}: cannot subscribe: {err}")
             return
         if not watch.active or watch.client is not client:
-            self._spawn(self._delete(subscription))
+            self._spawn(self._delete(subscription), "delete subscription")
             return
         watch.subscription = subscription
         refused = [
@@ -702,6 +820,11 @@ def _epoch(stamp: datetime.datetime) -> float:
     return stamp.timestamp()
 
 
+def _failure_text(err: BaseException) -> str:
+    """An unexpected exception as a health error: its type (the clue to a bug) and text."""
+    return f"{type(err).__name__}: {_error_text(err)}"
+
+
 class _Refused(Exception):
     """Carries a ConnectFailed that retrying cannot fix out of the connect loop."""
 
@@ -778,17 +901,32 @@ class _Watch:
 
     def datachange_notification(self, node: Node, _value: Any, data: DataChangeNotif) -> None:
         """asyncua's data-change callback: one Reading per tag on the node."""
-        if self.client is None:
+        client = self.client
+        if client is None:
             return  # late news from a lost session must not hide that it was lost
-        names = self.by_node.get(node.nodeid, [])
-        now = time.time()
-        datavalue = data.monitored_item.Value
-        self.deliver(
-            {name: self.driver._reading(self._points[name], datavalue, now) for name in names}
-        )
+        try:
+            names = self.by_node.get(node.nodeid, [])
+            now = time.time()
+            datavalue = data.monitored_item.Value
+            readings = {
+                name: self.driver._reading(self._points[name], datavalue, now) for name in names
+            }
+        except Exception as err:
+            # asyncua would only log it, and the subscriber would wait for values in vain.
+            log.exception("%s: handling a data change failed", self.driver.name)
+            cause = f"data-change notification failed: {_failure_text(err)}"
+            self.driver._session_failed(client, cause)
+            return
+        self.deliver(readings)
 
-    def status_change_notification(self, _status: ua.StatusChangeNotification) -> None:
-        """Subscription status changes (a lost session) reach users as health, not here."""
+    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
+        """The server ended the subscription (or asyncua saw the session die): LOST, reconnect."""
+        client = self.client
+        code = status.Status
+        if client is None or code is None or not code.is_bad():
+            return  # a session already forgotten; a loss on its way reaches users as health
+        log.error("%s: the server ended a subscription: %s", self.driver.name, status_name(code))
+        self.driver._session_failed(client, f"subscription ended: {status_name(code)}")
 
 
 def _node_id(device: str, what: str, text: str) -> ua.NodeId:
@@ -886,6 +1024,51 @@ def _certificate_uri(cert: x509.Certificate) -> str | None:
         return None
     uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
     return uris[0] if uris else None
+
+
+def _first_certificate(der: bytes) -> bytes:
+    """The leading certificate of a DER blob that may hold a chain (a SEQUENCE per certificate)."""
+    if len(der) < 2 or der[0] != 0x30:
+        raise ValueError("not a DER certificate")
+    first = der[1]
+    if first < 0x80:
+        return der[: 2 + first]
+    size = first & 0x7F
+    if not 1 <= size <= 4 or len(der) < 2 + size:
+        raise ValueError("not a DER certificate")
+    return der[: 2 + size + int.from_bytes(der[2 : 2 + size], "big")]
+
+
+def fingerprint_text(cert: x509.Certificate) -> str:
+    """A certificate's subject and fingerprints, as OPC UA tools show them (SHA-1 thumbprint)."""
+    sha256 = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    sha1 = cert.fingerprint(hashes.SHA1()).hex(":").upper()
+    return f"{cert.subject.rfc4514_string()}, SHA-256 fingerprint {sha256}, SHA-1 thumbprint {sha1}"
+
+
+async def trust_dir_validator(device: str, directory: str) -> CertificateValidator:
+    """A validator trusting the server (or CA) certificates in a folder of *.der / *.pem files.
+
+    Checks as OPC UA Part 4 asks of a server's certificate: trusted (itself or its issuer in
+    the folder), within its validity, the server's application URI, key usages. ConnectFailed
+    when the folder cannot be read.
+    """
+    path = Path(directory)
+    if not await asyncio.to_thread(path.is_dir):
+        raise ConnectFailed(f"{device}: trust_dir {directory} is not a directory")
+    store = TrustStore([path], [])
+    try:
+        await store.load()
+    except ValueError as err:
+        if "empty store" not in str(err):
+            raise ConnectFailed(f"{device}: cannot read trust_dir {directory}: {err}") from err
+        # An empty folder trusts nothing: every server is refused, with its fingerprint.
+    except OSError as err:
+        raise ConnectFailed(f"{device}: cannot read trust_dir {directory}: {err}") from err
+    return CertificateValidator(
+        CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_SERVER,
+        store,
+    )
 
 
 def _error_text(err: BaseException) -> str:

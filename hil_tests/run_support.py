@@ -15,6 +15,7 @@ from cellctl.cell import Cell, ModbusTcpDevice, OpcuaDevice, load_cell
 from cellctl.connect import build_drivers
 from cellctl.controller import Controller
 from cellctl.events import BatchEnded, Event, StateChanged
+from cellctl.heartbeat import Heartbeat
 from cellctl.machine import State
 from cellctl.simwiring import CellSimulator
 from cellctl.tagio import TagIO
@@ -143,13 +144,24 @@ async def controller_for(
         )
         harness = Harness(controller, io)
         controller.listeners.append(harness.events.append)
-        await controller.open()
-        try:
-            yield harness
-        finally:
-            await controller.close()
+        # As `cellctl run` does: the devices' watchdogs see a live controller all along.
+        async with Heartbeat(io, cell.heartbeat):
+            await controller.open()
+            try:
+                yield harness
+            finally:
+                await controller.close()
     finally:
         await io.close()
+
+
+def heartbeat_quiet(served: Served) -> bool:
+    """True when no plant model's watchdog is armed: no heartbeat trip is pending that would
+    overwrite values written by hand (a controller that ended trips its devices after the
+    heartbeat's timeout, as real PLCs do)."""
+    return served.on_loop(
+        lambda: not any(m.heartbeat_armed for m in served.simulator.models.values())
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 from asyncua import ua
 from asyncua.client.client import Client
+from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
@@ -746,7 +747,7 @@ async def test_sign_and_encrypt_with_user_and_password(tmp_path: Path) -> None:
         "Basic256Sha256_SignAndEncrypt",
         str(client_cert),
         str(client_key),
-        None,
+        str(server_cert),  # pinned: a user needs the server's certificate known
         "operator",
         "s3cret",
     )
@@ -986,3 +987,106 @@ async def test_killed_server_tells_every_subscriber_once_then_good_values_again(
             assert [len(recorder.bad(p.name)) for p in points] == [1] * len(points)
     finally:
         await drv.close()
+
+
+# -- supervision: no background work dies in silence ------------------------------------------
+
+
+def faulty_subscriber(readings: dict[str, Reading]) -> None:
+    """A subscriber callback with a bug."""
+    raise RuntimeError(f"subscriber bug on {sorted(readings)}")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_failing_subscriber_does_not_stop_the_others(
+    own_sim: Sim, caplog: pytest.LogCaptureFixture
+) -> None:
+    drv = OpcuaDriver(config(own_sim.server.endpoint), [BUSY])
+    await own_sim.set({BUSY.name: False})
+    await drv.connect()
+    states: list[HealthState] = []
+    drv.on_health(lambda _name, health: states.append(health.state))
+    drv.subscribe([BUSY], faulty_subscriber)  # first: it must not stop the one after it
+    good = Recorder()
+    drv.subscribe([BUSY], good)
+    try:
+        await wait_until(lambda: good.last(BUSY.name) is not None, 2.0, "the initial value")
+        await own_sim.set({BUSY.name: True})
+        await wait_until(lambda: value_of(good, BUSY) is True, 2.0, "a change")
+        await own_sim.server.stop()  # the loss is told to every subscriber in turn
+        await wait_until(lambda: bool(good.bad(BUSY.name)), 5.0, "BAD after the loss")
+        await own_sim.server.start()
+        await wait_until(lambda: drv.health.state is HealthState.CONNECTED, 5.0, "health CONNECTED")
+        await own_sim.set({BUSY.name: False})
+        await wait_until(lambda: value_of(good, BUSY) is False, 5.0, "a change after the restart")
+        # The subscriber's bug is logged each time; it is not the device's health.
+        assert states == [HealthState.LOST, HealthState.CONNECTED]
+        failures = [r for r in caplog.records if "subscriber callback failed" in r.getMessage()]
+        assert len(failures) >= 3 and all(r.exc_info for r in failures)
+    finally:
+        await drv.close()
+
+
+def value_of(recorder: Recorder, point: OpcuaPoint) -> object:
+    """The latest GOOD value a recorder has of a point (None when the latest is not GOOD)."""
+    reading = recorder.last(point.name)
+    return reading.value if reading is not None and reading.quality is Quality.GOOD else None
+
+
+class NoResultsServer:
+    """A server that, when told to, answers a Read of its ServerState with no results at all.
+
+    Nonconformant, as some devices are: asyncua's client then fails with an IndexError where
+    it expected the one result, inside the driver's keep-alive.
+    """
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.server = Server()
+
+    async def start(self) -> str:
+        """Start on a free port; return the endpoint."""
+        await init_with_cache(self.server, default_cache_dir())
+        self.server.set_endpoint("opc.tcp://127.0.0.1:0/noresults")
+        self.server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        idx = await self.server.register_namespace("urn:cellctl:test")
+        self.busy = await self.server.nodes.objects.add_variable(
+            ua.NodeId("Robot.Busy", idx), "Robot.Busy", ua.Variant(False, ua.VariantType.Boolean)
+        )
+        self.server.subscribe_server_callback(CallbackType.PostRead, self._post_read)
+        await self.server.start()
+        assert self.server.bserver is not None
+        return f"opc.tcp://127.0.0.1:{self.server.bserver.port}/noresults"
+
+    def _post_read(self, event: ServerItemCallback, _dispatcher: object) -> None:
+        state = ua.NodeId(ua.ObjectIds.Server_ServerStatus_State)
+        asked = [rv.NodeId for rv in event.request_params.NodesToRead]
+        if self.broken and state in asked and event.response_params is not None:
+            event.response_params.clear()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_keep_alive_that_fails_makes_the_device_lost_and_it_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sim = NoResultsServer()
+    endpoint = await sim.start()
+    drv = OpcuaDriver(config(endpoint), [BUSY])
+    seen = Recorder()
+    try:
+        await drv.connect()
+        drv.subscribe([BUSY], seen)
+        await wait_until(lambda: seen.last(BUSY.name) is not None, 2.0, "the initial value")
+        sim.broken = True
+        await wait_until(lambda: drv.health.state is HealthState.LOST, 3.0, "health LOST")
+        assert (drv.health.last_error or "").startswith("keep-alive failed: IndexError")
+        assert seen.bad(BUSY.name)  # subscribers heard of it
+        logged = [r for r in caplog.records if r.getMessage() == "robot: keep-alive failed"]
+        assert logged and logged[0].exc_info is not None
+        sim.broken = False
+        await wait_until(lambda: drv.health.state is HealthState.CONNECTED, 5.0, "reconnected")
+        await sim.busy.write_value(ua.Variant(True, ua.VariantType.Boolean))
+        await wait_until(lambda: value_of(seen, BUSY) is True, 2.0, "a change, newly subscribed")
+    finally:
+        await drv.close()
+        await sim.server.stop()

@@ -35,13 +35,14 @@ from hil_tests.run_support import (
     controller_for,
     edit_cell,
     entered,
+    heartbeat_quiet,
     held_or_ended,
     opcua_value,
     read_conveyor,
     serve_demo,
     wait_event,
 )
-from hil_tests.support import free_port
+from hil_tests.support import free_port, wait_until
 from tests.support import cli
 
 #: Seconds any one batch here may take before the test fails (they take 1–3 s at SPEED).
@@ -266,6 +267,9 @@ def test_a_device_down_exits_2_and_nothing_is_written(
         endpoint=f"opc.tcp://127.0.0.1:{port}/robot",
         timeout="300ms",  # given up after timeout × (retries + 1)
     )
+    # The batches before this one beat the heartbeat: their devices' watchdogs trip once, after
+    # its timeout; the marks are set after that, or the trip would overwrite them.
+    wait_until(lambda: heartbeat_quiet(demo), 10, "the last batch's heartbeat trips")
     # Values that neither the recipe nor the safe state would write, set on the devices.
     marks = ["conveyor.speed_rpm=777", "press.setpoint_kN=7.5", "inspection.trigger=true"]
     assert cli(capsys, "write", "--cell", demo.cell_file, *marks)[0] == 0

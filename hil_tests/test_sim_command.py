@@ -4,13 +4,15 @@ written by third-party clients (raw pymodbus and asyncua) and by `cellctl read/w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,31 +45,41 @@ methods:
 """
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """`cellctl sim` serving the bottling cell in a child process; the cell file it wrote."""
-    folder = tmp_path_factory.mktemp("bottling")
-    cell = folder / "cell.yaml"
-    cell.write_text(CELL.format(modbus_port=free_port(), opcua_port=free_port()), encoding="utf-8")
-    written = folder / "served.yaml"
-    env = dict(os.environ, CELLCTL_LOG_FILE=str(folder / "sim.log"))
+@contextlib.contextmanager
+def sim_child(cell: Path, written: Path, *args: str) -> Iterator[list[str]]:
+    """`cellctl sim CELL --write-cell WRITTEN ARGS` in a child process until `written` exists;
+    the list it yields gets the child's stdout lines once it ended (SIGINT, exit 0)."""
+    env = dict(os.environ, CELLCTL_LOG_FILE=str(written.with_suffix(".log")))
     child = subprocess.Popen(
-        [sys.executable, "-m", "cellctl", "sim", str(cell), "--write-cell", str(written)],
+        [sys.executable, "-m", "cellctl", "sim", str(cell), "--write-cell", str(written), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
+    printed: list[str] = []
     try:
         wait_until(lambda: written.exists() or child.poll() is not None, 30, "cellctl sim to serve")
         assert child.poll() is None, child.communicate()
-        yield written
+        yield printed
     finally:
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=15)
         # SIGINT is the normal end of `cellctl sim`.
         assert child.returncode == 0, err
         assert "Traceback" not in err
+        printed.extend(out.splitlines())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`cellctl sim` serving the bottling cell in a child process; the cell file it wrote."""
+    folder = tmp_path_factory.mktemp("bottling")
+    cell = folder / "cell.yaml"
+    cell.write_text(CELL.format(modbus_port=free_port(), opcua_port=free_port()), encoding="utf-8")
+    with sim_child(cell, folder / "served.yaml") as printed:
+        yield folder / "served.yaml"
+    out = "\n".join(printed)
     assert "filler" in out and "capper" in out
 
 
@@ -244,3 +256,135 @@ def test_an_rtu_device_with_parity_is_served_and_read(
         code, _, err = cli(capsys, "write", "--cell", str(served.cell_file), "p.x=77")
         assert code == 0, err
         assert cellctl_values(capsys, served.cell_file) == {"p.x": 77}
+
+
+def _free_port_v6() -> int:
+    """A port nobody listens on at ::1 right now."""
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_sim_serves_ipv6_loopback_with_bracketed_endpoints(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cell = tmp_path / "cell.yaml"
+    modbus_port, opcua_port = _free_port_v6(), _free_port_v6()
+    cell.write_text(CELL.format(modbus_port=modbus_port, opcua_port=opcua_port), encoding="utf-8")
+    written = tmp_path / "served.yaml"
+    with sim_child(cell, written, "--host", "::1") as printed:
+        served = load_cell(written)
+        assert served.devices["filler"].host == "::1"  # type: ignore[union-attr]
+        endpoint = f"opc.tcp://[::1]:{opcua_port}/capper"
+        assert served.devices["capper"].endpoint == endpoint  # type: ignore[union-attr]
+        code, _, err = cli(
+            capsys, "write", "--cell", written, "filler.count=7", "capper.torque_Nm=2.5"
+        )
+        assert code == 0, err
+        assert cellctl_values(capsys, written)["filler.count"] == 7
+
+        async def third_party() -> tuple[list[int], object]:
+            modbus = AsyncModbusTcpClient("::1", port=modbus_port, timeout=1, retries=0)
+            assert await modbus.connect()
+            try:
+                regs = (await modbus.read_holding_registers(12, count=2, device_id=7)).registers
+            finally:
+                modbus.close()
+            async with Client(endpoint, timeout=2) as client:
+                torque = await client.get_node("ns=3;i=1001").read_value()
+            return regs, torque
+
+        regs, torque = asyncio.run(third_party())
+        assert regs == [7, 0]  # CDAB: the low word first
+        assert torque == 2.5
+        with socket.socket() as v4:  # ::1 only: nothing on 127.0.0.1
+            assert v4.connect_ex(("127.0.0.1", modbus_port)) != 0
+    out = "\n".join(printed)
+    assert f"[::1]:{modbus_port}" in out and endpoint in out
+
+
+@pytest.fixture
+def busy_cell(tmp_path: Path) -> Iterator[Path]:
+    """A cell whose only device is on a port already in use: any attempt to serve it exits 2."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cell = tmp_path / "cell.yaml"
+        cell.write_text(
+            f"cell: clash\ndevices:\n  plc: {{driver: modbus-tcp, host: 127.0.0.1, "
+            f"port: {busy.getsockname()[1]}}}\ntags:\n  plc.x: {{device: plc, address: 'hr:0'}}\n",
+            encoding="utf-8",
+        )
+        yield cell
+
+
+def test_sim_refuses_an_empty_host(capsys: pytest.CaptureFixture[str], busy_cell: Path) -> None:
+    code, _, err = cli(capsys, "sim", busy_cell, "--host", "")
+    assert code == 1
+    assert "--host ''" in err and "Traceback" not in err
+
+
+def _fifo(folder: Path, _cell: Path) -> Path:
+    os.mkfifo(folder / "pipe")
+    return folder / "pipe"
+
+
+def _char_device(folder: Path, _cell: Path) -> Path:
+    # A device node of our own (the same as /dev/null): a regression replaces it, not /dev/null.
+    try:
+        os.mknod(folder / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating a device node needs CAP_MKNOD")
+    return folder / "null"
+
+
+def _folder(folder: Path, _cell: Path) -> Path:
+    (folder / "sub").mkdir()
+    return folder / "sub"
+
+
+def _itself(_folder: Path, cell: Path) -> Path:
+    return cell
+
+
+def _symlink(folder: Path, cell: Path) -> Path:
+    (folder / "link.yaml").symlink_to(cell)
+    return folder / "link.yaml"
+
+
+def _hard_link(folder: Path, cell: Path) -> Path:
+    (folder / "hard.yaml").hardlink_to(cell)
+    return folder / "hard.yaml"
+
+
+def _other_path(folder: Path, cell: Path) -> Path:
+    (folder / "sub").mkdir()
+    return folder / "sub" / ".." / cell.name
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (_fifo, "is a named pipe (FIFO): name a regular file"),
+        (_char_device, "is a character device: name a regular file"),
+        (_folder, "is a folder: name a regular file"),
+        (_itself, "is the cell file being served"),
+        (_symlink, "is the cell file being served"),
+        (_hard_link, "is the cell file being served"),
+        (_other_path, "is the cell file being served"),
+    ],
+)
+def test_sim_refuses_to_write_the_cell_over_anything_but_another_regular_file(
+    capsys: pytest.CaptureFixture[str],
+    busy_cell: Path,
+    make: Callable[[Path, Path], Path],
+    says: str,
+) -> None:
+    source = busy_cell.read_bytes()
+    target = make(busy_cell.parent, busy_cell)
+    kind = stat.S_IFMT(os.lstat(target).st_mode)
+    code, _, err = cli(capsys, "sim", busy_cell, "--write-cell", target)
+    assert code == 1, err  # before any port opens: the busy port would have made it 2
+    assert err.startswith(f"error: --write-cell {target}: {says}"), err
+    assert stat.S_IFMT(os.lstat(target).st_mode) == kind
+    assert busy_cell.read_bytes() == source

@@ -90,6 +90,7 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         [
             expect(6, "op", "missing", "device ua", "user 'op' needs password_env"),
             expect(6, "op", "insecure-password", "device ua", "SignAndEncrypt", "clear text"),
+            expect(6, "op", "untrusted-server", "device ua", "server_cert", "trust_dir"),
         ],
     ),
     "bad-endpoint": (

@@ -96,7 +96,8 @@ def test_demo_points(demo: Cell) -> None:
         "robot.position", "ns=2;s=Robot.Position", DataType.FLOAT64
     )
     by_device = tags.points_by_device(demo)
-    assert [len(by_device[d]) for d in ("conveyor", "press", "robot", "inspection")] == [6, 6, 3, 4]
+    # The conveyor and the press each have a heartbeat tag beside their process tags.
+    assert [len(by_device[d]) for d in ("conveyor", "press", "robot", "inspection")] == [7, 7, 3, 4]
 
 
 def test_demo_methods(demo: Cell) -> None:

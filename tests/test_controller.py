@@ -341,8 +341,8 @@ async def test_lost_communication_holds_and_safe_state_tries_every_tag(bench: Be
     assert [(t.interlock, t.action) for t in tripped] == [("comm-loss:press", "hold")]
     assert "press" in tripped[0].message and tripped[0].message in bench.ctl.faults
     # Every tag has its result: the lost press is not waited for (its tags are recorded as
-    # not written, for later), the line's tags are written.
-    safe = bench.since(mark, SafeStateWritten)[-1]
+    # not written, for the keeper), the line's tags are written.
+    safe = next(e for e in bench.since(mark, SafeStateWritten) if e.reason == "Holding")
     errors = {r.tag: r.error for r in safe.results}
     assert list(errors) == list(SAFE)
     assert errors["line.run"] is None and errors["line.speed"] is None
@@ -350,6 +350,10 @@ async def test_lost_communication_holds_and_safe_state_tries_every_tag(bench: Be
     assert errors["press.heat"] is not None
     assert bench.writes("line") == [("line.run", False), ("line.speed", 0)]
     assert any("safe state press.go" in f for f in bench.ctl.faults)
+    # The keeper attempts the lost press too, and records that it failed.
+    await wait_until(lambda: len(bench.since(mark, SafeStateWritten)) >= 2)
+    tried = bench.since(mark, SafeStateWritten)[1]
+    assert [r.tag for r in tried.results] == ["press.go", "press.heat"] and not tried.ok
 
     with pytest.raises(CommandBlocked, match="comm-loss:press"):
         await bench.ctl.command(Command.UNHOLD)
@@ -1010,9 +1014,11 @@ async def test_a_device_back_while_holding_still_writes_the_rest_gets_its_safe_s
         await wait_until(lambda: not rig.ctl.interlocks.active)
         line.release.set()
         await rig.settle(State.HELD)
-        await wait_until(lambda: len(rig.since(mark, SafeStateWritten)) == 2)
+        await wait_until(lambda: rig.since(mark, SafeStateWritten)[-1].ok)
         assert_safe_state(rig, rig.writes())
-        holding, again = rig.since(mark, SafeStateWritten)
+        written = rig.since(mark, SafeStateWritten)
+        holding = next(e for e in written if e.reason == "Holding")
+        again = written[-1]
         assert holding.reason == "Holding" and [r.tag for r in holding.results] == list(SAFE)
         assert {r.tag for r in holding.results if r.error} == {"press.go", "press.heat"}
         assert "comm-loss:press cleared" in again.reason and again.ok

@@ -44,6 +44,7 @@ devices:
     security: Basic256Sha256_SignAndEncrypt
     cert: certs/client.der
     key: certs/client.pem
+    trust_dir: certs/trusted
     user: op
     password_env: CELLCTL_TEST_UA_PASSWORD
   mem: {driver: memory}
@@ -163,6 +164,7 @@ def test_opcua_config_reads_the_password_from_the_environment(
             key=str(tmp_path / "certs/client.pem"),
             user="op",
             password="s3cret",
+            trust_dir=str(tmp_path / "certs/trusted"),
         ),
     )
 

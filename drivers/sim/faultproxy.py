@@ -216,6 +216,15 @@ class FaultProxy:
         self.delay_mean = mean
         self.delay_jitter = jitter
 
+    def hold_next(self, delay: float) -> None:
+        """Deliver only the next server→client chunk `delay` s late (one late answer).
+
+        The chunks after it queue behind it, as bytes on one TCP stream do.
+        """
+        if delay < 0:
+            raise ValueError("delay must not be negative")
+        self.held = delay
+
     def fragment(self, pieces: int) -> None:
         """Cut each server→client chunk into this many pieces sent separately (1: off)."""
         if pieces < 1:
@@ -234,12 +243,14 @@ class FaultProxy:
         self.pieces = 1
         self.delay_mean = 0.0
         self.delay_jitter = 0.0
+        self.held = 0.0
 
     def next_delay(self) -> float:
         """The delay for the next server→client chunk."""
+        held, self.held = self.held, 0.0
         if self.delay_jitter == 0:
-            return self.delay_mean
-        return max(0.0, random.uniform(-1, 1) * self.delay_jitter + self.delay_mean)
+            return self.delay_mean + held
+        return max(0.0, random.uniform(-1, 1) * self.delay_jitter + self.delay_mean) + held
 
     # --- connections ----------------------------------------------------------------------
 

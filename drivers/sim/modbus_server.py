@@ -23,6 +23,7 @@ from drivers.errors import BadResponse
 from drivers.points import DataType, ModbusPoint, ModbusTable
 from drivers.sim.image import ProcessImage
 from drivers.sim.pty_bridge import PtyBridge
+from drivers.sim.server import url_host
 
 log = logging.getLogger("drivers.sim")
 
@@ -371,14 +372,19 @@ class ModbusSimServer(_ModbusSimBase):
         self._port = port
 
     @property
+    def host(self) -> str:
+        """The address it binds, as given (an IPv6 address without brackets)."""
+        return self._host
+
+    @property
     def port(self) -> int:
         """The TCP port; 0 until a server started with port 0 has bound one."""
         return self._port
 
     @property
     def endpoint(self) -> str:
-        """'host:port' as a Modbus TCP client connects to it."""
-        return f"{self._host}:{self._port}"
+        """'host:port' as a Modbus TCP client connects to it ('[::1]:502' for IPv6)."""
+        return f"{url_host(self._host)}:{self._port}"
 
     def _create_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
         return ModbusTcpServer(

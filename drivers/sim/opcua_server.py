@@ -36,6 +36,7 @@ from drivers.opcua_types import (
 from drivers.points import Access, MethodSpec, OpcuaPoint
 from drivers.sim.image import ProcessImage
 from drivers.sim.plant.base import MethodHandler
+from drivers.sim.server import url_host
 
 log = logging.getLogger("drivers.sim.opcua")
 
@@ -83,7 +84,7 @@ def _install_cache(private: Path, shelf: Path) -> None:
 
 
 class OpcuaSimServer:
-    """Serves one device's ProcessImage over OPC UA on 127.0.0.1; satisfies SimServer."""
+    """Serves one device's ProcessImage over OPC UA on `host` (127.0.0.1); satisfies SimServer."""
 
     def __init__(
         self,
@@ -122,7 +123,7 @@ class OpcuaSimServer:
     @property
     def endpoint(self) -> str:
         """The URL clients connect to, with the actual port once started."""
-        return f"opc.tcp://{self._host}:{self._port}{self._path}"
+        return f"opc.tcp://{url_host(self._host)}:{self._port}{self._path}"
 
     @property
     def port(self) -> int:

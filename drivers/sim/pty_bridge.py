@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import tty
+from collections import deque
 
 
 class PtyBridge:
@@ -23,6 +24,10 @@ class PtyBridge:
         self._slaves: tuple[int, int] | None = None
         self._paths: tuple[str, str] = ("", "")
         self._frozen = False
+        self._latency = 0.0
+        # Device→client chunks waiting for their delivery time, oldest first.
+        self._late: deque[tuple[float, bytes]] = deque()
+        self._flush: asyncio.TimerHandle | None = None
 
     @property
     def running(self) -> bool:
@@ -66,6 +71,10 @@ class PtyBridge:
             return
         for fd in self._masters:
             self._loop.remove_reader(fd)
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        self._late.clear()
         for fd in (*self._masters, *self._slaves):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -81,6 +90,12 @@ class PtyBridge:
         """True while the line drops every byte."""
         return self._frozen
 
+    def latency(self, seconds: float) -> None:
+        """Deliver what the device sends this much later (a slow device), keeping byte order."""
+        if seconds < 0:
+            raise ValueError("latency must not be negative")
+        self._latency = seconds
+
     def _copy(self, source: int, target: int) -> None:
         try:
             data = os.read(source, 4096)
@@ -91,6 +106,34 @@ class PtyBridge:
             return
         if self._frozen or not data:
             return
+        from_device = self._masters is not None and source == self._masters[0]
+        if from_device and self._loop is not None and (self._latency > 0 or self._late):
+            # Behind chunks still waiting, so a latency change never reorders the bytes.
+            due = self._loop.time() + self._latency
+            if self._late:
+                due = max(due, self._late[-1][0])
+            self._late.append((due, data))
+            self._schedule()
+            return
+        self._write(target, data)
+
+    def _schedule(self) -> None:
+        if self._flush is None and self._late and self._loop is not None:
+            self._flush = self._loop.call_at(self._late[0][0], self._deliver_late)
+
+    def _deliver_late(self) -> None:
+        self._flush = None
+        if self._masters is None or self._loop is None:
+            return
+        now = self._loop.time()
+        while self._late and self._late[0][0] <= now:
+            _due, data = self._late.popleft()
+            if not self._frozen:
+                self._write(self._masters[1], data)
+        self._schedule()
+
+    @staticmethod
+    def _write(target: int, data: bytes) -> None:
         # A full tty input queue means nobody reads that side: drop, like bytes on a dead line.
         with contextlib.suppress(BlockingIOError, InterruptedError):
             os.write(target, data)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import ClassVar
 
 from drivers.base import Value
 from drivers.points import DataType
 from drivers.sim.image import ProcessImage
+
+log = logging.getLogger("drivers.sim")
 
 
 class PlantError(Exception):
@@ -29,6 +33,17 @@ class SimClock:
 
 
 MethodHandler = Callable[..., Awaitable[Value | None]]
+
+
+@dataclass
+class _Watchdog:
+    """The device PLC's watch on the controller's heartbeat."""
+
+    tag: str
+    timeout: float  # real seconds
+    last: Value
+    quiet: float = 0.0  # real seconds since the value last changed
+    armed: bool = False  # a change was seen since the start or the last trip
 
 
 class PlantModel:
@@ -52,6 +67,7 @@ class PlantModel:
         self.image = image
         self.clock = clock
         self._tags = bind_signals(self.model, self.signals, image, signal_map or {})
+        self._watchdog: _Watchdog | None = None
 
     def get(self, signal: str) -> Value:
         """The current value of a signal."""
@@ -62,7 +78,59 @@ class PlantModel:
         self.image.set(self._tags[signal], value)
 
     def tick(self, dt: float) -> None:
-        """Advance the model by dt model seconds."""
+        """Advance by dt model seconds: the heartbeat watchdog, then the model's behaviour."""
+        self._watch(dt)
+        self.advance(dt)
+
+    def advance(self, dt: float) -> None:
+        """The model's behaviour over dt model seconds (subclasses)."""
+
+    def watch_heartbeat(self, tag: str, timeout: float) -> None:
+        """Play the device PLC's watchdog on the controller's heartbeat `tag`.
+
+        Armed by the first change of the value; when armed and the value has not changed for
+        `timeout` real seconds, `make_safe()` runs once and the watchdog waits for the next
+        change to arm again. Never armed, it never acts: writes by hand (`cellctl write`) with
+        no controller running are not overridden.
+        """
+        if tag not in self.image.points:
+            raise PlantError(
+                f"plant model {self.model!r}: heartbeat {tag!r} is not a tag of device "
+                f"{self.image.device!r}"
+            )
+        self._watchdog = _Watchdog(tag, timeout, self.image.get(tag))
+
+    @property
+    def heartbeat_armed(self) -> bool:
+        """True while the watchdog has seen the heartbeat change and not yet tripped."""
+        return self._watchdog is not None and self._watchdog.armed
+
+    def make_safe(self) -> None:
+        """What the device's PLC does when the heartbeat stops: outputs to their safe state.
+
+        It never starts motion. Models without outputs that move keep the default: nothing.
+        """
+
+    def _watch(self, dt: float) -> None:
+        watchdog = self._watchdog
+        if watchdog is None:
+            return
+        value = self.image.get(watchdog.tag)
+        if value != watchdog.last:
+            watchdog.last, watchdog.quiet, watchdog.armed = value, 0.0, True
+            return
+        # The runner's dt is model time measured on the loop's monotonic clock: real time is
+        # dt / speed, so the timeout holds whatever speed the simulators run at.
+        watchdog.quiet += dt / self.clock.speed
+        if watchdog.armed and watchdog.quiet >= watchdog.timeout:
+            watchdog.armed = False
+            log.warning(
+                "simulator %s: heartbeat %s unchanged for %g s: outputs to their safe state",
+                self.image.device,
+                watchdog.tag,
+                watchdog.timeout,
+            )
+            self.make_safe()
 
     def methods(self) -> dict[str, MethodHandler]:
         """Method handlers by browse name without namespace (e.g. 'Pick'), for OPC UA devices."""

@@ -40,7 +40,7 @@ class Conveyor(PlantModel):
         self._waited = 0.0  # model seconds the current part has waited at the station
         self.set("light_curtain_ok", True)
 
-    def tick(self, dt: float) -> None:
+    def advance(self, dt: float) -> None:
         """Move the belt by dt model seconds: parts arrive, and waiting ones are taken."""
         if self.get("part_at_station"):
             self._waited += dt
@@ -57,6 +57,11 @@ class Conveyor(PlantModel):
             self.set("part_at_station", True)
             # A 16-bit counter, wrapping like a device register.
             self.set("parts_delivered", (int(self.get("parts_delivered")) + 1) % 0x10000)
+
+    def make_safe(self) -> None:
+        """The controller's heartbeat stopped: the belt stops (run false, speed 0)."""
+        self.set("run", False)
+        self.set("speed_rpm", 0)
 
     def faults(self) -> dict[str, Callable[[bool], None]]:
         """'light-curtain' breaks the light curtain; 'fault' raises the fault bit."""

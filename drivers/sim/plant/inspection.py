@@ -41,7 +41,7 @@ class Inspection(PlantModel):
         self._last_trigger = False
         self._pending: float | None = None  # model seconds left of a triggered measurement
 
-    def tick(self, dt: float) -> None:
+    def advance(self, dt: float) -> None:
         """Advance a triggered measurement by dt model seconds."""
         trigger = bool(self.get("trigger"))
         rising = trigger and not self._last_trigger

@@ -48,7 +48,7 @@ class Press(PlantModel):
         self._held = 0.0  # model seconds the force has been held
         self._last_start = False
 
-    def tick(self, dt: float) -> None:
+    def advance(self, dt: float) -> None:
         """Advance the cycle by dt model seconds."""
         start = bool(self.get("cycle_start"))
         rising = start and not self._last_start
@@ -83,6 +83,13 @@ class Press(PlantModel):
         self._phase = _Phase.IDLE
         self.set("cycle_done", False)
         self.set("force_kN", 0.0)
+
+    def make_safe(self) -> None:
+        """The controller's heartbeat stopped: the press is released (cycle_start false) and a
+        cycle in progress is aborted; it waits for the next rising edge, as after a fault."""
+        self.set("cycle_start", False)
+        self._last_start = False
+        self._end_cycle()
 
     def faults(self) -> dict[str, Callable[[bool], None]]:
         """'fault' raises the fault bit: the cycle ends, force stays 0, no done."""

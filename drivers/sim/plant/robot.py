@@ -50,7 +50,7 @@ class Robot(PlantModel):
         self.set("busy", True)
         return True
 
-    def tick(self, dt: float) -> None:
+    def advance(self, dt: float) -> None:
         """Advance a move; a fault stops it where it stands."""
         if self._target is None:
             return

@@ -1,0 +1,210 @@
+"""The controller under faults, on memory drivers: a BAD value from a device that still answers,
+an Abort that arrives with a call's answer, a failing tag listener, a silent device found by
+the watchdog, and the safe state confirmed (read back) before a run may end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from cellctl.cell import cell_from_document
+from cellctl.connect import TagValue
+from cellctl.events import SafeStateWritten, StepStarted, Tripped
+from cellctl.interlocks import InterlockMonitor
+from cellctl.machine import Command, State
+from cellctl.tagio import TagIO
+from cellctl.yamlload import parse_yaml
+from drivers.base import Quality
+from drivers.config import MemoryConfig
+from drivers.errors import DeviceTimeout
+from drivers.memory import MemoryDriver
+from tests.support import wait_until
+from tests.test_controller import SAFE, Bench, assert_safe_state, opened, start
+
+
+@pytest.mark.asyncio
+async def test_a_bad_value_from_a_device_that_answers_holds_and_still_writes_its_safe_state() -> (
+    None
+):
+    async with opened(Bench()) as rig:
+        await rig.to_execute()
+        assert rig.drivers["press"].device_value("press.heat") is True
+        rig.forget_writes()
+        mark = len(rig.events)
+        rig.drivers["press"].set_bad("press.force", "strain gauge open circuit")
+        assert await rig.settle(State.HELD) is State.HELD
+        trips = rig.since(mark, Tripped)
+        assert [(t.interlock, t.action) for t in trips] == [("bad-value:press", "hold")]
+        assert "strain gauge open circuit" in trips[0].message
+        # The press still answers: its heater and ram get their safe state like the line's.
+        holding = next(e for e in rig.since(mark, SafeStateWritten) if e.reason == "Holding")
+        assert holding.ok and [r.tag for r in holding.results] == list(SAFE)
+        assert_safe_state(rig, rig.writes())
+        # A good value again clears it; Unhold resumes.
+        rig.drivers["press"].set_bad("press.force", None)
+        await wait_until(lambda: not rig.ctl.interlocks.active)
+        await rig.ctl.command(Command.UNHOLD)
+        await rig.settle(State.EXECUTE)
+
+
+ABORT_RACE = """\
+recipe: race
+version: 1
+steps:
+  - {id: pick, call: arm.pick, args: {slot: 1}, timeout: 5s}
+  - {id: after, set: {aux.lamp: true}}
+"""
+
+
+@pytest.mark.asyncio
+async def test_an_abort_that_arrives_with_the_calls_answer_lets_no_write_out() -> None:
+    async with opened(Bench(ABORT_RACE)) as rig:
+
+        async def pick(slot: int) -> bool:
+            # The press overloads and the robot answers in the same loop turn: the abort
+            # interlock trips on the press's value while the call's answer is on its way.
+            rig.device("press.force", 50.0)
+            return True
+
+        rig.drivers["arm"].register_method("Pick", pick)
+        await start(rig)
+        assert await rig.settle(State.ABORTED) is State.ABORTED
+        assert ("aux.lamp", True) not in rig.writes("aux")
+        assert rig.drivers["aux"].device_value("aux.lamp") is False
+        assert_safe_state(rig, rig.writes())
+        assert not any(e.step_id == "after" for e in rig.of(StepStarted))
+
+
+@pytest.mark.asyncio
+async def test_a_failing_tag_listener_is_comm_loss_and_the_others_still_hear() -> None:
+    async with opened(Bench()) as rig:
+        heard: list[object] = []
+
+        def broken(value: TagValue) -> None:
+            raise RuntimeError("listener bug")
+
+        rig.io.board.listen(["line.feed"], broken)
+        rig.io.board.listen(["line.feed"], lambda v: heard.append(v.value))
+        rig.device("line.feed", 7)
+        assert heard == [7]
+        assert "comm-loss:line" in rig.ctl.interlocks.active
+        assert "listener bug" in rig.ctl.interlocks.active["comm-loss:line"].message
+
+
+WATCHED = b"""\
+cell: watched
+devices:
+  plc: {driver: memory, poll: 20ms}
+tags:
+  plc.ok: {device: plc, type: bool}
+interlocks:
+  - {name: ok, when: "not plc.ok", action: hold}
+"""
+
+
+class Answering(MemoryDriver):
+    """A memory device that reports when it last answered, as network drivers do."""
+
+    def __init__(self, config: MemoryConfig) -> None:
+        super().__init__(config)
+        self.answered = time.monotonic()
+
+    @property
+    def answered_at(self) -> float | None:
+        """The last answer the test says the device gave."""
+        return self.answered
+
+
+@pytest.mark.asyncio
+async def test_the_watchdog_finds_a_device_that_stopped_answering_within_its_bound() -> None:
+    cell = cell_from_document(parse_yaml(WATCHED, "cell.yaml"))
+    plc = Answering(MemoryConfig("plc"))
+    plc.set_device_value("plc.ok", True)
+    io = TagIO(cell, {"plc": plc}, ["plc.ok"])
+    await io.connect()
+    io.watch()
+    trips: list[Tripped] = []
+    monitor = InterlockMonitor(
+        cell, io, on_trip=trips.append, on_clear=lambda n: None, comm_devices=[]
+    )
+    monitor.start()
+    try:
+        bound = 1.0 + 2 * 0.02  # the default timeout 1 s × (retries 0 + 1) + two polls
+        for _ in range(3):  # answering: never lost
+            plc.answered = time.monotonic()
+            await asyncio.sleep(bound / 3)
+        assert trips == []
+        await wait_until(lambda: bool(trips), within=bound * 3 + 1)
+        assert time.monotonic() - plc.answered >= bound  # silent for the bound, not less
+        assert trips[0].interlock == "comm-loss:plc" and "watchdog" in trips[0].message
+        # The board still holds a good value: only the watchdog could tell.
+        latest = io.board.latest("plc.ok")
+        assert latest is not None and latest.quality is not Quality.BAD
+    finally:
+        monitor.stop()
+        await io.close()
+
+
+@pytest.mark.asyncio
+async def test_confirm_waits_for_a_lost_device_and_names_what_stays_unconfirmed() -> None:
+    async with opened(Bench()) as rig:
+        await rig.to_execute()
+        rig.drivers["press"].fail(DeviceTimeout("press: no answer within 0.2 s"))
+        await rig.settle(State.HELD)
+        told: list[list[str]] = []
+        never = asyncio.Event()
+        began = time.monotonic()
+        left = await rig.ctl.confirm_safe_state(0.5, never, waiting=told.append)
+        assert time.monotonic() - began >= 0.5
+        assert told == [["press.go", "press.heat"]]
+        assert set(left) == {"press.go", "press.heat"}
+        assert "no answer" in left["press.go"]
+        # Given up at once by a signal: the same answer, without waiting the limit.
+        give_up = asyncio.Event()
+        give_up.set()
+        began = time.monotonic()
+        assert set(await rig.ctl.confirm_safe_state(60, give_up, waiting=told.append)) == {
+            "press.go",
+            "press.heat",
+        }
+        assert time.monotonic() - began < 5
+        # The press answers again: its whole safe state is written and read back.
+        rig.drivers["press"].fail(None)
+        assert await rig.ctl.confirm_safe_state(5, never, waiting=told.append) == {}
+        assert_safe_state(rig, [*rig.writes(), ("line.run", False), ("line.speed", 0)])
+
+
+@pytest.mark.asyncio
+async def test_confirm_reads_the_safe_state_back_and_writes_again_what_changed() -> None:
+    async with opened(Bench()) as rig:
+        await rig.to_execute()
+        await rig.ctl.command(Command.HOLD)
+        await rig.settle(State.HELD)
+        # A write that was under way lands after the safe state (a late frame on a bus).
+        rig.device("press.heat", True)
+        mark = len(rig.events)
+        told: list[list[str]] = []
+        assert await rig.ctl.confirm_safe_state(5, asyncio.Event(), waiting=told.append) == {}
+        assert told == [["press.heat"]]
+        assert rig.drivers["press"].device_value("press.heat") is False
+        again = rig.since(mark, SafeStateWritten)
+        assert again and again[-1].ok and "read back" in again[-1].reason
+
+
+@pytest.mark.asyncio
+async def test_nothing_to_confirm_after_a_batch_that_never_wrote_its_safe_state() -> None:
+    async with opened(Bench()) as rig:
+        await rig.to_execute()
+        # Held and unheld: the recipe decides the outputs again, restored ones included.
+        await rig.ctl.command(Command.HOLD)
+        await rig.settle(State.HELD)
+        await rig.ctl.command(Command.UNHOLD)
+        await rig.settle(State.EXECUTE)
+        rig.device("line.done", True)
+        await rig.settle(State.COMPLETE)
+        assert rig.drivers["line"].device_value("line.speed") == 100
+        told: list[list[str]] = []
+        assert await rig.ctl.confirm_safe_state(0, asyncio.Event(), waiting=told.append) == {}
+        assert told == []

@@ -1,0 +1,139 @@
+"""The heartbeat writer on memory drivers: a counter that wraps and a bit that toggles, written
+every period while entered; a device that fails is logged once per outage and never stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from cellctl.cell import Cell, cell_from_document
+from cellctl.heartbeat import Heartbeat, next_beat
+from cellctl.tagio import TagIO
+from cellctl.yamlload import parse_yaml
+from drivers.config import MemoryConfig
+from drivers.errors import NotConnected
+from drivers.memory import MemoryDriver
+from drivers.points import DataType
+from tests.support import wait_until
+
+CELL = """\
+cell: beats
+devices:
+  line: {driver: memory}
+  press: {driver: memory}
+tags:
+  line.life:  {device: line, type: uint16, access: rw}
+  line.run:   {device: line, type: bool, access: rw}
+  press.life: {device: press, type: bool, access: rw}
+heartbeat:
+  - {tag: line.life, period: 20ms, timeout: 200ms}
+  - {tag: press.life, period: 20ms, timeout: 200ms}
+"""
+
+
+class Rig:
+    """The cell on two memory devices, connected through a TagIO."""
+
+    def __init__(self) -> None:
+        self.cell: Cell = cell_from_document(parse_yaml(CELL.encode(), "cell.yaml"))
+        self.line = MemoryDriver(MemoryConfig("line"))
+        self.press = MemoryDriver(MemoryConfig("press"))
+        tags = ["line.life", "line.run", "press.life"]
+        self.io = TagIO(self.cell, {"line": self.line, "press": self.press}, tags)
+
+    def beats(self, driver: MemoryDriver, tag: str) -> list[object]:
+        """The values the writer confirmed on `tag`, in order."""
+        return [value for key, value in driver.writes if key == tag]
+
+
+@pytest_asyncio.fixture
+async def rig() -> AsyncIterator[Rig]:
+    bench = Rig()
+    await bench.io.connect()
+    yield bench
+    await bench.io.close()
+
+
+def test_next_beat_counts_wraps_and_toggles() -> None:
+    assert next_beat(DataType.UINT16, 7) == 8
+    assert next_beat(DataType.UINT16, 0xFFFF) == 0
+    assert next_beat(DataType.INT16, 0x7FFF) == -0x8000
+    assert next_beat(DataType.BOOL, False) is True
+    assert next_beat(DataType.BOOL, True) is False
+
+
+@pytest.mark.asyncio
+async def test_a_counter_from_the_device_value_wrapping_and_a_toggling_bit(rig: Rig) -> None:
+    rig.line.set_device_value("line.life", 0xFFFE)  # left there by an earlier controller
+    rig.press.set_device_value("press.life", True)
+    async with Heartbeat(rig.io, rig.cell.heartbeat):
+        await wait_until(lambda: len(rig.beats(rig.line, "line.life")) >= 4, 3.0, "4 beats")
+        await wait_until(lambda: len(rig.beats(rig.press, "press.life")) >= 4, 3.0, "4 bits")
+    assert rig.beats(rig.line, "line.life")[:4] == [0xFFFF, 0, 1, 2]
+    assert rig.beats(rig.press, "press.life")[:4] == [False, True, False, True]
+    # Only the heartbeat tags were written; the run tag is the recipe's.
+    assert {key for key, _ in rig.line.writes} == {"line.life"}
+
+
+@pytest.mark.asyncio
+async def test_beats_come_every_period_and_stop_with_the_writer(rig: Rig) -> None:
+    loop = asyncio.get_running_loop()
+    async with Heartbeat(rig.io, rig.cell.heartbeat[:1]):
+        await wait_until(lambda: len(rig.beats(rig.line, "line.life")) >= 1, 3.0, "a first beat")
+        started = loop.time()
+        await wait_until(lambda: len(rig.beats(rig.line, "line.life")) >= 11, 3.0, "10 more")
+        took = loop.time() - started
+    # 10 periods of 20 ms: never faster than the period (a scheduler stall only makes it late).
+    assert took >= 10 * 0.02 - 0.005, took
+    count = len(rig.beats(rig.line, "line.life"))
+    await asyncio.sleep(0.1)  # the scenario: five periods after the end, nothing more came
+    assert len(rig.beats(rig.line, "line.life")) == count
+
+
+@pytest.mark.asyncio
+async def test_an_outage_is_logged_once_never_stops_it_and_beats_resume_with_a_change(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cellctl.heartbeat")
+    async with Heartbeat(rig.io, rig.cell.heartbeat) as heartbeat:
+        await wait_until(lambda: len(rig.beats(rig.press, "press.life")) >= 2, 3.0, "two bits")
+        rig.press.fail(NotConnected("press: link down"))
+        await wait_until(lambda: "press.life" in heartbeat.failing, 3.0, "the outage seen")
+        failed_at = len(rig.beats(rig.line, "line.life"))
+        # Ten more periods of the other heartbeat: the press's outage did not stop it.
+        await wait_until(
+            lambda: len(rig.beats(rig.line, "line.life")) >= failed_at + 10, 3.0, "line beats"
+        )
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert "press.life" in warnings[0].getMessage()
+        assert "link down" in warnings[0].getMessage()
+        # While the link was down, the device side changed the bit: the next beat must still
+        # be a change, so the writer reads the device again after an outage.
+        held = rig.press.device_value("press.life")
+        rig.press.set_device_value("press.life", not held)
+        written = len(rig.beats(rig.press, "press.life"))
+        rig.press.fail(None)
+        await wait_until(
+            lambda: len(rig.beats(rig.press, "press.life")) > written, 3.0, "a beat again"
+        )
+        assert rig.beats(rig.press, "press.life")[written] is held  # != what the device held
+        assert heartbeat.failing == {}
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.INFO] == [
+        "heartbeat press.life written again"
+    ]
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+@pytest.mark.asyncio
+async def test_a_device_down_from_the_start_never_reaches_the_caller(rig: Rig) -> None:
+    rig.line.fail(NotConnected("line: link down"))
+    async with Heartbeat(rig.io, rig.cell.heartbeat) as heartbeat:
+        await wait_until(lambda: "line.life" in heartbeat.failing, 3.0, "the failure seen")
+        await wait_until(lambda: len(rig.beats(rig.press, "press.life")) >= 3, 3.0, "press beats")
+        assert "link down" in heartbeat.failing["line.life"]
+    assert rig.beats(rig.line, "line.life") == []

@@ -1,0 +1,62 @@
+"""CellSimulator.write_cell: the served copy of a cell file lands only on a regular file."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from cellctl.cell import load_cell
+from cellctl.simwiring import CellSimulator, SimulatorError
+
+CELL = (
+    "# the bench\ncell: bench\ndevices:\n  m: {driver: memory}\n"
+    "tags:\n  m.x: {device: m, type: int32, access: rw}\n"
+)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A cell file whose only device lives in-process: nothing is served, nothing opens."""
+    path = tmp_path / "cell.yaml"
+    path.write_text(CELL, encoding="utf-8")
+    return path
+
+
+def test_a_symlink_is_written_through_keeping_the_targets_mode(
+    source: Path, tmp_path: Path
+) -> None:
+    real = tmp_path / "real.yaml"
+    real.write_text("old\n", encoding="utf-8")
+    real.chmod(0o640)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(real)
+    CellSimulator(load_cell(source)).write_cell(source, link)
+    assert link.is_symlink()
+    assert real.read_text(encoding="utf-8") == CELL  # comments kept
+    assert stat.S_IMODE(real.stat().st_mode) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cell.yaml", "link.yaml", "real.yaml"]
+
+
+@pytest.mark.timeout(10)  # opening a FIFO to write blocks until somebody reads it
+def test_a_fifo_where_the_partial_file_would_go_is_never_opened(
+    source: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "served.yaml"
+    os.mkfifo(tmp_path / "served.yaml.part")
+    CellSimulator(load_cell(source)).write_cell(source, target)
+    assert target.read_text(encoding="utf-8") == CELL
+    assert stat.S_ISFIFO(os.stat(tmp_path / "served.yaml.part").st_mode)
+
+
+def test_the_source_itself_is_refused(source: Path) -> None:
+    with pytest.raises(SimulatorError, match="is the cell file being served"):
+        CellSimulator(load_cell(source)).write_cell(source, source)
+    assert source.read_text(encoding="utf-8") == CELL
+
+
+def test_an_empty_host_is_refused(source: Path) -> None:
+    with pytest.raises(SimulatorError, match="no address to serve on"):
+        CellSimulator(load_cell(source), host=" ")
