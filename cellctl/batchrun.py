@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -83,6 +84,9 @@ class Prepared:
     operator: Operator | None
     devices: list[str]
     tags: list[str]
+
+
+log = logging.getLogger("cellctl.batchrun")
 
 
 class SafeStateUnconfirmed(CellctlError):
@@ -291,9 +295,11 @@ class BatchRun:
             if options.interactive:
                 keys = TerminalKeys(sys.stdin.fileno())
                 keys.open()
-                extras.append(asyncio.ensure_future(self._keys(keys, operator)))
+                extras.append(self._supervised(self._keys(keys, operator), "the key reader"))
             if fault is not None and simulator is not None:
-                extras.append(asyncio.ensure_future(self._demo_fault(simulator, *fault)))
+                extras.append(
+                    self._supervised(self._demo_fault(simulator, *fault), "the demo's fault")
+                )
             if options.interactive:
                 with Live(
                     get_renderable=lambda: render(model),
@@ -350,6 +356,25 @@ class BatchRun:
         unconfirmed = await controller.confirm_safe_state(limit, give_up, waiting=waiting)
         why = f"given up on {signals[0]}" if signals else f"not within {format_duration(limit)}"
         return unconfirmed, why
+
+    def _supervised(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """A task of the run whose failure is logged and recorded, never unseen; the operator's
+        hands are then gone (a batch that waits for them in Held ends instead of hanging)."""
+        task = asyncio.ensure_future(work)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or task.exception() is None:
+                return
+            error = task.exception()
+            log.error("%s failed", what, exc_info=error)
+            self.keys_gone = True
+            self.demo_busy = False
+            if self.controller is not None:
+                self.controller.fault(f"{what} failed: {type(error).__name__}: {error}")
+                self.controller.wake_waiters()
+
+        task.add_done_callback(ended)
+        return task
 
     # -- the operator's hands ---------------------------------------------------------------
 

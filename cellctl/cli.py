@@ -299,7 +299,8 @@ async def _watch(cell: Cell, names: list[str], stop: asyncio.Event) -> None:
                 while not stop.is_set():
                     live.update(tag_table([latest[n] for n in names], cell.cell), refresh=True)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.25)
+                        async with asyncio.timeout(0.25):
+                            await stop.wait()
         finally:
             unsubscribe()
         if not out.is_terminal:

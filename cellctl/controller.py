@@ -135,7 +135,8 @@ class Controller:
         )
         self.faults: list[str] = []
         self.cause: str | None = None
-        self.started_at: float | None = None
+        self.started_at: float | None = None  # time.time(), for people and records
+        self._started_clock: float | None = None  # time.monotonic(), for the duration
         self._changed = asyncio.Event()
         self._work: asyncio.Task[None] | None = None
         self._run: asyncio.Task[None] | None = None
@@ -167,7 +168,7 @@ class Controller:
     def emit(self, event: Event) -> None:
         """Tell every listener and the log (executor events come through here too)."""
         if isinstance(event, StepEnded) and event.outcome is StepOutcome.FAILED:
-            self._fault(event.error or f"{event.label} failed")
+            self.fault(event.error or f"{event.label} failed")
         if not isinstance(event, WaitProgress) or event.met:  # unmet waits: too many to log
             fields = {k: v for k, v in asdict(event).items() if k != "at"}
             self.log.info(type(event).__name__, **fields)
@@ -189,14 +190,14 @@ class Controller:
 
     # -- the executor's host ---------------------------------------------------------------
 
-    def _fault(self, text: str) -> None:
+    def fault(self, text: str) -> None:
         """Record a fault for the batch's summary, once."""
         if text not in self.faults:
             self.faults.append(text)
 
     def step_failed(self, failure: StepFailure) -> None:
         """A step failed: hold (the operator chooses retry or skip) or abort, as on_error says."""
-        self._fault(failure.message)
+        self.fault(failure.message)
         command = Command.ABORT if failure.action == "abort" else Command.HOLD
         self.request(command, cause=failure.message)
 
@@ -208,7 +209,7 @@ class Controller:
 
     def _tripped(self, trip: Tripped) -> None:
         # Called inside a driver's callback: act synchronously on the executor, then schedule.
-        self._fault(trip.message)
+        self.fault(trip.message)
         self.emit(trip)
         if trip.action == "abort":
             self.executor.abort()  # no write or call after this, whatever the cancel does
@@ -279,7 +280,7 @@ class Controller:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
             self.log.error("a controller task failed", exc_info=error)
-            self._fault(f"internal error: {type(error).__name__}: {error}")
+            self.fault(f"internal error: {type(error).__name__}: {error}")
 
     async def command(
         self,
@@ -312,7 +313,7 @@ class Controller:
         except (IllegalCommand, CommandBlocked) as refused:
             blocked = isinstance(refused, CommandBlocked)
             if blocked:  # an interlock or a pending choice refused it, not a key pressed early
-                self._fault(f"{command} refused: {refused}")
+                self.fault(f"{command} refused: {refused}")
             self.emit(CommandRefused(command=command, reason=str(refused), blocked=blocked))
             raise
         # No await between the checks above and the change: nothing can move the state.
@@ -363,7 +364,7 @@ class Controller:
             raise
         except Exception as error:  # a bug of ours: record it, and make the cell safe
             self.log.error("the work of a state failed", state=str(state), exc_info=error)
-            self._fault(f"{state}: internal error: {error}")
+            self.fault(f"{state}: internal error: {error}")
             if self.state is not state:
                 return
             if state is not State.ABORTING:
@@ -384,7 +385,8 @@ class Controller:
         await self._end_safe_writers()
 
     async def _starting(self) -> None:
-        self.started_at = self.started_at or time.time()
+        if self.started_at is None:
+            self.started_at, self._started_clock = time.time(), time.monotonic()
 
     async def _executing(self) -> None:
         choice = self._take_choice()
@@ -403,7 +405,7 @@ class Controller:
             await asyncio.shield(self._run)
         except Exception as error:
             self.log.error("the executor failed", exc_info=error)
-            self._fault(f"executor: internal error: {error}")
+            self.fault(f"executor: internal error: {error}")
             if self.state is State.EXECUTE:
                 await self._apply(Command.ABORT, f"internal error: {error}")
             return
@@ -438,7 +440,7 @@ class Controller:
                 await self.io.write(tag, commanded[tag])
             except CellctlError as error:
                 message = f"Unholding: cannot restore {tag} = {commanded[tag]!r}: {error}"
-                self._fault(message)
+                self.fault(message)
                 self.emit(Notice(text=message, level="error"))
                 await self._apply(Command.STOP, message)
                 return
@@ -501,7 +503,7 @@ class Controller:
         # the executor is frozen or aborted, so nothing it does later reaches a device.
         await asyncio.wait({run}, timeout=END_RUN_WAIT)
         if not run.done():
-            self._fault(f"the executor did not end within {END_RUN_WAIT:g} s of its cancel")
+            self.fault(f"the executor did not end within {END_RUN_WAIT:g} s of its cancel")
             self.log.error("the executor did not end after its cancel", wait=END_RUN_WAIT)
         elif not run.cancelled() and run.exception() is not None:
             self.log.error("the executor failed", exc_info=run.exception())
@@ -546,7 +548,7 @@ class Controller:
                 self._keeper_errors.pop(result.tag, None)
             elif result.error is not None:
                 self._keeper_errors[result.tag] = result.error
-                self._fault(f"safe state {result.tag}: {result.error}")
+                self.fault(f"safe state {result.tag}: {result.error}")
         # A device with one failed write owes its whole safe state again.
         for tag, value in self.cell.safe_state.items():
             if self.cell.tags[tag].device in failed:
@@ -716,7 +718,7 @@ class Controller:
     async def run_batch(self, *, stop_when_held: Callable[[], bool]) -> BatchEnded:
         """Reset, Start, and wait for Complete, Stopped or Aborted, or for Held when
         `stop_when_held()` says nobody will Unhold; returns the BatchEnded event it emitted."""
-        begun = time.time()
+        begun = time.monotonic()
         try:
             if self._no_start is None:
                 await self.command(Command.RESET, cause="run")
@@ -732,7 +734,7 @@ class Controller:
         failed = self.state is not State.COMPLETE
         ended = BatchEnded(
             state=self.state,
-            duration=time.time() - (self.started_at or begun),
+            duration=time.monotonic() - (self._started_clock or begun),
             steps_done=self.executor.steps_done,
             faults=tuple(self.faults),
             cause=self.cause or (self._stop_cause if failed else None),

@@ -794,8 +794,8 @@ class ModbusDriver(TracksHealth):
         if task is not self._poller:
             return  # stopped by unsubscribe() or close()
         self._poller = None
-        if not self._subscriptions:
-            return
+        if not self._subscriptions or task.cancelling():
+            return  # cancelled from outside (the loop shutting down): not a failure
         error = None if task.cancelled() else task.exception()
         why = repr(error) if error is not None else "cancelled" if task.cancelled() else "ended"
         text = f"{self.name} ({self.endpoint}): polling stopped: {why}"
@@ -828,19 +828,21 @@ class ModbusDriver(TracksHealth):
             merged = list(dict.fromkeys(p for s in self._subscriptions for p in s.points))
             self._poll_plan = (merged, self._plan(merged))
         points, blocks = self._poll_plan
+        answered = True
         try:
             readings: dict[ModbusPoint, Reading] = {}
             for block in blocks:
                 readings.update(await self._read_block(block))
         except DriverError as err:
+            answered = False
             now = time.time()
             readings = {p: Reading(None, now, Quality.BAD, str(err)) for p in points}
-        else:
-            if self._poll_error is not None:
-                log.info("device %s: polling works again", self.name)
-                self._poll_error = None
-                self._update_health()
         self._deliver(readings)
+        if answered and self._poll_error is not None:
+            # Only a whole cycle without an exception shows the fault has gone.
+            log.info("device %s: polling works again", self.name)
+            self._poll_error = None
+            self._update_health()
 
     def _deliver(self, readings: dict[ModbusPoint, Reading]) -> None:
         for subscription in list(self._subscriptions):
@@ -863,7 +865,8 @@ def make_modbus_drivers(configs: Sequence[ModbusConfig]) -> dict[str, ModbusDriv
     """One driver per device; devices with the same bus_key share one ModbusBus.
 
     A shared bus uses the line settings of its first device and the largest timeout and
-    retries of its devices (pymodbus sets them per client, not per request).
+    retries of its devices (pymodbus sets the timeout per client, and one worst case per bus
+    bounds how long a request waits for the bus).
     """
     groups: dict[str, list[ModbusConfig]] = {}
     for config in configs:

@@ -529,7 +529,9 @@ class OpcuaDriver(TracksHealth):
                 # Not wait_for: on 3.11 it returns the result and drops a cancellation that
                 # races with the answer, and a cancelled background task would live on.
                 async with asyncio.timeout(timeout):
-                    return await call(client)
+                    result = await call(client)
+                self._tracker.answered()
+                return result
             except TimeoutError as err:
                 last = err
             except (ConnectionError, OSError) as err:
@@ -537,6 +539,7 @@ class OpcuaDriver(TracksHealth):
                     f"{self.name}: {what}: connection to {self.config.endpoint} failed: {err}"
                 ) from err
             except UaStatusCodeError as err:
+                self._tracker.answered()  # a Bad status is an answer all the same
                 name = status_name(status_code(err.code))
                 raise BadStatus(
                     f"{self.name}: {what}: {self.config.endpoint} answered {name}", name
