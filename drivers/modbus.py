@@ -86,6 +86,10 @@ class _Mismatch(Exception):
     """An answer that cannot be the answer to the request just sent (a failed try)."""
 
 
+class _LineBusy(Exception):
+    """A serial line did not stay quiet for a turnaround before the request's deadline."""
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
@@ -138,7 +142,10 @@ class Ask:
         elif fc in (5, 6):
             echo = response.bits[:1] if fc == 5 else response.registers[:1]
             if response.address != self.address or [int(v) for v in echo] != [self.values[0]]:
-                return f"an echo of {response.address} = {list(echo)}, expected {self.address}"
+                return (
+                    f"an echo of {response.address} = {[int(v) for v in echo]}, "
+                    f"expected {self.address} = {self.values[0]}"
+                )
         elif response.address != self.address or response.count != self.count:
             return f"an echo of {response.count} at {response.address}, expected {self.count}"
         return None
@@ -215,11 +222,12 @@ class ModbusBus:
                 f"{self.last_error or 'no connection'}"
             ) from err
 
-    async def request(self, what: str, call: Job[T], *, steps: int = 1, retry: bool = True) -> T:
+    async def request(self, what: str, call: Job[T], *, steps: int = 1) -> T:
         """Run `call` (`steps` exchanges) alone on the bus; `what` names device and request.
 
         A try that gets no answer, or one that does not match its request, is tried again
-        (fresh requests) up to limits.retries times when `retry`; the tries share one budget
+        (fresh requests) up to limits.retries times, so a job must be safe to run again (the
+        driver's are: reads, absolute writes, a read-modify-write); the tries share one budget
         of `steps` worst cases, where worst case is timeout × (retries + 1), and each exchange
         waits at most `timeout` (a serial line's turnaround after a failed try comes out of
         the budget, so the last try may wait less).
@@ -246,7 +254,7 @@ class ModbusBus:
         try:
             client = self._check_connected(what)
             budget = steps * worst
-            tries = self._tries(client, call, budget, retry)
+            tries = self._tries(client, call, budget)
             task = loop.create_task(tries, name=f"modbus {what}")
         except BaseException:
             self.lock.release()
@@ -304,11 +312,11 @@ class ModbusBus:
             raise _Mismatch(problem)
         return response
 
-    async def _tries(self, client: ModbusBaseClient, call: Job[T], budget: float, retry: bool) -> T:
+    async def _tries(self, client: ModbusBaseClient, call: Job[T], budget: float) -> T:
         """Run the job, again after a try without a (matching) answer, within the budget."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
-        tries = self.limits.retries + 1 if retry else 1
+        tries = self.limits.retries + 1
         failed: ModbusIOException | _Mismatch | None = None
         for _ in range(tries):
             try:
@@ -449,10 +457,6 @@ class ModbusBus:
             await self._down.wait()
             self._up.clear()
             self._notify(False, self.last_error)
-
-
-class _LineBusy(Exception):
-    """A serial line did not stay quiet for a turnaround before the request's deadline."""
 
 
 def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:

@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from cellctl.cell import Cell, ModbusRtuDevice, load_cell
 from hil_tests.run_support import DEMO_CELL, PRESS_FIT, ConveyorOutputs, read_conveyor
 from hil_tests.support import LoopThread, free_port, wait_until
+from hil_tests.test_run_faults import Lines
 from tests.support import cli
 
 #: The demo cell's heartbeat timeout (both devices), and the bound the issue sets.
@@ -101,49 +101,36 @@ async def read_press(cell: Cell) -> PressOutputs:
         force = await client.read_input_registers(0, count=2, device_id=device.unit)
         assert not (start.isError() or done.isError() or force.isError()), (start, done, force)
         kn = client.convert_from_registers(force.registers, client.DATATYPE.FLOAT32)
-        return PressOutputs(bool(start.bits[0]), bool(done.bits[0]), float(kn))  # type: ignore[arg-type]
+        return PressOutputs(bool(start.bits[0]), bool(done.bits[0]), float(kn))
     finally:
         client.close()
 
 
-class Lines:
-    """A child's stdout, collected line by line in a thread."""
-
-    def __init__(self, child: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        assert child.stdout is not None
-        stream = child.stdout
-        self._thread = threading.Thread(target=lambda: self.lines.extend(stream), daemon=True)
-        self._thread.start()
-
-    def has(self, text: str) -> bool:
-        return any(text in line for line in list(self.lines))
-
-
-def safe_within(cell: Cell, seconds: float) -> tuple[float, ConveyorOutputs, PressOutputs]:
+def safe_within(
+    cell: Cell, since: float, seconds: float
+) -> tuple[float, ConveyorOutputs, PressOutputs]:
     """Poll both devices until the conveyor stands and the press is released, or `seconds`
-    pass; (seconds it took, the last outputs seen)."""
-    started = time.monotonic()
+    pass after the monotonic time `since`; (seconds since then, the last outputs seen)."""
 
     async def poll() -> tuple[ConveyorOutputs, PressOutputs]:
         while True:
-            late = time.monotonic() - started > seconds
+            late = time.monotonic() - since > seconds
             conveyor = await read_conveyor(cell)
             try:
                 press = await read_press(cell)
             except Exception:
                 # The killed controller may have left half a request on the line: the press
-                # answers it, and the next read starts clean.
+                # answers it, and a later read starts clean.
                 if late:
                     raise
-                continue
-            stopped = conveyor == ConveyorOutputs(run=False, speed_rpm=0)
-            if (stopped and not press.cycle_start) or late:
-                return conveyor, press
+            else:
+                stopped = conveyor == ConveyorOutputs(run=False, speed_rpm=0)
+                if (stopped and not press.cycle_start) or late:
+                    return conveyor, press
             await asyncio.sleep(0.05)  # a poll interval; the deadline rules
 
     conveyor, press = asyncio.run(poll())
-    return time.monotonic() - started, conveyor, press
+    return time.monotonic() - since, conveyor, press
 
 
 def test_a_controller_killed_mid_batch_leaves_the_cell_safe(served: Path, tmp_path: Path) -> None:
@@ -159,28 +146,30 @@ def test_a_controller_killed_mid_batch_leaves_the_cell_safe(served: Path, tmp_pa
     try:
         out = Lines(run)
         # The conveyor runs (our own client sees it), and the press has confirmed cycle_start.
-        wait_until(
-            lambda: out.has("wrote press.cycle_start = true") or run.poll() is not None,
+        out.wait_for(
+            lambda line: "wrote press.cycle_start = true" in line or run.poll() is not None,
             30,
             "a press cycle to start",
         )
-        assert run.poll() is None, "".join(out.lines)
+        assert run.poll() is None, "\n".join(out.lines)
         assert asyncio.run(read_conveyor(cell)) == ConveyorOutputs(run=True, speed_rpm=1200)
         run.kill()  # SIGKILL: no cleanup, no safe state written; the controller is gone
+        killed = time.monotonic()
         run.wait(timeout=10)
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
     assert run.returncode == -signal.SIGKILL
-    assert not out.has("wrote press.cycle_start = false"), "".join(out.lines)  # still started
-    took, conveyor, press = safe_within(cell, WITHIN)
+    lines = out.rest(10)
+    assert not [line for line in lines if "wrote press.cycle_start = false" in line], lines
+    took, conveyor, press = safe_within(cell, killed, WITHIN)
     assert conveyor == ConveyorOutputs(run=False, speed_rpm=0), (took, conveyor)
     assert press.cycle_start is False, (took, press)
     # The cycle in progress was aborted (or, had it just ended, reset): no force, no done.
     assert (press.force_kN, press.cycle_done) == (0.0, False), (took, press)
     assert took <= WITHIN, took
-    assert re.search(r"wrote conveyor\.run = true", "".join(out.lines))
+    assert [line for line in lines if "wrote conveyor.run = true" in line], lines
 
 
 # --- cellctl check --------------------------------------------------------------------------
