@@ -233,11 +233,14 @@ class BatchRun:
     async def _run_connected(self, io: TagIO, simulator: CellSimulator | None) -> int:
         prepared, options = self.prepared, self.options
         loaded = prepared.loaded
+        # The heartbeat is the controller's own life sign, not a process value: not shown.
+        beats = set(heartbeat_tags(loaded.cell))
+        shown = [t for t in prepared.tags if t not in beats]
         self.model = model = RunModel(
             loaded.recipe,
             loaded.identity,
             loaded.cell.cell,
-            lambda: [v for t in prepared.tags if (v := io.board.latest(t)) is not None],
+            lambda: [v for t in shown if (v := io.board.latest(t)) is not None],
             parameters=prepared.parameters,
         )
         operator: Operator
