@@ -7,7 +7,7 @@ left (Abort during Holding: Aborting writes the whole safe state again). The exe
 own task, started on the first Execute, paused by Hold/Suspend/Stop and cancelled by Abort and
 after Stop.
 
-What Holding does, where the issue is silent: the executor stops taking steps at once (no new
+What Holding does: the executor stops taking steps at once (no new
 write or call starts), the safe state is written, and Held is reached once the write or call in
 flight has ended.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
@@ -67,10 +68,6 @@ log = structlog.get_logger("cellctl.controller")
 
 #: States in which a batch has ended for good.
 END_STATES = frozenset({State.COMPLETE, State.STOPPED, State.ABORTED})
-#: States in which the cell must stay in its safe state (what failed is written again).
-SAFE_STATES = frozenset(
-    {State.HOLDING, State.HELD, State.STOPPING, State.STOPPED, State.ABORTING, State.ABORTED}
-)
 #: Seconds closing waits for the safe state and queued commands before it cancels them.
 CLOSE_WAIT = 30.0
 #: Seconds Stopping waits for a write or call in flight before it cancels it.
@@ -80,6 +77,17 @@ STOP_WAIT = 30.0
 END_RUN_WAIT = 10.0
 #: Seconds between two attempts at a device's safe state that is still due.
 SAFE_RETRY = 1.0
+
+
+def _holds(read: Value, wanted: Value) -> bool:
+    """True when a value read back is the safe value written: numbers as the device stores
+    them (a float32 0.1 reads back 0.10000000149, a scaled 0 as 0.0), others exactly."""
+    numbers = (int, float)
+    if isinstance(read, bool) or isinstance(wanted, bool):
+        return read is wanted or (type(read) is type(wanted) and read == wanted)
+    if isinstance(read, numbers) and isinstance(wanted, numbers):
+        return math.isclose(read, wanted, rel_tol=1e-6, abs_tol=1e-9)
+    return same_value(read, wanted)
 
 
 class CommandBlocked(CellctlError):
@@ -236,7 +244,10 @@ class Controller:
         if self.machine.is_legal(command):
             await self._apply(command, trip.message)
             return
-        if self.state not in (State.STOPPING, State.ABORTING, State.HOLDING):
+        # Holding or Stopping may still wait for a step boundary or a call in flight before
+        # they write: a trip does not wait (the executor is frozen already). Aborting has its
+        # own write under way, the executor ended first.
+        if self.state is not State.ABORTING:
             self._safe_state_later(f"interlock {trip.interlock} in {self.state}")
 
     # -- commands -----------------------------------------------------------------------------
@@ -385,6 +396,7 @@ class Controller:
         await self._end_safe_writers()
 
     async def _starting(self) -> None:
+        await self._end_safe_writers()  # a trip's safe state before Start: the recipe decides
         if self.started_at is None:
             self.started_at, self._started_clock = time.time(), time.monotonic()
 
@@ -485,22 +497,34 @@ class Controller:
 
     async def _end_safe_writers(self) -> None:
         """The recipe decides the outputs again: no late safe-state write may follow."""
-        writers = [t for t in self._safe_writers if not t.done()]
-        for writer in writers:
-            writer.cancel()
-        if writers:
-            await asyncio.wait(writers)
-        self._safe_pending.clear()
+        # Nothing due first, so that no health change or clear starts the keeper meanwhile;
+        # then every writer, also one started while waiting for the others, is ended.
+        deadline = asyncio.get_running_loop().time() + END_RUN_WAIT
+        while True:
+            self._safe_pending.clear()
+            writers = [t for t in self._safe_writers if not t.done()]
+            if not writers:
+                break
+            for writer in writers:
+                writer.cancel()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                self.fault("a safe-state write did not end after its cancel")
+                self.log.error("a safe-state write did not end after its cancel")
+                break
+            await asyncio.wait(writers, timeout=remaining)
         self._keeper_errors.clear()
-        self._safe_asked = False  # the recipe decides the outputs again
+        self._keeper_reason = ""
+        self._safe_asked = False
 
     async def _end_run(self) -> None:
         run = self._run
         if run is None:
             return
+        self.executor.freeze()  # whatever the cancel does, no write or call starts now
         run.cancel()
         # asyncio.wait, not await: a cancel aimed at this task must still reach it. Bounded:
-        # the executor is frozen or aborted, so nothing it does later reaches a device.
+        # the executor is frozen, so nothing it does later reaches a device.
         await asyncio.wait({run}, timeout=END_RUN_WAIT)
         if not run.done():
             self.fault(f"the executor did not end within {END_RUN_WAIT:g} s of its cancel")
@@ -547,8 +571,9 @@ class Controller:
                 self._safe_pending.pop(result.tag, None)
                 self._keeper_errors.pop(result.tag, None)
             elif result.error is not None:
+                if result.tag not in self._keeper_errors:  # once per tag until it is written
+                    self.fault(f"safe state {result.tag}: {result.error}")
                 self._keeper_errors[result.tag] = result.error
-                self.fault(f"safe state {result.tag}: {result.error}")
         # A device with one failed write owes its whole safe state again.
         for tag, value in self.cell.safe_state.items():
             if self.cell.tags[tag].device in failed:
@@ -578,7 +603,7 @@ class Controller:
             self._keeper_wake.clear()
             devices = {self.cell.tags[t].device for t in self._safe_pending}
             tags = [t for t in self.cell.safe_state if self.cell.tags[t].device in devices]
-            reason = self._keeper_reason or "written again"
+            reason, self._keeper_reason = self._keeper_reason or "written again", ""
             written = await self._write_safe_state(reason, tags, attempt_lost=True)
             failed = {r.tag for r in written.results if r.error is not None}
             if not failed or failed != reported:
@@ -600,27 +625,36 @@ class Controller:
         if not self._safe_asked or not self.cell.safe_state:
             return {}
         told = False
-        unconfirmed: dict[str, str] = {}
+        # Until a read-back shows otherwise, nothing is confirmed.
+        unconfirmed = {t: "not read back yet" for t in self.cell.safe_state}
 
         async def settle() -> None:
             nonlocal told, unconfirmed
             while True:
                 self._safe_changed.clear()
-                if not self._safe_pending:
-                    unconfirmed = await self._read_back()
-                    if not unconfirmed:
-                        return
-                    for tag in unconfirmed:
-                        self._safe_pending[tag] = self.cell.safe_state[tag]
-                    self._kick_keeper("read back other than written, written again")
-                else:
+                if self._safe_pending:
                     unconfirmed = {
                         t: self._keeper_errors.get(t, "not written yet") for t in self._safe_pending
                     }
-                if not told:
-                    told = True
-                    waiting(list(unconfirmed))
-                await self._safe_changed.wait()
+                    tell()
+                    await self._safe_changed.wait()
+                    continue
+                unconfirmed = await self._read_back()
+                if not unconfirmed:
+                    return
+                for tag in unconfirmed:
+                    self._safe_pending[tag] = self.cell.safe_state[tag]
+                self._kick_keeper("read back other than written, written again")
+                tell()
+                # Read back again only after a retry period: a device that changes the value
+                # on its own must not be written as fast as the bus allows.
+                await asyncio.sleep(SAFE_RETRY)
+
+        def tell() -> None:
+            nonlocal told
+            if not told:
+                told = True
+                waiting(list(unconfirmed))
 
         settling = asyncio.ensure_future(settle())
         gave_up = asyncio.ensure_future(give_up.wait())
@@ -647,7 +681,7 @@ class Controller:
             value, wanted = read[tag], self.cell.safe_state[tag]
             if value.quality is Quality.BAD or value.value is None:
                 wrong[tag] = value.error or "no value read back"
-            elif not same_value(value.value, wanted):
+            elif not _holds(value.value, wanted):
                 wrong[tag] = f"reads back {value.value!r}, not {wanted!r}"
         return wrong
 
@@ -671,11 +705,13 @@ class Controller:
         if self._keeper is not None:
             self._keeper.cancel()  # the run has stopped waiting for the safe state
         await self._drain()
-        for task in [self._work, self._run, *self._tasks]:
-            if task is not None and not task.done():
+        # A writer drained above may have started the keeper again: it goes too.
+        tasks = [t for t in (self._work, self._run, self._keeper, *self._tasks) if t is not None]
+        for task in tasks:
+            if not task.done():
                 task.cancel()
-        tasks = [t for t in (self._work, self._run, *self._tasks) if t is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_WAIT)
 
     async def _drain(self) -> None:
         """Wait (at most CLOSE_WAIT s) for queued commands, safe-state writes and the work of

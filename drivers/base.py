@@ -101,5 +101,5 @@ class Driver(Protocol):
 
     @property
     def answered_at(self) -> float | None:
-        """time.monotonic() of the device's last answer; None when the driver cannot tell."""
+        """time.monotonic() of the last poll cycle or keep-alive answered; None: cannot tell."""
         ...

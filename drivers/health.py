@@ -21,12 +21,13 @@ class HealthTracker:
         self.device = device
         self._health = Health()
         self._listeners: list[HealthCallback] = []
-        #: time.monotonic() of the device's last answer (None before the first): a watchdog
-        #: outside the driver tells a poller or keep-alive that stopped from a quiet device.
+        #: time.monotonic() of the last poll cycle or keep-alive the device answered (None
+        #: before the first): a watchdog outside the driver finds a poller or keep-alive that
+        #: stopped, which no other request may hide.
         self.answered_at: float | None = None
 
     def answered(self) -> None:
-        """The device answered a request (a poll, a keep-alive, a write, a notification)."""
+        """A poll cycle or keep-alive of the driver's own was answered."""
         self.answered_at = time.monotonic()
 
     @property
@@ -125,5 +126,5 @@ class TracksHealth:
 
     @property
     def answered_at(self) -> float | None:
-        """time.monotonic() of the device's last answer; None when the driver cannot tell."""
+        """time.monotonic() of the last poll cycle or keep-alive answered; None: cannot tell."""
         return self._tracker.answered_at

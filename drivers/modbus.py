@@ -690,7 +690,6 @@ class ModbusDriver(TracksHealth):
             self._update_health(str(err))
             raise
         # Any answer, an exception answer too, shows the device is talking to us.
-        self._tracker.answered()
         self._failures = 0
         self._update_health()
         return response
@@ -842,6 +841,10 @@ class ModbusDriver(TracksHealth):
             now = time.time()
             readings = {p: Reading(None, now, Quality.BAD, str(err)) for p in points}
         self._deliver(readings)
+        if answered:
+            # A whole cycle answered and delivered: what the controller's watchdog looks for
+            # (only the poller's own cycles, so other requests cannot hide a stalled poller).
+            self._tracker.answered()
         if answered and self._poll_error is not None:
             # Only a whole cycle without an exception shows the fault has gone.
             log.info("device %s: polling works again", self.name)

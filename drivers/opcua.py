@@ -398,6 +398,9 @@ class OpcuaDriver(TracksHealth):
                 return
             except DriverError:
                 pass  # an answer, even a bad one, proves the server is there
+            # What the controller's watchdog looks for: only the keep-alive's own answers, so
+            # other requests cannot hide a keep-alive that stopped.
+            self._tracker.answered()
 
     def _set_lost(self, cause: str) -> None:
         """Health LOST; on the transition every subscriber hears BAD for each point it watches."""
@@ -529,9 +532,7 @@ class OpcuaDriver(TracksHealth):
                 # Not wait_for: on 3.11 it returns the result and drops a cancellation that
                 # races with the answer, and a cancelled background task would live on.
                 async with asyncio.timeout(timeout):
-                    result = await call(client)
-                self._tracker.answered()
-                return result
+                    return await call(client)
             except TimeoutError as err:
                 last = err
             except (ConnectionError, OSError) as err:
@@ -539,7 +540,6 @@ class OpcuaDriver(TracksHealth):
                     f"{self.name}: {what}: connection to {self.config.endpoint} failed: {err}"
                 ) from err
             except UaStatusCodeError as err:
-                self._tracker.answered()  # a Bad status is an answer all the same
                 name = status_name(status_code(err.code))
                 raise BadStatus(
                     f"{self.name}: {what}: {self.config.endpoint} answered {name}", name

@@ -105,8 +105,10 @@ ENDED = {"hold": State.HELD, "stop": State.STOPPED, "abort": State.ABORTED}
 class Bench:
     """A memory cell with interlocks and a safe state, its drivers, and a controller."""
 
-    def __init__(self, recipe_text: str = RECIPE, line: MemoryDriver | None = None) -> None:
-        self.cell: Cell = cell_from_document(parse_yaml(CELL, "cell.yaml"))
+    def __init__(
+        self, recipe_text: str = RECIPE, line: MemoryDriver | None = None, cell: bytes = CELL
+    ) -> None:
+        self.cell: Cell = cell_from_document(parse_yaml(cell, "cell.yaml"))
         self.drivers = {d: MemoryDriver(MemoryConfig(d)) for d in ("line", "press", "aux", "arm")}
         if line is not None:
             self.drivers["line"] = line  # a line device of the test's own (a gated one)

@@ -11,17 +11,27 @@ import pytest
 
 from cellctl.cell import cell_from_document
 from cellctl.connect import TagValue
-from cellctl.events import SafeStateWritten, StepStarted, Tripped
+from cellctl.controller import SAFE_RETRY
+from cellctl.events import SafeStateWritten, StepStarted, Tripped, WaitProgress
 from cellctl.interlocks import InterlockMonitor
 from cellctl.machine import Command, State
 from cellctl.tagio import TagIO
 from cellctl.yamlload import parse_yaml
-from drivers.base import Quality
+from drivers.base import Quality, Value
 from drivers.config import MemoryConfig
-from drivers.errors import DeviceTimeout
+from drivers.errors import DeviceTimeout, WriteRejected
 from drivers.memory import MemoryDriver
+from drivers.points import Point
 from tests.support import wait_until
-from tests.test_controller import SAFE, Bench, assert_safe_state, opened, start
+from tests.test_controller import (
+    CELL,
+    SAFE,
+    SLOW_CALL,
+    Bench,
+    assert_safe_state,
+    opened,
+    start,
+)
 
 
 @pytest.mark.asyncio
@@ -208,3 +218,104 @@ async def test_nothing_to_confirm_after_a_batch_that_never_wrote_its_safe_state(
         told: list[list[str]] = []
         assert await rig.ctl.confirm_safe_state(0, asyncio.Event(), waiting=told.append) == {}
         assert told == []
+
+
+@pytest.mark.asyncio
+async def test_nothing_is_confirmed_before_it_is_read_back() -> None:
+    async with opened(Bench()) as rig:
+        await rig.to_execute()
+        await rig.ctl.command(Command.HOLD)
+        await rig.settle(State.HELD)
+        # No time to read anything back: every tag is unconfirmed, none taken for granted.
+        left = await rig.ctl.confirm_safe_state(0, asyncio.Event(), waiting=lambda tags: None)
+        assert set(left) == set(SAFE)
+        assert await rig.ctl.confirm_safe_state(5, asyncio.Event(), waiting=lambda t: None) == {}
+
+
+# The press's setpoint is a float32 and its ram position a scaled register: what they read
+# back is what the device stores (0.1 as 0.10000000149, 0 as 0.0), which is still safe.
+STORED = CELL.replace(
+    b"  aux.lamp:    {device: aux, type: bool, access: rw}\n",
+    b"  aux.lamp:    {device: aux, type: bool, access: rw}\n"
+    b"  press.set:   {device: press, type: float32, access: rw}\n"
+    b"  press.ram:   {device: press, type: int16, access: rw, scale: 0.5}\n",
+).replace(b"  press.heat: false\n", b"  press.heat: false\n  press.set: 0.1\n  press.ram: 0\n")
+
+
+@pytest.mark.asyncio
+async def test_a_safe_value_reads_back_as_the_device_stores_it() -> None:
+    async with opened(Bench(cell=STORED)) as rig:
+        await rig.to_execute()
+        await rig.ctl.command(Command.HOLD)
+        await rig.settle(State.HELD)
+        mark = len(rig.events)
+        told: list[list[str]] = []
+        assert await rig.ctl.confirm_safe_state(5, asyncio.Event(), waiting=told.append) == {}
+        assert told == [] and rig.since(mark, SafeStateWritten) == []
+
+
+@pytest.mark.asyncio
+async def test_a_trip_during_a_stop_that_waits_for_a_call_writes_the_safe_state_at_once() -> None:
+    rig = Bench(SLOW_CALL)
+    release = asyncio.Event()
+
+    async def pick(slot: int) -> bool:
+        rig.calls.append(slot)
+        await release.wait()
+        return True
+
+    rig.drivers["arm"].register_method("Pick", pick)
+    async with opened(rig):
+        await start(rig)
+        await wait_until(lambda: rig.calls == [1])
+        assert rig.drivers["line"].device_value("line.run") is True
+        await rig.ctl.command(Command.STOP)  # Stopping lets the call in flight finish
+        await wait_until(lambda: rig.ctl.state is State.STOPPING)
+        rig.device("safety.ok", False)  # the light curtain breaks meanwhile: no waiting now
+        await wait_until(lambda: bool(rig.of(SafeStateWritten)))
+        assert rig.calls == [1]  # the call has not returned
+        assert rig.drivers["line"].device_value("line.run") is False
+        release.set()
+        assert await rig.settle(State.STOPPED) is State.STOPPED
+        assert_safe_state(rig, rig.writes())
+
+
+class Refusing(MemoryDriver):
+    """A press that refuses writes of one value to one tag while `refusing` (device busy)."""
+
+    def __init__(self, config: MemoryConfig, tag: str, value: Value) -> None:
+        super().__init__(config)
+        self.tag, self.value = tag, value
+        self.refusing = False
+
+    async def write(self, point: Point, value: Value) -> None:
+        """Write, unless refusing this very write."""
+        if self.refusing and point.name == self.tag and value == self.value:
+            raise WriteRejected(f"{self.name} {self.tag}: device busy")
+        await super().write(point, value)
+
+
+@pytest.mark.asyncio
+async def test_a_safe_state_still_due_before_start_never_lands_in_the_batch() -> None:
+    rig = Bench()
+    press = Refusing(MemoryConfig("press"), "press.heat", False)
+    press.set_device_value("press.force", 10.0)
+    rig.drivers["press"] = press
+    rig.io.drivers["press"] = press
+    async with opened(rig):
+        await rig.ctl.command(Command.RESET)
+        await rig.settle(State.IDLE)
+        press.refusing = True
+        rig.device("safety.ok", False)  # a trip in Idle: press.heat's safe write is refused
+        await wait_until(lambda: any(not e.ok for e in rig.of(SafeStateWritten)))
+        rig.device("safety.ok", True)
+        await wait_until(lambda: not rig.ctl.interlocks.active)
+        # Started while the press's safe state is still due: the recipe owns the outputs now.
+        await rig.ctl.command(Command.START)
+        await wait_until(lambda: any(e.step_id == "finish" for e in rig.of(WaitProgress)))
+        press.refusing = False
+        rig.forget_writes()
+        await asyncio.sleep(SAFE_RETRY * 2)  # two retry periods: a keeper would have written
+        assert rig.writes() == []
+        assert press.device_value("press.heat") is True
+        assert press.device_value("press.go") is True
