@@ -298,10 +298,14 @@ class BatchRun:
             if options.interactive:
                 keys = TerminalKeys(sys.stdin.fileno())
                 keys.open()
-                extras.append(self._supervised(self._keys(keys, operator), "the key reader"))
+                extras.append(
+                    self._supervised(self._keys(keys, operator), "the key reader", self._no_keys)
+                )
             if fault is not None and simulator is not None:
                 extras.append(
-                    self._supervised(self._demo_fault(simulator, *fault), "the demo's fault")
+                    self._supervised(
+                        self._demo_fault(simulator, *fault), "the demo's fault", self._no_demo
+                    )
                 )
             if options.interactive:
                 with Live(
@@ -313,14 +317,14 @@ class BatchRun:
                     ended = await batch()
             else:
                 ended = await batch()
+            # The batch has ended: no key may command it while its safe state is confirmed.
+            await _cancelled(extras)
             unconfirmed, why = await self._confirm_safe_state(controller)
         finally:
             # The batch is over: a signal now must not cut the cleanup (bounded) short.
             loop.add_signal_handler(signal.SIGINT, lambda: None)
             loop.add_signal_handler(signal.SIGTERM, lambda: None)
-            for task in extras:
-                task.cancel()
-            await asyncio.gather(*extras, return_exceptions=True)
+            await _cancelled(extras)
             if keys is not None:
                 keys.close()
             await controller.close()
@@ -360,9 +364,11 @@ class BatchRun:
         why = f"given up on {signals[0]}" if signals else f"not within {format_duration(limit)}"
         return unconfirmed, why
 
-    def _supervised(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
-        """A task of the run whose failure is logged and recorded, never unseen; the operator's
-        hands are then gone (a batch that waits for them in Held ends instead of hanging)."""
+    def _supervised(
+        self, work: Coroutine[Any, Any, None], what: str, gone: Callable[[], None]
+    ) -> asyncio.Task[None]:
+        """A task of the run whose failure is logged and recorded, never unseen; `gone()` then
+        says whose hands are gone (a batch that waits for them in Held ends, not hangs)."""
         task = asyncio.ensure_future(work)
 
         def ended(task: asyncio.Task[None]) -> None:
@@ -370,14 +376,19 @@ class BatchRun:
                 return
             error = task.exception()
             log.error("%s failed", what, exc_info=error)
-            self.keys_gone = True
-            self.demo_busy = False
+            gone()
             if self.controller is not None:
                 self.controller.fault(f"{what} failed: {type(error).__name__}: {error}")
                 self.controller.wake_waiters()
 
         task.add_done_callback(ended)
         return task
+
+    def _no_keys(self) -> None:
+        self.keys_gone = True
+
+    def _no_demo(self) -> None:
+        self.demo_busy = False
 
     # -- the operator's hands ---------------------------------------------------------------
 
@@ -486,6 +497,13 @@ class BatchRun:
         finally:
             self.demo_busy = False
             controller.wake_waiters()  # a run_batch waiting in Held looks again
+
+
+async def _cancelled(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait until they have ended."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _fault_of(simulator: CellSimulator, fault: str) -> tuple[str, str]:

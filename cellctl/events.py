@@ -130,6 +130,11 @@ class Tripped(Event):
         """True for lost communication with a device rather than a cell-file interlock."""
         return self.interlock.startswith(COMM_LOSS)
 
+    @property
+    def of_device(self) -> bool:
+        """True for a device's own trip (comm-loss or bad-value), not a cell-file interlock."""
+        return self.interlock.startswith((COMM_LOSS, BAD_VALUE))
+
 
 @dataclass(frozen=True, kw_only=True)
 class TripCleared(Event):

@@ -10,7 +10,6 @@ never ends the writer, and never reaches the caller.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -86,9 +85,8 @@ class Heartbeat:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # gather, not `await task` under suppress: a cancel aimed at the caller must reach it.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     @staticmethod
     def _ended(task: asyncio.Task[None]) -> None:

@@ -27,7 +27,9 @@ from cellctl.errors import CellctlError
 from cellctl.events import BAD_VALUE, COMM_LOSS, SafeStateWritten, SafeWrite, Tripped
 from cellctl.packml import Command
 from cellctl.tagio import TagIO
+from cellctl.tags import device_config
 from drivers.base import Health, HealthState, Quality, Unsubscribe, Value
+from drivers.config import ModbusRtuConfig, ModbusTcpConfig
 
 #: Tripped actions, mildest first.
 ACTIONS = ("hold", "stop", "abort")
@@ -43,13 +45,24 @@ log = logging.getLogger("cellctl.interlocks")
 
 def silence_limit(cell: Cell, device: str) -> float:
     """How long a device may stay silent before the watchdog calls it lost: its worst-case
-    request, timeout × (retries + 1), plus two poll periods. It applies to drivers that report
-    their answers (Driver.answered_at), which the memory driver does not."""
+    request, timeout × (retries + 1), plus two poll periods, plus the worst case of every other
+    device on its bus (a poll may wait behind each of their requests). It applies to drivers
+    that report their poll cycles (Driver.answered_at), which the memory driver does not."""
     config = cell.devices[device]
     if isinstance(config, MemoryDevice):
         return MEMORY_TIMEOUT + 2 * config.poll
-    period = config.publishing_interval if isinstance(config, OpcuaDevice) else config.poll
-    return config.timeout * (config.retries + 1) + 2 * period
+    if isinstance(config, OpcuaDevice):
+        return config.timeout * (config.retries + 1) + 2 * config.publishing_interval
+    mine = device_config(cell, device)
+    assert isinstance(mine, ModbusTcpConfig | ModbusRtuConfig)
+    waits = 0.0
+    for name, other in cell.devices.items():
+        if name != device and not isinstance(other, OpcuaDevice | MemoryDevice):
+            theirs = device_config(cell, name)
+            assert isinstance(theirs, ModbusTcpConfig | ModbusRtuConfig)
+            if theirs.bus_key == mine.bus_key:
+                waits += theirs.limits.worst_case
+    return mine.limits.worst_case + 2 * mine.poll + waits
 
 
 def interlock_tags(cell: Cell) -> list[str]:
@@ -106,6 +119,7 @@ class InterlockMonitor:
             for d in dict.fromkeys(cell.tags[t].device for t in self.tags())
         }
         self._watchdog: asyncio.Task[None] | None = None
+        self._broken: set[str] = set()  # devices whose samples a listener failed on
 
     def tags(self) -> list[str]:
         """Every tag the interlocks name, in cell-file order (the controller watches them)."""
@@ -127,10 +141,7 @@ class InterlockMonitor:
             self.io.board.on_listener_error(self._listener_failed),
         ]
         if self._silence_limits:
-            self._watchdog = asyncio.get_running_loop().create_task(
-                self._watch_silence(), name="interlock watchdog"
-            )
-            self._watchdog.add_done_callback(self._watchdog_ended)
+            self._start_watchdog()
         for device in self._devices:
             health = self._health(device)
             if health is not None and health.state is HealthState.LOST:
@@ -180,7 +191,7 @@ class InterlockMonitor:
         if command not in BLOCKED_COMMANDS or not self._active:
             return None
         named = [
-            f"{t.interlock} ({t.condition if t.comm_loss else expr.show_values(t.values)})"
+            f"{t.interlock} ({t.condition if t.of_device else expr.show_values(t.values)})"
             for t in self._active.values()
         ]
         if len(named) == 1:
@@ -274,7 +285,7 @@ class InterlockMonitor:
         self._fresh[sample.device] = False
         self._device_trip(
             BAD_VALUE + sample.device,
-            f"{sample.device} answers, with a BAD value",
+            f"a BAD value from {sample.device}",
             detail,
             {sample.tag: None},
         )
@@ -300,7 +311,9 @@ class InterlockMonitor:
 
     def _listener_failed(self, value: TagValue, error: Exception) -> None:
         """A listener of the board raised on a sample: its device's values are not watched
-        as they should be, so the device counts as lost."""
+        as they should be, so the device counts as lost for the rest of the batch (a good
+        sample does not clear it: the bug is still there)."""
+        self._broken.add(value.device)
         self._lose(value.device, f"internal error on {value.tag}: {error!r}", {})
 
     async def _watch_silence(self) -> None:
@@ -330,12 +343,20 @@ class InterlockMonitor:
         log.error("the interlock watchdog failed", exc_info=error)
         for device in self._silence_limits:
             self._lose(device, f"the interlock watchdog failed: {error!r}", {})
+        if self._stops:  # still watching: the watchdog goes on (it sleeps before it looks)
+            self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        self._watchdog = asyncio.get_running_loop().create_task(
+            self._watch_silence(), name="interlock watchdog"
+        )
+        self._watchdog.add_done_callback(self._watchdog_ended)
 
     def _maybe_recovered(self, device: str) -> None:
         """Clear a device's comm-loss and bad-value trips once it is CONNECTED and its
         readings are good again."""
         names = [n for n in (COMM_LOSS + device, BAD_VALUE + device) if n in self._active]
-        if not names or not self._health_ok(device):
+        if not names or not self._health_ok(device) or device in self._broken:
             return
         tags = self._device_tags.get(device, [])
         if tags:
