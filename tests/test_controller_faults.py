@@ -95,12 +95,18 @@ async def test_a_failing_tag_listener_is_comm_loss_and_the_others_still_hear() -
         def broken(value: TagValue) -> None:
             raise RuntimeError("listener bug")
 
-        rig.io.board.listen(["line.feed"], broken)
+        stop = rig.io.board.listen(["line.feed"], broken)
         rig.io.board.listen(["line.feed"], lambda v: heard.append(v.value))
         rig.device("line.feed", 7)
         assert heard == [7]
         assert "comm-loss:line" in rig.ctl.interlocks.active
         assert "listener bug" in rig.ctl.interlocks.active["comm-loss:line"].message
+        # Good samples afterwards do not clear it: the bug is still in the process.
+        stop()
+        rig.device("line.feed", 8)
+        rig.device("safety.ok", False)
+        rig.device("safety.ok", True)
+        assert heard == [7, 8] and "comm-loss:line" in rig.ctl.interlocks.active
 
 
 WATCHED = b"""\
