@@ -328,6 +328,8 @@ class InterlockMonitor:
                 driver = self.io.drivers.get(device)
                 if driver is None or driver.answered_at is None:
                     continue  # not connected, or a driver that cannot tell
+                if driver.health.state is not HealthState.CONNECTED:
+                    continue  # its health speaks for it (lost, degraded, reconnecting)
                 answered = max(driver.answered_at, since)
                 if now - answered > limit:
                     self._lose(

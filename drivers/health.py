@@ -43,6 +43,8 @@ class HealthTracker:
             return
         last = error if error is not None else self._health.last_error
         self._health = Health(state, last, time.time())
+        if state is HealthState.CONNECTED and self.answered_at is not None:
+            self.answered()  # a reconnect is an answer: the watchdog counts from here
         log.info("device %s health %s%s", self.device, state.value, f": {error}" if error else "")
         for listener in list(self._listeners):
             try:

@@ -45,3 +45,18 @@ def test_a_raising_listener_is_logged_and_the_others_still_hear(
     assert len(failures) == 2
     assert "press" in failures[0].getMessage() and "listener" in failures[0].getMessage()
     assert "listener bug on lost" in str(failures[0].exc_info[1])  # type: ignore[index]
+
+
+def test_a_reconnect_counts_as_an_answer_for_a_driver_that_reports_them() -> None:
+    # Else the interlock watchdog would find a device that just came back "silent" until its
+    # first poll cycle or keep-alive, and trip it again.
+    tracker = HealthTracker("robot")
+    tracker.set(HealthState.CONNECTED)
+    assert tracker.answered_at is None  # a driver that reports no answers stays unwatched
+    tracker.answered()
+    before = tracker.answered_at
+    assert before is not None
+    tracker.set(HealthState.LOST, "keep-alive: no answer")
+    assert tracker.answered_at == before
+    tracker.set(HealthState.CONNECTED)
+    assert tracker.answered_at is not None and tracker.answered_at > before
