@@ -488,6 +488,15 @@ class _Checker:
                 f"{subject}: tag {name} is read-only on device {tag.device}",
                 key=True,
             )
+        elif any(beat.tag == name for beat in self.cell.heartbeat):
+            # A recipe's write could be "no change" to the device's watchdog: it would trip.
+            self.add(
+                loc,
+                "heartbeat-tag",
+                f"{subject}: tag {name} is the controller's heartbeat to device {tag.device}; "
+                "only the controller writes it",
+                key=True,
+            )
         self.value(value, loc, subject, scope, _tag_target(name, tag))
 
     def call(self, step: CallStep, loc: Loc, label: str, scope: _Scope, done: _Block) -> None:

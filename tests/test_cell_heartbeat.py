@@ -3,6 +3,7 @@ cell's heartbeats, the schema."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from cellctl.cell import Heartbeat, check_cell_file, load_cell
 from cellctl.schema import schema_of
 from tests.located import Expect, col_of, expect
+from tests.support import cli
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
 
@@ -139,3 +141,17 @@ def test_the_schema_describes_heartbeat_with_durations_as_written() -> None:
     assert beat["required"] == ["tag", "period", "timeout"]
     assert beat["additionalProperties"] is False
     assert beat["properties"]["period"]["examples"] == ["20ms", "1.5s", "2m"]
+
+
+def test_a_recipe_may_not_write_a_heartbeat_tag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copyfile(DEMO, tmp_path / "cell.yaml")
+    recipe = tmp_path / "beat.yaml"
+    recipe.write_text(
+        "recipe: beat\nversion: 1\nsteps:\n  - {id: poke, set: {conveyor.heartbeat: 7}}\n",
+        encoding="utf-8",
+    )
+    code, out, err = cli(capsys, "validate", recipe)
+    assert code == 1, out + err
+    assert f"{recipe}:4:" in err and "conveyor.heartbeat" in err and "heartbeat" in err
