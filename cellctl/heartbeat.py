@@ -132,7 +132,8 @@ class Heartbeat:
     def _failed(self, tag: str, why: str, *, exc_info: bool = False) -> None:
         if tag not in self._failing:
             device = self.io.cell.tags[tag].device
-            log.warning(
+            # An error, so that the console shows it: the device is about to stop by itself.
+            log.error(
                 "heartbeat %s on device %s not written: %s (logged once until written again; "
                 "the device brings its outputs to their safe state after its timeout)",
                 tag,

@@ -111,7 +111,7 @@ async def test_an_outage_is_logged_once_never_stops_it_and_beats_resume_with_a_c
         warnings = [
             r
             for r in caplog.records
-            if r.levelno == logging.WARNING and r.name == "cellctl.heartbeat"
+            if r.levelno == logging.ERROR and r.name == "cellctl.heartbeat"
         ]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         assert "press.life" in warnings[0].getMessage()
@@ -132,7 +132,7 @@ async def test_an_outage_is_logged_once_never_stops_it_and_beats_resume_with_a_c
     assert [r.getMessage() for r in mine if r.levelno == logging.INFO] == [
         "heartbeat press.life written again"
     ]
-    assert len([r for r in mine if r.levelno == logging.WARNING]) == 1
+    assert len([r for r in mine if r.levelno == logging.ERROR]) == 1
 
 
 @pytest.mark.asyncio
