@@ -360,7 +360,7 @@ class BatchRun:
                 markup=False,
             )
 
-        unconfirmed = await controller.confirm_safe_state(limit, give_up, waiting=waiting)
+        unconfirmed = await controller.safe.confirm(limit, give_up, waiting=waiting)
         why = f"given up on {signals[0]}" if signals else f"not within {format_duration(limit)}"
         return unconfirmed, why
 

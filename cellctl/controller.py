@@ -14,7 +14,7 @@ flight has ended.
 The safe state is attempted on every device every time. A device that is lost (its health
 says so) is not waited for; its whole safe state is written again by the keeper, every
 SAFE_RETRY s and at once when it answers again, until it is confirmed; so is a device whose
-write failed. `confirm_safe_state` waits for that at the end of a run and reads it back.
+write failed (cellctl.safestate). A run confirms it, read back, before it ends.
 
 Unholding writes back the cell's `restore_on_unhold` tags to the value the recipe last wrote,
 then the executor re-enters the interrupted wait. Suspend pauses the executor the same way but
@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
@@ -42,7 +40,6 @@ from cellctl.events import (
     Event,
     ModeChanged,
     Notice,
-    SafeStateWritten,
     StateChanged,
     StepEnded,
     StepOutcome,
@@ -55,14 +52,13 @@ from cellctl.executor import Executor, PauseReason, StepFailure
 from cellctl.interlocks import (
     BLOCKED_COMMANDS,
     InterlockMonitor,
-    write_safe_state,
 )
 from cellctl.machine import Command, IllegalCommand, MachineError, Mode, PackMLMachine, State
 from cellctl.operator import FailureChoice, Operator
 from cellctl.recipe import LoadedRecipe
+from cellctl.safestate import SafeState
 from cellctl.tagio import TagIO
-from drivers.base import Health, HealthState, Quality, Unsubscribe, Value
-from drivers.codecs import same_value
+from drivers.base import Unsubscribe, Value
 
 log = structlog.get_logger("cellctl.controller")
 
@@ -75,19 +71,6 @@ STOP_WAIT = 30.0
 #: Seconds the executor's end is awaited after its cancel (the write or call in flight ends
 #: within its device's bound); the safe state then goes on regardless: the executor is frozen.
 END_RUN_WAIT = 10.0
-#: Seconds between two attempts at a device's safe state that is still due.
-SAFE_RETRY = 1.0
-
-
-def _holds(read: Value, wanted: Value) -> bool:
-    """True when a value read back is the safe value written: numbers as the device stores
-    them (a float32 0.1 reads back 0.10000000149, a scaled 0 as 0.0), others exactly."""
-    numbers = (int, float)
-    if isinstance(read, bool) or isinstance(wanted, bool):
-        return read is wanted or (type(read) is type(wanted) and read == wanted)
-    if isinstance(read, numbers) and isinstance(wanted, numbers):
-        return math.isclose(read, wanted, rel_tol=1e-6, abs_tol=1e-9)
-    return same_value(read, wanted)
 
 
 class CommandBlocked(CellctlError):
@@ -152,21 +135,10 @@ class Controller:
         self._choice: FailureChoice | None = None
         #: Why the last Hold, Stop or Abort was taken (the batch's cause when it ends so).
         self._stop_cause: str | None = None
-        #: Safe-state tags still due (a lost device, a failed write): the keeper writes them.
-        self._safe_pending: dict[str, Value] = {}
-        #: One safe-state writer at a time per device (a lost one never holds up the others).
-        self._safe_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        #: Safe-state writes started outside an acting state (a trip in Held, the keeper):
-        #: Unholding and Resetting end them before the recipe decides the outputs again.
-        self._safe_writers: set[asyncio.Task[None]] = set()
-        self._keeper: asyncio.Task[None] | None = None
-        self._keeper_wake = asyncio.Event()
-        self._keeper_reason = ""
-        self._keeper_errors: dict[str, str] = {}  # the keeper's last failures, tag -> why
-        #: Set after every safe-state write: confirm_safe_state looks again.
-        self._safe_changed = asyncio.Event()
-        #: The safe state was asked for in this batch: the run confirms it before it ends.
-        self._safe_asked = False
+        #: The safe state: written on demand, kept until the devices confirm it.
+        self.safe = SafeState(
+            self.cell, io, emit=self.emit, fault=self.fault, task_done=self._task_done
+        )
         self._unhealth: Unsubscribe | None = None
         #: Set by a stop request before the batch started: Reset and Start are not issued.
         self._no_start: str | None = None
@@ -231,14 +203,7 @@ class Controller:
 
     def _trip_cleared(self, name: str) -> None:
         self.emit(TripCleared(interlock=name))
-        if self._safe_pending:
-            # A device is back: what its safe state could not get is written now.
-            self._kick_keeper(f"{name} cleared, written again")
-
-    def _health_changed(self, device: str, health: Health) -> None:
-        pending = {self.cell.tags[t].device for t in self._safe_pending}
-        if health.state is HealthState.CONNECTED and device in pending:
-            self._kick_keeper(f"{device} answers again, written again")
+        self.safe.trip_cleared(name)
 
     async def _act_on_trip(self, trip: Tripped, command: Command) -> None:
         if self.machine.is_legal(command):
@@ -393,10 +358,10 @@ class Controller:
 
     async def _resetting(self) -> None:
         self.cause = None
-        await self._end_safe_writers()
+        await self.safe.end_writers()
 
     async def _starting(self) -> None:
-        await self._end_safe_writers()  # a trip's safe state before Start: the recipe decides
+        await self.safe.end_writers()  # a trip's safe state before Start: the recipe decides
         if self.started_at is None:
             self.started_at, self._started_clock = time.time(), time.monotonic()
 
@@ -439,12 +404,12 @@ class Controller:
                 # Hold takes effect at the step boundary: the running step's writes end
                 # first, so the safe state is the last word.
                 await self.executor.wait_paused()
-        await self._safe_state("Holding")
+        await self.safe.write("Holding")
         if running:
             await self.executor.wait_paused()
 
     async def _unholding(self) -> None:
-        await self._end_safe_writers()
+        await self.safe.end_writers()
         commanded = self.executor.commanded()
         restore = set(self.cell.restore_on_unhold)
         for tag in [t for t in commanded if t in restore]:  # in the order the recipe wrote them
@@ -471,7 +436,7 @@ class Controller:
         if running and self.executor.frozen:
             # A trip: the safe state at once; the write or call in flight ends before it on
             # its device's connection.
-            await self._safe_state("Stopping")
+            await self.safe.write("Stopping")
             await self._end_run()
             return
         if running:
@@ -481,41 +446,17 @@ class Controller:
                 async with asyncio.timeout(STOP_WAIT):
                     await self.executor.wait_paused()
             await self._end_run()
-        await self._safe_state("Stopping")
+        await self.safe.write("Stopping")
 
     async def _aborting(self) -> None:
         await self._end_run()
-        await self._safe_state("Aborting")
+        await self.safe.write("Aborting")
 
     async def _clearing(self) -> None:
         return None
 
     def _safe_state_later(self, reason: str) -> None:
-        task = self._spawn(self._safe_state(reason))
-        self._safe_writers.add(task)
-        task.add_done_callback(self._safe_writers.discard)
-
-    async def _end_safe_writers(self) -> None:
-        """The recipe decides the outputs again: no late safe-state write may follow."""
-        # Nothing due first, so that no health change or clear starts the keeper meanwhile;
-        # then every writer, also one started while waiting for the others, is ended.
-        deadline = asyncio.get_running_loop().time() + END_RUN_WAIT
-        while True:
-            self._safe_pending.clear()
-            writers = [t for t in self._safe_writers if not t.done()]
-            if not writers:
-                break
-            for writer in writers:
-                writer.cancel()
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                self.fault("a safe-state write did not end after its cancel")
-                self.log.error("a safe-state write did not end after its cancel")
-                break
-            await asyncio.wait(writers, timeout=remaining)
-        self._keeper_errors.clear()
-        self._keeper_reason = ""
-        self._safe_asked = False
+        self.safe.track(self._spawn(self.safe.write(reason)))
 
     async def _end_run(self) -> None:
         run = self._run
@@ -532,166 +473,13 @@ class Controller:
         elif not run.cancelled() and run.exception() is not None:
             self.log.error("the executor failed", exc_info=run.exception())
 
-    async def _safe_state(self, reason: str) -> None:
-        """Write the whole safe state: every device attempted, a lost one by the keeper."""
-        if self.cell.safe_state:
-            self.emit(await self._write_safe_state(reason, list(self.cell.safe_state)))
-
-    def _lost_devices(self) -> set[str]:
-        """Devices whose health says they fail (lost, or degraded by a failed request), or
-        that are not connected at all: the keeper attempts them, nobody waits for them."""
-        lost = set()
-        for device in {self.cell.tags[t].device for t in self.cell.safe_state}:
-            driver = self.io.drivers.get(device)
-            if driver is None or driver.health.state is not HealthState.CONNECTED:
-                lost.add(device)
-        return lost
-
-    async def _write_safe_state(
-        self, reason: str, tags: list[str], *, attempt_lost: bool = False
-    ) -> SafeStateWritten:
-        """Write these safe-state tags, each device under its own lock; a lost device is left
-        to the keeper (unless `attempt_lost`); what fails becomes due, device by device."""
-        self._safe_asked = True
-        lost = set() if attempt_lost else self._lost_devices()
-        # On record as due before any write is awaited: a lost device that answers while the
-        # others are written finds its tags due, and the keeper writes them.
-        for tag in tags:
-            if self.cell.tags[tag].device in lost:
-                self._safe_pending[tag] = self.cell.safe_state[tag]
-        if lost:
-            self._kick_keeper(f"{', '.join(sorted(lost))} lost, written when it answers")
-        written = await write_safe_state(
-            self.io, self.cell, reason, tags=tags, lost=lost, locks=self._safe_locks
-        )
-        failed = {self.cell.tags[r.tag].device for r in written.results if r.error is not None}
-        for result in written.results:
-            device = self.cell.tags[result.tag].device
-            if result.error is None and device not in failed:
-                self._safe_pending.pop(result.tag, None)
-                self._keeper_errors.pop(result.tag, None)
-            elif result.error is not None:
-                if result.tag not in self._keeper_errors:  # once per tag until it is written
-                    self.fault(f"safe state {result.tag}: {result.error}")
-                self._keeper_errors[result.tag] = result.error
-        # A device with one failed write owes its whole safe state again.
-        for tag, value in self.cell.safe_state.items():
-            if self.cell.tags[tag].device in failed:
-                self._safe_pending[tag] = value
-        if self._safe_pending and not attempt_lost:  # the keeper itself is the one attempting
-            self._kick_keeper(self._keeper_reason or "written again")
-        self._safe_changed.set()
-        return written
-
-    def _kick_keeper(self, reason: str) -> None:
-        """Have the keeper try the due safe state now (started when none runs)."""
-        self._keeper_reason = reason
-        self._keeper_wake.set()
-        if self._keeper is None or self._keeper.done():
-            # Not one of the controller's queued tasks (_tasks): a run's end waits for the
-            # keeper only through confirm_safe_state, within --safe-wait.
-            self._keeper = asyncio.ensure_future(self._keep_safe())
-            self._keeper.add_done_callback(self._task_done)
-            self._safe_writers.add(self._keeper)
-            self._keeper.add_done_callback(self._safe_writers.discard)
-
-    async def _keep_safe(self) -> None:
-        """Write the whole safe state of every device that still owes it, every SAFE_RETRY s
-        and at once when kicked, until each is confirmed (or Unholding/Resetting end it)."""
-        reported: set[str] = set()
-        while self._safe_pending:
-            self._keeper_wake.clear()
-            devices = {self.cell.tags[t].device for t in self._safe_pending}
-            tags = [t for t in self.cell.safe_state if self.cell.tags[t].device in devices]
-            reason, self._keeper_reason = self._keeper_reason or "written again", ""
-            written = await self._write_safe_state(reason, tags, attempt_lost=True)
-            failed = {r.tag for r in written.results if r.error is not None}
-            if not failed or failed != reported:
-                self.emit(written)  # every success, a failure once (not every retry)
-            reported = failed
-            if not self._safe_pending:
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SAFE_RETRY):
-                    await self._keeper_wake.wait()
-
-    async def confirm_safe_state(
-        self, within: float, give_up: asyncio.Event, *, waiting: Callable[[list[str]], None]
-    ) -> dict[str, str]:
-        """When the safe state was asked for in this batch, wait (at most `within` s, or until
-        `give_up` is set) until every device confirmed it and it reads back as written; returns
-        what is still unconfirmed, tag -> why ({} when all is confirmed). `waiting(tags)` is
-        called once if it has to wait."""
-        if not self._safe_asked or not self.cell.safe_state:
-            return {}
-        told = False
-        # Until a read-back shows otherwise, nothing is confirmed.
-        unconfirmed = {t: "not read back yet" for t in self.cell.safe_state}
-
-        async def settle() -> None:
-            nonlocal told, unconfirmed
-            while True:
-                self._safe_changed.clear()
-                if self._safe_pending:
-                    unconfirmed = {
-                        t: self._keeper_errors.get(t, "not written yet") for t in self._safe_pending
-                    }
-                    tell()
-                    await self._safe_changed.wait()
-                    continue
-                unconfirmed = await self._read_back()
-                if not unconfirmed:
-                    return
-                for tag in unconfirmed:
-                    self._safe_pending[tag] = self.cell.safe_state[tag]
-                self._kick_keeper("read back other than written, written again")
-                tell()
-                # Read back again only after a retry period: a device that changes the value
-                # on its own must not be written as fast as the bus allows.
-                await asyncio.sleep(SAFE_RETRY)
-
-        def tell() -> None:
-            nonlocal told
-            if not told:
-                told = True
-                waiting(list(unconfirmed))
-
-        settling = asyncio.ensure_future(settle())
-        gave_up = asyncio.ensure_future(give_up.wait())
-        try:
-            await asyncio.wait(
-                {settling, gave_up}, timeout=within, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for task in (settling, gave_up):
-                task.cancel()
-            await asyncio.gather(settling, gave_up, return_exceptions=True)
-        if settling.done() and not settling.cancelled():
-            settling.result()  # an error of ours is raised, not taken for "confirmed"
-            return {}
-        due = self._safe_pending or unconfirmed
-        return {t: self._keeper_errors.get(t) or unconfirmed.get(t) or "not confirmed" for t in due}
-
-    async def _read_back(self) -> dict[str, str]:
-        """Read the safe state back: tag -> why, for each tag that does not hold its value."""
-        tags = list(self.cell.safe_state)
-        read = await self.io.read(tags)
-        wrong: dict[str, str] = {}
-        for tag in tags:
-            value, wanted = read[tag], self.cell.safe_state[tag]
-            if value.quality is Quality.BAD or value.value is None:
-                wrong[tag] = value.error or "no value read back"
-            elif not _holds(value.value, wanted):
-                wrong[tag] = f"reads back {value.value!r}, not {wanted!r}"
-        return wrong
-
     # -- a whole batch ----------------------------------------------------------------------
 
     async def open(self) -> None:
         """Watch the tags and start the interlocks (devices already connected)."""
         self.emit(ModeChanged(mode=self.machine.mode))
         self.io.watch()
-        self._unhealth = self.io.on_health(self._health_changed)
+        self._unhealth = self.io.on_health(self.safe.health_changed)
         self.interlocks.start()
         await self.interlocks.check_now()
 
@@ -702,11 +490,10 @@ class Controller:
         if self._unhealth is not None:
             self._unhealth()
             self._unhealth = None
-        if self._keeper is not None:
-            self._keeper.cancel()  # the run has stopped waiting for the safe state
+        self.safe.stop()  # the run has stopped waiting for the safe state
         await self._drain()
         # A writer drained above may have started the keeper again: it goes too.
-        tasks = [t for t in (self._work, self._run, self._keeper, *self._tasks) if t is not None]
+        tasks = [t for t in (self._work, self._run, self.safe.stop(), *self._tasks) if t]
         for task in tasks:
             if not task.done():
                 task.cancel()

@@ -1,5 +1,5 @@
-"""Interlocks and the safe state: conditions watched on every update of their tags, lost
-communication treated as a trip, and the safe state written tag by tag.
+"""Interlocks: conditions watched on every update of their tags, lost communication and BAD
+values treated as trips (the safe state itself is cellctl.safestate's).
 
 The monitor only decides and reports: on_trip / on_clear are plain synchronous calls (board
 listeners run inside driver callbacks); the controller takes the action and schedules its own
@@ -17,14 +17,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from cellctl import expr
 from cellctl.cell import Cell, MemoryDevice, OpcuaDevice
 from cellctl.connect import TagValue
-from cellctl.errors import CellctlError
-from cellctl.events import BAD_VALUE, COMM_LOSS, SafeStateWritten, SafeWrite, Tripped
+from cellctl.events import BAD_VALUE, COMM_LOSS, Tripped
 from cellctl.packml import Command
 from cellctl.tagio import TagIO
 from cellctl.tags import device_config
@@ -400,57 +399,3 @@ class InterlockMonitor:
     def _health_ok(self, device: str) -> bool:
         health = self._health(device)
         return health is None or health.state is HealthState.CONNECTED
-
-
-async def write_safe_state(
-    io: TagIO,
-    cell: Cell,
-    reason: str,
-    *,
-    tags: Collection[str] | None = None,
-    lost: Collection[str] = (),
-    locks: Mapping[str, asyncio.Lock] | None = None,
-) -> SafeStateWritten:
-    """Write the cell's safe state (`tags`: only those), devices in parallel, each device's
-    tags in cell-file order, every write attempted whatever the others did; never raises for a
-    device error, each result is recorded.
-
-    Devices in `lost` are not waited for: their tags are recorded as not written, for the
-    caller to write again once the device answers. `locks`: each device's writes are made
-    holding its lock (one safe-state writer per device at a time).
-    """
-    wanted = [t for t in cell.safe_state if tags is None or t in tags]
-    by_device: dict[str, list[str]] = {}
-    for tag in wanted:
-        by_device.setdefault(cell.tags[tag].device, []).append(tag)
-
-    async def write_device(device: str, tags: Iterable[str]) -> dict[str, str | None]:
-        if locks is None or device in lost:
-            return await write_tags(device, tags)
-        async with locks[device]:
-            return await write_tags(device, tags)
-
-    async def write_tags(device: str, tags: Iterable[str]) -> dict[str, str | None]:
-        errors: dict[str, str | None] = {}
-        for tag in tags:
-            if device not in io.drivers:
-                errors[tag] = f"write {tag}: device {device} is not connected"
-                continue
-            if device in lost:
-                errors[tag] = f"{device} is lost: written when it answers again"
-                continue
-            try:
-                await io.write(tag, cell.safe_state[tag])
-            except CellctlError as err:  # DeviceFailed, OutOfRange: recorded, the rest go on
-                errors[tag] = str(err)
-            except Exception as err:  # a bug must not leave the other tags unwritten either
-                log.exception("safe state: writing %s failed", tag)
-                errors[tag] = f"write {tag}: internal error: {type(err).__name__}: {err}"
-            else:
-                errors[tag] = None
-        return errors
-
-    done = await asyncio.gather(*(write_device(d, tags) for d, tags in by_device.items()))
-    errors = {tag: error for group in done for tag, error in group.items()}
-    results = tuple(SafeWrite(tag, cell.safe_state[tag], errors[tag]) for tag in wanted)
-    return SafeStateWritten(reason=reason, results=results)

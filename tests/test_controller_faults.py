@@ -11,10 +11,10 @@ import pytest
 
 from cellctl.cell import cell_from_document
 from cellctl.connect import TagValue
-from cellctl.controller import SAFE_RETRY
 from cellctl.events import SafeStateWritten, StepStarted, Tripped, WaitProgress
 from cellctl.interlocks import InterlockMonitor
 from cellctl.machine import Command, State
+from cellctl.safestate import SAFE_RETRY
 from cellctl.tagio import TagIO
 from cellctl.yamlload import parse_yaml
 from drivers.base import Quality, Value
@@ -172,7 +172,7 @@ async def test_confirm_waits_for_a_lost_device_and_names_what_stays_unconfirmed(
         told: list[list[str]] = []
         never = asyncio.Event()
         began = time.monotonic()
-        left = await rig.ctl.confirm_safe_state(0.5, never, waiting=told.append)
+        left = await rig.ctl.safe.confirm(0.5, never, waiting=told.append)
         assert time.monotonic() - began >= 0.5
         assert told == [["press.go", "press.heat"]]
         assert set(left) == {"press.go", "press.heat"}
@@ -181,14 +181,14 @@ async def test_confirm_waits_for_a_lost_device_and_names_what_stays_unconfirmed(
         give_up = asyncio.Event()
         give_up.set()
         began = time.monotonic()
-        assert set(await rig.ctl.confirm_safe_state(60, give_up, waiting=told.append)) == {
+        assert set(await rig.ctl.safe.confirm(60, give_up, waiting=told.append)) == {
             "press.go",
             "press.heat",
         }
         assert time.monotonic() - began < 5
         # The press answers again: its whole safe state is written and read back.
         rig.drivers["press"].fail(None)
-        assert await rig.ctl.confirm_safe_state(5, never, waiting=told.append) == {}
+        assert await rig.ctl.safe.confirm(5, never, waiting=told.append) == {}
         assert_safe_state(rig, [*rig.writes(), ("line.run", False), ("line.speed", 0)])
 
 
@@ -202,7 +202,7 @@ async def test_confirm_reads_the_safe_state_back_and_writes_again_what_changed()
         rig.device("press.heat", True)
         mark = len(rig.events)
         told: list[list[str]] = []
-        assert await rig.ctl.confirm_safe_state(5, asyncio.Event(), waiting=told.append) == {}
+        assert await rig.ctl.safe.confirm(5, asyncio.Event(), waiting=told.append) == {}
         assert told == [["press.heat"]]
         assert rig.drivers["press"].device_value("press.heat") is False
         again = rig.since(mark, SafeStateWritten)
@@ -222,7 +222,7 @@ async def test_nothing_to_confirm_after_a_batch_that_never_wrote_its_safe_state(
         await rig.settle(State.COMPLETE)
         assert rig.drivers["line"].device_value("line.speed") == 100
         told: list[list[str]] = []
-        assert await rig.ctl.confirm_safe_state(0, asyncio.Event(), waiting=told.append) == {}
+        assert await rig.ctl.safe.confirm(0, asyncio.Event(), waiting=told.append) == {}
         assert told == []
 
 
@@ -233,9 +233,9 @@ async def test_nothing_is_confirmed_before_it_is_read_back() -> None:
         await rig.ctl.command(Command.HOLD)
         await rig.settle(State.HELD)
         # No time to read anything back: every tag is unconfirmed, none taken for granted.
-        left = await rig.ctl.confirm_safe_state(0, asyncio.Event(), waiting=lambda tags: None)
+        left = await rig.ctl.safe.confirm(0, asyncio.Event(), waiting=lambda tags: None)
         assert set(left) == set(SAFE)
-        assert await rig.ctl.confirm_safe_state(5, asyncio.Event(), waiting=lambda t: None) == {}
+        assert await rig.ctl.safe.confirm(5, asyncio.Event(), waiting=lambda t: None) == {}
 
 
 # The press's setpoint is a float32 and its ram position a scaled register: what they read
@@ -256,7 +256,7 @@ async def test_a_safe_value_reads_back_as_the_device_stores_it() -> None:
         await rig.settle(State.HELD)
         mark = len(rig.events)
         told: list[list[str]] = []
-        assert await rig.ctl.confirm_safe_state(5, asyncio.Event(), waiting=told.append) == {}
+        assert await rig.ctl.safe.confirm(5, asyncio.Event(), waiting=told.append) == {}
         assert told == [] and rig.since(mark, SafeStateWritten) == []
 
 

@@ -13,8 +13,9 @@ import pytest_asyncio
 from cellctl.cell import Cell, cell_from_document
 from cellctl.connect import TagValue, build_drivers
 from cellctl.events import SafeWrite, Tripped
-from cellctl.interlocks import InterlockMonitor, write_safe_state
+from cellctl.interlocks import InterlockMonitor
 from cellctl.packml import Command
+from cellctl.safestate import write_safe_state
 from cellctl.tagio import TagIO
 from cellctl.yamlload import parse_yaml
 from drivers.base import Quality
