@@ -293,12 +293,7 @@ class OpcuaDriver(TracksHealth):
             raise ConnectFailed(
                 f"{self.name}: security policy {security.policy} needs cert and key"
             )
-        try:
-            cert = await uacrypto.load_certificate(security.cert)
-        except (OSError, ValueError) as err:
-            raise ConnectFailed(
-                f"{self.name}: cannot load certificate {security.cert}: {err}"
-            ) from err
+        cert = await self._load_certificate(security.cert, "certificate")
         # The client must present the application URI its certificate was issued for.
         client.application_uri = _certificate_uri(cert) or client.application_uri
         server_cert: bytes | None = None
@@ -338,12 +333,7 @@ class OpcuaDriver(TracksHealth):
                 f"({err}): not trusted, nothing was sent to it"
             ) from None
         if security.server_cert is not None:
-            try:
-                pinned = await uacrypto.load_certificate(security.server_cert)
-            except (OSError, ValueError) as err:
-                raise ConnectFailed(
-                    f"{self.name}: cannot load server_cert {security.server_cert}: {err}"
-                ) from err
+            pinned = await self._load_certificate(security.server_cert, "server_cert")
             if pinned.public_bytes(serialization.Encoding.DER) != der:
                 raise ConnectFailed(
                     f"{self.name}: {self.config.endpoint} is not trusted: its certificate is "
@@ -517,6 +507,13 @@ class OpcuaDriver(TracksHealth):
         self._spawn_reconnect(current, self._failures.next_delay())
 
     # -- requests ----------------------------------------------------------------------------
+
+    async def _load_certificate(self, path: str, what: str) -> Any:
+        """A certificate file of the cell file's security settings; ConnectFailed naming it."""
+        try:
+            return await uacrypto.load_certificate(path)
+        except (OSError, ValueError) as err:
+            raise ConnectFailed(f"{self.name}: cannot load {what} {path}: {err}") from err
 
     async def _request(
         self, what: str, call: Callable[[Client], Awaitable[T]], attempts: int = 1

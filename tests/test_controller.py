@@ -626,9 +626,8 @@ steps:
 """
 
 
-@pytest_asyncio.fixture
-async def slow() -> AsyncIterator[tuple[Bench, asyncio.Event]]:
-    """A bench whose arm.pick returns only when the test releases it."""
+def slow_bench() -> tuple[Bench, asyncio.Event]:
+    """A bench whose arm.pick returns only when the test sets the event it returns."""
     rig = Bench(SLOW_CALL)
     release = asyncio.Event()
 
@@ -638,6 +637,13 @@ async def slow() -> AsyncIterator[tuple[Bench, asyncio.Event]]:
         return True
 
     rig.drivers["arm"].register_method("Pick", pick)
+    return rig, release
+
+
+@pytest_asyncio.fixture
+async def slow() -> AsyncIterator[tuple[Bench, asyncio.Event]]:
+    """A connected slow bench (slow_bench) whose controller is open."""
+    rig, release = slow_bench()
     await rig.io.connect()
     await rig.ctl.open()
     yield rig, release

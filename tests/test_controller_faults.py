@@ -26,10 +26,10 @@ from tests.support import wait_until
 from tests.test_controller import (
     CELL,
     SAFE,
-    SLOW_CALL,
     Bench,
     assert_safe_state,
     opened,
+    slow_bench,
     start,
 )
 
@@ -210,7 +210,7 @@ async def test_confirm_reads_the_safe_state_back_and_writes_again_what_changed()
 
 
 @pytest.mark.asyncio
-async def test_nothing_to_confirm_after_a_batch_that_never_wrote_its_safe_state() -> None:
+async def test_nothing_to_confirm_once_unhold_gave_the_outputs_back_to_the_recipe() -> None:
     async with opened(Bench()) as rig:
         await rig.to_execute()
         # Held and unheld: the recipe decides the outputs again, restored ones included.
@@ -262,15 +262,7 @@ async def test_a_safe_value_reads_back_as_the_device_stores_it() -> None:
 
 @pytest.mark.asyncio
 async def test_a_trip_during_a_stop_that_waits_for_a_call_writes_the_safe_state_at_once() -> None:
-    rig = Bench(SLOW_CALL)
-    release = asyncio.Event()
-
-    async def pick(slot: int) -> bool:
-        rig.calls.append(slot)
-        await release.wait()
-        return True
-
-    rig.drivers["arm"].register_method("Pick", pick)
+    rig, release = slow_bench()
     async with opened(rig):
         await start(rig)
         await wait_until(lambda: rig.calls == [1])
