@@ -301,6 +301,9 @@ class Controller:
     async def _apply(self, command: Command, cause: str) -> None:
         if command in (Command.HOLD, Command.STOP, Command.ABORT):
             self._stop_cause = cause
+        if command is Command.START and self.started_at is None:
+            # Now, not in Starting's work: a trip may cut that short, the batch is started.
+            self.started_at, self._started_clock = time.time(), time.monotonic()
         if command is Command.ABORT:
             self.executor.abort()  # no write or call after this, whatever the cancel does
             if self._run is not None:
@@ -362,8 +365,6 @@ class Controller:
 
     async def _starting(self) -> None:
         await self.safe.end_writers()  # a trip's safe state before Start: the recipe decides
-        if self.started_at is None:
-            self.started_at, self._started_clock = time.time(), time.monotonic()
 
     async def _executing(self) -> None:
         choice = self._take_choice()
@@ -449,8 +450,10 @@ class Controller:
         await self.safe.write("Stopping")
 
     async def _aborting(self) -> None:
-        await self._end_run()
+        # The executor is aborted (no write or call starts any more): the safe state first;
+        # a write in flight ends before it on its device's connection.
         await self.safe.write("Aborting")
+        await self._end_run()
 
     async def _clearing(self) -> None:
         return None

@@ -118,6 +118,7 @@ class InterlockMonitor:
             for d in dict.fromkeys(cell.tags[t].device for t in self.tags())
         }
         self._watchdog: asyncio.Task[None] | None = None
+        self._started = time.monotonic()  # the watchdog counts silence from here at most
         self._broken: set[str] = set()  # devices whose samples a listener failed on
 
     def tags(self) -> list[str]:
@@ -134,6 +135,7 @@ class InterlockMonitor:
         """Listen to the board and to device health; evaluate what is already known."""
         if self._stops:
             return
+        self._started = time.monotonic()
         self._stops = [
             self.io.board.listen(self._watched_tags(), self._on_value),
             self.io.on_health(self._on_health),
@@ -177,7 +179,7 @@ class InterlockMonitor:
             health = self._health(device)
             if health is not None and health.state is HealthState.LOST:
                 self._lose(device, health.last_error or "no detail", {})
-            elif self._health_ok(device):
+            elif self._may_recover(device):
                 self._fresh[device] = True
                 self._clear(COMM_LOSS + device)
                 self._clear(BAD_VALUE + device)
@@ -318,22 +320,18 @@ class InterlockMonitor:
     async def _watch_silence(self) -> None:
         """Comm loss for a device of the interlocks that has not answered within its bound
         (a stopped poller or keep-alive must not leave its interlocks unwatched)."""
-        since = time.monotonic()
+        since = self._started
         look = min(max(min(self._silence_limits.values()) / 4, WATCHDOG_LOOK[0]), WATCHDOG_LOOK[1])
         while True:
             await asyncio.sleep(look)
             now = time.monotonic()
             for device, limit in self._silence_limits.items():
-                driver = self.io.drivers.get(device)
-                if driver is None or driver.answered_at is None:
-                    continue  # not connected, or a driver that cannot tell
-                if driver.health.state is not HealthState.CONNECTED:
-                    continue  # its health speaks for it (lost, degraded, reconnecting)
-                answered = max(driver.answered_at, since)
-                if now - answered > limit:
+                silent = self._silent_for(device, now, since)
+                if silent is not None:
                     self._lose(
                         device,
-                        f"no answer for {now - answered:.1f} s (watchdog bound {limit:g} s)",
+                        f"no poll cycle or keep-alive answered for {silent:.1f} s "
+                        f"(watchdog bound {limit:g} s)",
                         {},
                     )
 
@@ -342,10 +340,12 @@ class InterlockMonitor:
             return
         error = task.exception()
         log.error("the interlock watchdog failed", exc_info=error)
-        for device in self._silence_limits:
-            self._lose(device, f"the interlock watchdog failed: {error!r}", {})
-        if self._stops:  # still watching: the watchdog goes on (it sleeps before it looks)
-            self._start_watchdog()
+        try:
+            for device in self._silence_limits:
+                self._lose(device, f"the interlock watchdog failed: {error!r}", {})
+        finally:
+            if self._stops:  # still watching: it goes on (it sleeps a look period first)
+                self._start_watchdog()
 
     def _start_watchdog(self) -> None:
         self._watchdog = asyncio.get_running_loop().create_task(
@@ -357,7 +357,7 @@ class InterlockMonitor:
         """Clear a device's comm-loss and bad-value trips once it is CONNECTED and its
         readings are good again."""
         names = [n for n in (COMM_LOSS + device, BAD_VALUE + device) if n in self._active]
-        if not names or not self._health_ok(device) or device in self._broken:
+        if not names or not self._may_recover(device):
             return
         tags = self._device_tags.get(device, [])
         if tags:
@@ -399,3 +399,23 @@ class InterlockMonitor:
     def _health_ok(self, device: str) -> bool:
         health = self._health(device)
         return health is None or health.state is HealthState.CONNECTED
+
+    def _may_recover(self, device: str) -> bool:
+        """A device's own trips may clear: connected, no listener failed on its samples, and
+        (where the watchdog looks) a poll cycle or keep-alive answered within its bound."""
+        if not self._health_ok(device) or device in self._broken:
+            return False
+        return not self._silent_for(device, time.monotonic(), self._started)
+
+    def _silent_for(self, device: str, now: float, since: float) -> float | None:
+        """How long a watched device has been silent beyond its bound, or None when it is not
+        (or the watchdog does not look at it)."""
+        limit = self._silence_limits.get(device)
+        driver = self.io.drivers.get(device)
+        if limit is None or driver is None or driver.answered_at is None:
+            return None  # not watched, not connected, or a driver that cannot tell
+        health = driver.health.state
+        if health in (HealthState.LOST, HealthState.DISCONNECTED):
+            return None  # its health speaks for it (lost, reconnecting)
+        silent = now - max(driver.answered_at, since)
+        return silent if silent > limit else None

@@ -72,8 +72,9 @@ class SafeState:
         self._wake = asyncio.Event()
         self._reason = ""
         self._errors: dict[str, str] = {}  # the last failure of each tag still due
-        #: Set after every write: confirm() looks again.
+        #: Set after every write (counted): confirm() looks again.
         self._changed = asyncio.Event()
+        self._generation = 0
         #: The safe state was asked for since the recipe last decided the outputs.
         self.asked = False
 
@@ -171,6 +172,7 @@ class SafeState:
                 self.due[tag] = value
         if self.due and not attempt_lost:  # the keeper itself is the one attempting
             self._kick(self._reason or "written again")
+        self._generation += 1
         self._changed.set()
         return written
 
@@ -225,11 +227,19 @@ class SafeState:
                 if self.due:
                     unconfirmed = {t: self._errors.get(t, "not written yet") for t in self.due}
                     tell()
-                    await self._changed.wait()
+                    if self._keeper is None or self._keeper.done():
+                        self._kick("still due, written again")  # a keeper that ended early
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(SAFE_RETRY):
+                            await self._changed.wait()
                     continue
+                generation = self._generation
                 unconfirmed = await self._read_back()
-                if not unconfirmed:
-                    return
+                busy = any(not w.done() for w in self._writers)
+                if not unconfirmed and not self.due and not busy:
+                    if generation == self._generation:
+                        return
+                    continue  # written meanwhile: read back what it wrote
                 for tag in unconfirmed:
                     self.due[tag] = self.cell.safe_state[tag]
                 self._kick("read back other than written, written again")
@@ -260,6 +270,11 @@ class SafeState:
         due = self.due or unconfirmed
         return {t: self._errors.get(t) or unconfirmed.get(t) or "not confirmed" for t in due}
 
+    def _stored(self, tag: str, wanted: Value) -> Value:
+        """The safe value as the device stores it (a scaled tag holds whole raw steps)."""
+        spec = self.cell.tags[tag]
+        return spec.from_raw(spec.to_raw(spec.check_value(wanted)))
+
     async def _read_back(self) -> dict[str, str]:
         """Read the safe state back: tag -> why, for each tag that does not hold its value."""
         tags = list(self.cell.safe_state)
@@ -269,7 +284,7 @@ class SafeState:
             value, wanted = read[tag], self.cell.safe_state[tag]
             if value.quality is Quality.BAD or value.value is None:
                 wrong[tag] = value.error or "no value read back"
-            elif not _holds(value.value, wanted):
+            elif not _holds(value.value, self._stored(tag, wanted)):
                 wrong[tag] = f"reads back {value.value!r}, not {wanted!r}"
         return wrong
 

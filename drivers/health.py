@@ -42,8 +42,12 @@ class HealthTracker:
                 self._health = Health(state, error, self._health.since)
             return
         last = error if error is not None else self._health.last_error
+        reconnected = state is HealthState.CONNECTED and self._health.state in (
+            HealthState.LOST,
+            HealthState.DISCONNECTED,
+        )
         self._health = Health(state, last, time.time())
-        if state is HealthState.CONNECTED and self.answered_at is not None:
+        if reconnected and self.answered_at is not None:
             self.answered()  # a reconnect is an answer: the watchdog counts from here
         log.info("device %s health %s%s", self.device, state.value, f": {error}" if error else "")
         for listener in list(self._listeners):

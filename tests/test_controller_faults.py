@@ -107,6 +107,8 @@ async def test_a_failing_tag_listener_is_comm_loss_and_the_others_still_hear() -
         rig.device("safety.ok", False)
         rig.device("safety.ok", True)
         assert heard == [7, 8] and "comm-loss:line" in rig.ctl.interlocks.active
+        await rig.ctl.interlocks.check_now()  # nor does a fresh read (Unhold, Start, Reset)
+        assert "comm-loss:line" in rig.ctl.interlocks.active
 
 
 WATCHED = b"""\
@@ -158,6 +160,17 @@ async def test_the_watchdog_finds_a_device_that_stopped_answering_within_its_bou
         # The board still holds a good value: only the watchdog could tell.
         latest = io.board.latest("plc.ok")
         assert latest is not None and latest.quality is not Quality.BAD
+        # Good values alone do not clear it while the device stays silent...
+        cleared: list[str] = []
+        monitor.on_clear = cleared.append
+        plc.set_device_value("plc.ok", False)
+        plc.set_device_value("plc.ok", True)
+        await monitor.check_now()
+        assert "comm-loss:plc" in monitor.active and "comm-loss:plc" not in cleared
+        # ...a poll cycle answered again does.
+        plc.answered = time.monotonic()
+        await monitor.check_now()
+        assert "comm-loss:plc" not in monitor.active and "comm-loss:plc" in cleared
     finally:
         monitor.stop()
         await io.close()
@@ -239,13 +252,13 @@ async def test_nothing_is_confirmed_before_it_is_read_back() -> None:
 
 
 # The press's setpoint is a float32 and its ram position a scaled register: what they read
-# back is what the device stores (0.1 as 0.10000000149, 0 as 0.0), which is still safe.
+# back is what the device stores (0.1 as 0.10000000149, 12.34 as 123 steps of 0.1), still safe.
 STORED = CELL.replace(
     b"  aux.lamp:    {device: aux, type: bool, access: rw}\n",
     b"  aux.lamp:    {device: aux, type: bool, access: rw}\n"
     b"  press.set:   {device: press, type: float32, access: rw}\n"
-    b"  press.ram:   {device: press, type: int16, access: rw, scale: 0.5}\n",
-).replace(b"  press.heat: false\n", b"  press.heat: false\n  press.set: 0.1\n  press.ram: 0\n")
+    b"  press.ram:   {device: press, type: int16, access: rw, scale: 0.1}\n",
+).replace(b"  press.heat: false\n", b"  press.heat: false\n  press.set: 0.1\n  press.ram: 12.34\n")
 
 
 @pytest.mark.asyncio
