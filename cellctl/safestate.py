@@ -75,6 +75,8 @@ class SafeState:
         #: Set after every write (counted): confirm() looks again.
         self._changed = asyncio.Event()
         self._generation = 0
+        #: Bumped by end_writers: a writer of an earlier epoch is void.
+        self._epoch = 0
         #: The safe state was asked for since the recipe last decided the outputs.
         self.asked = False
 
@@ -101,27 +103,26 @@ class SafeState:
             self._kick(f"{device} answers again, written again")
 
     async def end_writers(self) -> None:
-        """The recipe decides the outputs again: no late safe-state write may follow."""
-        # Nothing due first, so that no health change or clear starts the keeper meanwhile;
-        # then every writer, also one started while waiting for the others, is ended.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + END_WAIT
-        while True:
-            self.due.clear()
-            writers = [t for t in self._writers if not t.done()]
-            if not writers:
-                break
-            for writer in writers:
-                writer.cancel()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                self._fault("a safe-state write did not end after its cancel")
-                log.error("a safe-state write did not end after its cancel")
-                break
-            await asyncio.wait(writers, timeout=remaining)
+        """The recipe decides the outputs again: no late safe-state write may follow.
+
+        Every writer started before is cancelled and waited for (a write on the wire ends
+        first), and whatever it still does is void: it writes no further tag and leaves
+        nothing due. A writer started meanwhile (a new trip) is a new demand and goes on.
+        """
+        self._epoch += 1
+        self.due.clear()
         self._errors.clear()
         self._reason = ""
         self.asked = False
+        writers = [t for t in self._writers if not t.done()]
+        for writer in writers:
+            writer.cancel()
+        if writers:
+            _, pending = await asyncio.wait(writers, timeout=END_WAIT)
+            if pending:
+                # Void all the same: they write no further tag (see write_safe_state's `valid`).
+                self._fault("a safe-state write did not end after its cancel")
+                log.error("a safe-state write did not end after its cancel")
 
     def stop(self) -> asyncio.Task[None] | None:
         """Stop the keeper (the run no longer waits for the safe state); the task, if any."""
@@ -144,6 +145,7 @@ class SafeState:
     ) -> SafeStateWritten:
         """Write these safe-state tags, each device under its own lock; a lost device is left
         to the keeper (unless `attempt_lost`); what fails becomes due, device by device."""
+        epoch = self._epoch
         self.asked = True
         lost = set() if attempt_lost else self._lost_devices()
         # On record as due before any write is awaited: a lost device that answers while the
@@ -154,8 +156,16 @@ class SafeState:
         if lost:
             self._kick(f"{', '.join(sorted(lost))} lost, written when it answers")
         written = await write_safe_state(
-            self.io, self.cell, reason, tags=tags, lost=lost, locks=self._locks
+            self.io,
+            self.cell,
+            reason,
+            tags=tags,
+            lost=lost,
+            locks=self._locks,
+            valid=lambda: epoch == self._epoch,
         )
+        if epoch != self._epoch:
+            return written  # ended meanwhile (the recipe decides): nothing becomes due
         failed = {self.cell.tags[r.tag].device for r in written.results if r.error is not None}
         for result in written.results:
             device = self.cell.tags[result.tag].device
@@ -191,7 +201,8 @@ class SafeState:
         """Write the whole safe state of every device that still owes it, every SAFE_RETRY s
         and at once when kicked, until each is confirmed (or Unholding/Resetting end it)."""
         reported: set[str] = set()
-        while self.due:
+        epoch = self._epoch
+        while self.due and epoch == self._epoch:
             self._wake.clear()
             devices = {self.cell.tags[t].device for t in self.due}
             tags = [t for t in self.cell.safe_state if self.cell.tags[t].device in devices]
@@ -297,6 +308,7 @@ async def write_safe_state(
     tags: Collection[str] | None = None,
     lost: Collection[str] = (),
     locks: Mapping[str, asyncio.Lock] | None = None,
+    valid: Callable[[], bool] = lambda: True,
 ) -> SafeStateWritten:
     """Write the cell's safe state (`tags`: only those), devices in parallel, each device's
     tags in cell-file order, every write attempted whatever the others did; never raises for a
@@ -304,7 +316,8 @@ async def write_safe_state(
 
     Devices in `lost` are not waited for: their tags are recorded as not written, for the
     caller to write again once the device answers. `locks`: each device's writes are made
-    holding its lock (one safe-state writer per device at a time).
+    holding its lock (one safe-state writer per device at a time). Once `valid()` is false
+    (the recipe decides the outputs again), no further tag is written.
     """
     wanted = [t for t in cell.safe_state if tags is None or t in tags]
     by_device: dict[str, list[str]] = {}
@@ -325,6 +338,9 @@ async def write_safe_state(
                 continue
             if device in lost:
                 errors[tag] = f"{device} is lost: written when it answers again"
+                continue
+            if not valid():
+                errors[tag] = f"write {tag}: not written: the recipe decides the outputs again"
                 continue
             try:
                 await io.write(tag, cell.safe_state[tag])

@@ -330,3 +330,62 @@ async def test_a_safe_state_still_due_before_start_never_lands_in_the_batch() ->
         assert rig.writes() == []
         assert press.device_value("press.heat") is True
         assert press.device_value("press.go") is True
+
+
+class OnTheWire(MemoryDriver):
+    """A line device whose gated write, once sent, ends before a cancel takes effect (as a
+    Modbus frame on the wire does)."""
+
+    def __init__(self, config: MemoryConfig, tag: str, value: Value) -> None:
+        super().__init__(config)
+        self.tag, self.value = tag, value
+        self.armed = False
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def write(self, point: Point, value: Value) -> None:
+        """Write; the gated write waits for the release even when cancelled meanwhile."""
+        if self.armed and point.name == self.tag and value == self.value:
+            self.armed = False
+            self.entered.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                await self.release.wait()
+                raise
+        await super().write(point, value)
+
+
+@pytest.mark.asyncio
+async def test_a_trip_while_resetting_ends_the_old_writers_still_gets_its_safe_state() -> None:
+    line = OnTheWire(MemoryConfig("line"), "line.run", False)
+    line.set_device_value("safety.ok", True)
+    async with opened(Bench(line=line)) as rig:
+        await rig.to_execute()
+        await rig.ctl.command(Command.ABORT)
+        await rig.settle(State.ABORTED)
+        line.armed = True
+        rig.device("safety.ok", False)  # a trip in Aborted: its safe-state write stalls
+        await wait_until(line.entered.is_set)
+        rig.device("safety.ok", True)
+        await wait_until(lambda: not rig.ctl.interlocks.active)
+        await rig.ctl.command(Command.CLEAR)
+        await rig.settle(State.STOPPED)
+        mark = len(rig.events)
+        await rig.ctl.command(Command.RESET)  # Resetting ends that writer, which is on the wire
+        await wait_until(lambda: rig.ctl.state is State.RESETTING)
+        line.set_device_value("line.run", True)  # a technician's manual write meanwhile
+        rig.device("safety.ok", False)  # and the curtain breaks again, during Resetting
+        line.release.set()
+        await wait_until(
+            lambda: any(
+                "Resetting" in e.reason and e.ok for e in rig.since(mark, SafeStateWritten)
+            ),
+            what="the new trip's safe state",
+        )
+        assert line.device_value("line.run") is False
+        # The new trip's safe state is on record as asked for: a run would confirm it.
+        await rig.settle(State.IDLE)
+        left = await rig.ctl.safe.confirm(0, asyncio.Event(), waiting=lambda tags: None)
+        assert set(left) == set(SAFE)
+        assert await rig.ctl.safe.confirm(5, asyncio.Event(), waiting=lambda tags: None) == {}
