@@ -27,7 +27,7 @@ from cellctl.controller import CommandBlocked, Controller
 from cellctl.durations import format_duration
 from cellctl.errors import BadValue, CellctlError, did_you_mean
 from cellctl.events import BatchEnded, Event, StateChanged, StepStarted, TripCleared
-from cellctl.heartbeat import Heartbeat, heartbeat_tags
+from cellctl.heartbeat import Heartbeat
 from cellctl.interlocks import interlock_tags
 from cellctl.keys import TerminalKeys, TerminalOperator
 from cellctl.machine import Command, IllegalCommand, Mode, State
@@ -131,7 +131,7 @@ def prepare(options: RunOptions) -> Prepared:
                 "--step and --break wait for keys at a terminal; stdin/stdout is not one"
             )
         check_answered(recipe, answers)
-    watched = [*interlock_tags(cell), *cell.safe_state, *heartbeat_tags(cell)]
+    watched = [*interlock_tags(cell), *cell.safe_state, *cell.heartbeat_tags]
     tags = list(dict.fromkeys([*plan.reads, *plan.writes, *watched]))
     # The devices of those tags, and those the recipe only calls methods on.
     used = set(devices_for_tags(cell, tags)) | set(plan.devices)
@@ -234,7 +234,7 @@ class BatchRun:
         prepared, options = self.prepared, self.options
         loaded = prepared.loaded
         # The heartbeat is the controller's own life sign, not a process value: not shown.
-        beats = set(heartbeat_tags(loaded.cell))
+        beats = set(loaded.cell.heartbeat_tags)
         shown = [t for t in prepared.tags if t not in beats]
         self.model = model = RunModel(
             loaded.recipe,

@@ -506,6 +506,11 @@ class Cell(_Model):
         """The directory relative paths in the file (certificates) are resolved against."""
         return self._source.parent if self._source is not None else Path.cwd()
 
+    @property
+    def heartbeat_tags(self) -> list[str]:
+        """The heartbeat tags, in cell-file order (only the controller writes them)."""
+        return [beat.tag for beat in self.heartbeat]
+
 
 # ---------------------------------------------------------------------------------------------
 # Loading

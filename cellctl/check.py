@@ -76,7 +76,7 @@ async def _check_device(cell: Cell, device: str, driver: Driver) -> DeviceCheck:
         result.round_trip = time.perf_counter() - started
         # OPC UA nodes state whether they may be written (checked on connect); Modbus does not.
         opcua = isinstance(driver, OpcuaDriver)
-        heartbeats = set() if opcua else {beat.tag for beat in cell.heartbeat}
+        heartbeats = set() if opcua else set(cell.heartbeat_tags)
         for tag, reading in zip(tags, readings, strict=True):
             if reading.quality is Quality.BAD:
                 result.problems.append(f"{tag}: {reading.error or 'bad quality'}")

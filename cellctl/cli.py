@@ -387,24 +387,12 @@ def sim(
     host: Annotated[str, typer.Option("--host", help="address to serve on")] = "127.0.0.1",
 ) -> None:
     """Serve every device of a cell on simulators until SIGINT/SIGTERM."""
-    from cellctl.simwiring import CellSimulator, cell_copy_problem
+    from cellctl.simwiring import CellSimulator, check_cell_copy, serve_host
 
-    # '[::1]' as in a URL is the address ::1.
-    host = host.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not host:
-        err.print(
-            "error: --host '': name the address to serve on (127.0.0.1, ::1; 0.0.0.0 for "
-            "every IPv4 interface)",
-            markup=False,
-        )
-        raise _Stop(exitcodes.BAD_INPUT)
+    host = serve_host(host)  # checked before any port opens
     spec = load_cell(cell_file)
-    problem = cell_copy_problem(cell_file, write_cell) if write_cell is not None else None
-    if problem:
-        err.print(f"error: --write-cell {write_cell}: {problem}", markup=False)
-        raise _Stop(exitcodes.BAD_INPUT)
+    if write_cell is not None:
+        check_cell_copy(cell_file, write_cell)
 
     async def serve(stop: asyncio.Event) -> None:
         simulator = CellSimulator(spec, speed=speed, host=host, keep_ports=True)

@@ -29,7 +29,6 @@ class NotARegularFile(OSError):
     def __init__(self, path: Path, kind: str) -> None:
         reason = f"is {kind}, not a regular file"
         super().__init__(errno.EINVAL, reason, str(path))
-        self.kind = kind
 
 
 def read_regular(path: Path, limit: int) -> bytes:

@@ -26,11 +26,6 @@ from drivers.points import DataType
 log = logging.getLogger("cellctl.heartbeat")
 
 
-def heartbeat_tags(cell: cellfile.Cell) -> list[str]:
-    """The heartbeat tags of a cell, in cell-file order."""
-    return [beat.tag for beat in cell.heartbeat]
-
-
 def next_beat(datatype: DataType, value: Value) -> Value:
     """The value after `value`: a bool toggles, an integer counts up and wraps at its type's end."""
     if datatype is DataType.BOOL:

@@ -16,7 +16,7 @@ from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 
 from cellctl.errors import CellctlError
-from cellctl.files import NotARegularFile
+from cellctl.files import NotARegularFile, special_kind
 
 # Libraries that log tracebacks during outages (asyncua: "Publish iteration crashed").
 NOISY_LIBRARIES = ("asyncua", "pymodbus", "transitions")
@@ -64,11 +64,11 @@ def _open_for_append(path: Path) -> int:
     except FileNotFoundError:
         pass
     else:
-        # A character device is fine (/dev/null, /dev/stderr); a disk is not a log.
-        if stat.S_ISDIR(mode):
-            raise NotARegularFile(path, "a folder")
-        if stat.S_ISBLK(mode):
-            raise NotARegularFile(path, "a block device")
+        # A character device (/dev/null, /dev/stderr) or a FIFO someone reads is fine; a
+        # folder, a disk or a socket is not a log.
+        kind = special_kind(mode)
+        if kind is not None and not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+            raise NotARegularFile(path, kind)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY | os.O_CLOEXEC
     try:
         # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of blocking forever.
@@ -153,12 +153,12 @@ def _shared_processors() -> list[structlog.types.Processor]:
     ]
 
 
-def configure_logging(log_file: Path | None = None, debug: bool = False) -> Path | None:
+def configure_logging(log_file: Path | None = None, debug: bool = False) -> None:
     """Route structlog and the stdlib (pymodbus, asyncua) to a JSON file; quiet the console.
 
-    Returns the log file in use. A file named by `log_file` or CELLCTL_LOG_FILE that cannot
-    be opened raises LogFileUnusable; when the default one cannot, None is returned and
-    logging stays console-only (errors, still without tracebacks).
+    A file named by `log_file` or CELLCTL_LOG_FILE that cannot be opened raises
+    LogFileUnusable; when the default one cannot, logging stays console-only (errors, still
+    without tracebacks); active_log_file() says which file is in use.
     """
     shared = _shared_processors()
     root = logging.getLogger()
@@ -185,7 +185,6 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> Path
         if os.environ.get("CELLCTL_LOG_FILE")
         else None
     )
-    used: Path | None = path
     try:
         if named is None:  # only the default's folder is ours to make
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,7 +192,6 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> Path
     except OSError as err:
         if named is not None:
             raise LogFileUnusable(f"{named}: cannot open it: {err.strerror or err}") from err
-        used = None
     else:
         file_handler.setFormatter(
             structlog.stdlib.ProcessorFormatter(
@@ -218,4 +216,3 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> Path
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    return used

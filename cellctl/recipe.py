@@ -61,14 +61,13 @@ from cellctl import expr, names
 from cellctl.cell import Cell, MethodName, TagName, check_cell_file, load_cell
 from cellctl.durations import Duration
 from cellctl.errors import BadValue, InvalidField, Problem, ValidationFailed, did_you_mean
-from cellctl.files import read_regular
 from cellctl.yamlload import (
-    MAX_BYTES,
     DuplicateKey,
     Where,
     YamlDocument,
     parse_yaml,
     plain,
+    read_file,
     scalar_offset,
     validation_problems,
 )
@@ -703,19 +702,9 @@ def cell_file_for(recipe_path: Path) -> Path:
     return recipe_path.parent / "cell.yaml"
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return read_regular(path, MAX_BYTES + 1)
-    except OSError as err:
-        reason = err.strerror or str(err)
-        raise ValidationFailed(
-            [Problem(str(path), 1, 1, "unreadable", f"cannot read: {reason}")]
-        ) from err
-
-
 def load_recipe(path: Path, cell: Cell) -> LoadedRecipe:
     """Load a recipe and validate it against `cell`; raises ValidationFailed with every problem."""
-    raw = _read(path)  # read once: the hash is of the very bytes that were validated
+    raw = read_file(path)  # read once: the hash is of the very bytes that were validated
     doc = parse_yaml(raw, str(path))
     recipe = recipe_from_document(doc, cell)
     identity = RecipeIdentity(recipe.recipe, recipe.version, hashlib.sha256(raw).hexdigest())
@@ -777,7 +766,7 @@ def check_recipe_file(path: Path, cell_path: Path | None = None) -> list[Problem
             return err.problems
         return []
     try:
-        doc = parse_yaml(_read(path), str(path))
+        doc = parse_yaml(read_file(path), str(path))
     except ValidationFailed as err:  # the recipe's YAML is broken too
         return [*cell_problems, *err.problems]
     return [*cell_problems, *_validate(doc, None)[1]]

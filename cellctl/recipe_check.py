@@ -488,7 +488,7 @@ class _Checker:
                 f"{subject}: tag {name} is read-only on device {tag.device}",
                 key=True,
             )
-        elif any(beat.tag == name for beat in self.cell.heartbeat):
+        elif name in self.cell.heartbeat_tags:
             # A recipe's write could be "no change" to the device's watchdog: it would trip.
             self.add(
                 loc,

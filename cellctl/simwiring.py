@@ -7,8 +7,10 @@ gateway) or one serial line share one simulated bus; each OPC UA device gets its
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -23,18 +25,52 @@ from cellctl.cell import Cell, host_key
 from cellctl.errors import CellctlError
 from cellctl.files import special_kind
 from cellctl.tags import methods_by_device, points_by_device
+from cellctl.yamlload import read_file
+from drivers.config import url_host
 from drivers.sim.image import ProcessImage
 from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
 from drivers.sim.opcua_server import OpcuaSimServer
 from drivers.sim.plant.base import PlantError, PlantModel, SimClock
 from drivers.sim.plant.registry import create_model
 from drivers.sim.runner import SimRunner
-from drivers.sim.server import SimServer, url_host
+from drivers.sim.server import SimServer
 
 log = logging.getLogger("cellctl.sim")
 
 
-def cell_copy_problem(source: Path, target: Path) -> str | None:
+def check_cell_copy(source: Path, target: Path) -> None:
+    """Raise SimulatorError (naming `target`) when a copy of the cell file `source` may not
+    be written at `target` (see _cell_copy_problem)."""
+    problem = _cell_copy_problem(source, target)
+    if problem:
+        raise SimulatorError(f"--write-cell {target}: {problem}")
+
+
+def serve_host(text: str) -> str:
+    """The address `--host` names ('[::1]' as in a URL is ::1); SimulatorError when it is
+    empty (asyncio and pymodbus would serve every interface) or not an address or host name."""
+    host = text.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise SimulatorError(
+            "--host '': name the address to serve on (127.0.0.1, ::1; 0.0.0.0 for every IPv4 "
+            "interface)"
+        )
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(host):
+            raise SimulatorError(
+                f"--host {text}: not an address or a host name (e.g. 127.0.0.1, ::1)"
+            ) from None
+    return host
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def _cell_copy_problem(source: Path, target: Path) -> str | None:
     """Why a copy of the cell file `source` cannot be written at `target`, or None.
 
     Only a regular file, or a new file in an existing folder, is written: never the source
@@ -104,11 +140,8 @@ class CellSimulator:
         host: str = "127.0.0.1",
         keep_ports: bool = False,
     ) -> None:
-        if not host.strip():
-            # asyncio and pymodbus read an empty host as "every interface".
-            raise SimulatorError("no address to serve on: name one (127.0.0.1, ::1, 0.0.0.0)")
         self.cell = cell
-        self.host = host
+        self.host = serve_host(host)
         self.keep_ports = keep_ports
         self.clock = SimClock(speed)
         self.runner = SimRunner(self.clock)
@@ -254,11 +287,9 @@ class CellSimulator:
 
     def write_cell(self, source: Path, target: Path) -> None:
         """Write a copy of the cell file (comments kept) pointing at what is served."""
-        problem = cell_copy_problem(source, target)
-        if problem:
-            raise SimulatorError(f"--write-cell {target}: {problem}")
+        check_cell_copy(source, target)
         yaml = YAML(typ="rt")
-        data = yaml.load(source.read_text(encoding="utf-8"))
+        data = yaml.load(read_file(source))
         for name, fields in self._device_updates().items():
             for key, value in fields.items():
                 data["devices"][name][key] = value

@@ -170,15 +170,19 @@ def load_yaml(path: Path, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
 
     Non-fatal problems (duplicate keys) are returned in the document's `problems`.
     """
-    name = str(path)
+    return parse_yaml(read_file(path, max_bytes=max_bytes), str(path), max_bytes=max_bytes)
+
+
+def read_file(path: Path, *, max_bytes: int = MAX_BYTES) -> bytes:
+    """The bytes of a cell file or recipe (one more than `max_bytes` at most, for parse_yaml
+    to refuse); ValidationFailed naming the file when it is not a readable regular file."""
     try:
-        raw = read_regular(path, max_bytes + 1)
+        return read_regular(path, max_bytes + 1)
     except OSError as err:
         reason = err.strerror or str(err)
         raise ValidationFailed(
-            [Problem(name, 1, 1, "unreadable", f"cannot read: {reason}")]
+            [Problem(str(path), 1, 1, "unreadable", f"cannot read: {reason}")]
         ) from err
-    return parse_yaml(raw, name, max_bytes=max_bytes)
 
 
 def _fail(name: str, line: int, col: int, code: str, message: str) -> ValidationFailed:

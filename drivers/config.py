@@ -37,12 +37,12 @@ class ModbusTcpConfig:
     @property
     def bus_key(self) -> str:
         """Identifies the shared connection (TCP gateway) this device sits behind."""
-        return f"tcp://{self.host}:{self.port}"
+        return f"tcp://{url_host(self.host)}:{self.port}"
 
     @property
     def endpoint(self) -> str:
         """The endpoint as shown in messages."""
-        return f"{self.host}:{self.port} unit {self.unit}"
+        return f"{url_host(self.host)}:{self.port} unit {self.unit}"
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,11 @@ class MemoryConfig:
 
     name: str
     poll: float = 0.02
+
+
+def url_host(host: str) -> str:
+    """`host` as written before ':port' in endpoints and URLs: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def is_loopback(host: str) -> bool:

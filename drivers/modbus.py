@@ -313,8 +313,12 @@ class ModbusBus:
         return response
 
     async def _tries(self, client: ModbusBaseClient, call: Job[T], budget: float) -> T:
-        """Run the job, again after a try without a (matching) answer, within the budget."""
+        """Run the job, again after a try without a (matching) answer, within the budget.
+
+        A serial line still owed a quiet time by an earlier request's failure gets it first,
+        within one worst case (the bound on waiting for the bus), not out of this budget."""
         loop = asyncio.get_running_loop()
+        await self._drain(loop.time() + self.limits.worst_case)
         deadline = loop.time() + budget
         tries = self.limits.retries + 1
         failed: ModbusIOException | _Mismatch | None = None

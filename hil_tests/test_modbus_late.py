@@ -206,3 +206,16 @@ async def test_an_answer_that_does_not_match_its_request_is_a_failure(transport:
         assert "1 register, expected 3" in message
         rig.device.rewrite = None
         assert [r.value for r in await driver.read(BLOCK)] == [1100, 1101, 1102]
+
+
+@pytest.mark.asyncio
+async def test_the_quiet_after_a_late_answer_does_not_shorten_the_next_request() -> None:
+    # After a late answer the line must be quiet before the next request: that wait is the
+    # bus's, not the next request's. A device that then answers within its timeout is read.
+    async with rtu_rig(Device(), RequestLimits(timeout=TIMEOUT, retries=0)) as rig:
+        assert rig.line is not None
+        rig.line.latency(TIMEOUT + 0.01)
+        with pytest.raises(DeviceTimeout):
+            await rig.driver.read([REGISTERS[0]])
+        rig.line.latency(TIMEOUT * 0.8)  # slow, but within the timeout
+        assert (await rig.driver.read([REGISTERS[1]]))[0].value == 1001

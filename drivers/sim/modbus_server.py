@@ -19,11 +19,11 @@ from pymodbus.simulator import SimAction, SimData, SimDevice
 
 from drivers.base import Value
 from drivers.codecs import decode_registers, encode_registers, get_bit, set_bit
+from drivers.config import url_host
 from drivers.errors import BadResponse
 from drivers.points import DataType, ModbusPoint, ModbusTable
 from drivers.sim.image import ProcessImage
 from drivers.sim.pty_bridge import PtyBridge
-from drivers.sim.server import url_host
 
 log = logging.getLogger("drivers.sim")
 

@@ -23,6 +23,7 @@ from asyncua.ua.status_codes import StatusCodes
 
 from drivers.base import Value
 from drivers.codecs import check_value, zero_value
+from drivers.config import url_host
 from drivers.errors import WriteRejected
 from drivers.opcua_types import (
     datatype_node,
@@ -36,7 +37,6 @@ from drivers.opcua_types import (
 from drivers.points import Access, MethodSpec, OpcuaPoint
 from drivers.sim.image import ProcessImage
 from drivers.sim.plant.base import MethodHandler
-from drivers.sim.server import url_host
 
 log = logging.getLogger("drivers.sim.opcua")
 

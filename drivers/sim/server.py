@@ -30,8 +30,3 @@ class SimServer(Protocol):
     async def publish(self, device: str, values: dict[str, Value]) -> None:
         """Copy values the plant model set into the protocol's own store, by tag name."""
         ...
-
-
-def url_host(host: str) -> str:
-    """`host` as written before ':port' in endpoints and URLs: an IPv6 address in brackets."""
-    return f"[{host}]" if ":" in host else host
