@@ -775,6 +775,17 @@ class _Rules:
             )
         if device.password_env is not None and device.user is None:
             self.add((*loc, "password_env"), "missing", f"device {name}: password_env needs a user")
+        for field in ("server_cert", "trust_dir"):
+            if device.security == "None" and getattr(device, field) is not None:
+                # Without a secure channel no certificate is asked for: the setting would
+                # look like protection and check nothing.
+                self.add(
+                    (*loc, field),
+                    "insecure-trust",
+                    f"device {name}: {field} is checked only on a secured channel: set "
+                    "security to Basic256Sha256_Sign or Basic256Sha256_SignAndEncrypt "
+                    f"(with cert and key), or remove {field}",
+                )
         if device.user is not None and device.security != "Basic256Sha256_SignAndEncrypt":
             # The driver refuses it too: without encryption the password may cross the network
             # in clear text.

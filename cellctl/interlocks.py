@@ -36,6 +36,9 @@ ACTIONS = ("hold", "stop", "abort")
 BLOCKED_COMMANDS = frozenset({Command.START, Command.UNHOLD, Command.RESET})
 #: An in-process device has no request timeout: the watchdog counts this one instead.
 MEMORY_TIMEOUT = 1.0
+#: Seconds added to a network device's silence bound: a loaded controller schedules its poller
+#: or keep-alive late, which must not look like a silent device.
+WATCHDOG_SLACK = 0.5
 #: Bounds of the watchdog's look period, seconds.
 WATCHDOG_LOOK = (0.02, 0.5)
 
@@ -45,13 +48,15 @@ log = logging.getLogger("cellctl.interlocks")
 def silence_limit(cell: Cell, device: str) -> float:
     """How long a device may stay silent before the watchdog calls it lost: its worst-case
     request, timeout × (retries + 1), plus two poll periods, plus the worst case of every other
-    device on its bus (a poll may wait behind each of their requests). It applies to drivers
-    that report their poll cycles (Driver.answered_at), which the memory driver does not."""
+    device on its bus (a poll may wait behind each of their requests), plus WATCHDOG_SLACK.
+    It applies to drivers that report their poll cycles (Driver.answered_at), which the
+    memory driver does not."""
     config = cell.devices[device]
     if isinstance(config, MemoryDevice):
         return MEMORY_TIMEOUT + 2 * config.poll
     if isinstance(config, OpcuaDevice):
-        return config.timeout * (config.retries + 1) + 2 * config.publishing_interval
+        worst = config.timeout * (config.retries + 1)
+        return worst + 2 * config.publishing_interval + WATCHDOG_SLACK
     mine = device_config(cell, device)
     assert isinstance(mine, ModbusTcpConfig | ModbusRtuConfig)
     waits = 0.0
@@ -61,7 +66,7 @@ def silence_limit(cell: Cell, device: str) -> float:
             assert isinstance(theirs, ModbusTcpConfig | ModbusRtuConfig)
             if theirs.bus_key == mine.bus_key:
                 waits += theirs.limits.worst_case
-    return mine.limits.worst_case + 2 * mine.poll + waits
+    return mine.limits.worst_case + 2 * mine.poll + waits + WATCHDOG_SLACK
 
 
 def interlock_tags(cell: Cell) -> list[str]:

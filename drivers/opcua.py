@@ -325,8 +325,10 @@ class OpcuaDriver(TracksHealth):
                 f"{security.policy}: not trusted, nothing was sent to it"
             )
         try:
-            der = _first_certificate(endpoint.ServerCertificate)
-            presented = x509.load_der_x509_certificate(der)
+            # The leading certificate of what may be a chain.
+            presented: x509.Certificate = uacrypto.x509_from_der(  # type: ignore[no-untyped-call]
+                endpoint.ServerCertificate
+            )
         except ValueError as err:
             raise ConnectFailed(
                 f"{self.name}: {self.config.endpoint} presented an unreadable certificate "
@@ -334,7 +336,7 @@ class OpcuaDriver(TracksHealth):
             ) from None
         if security.server_cert is not None:
             pinned = await self._load_certificate(security.server_cert, "server_cert")
-            if pinned.public_bytes(serialization.Encoding.DER) != der:
+            if pinned != presented:
                 raise ConnectFailed(
                     f"{self.name}: {self.config.endpoint} is not trusted: its certificate is "
                     f"not the one pinned in server_cert {security.server_cert}; nothing was "
@@ -356,7 +358,7 @@ class OpcuaDriver(TracksHealth):
                 ) from None
             # asyncua checks the CreateSession answer's certificate with it again.
             client.certificate_validator = validator
-        return der
+        return presented.public_bytes(serialization.Encoding.DER)
 
     async def _on_lost(self, client: Client, exc: Exception) -> None:
         """asyncua's supervisor saw the connection die: report LOST, reconnect in the background."""
@@ -1024,19 +1026,6 @@ def _certificate_uri(cert: x509.Certificate) -> str | None:
         return None
     uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
     return uris[0] if uris else None
-
-
-def _first_certificate(der: bytes) -> bytes:
-    """The leading certificate of a DER blob that may hold a chain (a SEQUENCE per certificate)."""
-    if len(der) < 2 or der[0] != 0x30:
-        raise ValueError("not a DER certificate")
-    first = der[1]
-    if first < 0x80:
-        return der[: 2 + first]
-    size = first & 0x7F
-    if not 1 <= size <= 4 or len(der) < 2 + size:
-        raise ValueError("not a DER certificate")
-    return der[: 2 + size + int.from_bytes(der[2 : 2 + size], "big")]
 
 
 def fingerprint_text(cert: x509.Certificate) -> str:

@@ -56,3 +56,19 @@ def test_server_cert_or_trust_dir_is_enough_and_reaches_the_driver_beside_the_fi
     config = tags.device_config(load_cell(path), "ua")
     assert isinstance(config, OpcuaConfig)
     assert getattr(config.security, field) == str(tmp_path / expected)
+
+
+@pytest.mark.parametrize("field", ["server_cert", "trust_dir"])
+def test_a_trust_setting_without_a_secured_channel_is_refused(tmp_path: Path, field: str) -> None:
+    # No secure channel, no certificate asked for: the setting would check nothing.
+    text = (
+        "cell: t\ndevices:\n  ua:\n    driver: opcua\n"
+        "    endpoint: opc.tcp://127.0.0.1:4840/ua\n"
+        f"    {field}: trusted\n"
+    )
+    path = tmp_path / "cell.yaml"
+    path.write_text(text)
+    problems = check_cell_file(path)
+    assert [p.code for p in problems] == ["insecure-trust"]
+    assert problems[0].line == 6 and field in problems[0].message
+    assert "security" in problems[0].message
