@@ -131,10 +131,10 @@ def prepare(options: RunOptions) -> Prepared:
                 "--step and --break wait for keys at a terminal; stdin/stdout is not one"
             )
         check_answered(recipe, answers)
-    watched = [*interlock_tags(cell), *cell.safe_state, *cell.heartbeat_tags]
-    tags = list(dict.fromkeys([*plan.reads, *plan.writes, *watched]))
-    # The devices of those tags, and those the recipe only calls methods on.
-    used = set(devices_for_tags(cell, tags)) | set(plan.devices)
+    tags = list(dict.fromkeys([*plan.reads, *plan.writes, *interlock_tags(cell), *cell.safe_state]))
+    # The devices of those tags, of the heartbeat (its tags are written, never polled), and
+    # those the recipe only calls methods on.
+    used = set(devices_for_tags(cell, [*tags, *cell.heartbeat_tags])) | set(plan.devices)
     devices = [name for name in cell.devices if name in used]
     operator = None if options.interactive else ScriptedOperator(answers, options.operator)
     return Prepared(loaded, parameters, operator, devices, tags)
@@ -213,7 +213,7 @@ class BatchRun:
                 io = TagIO(cell, drivers, prepared.tags)
                 await io.connect()  # DevicesUnreachable: nothing was written
                 try:
-                    await _all_answer(io, prepared.tags)
+                    await _all_answer(io, [*prepared.tags, *cell.heartbeat_tags])
                     # The heartbeat is the only thing written before Start; it lasts the run.
                     async with Heartbeat(io, cell.heartbeat):
                         return await self._run_connected(io, simulator)
@@ -233,14 +233,11 @@ class BatchRun:
     async def _run_connected(self, io: TagIO, simulator: CellSimulator | None) -> int:
         prepared, options = self.prepared, self.options
         loaded = prepared.loaded
-        # The heartbeat is the controller's own life sign, not a process value: not shown.
-        beats = set(loaded.cell.heartbeat_tags)
-        shown = [t for t in prepared.tags if t not in beats]
         self.model = model = RunModel(
             loaded.recipe,
             loaded.identity,
             loaded.cell.cell,
-            lambda: [v for t in shown if (v := io.board.latest(t)) is not None],
+            lambda: [v for t in prepared.tags if (v := io.board.latest(t)) is not None],
             parameters=prepared.parameters,
         )
         operator: Operator

@@ -94,6 +94,7 @@ class Heartbeat:
         held: Value | None = None  # what the device holds, as far as the last beat knows
         due = loop.time()
         while True:
+            started = loop.time()
             try:
                 # A beat later than the device's timeout is worth nothing: bound it there.
                 async with asyncio.timeout(beat.timeout):
@@ -107,11 +108,11 @@ class Heartbeat:
                 self._failed(beat.tag, f"internal error: {err!r}", exc_info=True)
             else:
                 self._written(beat.tag)
-            due += beat.period
-            now = loop.time()
-            # Late (a slow device): beat at once, and never in a burst to catch up.
-            due = max(due, now)
-            await asyncio.sleep(due - now)
+            # One period after this beat began (or was due, if on time): a slow write beats
+            # again at once, a late wake-up does not beat twice in a row (a toggling bit would
+            # cancel out), and no burst ever catches up.
+            due = max(due, started) + beat.period
+            await asyncio.sleep(max(0.0, due - loop.time()))
 
     async def _beat(self, tag: str, held: Value | None) -> Value:
         """Write the value after `held` (read from the device when unknown); the value written."""

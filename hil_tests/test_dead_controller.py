@@ -145,15 +145,21 @@ def test_a_controller_killed_mid_batch_leaves_the_cell_safe(served: Path, tmp_pa
     )
     try:
         out = Lines(run)
-        # The conveyor runs (our own client sees it), and the press has confirmed cycle_start.
+        # The conveyor runs (our own client sees it)...
+        out.wait_for(
+            lambda line: "wrote conveyor.run = true" in line or run.poll() is not None,
+            30,
+            "the conveyor to start",
+        )
+        assert asyncio.run(read_conveyor(cell)) == ConveyorOutputs(run=True, speed_rpm=1200)
+        # ...and the press has confirmed cycle_start: killed at once, mid-cycle.
         out.wait_for(
             lambda line: "wrote press.cycle_start = true" in line or run.poll() is not None,
             30,
             "a press cycle to start",
         )
-        assert run.poll() is None, "\n".join(out.lines)
-        assert asyncio.run(read_conveyor(cell)) == ConveyorOutputs(run=True, speed_rpm=1200)
         run.kill()  # SIGKILL: no cleanup, no safe state written; the controller is gone
+        assert run.wait(timeout=10) == -signal.SIGKILL, "\n".join(out.lines)
         killed = time.monotonic()
         run.wait(timeout=10)
     finally:
