@@ -789,32 +789,29 @@ class ModbusDriver(TracksHealth):
         else:
             self._tracker.set(HealthState.LOST, f"{self.name} ({self.endpoint}): {error}")
 
-    def _start_poller(self, delay: float = 0.0) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._poll(delay), name=f"modbus poll {self.name}"
-        )
+    def _start_poller(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._poll(), name=f"modbus poll {self.name}")
         task.add_done_callback(self._poller_ended)
         self._poller = task
 
     def _poller_ended(self, task: asyncio.Task[None]) -> None:
-        """Supervision: a poller that ended while it was still wanted is reported and restarted."""
+        """A poller that ended while still wanted (its cycles catch every Exception, so only
+        something else ends it) is reported and the device is LOST; the controller's watchdog
+        sees its silence too."""
         if task is not self._poller:
             return  # stopped by unsubscribe() or close()
         self._poller = None
-        if not self._subscriptions or task.cancelling():
+        if not self._subscriptions or task.cancelled():
             return  # cancelled from outside (the loop shutting down): not a failure
-        error = None if task.cancelled() else task.exception()
-        why = repr(error) if error is not None else "cancelled" if task.cancelled() else "ended"
-        text = f"{self.name} ({self.endpoint}): polling stopped: {why}"
-        log.error("device %s: %s; restarting it", self.name, text, exc_info=error)
+        error = task.exception()
+        text = f"{self.name} ({self.endpoint}): polling stopped: {error!r}"
+        log.error("device %s: %s", self.name, text, exc_info=error)
         self._poll_error = text
         self._update_health(text)
-        self._start_poller(delay=self.config.poll)
 
-    async def _poll(self, delay: float = 0.0) -> None:
+    async def _poll(self) -> None:
         """Poll until no subscription is left; a cycle that raises is reported, not fatal."""
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(delay)
         due = loop.time()
         while self._subscriptions:
             try:
