@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cellctl.cell import load_cell
-from cellctl.simwiring import CellSimulator, SimulatorError
+from cellctl.simwiring import CellSimulator, SimulatorError, serve_host
 
 CELL = (
     "# the bench\ncell: bench\ndevices:\n  m: {driver: memory}\n"
@@ -58,5 +58,20 @@ def test_the_source_itself_is_refused(source: Path) -> None:
 
 
 def test_an_empty_host_is_refused(source: Path) -> None:
-    with pytest.raises(SimulatorError, match="no address to serve on"):
+    # asyncio and pymodbus would read it as every interface.
+    with pytest.raises(SimulatorError, match="name the address to serve on"):
         CellSimulator(load_cell(source), host=" ")
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1:4840", "[::1", "a/b", "opc.tcp://127.0.0.1"])
+def test_a_host_that_is_no_address_is_bad_input(text: str) -> None:
+    with pytest.raises(SimulatorError, match="not an address or a host name"):
+        serve_host(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "host"),
+    [("[::1]", "::1"), (" 127.0.0.1 ", "127.0.0.1"), ("plc-7.local", "plc-7.local")],
+)
+def test_a_host_is_an_address_or_a_name(text: str, host: str) -> None:
+    assert serve_host(text) == host
