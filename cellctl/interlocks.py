@@ -339,6 +339,10 @@ class InterlockMonitor:
                         f"(watchdog bound {limit:g} s)",
                         {},
                     )
+                else:
+                    # Answering again: a trip that a good sample could not clear while the
+                    # device still looked silent clears now (no new sample need come).
+                    self._maybe_recovered(device)
 
     def _watchdog_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:

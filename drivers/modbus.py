@@ -841,11 +841,12 @@ class ModbusDriver(TracksHealth):
             answered = False
             now = time.time()
             readings = {p: Reading(None, now, Quality.BAD, str(err)) for p in points}
-        self._deliver(readings)
         if answered:
-            # A whole cycle answered and delivered: what the controller's watchdog looks for
-            # (only the poller's own cycles, so other requests cannot hide a stalled poller).
+            # A whole cycle answered: what the controller's watchdog looks for (only the
+            # poller's own cycles, so other requests cannot hide a stalled poller). Before the
+            # readings go out: a listener that judges them sees the device answering.
             self._tracker.answered()
+        self._deliver(readings)
         if answered and self._poll_error is not None:
             # Only a whole cycle without an exception shows the fault has gone.
             log.info("device %s: polling works again", self.name)
