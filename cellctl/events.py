@@ -126,11 +126,6 @@ class Tripped(Event):
     message: str
 
     @property
-    def comm_loss(self) -> bool:
-        """True for lost communication with a device rather than a cell-file interlock."""
-        return self.interlock.startswith(COMM_LOSS)
-
-    @property
     def of_device(self) -> bool:
         """True for a device's own trip (comm-loss or bad-value), not a cell-file interlock."""
         return self.interlock.startswith((COMM_LOSS, BAD_VALUE))

@@ -159,7 +159,7 @@ async def test_trip_once_on_update_names_values_then_clears(bench: Bench) -> Non
         "interlock light-curtain tripped "
         "(not safety.light_curtain_ok; safety.light_curtain_ok = false): hold"
     )
-    assert (trip.interlock, trip.condition, trip.comm_loss) == (
+    assert (trip.interlock, trip.condition, trip.of_device) == (
         "light-curtain",
         "not safety.light_curtain_ok",
         False,
