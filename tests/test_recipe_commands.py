@@ -380,18 +380,41 @@ def test_readme_example_recipe_validates_and_plans(
     jsonschema.Draft202012Validator(schema(capsys, "recipe")).validate(yaml_data(recipe))
 
 
-def test_readme_error_example_is_what_validate_prints(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("recipe", "command"),
+    [
+        ("recipes/examples/lot.yaml", "cellctl validate recipes/examples/lot.yaml"),
+        (
+            "recipes/examples/broken.yaml",
+            "cellctl validate --cell recipes/demo/cell.yaml recipes/examples/broken.yaml",
+        ),
+    ],
+)
+def test_readme_error_examples_are_the_shipped_files_and_what_validate_prints(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, recipe: str, command: str
 ) -> None:
-    folder = tmp_path / "recipes" / "demo"
-    folder.mkdir(parents=True)
-    shutil.copy(DEMO_CELL, folder / "cell.yaml")
-    (folder / "broken.yaml").write_text(readme_block("recipe: press-fit\n"), encoding="utf-8")
-    monkeypatch.chdir(tmp_path)
-    expected = readme_block("$ cellctl validate recipes/demo/broken.yaml")
-    code, _, err = cli(capsys, "validate", "recipes/demo/broken.yaml")
+    text = (ROOT / recipe).read_text(encoding="utf-8")
+    assert readme_block(text.split("\n", 1)[0] + "\n" + text.split("\n", 2)[1]) == text
+    expected = readme_block(f"$ {command}")
+    monkeypatch.chdir(ROOT)
+    code, _, err = cli(capsys, *command.split()[1:])
     assert code == 1
     assert err == expected.split("\n", 1)[1]
+
+
+def test_every_file_the_readme_names_exists() -> None:
+    # Examples a reader copies must work: a path under the project's own folders exists.
+    text = README.read_text(encoding="utf-8")
+    named = set(
+        re.findall(r"(?<![\w/.])((?:recipes|tests|hil_tests|drivers|cellctl)/[\w./-]+\w)", text)
+    )
+    made_by_the_reader = {"recipes/cellctl.schema.json"}  # `cellctl schema > …` makes it
+    missing = sorted(
+        n
+        for n in named - made_by_the_reader
+        if "<" not in n and "*" not in n and not (ROOT / n).exists()
+    )
+    assert missing == []
 
 
 def test_plan_of_a_worst_case_too_long_to_count(
