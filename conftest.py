@@ -3,6 +3,7 @@
 import os
 import tempfile
 
+import pytest
 from hypothesis import settings
 
 # 2-core CI machines make hypothesis's default 200 ms per-example deadline flaky.
@@ -13,3 +14,29 @@ settings.load_profile("cellctl")
 os.environ.setdefault(
     "CELLCTL_LOG_FILE", os.path.join(tempfile.mkdtemp(prefix="cellctl-tests-"), "cellctl.log")
 )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add --cell and --allow-motion (used by hil_tests/). Here, in the root conftest, because
+    pytest learns options only from the conftests it loads before parsing the command line, and
+    hil_tests/conftest.py is not among them when no path under it is named.
+
+    Not even a plugin (`-p`, an entry point) is known while pytest looks for its settings, so
+    there `--cell FILE` takes FILE for the path to test: with no path named and FILE outside the
+    clone, pytest finds no settings (beside FILE) and refuses --cell. `--cell=FILE` is one word,
+    or a path named (`pytest hil_tests --cell FILE`) leads pytest to pyproject.toml.
+    """
+    group = parser.getgroup("cellctl hardware-in-the-loop")
+    group.addoption(
+        "--cell",
+        action="store",
+        default=None,
+        help="run the cell-level tests against the devices of this cell file (real hardware) "
+        "instead of the demo cell on simulators",
+    )
+    group.addoption(
+        "--allow-motion",
+        action="store_true",
+        default=False,
+        help="with --cell: also run tests marked 'moves' (they write rw tags on real machines)",
+    )

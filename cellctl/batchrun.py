@@ -22,11 +22,12 @@ from rich.live import Live
 
 from cellctl import exitcodes
 from cellctl.cell import Cell
-from cellctl.connect import DevicesUnreachable, build_drivers, devices_for_tags
+from cellctl.connect import ConnectReport, DevicesUnreachable, build_drivers, devices_for_tags
 from cellctl.controller import CommandBlocked, Controller
 from cellctl.durations import format_duration
 from cellctl.errors import BadValue, CellctlError, did_you_mean
 from cellctl.events import BatchEnded, Event, StateChanged, StepStarted, TripCleared
+from cellctl.executor import StepFailure
 from cellctl.heartbeat import Heartbeat
 from cellctl.interlocks import interlock_tags
 from cellctl.keys import TerminalKeys, TerminalOperator
@@ -40,8 +41,9 @@ from cellctl.operator import (
 )
 from cellctl.plan import make_plan
 from cellctl.recipe import LoadedRecipe, step_ids
-from cellctl.runview import RunModel, event_line, render, summary_lines
+from cellctl.runview import FittedView, RunModel, event_line, summary_lines
 from cellctl.tagio import TagIO
+from cellctl.tags import tag_units
 from cellctl.validate import open_recipe
 from drivers.base import Value
 
@@ -53,6 +55,7 @@ HINT_RUNNING = "Ctrl-C or h hold · p suspend · Ctrl-C twice abort"
 HINT_HELD = "u unhold · a abort"
 HINT_SUSPENDED = "p unsuspend · Ctrl-C or h hold"
 HINT_CHOICE = "the step failed: r retry it · s skip it · any other key: back"
+HINT_UNDONE = "the safe state undid the step's writes: r re-run it · s skip it · a abort"
 
 
 @dataclass
@@ -131,9 +134,21 @@ def prepare(options: RunOptions) -> Prepared:
                 "--step and --break wait for keys at a terminal; stdin/stdout is not one"
             )
         check_answered(recipe, answers)
-    tags = list(dict.fromkeys([*plan.reads, *plan.writes, *interlock_tags(cell), *cell.safe_state]))
-    # The devices of those tags, of the heartbeat (its tags are written, never polled), and
-    # those the recipe only calls methods on.
+    tags = list(
+        dict.fromkeys(
+            [
+                *plan.reads,
+                *plan.writes,
+                *interlock_tags(cell),
+                *cell.safe_state,
+                *cell.reset_values,
+                *cell.ready_tags,
+            ]
+        )
+    )
+    # The devices of those tags (Resetting's and `ready`'s included: every batch prepares the
+    # cell), of the heartbeat (its tags are written, never polled), and those the recipe only
+    # calls methods on.
     used = set(devices_for_tags(cell, [*tags, *cell.heartbeat_tags])) | set(plan.devices)
     devices = [name for name in cell.devices if name in used]
     operator = None if options.interactive else ScriptedOperator(answers, options.operator)
@@ -205,13 +220,17 @@ class BatchRun:
                 interrupted.append(True)
                 me.cancel()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        # The handlers from before (the console script's: SIGTERM as Ctrl-C) come back after the
+        # run: the loop's removal would leave SIGTERM killing the process during the cleanup.
+        before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        for signum in before:
             loop.add_signal_handler(signum, interrupt)
         try:
             async with _served(loaded.cell, self.options) as (cell, simulator):
                 drivers = build_drivers(cell, prepared.devices)
                 io = TagIO(cell, drivers, prepared.tags)
-                await io.connect()  # DevicesUnreachable: nothing was written
+                with ConnectReport() as report:  # a slow connect says whom it tries to reach
+                    await io.connect(report=report)  # DevicesUnreachable: nothing was written
                 try:
                     await _all_answer(io, [*prepared.tags, *cell.heartbeat_tags])
                     # The heartbeat is the only thing written before Start; it lasts the run.
@@ -227,8 +246,10 @@ class BatchRun:
                 ) from None
             raise
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum, handler in before.items():
                 loop.remove_signal_handler(signum)
+                if handler is not None:
+                    signal.signal(signum, handler)
 
     async def _run_connected(self, io: TagIO, simulator: CellSimulator | None) -> int:
         prepared, options = self.prepared, self.options
@@ -239,6 +260,7 @@ class BatchRun:
             loaded.cell.cell,
             lambda: [v for t in prepared.tags if (v := io.board.latest(t)) is not None],
             parameters=prepared.parameters,
+            units=tag_units(loaded.cell),
         )
         operator: Operator
         if prepared.operator is not None:
@@ -305,11 +327,14 @@ class BatchRun:
                     )
                 )
             if options.interactive:
+                # The view fits the terminal by itself (FittedView); "crop" only guards a
+                # terminal resized between a render and its drawing.
                 with Live(
-                    get_renderable=lambda: render(model),
+                    FittedView(model),
                     console=self.out,
                     refresh_per_second=8,
                     transient=False,
+                    vertical_overflow="crop",
                 ):
                     ended = await batch()
             else:
@@ -397,8 +422,18 @@ class BatchRun:
         self.model.hint = {State.HELD: HINT_HELD, State.SUSPENDED: HINT_SUSPENDED, **ended}.get(
             event.target, HINT_RUNNING
         )
+        # Held with a step whose writes the safe state undid: the question and its keys show.
+        question = self._undone() if event.target is State.HELD else None
+        self.model.question = question.message if question is not None else None
+        if question is not None:
+            self.model.hint = HINT_UNDONE
         if event.target is State.EXECUTE:
             self.interrupts = 0  # running again: the next Ctrl-C holds again
+
+    def _undone(self) -> StepFailure | None:
+        """The question Unhold asks now: a held step whose writes the safe state undid."""
+        failure = self.controller.executor.failure if self.controller is not None else None
+        return failure if failure is not None and failure.undone else None
 
     def _command(self, command: Command, how: str, choice: FailureChoice | None = None) -> None:
         controller = self.controller
@@ -444,7 +479,12 @@ class BatchRun:
                 operator.feed(key)
                 continue
             state = controller.state
-            if self.choosing:
+            if state is State.HELD and self._undone() is not None and key in ("r", "s", "u"):
+                # Asked at once: r re-runs the step from its start, s skips it (a aborts).
+                if key != "u":
+                    choice = FailureChoice.RERUN if key == "r" else FailureChoice.SKIP
+                    self._command(Command.UNHOLD, f"key {key}", choice)
+            elif self.choosing:
                 self.choosing = False
                 self.model.hint = HINT_HELD
                 if key in ("r", "s"):
@@ -465,7 +505,8 @@ class BatchRun:
                 self._command(Command.ABORT, "key a")
 
     async def _demo_fault(self, simulator: CellSimulator, device: str, name: str) -> None:
-        """The demo's fault: raise it in the second round, clear it once Held, then Unhold."""
+        """The demo's fault: raise it in the second round, clear it once Held, then Unhold
+        (re-running the held step when the safe state undid its writes: the demo's choice)."""
         controller = self.controller
         assert controller is not None
         second_round = asyncio.Event()
@@ -489,8 +530,14 @@ class BatchRun:
             await asyncio.sleep(1.5)
             simulator.fault(device, name, False)
             await cleared.wait()
+            cause = f"demo: {device} {name} restored"
+            choice = None
+            if (question := controller.executor.failure) is not None and question.undone:
+                # The demo plays the operator: the safe state undid the step, so it runs again.
+                choice = FailureChoice.RERUN
+                cause += f"; the demo's choice: re-run ({question.message})"
             with contextlib.suppress(IllegalCommand, CommandBlocked):
-                await controller.command(Command.UNHOLD, cause=f"demo: {device} {name} restored")
+                await controller.command(Command.UNHOLD, cause=cause, choice=choice)
         finally:
             self.demo_busy = False
             controller.wake_waiters()  # a run_batch waiting in Held looks again

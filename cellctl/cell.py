@@ -37,7 +37,14 @@ from pydantic import (
 
 from cellctl import expr, names
 from cellctl.durations import Duration, format_duration
-from cellctl.errors import BadValue, InvalidField, Problem, ValidationFailed, did_you_mean
+from cellctl.errors import (
+    BadValue,
+    InvalidField,
+    Problem,
+    ValidationFailed,
+    did_you_mean,
+    quote,
+)
 from cellctl.yamlload import (
     Describe,
     Where,
@@ -75,7 +82,8 @@ class ModbusAddress:
         return f"{self.table.value}:{self.address}{suffix}"
 
 
-_ADDRESS = re.compile(r"(coil|di|hr|ir):(\d+)(?:\.(\d+))?", re.IGNORECASE)
+# ASCII digits, few enough for int(): '１０' is no address, nor are 5000 digits (int() refuses).
+_ADDRESS = re.compile(r"(coil|di|hr|ir):([0-9]{1,9})(?:\.([0-9]{1,9}))?", re.IGNORECASE)
 _MODICON = re.compile(r"([0134])x?(\d{4,5})", re.IGNORECASE)
 _MODICON_TABLE = {"0": "coil", "1": "di", "3": "ir", "4": "hr"}
 _ADDRESS_FORMS = "coil:N, di:N, hr:N, ir:N, or hr:N.B / ir:N.B for a bit (N zero-based)"
@@ -99,7 +107,8 @@ def parse_address(value: object) -> ModbusAddress:
                 f"addresses: write {hint} for {text}",
                 "bad-address",
             )
-        raise InvalidField(f"{text!r} is not an address: write {_ADDRESS_FORMS}", "bad-address")
+        what = quote(text)
+        raise InvalidField(f"{what} is not an address: write {_ADDRESS_FORMS}", "bad-address")
     table = ModbusTable(match.group(1).lower())
     address = int(match.group(2))
     if address > 0xFFFF:
@@ -123,7 +132,8 @@ Address = Annotated[
 
 _GUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 _NODE_ID = re.compile(
-    rf"(?:ns=(?P<ns>\d+);|nsu=[^;]+;)?(?:i=(?P<i>\d+)|s=.+|g={_GUID}|b=[A-Za-z0-9+/]+={{0,2}})",
+    rf"(?:ns=(?P<ns>[0-9]{{1,9}});|nsu=[^;]+;)?"
+    rf"(?:i=(?P<i>[0-9]{{1,12}})|s=.+|g={_GUID}|b=[A-Za-z0-9+/]+={{0,2}})",
     re.DOTALL,
 )
 
@@ -133,7 +143,7 @@ def check_node_id(value: str) -> str:
     match = _NODE_ID.fullmatch(value)
     hint = "write e.g. ns=2;s=Robot.Busy or ns=3;i=1001"
     if match is None:
-        raise InvalidField(f"bad NodeId {value!r}: {hint}", "bad-node")
+        raise InvalidField(f"bad NodeId {quote(value)}: {hint}", "bad-node")
     if match.group("ns") is not None and int(match.group("ns")) > 0xFFFF:
         raise InvalidField(f"bad NodeId {value!r}: namespace index above 65535", "bad-node")
     if match.group("i") is not None and int(match.group("i")) > 0xFFFFFFFF:
@@ -479,8 +489,16 @@ SafeValue = Annotated[
 ]
 
 
+class Ready(_Model):
+    """What Resetting waits for before the cell is Idle: a condition over the cell's tags,
+    true within `timeout` after Resetting's writes (else Resetting stops the cell)."""
+
+    when: NonEmpty
+    timeout: PositiveDuration = 10.0
+
+
 class Cell(_Model):
-    """A cell file: the cell's devices, tags, methods, interlocks and safe state."""
+    """A cell file: the cell's devices, tags, methods, interlocks, safe state and reset."""
 
     cell: Annotated[str, AfterValidator(names.label("cell name"))]
     description: str | None = None
@@ -494,6 +512,10 @@ class Cell(_Model):
     restore_on_unhold: list[str] = []
     #: Life signals the controller writes while it runs, at most one per device.
     heartbeat: list[Heartbeat] = []
+    #: What Resetting writes to prepare the cell for a batch; None: the safe state.
+    reset: dict[str, SafeValue] | None = None
+    #: What Resetting waits for once it has written (None: nothing).
+    ready: Ready | None = None
     _source: Path | None = PrivateAttr(None)
 
     @property
@@ -505,6 +527,17 @@ class Cell(_Model):
     def base_dir(self) -> Path:
         """The directory relative paths in the file (certificates) are resolved against."""
         return self._source.parent if self._source is not None else Path.cwd()
+
+    @property
+    def reset_values(self) -> dict[str, Any]:
+        """What Resetting writes, in cell-file order: `reset`, else the safe state."""
+        return dict(self.safe_state if self.reset is None else self.reset)
+
+    @property
+    def ready_tags(self) -> list[str]:
+        """The tags `ready` names, in cell-file order."""
+        named = expr.parse(self.ready.when).names if self.ready is not None else frozenset()
+        return [t for t in self.tags if t in named]
 
     @property
     def heartbeat_tags(self) -> list[str]:
@@ -546,7 +579,13 @@ def cell_from_document(doc: YamlDocument, source: Path | None = None) -> Cell:
     return cell
 
 
-_SECTIONS = {"devices": "device", "tags": "tag", "methods": "method", "safe_state": "safe_state"}
+_SECTIONS = {
+    "devices": "device",
+    "tags": "tag",
+    "methods": "method",
+    "safe_state": "safe_state",
+    "reset": "reset",
+}
 
 
 def _keys(model: type[BaseModel]) -> tuple[str, ...]:
@@ -563,6 +602,8 @@ def _describer(doc: YamlDocument) -> Describe:
 
     def describe(loc: tuple[str | int, ...]) -> Where:
         section = loc[0] if loc else None
+        if section == "ready" and len(loc) >= 2:
+            return Where("ready", loc[1:], _keys(Ready))
         if len(loc) < 2 or section not in (*_SECTIONS, "interlocks", "heartbeat"):
             return Where("cell file", loc, _keys(Cell))
         rest = loc[2:]
@@ -668,6 +709,8 @@ class _Rules:
         self.check_safe_state()
         self.check_restore_on_unhold()
         self.check_heartbeat()
+        self.check_reset()
+        self.check_ready()
         return self.problems
 
     # -- devices ---------------------------------------------------------------------------
@@ -972,12 +1015,28 @@ class _Rules:
                     "methods need an OPC UA device",
                 )
 
+    def _kinds(self) -> dict[str, expr.Kind | None]:
+        """What each tag yields in an expression (None: the tag's own entry is invalid)."""
+        kinds: dict[str, expr.Kind | None] = dict.fromkeys(self.raw_tags)
+        kinds.update({name: expr.kind_of(tag.datatype) for name, tag in self.tags.items()})
+        return kinds
+
+    def _check_condition(self, loc: tuple[str | int, ...], subject: str, when: object) -> None:
+        """A condition over the cell's tags (`when` of an interlock or of `ready`)."""
+        if not isinstance(when, str) or not when:
+            return  # reported by pydantic
+        for error in _expression_problems(when, self._kinds()):
+            self.add(
+                loc,
+                "expression",
+                f"{subject}: when: {error.message}",
+                col_offset=scalar_offset(when, error.col),
+            )
+
     def check_interlocks(self) -> None:
         raw = self.data.get("interlocks")
         if not isinstance(raw, list):
             return
-        kinds: dict[str, expr.Kind | None] = dict.fromkeys(self.raw_tags)
-        kinds.update({name: expr.kind_of(tag.datatype) for name, tag in self.tags.items()})
         names: dict[str, int] = {}
         for index, item in enumerate(raw):
             if not isinstance(item, dict):
@@ -994,40 +1053,57 @@ class _Rules:
                 )
             if isinstance(name, str):
                 names.setdefault(name, index)
-            if not isinstance(when, str) or not when:
-                continue
-            for error in _expression_problems(when, kinds):
-                self.add(
-                    (*loc, "when"),
-                    "expression",
-                    f"{subject}: when: {error.message}",
-                    col_offset=scalar_offset(when, error.col),
-                )
+            self._check_condition((*loc, "when"), subject, when)
 
     def check_safe_state(self) -> None:
-        raw = self.data.get("safe_state")
+        self._check_written("safe_state", "the safe state")
+
+    def _check_written(self, section: str, writer: str) -> None:
+        """A mapping of rw tags to values of their type, which `writer` writes."""
+        raw = self.data.get(section)
         if not isinstance(raw, dict):
             return
         for name, value in raw.items():
-            loc: tuple[str | int, ...] = ("safe_state", str(name))
+            loc: tuple[str | int, ...] = (section, str(name))
             tag = self.tags.get(str(name))
             if str(name) not in self.raw_tags:
                 hint = did_you_mean(str(name), self.raw_tags)
-                self.add(loc, "unknown-tag", f"safe_state: unknown tag {name!r}{hint}", key=True)
+                self.add(loc, "unknown-tag", f"{section}: unknown tag {name!r}{hint}", key=True)
             elif tag is None:
                 continue
             elif tag.access is not Access.RW:
                 self.add(
                     loc,
                     "read-only",
-                    f"safe_state: tag {name} is read-only; the safe state writes rw tags",
+                    f"{section}: tag {name} is read-only; {writer} writes rw tags",
                     key=True,
                 )
             else:
                 try:
                     tag.check_value(plain(value))
                 except BadValue as err:
-                    self.add(loc, "bad-value", f"safe_state {name}: {err}")
+                    self.add(loc, "bad-value", f"{section} {name}: {err}")
+
+    def check_reset(self) -> None:
+        self._check_written("reset", "Resetting")
+        raw, beats = self.data.get("reset"), self.data.get("heartbeat")
+        if not isinstance(raw, dict) or not isinstance(beats, list):
+            return
+        for index, beat in enumerate(beats):
+            name = beat.get("tag") if isinstance(beat, dict) else None
+            if isinstance(name, str) and name in raw:
+                self.add(
+                    ("reset", name),
+                    "heartbeat-in-reset",
+                    f"reset: tag {name} is a heartbeat (line "
+                    f"{self.line(('heartbeat', index))}); only the heartbeat writes it",
+                    key=True,
+                )
+
+    def check_ready(self) -> None:
+        raw = self.data.get("ready")
+        if isinstance(raw, dict):
+            self._check_condition(("ready", "when"), "ready", raw.get("when"))
 
     def check_restore_on_unhold(self) -> None:
         raw = self.data.get("restore_on_unhold")

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
+from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException
 
-from cellctl import __version__, exitcodes
+from cellctl import __version__, exitcodes, textvalue
 from cellctl.cell import Cell, load_cell
 from cellctl.check import check_cell
 from cellctl.connect import (
@@ -33,18 +34,79 @@ from cellctl.liveview import plain_line, tag_table
 from cellctl.logsetup import active_log_file, configure_logging
 from cellctl.plan import make_plan, plan_lines, plan_view
 from cellctl.schema import FileKind, schema_of, schema_of_both
-from cellctl.tagio import CellSession
-from cellctl.tags import parse_value
+from cellctl.tagio import CellSession, tags_to_read
+from cellctl.tags import parse_value, tag_units, text_type
 from cellctl.validate import open_recipe, validate_files
 from drivers.base import Quality
 from drivers.codecs import format_value
 from drivers.errors import DriverError
 
 if TYPE_CHECKING:  # the controller is imported by the commands that run it
+    # typer's vendored click, for types only: at run time typer hands these in.
+    from typer._click import Context, Parameter
+    from typer.models import CommandFunctionType
+
     from cellctl.batchrun import RunOptions
 
 
-app = typer.Typer(
+def _bare_flags(params: list[Parameter]) -> list[Parameter]:
+    """The params, each flag (it takes no value) with an empty metavar: typer's help would show
+    `--json <bool>`, as if the flag took one."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+def _usage_name(argument: Parameter) -> str:
+    """An argument on the usage line as FILE... or [TAG]... (typer writes `{files}...`)."""
+    name = argument.metavar or (argument.name or "ARG").upper()
+    if argument.nargs != 1 and not name.endswith("..."):
+        name += "..."
+    if not argument.required:
+        name = f"[{name.removesuffix('...')}]" + ("..." if name.endswith("...") else "")
+    return name
+
+
+class _Command(TyperCommand):
+    """A command whose --help shows flags as flags and arguments as click writes them."""
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        """The params, flags shown without a value."""
+        return _bare_flags(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
+        """`[OPTIONS] FILE...`: options, then each argument by its metavar."""
+        pieces = [self.options_metavar] if self.options_metavar else []
+        pieces += [
+            _usage_name(param)
+            for param in self.get_params(ctx)
+            if param.param_type_name == "argument"
+        ]
+        return pieces
+
+
+class _Group(TyperGroup):
+    """The root command: its flags too are shown as flags."""
+
+    def get_params(self, ctx: Context) -> list[Parameter]:
+        """The params, flags shown without a value."""
+        return _bare_flags(super().get_params(ctx))
+
+
+class _App(typer.Typer):
+    """A Typer whose commands are all `_Command`s."""
+
+    def command(
+        self, *args: Any, **kwargs: Any
+    ) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        """Register a command (as typer.Typer.command), of class _Command unless told."""
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _App(
+    cls=_Group,
     name="cellctl",
     help="Control a microfactory production cell: devices, simulators, recipes.",
     no_args_is_help=True,
@@ -55,7 +117,13 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
-DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
+#: Where the demo cell is: shipped in the installed package (pyproject.toml maps recipes/demo
+#: to cellctl/_demo), or, run from a source tree, recipes/demo itself.
+DEMO_FOLDERS = (
+    Path(__file__).resolve().parent / "_demo",
+    Path(__file__).resolve().parent.parent / "recipes" / "demo",
+)
+DEMO_RECIPE = "press-fit.yaml"
 
 #: Seconds `sim` and `read --watch` get to finish by themselves after SIGINT/SIGTERM.
 STOP_GRACE = 2.0
@@ -75,6 +143,19 @@ SafeWaitOption = Annotated[
         "(exit 5 past it)",
     ),
 ]
+
+
+class DemoMissing(CellctlError):
+    """`demo` found no demo cell, or no press-fit recipe beside the cell it was given."""
+
+
+def demo_cell() -> Path:
+    """The demo cell file, installed or in the source tree."""
+    for folder in DEMO_FOLDERS:
+        if (folder / "cell.yaml").is_file():
+            return folder / "cell.yaml"
+    looked = " or ".join(str(folder / "cell.yaml") for folder in DEMO_FOLDERS)
+    raise DemoMissing(f"the demo cell is not installed: no {looked} (reinstall cellctl)")
 
 
 class _Stop(Exception):
@@ -169,7 +250,7 @@ ParamOption = Annotated[
 
 @app.command()
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="cell or recipe files")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="cell or recipe files")],
     cell: Annotated[
         Path | None,
         typer.Option(
@@ -207,7 +288,7 @@ def plan(
     if as_json:
         out.print_json(json.dumps(made.to_json()))
     elif out.is_terminal:
-        out.print(plan_view(made))
+        out.print(plan_view(made), soft_wrap=False)  # long steps wrap, never cut
     else:
         for line in plan_lines(made):
             out.print(line, markup=False)
@@ -217,7 +298,9 @@ def plan(
 def schema(
     kind: Annotated[
         FileKind | None,
-        typer.Argument(help="recipe or cell (default: either, for one editor setting)"),
+        typer.Argument(
+            metavar="KIND", help="recipe or cell (default: either, for one editor setting)"
+        ),
     ] = None,
 ) -> None:
     """Print the JSON Schema of recipe or cell files, for editors' YAML language servers."""
@@ -230,7 +313,10 @@ def schema(
 @app.command()
 def read(
     tags: Annotated[
-        list[str] | None, typer.Argument(help="tags to read (default: every tag)")
+        list[str] | None,
+        typer.Argument(
+            metavar="TAG|DEVICE...", help="tags, or devices (all their tags); default: every tag"
+        ),
     ] = None,
     cell: CellOption = ...,  # type: ignore[assignment]
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -238,20 +324,21 @@ def read(
         bool, typer.Option("--watch", help="keep showing values until Ctrl-C")
     ] = False,
 ) -> None:
-    """Read tags from whatever serves the cell file's endpoints."""
+    """Read tags (or all tags of a device) from whatever serves the cell file's endpoints."""
     spec = load_cell(cell)
-    names = list(tags) if tags else list(spec.tags)
+    names = tags_to_read(spec, tags or ())
+    units = tag_units(spec)
     if watch:
         asyncio.run(_until_signalled(lambda stop: _watch(spec, names, stop)))
         return
     values = asyncio.run(_read_once(spec, names))
     if as_json:
-        out.print_json(json.dumps([_json_value(v) for v in values]))
+        out.print_json(json.dumps([_json_value(v, units) for v in values]))
     elif out.is_terminal:
-        out.print(tag_table(values))
+        out.print(tag_table(values, units=units))
     else:
         for value in values:
-            _plain(plain_line(value))
+            _plain(plain_line(value, units.get(value.tag)))
     # One line per cause: a device that is down fails all its tags with the same error.
     causes: dict[tuple[str, str], list[str]] = {}
     for value in values:
@@ -274,7 +361,7 @@ def _json_safe(value: object) -> bool:
     return not isinstance(value, float) or math.isfinite(value)
 
 
-def _json_value(value: TagValue) -> dict[str, Any]:
+def _json_value(value: TagValue, units: dict[str, str]) -> dict[str, Any]:
     return {
         "tag": value.tag,
         "device": value.device,
@@ -282,6 +369,7 @@ def _json_value(value: TagValue) -> dict[str, Any]:
         # the text shows what it was.
         "value": value.value if _json_safe(value.value) else None,
         "text": format_value(value.value),
+        "unit": units.get(value.tag),
         "quality": value.quality.value,
         "timestamp": value.timestamp,
         "error": value.error,
@@ -293,11 +381,14 @@ async def _watch(cell: Cell, names: list[str], stop: asyncio.Event) -> None:
         latest: dict[str, TagValue] = await session.read()
         unsubscribe = session.subscribe(lambda value: latest.__setitem__(value.tag, value))
         try:
+            units = tag_units(cell)
             with Live(
-                tag_table(latest.values(), cell.cell), console=out, auto_refresh=False
+                tag_table(latest.values(), cell.cell, units), console=out, auto_refresh=False
             ) as live:
                 while not stop.is_set():
-                    live.update(tag_table([latest[n] for n in names], cell.cell), refresh=True)
+                    live.update(
+                        tag_table([latest[n] for n in names], cell.cell, units), refresh=True
+                    )
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(0.25):
                             await stop.wait()
@@ -309,7 +400,9 @@ async def _watch(cell: Cell, names: list[str], stop: asyncio.Event) -> None:
 
 @app.command()
 def write(
-    assignments: Annotated[list[str], typer.Argument(help="TAG=VALUE pairs, written in order")],
+    assignments: Annotated[
+        list[str], typer.Argument(metavar="TAG=VALUE...", help="written in order")
+    ],
     cell: CellOption = ...,  # type: ignore[assignment]
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="write to non-loopback endpoints without asking")
@@ -325,7 +418,8 @@ def write(
             problems.append(f"{text!r}: write TAG=VALUE")
             continue
         try:
-            pairs.append((tag.strip(), parse_value(spec, tag.strip(), raw.strip())))
+            # The value as typed: a string tag takes its spaces (cellctl.textvalue).
+            pairs.append((tag.strip(), parse_value(spec, tag.strip(), raw)))
         except CellctlError as error:
             problems.append(str(error))
     if problems:
@@ -349,7 +443,11 @@ async def _write_all(cell: Cell, pairs: list[tuple[str, Any]]) -> None:
     async with CellSession(cell, [t for t, _ in pairs]) as session:
         for tag, value in pairs:
             await session.write(tag, value)
-            out.print(f"{tag} = {format_value(value)} (confirmed)", markup=False)
+            spec = cell.tags[tag]
+            # As the device stores it: a scaled tag holds whole raw steps (12.34 at scale 0.1
+            # is raw 123, so 12.3).
+            shown = textvalue.show(spec.from_raw(spec.to_raw(value)), text_type(spec))
+            out.print(f"{tag} = {shown} (confirmed)", markup=False)
 
 
 @app.command()
@@ -489,7 +587,14 @@ def demo(
         str | None,
         typer.Option("--fault", help="break this mid-batch, then restore it (light-curtain)"),
     ] = None,
-    cell_file: Annotated[Path, typer.Option("--cell", help="the cell to simulate")] = DEMO_CELL,
+    cell_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--cell",
+            metavar="CELL",
+            help=f"the cell to simulate, with {DEMO_RECIPE} beside it (default: the demo cell)",
+        ),
+    ] = None,
     speed: Annotated[
         float, typer.Option("--speed", min=0.01, max=1000, help="model time factor")
     ] = 1.0,
@@ -499,8 +604,16 @@ def demo(
     """Run press-fit on the demo cell's simulators, in this process, to Complete."""
     from cellctl.batchrun import RunOptions
 
+    if cell_file is None:
+        cell_file = demo_cell()
+    recipe = cell_file.parent / DEMO_RECIPE
+    if not recipe.is_file():
+        raise DemoMissing(
+            f"demo runs the {DEMO_RECIPE} recipe beside its cell file, and there is no "
+            f"{recipe}; run another recipe with: cellctl run RECIPE --sim --cell {cell_file}"
+        )
     options = RunOptions(
-        recipe=cell_file.parent / "press-fit.yaml",
+        recipe=recipe,
         cell=cell_file,
         params=params or [],
         sim=True,
@@ -527,15 +640,32 @@ def states(
         return
     rows = machine.state_table_rows()
     if out.is_terminal:
-        from rich.table import Table
-
-        table = Table(*rows[0])
-        for row in rows[1:]:
-            table.add_row(*row)
-        out.print(table)
+        out.print(_state_table(rows), soft_wrap=False)
     else:
         for row in rows:
             _plain("\t".join(row))
+
+
+def _state_table(rows: list[tuple[str, ...]]) -> RenderableType:
+    """The state table as a grid (a column per command) where the terminal is wide enough for
+    it, else one row per transition: never a state cut short."""
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    grid = Table(*rows[0])
+    for row in rows[1:]:
+        grid.add_row(*row)
+    natural = Measurement.get(out, out.options.update_width(10_000), grid).maximum
+    if natural <= out.width:
+        return grid
+    header = rows[0]
+    narrow = Table(header[0], "Command", "Next state")
+    for state, *targets in rows[1:]:
+        moves = [(header[n], target) for n, target in enumerate(targets, 1) if target]
+        for n, (command, target) in enumerate(moves):
+            last = n == len(moves) - 1
+            narrow.add_row(state if n == 0 else "", command, target, end_section=last)
+    return narrow
 
 
 def run(argv: list[str] | None = None) -> int:

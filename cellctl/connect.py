@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from urllib.parse import urlparse
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
 from cellctl.cell import Cell
 from cellctl.errors import CellctlError
 from cellctl.tags import device_config, get_tag, methods_by_device, point_for
-from drivers.base import Driver, Quality, Value
+from drivers.base import ConnectTry, Driver, Quality, Value
 from drivers.config import MemoryConfig, ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig, is_loopback
 from drivers.memory import MemoryDriver
 from drivers.modbus import make_modbus_drivers
@@ -114,3 +120,83 @@ def non_loopback_endpoints(cell: Cell, tags: Iterable[str]) -> list[str]:
         if serial or (host is not None and not is_loopback(host)):
             remote.append(f"{device} ({host or getattr(config, 'port', '')})")
     return remote
+
+
+#: Seconds a connect may take before it is shown: a quick one shows nothing.
+CONNECT_QUIET = 0.5
+
+
+def try_line(attempt: ConnectTry) -> str:
+    """One try of a connect, for the operator: device, endpoint, try, time left, last error."""
+    why = f": {attempt.error}" if attempt.error else ""
+    return (
+        f"connecting to {attempt.device} ({attempt.endpoint}) … try {attempt.number}, "
+        f"gives up in {attempt.left:.1f} s{why}"
+    )
+
+
+class ConnectReport:
+    """Tells which device is being reached and which try this is, for a connect that takes
+    longer than CONNECT_QUIET: in place on a terminal (gone once connected), one plain line
+    per device and try elsewhere. Use it around the connect: `with ConnectReport() as r:`.
+
+    The number of tries is not known in advance (each waits a jittered, growing delay until
+    the deadline), so the line tells the time left instead.
+    """
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+        #: Each device still connecting, and its latest try.
+        self.connecting: dict[str, ConnectTry] = {}
+        self._shown = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._live: Live | None = None
+
+    def __call__(self, attempt: ConnectTry) -> None:
+        """A driver starts a try (drivers.base.ConnectProgress)."""
+        self.connecting[attempt.device] = attempt
+        if self._shown:
+            self._show([attempt])
+
+    def reached(self, device: str) -> None:
+        """The device's connect ended (connected or given up): it is no longer shown."""
+        if self.connecting.pop(device, None) is not None and self._live is not None:
+            self._live.update(self._lines(), refresh=True)
+
+    def __enter__(self) -> ConnectReport:
+        self._timer = asyncio.get_running_loop().call_later(CONNECT_QUIET, self._start)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._live is not None:
+            self._live.stop()  # transient: the lines go
+            self._live = None
+
+    def _start(self) -> None:
+        self._shown = True
+        if self.console.is_terminal:
+            self._live = Live(
+                self._lines(), console=self.console, transient=True, auto_refresh=False
+            )
+            self._live.start(refresh=True)
+        else:
+            self._show(list(self.connecting.values()))
+
+    def _lines(self) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append("\n".join(try_line(a) for a in self.connecting.values()))
+        return text
+
+    def _show(self, attempts: list[ConnectTry]) -> None:
+        if self._live is not None:
+            self._live.update(self._lines(), refresh=True)
+            return
+        for attempt in attempts:
+            self.console.print(try_line(attempt), markup=False)

@@ -7,6 +7,11 @@ left (Abort during Holding: Aborting writes the whole safe state again). The exe
 own task, started on the first Execute, paused by Hold/Suspend/Stop and cancelled by Abort and
 after Stop.
 
+What Resetting does: it prepares the cell for the batch, writing the cell's `reset` values
+(else its safe state), each confirmed and on record, then waits for the cell's `ready`
+condition on values read after those writes; a `ready` still false at its timeout, or a write
+that fails, stops the cell (Stopping writes the safe state).
+
 What Holding does: the executor stops taking steps at once (no new
 write or call starts), the safe state is written, and Held is reached once the write or call in
 flight has ended.
@@ -17,8 +22,11 @@ SAFE_RETRY s and at once when it answers again, until it is confirmed; so is a d
 write failed (cellctl.safestate). A run confirms it, read back, before it ends.
 
 Unholding writes back the cell's `restore_on_unhold` tags to the value the recipe last wrote,
-then the executor re-enters the interrupted wait. Suspend pauses the executor the same way but
-writes nothing (an external cause: starved or blocked).
+then the executor re-enters the interrupted wait. A step whose own writes the safe state undid
+meanwhile (tags Unholding does not restore: a trigger such as a cycle start) is not re-entered:
+Unhold needs the operator's choice, to re-run it from its start or skip it (or Abort).
+Suspend pauses the executor the same way but writes nothing (an external cause: starved or
+blocked).
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ from typing import Any
 
 import structlog
 
+from cellctl import expr
 from cellctl.cell import Cell
+from cellctl.connect import TagValue
 from cellctl.errors import CellctlError
 from cellctl.events import (
     BatchEnded,
@@ -40,6 +50,7 @@ from cellctl.events import (
     Event,
     ModeChanged,
     Notice,
+    SafeStateWritten,
     StateChanged,
     StepEnded,
     StepOutcome,
@@ -48,7 +59,7 @@ from cellctl.events import (
     Tripped,
     WaitProgress,
 )
-from cellctl.executor import Executor, PauseReason, StepFailure
+from cellctl.executor import Executor, PauseReason, StepFailure, judge, newest_sample
 from cellctl.interlocks import (
     BLOCKED_COMMANDS,
     InterlockMonitor,
@@ -58,7 +69,7 @@ from cellctl.operator import FailureChoice, Operator
 from cellctl.recipe import LoadedRecipe
 from cellctl.safestate import SafeState
 from cellctl.tagio import TagIO
-from drivers.base import Unsubscribe, Value
+from drivers.base import Quality, Unsubscribe, Value
 
 log = structlog.get_logger("cellctl.controller")
 
@@ -142,6 +153,12 @@ class Controller:
         self._unhealth: Unsubscribe | None = None
         #: Set by a stop request before the batch started: Reset and Start are not issued.
         self._no_start: str | None = None
+        #: The cell's `ready` condition, which Resetting waits for; refuse_start wakes it.
+        self._ready = expr.parse(self.cell.ready.when) if self.cell.ready is not None else None
+        self._ready_wake = asyncio.Event()
+        unwatched = [t for t in self.cell.ready_tags if t not in io.tags]
+        if unwatched:  # the wait would never hear them change
+            raise ValueError(f"the tags of ready must be watched: {', '.join(unwatched)}")
 
     # -- events ------------------------------------------------------------------------------
 
@@ -157,6 +174,9 @@ class Controller:
                 listener(event)
             except Exception:
                 self.log.error("an event listener failed", exc_info=True)
+        if isinstance(event, SafeStateWritten):
+            # While held: a step whose own writes this undid is asked about on Unhold.
+            self.executor.overwritten({r.tag: r.value for r in event.results if r.error is None})
 
     def _state_changed(self, change: StateChanged) -> None:
         # The machine's callback: record and signal only (DESIGN §7).
@@ -176,8 +196,10 @@ class Controller:
             self.faults.append(text)
 
     def step_failed(self, failure: StepFailure) -> None:
-        """A step failed: hold (the operator chooses retry or skip) or abort, as on_error says."""
-        self.fault(failure.message)
+        """A step failed: hold (the operator chooses retry or skip) or abort, as on_error says;
+        or a step's writes were undone (hold: re-run, skip or abort)."""
+        if not failure.undone:  # a question, not a fault
+            self.fault(failure.message)
         command = Command.ABORT if failure.action == "abort" else Command.HOLD
         self.request(command, cause=failure.message)
 
@@ -230,6 +252,7 @@ class Controller:
     def refuse_start(self, cause: str) -> None:
         """Before the batch started: Reset and Start will not be issued (the run ends)."""
         self._no_start = cause
+        self._ready_wake.set()
         self.wake_waiters()
 
     @property
@@ -281,6 +304,11 @@ class Controller:
                 self.machine.check(command)  # the state may have moved on meanwhile
             failure = self.executor.failure
             if command is Command.UNHOLD and failure is not None and choice is None:
+                if failure.undone:
+                    raise CommandBlocked(
+                        f"Unhold: {failure.message}; choose re-run (every write again, the "
+                        "wait afresh), skip, or Abort"
+                    )
                 raise CommandBlocked(
                     f"Unhold: {failure.message}; choose retry or skip "
                     f"({'its outcome is unknown: ' if failure.outcome_unknown else ''}"
@@ -362,6 +390,108 @@ class Controller:
     async def _resetting(self) -> None:
         self.cause = None
         await self.safe.end_writers()
+        problem, since = await self._reset_outputs()
+        if problem is None and self._ready is not None and self._no_start is None:
+            problem = await self._until_ready(self._ready, since)
+        if problem is None and self._no_start is None:
+            problem = self._tripped_while_resetting()
+        if problem is not None:
+            self.fault(problem)
+            self.emit(Notice(text=problem, level="error"))
+            await self._apply(Command.STOP, problem)
+
+    async def _reset_outputs(self) -> tuple[str | None, float]:
+        """Write what Resetting writes (the cell's `reset`, else its safe state) in cell-file
+        order, each confirmed and on record: (why it could not, or None; the time.time() of
+        the last confirmation, or of the start when nothing was written).
+
+        A stop request before the start ends it (nothing more is written), and so does a
+        trip's safe state: that is the last word until the next Reset.
+        """
+        confirmed = time.time()
+        for tag, value in self.cell.reset_values.items():
+            if self._no_start is not None:
+                break
+            if (problem := self._tripped_while_resetting()) is not None:
+                return problem, confirmed
+            device = self.cell.tags[tag].device
+            try:
+                checked = self.io.check(tag, value)
+                confirmed = await self.io.write(tag, checked)
+            except CellctlError as error:
+                problem = (
+                    f"Resetting: cannot write {tag} = {expr.show(value)} on device {device}: "
+                    f"{error}"
+                )
+                return problem, confirmed
+            self.emit(TagWritten(tag=tag, value=checked))
+        return None, confirmed
+
+    def _tripped_while_resetting(self) -> str | None:
+        """Why the cell is not reset when a trip wrote the safe state meanwhile (it is the last
+        word: nothing of Resetting's may follow it), else None."""
+        if not self.safe.asked:
+            return None
+        names = ", ".join(self.interlocks.active)
+        trips = f"interlock {names}" if names else "an interlock"
+        return f"Resetting: {trips} tripped; its safe state stands, the cell is not reset"
+
+    async def _until_ready(self, ready: expr.Expression, since: float) -> str | None:
+        """Wait until `ready` holds on samples taken since Resetting's last write was confirmed
+        (`since`), within the cell's timeout; a message naming what is not true when it does
+        not. A stop request before the start ends the wait."""
+        assert self.cell.ready is not None
+        timeout = self.cell.ready.timeout
+        tags = self.cell.ready_tags
+        heard: dict[str, TagValue] = {}
+
+        def listener(sample: TagValue) -> None:
+            old = heard.get(sample.tag)
+            if old is None or sample.not_older_than(old):
+                heard[sample.tag] = sample
+            self._ready_wake.set()
+
+        unlisten = self.io.board.listen(tags, listener)  # first, so no update is missed
+        try:
+            baseline = await self.io.read(tags)  # after the writes were confirmed
+            deadline = time.monotonic() + timeout
+            told = False
+            while self._no_start is None:
+                self._ready_wake.clear()
+                current = {t: newest_sample(heard.get(t), baseline[t], since) for t in tags}
+                try:
+                    met, shown = judge(ready, current, {})
+                except expr.EvaluationError as error:
+                    return f"Resetting: ready {ready.text}: {error}"
+                if met:  # on record with the values it was judged on
+                    values = expr.show_values(shown)
+                    self.emit(Notice(text=f"Resetting: the cell is ready: {ready.text} ({values})"))
+                    return None
+                if not told:
+                    told = True
+                    self.emit(
+                        Notice(
+                            text=f"Resetting: waiting up to {timeout:g} s for the cell to be "
+                            f"ready: {ready.text} ({expr.show_values(shown)})"
+                        )
+                    )
+                remaining = deadline - time.monotonic()
+                try:
+                    if remaining <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(remaining):
+                        await self._ready_wake.wait()
+                except TimeoutError:
+                    unread = [
+                        f"{t} unreadable: {v.error or 'no value'}"
+                        for t, v in current.items()
+                        if v.quality is Quality.BAD or v.value is None
+                    ]
+                    parts = "; ".join([*expr.false_parts(ready, shown), *unread])
+                    return f"Resetting: the cell is not ready after {timeout:g} s: {parts}"
+            return None
+        finally:
+            unlisten()
 
     async def _starting(self) -> None:
         await self.safe.end_writers()  # a trip's safe state before Start: the recipe decides
@@ -558,6 +688,12 @@ class Controller:
             await self._until_ended(stop_when_held)
         self.cause = self.cause or self._no_start
         failed = self.state is not State.COMPLETE
+        question = self.executor.failure
+        if self.state is State.HELD and question is not None and question.undone:
+            # Ended Held because nobody is there to answer: the question is the cause.
+            self.cause = self.cause or (
+                f"Held: {question.message}; re-run, skip or abort needs an operator"
+            )
         ended = BatchEnded(
             state=self.state,
             duration=time.monotonic() - (self._started_clock or begun),

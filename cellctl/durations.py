@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, WithJsonSchema
 
-from cellctl.errors import InvalidField
+from cellctl.errors import InvalidField, quote
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # ASCII digits only: Python's \d and float() would also take '１２' (full-width digits).
@@ -17,6 +17,8 @@ _DURATION = re.compile(PATTERN)
 #: The longest duration a file may give: 7 days. Longer is a typo, and bounding every
 #: duration keeps every sum of them (a recipe's worst case) a finite number.
 MAX_SECONDS = 7 * 24 * 3600.0
+#: The shortest duration but 0: no timer, poll or device here acts on less than a millisecond.
+MIN_SECONDS = 0.001
 
 
 class DurationError(InvalidField):
@@ -30,7 +32,8 @@ def parse_duration(text: object) -> float:
     """Seconds of a duration such as '20ms', '1.5s', '2m', '1h'.
 
     A bare number is refused: '5' could mean 5 s or 5 ms, and a cell file must not guess.
-    So is a duration longer than 7 days (MAX_SECONDS, '168h').
+    So is a duration longer than 7 days (MAX_SECONDS, '168h'), or shorter than a millisecond
+    but not 0 (MIN_SECONDS); where 0 makes no sense, the field refuses it.
     """
     if isinstance(text, bool) or not isinstance(text, str):
         if isinstance(text, int | float) and not isinstance(text, bool):
@@ -40,18 +43,18 @@ def parse_duration(text: object) -> float:
         raise DurationError(f"duration {text!r} is not a text like '500ms', '1.5s' or '2m'")
     match = _DURATION.match(text)
     if match is None:
-        raise DurationError(f"duration {text!r} is not like '500ms', '1.5s', '2m' or '1h'")
+        raise DurationError(f"duration {quote(text)} is not like '500ms', '1.5s', '2m' or '1h'")
     seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if not math.isfinite(seconds) or seconds > MAX_SECONDS:
         raise DurationError(
-            f"duration {_short(text)} is longer than 7 days ('168h'), the longest a duration may be"
+            f"duration {quote(text)} is longer than 7 days ('168h'), the longest a duration may be"
+        )
+    if 0 < seconds < MIN_SECONDS:
+        raise DurationError(
+            f"duration {quote(text)} is shorter than a millisecond, the shortest a duration "
+            "but 0 may be: write at least '1ms'"
         )
     return seconds
-
-
-def _short(text: str) -> str:
-    """A text quoted for a message, cut short when long (400 nines help nobody)."""
-    return repr(text) if len(text) <= 30 else repr(text[:27] + "...")
 
 
 def format_duration(seconds: float) -> str:

@@ -75,3 +75,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'host'?)' when one of `choices` is close to `word`, else ''."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def quote(text: str) -> str:
+    """A text quoted for a message, cut short when long (5000 digits help nobody)."""
+    return repr(text) if len(text) <= 40 else repr(text[:37] + "...")

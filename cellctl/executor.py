@@ -7,7 +7,7 @@ resume, a write or call in flight always completes. Failures follow each step's 
 
 Freshness: every value that reads tags is read from the devices at that moment, after the
 previous write was confirmed (writes are awaited in order), and a wait only counts samples
-taken at or after the last confirmed write or call return.
+taken at or after its own start, which follows its branch's last confirmed write or call.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import enum
 import time
 from collections import ChainMap
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import NoReturn, Protocol, TypeVar
 
@@ -48,10 +48,12 @@ from cellctl.recipe import (
     Recipe,
     RepeatStep,
     SetStep,
+    Wait,
     WaitStep,
 )
 from cellctl.tagio import OutOfRange, TagIO
 from drivers.base import Quality, Value
+from drivers.points import DataType
 
 T = TypeVar("T")
 Scope = ChainMap[str, Value]
@@ -75,6 +77,14 @@ class StepFailure:
     message: str  # one line naming the step and the cause
     action: str  # "hold" or "abort"
     outcome_unknown: bool  # a write or call was sent and its result is not known
+    #: Not a failure but a question: the step's own writes that the safe state set otherwise
+    #: while it was held (and Unholding does not restore). Re-run, skip or abort.
+    undone: tuple[str, ...] = ()
+
+    @property
+    def choices(self) -> str:
+        """What the operator may choose on Unhold, for messages."""
+        return "re-run, skip or abort" if self.undone else "retry or skip"
 
 
 class ExecutorHost(Protocol):
@@ -128,6 +138,13 @@ class _Ctx:
     round: int | None
     timeout: float | None
     writes_done: int = 0  # a set step's writes confirmed in this attempt
+    #: The `changed` tags' values when the step started (None: not read yet, or no `changed`).
+    changed_from: dict[str, Value] | None = None
+    #: Of those, the tags the safe state set otherwise while paused: tag -> safe value.
+    undone: dict[str, Value] = field(default_factory=dict)
+    parked: bool = False  # interrupted, at its boundary until the resume
+    #: The operator's question about undone writes, queued with the failures.
+    question: tuple[StepFailure, asyncio.Future[FailureChoice]] | None = None
 
     def deadline(self) -> float | None:
         """time.monotonic() at which the step times out when (re)entered now, None for never.
@@ -145,6 +162,44 @@ def _wall_clock(deadline: float | None) -> float | None:
 
 def _seconds(value: float) -> str:
     return f"{value:g} s"
+
+
+def newest_sample(sample: TagValue | None, baseline: TagValue, since: float) -> TagValue:
+    """The newest sample heard that was taken at or after `since` (time.time() of the last
+    confirmed write or call) and after the baseline read, else the baseline read.
+
+    Where the device stamps its values (OPC UA), its own clock decides: a notification that
+    arrives after the baseline read but was sampled before it (published late) is older than
+    the baseline, whatever our clock says when it arrives.
+    """
+    if sample is None:
+        return baseline
+    if sample.device_time is not None and baseline.device_time is not None:
+        return sample if sample.not_older_than(baseline) else baseline
+    if sample.timestamp >= since and sample.timestamp >= baseline.timestamp:
+        return sample
+    return baseline
+
+
+def judge(
+    condition: expr.Expression, current: Mapping[str, TagValue], names: Mapping[str, Value]
+) -> tuple[bool, dict[str, Value | None]]:
+    """(met, the tag values used) of a condition on these samples and other `names`
+    (parameters); a tag without a good value leaves it unmet. Raises EvaluationError."""
+    good = {
+        t: v.value
+        for t, v in current.items()
+        if v.quality is not Quality.BAD and v.value is not None
+    }
+    shown: dict[str, Value | None] = {t: good.get(t) for t in current}
+    if len(good) < len(current):
+        return False, shown
+    return expr.evaluate(condition, {**names, **good}) is True, shown
+
+
+def _named(ctx: _Ctx) -> str:
+    """A step as the operator's questions name it: where it is and its id ("step 2.6 press")."""
+    return f"step {ctx.path} {ctx.step.id}" if ctx.step.id else f"step #{ctx.path}"
 
 
 def retry_refusal(step: AnyStep) -> str | None:
@@ -180,7 +235,6 @@ class Executor:
         self.steps_done = 0
         self._scope: Scope = ChainMap({}, dict(parameters))
         self._commanded: dict[str, Value] = {}
-        self._last_confirm = 0.0
         self._pause: PauseReason | None = None
         self._running = asyncio.Event()
         self._running.set()
@@ -192,6 +246,7 @@ class Executor:
         self._idle = asyncio.Event()
         self._idle.set()
         self._pending: list[tuple[StepFailure, asyncio.Future[FailureChoice]]] = []
+        self._leaves: list[_Ctx] = []  # leaf steps under way (one per parallel branch)
 
     # --- the controller's side --------------------------------------------------------------
 
@@ -254,7 +309,8 @@ class Executor:
         if self._pending:
             failure, answer = self._pending[0]
             if choice is None:
-                raise ChoiceNeeded(f"{failure.label} failed: choose retry or skip")
+                what = failure.message if failure.undone else f"{failure.label} failed"
+                raise ChoiceNeeded(f"{what}: choose {failure.choices}")
             self._pending.pop(0)
             answer.set_result(choice)
             if self._pending:
@@ -268,8 +324,24 @@ class Executor:
 
     @property
     def failure(self) -> StepFailure | None:
-        """The failed step waiting for the operator's choice (retry or skip)."""
+        """The step waiting for the operator's choice: failed (retry or skip), or its writes
+        undone by the safe state (re-run or skip; `undone` names them)."""
         return self._pending[0][0] if self._pending else None
+
+    def overwritten(self, values: Mapping[str, Value]) -> None:
+        """The safe state wrote `values` while paused. A step interrupted after its own
+        confirmed writes of some of those tags (other values, tags Unholding does not restore)
+        cannot just be resumed: its wait would wait for work that was undone. Unhold then asks
+        the operator to re-run it from its start, skip it or abort."""
+        if self._aborted or self._pause is None:
+            return
+        restored = set(self.io.cell.restore_on_unhold)
+        for ctx in self._leaves:
+            for tag, mine in self._written(ctx).items():  # in the step's order
+                if tag in values and tag not in restored and values[tag] != mine:
+                    ctx.undone[tag] = values[tag]
+            if ctx.parked:
+                self._ask_undone(ctx)
 
     @property
     def paused(self) -> bool:
@@ -400,9 +472,6 @@ class Executor:
             )
         )
 
-    def _confirmed(self, at: float) -> None:
-        self._last_confirm = max(self._last_confirm, at)
-
     # --- values -----------------------------------------------------------------------------
 
     def _tags_of(self, expression: expr.Expression) -> list[str]:
@@ -532,24 +601,86 @@ class Executor:
         return True
 
     async def _leaf(self, ctx: _Ctx, scope: Scope) -> None:
-        """A leaf step, re-entered after each interruption until it ends."""
+        """A leaf step, re-entered after each interruption until it ends; when the safe state
+        undid its writes meanwhile, run again from its start or skipped, as the operator chose."""
         ctx.writes_done = 0  # a new attempt (a retry) writes everything again
-        while True:
-            try:
-                await self._action(ctx, scope)
-                break
-            except _Interrupted:
-                self._ended(ctx, StepOutcome.INTERRUPTED)
-                await self._park()
+        self._leaves.append(ctx)
+        try:
+            while True:
+                try:
+                    await self._action(ctx, scope)
+                    break
+                except _Interrupted:
+                    self._ended(ctx, StepOutcome.INTERRUPTED)
+                    choice = await self._resumed(ctx)
+                if choice is FailureChoice.SKIP:
+                    self._ended(
+                        ctx,
+                        StepOutcome.SKIPPED,
+                        "skipped by the operator: its writes were undone by the safe state",
+                    )
+                    return
+                if choice is not None:  # re-run (or retry): every write again, the wait afresh
+                    ctx.writes_done = 0
+                    self._emit(Notice(text=f"{_named(ctx)}: run again from its start ({choice})"))
+        finally:
+            self._leaves.remove(ctx)
         self.steps_done += 1
         self._ended(ctx, StepOutcome.DONE)
+
+    async def _resumed(self, ctx: _Ctx) -> FailureChoice | None:
+        """An interrupted step at its boundary until the resume: None to re-enter it where it
+        was, or the operator's choice when the safe state undid its writes meanwhile."""
+        ctx.parked = True
+        self._ask_undone(ctx)  # a trip's safe state may have come before this boundary
+        try:
+            await self._park()
+            # The pause is lifted only once every queued question has its answer.
+            return None if ctx.question is None else await ctx.question[1]
+        finally:
+            if ctx.question is not None and ctx.question in self._pending:
+                self._pending.remove(ctx.question)  # Stop or Abort: nobody answers it now
+            ctx.parked, ctx.question = False, None
+            ctx.undone.clear()
+
+    def _written(self, ctx: _Ctx) -> dict[str, Value]:
+        """The step's own writes confirmed in this attempt: tag -> value."""
+        if not isinstance(ctx.step, SetStep):
+            return {}
+        tags = list(ctx.step.set)[: ctx.writes_done]
+        return {tag: self._commanded[tag] for tag in tags if tag in self._commanded}
+
+    def _ask_undone(self, ctx: _Ctx) -> None:
+        """Queue the operator's question for a paused step whose writes were undone (once)."""
+        if not ctx.undone or ctx.question is not None or self._pause is None:
+            return
+        undone = "; ".join(
+            f"{tag} was set {expr.show(value)} by the safe state"
+            for tag, value in ctx.undone.items()
+        )
+        failure = StepFailure(
+            ctx.path,
+            ctx.step.id,
+            ctx.label,
+            f"{_named(ctx)}: its writes were undone: {undone}",
+            "hold",
+            False,
+            tuple(ctx.undone),
+        )
+        ctx.question = (failure, asyncio.get_running_loop().create_future())
+        self._pending.append(ctx.question)
+        self._emit(Notice(text=f"{failure.message}; Unhold asks: re-run, skip or abort"))
 
     async def _action(self, ctx: _Ctx, scope: Scope) -> None:
         step = ctx.step
         if isinstance(step, SetStep):
             await self._set(ctx, step, scope)
         elif isinstance(step, WaitStep):
-            self._started(ctx, f"until {step.wait.text}")
+            self._started(ctx, f"until {step.wait.describe()}")
+            if step.wait.changed and ctx.changed_from is None:
+                # Once per step: a retry or a re-entry after a pause wrote nothing, so a
+                # change since the step began still counts.
+                ctx.changed_from = await self._read(list(step.wait.changed), ctx)
             await self._wait(ctx, step.wait, scope, ctx.deadline())
         elif isinstance(step, CallStep):
             await self._call(ctx, step, scope)
@@ -562,12 +693,16 @@ class Executor:
 
     def _set_detail(self, step: SetStep, scope: Scope) -> str:
         detail = ", ".join(f"{tag} := {self._constant(e, scope)}" for tag, e in step.set.items())
-        return detail if step.wait is None else f"{detail}, then until {step.wait.text}"
+        return detail if step.wait is None else f"{detail}, then until {step.wait.describe()}"
 
     async def _set(self, ctx: _Ctx, step: SetStep, scope: Scope) -> None:
         """Write in order (each value read fresh after the previous write), then the wait."""
         self._started(ctx, self._set_detail(step, scope))
         deadline = ctx.deadline()
+        if step.wait is not None and step.wait.changed and ctx.writes_done == 0:
+            # Before the first write of each attempt (a retry writes again, so it looks for a
+            # new change); a re-entry after a pause keeps the values its writes answer to.
+            ctx.changed_from = await self._read(list(step.wait.changed), ctx)
         for tag, expression in list(step.set.items())[ctx.writes_done :]:
             self._checkpoint(_At.OUTPUT)
             value = await self._evaluate(expression, scope, ctx, f"set {tag}")
@@ -578,12 +713,14 @@ class Executor:
             # Again after the fresh read: a trip during it must stop this write too.
             self._checkpoint(_At.OUTPUT)
             try:
-                confirmed = await self.io.write(tag, checked)
+                await self.io.write(tag, checked)
             except OutOfRange as err:
                 raise _StepError(f"{ctx.label}: {err}") from None
             except DeviceFailed as err:
-                raise _StepError(f"{ctx.label}: {err}", outcome_unknown=True) from err
-            self._confirmed(confirmed)
+                # Sent, or maybe sent: whether the device took the value is not known.
+                raise _StepError(
+                    f"{ctx.label}: {err}; its outcome is unknown", outcome_unknown=True
+                ) from err
             self._commanded[tag] = checked
             ctx.writes_done += 1
             self._emit(TagWritten(tag=tag, value=checked, path=ctx.path))
@@ -596,15 +733,17 @@ class Executor:
             self._checkpoint(_At.WAIT)
             await self._wait(ctx, step.wait, scope, deadline)
 
-    async def _wait(
-        self, ctx: _Ctx, condition: expr.Expression, scope: Scope, deadline: float | None
-    ) -> None:
-        """Wait for a condition, evaluated on every update of its tags (never polled).
+    async def _wait(self, ctx: _Ctx, wait: Wait, scope: Scope, deadline: float | None) -> None:
+        """Wait for a condition, evaluated on every update of its tags (never polled), and for
+        each `changed` tag to differ from its value in `ctx.changed_from`.
 
         Only samples taken at or after the last confirmed write or call count; the fresh
         read made once listening stands in for a tag until a newer sample comes.
         """
-        tags = self._tags_of(condition)
+        condition = wait.until
+        before = ctx.changed_from or {}
+        tags = sorted({*self._tags_of(condition), *before})
+        text = wait.describe(before)
         waker = asyncio.Event()
         heard: dict[str, TagValue] = {}
 
@@ -617,17 +756,21 @@ class Executor:
         unlisten = self.io.board.listen(tags, listener)  # first, so no update is missed
         self._wakers[_At.WAIT].add(waker)
         try:
+            # This wait's own start, after its branch's writes and calls were confirmed: a
+            # later write or call of another parallel branch must not make its news stale.
+            since = time.time()
             baseline = await self.io.read(tags) if tags else {}
             while True:
                 self._checkpoint(_At.WAIT)
                 waker.clear()
-                current = {t: self._newest(heard.get(t), baseline[t]) for t in tags}
+                current = {t: newest_sample(heard.get(t), baseline[t], since) for t in tags}
                 met, shown = self._judge(ctx, condition, scope, current)
+                met = met and all(shown[tag] != value for tag, value in before.items())
                 self._emit(
                     WaitProgress(
                         path=ctx.path,
                         step_id=ctx.step.id,
-                        condition=condition.text,
+                        condition=text,
                         values=shown,
                         met=met,
                         deadline=_wall_clock(deadline),
@@ -646,41 +789,18 @@ class Executor:
                     now = expr.show_values(shown)
                     raise _StepError(
                         f"{ctx.label} timed out after {_seconds(ctx.timeout)} waiting for "
-                        f"{condition.text}" + (f" ({now})" if now else "")
+                        f"{text}" + (f" ({now})" if now else "")
                     ) from None
         finally:
             unlisten()
             self._wakers[_At.WAIT].discard(waker)
 
-    def _newest(self, sample: TagValue | None, baseline: TagValue) -> TagValue:
-        """The newest sample taken since the last confirmation, else the baseline read.
-
-        Where the device stamps its values (OPC UA), its own clock decides: a notification
-        that arrives after the baseline read but was sampled before it (published late) is
-        older than the baseline, whatever our clock says when it arrives.
-        """
-        if sample is None:
-            return baseline
-        if sample.device_time is not None and baseline.device_time is not None:
-            return sample if sample.not_older_than(baseline) else baseline
-        if sample.timestamp >= self._last_confirm and sample.timestamp >= baseline.timestamp:
-            return sample
-        return baseline
-
     def _judge(
         self, ctx: _Ctx, condition: expr.Expression, scope: Scope, current: dict[str, TagValue]
     ) -> tuple[bool, dict[str, Value | None]]:
         """(met, the tag values used); a tag without a good value leaves it unmet."""
-        good = {
-            t: v.value
-            for t, v in current.items()
-            if v.quality is not Quality.BAD and v.value is not None
-        }
-        shown: dict[str, Value | None] = {t: good.get(t) for t in current}
-        if len(good) < len(current):
-            return False, shown
         try:
-            return expr.evaluate(condition, {**scope, **good}) is True, shown
+            return judge(condition, current, scope)
         except expr.EvaluationError as err:
             raise _StepError(f"{ctx.label}: wait {condition.text}: {err}") from None
 
@@ -703,10 +823,35 @@ class Executor:
             ) from None
         except DeviceFailed as err:
             raise _StepError(f"{ctx.label}: {err}", outcome_unknown=True) from err
-        self._confirmed(time.time())
         if step.result is not None and result is not None:
             scope[step.result] = result
         self._emit(MethodCalled(method=step.call, args=args, result=result, path=ctx.path))
+        self._check_result(ctx, step, scope, f"{step.call}({shown})", result)
+
+    def _check_result(
+        self, ctx: _Ctx, step: CallStep, scope: Scope, call: str, result: Value | None
+    ) -> None:
+        """The answer meets the step's `expect`; without one, a bool method's answer is true."""
+        if step.expect is None:
+            method = self.io.cell.methods.get(step.call)
+            if method is not None and method.result is DataType.BOOL and result is False:
+                raise _StepError(
+                    f"{ctx.label}: {call} answered false, expected true: the device refused "
+                    "(a step that accepts false says so with expect)"
+                )
+            return
+        try:
+            answer = {} if result is None else {"result": result}  # None: no answer came
+            met = expr.evaluate(step.expect, scope.new_child(answer)) is True
+        except expr.EvaluationError as err:
+            raise _StepError(
+                f"{ctx.label}: {call} answered {expr.show(result)}: expect {step.expect.text}: "
+                f"{err}"
+            ) from None
+        if not met:
+            raise _StepError(
+                f"{ctx.label}: {call} answered {expr.show(result)}, expected {step.expect.text}"
+            )
 
     async def _prompt(self, ctx: _Ctx, step: PromptStep, scope: Scope) -> None:
         self._started(ctx, f"prompt: {step.prompt}")
@@ -820,12 +965,12 @@ class Executor:
         if isinstance(step, CallStep):
             args = [f"{n}={await resolved(e)}" for n, e in step.args.items()]
             lines.append(f"{step.call}({', '.join(args)})")
-        condition = step.wait if isinstance(step, SetStep | WaitStep) else None
-        if condition is not None:
-            tags = self._tags_of(condition)
+        wait = step.wait if isinstance(step, SetStep | WaitStep) else None
+        if wait is not None:
+            tags = sorted({*self._tags_of(wait.until), *wait.changed})
             now = await self.io.read(tags) if tags else {}
             values = ", ".join(f"{t} = {expr.show(v.value)}" for t, v in now.items())
-            lines.append(f"until {condition.text}" + (f" (now {values})" if values else ""))
+            lines.append(f"until {wait.describe()}" + (f" (now {values})" if values else ""))
         if isinstance(step, DelayStep):
             lines.append(f"delay {format_duration(step.delay)}")
         if isinstance(step, PromptStep):

@@ -604,3 +604,48 @@ def show(value: Value | None) -> str:
 def show_values(values: Mapping[str, Value | None]) -> str:
     """'press.force_kN = 12.0, safety.ok = false': tags (or names) and their values."""
     return ", ".join(f"{name} = {show(value)}" for name, value in values.items())
+
+
+def conjuncts(expression: Expression) -> list[Expression]:
+    """The parts of a top-level `and` (nested ones flattened), else the expression itself."""
+    tree = expression.tree
+    if not (isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And)):
+        return [expression]
+    parts: list[Expression] = []
+    for node in tree.values:
+        # Parsed again from its own text: a part of a checked expression parses as one.
+        text = ast.get_source_segment(expression._source, node) or expression.text
+        parts.extend(conjuncts(parse(text)))
+    return parts
+
+
+def false_parts(expression: Expression, values: Mapping[str, Value | None]) -> list[str]:
+    """Each part of a top-level `and` that is not true on `values`, with the values it read:
+    'press.cycle_done is true (press.cycle_done = true)'; a tag without a value (None) is
+    named as such."""
+    known = {name: value for name, value in values.items() if value is not None}
+    found: list[str] = []
+    for part in conjuncts(expression):
+        read = {name: value for name, value in values.items() if name in part.names}
+        missing = [name for name in read if name not in known]
+        if missing:
+            found.append(f"{part.text}: no value for {', '.join(missing)}")
+            continue
+        try:
+            if evaluate(part, known) is True:
+                continue
+        except EvaluationError as err:
+            found.append(f"{part.text} cannot be evaluated: {err}")
+            continue
+        tree = part.tree
+        negated = isinstance(tree, ast.UnaryOp) and isinstance(tree.op, ast.Not)
+        if isinstance(tree, ast.UnaryOp) and negated and _name(tree.operand) in read:
+            said = f"{_name(tree.operand)} is true"
+        elif _name(tree) in read:
+            said = f"{_name(tree)} is false"
+        elif isinstance(tree, ast.BoolOp):
+            said = f"({part.text}) is false"
+        else:
+            said = f"{part.text} is false"
+        found.append(f"{said} ({show_values(read)})" if read else said)
+    return found

@@ -71,6 +71,15 @@ class Heartbeat:
         if self._tasks:
             return
         for beat in self.beats:
+            # On record: the heartbeat is written from now on (every beat would flood the log).
+            log.info(
+                "heartbeat %s on device %s: written every %g s from now on (the device's "
+                "timeout: %g s)",
+                beat.tag,
+                self.io.cell.tags[beat.tag].device,
+                beat.period,
+                beat.timeout,
+            )
             task = asyncio.create_task(self._run(beat), name=f"heartbeat {beat.tag}")
             task.add_done_callback(self._ended)
             self._tasks.append(task)

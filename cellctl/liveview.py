@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from rich.table import Table
 from rich.text import Text
@@ -14,29 +14,44 @@ from drivers.codecs import format_value
 _QUALITY_STYLE = {Quality.GOOD: "green", Quality.UNCERTAIN: "yellow", Quality.BAD: "red"}
 
 
-def tag_table(values: Iterable[TagValue], title: str = "") -> Table:
-    """A table of tags: name, device, value, quality, age."""
+def tag_table(
+    values: Iterable[TagValue], title: str = "", units: Mapping[str, str] | None = None
+) -> Table:
+    """A table of tags: name, device, value, unit (when any tag shown has one in `units`),
+    quality, age."""
+    rows = list(values)
+    units = units or {}
+    with_unit = any(units.get(value.tag) for value in rows)
     table = Table(title=title or None, expand=False)
     table.add_column("tag")
     table.add_column("device")
     table.add_column("value", justify="right")
+    if with_unit:
+        table.add_column("unit")
     table.add_column("quality")
     table.add_column("age", justify="right")
-    for value in values:
+    for value in rows:
         shown = format_value(value.value) if value.error is None else value.error
         style = _QUALITY_STYLE[value.quality]
         # Text(), never markup: a string tag may hold "[/x]", which rich would parse.
-        table.add_row(
-            Text(value.tag),
-            Text(value.device),
-            Text(shown),
-            Text(value.quality.value, style=style),
-            Text(f"{value.age:.1f} s"),
-        )
+        cells = [Text(value.tag), Text(value.device), Text(shown)]
+        if with_unit:
+            cells.append(Text(units.get(value.tag, "")))
+        cells += [Text(value.quality.value, style=style), Text(f"{value.age:.1f} s")]
+        table.add_row(*cells)
     return table
 
 
-def plain_line(value: TagValue) -> str:
-    """One tab-separated line per tag, for scripts and non-terminals."""
-    shown = format_value(value.value) if value.error is None else value.error
-    return f"{value.tag}\t{value.device}\t{shown}\t{value.quality.value}"
+def _field(text: str) -> str:
+    """Text as one field of a tab-separated line (a tab or newline inside would split it)."""
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def plain_line(value: TagValue, unit: str | None = None) -> str:
+    """One tab-separated line per tag, for scripts and non-terminals: tag, device, value, unit,
+    quality, error; a tag that could not be read has an empty value and its error in the last
+    field (never in the value's)."""
+    bad = value.value is None or value.quality is Quality.BAD
+    shown = "" if bad else format_value(value.value)
+    fields = (value.tag, value.device, shown, unit or "", value.quality.value, value.error or "")
+    return "\t".join(_field(field) for field in fields)

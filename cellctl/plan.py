@@ -34,10 +34,12 @@ from cellctl.recipe import (
     PromptStep,
     RepeatStep,
     SetStep,
+    Wait,
     WaitStep,
     parse_parameters,
 )
 from drivers.base import Value
+from drivers.points import DataType
 
 
 @dataclass(frozen=True)
@@ -259,26 +261,35 @@ class _Planner:
         part.action += ", ".join(shown)
         part.timeout = step.timeout
         if step.wait is not None:
-            part.action += f", then wait until {self.resolve(step.wait)[0]}"
-            part.reads += self.tags(step.wait)
+            part.action += f", then wait until {self.wait(step.wait)}"
+            part.reads += self.tags(step.wait.until) + list(step.wait.changed)
             part.timeout = step.timeout or self.default_timeout
         part.worst_case = part.timeout or 0.0
         return part
 
     def wait_step(self, step: WaitStep, path: str) -> _Part:
         timeout = step.timeout or self.default_timeout
-        part = _Part(f"wait until {self.resolve(step.wait)[0]}", timeout, timeout or 0.0)
-        part.reads += self.tags(step.wait)
+        part = _Part(f"wait until {self.wait(step.wait)}", timeout, timeout or 0.0)
+        part.reads += self.tags(step.wait.until) + list(step.wait.changed)
         return part
+
+    def wait(self, wait: Wait) -> str:
+        """A wait with parameters resolved: 'press.cycle_done; changed: press.cycles'."""
+        until = self.resolve(wait.until)[0]
+        return f"{until}; changed: {', '.join(wait.changed)}" if wait.changed else until
 
     def call_step(self, step: CallStep, path: str) -> _Part:
         timeout = step.timeout or self.default_timeout
         args = ", ".join(f"{name}={self.resolve(value)[0]}" for name, value in step.args.items())
         result = f" → {step.result}" if step.result is not None else ""
+        method = self.cell.methods.get(step.call)
+        if step.expect is not None:
+            result += f", expect {self.resolve(step.expect)[0]}"
+        elif method is not None and method.result is DataType.BOOL:
+            result += ", expect true"  # a bool answer of false fails the step
         part = _Part(f"call {step.call}({args}){result}", timeout, timeout or 0.0)
         for value in step.args.values():
             part.reads += self.tags(value)
-        method = self.cell.methods.get(step.call)
         part.devices += [method.device] if method is not None else []
         return part
 

@@ -9,9 +9,9 @@ Step kinds are told apart by their keys: a step holds exactly one of `set`, `wai
 `delay`, `repeat`, `parallel`, `prompt` (`set` may carry a `wait`: write, then wait).
 
 The literal rule — every value in a recipe that is not a name, a duration or a text for the
-operator is an *expression*: `set:` values, `wait`, `if`, `repeat` and call `args`. A YAML
-number or true/false is the constant it shows; a YAML text is parsed as an expression, so a
-fixed text is written in quotes *inside* it::
+operator is an *expression*: `set:` values, `wait` (its `until`), `if`, `repeat`, call `args`
+and `expect`. A YAML number or true/false is the constant it shows; a YAML text is parsed as an
+expression, so a fixed text is written in quotes *inside* it::
 
     set:
       conveyor.speed_rpm: 1200           # a constant
@@ -33,8 +33,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import math
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -57,7 +56,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from cellctl import expr, names
+from cellctl import expr, names, textvalue
 from cellctl.cell import Cell, MethodName, TagName, check_cell_file, load_cell
 from cellctl.durations import Duration
 from cellctl.errors import BadValue, InvalidField, Problem, ValidationFailed, did_you_mean
@@ -72,6 +71,7 @@ from cellctl.yamlload import (
     validation_problems,
 )
 from drivers.base import Value
+from drivers.points import DataType
 
 #: A path into the recipe's data: pydantic's loc (union tags included) or a raw one.
 Loc = Sequence[str | int]
@@ -188,11 +188,15 @@ class _Model(BaseModel):
 
 
 ParameterType = Literal["int", "float", "bool", "str", "enum"]
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True}
-_BOOL_WORDS.update({"false": False, "no": False, "off": False, "0": False})
-# ASCII digits only: int() and float() would also take '１２' (full-width digits) or '1_000'.
-_INTEGER = re.compile(r"[+-]?[0-9]+")
-_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|nan)", re.I)
+#: The type a parameter's or answer's text is parsed as (cellctl.textvalue); an int is one a
+#: device can hold, at most 64 bits.
+_TEXT_TYPES: dict[str, DataType] = {
+    "int": DataType.INT64,
+    "float": DataType.FLOAT64,
+    "bool": DataType.BOOL,
+    "str": DataType.STRING,
+    "enum": DataType.STRING,
+}
 
 
 class _Typed(_Model):
@@ -281,22 +285,10 @@ class _Typed(_Model):
         return float(value) if self.type == "float" else value
 
     def parse_text(self, text: str) -> Value:
-        """A value typed on the command line, parsed by the type and checked; raises BadValue."""
-        stripped = text.strip()
-        value: Value = text
-        if self.type == "bool":
-            if stripped.lower() not in _BOOL_WORDS:
-                raise BadValue(f"expects true or false (yes/no, on/off, 1/0), got {text!r}")
-            value = _BOOL_WORDS[stripped.lower()]
-        elif self.type == "int":
-            if not _INTEGER.fullmatch(stripped) or len(stripped) > 30:
-                raise BadValue(f"expects {self.describe_range()}, got {text!r}")
-            value = int(stripped)
-        elif self.type == "float":
-            if not _FLOAT.fullmatch(stripped) or len(stripped) > 50:
-                raise BadValue(f"expects {self.describe_range()}, got {text!r}")
-            value = float(stripped)
-        return self.check_value(value)
+        """A value typed on the command line, parsed by the type (cellctl.textvalue) and
+        checked; raises BadValue."""
+        expects = self.describe_range()
+        return self.check_value(textvalue.parse(text, _TEXT_TYPES[self.type], expects=expects))
 
 
 _DEFAULT_NEEDS = {"type", "min", "max", "choices"}
@@ -372,6 +364,76 @@ OnErrorField = Annotated[
 ]
 
 
+class Wait(_Model):
+    """What a wait waits for: `until` holds and each `changed` tag differs from its value when
+    the step started (read before the step's first write; a wait step's at its start).
+
+    `changed` is how a wait after a write tells the machine's answer from a state left over
+    from before: a press's `cycle_done` may still be latched from an earlier cycle, but its
+    cycle counter only moves when this step's cycle is done.
+    """
+
+    until: Expr
+    changed: tuple[TagName, ...] = ()
+
+    @field_validator("changed")
+    @classmethod
+    def _listed_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise InvalidField("no tags listed (list one or more, or leave it out)", "empty")
+        twice = sorted({tag for tag in value if value.count(tag) > 1})
+        if twice:
+            raise InvalidField(f"{twice[0]} is listed twice", "bad-value")
+        return value
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every name the wait reads: the condition's and the changed tags."""
+        return frozenset(self.until.names | set(self.changed))
+
+    def describe(self, before: Mapping[str, Value | None] | None = None) -> str:
+        """The wait in words: 'EXPR; changed: press.cycles (from 41)' (values when known)."""
+        if not self.changed:
+            return self.until.text
+        tags = ", ".join(
+            f"{tag} (from {expr.show(before[tag])})" if before and tag in before else tag
+            for tag in self.changed
+        )
+        return f"{self.until.text}; changed: {tags}"
+
+
+def _wait_form(value: object) -> object:
+    """`wait: EXPR` is `wait: {until: EXPR}`; its expression errors stay located at `wait`."""
+    if value is None or isinstance(value, dict):
+        return value
+    return Wait.model_construct(until=to_expression(value))
+
+
+_EXPRESSION_SCHEMA = {"type": ["string", "number", "boolean"]}
+
+#: A wait: an expression, or {until: EXPR, changed: [TAG, ...]}.
+WaitField = Annotated[
+    Wait,
+    BeforeValidator(_wait_form),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _EXPRESSION_SCHEMA,
+                {
+                    "type": "object",
+                    "properties": {
+                        "until": _EXPRESSION_SCHEMA,
+                        "changed": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    },
+                    "required": ["until"],
+                    "additionalProperties": False,
+                },
+            ]
+        }
+    ),
+]
+
+
 class _Step(_Model):
     id: StepId | None = None
     if_: MaybeExpr = Field(None, alias="if")
@@ -402,7 +464,7 @@ class SetStep(_Step):
 
     id: StepId
     set: dict[TagName, Expr] = Field(min_length=1)
-    wait: MaybeExpr = None
+    wait: Annotated[WaitField | None, BeforeValidator(_expression_given)] = None
     timeout: MaybeTimeout = None
 
     def idempotent(self, tag: str) -> bool:
@@ -430,17 +492,22 @@ class WaitStep(_Step):
     """Wait until a condition holds, at most `timeout` (or the recipe's default timeout)."""
 
     id: StepId
-    wait: Expr
+    wait: WaitField
     timeout: MaybeTimeout = None
 
 
 class CallStep(_Step):
-    """Call a device method with named args; its result is bound to `result` when given."""
+    """Call a device method with named args; its result is bound to `result` when given.
+
+    `expect` is a condition over the name `result` that the answer must meet, else the step
+    fails; without it, a method whose declared result is bool fails the step on false.
+    """
 
     id: StepId
     call: MethodName
     args: dict[str, Expr] = {}
     result: MaybeName = None
+    expect: MaybeExpr = None
     timeout: MaybeTimeout = None
 
 
@@ -927,6 +994,8 @@ def _describer(doc: YamlDocument) -> Callable[[Loc], Where]:
             keys = _keys(OnError)
         elif rest[:1] == ["answer"]:
             keys = _keys(Answer)
+        elif rest[:1] == ["wait"] and len(rest) >= 2:
+            keys = _keys(Wait)
         return Where(name, tuple(rest), keys)
 
     return describe

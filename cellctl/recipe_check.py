@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from cellctl import expr
-from cellctl.cell import INTEGER_TYPES, Cell, Tag
+from cellctl.cell import INTEGER_TYPES, Cell, Method, Tag
 from cellctl.errors import BadValue, Problem, did_you_mean
 from cellctl.recipe import (
     AnyStep,
@@ -33,6 +33,7 @@ from cellctl.recipe import (
     RepeatStep,
     SetStep,
     Step,
+    Wait,
     WaitStep,
     iter_steps,
     raw_at,
@@ -438,7 +439,7 @@ class _Checker:
                 self.write(tag, value, write_loc, label, scope)
                 done.writes.setdefault(tag, _Write(label, write_loc, self.line(write_loc)))
         if isinstance(step, SetStep | WaitStep) and step.wait is not None:
-            self.condition(step.wait, (*loc, "wait"), f"{label}: wait", scope)
+            self.wait(step.wait, (*loc, "wait"), label, scope)
             self.need_timeout(step, loc, "wait", label)
         if isinstance(step, CallStep):
             self.call(step, loc, label, scope, done)
@@ -457,6 +458,29 @@ class _Checker:
         if step.on_error is not None and step.on_error.action == "retry":
             self.check_retry(step, loc, label)
         return done
+
+    def wait(self, wait: Wait, loc: Loc, label: str, scope: _Scope) -> None:
+        """The condition, and each `changed` tag: a tag of the cell, not a heartbeat."""
+        full = isinstance(self.raw(loc), dict)  # {until: ..., changed: [...]}
+        self.condition(wait.until, (*loc, "until") if full else loc, f"{label}: wait", scope)
+        if self.cell is None:
+            return  # tags are checked once the cell file is valid
+        for index, name in enumerate(wait.changed):
+            subject = f"{label}: wait: changed {name}"
+            tag_loc = (*loc, "changed", index)
+            if name not in self.tags:
+                hint = did_you_mean(name, self.tags)
+                if not hint and name in self.parameter_names | set(self.bindable):
+                    hint = " (it is not a tag: only a tag the devices report can change)"
+                self.add(tag_loc, "unknown-tag", f"{subject}: unknown tag {name!r}{hint}")
+            elif name in self.cell.heartbeat_tags:
+                # Only the controller writes it, and it changes every period: it proves nothing.
+                self.add(
+                    tag_loc,
+                    "heartbeat-tag",
+                    f"{subject}: tag {name} is the controller's heartbeat to device "
+                    f"{self.tags[name].device}; it changes on its own, so it proves nothing",
+                )
 
     def need_timeout(
         self, step: SetStep | WaitStep | CallStep, loc: Loc, key: str, label: str
@@ -539,6 +563,8 @@ class _Checker:
                     f"{label}: call {name} misses arg{'s' if len(missing) > 1 else ''} {listed}",
                     key=True,
                 )
+        if step.expect is not None:
+            self.expect(step, step.expect, (*loc, "expect"), label, method, scope)
         if step.result is None:
             return
         result_loc = (*loc, "result")
@@ -555,6 +581,42 @@ class _Checker:
             span = Span(-_INF, _INF, method.result in INTEGER_TYPES, known=False)
         if self.bind(step.result, result_loc, label):
             done.exports[step.result] = (kind, span)
+
+    def expect(
+        self,
+        step: CallStep,
+        value: expr.Expression,
+        loc: Loc,
+        label: str,
+        method: Method | None,
+        scope: _Scope,
+    ) -> None:
+        """`expect` judges the call's answer: a condition over `result` (or the step's own
+        `result:` name), parameters and bound names; no tags (no device is read for it)."""
+        subject = f"{label}: expect"
+        if method is not None and method.result is None:
+            self.add(
+                loc,
+                "no-result",
+                f"{subject}: method {step.call} returns nothing, so there is no result to expect",
+            )
+            return
+        raw = self.raw(loc)
+        for name in sorted(value.names & self.tags.keys()):
+            self.add(
+                loc,
+                "expect-reads-tag",
+                f"{subject}: reads tag {name}, but expect judges the call's answer only "
+                "(`result`, parameters, bound names); wait for a tag in a step after the call",
+                col_offset=scalar_offset(raw, max(value.text.find(name), 0)),
+            )
+        own = scope.copy()
+        kind = expr.kind_of(method.result) if method is not None and method.result else None
+        whole = method is not None and method.result in INTEGER_TYPES
+        for answer in ("result", step.result):
+            if answer is not None:
+                own.add(answer, kind, Span(-_INF, _INF, whole, known=False))
+        self.condition(value, loc, subject, own)
 
     def repeat(
         self, step: RepeatStep, loc: Loc, path: str, label: str, scope: _Scope, done: _Block

@@ -4,14 +4,16 @@ one plain line per event for non-terminals, and the summary at the end (no I/O h
 from __future__ import annotations
 
 import enum
+import io
+import textwrap
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.table import Table
 from rich.text import Text
-from rich.tree import Tree
 
 from cellctl.connect import TagValue
 from cellctl.errors import CellctlError
@@ -37,7 +39,7 @@ from cellctl.events import (
 )
 from cellctl.expr import evaluate, show_values
 from cellctl.liveview import tag_table
-from cellctl.machine import Mode, State
+from cellctl.machine import Command, Mode, State
 from cellctl.operator import PromptRequest
 from cellctl.recipe import (
     AnyStep,
@@ -97,6 +99,15 @@ _OUTCOME_STATUS = {
 }
 
 
+#: The commands whose cause the view keeps on screen, and what the view calls them.
+_CAUSE_OF = {
+    Command.HOLD: "hold",
+    Command.STOP: "stop",
+    Command.ABORT: "abort",
+    Command.SUSPEND: "suspend",
+}
+
+
 @dataclass
 class _Counts:
     done: int = 0
@@ -114,11 +125,14 @@ class RunModel:
         cell_name: str,
         tag_values: Callable[[], list[TagValue]],
         parameters: Mapping[str, Value] | None = None,
+        units: Mapping[str, str] | None = None,
     ) -> None:
         self.recipe = recipe
         self.identity = identity
         self.cell_name = cell_name
         self.tag_values = tag_values
+        #: Each tag's unit (cellctl.tags.tag_units), shown in the tag table.
+        self.units: dict[str, str] = dict(units or {})
         self.parameters: dict[str, Value] = dict(parameters or {})
         self.steps: dict[str, AnyStep] = {path: step for step, path in iter_steps(recipe.steps)}
         self.state: State | None = None
@@ -134,6 +148,10 @@ class RunModel:
         self.prompt: PromptRequest | None = None
         self.prompt_error = ""
         self.pause: StepPaused | None = None
+        #: The question Unhold asks (a held step whose writes the safe state undid), or None.
+        self.question: str | None = None
+        #: The last Hold, Stop, Abort or Suspend and its cause, until the batch runs again.
+        self.cause: tuple[Command, str] | None = None
         self.events: deque[str] = deque(maxlen=LAST_EVENTS)
         self.counts = _Counts()
         self._failed: set[str] = set()  # steps whose last end was a failure
@@ -153,6 +171,10 @@ class RunModel:
             self.state = event.target
             if event.target is State.EXECUTE and self.started is None:
                 self.started = event.at
+            if event.command in _CAUSE_OF:
+                self.cause = (event.command, event.cause)
+            elif event.target is State.EXECUTE:
+                self.cause = None  # running again
         elif isinstance(event, ModeChanged):
             self.mode = event.mode
         elif isinstance(event, StepStarted):
@@ -382,13 +404,34 @@ def summary_lines(model: RunModel, ended: BatchEnded) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Rendering (rich Text everywhere: tag values and texts from files are never markup)
+#
+# The view is a budget of rows. What the operator must see to act is placed first: the state,
+# the cause of a hold, stop or abort, the trips, a pause or a prompt with its keys, and the
+# keys legal now. What is left goes to the waits, then the step tree (a window around the
+# running step), then the last events, then the tag table ("… 12 more"). Every line is one
+# row: a line too long for the screen ends in an ellipsis.
+
+#: The most rows a prompt's question takes (its last row ends in an ellipsis past that).
+PROMPT_ROWS = 6
 
 
-def _header(model: RunModel) -> Text:
+def _line(text: Text | str = "", style: str = "") -> Text:
+    """One row of the view: never wrapped, an ellipsis where it is too long."""
+    line = Text(text, style=style) if isinstance(text, str) else text
+    line.no_wrap = True
+    line.overflow = "ellipsis"
+    return line
+
+
+def _identity_line(model: RunModel) -> Text:
     text = Text()
     text.append(f"{model.cell_name}", style="bold")
-    text.append(f" · {model.identity}\n")
-    text.append("state ")
+    text.append(f" · {model.identity}")
+    return _line(text)
+
+
+def _state_line(model: RunModel) -> Text:
+    text = Text("state ")
     if model.state is None:
         text.append("—")
     else:
@@ -397,10 +440,14 @@ def _header(model: RunModel) -> Text:
     mode = model.mode.value if model.mode is not None else "—"
     text.append(mode, style="bold magenta" if model.mode is Mode.MAINTENANCE else "")
     text.append(f" · elapsed {model.elapsed():.1f} s")
-    if model.parameters:
-        text.append("\nparameters ")
-        text.append(", ".join(f"{name}={format_value(v)}" for name, v in model.parameters.items()))
-    return text
+    return _line(text)
+
+
+def _parameters_line(model: RunModel) -> list[Text]:
+    if not model.parameters:
+        return []
+    shown = ", ".join(f"{name}={format_value(v)}" for name, v in model.parameters.items())
+    return [_line(f"parameters {shown}")]
 
 
 def _step_label(model: RunModel, path: str, step: AnyStep) -> Text:
@@ -420,95 +467,282 @@ def _step_label(model: RunModel, path: str, step: AnyStep) -> Text:
     return label
 
 
-def _step_tree(model: RunModel) -> Tree:
-    tree = Tree(Text("steps", style="bold"))
-    nodes: dict[str, Tree] = {}
+@dataclass
+class _Node:
+    label: Text
+    path: str | None = None
+    children: list[_Node] = field(default_factory=list)
+
+
+def _focus(model: RunModel) -> str | None:
+    """The step the tree's window is kept around: running, paused, else the next to run."""
+    if model.current:
+        return model.current[-1]
+    if model.pause is not None:
+        return model.pause.path
+    for status in (StepStatus.FAILED, StepStatus.INTERRUPTED, StepStatus.PENDING):
+        for path, now in model.status.items():
+            if now is status:
+                return path
+    return None
+
+
+def _tree_lines(model: RunModel) -> tuple[list[Text], int]:
+    """The step tree drawn as rows (with rich Tree's guides), and the row of the focus step."""
+    root = _Node(Text("steps", style="bold"))
+    nodes: dict[str, _Node] = {}
     for path, step in model.steps.items():
         parent_path, _, _ = path.rpartition(".")
         if not parent_path:
-            parent = tree
+            parent = root
         elif parent_path in nodes:
             parent = nodes[parent_path]
         else:
             # '4.1.2': '4.1' is branch 1 of the parallel step 4, a node of its own.
             owner, _, branch = parent_path.rpartition(".")
-            parent = nodes[owner].add(Text(f"branch {branch}", style="dim"))
+            parent = _Node(Text(f"branch {branch}", style="dim"))
+            nodes[owner].children.append(parent)
             nodes[parent_path] = parent
-        nodes[path] = parent.add(_step_label(model, path, step))
-    return tree
+        node = _Node(_step_label(model, path, step), path)
+        parent.children.append(node)
+        nodes[path] = node
+    focus = _focus(model)
+    lines = [_line(root.label)]
+    at = 0
+
+    def draw(node: _Node, prefix: str) -> None:
+        nonlocal at
+        for number, child in enumerate(node.children, 1):
+            last = number == len(node.children)
+            if child.path is not None and child.path == focus:
+                at = len(lines)
+            lines.append(
+                _line(Text(prefix + ("└── " if last else "├── "), style="dim") + child.label)
+            )
+            draw(child, prefix + ("    " if last else "│   "))
+
+    draw(root, "")
+    return lines, at
 
 
-def _waits(model: RunModel, now: float) -> Text:
-    text = Text()
+def _window(lines: list[Text], focus: int, rows: int) -> list[Text]:
+    """At most `rows` of `lines` around `focus` (a third above it, the rest below), with the
+    rows left out counted where they are."""
+    if len(lines) <= rows:
+        return lines
+    if rows <= 0:
+        return []
+    start = min(max(0, focus - (rows - 1) // 3), len(lines) - rows)
+    shown = lines[start : start + rows]
+    if rows >= 3:
+        if start > 0:
+            shown[0] = _line(f"  ⋮ {start + 1} more above", style="dim")
+        below = len(lines) - (start + rows)
+        if below > 0:
+            shown[-1] = _line(f"  ⋮ {below + 1} more below", style="dim")
+    return shown
+
+
+def _wait_lines(model: RunModel, now: float) -> tuple[list[Text], list[list[Text]]]:
+    """Per wait: its head row (condition, time left), and its rows of tag values."""
+    heads: list[Text] = []
+    values: list[list[Text]] = []
     for path, wait in model.waits.items():
+        text = Text()
         text.append(f"wait {path} {_name(wait)}: ", style="bold")
         text.append(wait.condition)
         text.append("  met" if wait.met else "", style="green")
         if wait.deadline is not None:
             text.append(f"  ({max(0.0, wait.deadline - now):.1f} s left)")
+        heads.append(_line(text))
+        rows = []
         for tag, value in wait.values.items():
-            text.append(f"\n  {tag} = ")
-            text.append(format_value(value), style="bold")
-        text.append("\n")
-    text.rstrip()
-    return text
+            row = Text(f"  {tag} = ")
+            row.append(format_value(value), style="bold")
+            rows.append(_line(row))
+        values.append(rows)
+    return heads, values
 
 
-def _trips(model: RunModel) -> Text:
-    text = Text()
+def _cause_lines(model: RunModel) -> list[Text]:
+    """Why the batch is held, stopped, aborted or suspended (gone once it runs again)."""
+    if model.cause is None:
+        return []
+    command, cause = model.cause
+    if any(trip.message == cause for trip in model.trips.values()):
+        return []  # the trip's own rows say it
+    style = "bold red" if command is Command.ABORT else "bold yellow"
+    return [_line(f"cause of the {_CAUSE_OF[command]}: {cause or 'not given'}", style=style)]
+
+
+#: Rows with a flag: True for a row that must show, False for a detail row room permits.
+_Rows = list[tuple[Text, bool]]
+
+
+def _kept(rows: _Rows, details: int) -> list[Text]:
+    """Every row that must show and the first `details` detail rows, in their order."""
+    kept: list[Text] = []
+    for row, must in rows:
+        if must or details > 0:
+            kept.append(row)
+            details -= 0 if must else 1
+    return kept
+
+
+def _trip_rows(model: RunModel) -> _Rows:
+    """The trips (their values are detail) and a failed safe state (the writes that did not
+    fail are detail)."""
+    rows: _Rows = []
     for trip in model.trips.values():
-        text.append("TRIP ", style="bold red")
-        text.append(trip.interlock, style="bold red")
-        text.append(f": {trip.condition} -> {trip.action}\n")
-        for tag, value in trip.values.items():
-            text.append(f"  {tag} = {format_value(value)}\n")
+        head = Text()
+        head.append(f"TRIP {trip.interlock}", style="bold red")
+        head.append(f": {trip.condition} -> {trip.action}")
+        rows.append((_line(head), True))
+        rows += [(_line(f"  {tag} = {format_value(v)}"), False) for tag, v in trip.values.items()]
         if trip.message:
-            text.append(f"  {trip.message}\n")
-    if model.safe_state is not None and not model.safe_state.ok:
-        text.append(f"safe state ({model.safe_state.reason}) FAILED:\n", style="bold red")
-        for result in model.safe_state.results:
+            rows.append((_line(f"  {trip.message}"), True))
+    safe = model.safe_state
+    if safe is not None and not safe.ok:
+        rows.append((_line(f"safe state ({safe.reason}) FAILED:", style="bold red"), True))
+        for result in safe.results:
             outcome = "ok" if result.error is None else f"FAILED: {result.error}"
-            text.append(f"  {result.tag} = {format_value(result.value)} {outcome}\n")
-    text.rstrip()
-    return text
+            row = _line(f"  {result.tag} = {format_value(result.value)} {outcome}")
+            rows.append((row, result.error is not None))
+    return rows
 
 
-def _pending(model: RunModel) -> Text:
-    text = Text()
+def _prompt_rows(model: RunModel, prompt: PromptRequest, width: int) -> _Rows:
+    question = textwrap.wrap(
+        f"prompt {prompt.step_id}: {prompt.text}",
+        max(width, 10),
+        subsequent_indent="  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [f"prompt {prompt.step_id}:"]
+    if len(question) > PROMPT_ROWS:
+        question = [*question[: PROMPT_ROWS - 1], question[PROMPT_ROWS - 1] + " …"]
+    lines = [_line(row) for row in question]
+    lines[0].stylize("bold", 0, len(f"prompt {prompt.step_id}:"))
+    if prompt.answer is not None:
+        lines.append(_line(f"  answer {prompt.answer.name}: {prompt.answer.describe_range()}"))
+    if model.prompt_error:
+        lines.append(_line(f"  {model.prompt_error}", style="red"))
+    entry = Text("> ")
+    entry.append(model.typed, style="bold")
+    entry.append("▌  (Enter to answer)" if prompt.answer else "▌  (Enter to acknowledge)")
+    lines.append(_line(entry))
+    return [(line, True) for line in lines]
+
+
+def _pending_rows(model: RunModel, width: int) -> _Rows:
+    """What the controller waits for from the operator: a pause (its preview past the first
+    row is detail) or a prompt, each with its keys."""
     if model.pause is not None:
         pause = model.pause
         why = "breakpoint" if pause.breakpoint else "stepping"
-        text.append(f"paused before step {pause.path} {_name(pause)} ({why})\n", style="bold")
-        for line in pause.preview:
-            text.append(f"  {line}\n")
-        text.append("Enter run · s skip · c continue · a abort", style="bold magenta")
-    elif model.prompt is not None:
-        prompt = model.prompt
-        text.append(f"prompt {prompt.step_id}: ", style="bold")
-        text.append(prompt.text)
-        if prompt.answer is not None:
-            text.append(f"\n  answer {prompt.answer.name}: {prompt.answer.describe_range()}")
-        if model.prompt_error:
-            text.append(f"\n  {model.prompt_error}", style="red")
-        text.append("\n> ")
-        text.append(model.typed, style="bold")
-        text.append("▌  (Enter to answer)" if prompt.answer else "▌  (Enter to acknowledge)")
-    return text
+        rows: _Rows = [
+            (_line(f"paused before step {pause.path} {_name(pause)} ({why})", style="bold"), True)
+        ]
+        rows += [(_line(f"  {line}"), n == 0) for n, line in enumerate(pause.preview)]
+        keys = _line("Enter run · s skip · c continue · a abort", style="bold magenta")
+        return [*rows, (keys, True)]
+    if model.prompt is not None:
+        return _prompt_rows(model, model.prompt, width)
+    if model.question is not None:
+        # Wrapped: the step and every undone tag must show, whatever the width.
+        wrapped = textwrap.wrap(model.question, max(width, 10), subsequent_indent="  ")
+        keys = _line("r re-run the step · s skip it · a abort", style="bold magenta")
+        return [*((_line(row, style="bold"), True) for row in wrapped), (keys, True)]
+    return []
 
 
-def render(model: RunModel) -> RenderableType:
-    """The whole live view: header, steps, waits, tags, trips, pause or prompt, events, hint."""
-    now = model.clock()
-    waits = _waits(model, now)
-    parts: list[RenderableType] = [_header(model), _step_tree(model)]
-    if waits.plain:
-        parts.append(waits)
+def _events(model: RunModel, rows: int) -> list[Text]:
+    """The last `rows` events."""
+    shown = list(model.events)[-rows:] if rows > 0 else []
+    return [_line(line, style="dim") for line in shown]
+
+
+def _tags(model: RunModel, width: int, rows: int) -> list[RenderableType]:
+    """The tag table in at most `rows` rows: as many tags as fit, then "… N more"."""
     values = model.tag_values()
-    if values:
-        parts.append(tag_table(values, title="tags"))
-    parts += [section for section in (_trips(model), _pending(model)) if section.plain]
-    if model.events:
-        parts.append(Text("\n".join(model.events), style="dim"))
-    if model.hint:
-        parts.append(Text(model.hint, style="bold"))
+    if not values or rows <= 0:
+        return []
+    measure = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+
+    def table(count: int) -> Table:
+        made = tag_table(values[:count], title="tags", units=model.units)
+        for column in made.columns:
+            column.no_wrap = True
+            column.overflow = "ellipsis"
+        if count < len(values):
+            more = Text(f"… {len(values) - count} more", style="dim")
+            made.add_row(more, *[""] * (len(made.columns) - 1))
+        return made
+
+    count = len(values)
+    while count > 0:
+        made = table(count)
+        height = len(measure.render_lines(made, measure.options, pad=False))
+        if height <= rows:
+            return [made]
+        count = max(0, count - (height - rows))
+    return [_line(f"tags: … {len(values)} more", style="dim")]
+
+
+def render(model: RunModel, width: int, height: int) -> RenderableType:
+    """The live view on a `width` × `height` screen: what the operator must see to act always,
+    the rest as room allows (tags give up room first, then events, then the step tree)."""
+    now = model.clock()
+    height = max(height, 1)
+    trips, pending = _trip_rows(model), _pending_rows(model, width)
+    hint = [_line(model.hint, style="bold")] if model.hint else []
+    state, cause = [_state_line(model)], _cause_lines(model)
+    must = [*state, *cause, *_kept(trips, 0), *_kept(pending, 0), *hint]
+    if len(must) >= height:  # too small a screen even for these: the keys last of all
+        return Group(*must[-height:])
+    room = height - len(must)
+
+    def take(lines: list[Text]) -> list[Text]:
+        nonlocal room
+        kept = lines[: max(room, 0)]
+        room -= len(kept)
+        return kept
+
+    # Filled in order of importance, shown in the order of the screen.
+    trip_details = len(take([row for row, needed in trips if not needed]))
+    pending_details = len(take([row for row, needed in pending if not needed]))
+    heads, values = _wait_lines(model, now)
+    waits: list[Text] = []
+    for head, rows in zip(take(heads), values, strict=False):
+        waits += [head, *take(rows)]
+    identity = take([_identity_line(model)])
+    parameters = take(_parameters_line(model))
+    tree_lines, focus = _tree_lines(model)
+    tree = take(_window(tree_lines, focus, room))
+    events = take(_events(model, room))
+    tags = _tags(model, width, room)
+    parts: list[RenderableType] = [
+        *identity,
+        *state,
+        *parameters,
+        *tree,
+        *waits,
+        *tags,
+        *events,
+        *cause,
+        *_kept(trips, trip_details),
+        *_kept(pending, pending_details),
+        *hint,
+    ]
     return Group(*parts)
+
+
+class FittedView:
+    """The live view as a rich renderable: rendered to the size of the console showing it."""
+
+    def __init__(self, model: RunModel) -> None:
+        self.model = model
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """Render the model to the console's width and height."""
+        yield render(self.model, options.max_width, options.height or console.height)

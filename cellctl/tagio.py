@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from cellctl.cell import Cell
 from cellctl.connect import (
+    ConnectReport,
     DeviceFailed,
     DevicesUnreachable,
     TagValue,
@@ -22,7 +23,7 @@ from cellctl.connect import (
     devices_for_tags,
     refuse_in_process_devices,
 )
-from cellctl.errors import BadValue, CellctlError
+from cellctl.errors import BadValue, CellctlError, UnknownTag, did_you_mean
 from cellctl.tags import method_spec, point_for, points_by_device
 from drivers.base import Driver, HealthCallback, Quality, Reading, Unsubscribe, Value
 from drivers.errors import DriverError
@@ -36,6 +37,35 @@ log = logging.getLogger("cellctl.tagio")
 
 class OutOfRange(CellctlError):
     """A value computed at run time that does not fit its tag (type, min/max, raw range)."""
+
+
+class NothingToRead(CellctlError):
+    """A device named for reading that has no tags in the cell file."""
+
+
+def tags_to_read(cell: Cell, names: Iterable[str]) -> list[str]:
+    """The tags that reading `names` means, each once, in the order named: a tag is itself, a
+    device is all its tags (in cell-file order), no name at all is every tag.
+
+    A name that is both a tag and a device (a tag may be named `press`) is the tag, so that a
+    single tag can always be read; its device's tags can still be named one by one.
+    """
+    names = list(names)
+    if not names:
+        return list(cell.tags)
+    chosen: list[str] = []
+    for name in names:
+        if name in cell.tags:
+            chosen.append(name)
+        elif name in cell.devices:
+            tags = [tag for tag, spec in cell.tags.items() if spec.device == name]
+            if not tags:
+                raise NothingToRead(f"device {name} has no tags in cell {cell.cell}")
+            chosen += tags
+        else:
+            hint = did_you_mean(name, [*cell.tags, *cell.devices])
+            raise UnknownTag(f"{name!r} is neither a tag nor a device{hint} in cell {cell.cell}")
+    return list(dict.fromkeys(chosen))
 
 
 class TagBoard:
@@ -118,17 +148,23 @@ class TagIO:
         """The device a tag lives on."""
         return self.cell.tags[tag].device
 
-    async def connect(self, *, partial: bool = False) -> None:
+    async def connect(self, *, partial: bool = False, report: ConnectReport | None = None) -> None:
         """Connect every driver at once (each retries within its own bound); raises
         DevicesUnreachable with one line per device that could not be reached.
 
         With `partial`, it raises only when no device at all could be reached; the others
-        are kept in `unreachable` and read BAD.
+        are kept in `unreachable` and read BAD. `report` hears of every try.
         """
         names = list(self.drivers)
-        results = await asyncio.gather(
-            *(self.drivers[n].connect() for n in names), return_exceptions=True
-        )
+
+        async def reach(name: str) -> None:
+            try:
+                await self.drivers[name].connect(report)
+            finally:
+                if report is not None:
+                    report.reached(name)
+
+        results = await asyncio.gather(*(reach(n) for n in names), return_exceptions=True)
         failures = {
             n: r for n, r in zip(names, results, strict=True) if isinstance(r, BaseException)
         }
@@ -271,16 +307,19 @@ class CellSession(TagIO):
         self.partial = partial
 
     async def __aenter__(self) -> CellSession:
-        await self.connect()
+        with ConnectReport() as report:  # a slow connect tells who it is trying to reach
+            await self.connect(report=report)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def connect(self, *, partial: bool | None = None) -> None:
+    async def connect(
+        self, *, partial: bool | None = None, report: ConnectReport | None = None
+    ) -> None:
         """Connect every driver at once; with the session's `partial`, some may stay
         unreachable (they read BAD)."""
-        await super().connect(partial=self.partial if partial is None else partial)
+        await super().connect(partial=self.partial if partial is None else partial, report=report)
 
     def subscribe(self, callback: TagListener) -> Unsubscribe:
         """Watch the session's tags and call back with each new value."""

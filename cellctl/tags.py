@@ -6,12 +6,11 @@ Drivers take only these plain specs (drivers.points, drivers.config), never cell
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from cellctl import textvalue
 from cellctl.cell import (
-    INTEGER_TYPES,
     Cell,
     MemoryDevice,
     ModbusRtuDevice,
@@ -176,12 +175,15 @@ def methods_by_device(cell: Cell) -> dict[str, list[MethodSpec]]:
     return grouped
 
 
-_BOOL_WORDS = {"true": True, "1": True, "on": True, "false": False, "0": False, "off": False}
-_INTEGER = re.compile(r"[+-]?\d+")
+def text_type(tag: Tag) -> DataType:
+    """The type a tag's value is typed as on the command line: engineering units, so a scaled
+    integer tag takes any number (its raw value is rounded)."""
+    return DataType.FLOAT64 if tag.scaled else tag.datatype
 
 
 def parse_value(cell: Cell, tag_name: str, text: str) -> Value:
-    """A command-line value for a tag, parsed by its type and checked for a write.
+    """A command-line value for a tag, parsed by its type (cellctl.textvalue) and checked for
+    a write.
 
     Raises UnknownTag, or BadValue for a read-only tag, a value of the wrong type or out of
     range (the tag's min/max, and the raw type's range after scale/offset).
@@ -190,27 +192,12 @@ def parse_value(cell: Cell, tag_name: str, text: str) -> Value:
     subject = f"tag {tag_name} on device {tag.device}"
     if tag.access is not Access.RW:
         raise BadValue(f"{subject} is read-only")
-    datatype = tag.datatype
-    stripped = text.strip()
-    value: Value
-    if datatype is DataType.BOOL:
-        if stripped.lower() not in _BOOL_WORDS:
-            raise BadValue(f"{subject}: expects true/false (or 1/0, on/off), got {text!r}")
-        value = _BOOL_WORDS[stripped.lower()]
-    elif datatype is DataType.STRING:
-        value = text
-    elif datatype in INTEGER_TYPES and not tag.scaled and not _INTEGER.fullmatch(stripped):
-        raise BadValue(f"{subject}: expects a whole number ({datatype.value}), got {text!r}")
-    else:
-        value = _number(subject, stripped)
     try:
-        return tag.check_value(value)
+        return tag.check_value(textvalue.parse(text, text_type(tag)))
     except BadValue as err:
         raise BadValue(f"{subject}: {err}") from None
 
 
-def _number(subject: str, text: str) -> int | float:
-    try:
-        return int(text) if _INTEGER.fullmatch(text) else float(text)
-    except ValueError:  # not a number, or an integer of more than 4300 digits
-        raise BadValue(f"{subject}: expects a number, got {text!r}") from None
+def tag_units(cell: Cell) -> dict[str, str]:
+    """Each tag's unit, for the tags that state one (the unit column of a tag table)."""
+    return {name: tag.unit for name, tag in cell.tags.items() if tag.unit}

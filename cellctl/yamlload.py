@@ -38,6 +38,10 @@ MAX_BYTES = 1024 * 1024
 MAX_NODES = 200_000
 #: Deepest nesting of flow collections ([...] and {...}) accepted.
 MAX_FLOW_DEPTH = 64
+#: Longest number (characters as written) accepted: far more than any value a cell or a
+#: recipe holds, and far fewer than the 4300 digits past which Python refuses to read an int.
+MAX_NUMBER_CHARS = 100
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
 Loc = Sequence[str | int]
 #: A path from the document's root: mapping keys (as text) and list indices.
@@ -404,9 +408,12 @@ def _aliases(composer: _Composer, paths: dict[int, KeyPath]) -> list[Alias]:
 
 
 def _refuse_bombs(name: str, root: Node) -> None:
-    """Refuse alias cycles and documents whose aliases expand to more than MAX_NODES nodes."""
+    """Refuse alias cycles, documents whose aliases expand to more than MAX_NODES nodes, and
+    numbers longer than MAX_NUMBER_CHARS (each a located problem: building one would fail
+    unlocated, int() of 5000 digits, or silently become inf). One walk, every node once."""
     sizes: dict[int, int] = {}
     on_path: set[int] = set()
+    long_numbers: list[Problem] = []
 
     def size(node: Node) -> int:
         ident = id(node)
@@ -424,6 +431,11 @@ def _refuse_bombs(name: str, root: Node) -> None:
             children = [part for pair in node.value for part in pair]
         elif isinstance(node, SequenceNode):
             children = list(node.value)
+        elif str(node.tag) in _NUMBER_TAGS and len(str(node.value)) > MAX_NUMBER_CHARS:
+            length = len(str(node.value))
+            message = f"number too long: {length} characters (at most {MAX_NUMBER_CHARS})"
+            mark = node.start_mark
+            long_numbers.append(Problem(name, mark.line + 1, mark.column + 1, "too-long", message))
         for child in children:
             total += size(child)
             if total > MAX_NODES:
@@ -444,6 +456,8 @@ def _refuse_bombs(name: str, root: Node) -> None:
         return total
 
     size(root)
+    if long_numbers:
+        raise ValidationFailed(long_numbers)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,13 @@ class Reading:
     error: str | None = None
     device_time: float | None = None
 
+    def not_older_than(self, other: Reading) -> bool:
+        """True when this sample is at least as new as `other`: by the device's clock where both
+        carry it, else by ours (when each was taken)."""
+        if self.device_time is not None and other.device_time is not None:
+            return self.device_time >= other.device_time
+        return self.timestamp >= other.timestamp
+
 
 class HealthState(enum.StrEnum):
     """Connection health of a device."""
@@ -55,8 +62,24 @@ class Health:
     since: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class ConnectTry:
+    """A try of a driver's connect loop, told as it starts: the operator sees who is being
+    reached and how it goes instead of a blank screen until the connect gives up."""
+
+    device: str
+    endpoint: str
+    #: 1 for the first try.
+    number: int
+    #: Seconds until this connect gives up.
+    left: float
+    #: Why the previous try failed (None before the first).
+    error: str | None = None
+
+
 ReadingsCallback = Callable[[dict[str, Reading]], None]
 HealthCallback = Callable[[str, Health], None]
+ConnectProgress = Callable[[ConnectTry], None]
 Unsubscribe = Callable[[], None]
 
 
@@ -71,8 +94,9 @@ class Driver(Protocol):
         """The device's current connection health."""
         ...
 
-    async def connect(self) -> None:
-        """Connect, retrying with backoff until the connect deadline; raises ConnectFailed."""
+    async def connect(self, progress: ConnectProgress | None = None) -> None:
+        """Connect, retrying with backoff until the connect deadline; raises ConnectFailed.
+        `progress` hears of each try as it starts."""
         ...
 
     async def close(self) -> None:

@@ -6,7 +6,7 @@ import math
 import struct
 from collections.abc import Sequence
 
-from drivers.base import Value
+from drivers.base import Reading, Value
 from drivers.errors import BadResponse, WriteRejected
 from drivers.points import REGISTER_WIDTH, DataType, WordOrder
 
@@ -229,3 +229,8 @@ def same_value(a: Value | None, b: Value | None) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return a == b
+
+
+def same_reading(a: Reading, b: Reading) -> bool:
+    """Same quality and the same value of the same type (NaN equals NaN)."""
+    return a.quality is b.quality and same_value(a.value, b.value)

@@ -96,13 +96,25 @@ async def connect_with_backoff(
     endpoint: str,
     deadline: float,
     backoff: Backoff | None = None,
+    on_try: Callable[[int, str | None], None] | None = None,
 ) -> None:
-    """Call `attempt` until it succeeds or `deadline` seconds pass; then raise ConnectFailed."""
+    """Call `attempt` until it succeeds or `deadline` seconds pass; then raise ConnectFailed.
+
+    `on_try(number, why the previous try failed)` is called as each try starts.
+    """
     backoff = backoff or Backoff()
     loop = asyncio.get_running_loop()
     end = loop.time() + deadline
     last: Exception | None = None
+    number = 0
     while True:
+        number += 1
+        if on_try is not None:
+            try:
+                on_try(number, None if last is None else str(last))
+            except Exception:
+                # Telling of a try must never stop the trying.
+                log.exception("%s: connect progress listener failed", device)
         try:
             await attempt()
             return

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from drivers.base import (
+    ConnectProgress,
     HealthState,
     Quality,
     Reading,
@@ -65,8 +66,9 @@ class MemoryDriver(TracksHealth):
 
     # --- Driver protocol ------------------------------------------------------------------
 
-    async def connect(self) -> None:
-        """Connect; raises ConnectFailed while a failure is injected."""
+    async def connect(self, progress: ConnectProgress | None = None) -> None:
+        """Connect (at once: no tries to tell of); raises ConnectFailed while a failure is
+        injected."""
         if self._failure is not None:
             self._tracker.set(HealthState.LOST, str(self._failure))
             raise ConnectFailed(

@@ -27,6 +27,8 @@ from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from drivers.base import (
+    ConnectProgress,
+    ConnectTry,
     HealthState,
     Quality,
     Reading,
@@ -35,7 +37,7 @@ from drivers.base import (
     Value,
 )
 from drivers.batching import ReadBlock, decode_point, plan_reads
-from drivers.codecs import check_value, encode_registers, same_value, set_bit
+from drivers.codecs import check_value, encode_registers, same_reading, set_bit
 from drivers.config import ModbusRtuConfig, ModbusTcpConfig, RequestLimits
 from drivers.errors import (
     BadResponse,
@@ -174,6 +176,10 @@ class ModbusBus:
         #: Held while a job is on the wire: one request, or both halves of a read-modify-write.
         self.lock = asyncio.Lock()
         self._listeners: list[BusListener] = []
+        #: Who hears of each try of the connect loop: (try number, why the last one failed).
+        self._try_listeners: list[Callable[[int, str | None], None]] = []
+        #: The number of the connect loop's try under way (0 before the first).
+        self._try = 0
         self._up = asyncio.Event()
         self._down = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -204,15 +210,33 @@ class ModbusBus:
         if not self._listeners:
             await self.close()
 
-    async def connect(self, deadline: float, *, device: str, endpoint: str) -> None:
+    async def connect(
+        self,
+        deadline: float,
+        *,
+        device: str,
+        endpoint: str,
+        progress: ConnectProgress | None = None,
+    ) -> None:
         """Start the connect loop if needed and wait up to `deadline` s; else ConnectFailed.
+        `progress` hears of each try of the loop while this waits.
 
         The loop keeps trying in the background after ConnectFailed, until close().
         """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+
+        def tell(number: int, error: str | None) -> None:
+            if progress is not None:
+                progress(ConnectTry(device, endpoint, number, max(0.0, end - loop.time()), error))
+
         if self._supervisor is None or self._supervisor.done():
-            self._supervisor = asyncio.get_running_loop().create_task(
+            self._supervisor = loop.create_task(
                 self._supervise(), name=f"modbus connect {self.key}"
             )
+        elif self._try and not self._up.is_set():
+            tell(self._try, self.last_error)  # a loop already trying: the try under way
+        self._try_listeners.append(tell)
         try:
             async with asyncio.timeout(deadline):
                 await self._up.wait()
@@ -221,6 +245,8 @@ class ModbusBus:
                 f"{device}: cannot connect to {endpoint} within {deadline:g} s: "
                 f"{self.last_error or 'no connection'}"
             ) from err
+        finally:
+            self._try_listeners.remove(tell)
 
     async def request(self, what: str, call: Job[T], *, steps: int = 1) -> T:
         """Run `call` (`steps` exchanges) alone on the bus; `what` names device and request.
@@ -231,31 +257,44 @@ class ModbusBus:
         of `steps` worst cases, where worst case is timeout × (retries + 1), and each exchange
         waits at most `timeout` (a serial line's turnaround after a failed try comes out of
         the budget, so the last try may wait less).
-        Bound: at most one worst case (+ 0.25 s) waiting for the bus (DeviceTimeout "not
-        sent"), then at most `steps` worst cases on the wire: (1 + steps) worst cases + 0.25 s
-        in all.
-        The lock is taken in the caller's task, so a caller that gives up while waiting sends
-        nothing. Once taken, it belongs to a shielded task that holds it until the exchange
-        on the wire has ended: a cancelled caller never lets the next request start while an
-        answer is still due, and a request once sent is never cut off.
+        Bound: at most one worst case (+ 0.25 s) waiting for the bus, a serial line's quiet
+        owed by an earlier request's failure included (DeviceTimeout "not sent"), then at most
+        `steps` worst cases on the wire: (1 + steps) worst cases + 0.25 s in all. A job that
+        hangs past that deadline is cut off by a guard 0.25 s later (DeviceTimeout).
+        The lock is taken, and the line's quiet awaited, in the caller's task, so a caller that
+        gives up while waiting sends nothing. Then the lock belongs to a shielded task that
+        holds it until the exchange on the wire has ended: a cancelled caller never lets the
+        next request start while an answer is still due, and a request once sent is never cut
+        off.
         """
         worst = self.limits.worst_case
         wait = worst + _WAIT_MARGIN
         self._check_connected(what)
         loop = asyncio.get_running_loop()
         asked = loop.time()
+        # One clock for the whole request: the bus, and the line quiet, by `sent_by`; the
+        # tries' budget from then, so the quiet never shortens it; the guard a margin after
+        # the tries' own deadline, so it fires on a hang only, never on a try still in time.
+        sent_by = asked + wait
         try:
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout_at(sent_by):
                 await self.lock.acquire()
         except TimeoutError as err:
             raise DeviceTimeout(
                 f"{what}: not sent: the bus to {self.endpoint} stayed busy for {wait:g} s"
             ) from err
         try:
+            await self._drain(sent_by)
             client = self._check_connected(what)
-            budget = steps * worst
-            tries = self._tries(client, call, budget)
-            task = loop.create_task(tries, name=f"modbus {what}")
+            # min(): a sleep that ends late in the quiet wait cannot stretch the bound.
+            deadline = min(loop.time(), sent_by) + steps * worst
+            task = loop.create_task(self._tries(client, call, deadline), name=f"modbus {what}")
+        except _LineBusy as err:
+            self.lock.release()
+            raise DeviceTimeout(
+                f"{what}: not sent: the line {self.endpoint} did not stay quiet for "
+                f"{self.turnaround * 1000:.0f} ms within {wait:g} s"
+            ) from err
         except BaseException:
             self.lock.release()
             raise
@@ -268,7 +307,7 @@ class ModbusBus:
         if waited >= 0.01:
             within += f" (sent after {waited:.2f} s waiting for the bus)"
         try:
-            async with asyncio.timeout(budget + _GUARD_MARGIN):
+            async with asyncio.timeout_at(deadline + _GUARD_MARGIN):
                 return await asyncio.shield(task)
         except asyncio.CancelledError as err:
             current = asyncio.current_task()
@@ -280,11 +319,6 @@ class ModbusBus:
             # The budget ran out (the tries raise it), or the guard fired on a hang: free the bus.
             task.cancel()
             raise DeviceTimeout(f"{what}: no answer within {within}") from err
-        except _LineBusy as err:
-            raise DeviceTimeout(
-                f"{what}: not sent: the line {self.endpoint} did not stay quiet for "
-                f"{self.turnaround * 1000:.0f} ms within {within}"
-            ) from err
         except _Mismatch as err:
             raise BadResponse(f"{what}: the answer does not match the request: {err}") from err
         except ConnectionException as err:
@@ -312,23 +346,18 @@ class ModbusBus:
             raise _Mismatch(problem)
         return response
 
-    async def _tries(self, client: ModbusBaseClient, call: Job[T], budget: float) -> T:
-        """Run the job, again after a try without a (matching) answer, within the budget.
+    async def _tries(self, client: ModbusBaseClient, call: Job[T], deadline: float) -> T:
+        """Run the job, again after a try without a (matching) answer, until `deadline`.
 
-        A serial line still owed a quiet time by an earlier request's failure gets it first,
-        within one worst case (the bound on waiting for the bus), not out of this budget."""
-        loop = asyncio.get_running_loop()
-        await self._drain(loop.time() + self.limits.worst_case)
-        deadline = loop.time() + budget
+        The line is quiet when this starts (request() waited for that, out of the bus's time)."""
         tries = self.limits.retries + 1
         failed: ModbusIOException | _Mismatch | None = None
         for _ in range(tries):
-            try:
-                await self._drain(deadline)
-            except _LineBusy:
-                if failed is None:
-                    raise
-                raise failed from None  # no time left for another try: the last one's failure
+            if failed is not None:
+                try:
+                    await self._drain(deadline)
+                except _LineBusy:
+                    raise failed from None  # no time left for another try: its failure
             try:
                 async with asyncio.timeout_at(deadline):
                     return await call(client)
@@ -444,6 +473,11 @@ class ModbusBus:
         self._notify(False, self.last_error)
         raise ConnectFailed(self.last_error)
 
+    def _trying(self, number: int, error: str | None) -> None:
+        self._try = number
+        for listener in list(self._try_listeners):
+            listener(number, error)
+
     async def _supervise(self) -> None:
         backoff = Backoff()
         while True:
@@ -453,7 +487,9 @@ class ModbusBus:
                 endpoint=self.endpoint,
                 deadline=math.inf,
                 backoff=backoff,
+                on_try=self._trying,
             )
+            self._try = 0
             backoff.reset()
             self.last_error = None
             self._up.set()
@@ -485,20 +521,40 @@ class _Subscription:
         self.callback = callback
         self.last: dict[str, Reading] = {}
         self.failing = False
+        #: Points a fresh read saw differ from what this subscriber was last told, each with
+        #: the number of the poll cycle under way (or last run) when that read ended.
+        self.recheck: dict[str, int] = {}
+        self._members = frozenset(points)
 
-    def deliver(self, readings: dict[ModbusPoint, Reading]) -> None:
-        """Call back with the readings whose value or quality changed since it was last told.
+    def heard_fresh(self, readings: dict[ModbusPoint, Reading], cycle: int) -> None:
+        """Note the points where a fresh read differs from what this subscriber was told.
+
+        A value that the read caught in a short pulse may be back before the next poll, which
+        would then see no change and report nothing: whoever took the read as its newest value
+        (a wait) would never hear it go back. So the next cycle that starts after this read
+        reports these points whatever it reads.
+        """
+        for point, reading in readings.items():
+            if point in self._members:
+                told = self.last.get(point.name)
+                if told is not None and not same_reading(told, reading):
+                    self.recheck[point.name] = cycle
+
+    def deliver(self, readings: dict[ModbusPoint, Reading], cycle: int) -> None:
+        """Call back with the readings whose value or quality changed since it was last told,
+        and those of points a fresh read saw differ before this cycle (`cycle`) started.
 
         A callback that raises is logged (once until it succeeds again) and told the same
         changes on the next cycle; it never stops the poller or the other subscribers.
         """
         if any(point not in readings for point in self.points):
             return  # subscribed while this cycle was reading: the next cycle serves it
+        due = {n for n, mark in self.recheck.items() if cycle > mark} if self.recheck else set()
         changed: dict[str, Reading] = {}
         for point in self.points:
             reading = readings[point]
             previous = self.last.get(point.name)
-            if previous is None or not _same(previous, reading):
+            if previous is None or not same_reading(previous, reading) or point.name in due:
                 changed[point.name] = reading
         if not changed:
             return
@@ -528,11 +584,8 @@ class _Subscription:
             )
             self.failing = False
         self.last.update(changed)
-
-
-def _same(a: Reading, b: Reading) -> bool:
-    """Same quality and the same value of the same type (NaN equals NaN)."""
-    return a.quality is b.quality and same_value(a.value, b.value)
+        for name in due:
+            del self.recheck[name]
 
 
 # The function code that reads each table.
@@ -565,20 +618,26 @@ class ModbusDriver(TracksHealth):
         #: on every poll.
         self._poll_plan: tuple[list[ModbusPoint], list[ReadBlock]] | None = None
         self._retired: set[asyncio.Task[None]] = set()
+        #: The number of the latest poll cycle to start: orders fresh reads against cycles.
+        self._cycle = 0
 
     @property
     def endpoint(self) -> str:
         """Where the device is, as shown in messages: 'host:port unit N' or 'port unit N'."""
         return self.config.endpoint
 
-    async def connect(self) -> None:
-        """Connect the bus within limits.worst_case (with backoff); raises ConnectFailed."""
+    async def connect(self, progress: ConnectProgress | None = None) -> None:
+        """Connect the bus within limits.worst_case (with backoff); raises ConnectFailed.
+        `progress` hears of each try as it starts."""
         if not self._attached:
             self.bus.attach(self._bus_changed)
             self._attached = True
         try:
             await self.bus.connect(
-                self.config.limits.worst_case, device=self.name, endpoint=self.endpoint
+                self.config.limits.worst_case,
+                device=self.name,
+                endpoint=self.endpoint,
+                progress=progress,
             )
         except ConnectFailed as err:
             self._tracker.set(HealthState.LOST, str(err))
@@ -604,6 +663,8 @@ class ModbusDriver(TracksHealth):
         readings: dict[ModbusPoint, Reading] = {}
         for block in self._plan(modbus_points):
             readings.update(await self._read_block(block))
+        for subscription in self._subscriptions:
+            subscription.heard_fresh(readings, self._cycle)
         return [readings[p] for p in modbus_points]
 
     async def write(self, point: Point, value: Value) -> None:
@@ -828,6 +889,8 @@ class ModbusDriver(TracksHealth):
 
     async def _poll_once(self) -> None:
         """One cycle: read every subscribed block, tell each subscriber what changed."""
+        self._cycle += 1
+        cycle = self._cycle
         if self._poll_plan is None:
             merged = list(dict.fromkeys(p for s in self._subscriptions for p in s.points))
             self._poll_plan = (merged, self._plan(merged))
@@ -846,16 +909,16 @@ class ModbusDriver(TracksHealth):
             # poller's own cycles, so other requests cannot hide a stalled poller). Before the
             # readings go out: a listener that judges them sees the device answering.
             self._tracker.answered()
-        self._deliver(readings)
+        self._deliver(readings, cycle)
         if answered and self._poll_error is not None:
             # Only a whole cycle without an exception shows the fault has gone.
             log.info("device %s: polling works again", self.name)
             self._poll_error = None
             self._update_health()
 
-    def _deliver(self, readings: dict[ModbusPoint, Reading]) -> None:
+    def _deliver(self, readings: dict[ModbusPoint, Reading], cycle: int) -> None:
         for subscription in list(self._subscriptions):
-            subscription.deliver(readings)
+            subscription.deliver(readings, cycle)
 
     def _poll_failed(self, err: Exception) -> None:
         """A cycle raised (a bug, a codec error): LOST, logged, subscribers told BAD."""
@@ -867,7 +930,7 @@ class ModbusDriver(TracksHealth):
         self._update_health(text)
         now = time.time()
         points = {p for s in self._subscriptions for p in s.points}
-        self._deliver({p: Reading(None, now, Quality.BAD, text) for p in points})
+        self._deliver({p: Reading(None, now, Quality.BAD, text) for p in points}, self._cycle)
 
 
 def make_modbus_drivers(configs: Sequence[ModbusConfig]) -> dict[str, ModbusDriver]:

@@ -28,6 +28,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from drivers.base import (
+    ConnectProgress,
+    ConnectTry,
     HealthState,
     Quality,
     Reading,
@@ -35,7 +37,7 @@ from drivers.base import (
     Unsubscribe,
     Value,
 )
-from drivers.codecs import check_value
+from drivers.codecs import check_value, same_reading
 from drivers.config import OpcuaConfig
 from drivers.errors import (
     BadResponse,
@@ -76,6 +78,8 @@ SESSION_TIMEOUT_MS = 60_000
 RECONNECT_CAP = 5.0
 # asyncua's own liveness probe, behind our keep-alive (seconds).
 BACKSTOP_PROBE = 30.0
+# Re-reads of a watched point after a fresh read that differed from its last notification.
+RECHECKS = 3
 
 
 class _Unbound:
@@ -114,8 +118,9 @@ class OpcuaDriver(TracksHealth):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def connect(self) -> None:
+    async def connect(self, progress: ConnectProgress | None = None) -> None:
         """Connect within limits.worst_case, check every point and method; raise on any mismatch.
+        `progress` hears of each try to open a session as it starts.
 
         After a connect that failed for a passing reason (nothing listening, no answer, the
         connection lost) health is LOST and the driver keeps connecting in the background
@@ -128,7 +133,7 @@ class OpcuaDriver(TracksHealth):
             self._running = False
             await self._shutdown()
         try:
-            client = await self._open()
+            client = await self._open(progress)
             problems = await self._check(client)
             if problems:
                 raise self._mismatch(problems)
@@ -202,8 +207,9 @@ class OpcuaDriver(TracksHealth):
         for watch in self._watches:
             watch.detach()
 
-    async def _open(self) -> Client:
-        """Open a session, retrying for at most limits.worst_case; _Refused when retry is futile."""
+    async def _open(self, progress: ConnectProgress | None = None) -> Client:
+        """Open a session, retrying for at most limits.worst_case; _Refused when retry is futile.
+        `progress` hears of each try as it starts."""
         if self._client is not None:
             return self._client  # opened by verify()
         deadline = self.config.limits.worst_case
@@ -218,8 +224,17 @@ class OpcuaDriver(TracksHealth):
                     raise _Refused(err) from err
                 raise
 
+        def tell(number: int, error: str | None) -> None:
+            if progress is not None:
+                left = max(0.0, end - loop.time())
+                progress(ConnectTry(self.name, self.config.endpoint, number, left, error))
+
         await connect_with_backoff(
-            attempt, device=self.name, endpoint=self.config.endpoint, deadline=deadline
+            attempt,
+            device=self.name,
+            endpoint=self.config.endpoint,
+            deadline=deadline,
+            on_try=tell,
         )
         assert self._client is not None
         return self._client
@@ -551,8 +566,18 @@ class OpcuaDriver(TracksHealth):
         ) from last
 
     async def read(self, points: Sequence[Point]) -> list[Reading]:
-        """Read every point's value in one request; a bad node gives a BAD reading, not an error."""
+        """Read every point's value in one request; a bad node gives a BAD reading, not an error.
+
+        A watched point read differing from its last notification is re-read (see _recheck).
+        """
         opc = [self._opcua_point(p) for p in points]
+        readings = await self._read(opc)
+        for watch in self._watches:
+            self._heard_fresh(watch, opc, readings)
+        return readings
+
+    async def _read(self, opc: Sequence[OpcuaPoint]) -> list[Reading]:
+        """Read the points' values in one request."""
         if not opc:
             return []
         ids = [_node_id(self.name, p.name, p.node_id) for p in opc]
@@ -701,6 +726,54 @@ class OpcuaDriver(TracksHealth):
         for node_id, status in refused:
             points = [p for p in watch.points if p.name in watch.by_node[node_id]]
             watch.deliver_bad(points, f"monitored item refused: {status_name(status)}")
+
+    def _heard_fresh(
+        self, watch: _Watch, points: Sequence[OpcuaPoint], readings: Sequence[Reading]
+    ) -> None:
+        """Start re-reading each watched point where a fresh read differs from its last
+        notification (one re-reader per point; a newer read only moves its target)."""
+        for point, reading in zip(points, readings, strict=True):
+            told = watch.told.get(point.name)
+            if told is None or not watch.watches(point) or same_reading(told, reading):
+                continue
+            if point.name not in watch.pending:
+                self._spawn(self._recheck(watch, point), f"re-read of {point.name}")
+            watch.pending[point.name] = reading
+
+    async def _recheck(self, watch: _Watch, point: OpcuaPoint) -> None:
+        """Re-read a point once per publishing interval (RECHECKS times at most per fresh
+        read) until the watch was told a sample at least as new as the fresh read.
+
+        A server samples a value every sampling interval and notifies changes from what it
+        last sent: a short pulse that only our fresh read caught is never notified, nor is its
+        end, so whoever took that read as the newest value (a wait) would hear nothing more.
+        A re-read that agrees with the last notification is that end: the watch is told it.
+        One that still differs is left to the server, which notifies a change that lasts.
+        """
+        name = point.name
+        target: Reading | None = None
+        tries = 0
+        try:
+            while True:
+                await asyncio.sleep(self.config.publishing_interval)
+                fresh, told = watch.pending.get(name), watch.told.get(name)
+                if fresh is None or told is None or told.not_older_than(fresh):
+                    return  # a newer notification came, or the session and its items are gone
+                if fresh is not target:
+                    target, tries = fresh, 0
+                if tries == RECHECKS:
+                    return
+                tries += 1
+                try:
+                    [again] = await self._read([point])  # not read(): it would move the target
+                except DriverError:
+                    return  # the keep-alive tells of a server that stopped answering
+                told = watch.told.get(name)
+                if told is not None and same_reading(told, again) and watch.active:
+                    watch.told[name] = again
+                    watch.deliver({name: again})
+        finally:
+            watch.pending.pop(name, None)
 
     async def _delete(self, subscription: Subscription) -> None:
         """Delete a subscription on the server; a dead session took it along anyway."""
@@ -874,10 +947,19 @@ class _Watch:
         self._points = {p.name: p for p in points}
         for p in points:
             self.by_node.setdefault(_node_id(driver.name, p.name, p.node_id), []).append(p.name)
+        #: The last reading the server notified of each point, in this session.
+        self.told: dict[str, Reading] = {}
+        #: The newest fresh read that differed from `told`, of each point being re-read.
+        self.pending: dict[str, Reading] = {}
+
+    def watches(self, point: OpcuaPoint) -> bool:
+        """True when this watch has the point (by name and node)."""
+        return self._points.get(point.name) == point
 
     def detach(self) -> Subscription | None:
         """Forget the session this watch was subscribed on; returns its subscription."""
         subscription, self.subscription, self.client = self.subscription, None, None
+        self.told.clear()
         return subscription
 
     def deliver(self, readings: dict[str, Reading]) -> None:
@@ -891,6 +973,8 @@ class _Watch:
 
     def deliver_bad(self, points: Sequence[OpcuaPoint], error: str) -> None:
         """A BAD reading for each point, naming the point and the reason."""
+        for p in points:
+            self.told.pop(p.name, None)  # no longer what the server notified
         now = time.time()
         self.deliver(
             {
@@ -919,6 +1003,7 @@ class _Watch:
             cause = f"data-change notification failed: {_failure_text(err)}"
             self.driver._session_failed(client, cause)
             return
+        self.told.update(readings)
         self.deliver(readings)
 
     def status_change_notification(self, status: ua.StatusChangeNotification) -> None:

@@ -1,6 +1,7 @@
-"""hil_tests options (--cell points the cell-level tests at real hardware instead of
-simulators) and the tools beyond Python that some tests need (skipped where missing, except
-where CI requires them)."""
+"""hil_tests: --cell and --allow-motion at work (the options are registered in the root
+conftest.py, so that `pytest --cell=FILE` works from the project root too: see there why `=`)
+and the tools beyond Python that some tests need (skipped where missing, except where CI
+requires them)."""
 
 from __future__ import annotations
 
@@ -14,24 +15,6 @@ import pytest
 #: Comma-separated tools (faketime, browser, netns) that must be present: `.ci/run` sets it, so
 #: in CI a test that needs a missing tool fails instead of skipping.
 REQUIRE_ENV = "CELLCTL_REQUIRE"
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    """Add --cell and --allow-motion."""
-    group = parser.getgroup("cellctl hardware-in-the-loop")
-    group.addoption(
-        "--cell",
-        action="store",
-        default=None,
-        help="run the cell-level tests against the devices of this cell file (real hardware) "
-        "instead of the demo cell on simulators",
-    )
-    group.addoption(
-        "--allow-motion",
-        action="store_true",
-        default=False,
-        help="with --cell: also run tests marked 'moves' (they write rw tags on real machines)",
-    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -21,6 +21,7 @@ from drivers.modbus import ModbusDriver, make_modbus_drivers
 from drivers.points import Access, DataType, ModbusPoint, ModbusTable, WordOrder
 from drivers.sim.image import ProcessImage
 from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
+from hil_tests.support import with_room
 from tests.support import wait_until
 
 COIL = ModbusTable.COIL
@@ -35,7 +36,7 @@ LIMITS = RequestLimits(timeout=0.2, retries=1)
 # in a row, so 2 retries keep four failures on one connection.
 QUEUE_LIMITS = RequestLimits(timeout=0.15, retries=2)
 BUS_WAIT_SLACK = 0.25  # a request waits for the bus one worst case plus this
-MARGIN = 0.3  # scheduling slack on a loaded 2-core machine
+QUEUED = 16  # requests queued on a silent bus (check_queue_is_bounded)
 POLL = 0.05
 
 ORDERS = list(WordOrder)
@@ -216,14 +217,14 @@ async def check_subscription(rig: Rig[S], driver: ModbusDriver) -> None:
     batches: list[dict[str, Reading]] = []
     unsubscribe = driver.subscribe([FORCE, PART_PRESENT, *BLOCK[:3]], batches.append)
     try:
-        await wait_until(lambda: bool(batches), 1.0, "the first poll")
+        await wait_until(lambda: bool(batches), 5.0, "the first poll")
         assert set(batches[0]) == {"force_kN", "part_present", "blk0", "blk1", "blk2"}
         count = len(batches)
         per_poll = len(plan_reads([FORCE, PART_PRESENT, *BLOCK[:3]]))
         rig.image.set(FORCE.name, 15.75)
         await rig.server.publish(rig.image.device, rig.image.take_dirty())
         sent = driver.requests
-        await wait_until(lambda: len(batches) > count, 1.0, "the change")
+        await wait_until(lambda: len(batches) > count, 5.0, "the change")
         # Counted in poll cycles, not seconds, so a loaded CI machine cannot make it flaky:
         # the change is delivered by the first or second poll after it happened.
         assert driver.requests - sent <= 2 * per_poll
@@ -238,13 +239,13 @@ async def check_unsubscribe(rig: Rig[S], driver: ModbusDriver) -> None:
     seen_b: list[dict[str, Reading]] = []
     stop_a = driver.subscribe([FORCE], seen_a.append)
     stop_b = driver.subscribe([CYCLES], seen_b.append)
-    await wait_until(lambda: bool(seen_a) and bool(seen_b), 1.0, "both first polls")
+    await wait_until(lambda: bool(seen_a) and bool(seen_b), 5.0, "both first polls")
     stop_b()
     count_a, count_b = len(seen_a), len(seen_b)
     rig.image.set(FORCE.name, 1.5)
     rig.image.set(CYCLES.name, 5)
     await rig.server.publish(rig.image.device, rig.image.take_dirty())
-    await wait_until(lambda: len(seen_a) > count_a, 1.0, "the change for the remaining subscriber")
+    await wait_until(lambda: len(seen_a) > count_a, 5.0, "the change for the remaining subscriber")
     assert len(seen_b) == count_b
     stop_a()
     sent = driver.requests
@@ -300,7 +301,7 @@ async def check_write_rejected(driver: ModbusDriver) -> None:
 
 
 async def check_timeout(driver: ModbusDriver, point: ModbusPoint = HR0) -> None:
-    """A silent device fails a read and a write within timeout × (retries + 1) + margin."""
+    """A silent device fails a read and a write within timeout × (retries + 1), with room."""
     worst = LIMITS.worst_case
     actions: list[Callable[[], Awaitable[object]]] = [
         lambda: driver.read([point]),
@@ -311,7 +312,7 @@ async def check_timeout(driver: ModbusDriver, point: ModbusPoint = HR0) -> None:
         with pytest.raises(DeviceTimeout) as caught:
             await action()
         elapsed = time.monotonic() - start
-        assert worst * 0.9 <= elapsed <= worst + MARGIN
+        assert worst * 0.9 <= elapsed <= with_room(worst)
         assert driver.name in str(caught.value) and driver.endpoint in str(caught.value)
 
 
@@ -322,7 +323,7 @@ async def check_down_at_first_connect(rig: Rig[S]) -> None:
         connecting = asyncio.create_task(driver.connect())
         try:
             await wait_until(
-                lambda: driver.health.state is HealthState.LOST, 1.0, "a failed first attempt"
+                lambda: driver.health.state is HealthState.LOST, 5.0, "a failed first attempt"
             )
             assert not connecting.done()
             await rig.server.start()
@@ -340,7 +341,7 @@ async def check_connect_fails_then_keeps_trying(rig: Rig[S]) -> None:
         start = time.monotonic()
         with pytest.raises(ConnectFailed) as caught:
             await driver.connect()
-        assert time.monotonic() - start <= LIMITS.worst_case + MARGIN
+        assert time.monotonic() - start <= with_room(LIMITS.worst_case)
         assert str(caught.value).startswith(f"press: cannot connect to {driver.endpoint} within")
         assert driver.health.state is HealthState.LOST
         await rig.server.start()
@@ -357,15 +358,15 @@ async def check_kill_and_restart(rig: Rig[S], driver: ModbusDriver) -> None:
     batches: list[dict[str, Reading]] = []
     unsubscribe = driver.subscribe([AFTER], batches.append)
     try:
-        await wait_until(lambda: bool(batches), 1.0, "the first poll")
+        await wait_until(lambda: bool(batches), 5.0, "the first poll")
         await rig.server.stop()
-        await wait_until(lambda: driver.health.state is HealthState.LOST, 2.0, "health LOST")
-        await wait_until(lambda: len(batches) > 1, 1.0, "a BAD reading")
+        await wait_until(lambda: driver.health.state is HealthState.LOST, 5.0, "health LOST")
+        await wait_until(lambda: len(batches) > 1, 5.0, "a BAD reading")
         await rig.server.start()
         await wait_until(
             lambda: driver.health.state is HealthState.CONNECTED, 3.0, "health CONNECTED"
         )
-        await wait_until(lambda: len(batches) > 2, 1.0, "values again")
+        await wait_until(lambda: len(batches) > 2, 5.0, "values again")
     finally:
         unsubscribe()
     assert states == [HealthState.LOST, HealthState.CONNECTED]
@@ -396,7 +397,8 @@ async def check_silence_health(
 async def check_queue_is_bounded(driver: ModbusDriver, silence: Callable[[bool], None]) -> None:
     """Requests queued on a silent bus each fail within two worst cases (+ slack), not n × one.
 
-    Each waits for the bus at most one worst case (+ slack) and is then given its own.
+    Each waits for the bus at most one worst case (+ slack) and is then given its own. Enough
+    of them that n × one worst case is beyond that bound even with room for a loaded machine.
     """
     worst = driver.bus.limits.worst_case
     loop = asyncio.get_running_loop()
@@ -409,10 +411,12 @@ async def check_queue_is_bounded(driver: ModbusDriver, silence: Callable[[bool],
 
     silence(True)
     try:
-        results = await asyncio.gather(*(timed_read() for _ in range(4)))
+        results = await asyncio.gather(*(timed_read() for _ in range(QUEUED)))
     finally:
         silence(False)
-    assert max(elapsed for elapsed, _ in results) <= 2 * worst + BUS_WAIT_SLACK + MARGIN
+    bound = with_room(2 * worst + BUS_WAIT_SLACK)
+    assert QUEUED * worst > bound
+    assert max(elapsed for elapsed, _ in results) <= bound
     for _, message in results:
         assert message.startswith(f"{driver.name} ({driver.endpoint}) read hr:0: ")
     assert "not sent: the bus to" in results[-1][1]  # the last one never got the bus

@@ -124,12 +124,17 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def controller_for(
-    cell_file: Path, recipe: Path = PRESS_FIT, params: list[str] | None = None
+    cell_file: Path,
+    recipe: Path = PRESS_FIT,
+    params: list[str] | None = None,
+    answers: list[str] | None = None,
 ) -> AsyncIterator[Harness]:
-    """A Controller built as `cellctl run` builds it (non-interactive), opened; closed after."""
-    prepared = prepare(
-        RunOptions(recipe=recipe, cell=cell_file, params=params or [], interactive=False)
+    """A Controller built as `cellctl run` builds it (non-interactive, prompts answered by
+    `answers`, "id=value" as --answer takes them), opened; closed after."""
+    options = RunOptions(
+        recipe=recipe, cell=cell_file, params=params or [], answers=answers or [], interactive=False
     )
+    prepared = prepare(options)
     cell = prepared.loaded.cell
     io = TagIO(cell, build_drivers(cell, prepared.devices), prepared.tags)
     await io.connect()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cellctl.cell import load_cell
 from cellctl.simwiring import CellSimulator
 from hil_tests.run_support import serve
 from hil_tests.support import LoopThread
@@ -62,6 +63,8 @@ def test_the_image_sees_what_the_cli_wrote(demo, capsys) -> None:  # type: ignor
         ("conveyor.speed_rpm=-1", "conveyor.speed_rpm"),
         ("conveyor.speed_rpm=fast", "conveyor.speed_rpm"),
         ("conveyor.run=maybe", "conveyor.run"),
+        ("conveyor.speed_rpm=１２００", "conveyor.speed_rpm"),  # int() would read 1200
+        ("conveyor.speed_rpm=1_2", "conveyor.speed_rpm"),  # int() would read 12
         ("press.force_kN=3", "press.force_kN"),  # read-only
         ("conveyor.nosuch=1", "conveyor.nosuch"),
         ("conveyor.speed_rpm", "TAG=VALUE"),
@@ -181,10 +184,11 @@ def test_robot_busy_is_visible_as_soon_as_pick_returns(demo) -> None:  # type: i
     assert loop.run(pick_then_read()) == (True, True)
 
 
-def test_read_prints_what_it_can_when_one_device_is_down(demo, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def with_a_dead_device(cell: Path, folder: Path) -> tuple[Path, int]:
+    """A copy of the served cell with one more device, `spare` (tags spare.a, spare.b), at a
+    port nobody listens on; and that port."""
     import socket
 
-    _, cell, _ = demo
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -196,8 +200,14 @@ def test_read_prints_what_it_can_when_one_device_is_down(demo, capsys, tmp_path:
         "  spare.b: {device: spare, address: 'hr:1'}\n",
         1,
     )
-    partly = tmp_path / "cell.yaml"
+    partly = folder / "cell.yaml"
     partly.write_text(text, encoding="utf-8")
+    return partly, port
+
+
+def test_read_prints_what_it_can_when_one_device_is_down(demo, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, cell, _ = demo
+    partly, port = with_a_dead_device(cell, tmp_path)
     code, out, err = cli(capsys, "read", "--cell", str(partly), "--json")
     assert code == 2
     rows = {row["tag"]: row for row in json.loads(out)}
@@ -205,3 +215,36 @@ def test_read_prints_what_it_can_when_one_device_is_down(demo, capsys, tmp_path:
     assert rows["spare.a"]["quality"] == "bad" and rows["spare.b"]["value"] is None
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "2 tags" in lines[0] and str(port) in lines[0], err
+
+
+def test_read_a_device_reads_all_its_tags_with_their_units(demo, capsys) -> None:  # type: ignore[no-untyped-def]
+    _, cell, _ = demo
+    code, out, err = cli(
+        capsys, "read", "--cell", str(cell), "--json", "press", "conveyor.speed_rpm"
+    )
+    assert code == 0, err
+    rows = json.loads(out)
+    on_press = [tag for tag, spec in load_cell(cell).tags.items() if spec.device == "press"]
+    assert "press.force_kN" in on_press and len(on_press) > 3
+    assert [row["tag"] for row in rows] == [*on_press, "conveyor.speed_rpm"]
+    units = {row["tag"]: row["unit"] for row in rows}
+    assert (units["press.force_kN"], units["conveyor.speed_rpm"]) == ("kN", "rpm")
+    assert units["press.cycles"] is None  # the cell file gives it no unit
+
+
+def test_read_off_a_terminal_gives_an_unreadable_tag_its_own_error_field(  # type: ignore[no-untyped-def]
+    demo, capsys, tmp_path: Path
+) -> None:
+    _, cell, _ = demo
+    partly, port = with_a_dead_device(cell, tmp_path)
+    code, out, err = cli(capsys, "read", "--cell", str(partly), "spare", "conveyor")
+    assert code == 2, out + err
+    lines = [line.split("\t") for line in out.splitlines()]
+    # tag, device, value, unit, quality, error on every line
+    assert lines and all(len(fields) == 6 for fields in lines), out
+    rows = {fields[0]: fields for fields in lines}
+    _, device, value, _, quality, error = rows["spare.a"]
+    assert (device, value, quality) == ("spare", "", "bad")
+    assert str(port) in error
+    assert rows["conveyor.speed_rpm"][2].isdigit()
+    assert rows["conveyor.speed_rpm"][3:] == ["rpm", "good", ""]

@@ -51,23 +51,23 @@ async def test_a_poll_cycle_that_raises_makes_the_device_lost_and_polling_goes_o
     async with rig.driver(poll=POLL) as driver:
         seen: list[dict[str, Reading]] = []
         driver.subscribe([AFTER], seen.append)
-        await wait_until(lambda: bool(seen), 1.0, "the first poll")
+        await wait_until(lambda: bool(seen), 5.0, "the first poll")
         stop_broken = driver.subscribe([NO_SUCH_BIT], lambda _readings: None)
-        await wait_until(lambda: driver.health.state is HealthState.LOST, 2.0, "health LOST")
+        await wait_until(lambda: driver.health.state is HealthState.LOST, 5.0, "health LOST")
         assert "bit 16 is not in 0..15" in str(driver.health.last_error)
         assert driver.name in str(driver.health.last_error)
         # The other subscriber is told its value is no longer known, not left with the last.
-        await wait_until(lambda: seen[-1]["after"].quality is Quality.BAD, 1.0, "a BAD reading")
+        await wait_until(lambda: seen[-1]["after"].quality is Quality.BAD, 5.0, "a BAD reading")
         assert "bit 16" in str(seen[-1]["after"].error)
         sent = driver.requests
-        await wait_until(lambda: driver.requests >= sent + 3, 2.0, "polling to go on")
+        await wait_until(lambda: driver.requests >= sent + 3, 5.0, "polling to go on")
         # Logged with its traceback once, not on every cycle.
         assert len(failures(caplog.records)) == 1
         stop_broken()
         await wait_until(
-            lambda: driver.health.state is HealthState.CONNECTED, 2.0, "health CONNECTED"
+            lambda: driver.health.state is HealthState.CONNECTED, 5.0, "health CONNECTED"
         )
-        await wait_until(lambda: seen[-1]["after"].quality is Quality.GOOD, 1.0, "values again")
+        await wait_until(lambda: seen[-1]["after"].quality is Quality.GOOD, 5.0, "values again")
         assert seen[-1]["after"].value == 4242
 
 
@@ -97,12 +97,12 @@ async def test_a_failing_subscriber_does_not_stop_the_others(
         for callback in (broken, result_of_a_cancelled_future, flaky, seen.append):
             driver.subscribe([FORCE], callback)
         # A callback that failed is offered the same changes again: nothing is lost to it.
-        await wait_until(lambda: len(flaky_calls) >= 2, 1.0, "the failed changes offered again")
+        await wait_until(lambda: len(flaky_calls) >= 2, 5.0, "the failed changes offered again")
         assert [c["force_kN"].value for c in flaky_calls] == [12.25, 12.25]
         rig.image.set(FORCE.name, 3.5)
         await rig.server.publish(rig.image.device, rig.image.take_dirty())
-        await wait_until(lambda: seen[-1]["force_kN"].value == 3.5, 1.0, "the change")
-        await wait_until(lambda: flaky_calls[-1]["force_kN"].value == 3.5, 1.0, "the change")
+        await wait_until(lambda: seen[-1]["force_kN"].value == 3.5, 5.0, "the change")
+        await wait_until(lambda: flaky_calls[-1]["force_kN"].value == 3.5, 5.0, "the change")
         assert [c["force_kN"].value for c in seen] == [12.25, 3.5]
         # A subscriber's bug is not the device's: it still answers.
         assert driver.health.state is HealthState.CONNECTED
@@ -123,7 +123,7 @@ async def test_after_an_overrun_the_poller_rests_a_whole_period() -> None:
         rig = Rig(server, image, 2)
         async with rig.driver(name="ghost", unit=9, poll=period, limits=limits) as ghost:
             ghost.subscribe([AFTER], lambda _readings: None)
-            await wait_until(lambda: ghost.requests >= 1, 1.0, "the first poll")
+            await wait_until(lambda: ghost.requests >= 1, 5.0, "the first poll")
             first, start = ghost.requests, time.monotonic()
             await wait_until(lambda: ghost.requests >= first + 3, 5.0, "three more polls")
             elapsed = time.monotonic() - start

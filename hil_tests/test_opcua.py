@@ -40,15 +40,14 @@ from drivers.points import Access, DataType, MethodArg, MethodSpec, OpcuaPoint
 from drivers.sim.faultproxy import FaultProxy
 from drivers.sim.image import ProcessImage
 from drivers.sim.opcua_server import OpcuaSimServer, default_cache_dir, init_with_cache
+from hil_tests.support import with_room
 from tests.support import wait_until
 
 DEVICE = "robot"
 LIMITS = RequestLimits(timeout=0.3, retries=1)
 PUBLISHING = 0.1  # seconds
-SCHEDULING_SLACK = 0.15
 # A lost device is noticed within one request's worst case plus one publishing interval.
 LOSS_BOUND = LIMITS.worst_case + PUBLISHING
-LOSS_SLACK = 0.3  # scheduling on a loaded 2-core machine
 
 # One rw point of every type (string NodeIds in ns=2, some numeric in ns=3) and a ro one.
 SAMPLES: dict[DataType, tuple[str, object, object]] = {
@@ -347,7 +346,7 @@ async def test_subscription_sees_change_within_two_publishing_intervals(
     unsubscribe = driver.subscribe([BUSY, TEMP], seen.append)
     try:
         await wait_until(
-            lambda: {BUSY.name, TEMP.name} <= {k for s in seen for k in s}, 2.0, "initial values"
+            lambda: {BUSY.name, TEMP.name} <= {k for s in seen for k in s}, 5.0, "initial values"
         )
         latest = {k: r.value for s in seen for k, r in s.items()}
         assert latest == {BUSY.name: False, TEMP.name: 20.0}
@@ -356,11 +355,11 @@ async def test_subscription_sees_change_within_two_publishing_intervals(
         await sim.set({TEMP.name: 22.5})
         await wait_until(
             lambda: any(s.get(TEMP.name, Reading(None, 0)).value == 22.5 for s in seen),
-            2.0,
+            5.0,
             "the change",
         )
-        # Two publishing intervals, plus slack for a loaded 2-core CI machine's scheduler.
-        assert loop.time() - start <= 2 * PUBLISHING + SCHEDULING_SLACK
+        # Two publishing intervals, with room for a loaded 2-core CI machine.
+        assert loop.time() - start <= with_room(2 * PUBLISHING)
     finally:
         unsubscribe()
     count = len(seen)
@@ -382,11 +381,11 @@ async def test_refused_monitored_item_is_bad_and_others_still_work(
 
     unsubscribe = driver.subscribe([ghost, TEMP], record)
     try:
-        await wait_until(lambda: ghost.name in seen and TEMP.name in seen, 2.0, "first readings")
+        await wait_until(lambda: ghost.name in seen and TEMP.name in seen, 5.0, "first readings")
         assert seen[ghost.name][0].quality is Quality.BAD
         assert "BadNodeIdUnknown" in (seen[ghost.name][0].error or "")
         await sim.set({TEMP.name: 30.25})
-        await wait_until(lambda: seen[TEMP.name][-1].value == 30.25, 2.0, "the good item's change")
+        await wait_until(lambda: seen[TEMP.name][-1].value == 30.25, 5.0, "the good item's change")
     finally:
         unsubscribe()
 
@@ -515,9 +514,9 @@ async def test_failed_first_connect_keeps_trying_and_then_subscribes(own_sim: Si
         await wait_until(
             lambda: drv.health.state is HealthState.CONNECTED, 5.0, "the background connect"
         )
-        await wait_until(lambda: seen[-1:] == [True], 2.0, "the subscribed value")
+        await wait_until(lambda: seen[-1:] == [True], 5.0, "the subscribed value")
         await own_sim.set({BUSY.name: False})
-        await wait_until(lambda: seen[-1] is False, 2.0, "a change")
+        await wait_until(lambda: seen[-1] is False, 5.0, "a change")
         assert by_value(await drv.read([BUSY])) == [False]
     finally:
         await drv.close()
@@ -557,7 +556,7 @@ async def test_nothing_listening_fails_within_the_bound() -> None:
         ConnectFailed, match=re.escape(f"robot: cannot connect to opc.tcp://127.0.0.1:{port}/robot")
     ):
         await drv.connect()
-    assert loop.time() - start <= LIMITS.worst_case + 0.3
+    assert loop.time() - start <= with_room(LIMITS.worst_case)
     await drv.close()
 
 
@@ -576,7 +575,7 @@ async def test_frozen_server_fails_within_the_bound() -> None:
     try:
         with pytest.raises(ConnectFailed, match=re.escape(f"127.0.0.1:{port}")):
             await drv.connect()
-        assert loop.time() - start <= LIMITS.worst_case + 0.3
+        assert loop.time() - start <= with_room(LIMITS.worst_case)
         assert writers  # it did accept: the driver got as far as the OPC UA hello
     finally:
         await drv.close()
@@ -597,16 +596,16 @@ async def test_server_freezing_after_connect_times_out_and_is_lost(sim: Sim) -> 
     try:
         await drv.connect()
         drv.subscribe([BUSY], watcher)
-        await wait_until(lambda: watcher.last(BUSY.name) is not None, 2.0, "the initial value")
+        await wait_until(lambda: watcher.last(BUSY.name) is not None, 5.0, "the initial value")
         proxy.freeze(True)
         loop = asyncio.get_running_loop()
         start = loop.time()
         with pytest.raises(DeviceTimeout, match="robot: read 1 point"):
             await drv.read([BUSY])
-        assert loop.time() - start <= LIMITS.worst_case + 0.3
+        assert loop.time() - start <= with_room(LIMITS.worst_case)
         # the keep-alive notices a silent server, and the subscriber hears of it
         await wait_until(lambda: bool(watcher.bad(BUSY.name)), 5.0, "a BAD reading")
-        assert loop.time() - start <= LOSS_BOUND + LOSS_SLACK
+        assert loop.time() - start <= with_room(LOSS_BOUND)
         assert states == [HealthState.CONNECTED, HealthState.LOST]
         assert "no answer" in (watcher.bad(BUSY.name)[0].error or "")
         proxy.freeze(False)
@@ -614,7 +613,7 @@ async def test_server_freezing_after_connect_times_out_and_is_lost(sim: Sim) -> 
         assert states == [HealthState.CONNECTED, HealthState.LOST, HealthState.CONNECTED]
         assert by_value(await drv.read([BUSY])) in ([True], [False])
         await wait_until(
-            lambda: watcher.seen[BUSY.name][-1].quality is Quality.GOOD, 2.0, "a GOOD value again"
+            lambda: watcher.seen[BUSY.name][-1].quality is Quality.GOOD, 5.0, "a GOOD value again"
         )
     finally:
         await drv.close()
@@ -631,7 +630,7 @@ async def test_restart_reports_lost_then_connected_and_resubscribes(own_sim: Sim
     seen: list[bool | None] = []
     drv.subscribe([BUSY], lambda readings: seen.append(readings[BUSY.name].value))
     try:
-        await wait_until(lambda: seen == [False], 2.0, "the initial value")
+        await wait_until(lambda: seen == [False], 5.0, "the initial value")
         await own_sim.server.stop()
         await wait_until(lambda: len(transitions) >= 1, 3.0, "health LOST")
         assert transitions[0].state is HealthState.LOST
@@ -642,9 +641,9 @@ async def test_restart_reports_lost_then_connected_and_resubscribes(own_sim: Sim
         await own_sim.server.start()
         await wait_until(lambda: len(transitions) >= 2, 5.0, "health CONNECTED")
         assert [h.state for h in transitions] == [HealthState.LOST, HealthState.CONNECTED]
-        await wait_until(lambda: seen[-1] is True, 2.0, "the value after the restart")
+        await wait_until(lambda: seen[-1] is True, 5.0, "the value after the restart")
         await own_sim.set({BUSY.name: False})
-        await wait_until(lambda: seen[-1] is False, 2.0, "a change after the restart")
+        await wait_until(lambda: seen[-1] is False, 5.0, "a change after the restart")
         assert [h.state for h in transitions] == [HealthState.LOST, HealthState.CONNECTED]
     finally:
         await drv.close()
@@ -669,7 +668,7 @@ async def test_close_leaves_no_tasks_behind(sim: Sim) -> None:
             if t is not current and "asyncua/server" not in repr(t.get_coro())
         }
 
-    await wait_until(lambda: not ours(), 1.0, "the driver's tasks to end")
+    await wait_until(lambda: not ours(), 5.0, "the driver's tasks to end")
     assert drv.health.state is HealthState.DISCONNECTED
 
 
@@ -911,11 +910,11 @@ async def test_a_dropped_link_is_lost_then_found_and_resubscribed(own_sim: Sim) 
         await drv.connect()
         drv.on_health(lambda _name, health: states.append(health.state))
         drv.subscribe([BUSY], lambda readings: seen.append(readings[BUSY.name].value))
-        await wait_until(lambda: bool(seen), 2.0, "the initial value")
+        await wait_until(lambda: bool(seen), 5.0, "the initial value")
         proxy.drop()  # the session's TCP connection is reset mid-way
         await wait_until(lambda: HealthState.LOST in states, 5.0, "health LOST")
         await wait_until(lambda: drv.health.state is HealthState.CONNECTED, 8.0, "reconnect")
-        await wait_until(lambda: seen[-1] is not None, 2.0, "a GOOD value after the reconnect")
+        await wait_until(lambda: seen[-1] is not None, 5.0, "a GOOD value after the reconnect")
         expected = not seen[-1]
         await own_sim.set({BUSY.name: expected})
         await wait_until(lambda: seen[-1] is expected, 3.0, "a change after the reconnect")
@@ -944,7 +943,7 @@ async def test_killed_server_tells_every_subscriber_once_then_good_values_again(
         def all_have(check: Callable[[Reading | None], bool]) -> bool:
             return all(check(r.last(p.name)) for r, points in watches.items() for p in points)
 
-        await wait_until(lambda: all_have(lambda r: r is not None), 2.0, "the initial values")
+        await wait_until(lambda: all_have(lambda r: r is not None), 5.0, "the initial values")
         assert all_have(lambda r: r is not None and r.quality is Quality.GOOD)
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -954,7 +953,7 @@ async def test_killed_server_tells_every_subscriber_once_then_good_values_again(
             5.0,
             "BAD readings for every watched point",
         )
-        assert loop.time() - start <= LOSS_BOUND + LOSS_SLACK
+        assert loop.time() - start <= with_room(LOSS_BOUND)
         for recorder, points in watches.items():
             for p in points:
                 reading = recorder.bad(p.name)[0]
@@ -965,7 +964,7 @@ async def test_killed_server_tells_every_subscriber_once_then_good_values_again(
         assert states == [HealthState.LOST]
         late = Recorder()  # subscribes during the outage: hears of it at once
         drv.subscribe([flag], late)
-        await wait_until(lambda: bool(late.bad(flag.name)), 1.0, "BAD for a late subscriber")
+        await wait_until(lambda: bool(late.bad(flag.name)), 5.0, "BAD for a late subscriber")
         # failed reconnects keep health LOST; subscribers are not told again
         await wait_until(
             lambda: (drv.health.last_error or "").startswith("reconnect to"),
@@ -1010,9 +1009,9 @@ async def test_a_failing_subscriber_does_not_stop_the_others(
     good = Recorder()
     drv.subscribe([BUSY], good)
     try:
-        await wait_until(lambda: good.last(BUSY.name) is not None, 2.0, "the initial value")
+        await wait_until(lambda: good.last(BUSY.name) is not None, 5.0, "the initial value")
         await own_sim.set({BUSY.name: True})
-        await wait_until(lambda: value_of(good, BUSY) is True, 2.0, "a change")
+        await wait_until(lambda: value_of(good, BUSY) is True, 5.0, "a change")
         await own_sim.server.stop()  # the loss is told to every subscriber in turn
         await wait_until(lambda: bool(good.bad(BUSY.name)), 5.0, "BAD after the loss")
         await own_sim.server.start()
@@ -1076,7 +1075,7 @@ async def test_a_keep_alive_that_fails_makes_the_device_lost_and_it_recovers(
     try:
         await drv.connect()
         drv.subscribe([BUSY], seen)
-        await wait_until(lambda: seen.last(BUSY.name) is not None, 2.0, "the initial value")
+        await wait_until(lambda: seen.last(BUSY.name) is not None, 5.0, "the initial value")
         sim.broken = True
         await wait_until(lambda: drv.health.state is HealthState.LOST, 3.0, "health LOST")
         assert (drv.health.last_error or "").startswith("keep-alive failed: IndexError")
@@ -1086,7 +1085,7 @@ async def test_a_keep_alive_that_fails_makes_the_device_lost_and_it_recovers(
         sim.broken = False
         await wait_until(lambda: drv.health.state is HealthState.CONNECTED, 5.0, "reconnected")
         await sim.busy.write_value(ua.Variant(True, ua.VariantType.Boolean))
-        await wait_until(lambda: value_of(seen, BUSY) is True, 2.0, "a change, newly subscribed")
+        await wait_until(lambda: value_of(seen, BUSY) is True, 5.0, "a change, newly subscribed")
     finally:
         await drv.close()
         await sim.server.stop()

@@ -38,8 +38,6 @@ DEMO_ARGS: dict[str, list[str]] = {
         "--answer",
         "prepare=ok",
         "--answer",
-        "robot-refused=ok",
-        "--answer",
         "gauge-drift=ok",
     ],
 }

@@ -143,6 +143,7 @@ def test_step_timeout_holds_when_the_wall_clock_jumps_an_hour(
     elapsed = timed_out.at - started.at
     assert EARLIEST <= elapsed <= LATEST, "\n".join(child.seen)
     assert code == 3, "\n".join(child.seen)  # Held after the failed step: nobody can Unhold
-    # The jump reached the child: its own stamps moved by the jump (plus the 2 s waited).
+    # The jump reached the child: its own stamps moved by the jump (plus the 2 s waited; our
+    # reading of its lines may lag on a loaded machine, the jump is an hour).
     moved = (wall_seconds(timed_out) - wall_seconds(started)) % DAY
-    assert abs(moved - (jump + elapsed) % DAY) < 1.0, (started.text, timed_out.text)
+    assert abs(moved - (jump + elapsed) % DAY) < 5.0, (started.text, timed_out.text)

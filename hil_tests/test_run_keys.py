@@ -127,7 +127,7 @@ def test_ctrl_c_after_an_unhold_holds_again_and_a_aborts(
     at = term.press(b"a")
     assert term.exit_code() == 3, term.text()
     assert "outcome: Aborted" in term.text(at)
-    assert "wrote plc.run = false" not in term.text()  # step 3 never ran
+    assert "stop" not in [r["step_id"] for r in logged(tmp_path, "StepStarted")]  # step 3
     assert [c for c in changes(tmp_path) if c[1] in ("Holding", "Unholding", "Aborting")] == [
         ("Execute", "Holding", "the operator (Ctrl-C)"),
         ("Held", "Unholding", "the operator (key u)"),
@@ -167,7 +167,7 @@ def test_a_wrong_answer_is_refused_and_asked_again(
     term.wait_for("'5000': 5000 is out of range: expects a whole number in 100..2000", since=at)
     at = term.press(b"fast" + ENTER)
     term.wait_for("'fast': ", since=at)
-    assert "wrote" not in term.text()
+    assert "wrote plc.speed" not in term.text()  # nothing used (Resetting wrote plc.run)
     assert term.child.poll() is None  # asked again, nothing used
 
     at = term.press(b"1500" + ENTER)
@@ -317,7 +317,7 @@ def test_a_signal_while_connecting_exits_130_writing_nothing(
             for conn in accepted:
                 conn.close()
     assert child.returncode == 130, out + err
-    assert took < 2.0, f"took {took:.2f} s after the signal"
+    assert took < 5.0, f"took {took:.2f} s after the signal"  # not the 9 s the read has left
     assert "nothing was written" in out + err
     assert "Traceback" not in out + err
     assert "wrote" not in out

@@ -5,6 +5,10 @@ Each test runs `python -m cellctl run RECIPE --sim` as a child whose stdin, stdo
 are the slave end of a pty (the pty is its controlling terminal, so Ctrl-C is a real SIGINT from
 the line discipline), reads the master end in a thread and types keys into it. The cell is one
 generic Modbus TCP device served by --sim in the child: its rw points keep what is written.
+
+What the child wrote is fed to a terminal emulator (pyte) of the pty's size: `screen()` is what
+a person sees now, the live view's redrawn frames included; `text()` is the raw stream, for
+what is printed once and stays (the summary, lines before the view starts).
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyte
 import pytest
 
 CELLS = Path(__file__).resolve().parent / "cells" / "generic"
 STEPS = CELLS / "steps.yaml"
 DWELL = CELLS / "dwell.yaml"
+ASK_LONG = CELLS / "ask-long.yaml"
+#: The generic cell with an interlock that the recipe trips itself (plc.mode = 13 holds).
+TRIP = CELLS / "interlocked" / "trip.yaml"
 
 ROWS, COLUMNS = 40, 120
+#: The sizes the live view is checked at: an ordinary terminal, and the size above.
+SIZES = [pytest.param((24, 80), id="80x24"), pytest.param((ROWS, COLUMNS), id="120x40")]
 ENTER, CTRL_C = b"\r", b"\x03"
 #: Seconds to wait for anything the child should show (its start costs about a second).
 DEADLINE = 20.0
@@ -46,9 +56,11 @@ _TAKE_TERMINAL = (
 class Terminal:
     """A `cellctl` child on a pseudo-terminal: everything it wrote, and keys typed into it."""
 
-    def __init__(self, args: list[str], log_file: Path) -> None:
+    def __init__(
+        self, args: list[str], log_file: Path, rows: int = ROWS, columns: int = COLUMNS
+    ) -> None:
         master, slave = os.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
         env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
         env.update(TERM="xterm-256color", CELLCTL_LOG_FILE=str(log_file))
         try:
@@ -67,6 +79,8 @@ class Terminal:
             os.close(slave)  # the child holds it now: its exit ends the master's reads
         self.master = master
         self._raw = bytearray()
+        self._screen = pyte.Screen(columns, rows)
+        self._stream = pyte.ByteStream(self._screen)
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -81,6 +95,7 @@ class Terminal:
                 return
             with self._lock:
                 self._raw += data
+                self._stream.feed(data)
 
     def mark(self) -> int:
         """Where the output is now: pass it as `since` to look only at what comes after."""
@@ -92,6 +107,30 @@ class Terminal:
         with self._lock:
             raw = bytes(self._raw[since:])
         return _ANSI.sub("", raw.decode("utf-8", errors="replace")).replace("\r", "")
+
+    def screen(self) -> list[str]:
+        """The rows the terminal shows now, trailing blanks stripped."""
+        with self._lock:
+            return [row.rstrip() for row in self._screen.display]
+
+    def wait_on_screen(self, *wanted: str, timeout: float = DEADLINE) -> list[str]:
+        """Wait until everything in `wanted` is on the screen at once; the screen's rows."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = self.child.poll() is not None
+            if ended:
+                self._reader.join(timeout)
+            rows = self.screen()
+            shown = "\n".join(rows)
+            if all(w in shown or w in flowing(rows) for w in wanted):
+                return rows
+            if ended or time.monotonic() > deadline:
+                missing = [w for w in wanted if w not in shown]
+                raise AssertionError(
+                    f"the screen never showed {missing} (child exit {self.child.poll()}); "
+                    f"it shows:\n{shown}"
+                )
+            time.sleep(0.02)
 
     def wait_for(self, *wanted: str, since: int = 0, timeout: float = DEADLINE) -> str:
         """Wait until everything in `wanted` was shown after `since`; the text shown since."""
@@ -141,11 +180,21 @@ def terminal() -> Iterator[list[Terminal]]:
         term.close()
 
 
-def run_on_terminal(started: list[Terminal], tmp_path: Path, *args: str | Path) -> Terminal:
-    """`cellctl run ARGS --sim` on a fresh pseudo-terminal."""
-    term = Terminal(["run", *map(str, args), "--sim"], tmp_path / "cellctl.log")
+def run_on_terminal(
+    started: list[Terminal],
+    tmp_path: Path,
+    *args: str | Path,
+    size: tuple[int, int] = (ROWS, COLUMNS),
+) -> Terminal:
+    """`cellctl run ARGS --sim` on a fresh pseudo-terminal of `size` (rows, columns)."""
+    term = Terminal(["run", *map(str, args), "--sim"], tmp_path / "cellctl.log", *size)
     started.append(term)
     return term
+
+
+def flowing(rows: list[str]) -> str:
+    """The screen's rows as one line of words: a wrapped text reads whole in it."""
+    return " ".join(row.strip() for row in rows if row.strip())
 
 
 def pauses(text: str) -> set[str]:
@@ -153,37 +202,46 @@ def pauses(text: str) -> set[str]:
     return set(re.findall(r"paused before step (\S+) ", text))
 
 
-def test_step_enter_runs_s_skips_c_continues(terminal: list[Terminal], tmp_path: Path) -> None:
-    term = run_on_terminal(terminal, tmp_path, STEPS, "--step", "-p", "speed=1500")
-    # The first pause: Maintenance mode, the step's preview with the parameter resolved.
-    shown = term.wait_for("paused before step 1 start (stepping)", "plc.speed := 1500")
-    assert "Maintenance mode" in shown
-    assert "mode Maintenance" in shown
-    assert "Enter run · s skip · c continue · a abort" in shown
-    assert "wrote" not in shown  # nothing runs before the operator says so
+@pytest.mark.parametrize("size", SIZES)
+def test_step_enter_runs_s_skips_c_continues(
+    terminal: list[Terminal], tmp_path: Path, size: tuple[int, int]
+) -> None:
+    term = run_on_terminal(terminal, tmp_path, STEPS, "--step", "-p", "speed=1500", size=size)
+    # The first pause: Maintenance mode, the step's preview with the parameter resolved, the
+    # keys. Read off the screen, as the operator sees it: each wait looks for everything that
+    # one frame must show, so that a frame drawn halfway never counts.
+    keys = "Enter run · s skip · c continue · a abort"
+    hint = "Ctrl-C or h hold · p suspend · Ctrl-C twice abort"  # the keys legal now
+    term.wait_on_screen("paused before step 1 start (stepping)", "plc.speed := 1500", keys, hint)
+    term.wait_on_screen("mode Maintenance", "⏸ 1 start paused")
+    assert "Maintenance mode" in term.text()  # printed once, before the view
+    assert "wrote plc.speed" not in term.text()  # the step waits for the operator's Enter
 
-    at = term.press(ENTER)
-    shown = term.wait_for("paused before step 2 mode (stepping)", "plc.mode := 7", since=at)
-    assert "wrote plc.speed = 1500" in shown
-    assert "wrote plc.mode" not in shown  # step 2 waits for its own Enter
-
-    at = term.press(ENTER)
-    term.wait_for("wrote plc.mode = 7", "paused before step 3 check (stepping)", since=at)
-    at = term.press(ENTER)
-    term.wait_for("paused before step 4 overwrite (stepping)", "plc.mode := 9", since=at)
-
-    at = term.press(b"s")
-    # The next preview reads the device afresh: the skipped step's 9 was never written.
-    shown = term.wait_for(
-        "paused before step 5 verify (stepping)", "until plc.mode == 7 (now plc.mode = 7)", since=at
+    term.press(ENTER)
+    rows = term.wait_on_screen(
+        "paused before step 2 mode (stepping)", "plc.mode := 7", "✓ 1 start done", keys, hint
     )
-    assert "4 overwrite skipped" in shown
+    assert "wrote plc.mode" not in term.text()  # step 2 waits for its own Enter
+    assert "· 3 check" in "\n".join(rows)
+
+    term.press(ENTER)
+    term.wait_on_screen("paused before step 3 check (stepping)", "✓ 2 mode done", keys)
+    term.press(ENTER)
+    term.wait_on_screen("paused before step 4 overwrite (stepping)", "plc.mode := 9", keys)
+
+    term.press(b"s")
+    # The next preview reads the device afresh: the skipped step's 9 was never written.
+    term.wait_on_screen(
+        "paused before step 5 verify (stepping)",
+        "until plc.mode == 7 (now plc.mode = 7)",
+        "↷ 4 overwrite skipped",
+        keys,
+    )
 
     at = term.press(b"c")
     assert term.exit_code() == 0, term.text()
     after = term.text(at)
-    assert pauses(after) <= {"5"}  # continue: no pause before step 6
-    assert "wrote plc.run = false" in after
+    assert "paused before step 6" not in after  # continue: no pause before step 6
     assert "outcome: Complete" in after
     assert "steps: 5 done, 1 skipped, 0 failed" in after
     assert "wrote plc.mode = 9" not in term.text()
@@ -231,15 +289,20 @@ def test_break_pauses_only_at_that_step(terminal: list[Terminal], tmp_path: Path
     assert "steps: 5 done, 1 skipped, 0 failed" in after
 
 
-def test_ctrl_c_holds_and_u_unholds_to_complete(terminal: list[Terminal], tmp_path: Path) -> None:
-    term = run_on_terminal(terminal, tmp_path, DWELL)
-    term.wait_for("step 2 dwell started: delay 2s", "Ctrl-C or h hold")
+@pytest.mark.parametrize("size", SIZES)
+def test_ctrl_c_holds_and_u_unholds_to_complete(
+    terminal: list[Terminal], tmp_path: Path, size: tuple[int, int]
+) -> None:
+    term = run_on_terminal(terminal, tmp_path, DWELL, size=size)
+    term.wait_on_screen("▶ 2 dwell", "Ctrl-C or h hold")
 
-    at = term.press(CTRL_C)  # the line discipline turns it into SIGINT for the child
-    shown = term.wait_for("state Holding -> Held", "u unhold · a abort", since=at)
-    assert "state Execute -> Holding" in shown
-    assert "safe state (Holding): plc.run = false ok" in shown
-    assert "state Held" in shown  # the header
+    term.press(CTRL_C)  # the line discipline turns it into SIGINT for the child
+    # The screen shows the state, why it holds, and the keys that act now.
+    rows = term.wait_on_screen(
+        "state Held", "cause of the hold: the operator (Ctrl-C)", "u unhold · a abort"
+    )
+    assert rows[-1] == "" or "u unhold · a abort" in rows[-2:]  # the keys at the bottom
+    assert "safe state (Holding): plc.run = false ok" in term.text()
     assert term.child.poll() is None  # Held on a terminal waits for the operator
 
     at = term.press(b"u")
@@ -249,3 +312,45 @@ def test_ctrl_c_holds_and_u_unholds_to_complete(terminal: list[Terminal], tmp_pa
     assert "step 2 dwell started" in after  # the delay that was cut runs again
     assert "outcome: Complete" in after
     assert "steps: 3 done, 0 skipped, 0 failed" in after
+    assert "cause of the hold" not in term.screen()  # running again: no cause any more
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_long_prompt_its_answer_and_keys_are_on_screen(
+    terminal: list[Terminal], tmp_path: Path, size: tuple[int, int]
+) -> None:
+    term = run_on_terminal(terminal, tmp_path, ASK_LONG, size=size)
+    # The whole question (wrapped at 80 columns, never cut), the answer it wants, the entry
+    # line and the keys.
+    question = (
+        "prompt ask-speed: Check that the belt is empty and the guard door is closed, then "
+        "read the speed written on the work order for this batch and type it in revolutions "
+        "per minute, as printed"
+    )
+    term.wait_on_screen(
+        question,
+        "answer rpm: a whole number in 100..2000",
+        "> ▌  (Enter to answer)",
+        "Ctrl-C or h hold · p suspend · Ctrl-C twice abort",
+    )
+    term.press(b"1500")
+    term.wait_on_screen("> 1500▌  (Enter to answer)")
+    at = term.press(ENTER)
+    assert term.exit_code() == 0, term.text()
+    assert "wrote plc.speed = 1500" in term.text(at)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_an_interlock_trip_shows_its_cause_and_the_keys(
+    terminal: list[Terminal], tmp_path: Path, size: tuple[int, int]
+) -> None:
+    term = run_on_terminal(terminal, tmp_path, TRIP, size=size)
+    term.wait_on_screen(
+        "state Held",
+        "TRIP mode-13: plc.mode == 13 -> hold",
+        "interlock mode-13 tripped (plc.mode == 13; plc.mode = 13): hold",
+        "u unhold · a abort",
+    )
+    at = term.press(b"a")
+    assert term.exit_code() == 3, term.text()
+    assert "outcome: Aborted" in term.text(at)

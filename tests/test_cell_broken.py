@@ -363,6 +363,38 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
             expect(13, "25.5", "bad-value", "safe_state force", "above the maximum 20"),
         ],
     ),
+    # --- reset and ready ---------------------------------------------------------------------
+    "reset-unknown-read-only-wrong-type-and-heartbeat": (
+        HEAD + "tags:\n"
+        "  run: {device: plc, address: 'coil:0', access: rw}\n"
+        "  done: {device: plc, address: 'di:0'}\n"
+        "  beat: {device: plc, address: 'hr:0', access: rw}\n"
+        "heartbeat:\n  - {tag: beat, period: 200ms, timeout: 1s}\n"
+        "reset:\n  run: 0\n  done: false\n  runn: true\n  beat: 0\n",
+        [
+            expect(13, "0", "bad-value", "reset run", "true or false"),
+            expect(14, "done", "read-only", "reset: tag done", "Resetting writes rw tags"),
+            expect(15, "runn", "unknown-tag", "reset: unknown tag 'runn'", "did you mean 'run'"),
+            expect(16, "beat", "heartbeat-in-reset", "tag beat is a heartbeat (line 11)"),
+        ],
+    ),
+    "ready-unknown-tag-not-a-condition-and-bad-key": (
+        HEAD + "tags:\n  done: {device: plc, address: 'di:0'}\n"
+        "  count: {device: plc, address: 'ir:0'}\n"
+        "ready: {when: 'not done and count and busy', timout: 5s}\n",
+        [
+            expect(9, "count and", "expression", "ready: when:", "'count' is a number"),
+            expect(9, "busy", "expression", "ready: when:", "unknown name 'busy'"),
+            expect(9, "timout", "unknown-key", "ready: unknown key", "did you mean 'timeout'"),
+        ],
+    ),
+    "ready-missing-when-and-zero-timeout": (
+        HEAD + "ready: {timeout: 0s}\n",
+        [
+            expect(6, "{", "missing", "ready: missing required key 'when'"),
+            expect(6, "0s", "greater_than", "ready: timeout"),
+        ],
+    ),
     "restore-on-unhold-unknown-and-not-safe": (
         HEAD + "tags:\n"
         "  run: {device: plc, address: 'coil:0', access: rw}\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,57 @@ def test_sim_refuses_a_write_cell_it_cannot_write_before_serving(
         assert code == 1
         assert says in err and "Traceback" not in err
     assert not (tmp_path / "no").exists()
+
+
+def _commands() -> list[list[str]]:
+    """The root and every command, as the arguments before --help."""
+    import typer.main
+
+    from cellctl.cli import app
+
+    group = typer.main.get_command(app)
+    return [[], *([name] for name in getattr(group, "commands", {}))]
+
+
+@pytest.mark.parametrize("command", _commands(), ids=lambda c: " ".join(c) or "cellctl")
+def test_help_shows_flags_as_flags_at_80_columns(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = cli(capsys, *command, "--help")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out)  # FORCE_COLOR in CI would colour it
+    assert code == 0 and "Usage: cellctl" in text
+    assert "<bool>" not in text and "BOOLEAN" not in text, text  # a flag takes no value
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert not re.search(r"[{}]", usage), usage  # `{files}...` is no usage notation
+    assert not re.search(r"\b[a-z_]+\.\.\.", usage), usage  # arguments in capitals: FILE...
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 80, text
+
+
+def test_help_usage_names_arguments_as_documented(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    expected = {
+        "validate": "cellctl validate [OPTIONS] FILE...",
+        "read": "cellctl read [OPTIONS] [TAG|DEVICE]...",
+        "write": "cellctl write [OPTIONS] TAG=VALUE...",
+        "plan": "cellctl plan [OPTIONS] RECIPE",
+        "schema": "cellctl schema [OPTIONS] [KIND]",
+        "demo": "cellctl demo [OPTIONS]",
+    }
+    for command, usage in expected.items():
+        _, out, _ = cli(capsys, command, "--help")
+        assert usage in re.sub(r"\x1b\[[0-9;]*m", "", out), out
+
+
+def test_demo_with_a_cell_without_press_fit_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cell = tmp_path / "cell.yaml"
+    cell.write_text(DEMO_CELL.read_text(encoding="utf-8"), encoding="utf-8")
+    code, out, err = cli(capsys, "demo", "--cell", str(cell))
+    assert code == 1  # bad input, nothing started
+    assert f"no {tmp_path / 'press-fit.yaml'};" in err, err
+    assert "demo runs the press-fit.yaml recipe beside its cell file" in err
+    assert "Traceback" not in out + err

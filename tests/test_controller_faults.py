@@ -384,8 +384,9 @@ async def test_a_trip_while_resetting_ends_the_old_writers_still_gets_its_safe_s
             what="the new trip's safe state",
         )
         assert line.device_value("line.run") is False
-        # The new trip's safe state is on record as asked for: a run would confirm it.
-        await rig.settle(State.IDLE)
+        # The new trip's safe state is on record as asked for: a run would confirm it. It is
+        # the last word: Resetting writes nothing after it, and stops the cell.
+        await rig.settle(State.STOPPED)
         left = await rig.ctl.safe.confirm(0, asyncio.Event(), waiting=lambda tags: None)
         assert set(left) == set(SAFE)
         assert await rig.ctl.safe.confirm(5, asyncio.Event(), waiting=lambda tags: None) == {}

@@ -140,7 +140,11 @@ async def test_an_outage_is_logged_once_never_stops_it_and_beats_resume_with_a_c
     # Only the heartbeat's own records (other loggers may reach caplog, as the drivers' do).
     mine = [r for r in caplog.records if r.name == "cellctl.heartbeat"]
     assert [r.getMessage() for r in mine if r.levelno == logging.INFO] == [
-        "heartbeat press.life written again"
+        "heartbeat line.life on device line: written every 0.02 s from now on "
+        "(the device's timeout: 0.2 s)",
+        "heartbeat press.life on device press: written every 0.02 s from now on "
+        "(the device's timeout: 0.2 s)",
+        "heartbeat press.life written again",
     ]
     assert len([r for r in mine if r.levelno == logging.ERROR]) == 1
 

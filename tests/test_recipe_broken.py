@@ -153,6 +153,42 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
         "      - {id: go, set: {plc.run: false}}\n",
         [expect(7, "go,", "duplicate-id", "step 'go'", "used twice", "first at line 4")],
     ),
+    "duplicate-id-after-a-nested-step": (
+        HEAD + "  - repeat: 2\n    steps:\n      - {id: go, set: {plc.run: false}}\n"
+        "  - {id: go, set: {plc.run: true}}\n",
+        [expect(7, "go,", "duplicate-id", "step 'go'", "used twice", "first at line 6")],
+    ),
+    "wait-changed-tags": (
+        HEAD + "  - {id: w, wait: {until: plc.ready, changed: [plc.cuont]}, timeout: 1s}\n"
+        "  - {id: e, wait: {until: plc.ready, changed: []}, timeout: 1s}\n"
+        "  - {id: t, wait: {until: plc.ready, changed: [plc.count, plc.count]}, timeout: 1s}\n",
+        [
+            expect(4, "plc.cuont", "unknown-tag", "step 'w'", "changed", "'plc.count'"),
+            expect(5, "[]", "empty", "step 'e'", "wait.changed", "no tags listed"),
+            expect(6, "[plc", "bad-value", "step 't'", "plc.count is listed twice"),
+        ],
+    ),
+    "wait-mapping-shape": (
+        HEAD + "  - {id: w, wait: {until: 'plc.ready and', chaged: [plc.count]}, timeout: 1s}\n"
+        "  - {id: m, set: {plc.run: true}, wait: {changed: [plc.count]}, timeout: 1s}\n",
+        [
+            expect(4, "plc.ready and'", "expression", "step 'w'", "wait.until", "syntax"),
+            expect(4, "chaged", "unknown-key", "step 'w'", "did you mean 'changed'"),
+            expect(5, "{changed", "missing", "step 'm'", "missing required key 'until'"),
+        ],
+    ),
+    "call-expect": (
+        HEAD + "  - {id: h, call: arm.home, expect: result, timeout: 1s}\n"
+        "  - {id: m, call: arm.measure, expect: 'result > plc.pressure', timeout: 1s}\n"
+        "  - {id: n, call: arm.measure, expect: 'result + 1', timeout: 1s}\n"
+        "  - {id: r, call: arm.measure, expect: 'reslt > 1', timeout: 1s}\n",
+        [
+            expect(4, "result", "no-result", "step 'h'", "arm.home returns nothing"),
+            expect(5, "plc.pressure", "expect-reads-tag", "step 'm'", "reads tag plc.pressure"),
+            expect(6, "'result + 1'", "type-mismatch", "step 'n'", "must be a condition"),
+            expect(7, "reslt", "expression", "step 'r'", "unknown name 'reslt'"),
+        ],
+    ),
     "bad-step-id": (
         HEAD + "  - {id: 'press it', set: {plc.run: true}}\n",
         [expect(4, "'press it'", "bad-name", "step id 'press it'")],

@@ -29,9 +29,9 @@ README = ROOT / "README.md"
 #: Each demo recipe's devices and worst case with its default parameters (worked out by hand
 #: from its timeouts, delays, retries, repeat count and parallel branches).
 EXPECTED = {
-    "press-fit": ({"conveyor", "robot", "press"}, "3m 12s"),
-    "changeover": ({"conveyor", "robot", "press", "inspection"}, "57s"),
-    "press-calibration": ({"conveyor", "robot", "press", "inspection"}, "35s"),
+    "press-fit": ({"conveyor", "robot", "press"}, "3m 27s"),
+    "changeover": ({"conveyor", "robot", "press", "inspection"}, "1m 2s"),
+    "press-calibration": ({"conveyor", "robot", "press", "inspection"}, "40s"),
 }
 
 
@@ -85,10 +85,13 @@ def test_the_demo_recipes_cover_every_step_kind() -> None:
             kinds.add(step.kind)
             used |= {"if"} if step.if_ is not None else set()
             used |= {"result"} if getattr(step, "result", None) else set()
+            used |= {"expect"} if getattr(step, "expect", None) else set()
+            wait = getattr(step, "wait", None)
+            used |= {"changed"} if wait is not None and wait.changed else set()
             used |= {"on_error"} if step.on_error is not None else set()
             used |= {"answer"} if getattr(step, "answer", None) else set()
     assert kinds == {"set", "wait", "call", "delay", "repeat", "parallel", "prompt"}
-    assert used == {"if", "result", "on_error", "answer"}
+    assert used == {"if", "result", "expect", "changed", "on_error", "answer"}
 
 
 def test_validate_needs_a_cell_beside_the_recipe_or_cell(
@@ -186,8 +189,8 @@ def test_plan_resolves_parameters_and_multiplies_the_repeat(
     assert "repeat 5 times" in out
     assert "press.setpoint_kN = 15.0 (force_kN)" in out
     assert "press.force_kN >= 15.0 * 0.95" in out
-    # 5 rounds of 64 s: a 10 s wait retried twice 2 s apart (34 s) and six 5 s steps.
-    assert re.search(r"^worst case: +5m 20s ", out, re.M)
+    # 5 rounds of 69 s: a 10 s wait retried twice 2 s apart (34 s) and seven 5 s steps.
+    assert re.search(r"^worst case: +5m 45s ", out, re.M)
 
 
 def test_plan_lists_untimed_prompts_apart_from_the_worst_case(
@@ -206,8 +209,8 @@ def test_plan_skips_steps_whose_if_parameters_make_false(
     code, out, _ = cli(capsys, "plan", demo("press-calibration"), "-p", "high_load=false")
     assert code == 0
     assert out.count("[if high_load: skipped]") == 4
-    # 35 s less the skipped load-high (5 s), settle (0.5 s), check (1 s), unload (5 s).
-    assert re.search(r"^worst case: +23.5s ", out, re.M)
+    # 40 s less the skipped load-high (5 s), settle (0.5 s), check (1 s), unload (5 s).
+    assert re.search(r"^worst case: +28.5s ", out, re.M)
 
 
 @pytest.mark.parametrize(
@@ -235,19 +238,19 @@ def test_plan_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     plan = json.loads(out)
     assert plan["sha256"] == hashlib.sha256(demo("press-fit").read_bytes()).hexdigest()
-    assert (plan["name"], plan["version"], plan["worst_case"]) == ("press-fit", 3, 128.0)
+    assert (plan["name"], plan["version"], plan["worst_case"]) == ("press-fit", 4, 138.0)
     assert {p["name"]: p["source"] for p in plan["parameters"]}["parts"] == "-p"
     cycle = plan["steps"][1]
     assert (cycle["id"], cycle["kind"], cycle["count"], cycle["worst_case"]) == (
         "cycle",
         "repeat",
         2,
-        128.0,
+        138.0,
     )
     [body] = cycle["branches"]
     press = next(step for step in body if step["id"] == "press")
     assert press["writes"] == ["press.setpoint_kN", "press.cycle_start"]
-    assert press["reads"] == ["press.cycle_done", "press.force_kN"]
+    assert press["reads"] == ["press.cycle_done", "press.force_kN", "press.cycles"]
     assert press["devices"] == ["press"]
     assert press["timeout"] == 5.0
 
@@ -376,7 +379,7 @@ def test_readme_example_recipe_validates_and_plans(
     assert cli(capsys, "validate", recipe)[0] == 0
     code, out, _ = cli(capsys, "plan", recipe)
     assert code == 0
-    assert "plus the operator's time at prompt(s) refused, judge" in out
+    assert "plus the operator's time at prompt(s) oversize, judge" in out
     jsonschema.Draft202012Validator(schema(capsys, "recipe")).validate(yaml_data(recipe))
 
 

@@ -257,7 +257,7 @@ def test_parameters_default_and_parsed_by_type(all_kinds: LoadedRecipe) -> None:
         ("speed=12.5", ("parameter speed", "a whole number", "'12.5'")),
         ("gain=0.1", ("parameter gain", "0.5..2")),
         ("gain=lots", ("parameter gain", "'lots'")),
-        ("gain=nan", ("parameter gain", "finite")),
+        ("gain=nan", ("parameter gain", "0.5..2", "'nan'")),
         ("verbose=maybe", ("parameter verbose", "true or false", "'maybe'")),
         ("mode=medium", ("parameter mode", "'medium'", "'fast', 'slow'")),
         ("sped=1", ("unknown parameter 'sped'", "did you mean 'speed'", "gain")),

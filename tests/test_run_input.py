@@ -21,6 +21,7 @@ devices:
 tags:
   plc.run:   {{device: plc, address: "coil:0", access: rw}}
   plc.speed: {{device: plc, address: "hr:0", type: uint16, access: rw, min: 0, max: 3000}}
+  plc.force: {{device: plc, address: "hr:2", type: float32, access: rw, min: 0, max: 25}}
 """
 
 RECIPE = """\
@@ -132,6 +133,40 @@ def test_bad_input_exits_1_with_one_line_and_connects_nothing(
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in err
+    assert out == ""
+    assert not connected(listener)
+
+
+@pytest.mark.parametrize(
+    "text", ["1_2", "１２００", "12\u00a0"], ids=["underscore", "full-width", "no-break-space"]
+)
+@pytest.mark.parametrize(
+    ("args", "subject"),
+    [
+        (["write", "--cell", "{folder}/cell.yaml", "plc.speed={text}"], "tag plc.speed on device"),
+        (["write", "--cell", "{folder}/cell.yaml", "plc.force={text}"], "tag plc.force on device"),
+        (["run", "{folder}/batch.yaml", "-p", "speed={text}"], "parameter speed"),
+        (["run", "{folder}/batch.yaml", "--answer", "count={text}"], "--answer count"),
+    ],
+    ids=["write-uint16", "write-float32", "p", "answer"],
+)
+def test_write_p_and_answer_refuse_separators_other_digits_and_junk(
+    folder: Path,
+    listener: socket.socket,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    subject: str,
+    text: str,
+) -> None:
+    # `write plc.force=1_2` wrote 12 and `write plc.speed=１２００` wrote 1200 (Python's float()
+    # and int() read them): one parser refuses both everywhere, before anything connects.
+    code, out, err = cli(capsys, *(arg.format(folder=folder, text=text) for arg in args))
+    assert code == 1, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: {subject}"), lines[0]
+    assert f"got {text!r}" in lines[0], lines[0]
     assert "Traceback" not in err
     assert out == ""
     assert not connected(listener)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.cells import cell_len
 from rich.console import Console
 
 from cellctl.cell import load_cell
@@ -36,7 +37,16 @@ from cellctl.events import (
 )
 from cellctl.machine import Command, Mode, State
 from cellctl.recipe import LoadedRecipe, load_recipe
-from cellctl.runview import RunModel, StepStatus, clock, event_line, render, summary_lines
+from cellctl.runview import (
+    FittedView,
+    RunModel,
+    StepStatus,
+    clock,
+    event_line,
+    render,
+    summary_lines,
+)
+from cellctl.tags import tag_units
 from drivers.base import Quality
 
 DEMO = Path(__file__).parent.parent / "recipes" / "demo"
@@ -58,9 +68,9 @@ def model_for(name: str, values: list[TagValue] | None = None) -> RunModel:
     )
 
 
-def shown(model: RunModel) -> str:
+def shown(model: RunModel, width: int = 120, height: int = 40) -> str:
     stream = io.StringIO()
-    Console(file=stream, width=120, force_terminal=False).print(render(model))
+    Console(file=stream, width=width, force_terminal=False).print(render(model, width, height))
     return stream.getvalue()
 
 
@@ -135,6 +145,21 @@ def into_second_round(model: RunModel) -> None:
         model.apply(event)
 
 
+def test_the_tag_table_shows_the_units_the_cell_gives() -> None:
+    now = time.time()
+    values = [
+        TagValue("robot.position", "robot", 12.5, Quality.GOOD, now),
+        TagValue("conveyor.run", "conveyor", True, Quality.GOOD, now),
+    ]
+    loaded = load("press-fit")
+    units = tag_units(loaded.cell)
+    model = RunModel(loaded.recipe, loaded.identity, "demo", lambda: values, units=units)
+    text = shown(model)
+    assert re.search(r"┃ tag +┃ device +┃ +value ┃ unit +┃ quality", text), text
+    assert re.search(r"│ robot\.position │ robot +│ +12\.5 │ mm +│ good", text), text
+    assert re.search(r"│ conveyor\.run +│ conveyor │ +true │ +│ good", text), text
+
+
 def test_the_view_shows_state_mode_current_step_round_and_wait_values() -> None:
     values = [TagValue("conveyor.run", "conveyor", True, Quality.GOOD, time.time())]
     model = model_for("press-fit", values)
@@ -143,7 +168,7 @@ def test_the_view_shows_state_mode_current_step_round_and_wait_values() -> None:
     model.hint = "Ctrl-C hold · u unhold · a abort"
     text = shown(model)
 
-    assert "demo · press-fit v3 sha256:" in text
+    assert "demo · press-fit v4 sha256:" in text
     assert "state Execute" in text and "mode Maintenance" in text
     assert "elapsed 60.0 s" in text
     assert "force_kN=12.0" in text and "parts=3" in text
@@ -408,3 +433,163 @@ def test_summary_of_a_clean_batch() -> None:
         "steps: 1 done, 1 skipped, 0 failed",
         "faults: none",
     ]
+
+
+# -- the view fits the screen -------------------------------------------------------------------
+
+LONG_VALUE = "lot " + "0123456789" * 20 + " end-of-value"
+
+
+def big_model(tmp_path: Path, steps: int = 40, tags: int = 60) -> RunModel:
+    """A long recipe (one prompt among many delays), many tags, long values, a full event log."""
+    lines = ["recipe: long-line", "version: 1", "steps:"]
+    for number in range(1, steps + 1):
+        lines.append(f"  - {{id: station-{number:02d}-dwell, delay: 10ms}}")
+    lines.append(
+        "  - {id: ask-lot, prompt: 'Scan the lot label of the pallet now on the conveyor, check "
+        "that it matches the work order, and type the lot number printed under the barcode "
+        "(the long one) before the press starts', answer: {name: lot, type: int, min: 1, "
+        "max: 999999}}"
+    )
+    path = tmp_path / "long-line.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    loaded = load_recipe(path, load_cell(DEMO / "cell.yaml"))
+    values = [
+        TagValue(f"line.station_{n:02d}.sensor", "conveyor", n, Quality.GOOD, time.time())
+        for n in range(tags - 1)
+    ]
+    values.append(TagValue("line.label", "conveyor", LONG_VALUE, Quality.GOOD, time.time()))
+    model = RunModel(
+        loaded.recipe,
+        loaded.identity,
+        loaded.cell.cell,
+        lambda: values,
+        parameters={"lot_note": LONG_VALUE},
+    )
+    model.apply(StateChanged(source=State.IDLE, target=State.EXECUTE, command=None, at=T0))
+    for number in range(1, 25):
+        step_id = f"station-{number:02d}-dwell"
+        model.apply(started(str(number), step_id, "delay", T0 + number))
+        model.apply(ended(str(number), step_id, StepOutcome.DONE, T0 + number))
+    model.apply(Notice(text=f"label read: {LONG_VALUE}", at=T0 + 25))
+    model.hint = "Ctrl-C or h hold · p suspend · Ctrl-C twice abort"
+    return model
+
+
+def screen(model: RunModel, width: int, height: int) -> list[str]:
+    """The rows of the live view as a terminal of that size shows it (as the CLI's console)."""
+    stream = io.StringIO()
+    console = Console(file=stream, width=width, height=height, soft_wrap=True, force_terminal=False)
+    console.print(FittedView(model))
+    rows = stream.getvalue().rstrip("\n").split("\n")
+    assert len(rows) <= height, "\n".join(rows)
+    assert all(cell_len(row) <= width for row in rows), "\n".join(rows)
+    return rows
+
+
+def test_at_80x24_a_pause_its_keys_and_the_running_steps_window_stay_on_screen(
+    tmp_path: Path,
+) -> None:
+    model = big_model(tmp_path)
+    model.apply(
+        StepPaused(
+            path="25",
+            step_id="station-25-dwell",
+            label="step 'station-25-dwell'",
+            preview=("delay 10ms", "then station 26", "then station 27"),
+            breakpoint=False,
+            at=T0 + 26,
+        )
+    )
+    rows = screen(model, 80, 24)
+    text = "\n".join(rows)
+    assert "paused before step 25 station-25-dwell (stepping)" in text
+    assert "Enter run · s skip · c continue · a abort" in text
+    assert rows[-1] == "Ctrl-C or h hold · p suspend · Ctrl-C twice abort"
+    # The step tree gave up room last: a window around the paused step, the rest counted.
+    assert "⏸ 25 station-25-dwell paused" in text
+    assert "24 station-24-dwell done" in text and "26 station-26-dwell" in text
+    assert re.search(r"⋮ \d+ more above", text) and re.search(r"⋮ \d+ more below", text)
+    # Tags and events gave up theirs first.
+    assert "line.station_00.sensor" not in text and "label read" not in text
+
+
+def test_at_80x24_a_long_prompt_wraps_whole_and_its_answer_line_shows(tmp_path: Path) -> None:
+    model = big_model(tmp_path)
+    model.apply(PromptShown(path="41", step_id="ask-lot", text=model.steps["41"].prompt, at=T0))
+    model.typed = "12"
+    rows = screen(model, 80, 24)
+    text = "\n".join(rows)
+    question = " ".join(row.strip() for row in rows if "prompt ask-lot" in row or row[:2] == "  ")
+    assert "the lot number printed under the barcode (the long one) before the press" in question
+    assert "answer lot: an integer 1..999999" in text or "answer lot:" in text
+    assert "> 12▌  (Enter to answer)" in text
+    assert rows[-1].startswith("Ctrl-C or h hold")
+    # No row is cut without an ellipsis, and no word of the question is cut.
+    assert not any(row.endswith("barc") for row in rows)
+
+
+def test_at_80x24_the_cause_of_a_hold_and_a_trip_stay_on_screen(tmp_path: Path) -> None:
+    model = big_model(tmp_path)
+    for event in (
+        StateChanged(
+            source=State.EXECUTE,
+            target=State.HOLDING,
+            command=Command.HOLD,
+            cause="the operator (Ctrl-C)",
+            at=T0 + 30,
+        ),
+        StateChanged(source=State.HOLDING, target=State.HELD, command=None, at=T0 + 31),
+    ):
+        model.apply(event)
+    model.hint = "u unhold · a abort"
+    rows = screen(model, 80, 24)
+    assert "cause of the hold: the operator (Ctrl-C)" in rows
+    assert rows[-1] == "u unhold · a abort"
+    assert "state Held" in "\n".join(rows)
+
+    model.apply(CURTAIN_TRIP)
+    model.apply(SAFE_FAILED)
+    text = "\n".join(screen(model, 80, 24))
+    assert "TRIP light-curtain: not safety.light_curtain_ok -> hold" in text
+    assert "someone reached into the cell" in text
+    assert "press.cycle_start = false FAILED: press coil:0: timeout after 0.5 s" in text
+
+    # Running again: the cause is gone.
+    model.apply(StateChanged(source=State.UNHOLDING, target=State.EXECUTE, command=None))
+    assert "cause of the hold" not in "\n".join(screen(model, 80, 24))
+
+
+def test_long_values_end_in_an_ellipsis_and_tags_give_up_room_first(tmp_path: Path) -> None:
+    model = big_model(tmp_path, steps=3)
+    for number in range(1, 4):
+        model.apply(ended(str(number), f"station-{number:02d}-dwell", StepOutcome.DONE, T0))
+    rows = screen(model, 80, 24)
+    text = "\n".join(rows)
+    # The short tree and the events fit; the tag table takes what is left, then "… N more".
+    assert "3 station-03-dwell done" in text and "label read" in text
+    shown_tags = [row for row in rows if "line.station_" in row]
+    more = re.search(r"… (\d+) more", text)
+    assert shown_tags and more is not None
+    assert len(shown_tags) + int(more.group(1)) == 60
+    assert any(row.rstrip().endswith("…") for row in rows if "label read" in row)
+    assert any(row.rstrip().endswith("…") for row in rows if row.startswith("parameters"))
+    # On a taller screen the table shows more of them.
+    assert len([row for row in screen(model, 120, 40) if "line.station_" in row]) > len(shown_tags)
+
+
+def test_a_screen_too_small_for_everything_keeps_the_keys(tmp_path: Path) -> None:
+    model = big_model(tmp_path)
+    model.apply(
+        StepPaused(
+            path="25",
+            step_id="station-25-dwell",
+            label="",
+            preview=("delay 10ms",),
+            breakpoint=True,
+            at=T0,
+        )
+    )
+    rows = screen(model, 60, 3)
+    assert rows[-2:] == ["Enter run · s skip · c continue · a abort", rows[-1]]
+    assert rows[-1].startswith("Ctrl-C or h hold")

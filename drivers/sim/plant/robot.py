@@ -15,7 +15,9 @@ class Robot(PlantModel):
     Pick and Place start a move and return True at once; `busy` is true until it ends. A move
     is refused (returns False) when the robot is faulted or already busy, and a fault raised
     during a move stops it where it stands; a slot outside 0..MAX_SLOT is a
-    ValueError (the OPC UA simulator answers BadInvalidArgument).
+    ValueError (the OPC UA simulator answers BadInvalidArgument). With the gripper faulted
+    (no vacuum, a jaw sensor that disagrees), Pick is refused while Place still moves, and
+    the robot's fault bit stays off: the only sign is Pick's answer.
     """
 
     model: ClassVar[str] = "robot"
@@ -33,6 +35,7 @@ class Robot(PlantModel):
         super().__init__(*args, **kwargs)
         self._target: int | None = None
         self._remaining = 0.0
+        self._gripper_fault = False
 
     def _start_move(self, slot: int) -> bool:
         """Accept a move to a slot; False when faulted or busy. The move runs in tick().
@@ -67,10 +70,18 @@ class Robot(PlantModel):
     async def _move(self, slot: int) -> bool:
         return self._start_move(slot)
 
+    async def _pick(self, slot: int) -> bool:
+        if self._gripper_fault and 0 <= slot <= self.MAX_SLOT:
+            return False
+        return self._start_move(slot)
+
+    def _set_gripper_fault(self, on: bool) -> None:
+        self._gripper_fault = on
+
     def methods(self) -> dict[str, MethodHandler]:
         """'Pick' and 'Place', each (slot: int) -> bool."""
-        return {"Pick": self._move, "Place": self._move}
+        return {"Pick": self._pick, "Place": self._move}
 
     def faults(self) -> dict[str, Callable[[bool], None]]:
-        """'fault' raises the fault bit: moves fail."""
-        return {"fault": lambda on: self.set("fault", on)}
+        """'fault' raises the fault bit: moves fail; 'gripper': Pick is refused, no fault bit."""
+        return {"fault": lambda on: self.set("fault", on), "gripper": self._set_gripper_fault}

@@ -1,0 +1,155 @@
+"""An OPC UA server that comes back refusing sessions, and one that refuses a subscription: the
+driver stays LOST naming the refusal and recovers once it is lifted; a subscription it cannot
+create is BAD readings naming why (real asyncua server and client on loopback)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from asyncua import ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.server import Server
+
+from drivers.base import Health, HealthState, Quality
+from drivers.config import OpcuaConfig
+from drivers.opcua import OpcuaDriver
+from drivers.sim.opcua_server import default_cache_dir, init_with_cache
+from hil_tests.test_opcua import BUSY, LIMITS, PUBLISHING, Recorder
+from tests.support import wait_until
+
+
+class Gate:
+    """A user manager that lets anonymous sessions in while `open`, and counts refusals."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.refused = 0
+
+    def get_user(
+        self,
+        _iserver: object,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: object = None,
+    ) -> User | None:
+        """A user while open; None (asyncua answers BadUserAccessDenied) while closed."""
+        if self.open:
+            return User(role=UserRole.User)
+        self.refused += 1
+        return None
+
+
+@contextlib.asynccontextmanager
+async def gated_server(gate: Gate, port: int = 0) -> AsyncIterator[Server]:
+    """A started asyncua server on 127.0.0.1:`port` with robot.busy (true), behind `gate`."""
+    server = Server(user_manager=gate)
+    await init_with_cache(server, default_cache_dir())
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/robot")
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    server.set_identity_tokens([ua.AnonymousIdentityToken])
+    server.disable_clock()
+    idx = await server.register_namespace("urn:cellctl:test:gate")
+    assert idx == 2  # BUSY's NodeId is in ns=2
+    await server.nodes.objects.add_variable(ua.NodeId("Robot.Busy", idx), "Robot.Busy", True)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def endpoint_of(server: Server) -> str:
+    """The URL a client reaches the started server at."""
+    assert server.bserver is not None
+    return f"opc.tcp://127.0.0.1:{server.bserver.port}/robot"
+
+
+async def set_busy(server: Server, value: bool) -> None:
+    """Change robot.busy on the server side."""
+    variant = ua.Variant(value, ua.VariantType.Boolean)
+    await server.write_attribute_value(ua.NodeId("Robot.Busy", 2), ua.DataValue(variant))
+
+
+@pytest.mark.asyncio
+async def test_a_server_back_but_refusing_sessions_stays_lost_until_it_accepts() -> None:
+    gate = Gate()
+    async with gated_server(gate) as first:
+        endpoint = endpoint_of(first)
+        port = int(endpoint.rsplit(":", 1)[1].split("/")[0])
+        config = OpcuaConfig("robot", endpoint, publishing_interval=PUBLISHING, limits=LIMITS)
+        driver = OpcuaDriver(config, [BUSY])
+        await driver.connect()
+    # `first` has stopped: the driver is on its own from here.
+    try:
+        states: list[HealthState] = []
+
+        def heard(_device: str, health: Health) -> None:
+            states.append(health.state)
+
+        driver.on_health(heard)
+        seen = Recorder()
+        driver.subscribe([BUSY], seen)
+        await wait_until(lambda: bool(seen.bad(BUSY.name)), 5.0, "BAD while the server is gone")
+        assert driver.health.state is HealthState.LOST
+        gate.open = False
+        async with gated_server(gate, port) as second:
+            await wait_until(lambda: gate.refused > 0, 10.0, "a refused session")
+            await wait_until(
+                lambda: "BadUserAccessDenied" in (driver.health.last_error or ""),
+                5.0,
+                "the refusal in the device's health",
+            )
+            error = driver.health.last_error or ""
+            assert error.startswith(f"reconnect to {endpoint}: robot: {endpoint} refused the")
+            assert driver.health.state is HealthState.LOST
+            assert len(seen.bad(BUSY.name)) == 1  # told of the loss once, not on every refusal
+            # The refusal is lifted: the driver connects and subscribes again by itself.
+            await set_busy(second, False)
+            gate.open = True
+            await wait_until(
+                lambda: driver.health.state is HealthState.CONNECTED, 10.0, "the reconnect"
+            )
+            await wait_until(
+                lambda: (last := seen.last(BUSY.name)) is not None and last.value is False,
+                5.0,
+                "robot.busy after the reconnect",
+            )
+            await set_busy(second, True)
+            await wait_until(
+                lambda: (last := seen.last(BUSY.name)) is not None and last.value is True,
+                5.0,
+                "a change after the reconnect",
+            )
+            assert states[-1] is HealthState.CONNECTED
+            assert HealthState.CONNECTED not in states[:-1]  # no success before the gate opened
+    finally:
+        await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_a_subscription_the_server_refuses_reads_bad_naming_the_refusal() -> None:
+    gate = Gate()
+    async with gated_server(gate) as server:
+        server.iserver.max_subscriptions = 0  # a server at its limit of subscriptions
+        config = OpcuaConfig(
+            "robot", endpoint_of(server), publishing_interval=PUBLISHING, limits=LIMITS
+        )
+        driver = OpcuaDriver(config, [BUSY])
+        await driver.connect()
+        try:
+            seen = Recorder()
+            driver.subscribe([BUSY], seen)
+            await wait_until(lambda: bool(seen.bad(BUSY.name)), 5.0, "a BAD reading")
+            (bad,) = seen.seen[BUSY.name]
+            assert bad.quality is Quality.BAD and bad.value is None
+            assert (bad.error or "").startswith(f"robot {BUSY.name} {BUSY.node_id}: ")
+            assert "cannot subscribe" in (bad.error or "")
+            assert "BadTooManySubscriptions" in (bad.error or "")
+            # The device itself answers: it is not lost, and reads still work.
+            assert driver.health.state is HealthState.CONNECTED
+            (reading,) = await driver.read([BUSY])
+            assert (reading.quality, reading.value) == (Quality.GOOD, True)
+        finally:
+            await driver.close()

@@ -1,0 +1,177 @@
+"""A call's answer is checked: a bool method's false fails its step unless the step's `expect`
+accepts it; a failed expectation follows on_error like any step failure."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from cellctl.cell import cell_from_document
+from cellctl.events import MethodCalled, StepEnded, StepOutcome
+from cellctl.executor import Executor
+from cellctl.operator import FailureChoice
+from cellctl.tagio import TagIO
+from cellctl.yamlload import parse_yaml
+from drivers.base import Value
+from tests.support import wait_until
+from tests.test_executor import CELL, DEADLINE, DEV_TAGS, Rig, finish
+
+#: The executor tests' cell with a method that answers a number.
+MEASURING = CELL + (
+    '  arm.measure: {device: arm, node: "ns=2;s=Arm", method: "2:Measure", result: float64}\n'
+)
+
+
+@pytest_asyncio.fixture
+async def rig() -> AsyncIterator[Rig]:
+    """The executor tests' memory cell, with arm.measure too."""
+    bench = Rig()
+    bench.cell = cell_from_document(parse_yaml(MEASURING.encode(), "cell.yaml"))
+    bench.io = TagIO(bench.cell, {"dev": bench.dev, "arm": bench.arm}, DEV_TAGS)
+    await bench.io.connect()
+    bench.io.watch()
+    yield bench
+    if bench.task is not None and not bench.task.done():
+        bench.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await bench.task
+    await bench.io.close()
+
+
+def answering(rig: Rig, method: str, *answers: Value) -> list[tuple[Value, ...]]:
+    """The arm answers `method` with `answers` in turn (the last one again after); its calls."""
+    calls: list[tuple[Value, ...]] = []
+    left = list(answers)
+
+    async def handler(*args: Value) -> Value:
+        calls.append(args)
+        return left.pop(0) if len(left) > 1 else left[0]
+
+    rig.arm.register_method(method, handler)
+    return calls
+
+
+def recipe(call: str) -> str:
+    """A call step, then a write that shows whether the batch went on."""
+    return (
+        "recipe: r\nversion: 1\nsteps:\n"
+        f"  - {{id: pick, {call}, timeout: 1s}}\n"
+        "  - {id: after, set: {dev.b: true}}\n"
+    )
+
+
+async def failed(rig: Rig, executor: Executor) -> str:
+    """Run until the executor holds on a failed step; its message."""
+    rig.start(executor)
+    await wait_until(lambda: executor.failure is not None, DEADLINE, "the step to fail")
+    assert executor.failure is not None
+    return executor.failure.message
+
+
+@pytest.mark.asyncio
+async def test_a_refused_pick_holds_the_batch(rig: Rig) -> None:
+    answering(rig, "Pick", False)
+    executor = rig.executor(recipe("call: arm.pick, args: {slot: 1}"))
+    message = await failed(rig, executor)
+    assert message == (
+        "step 'pick': arm.pick(slot=1) answered false, expected true: the device refused "
+        "(a step that accepts false says so with expect)"
+    )
+    assert executor.failure is not None and executor.failure.action == "hold"
+    assert not executor.failure.outcome_unknown  # the device answered: nothing is unknown
+    assert rig.writes() == []  # the batch did not go on
+    assert [e.result for e in rig.host.of(MethodCalled)] == [False]  # the answer is on record
+
+
+@pytest.mark.asyncio
+async def test_a_refused_pick_retried_by_the_operator_goes_on_once_accepted(rig: Rig) -> None:
+    calls = answering(rig, "Pick", False, True)
+    executor = rig.executor(recipe("call: arm.pick, args: {slot: 1}"))
+    await failed(rig, executor)
+    executor.resume(FailureChoice.RETRY)
+    await rig.done()
+    assert calls == [(1,), (1,)]
+    assert rig.host.ended("1") == [StepOutcome.FAILED, StepOutcome.DONE]
+    assert rig.writes() == [("dev.b", True)]
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcomes"),
+    [
+        ("skip", [StepOutcome.FAILED, StepOutcome.SKIPPED]),
+        ("abort", [StepOutcome.FAILED]),
+    ],
+)
+@pytest.mark.asyncio
+async def test_a_failed_expectation_follows_on_error(
+    rig: Rig, policy: str, outcomes: list[StepOutcome]
+) -> None:
+    answering(rig, "Pick", False)
+    executor = rig.executor(recipe(f"call: arm.pick, args: {{slot: 1}}, on_error: {policy}"))
+    task = rig.start(executor)
+    await wait_until(lambda: StepOutcome.FAILED in rig.host.ended("1"), DEADLINE)
+    if policy == "skip":
+        await rig.done()
+        assert rig.writes() == [("dev.b", True)]
+    else:
+        await wait_until(lambda: bool(rig.host.failures), DEADLINE)
+        assert [f.action for f in rig.host.failures] == ["abort"]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert rig.writes() == []
+    assert rig.host.ended("1") == outcomes
+
+
+@pytest.mark.asyncio
+async def test_expect_accepts_what_it_states(rig: Rig) -> None:
+    answering(rig, "Pick", False)
+    executor = rig.executor(
+        recipe('call: arm.pick, args: {slot: 1}, result: held, expect: "result == false"')
+    )
+    await finish(rig, executor)
+    assert rig.host.ended("1") == [StepOutcome.DONE]
+    assert rig.writes() == [("dev.b", True)]
+
+
+@pytest.mark.asyncio
+async def test_expect_refuses_a_true_it_does_not_state(rig: Rig) -> None:
+    answering(rig, "Pick", True)
+    executor = rig.executor(recipe('call: arm.pick, args: {slot: 2}, expect: "result == false"'))
+    message = await failed(rig, executor)
+    assert message == "step 'pick': arm.pick(slot=2) answered true, expected result == false"
+
+
+@pytest.mark.asyncio
+async def test_expect_on_a_number_with_a_parameter(rig: Rig) -> None:
+    answering(rig, "Measure", 0.3, 0.7)
+    text = (
+        "recipe: r\nversion: 1\n"
+        "parameters:\n  least: {type: float, default: 0.5}\n"
+        "steps:\n"
+        '  - {id: gauge, call: arm.measure, result: mm, expect: "result > least", timeout: 1s}\n'
+        "  - {id: after, set: {dev.b: true}}\n"
+    )
+    executor = rig.executor(text)
+    message = await failed(rig, executor)
+    assert message == "step 'gauge': arm.measure() answered 0.3, expected result > least"
+    executor.resume(FailureChoice.RETRY)
+    await rig.done()
+    assert rig.host.ended("1") == [StepOutcome.FAILED, StepOutcome.DONE]
+    assert rig.writes() == [("dev.b", True)]
+
+
+@pytest.mark.asyncio
+async def test_a_true_pick_and_a_method_without_bool_pass_unchecked(rig: Rig) -> None:
+    answering(rig, "Pick", True)
+    answering(rig, "Measure", -1.0)  # no expect: a number is never judged on its own
+    text = (
+        "recipe: r\nversion: 1\nsteps:\n"
+        "  - {id: pick, call: arm.pick, args: {slot: 1}, timeout: 1s}\n"
+        "  - {id: gauge, call: arm.measure, timeout: 1s}\n"
+    )
+    await finish(rig, rig.executor(text))
+    assert [e.outcome for e in rig.host.of(StepEnded)] == [StepOutcome.DONE, StepOutcome.DONE]

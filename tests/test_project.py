@@ -1,0 +1,79 @@
+"""The project's own set-up: what an install ships, and pytest's options from any folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CELL = ROOT / "recipes" / "demo" / "cell.yaml"
+
+
+def _setuptools() -> dict[str, object]:
+    with (ROOT / "pyproject.toml").open("rb") as file:
+        config: dict[str, object] = tomllib.load(file)["tool"]["setuptools"]
+    return config
+
+
+def test_every_package_on_disk_is_listed_for_the_install() -> None:
+    # pyproject.toml lists packages (to map the demo into the package): a new one must be added.
+    on_disk = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("cellctl", "drivers")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    listed = set(_setuptools()["packages"])  # type: ignore[call-overload]
+    assert listed == on_disk | {"cellctl._demo"}
+
+
+def test_the_folder_mapped_to_the_demo_package_holds_the_demo() -> None:
+    # A moved or renamed folder would install an empty cellctl._demo: `cellctl demo` would fail.
+    folder = ROOT / _setuptools()["package-dir"]["cellctl._demo"]  # type: ignore[index]
+    assert (folder / "cell.yaml").is_file() and (folder / "press-fit.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("cwd", "args"),
+    [
+        # From the root with no path: only the root conftest.py is loaded before pytest parses
+        # the command line (testpaths narrowed to one cheap file to collect).
+        (ROOT, ["-o", "testpaths=tests/test_project.py"]),
+        (ROOT, ["hil_tests/test_cell.py"]),
+        (ROOT / "hil_tests", ["test_cell.py"]),
+    ],
+    ids=["root", "root-hil_tests", "in-hil_tests"],
+)
+def test_pytest_takes_cell_and_allow_motion_from_anywhere(cwd: Path, args: list[str]) -> None:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only"]
+    command += ["--cell", str(DEMO_CELL), "--allow-motion", *args]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "collected" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("cwd", "args"),
+    [
+        # No path named: `--cell=FILE`, one word (see the root conftest.py for why).
+        (ROOT, ["--cell={cell}", "-o", "testpaths=tests/test_project.py"]),
+        (ROOT / "hil_tests", ["--cell={cell}", "-o", "python_files=test_cell.py"]),
+        # A path named: pytest finds its settings from it, so `--cell FILE` works too.
+        (ROOT, ["hil_tests/test_cell.py", "--cell", "{cell}", "--allow-motion"]),
+        (ROOT / "hil_tests", ["test_cell.py", "--cell", "{cell}"]),
+    ],
+    ids=["root", "in-hil_tests", "root-hil_tests", "in-hil_tests-path"],
+)
+def test_pytest_takes_a_cell_file_from_outside_the_clone(
+    tmp_path: Path, cwd: Path, args: list[str]
+) -> None:
+    cell = tmp_path / "cell.yaml"
+    cell.write_bytes(DEMO_CELL.read_bytes())
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only"]
+    command += [arg.format(cell=cell) for arg in args]
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "hil_tests/test_cell.py::" in done.stdout or "test_project.py::" in done.stdout
