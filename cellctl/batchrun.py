@@ -350,8 +350,10 @@ class BatchRun:
             if keys is not None:
                 keys.close()
             await controller.close()
+        # On a terminal the summary wraps at words (a person reads it); off one, a line stays
+        # one line (a script reads it).
         for line in summary_lines(model, ended):
-            self.out.print(line, markup=False)
+            self.out.print(line, markup=False, soft_wrap=not self.out.is_terminal)
         if unconfirmed:
             raise SafeStateUnconfirmed(unconfirmed, why)
         if ended.state is State.COMPLETE:

@@ -116,7 +116,13 @@ class Driver(Protocol):
         ...
 
     def subscribe(self, points: Sequence[Point], callback: ReadingsCallback) -> Unsubscribe:
-        """Call back with {point name: Reading} on every change (polling or monitored items)."""
+        """Call back with {point name: Reading} on every change (polling or monitored items).
+
+        A `read` of a subscribed point that differs from what the subscriber was last told is
+        followed by a reading taken after it, even if the value went back before the device
+        was next polled or sampled: otherwise whoever took the read as the newest value
+        (a wait) would never hear the end of a pulse that only the read caught.
+        """
         ...
 
     def on_health(self, callback: HealthCallback) -> Unsubscribe:
