@@ -26,7 +26,14 @@ from cellctl.connect import ConnectReport, DevicesUnreachable, build_drivers, de
 from cellctl.controller import CommandBlocked, Controller
 from cellctl.durations import format_duration
 from cellctl.errors import BadValue, CellctlError, did_you_mean
-from cellctl.events import BatchEnded, Event, StateChanged, StepStarted, TripCleared
+from cellctl.events import (
+    BatchEnded,
+    Event,
+    StateChanged,
+    StepStarted,
+    TagWritten,
+    TripCleared,
+)
 from cellctl.executor import StepFailure
 from cellctl.heartbeat import Heartbeat
 from cellctl.interlocks import interlock_tags
@@ -50,12 +57,20 @@ from drivers.base import Value
 if TYPE_CHECKING:  # imported when --sim is given: it loads every simulator
     from cellctl.simwiring import CellSimulator
 
-#: The key hints of the live view.
-HINT_RUNNING = "Ctrl-C or h hold · p suspend · Ctrl-C twice abort"
-HINT_HELD = "u unhold · a abort"
-HINT_SUSPENDED = "p unsuspend · Ctrl-C or h hold"
+#: The key hint of the live view after `u` in Held with a failed step (BatchRun.keys_now
+#: builds the others from what the key loop and the machine accept now).
 HINT_CHOICE = "the step failed: r retry it · s skip it · any other key: back"
-HINT_UNDONE = "the safe state undid the step's writes: r re-run it · s skip it · a abort"
+#: How the hint names each command a key asks for.
+_DOES = {
+    Command.HOLD: "hold",
+    Command.UNHOLD: "unhold",
+    Command.SUSPEND: "suspend",
+    Command.UNSUSPEND: "unsuspend",
+    Command.STOP: "stop",
+    Command.ABORT: "abort",
+}
+#: How many times a second the live view is drawn.
+REDRAWS = 8
 
 
 @dataclass
@@ -141,15 +156,15 @@ def prepare(options: RunOptions) -> Prepared:
                 *plan.writes,
                 *interlock_tags(cell),
                 *cell.safe_state,
-                *cell.reset_values,
                 *cell.ready_tags,
             ]
         )
     )
-    # The devices of those tags (Resetting's and `ready`'s included: every batch prepares the
-    # cell), of the heartbeat (its tags are written, never polled), and those the recipe only
-    # calls methods on.
-    used = set(devices_for_tags(cell, [*tags, *cell.heartbeat_tags])) | set(plan.devices)
+    # The devices of those tags (`ready`'s included: every batch prepares the cell), of
+    # Resetting's values and of the heartbeat (their tags are written, never polled), and those
+    # the recipe only calls methods on.
+    written = [*cell.reset_values, *cell.heartbeat_tags]
+    used = set(devices_for_tags(cell, [*tags, *written])) | set(plan.devices)
     devices = [name for name in cell.devices if name in used]
     operator = None if options.interactive else ScriptedOperator(answers, options.operator)
     return Prepared(loaded, parameters, operator, devices, tags)
@@ -192,6 +207,8 @@ class BatchRun:
         self.out = out
         self.model: RunModel | None = None
         self.controller: Controller | None = None
+        #: The operator at the terminal, when there is one (it takes every key while it waits).
+        self.terminal: TerminalOperator | None = None
         self.interrupts = 0
         self.choosing = False
         #: The terminal's input ended: nobody can Unhold any more.
@@ -232,7 +249,9 @@ class BatchRun:
                 with ConnectReport() as report:  # a slow connect says whom it tries to reach
                     await io.connect(report=report)  # DevicesUnreachable: nothing was written
                 try:
-                    await _all_answer(io, [*prepared.tags, *cell.heartbeat_tags])
+                    await _all_answer(
+                        io, [*prepared.tags, *cell.reset_values, *cell.heartbeat_tags]
+                    )
                     # The heartbeat is the only thing written before Start; it lasts the run.
                     async with Heartbeat(io, cell.heartbeat):
                         return await self._run_connected(io, simulator)
@@ -266,7 +285,7 @@ class BatchRun:
         if prepared.operator is not None:
             operator = prepared.operator
         else:
-            operator = TerminalOperator(model, options.operator)
+            operator = self.terminal = TerminalOperator(model, options.operator)
         stepping = options.step or bool(options.breaks)
         controller = Controller(
             loaded,
@@ -281,8 +300,7 @@ class BatchRun:
         self.controller = controller
         controller.listeners.append(model.apply)
         controller.listeners.append(self._print_event)
-        controller.listeners.append(self._hints)
-        model.hint = HINT_RUNNING
+        controller.listeners.append(self._state_changed)
         if stepping:
             self.out.print(
                 "Maintenance mode: "
@@ -328,15 +346,21 @@ class BatchRun:
                 )
             if options.interactive:
                 # The view fits the terminal by itself (FittedView); "crop" only guards a
-                # terminal resized between a render and its drawing.
+                # terminal resized between a render and its drawing. Drawn by a task on this
+                # loop, not rich's refresh thread: see _redraw.
+                model.hint = self.keys_now()  # the first frame's, drawn as the view starts
                 with Live(
                     FittedView(model),
                     console=self.out,
-                    refresh_per_second=8,
+                    auto_refresh=False,
                     transient=False,
                     vertical_overflow="crop",
-                ):
+                ) as live:
+                    extras.append(
+                        self._supervised(self._redraw(live), "the live view", self._no_keys)
+                    )
                     ended = await batch()
+                    model.hint = ""  # the last frame, drawn as the view stops: no keys act now
             else:
                 ended = await batch()
             # The batch has ended: no key may command it while its safe state is confirmed.
@@ -414,23 +438,72 @@ class BatchRun:
     def _no_demo(self) -> None:
         self.demo_busy = False
 
+    async def _redraw(self, live: Live) -> None:
+        """Draw the live view REDRAWS times a second, with the keys that act now.
+
+        On this loop, where the controller changes the model: a frame never sees the model
+        half-changed, and a frame that fails ends this task, which is supervised (reported),
+        where rich's own refresh thread would die unseen and leave the view frozen.
+        """
+        assert self.model is not None
+        while True:
+            self.model.hint = self.keys_now()
+            live.refresh()
+            await asyncio.sleep(1 / REDRAWS)
+
     # -- the operator's hands ---------------------------------------------------------------
 
-    def _hints(self, event: Event) -> None:
+    def _state_changed(self, event: Event) -> None:
         if self.model is None or not isinstance(event, StateChanged):
             return
         self.choosing = False
-        ended = {State.COMPLETE: "", State.STOPPED: "", State.ABORTED: ""}
-        self.model.hint = {State.HELD: HINT_HELD, State.SUSPENDED: HINT_SUSPENDED, **ended}.get(
-            event.target, HINT_RUNNING
-        )
         # Held with a step whose writes the safe state undid: the question and its keys show.
         question = self._undone() if event.target is State.HELD else None
         self.model.question = question.message if question is not None else None
-        if question is not None:
-            self.model.hint = HINT_UNDONE
         if event.target is State.EXECUTE:
             self.interrupts = 0  # running again: the next Ctrl-C holds again
+
+    def keys_now(self) -> str:
+        """The live view's hint: the keys that act now, as the key loop (_keys) and Ctrl-C
+        (_on_sigint) take them, each only where the machine allows its command now."""
+        controller, model = self.controller, self.model
+        if controller is None or model is None or model.ended is not None:
+            return ""
+        if controller.before_start:
+            return "Ctrl-C cancel the batch"  # _on_sigint: the batch is not started
+        legal = controller.machine.is_legal
+        acts: dict[str, list[str]] = {}
+
+        def add(key: str, command: Command) -> None:
+            if legal(command):
+                acts.setdefault(_DOES[command], []).append(key)
+
+        # A prompt or a step pause takes every key typed (their own rows name them).
+        typed = self.terminal is None or not self.terminal.waiting
+        if typed and controller.state is State.HELD:
+            if self._undone() is not None:
+                return ""  # the question's own row names its keys
+            if self.choosing:
+                return HINT_CHOICE
+            add("u", Command.UNHOLD)
+            add("a", Command.ABORT)  # as Ctrl-C does in Held
+        else:
+            on_sigint = self._sigint_command(controller)
+            add("Ctrl-C", on_sigint)
+            if typed:
+                add("h", Command.HOLD)
+                add("p", Command.SUSPEND)
+                add("p", Command.UNSUSPEND)
+            if on_sigint is not Command.ABORT:
+                add("Ctrl-C twice", Command.ABORT)
+        return " · ".join(f"{' or '.join(keys)} {does}" for does, keys in acts.items())
+
+    def _sigint_command(self, controller: Controller) -> Command:
+        """What the next Ctrl-C asks for: Abort after an earlier one or in Held, else Hold
+        where it is legal, else Stop."""
+        if self.interrupts >= 1 or controller.state is State.HELD:
+            return Command.ABORT
+        return Command.HOLD if controller.machine.is_legal(Command.HOLD) else Command.STOP
 
     def _undone(self) -> StepFailure | None:
         """The question Unhold asks now: a held step whose writes the safe state undid."""
@@ -452,14 +525,9 @@ class BatchRun:
         if controller.before_start:
             controller.refuse_start("SIGINT before the batch started")  # nothing written
             return
+        command = self._sigint_command(controller)
         self.interrupts += 1
-        how = "Ctrl-C" if self.options.interactive else "SIGINT"
-        if self.interrupts >= 2 or controller.state is State.HELD:
-            self._command(Command.ABORT, how)
-        elif controller.machine.is_legal(Command.HOLD):
-            self._command(Command.HOLD, how)
-        else:
-            self._command(Command.STOP, how)
+        self._command(command, "Ctrl-C" if self.options.interactive else "SIGINT")
 
     def _on_sigterm(self) -> None:
         controller = self.controller
@@ -484,11 +552,10 @@ class BatchRun:
             if state is State.HELD and self._undone() is not None and key in ("r", "s", "u"):
                 # Asked at once: r re-runs the step from its start, s skips it (a aborts).
                 if key != "u":
-                    choice = FailureChoice.RERUN if key == "r" else FailureChoice.SKIP
+                    choice = FailureChoice.RETRY if key == "r" else FailureChoice.SKIP
                     self._command(Command.UNHOLD, f"key {key}", choice)
             elif self.choosing:
                 self.choosing = False
-                self.model.hint = HINT_HELD
                 if key in ("r", "s"):
                     choice = FailureChoice.RETRY if key == "r" else FailureChoice.SKIP
                     self._command(Command.UNHOLD, f"key u, then {key}", choice)
@@ -500,22 +567,29 @@ class BatchRun:
             elif key == "u" and state is State.HELD:
                 if controller.executor.failure is not None:
                     self.choosing = True
-                    self.model.hint = HINT_CHOICE
                 else:
                     self._command(Command.UNHOLD, "key u")
             elif key == "a" and state is State.HELD:
                 self._command(Command.ABORT, "key a")
 
     async def _demo_fault(self, simulator: CellSimulator, device: str, name: str) -> None:
-        """The demo's fault: raise it in the second round, clear it once Held, then Unhold
-        (re-running the held step when the safe state undid its writes: the demo's choice)."""
+        """The demo's fault: raise it as the second round begins, clear it once Held, then
+        Unhold (re-running the held step when the safe state undid its writes: the demo's
+        choice). A round that begins with a set step has it raised once that step's first
+        write is confirmed: the hold lands after that write, never just before it."""
         controller = self.controller
         assert controller is not None
         second_round = asyncio.Event()
         cleared = asyncio.Event()
+        first: list[StepStarted] = []  # the second round's first step
 
         def watch(event: Event) -> None:
             if isinstance(event, StepStarted) and event.round == 2:
+                if first or event.kind != "set":
+                    second_round.set()  # a step that does not write, or the next one
+                else:
+                    first.append(event)
+            elif isinstance(event, TagWritten) and first and event.path == first[0].path:
                 second_round.set()
             if isinstance(event, TripCleared) and not controller.interlocks.active:
                 cleared.set()  # every trip is gone, not only one of them
@@ -536,7 +610,7 @@ class BatchRun:
             choice = None
             if (question := controller.executor.failure) is not None and question.undone:
                 # The demo plays the operator: the safe state undid the step, so it runs again.
-                choice = FailureChoice.RERUN
+                choice = FailureChoice.RETRY
                 cause += f"; the demo's choice: re-run ({question.message})"
             with contextlib.suppress(IllegalCommand, CommandBlocked):
                 await controller.command(Command.UNHOLD, cause=cause, choice=choice)

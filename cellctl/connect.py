@@ -124,6 +124,9 @@ def non_loopback_endpoints(cell: Cell, tags: Iterable[str]) -> list[str]:
 
 #: Seconds a connect may take before it is shown: a quick one shows nothing.
 CONNECT_QUIET = 0.5
+#: Seconds between two redraws of the lines in place: their time left counts down while a
+#: try lasts (one try may last the whole connect against a host that does not answer).
+CONNECT_REDRAW = 0.5
 
 
 def try_line(attempt: ConnectTry) -> str:
@@ -182,12 +185,23 @@ class ConnectReport:
     def _start(self) -> None:
         self._shown = True
         if self.console.is_terminal:
+            # Redrawn by the loop (not rich's refresh thread, which would read `connecting`
+            # while drivers change it).
             self._live = Live(
                 self._lines(), console=self.console, transient=True, auto_refresh=False
             )
             self._live.start(refresh=True)
+            self._redraw_later()
         else:
             self._show(list(self.connecting.values()))
+
+    def _redraw_later(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(CONNECT_REDRAW, self._redraw)
+
+    def _redraw(self) -> None:
+        if self._live is not None:
+            self._live.update(self._lines(), refresh=True)
+            self._redraw_later()
 
     def _lines(self) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")

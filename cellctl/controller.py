@@ -305,21 +305,22 @@ class Controller:
             failure = self.executor.failure
             if command is Command.UNHOLD and failure is not None and choice is None:
                 if failure.undone:
-                    raise CommandBlocked(
-                        f"Unhold: {failure.message}; choose re-run (every write again, the "
-                        "wait afresh), skip, or Abort"
-                    )
-                raise CommandBlocked(
-                    f"Unhold: {failure.message}; choose retry or skip "
-                    f"({'its outcome is unknown: ' if failure.outcome_unknown else ''}"
-                    "a retry runs the whole step again)"
-                )
+                    how = "every write again, the wait afresh"
+                else:
+                    unknown = "its outcome is unknown: " if failure.outcome_unknown else ""
+                    how = f"{unknown}a retry runs the whole step again"
+                raise CommandBlocked(f"Unhold: {failure.message}; choose {failure.choices} ({how})")
         except (IllegalCommand, CommandBlocked) as refused:
             blocked = isinstance(refused, CommandBlocked)
             if blocked:  # an interlock or a pending choice refused it, not a key pressed early
                 self.fault(f"{command} refused: {refused}")
             self.emit(CommandRefused(command=command, reason=str(refused), blocked=blocked))
             raise
+        if command is Command.START and self._no_start is not None:
+            # A stop request came while the interlocks were read (a signal): no Start. Not a
+            # fault: the run ends as when it came before Reset.
+            self.emit(CommandRefused(command=command, reason=self._no_start))
+            raise CommandBlocked(self._no_start)
         # No await between the checks above and the change: nothing can move the state.
         if command is Command.UNHOLD:
             self._choice = choice
@@ -390,9 +391,9 @@ class Controller:
     async def _resetting(self) -> None:
         self.cause = None
         await self.safe.end_writers()
-        problem, since = await self._reset_outputs()
+        problem = await self._reset_outputs()
         if problem is None and self._ready is not None and self._no_start is None:
-            problem = await self._until_ready(self._ready, since)
+            problem = await self._until_ready(self._ready)
         if problem is None and self._no_start is None:
             problem = self._tripped_while_resetting()
         if problem is not None:
@@ -400,32 +401,30 @@ class Controller:
             self.emit(Notice(text=problem, level="error"))
             await self._apply(Command.STOP, problem)
 
-    async def _reset_outputs(self) -> tuple[str | None, float]:
+    async def _reset_outputs(self) -> str | None:
         """Write what Resetting writes (the cell's `reset`, else its safe state) in cell-file
-        order, each confirmed and on record: (why it could not, or None; the time.time() of
-        the last confirmation, or of the start when nothing was written).
+        order, each confirmed and on record; why it could not, or None.
 
         A stop request before the start ends it (nothing more is written), and so does a
         trip's safe state: that is the last word until the next Reset.
         """
-        confirmed = time.time()
         for tag, value in self.cell.reset_values.items():
             if self._no_start is not None:
                 break
             if (problem := self._tripped_while_resetting()) is not None:
-                return problem, confirmed
+                return problem
             device = self.cell.tags[tag].device
             try:
                 checked = self.io.check(tag, value)
-                confirmed = await self.io.write(tag, checked)
+                await self.io.write(tag, checked)
             except CellctlError as error:
                 problem = (
                     f"Resetting: cannot write {tag} = {expr.show(value)} on device {device}: "
                     f"{error}"
                 )
-                return problem, confirmed
+                return problem
             self.emit(TagWritten(tag=tag, value=checked))
-        return None, confirmed
+        return None
 
     def _tripped_while_resetting(self) -> str | None:
         """Why the cell is not reset when a trip wrote the safe state meanwhile (it is the last
@@ -436,10 +435,10 @@ class Controller:
         trips = f"interlock {names}" if names else "an interlock"
         return f"Resetting: {trips} tripped; its safe state stands, the cell is not reset"
 
-    async def _until_ready(self, ready: expr.Expression, since: float) -> str | None:
-        """Wait until `ready` holds on samples taken since Resetting's last write was confirmed
-        (`since`), within the cell's timeout; a message naming what is not true when it does
-        not. A stop request before the start ends the wait."""
+    async def _until_ready(self, ready: expr.Expression) -> str | None:
+        """Wait until `ready` holds on a fresh read made after Resetting's writes were
+        confirmed, or on samples not older than it, within the cell's timeout; a message naming
+        what is not true when it does not. A stop request before the start ends the wait."""
         assert self.cell.ready is not None
         timeout = self.cell.ready.timeout
         tags = self.cell.ready_tags
@@ -458,7 +457,7 @@ class Controller:
             told = False
             while self._no_start is None:
                 self._ready_wake.clear()
-                current = {t: newest_sample(heard.get(t), baseline[t], since) for t in tags}
+                current = {t: newest_sample(heard.get(t), baseline[t]) for t in tags}
                 try:
                     met, shown = judge(ready, current, {})
                 except expr.EvaluationError as error:
@@ -482,12 +481,20 @@ class Controller:
                     async with asyncio.timeout(remaining):
                         await self._ready_wake.wait()
                 except TimeoutError:
-                    unread = [
-                        f"{t} unreadable: {v.error or 'no value'}"
+                    unread = {
+                        t: v.error or "no value"
                         for t, v in current.items()
                         if v.quality is Quality.BAD or v.value is None
+                    }
+                    # A part that reads an unreadable tag is named once, by the device's error.
+                    false = [
+                        said
+                        for part in expr.conjuncts(ready)
+                        if not part.names & unread.keys()
+                        for said in expr.false_parts(part, shown)
                     ]
-                    parts = "; ".join([*expr.false_parts(ready, shown), *unread])
+                    errors = [f"{t} unreadable: {error}" for t, error in unread.items()]
+                    parts = "; ".join([*false, *errors])
                     return f"Resetting: the cell is not ready after {timeout:g} s: {parts}"
             return None
         finally:
@@ -692,7 +699,7 @@ class Controller:
         if self.state is State.HELD and question is not None and question.undone:
             # Ended Held because nobody is there to answer: the question is the cause.
             self.cause = self.cause or (
-                f"Held: {question.message}; re-run, skip or abort needs an operator"
+                f"Held: {question.message}; {question.choices} needs an operator"
             )
         ended = BatchEnded(
             state=self.state,

@@ -164,21 +164,16 @@ def _seconds(value: float) -> str:
     return f"{value:g} s"
 
 
-def newest_sample(sample: TagValue | None, baseline: TagValue, since: float) -> TagValue:
-    """The newest sample heard that was taken at or after `since` (time.time() of the last
-    confirmed write or call) and after the baseline read, else the baseline read.
+def newest_sample(sample: TagValue | None, baseline: TagValue) -> TagValue:
+    """The newest sample heard, when it is not older than the baseline read, else the baseline.
 
-    Where the device stamps its values (OPC UA), its own clock decides: a notification that
-    arrives after the baseline read but was sampled before it (published late) is older than
-    the baseline, whatever our clock says when it arrives.
+    The baseline is a fresh read made after the last confirmed write or call, stamped once its
+    reply came: a sample not older than it was taken after that write or call. Where the device
+    stamps its values (OPC UA), its own clock decides: a notification that arrives after the
+    baseline read but was sampled before it (published late) is older than the baseline,
+    whatever our clock says when it arrives.
     """
-    if sample is None:
-        return baseline
-    if sample.device_time is not None and baseline.device_time is not None:
-        return sample if sample.not_older_than(baseline) else baseline
-    if sample.timestamp >= since and sample.timestamp >= baseline.timestamp:
-        return sample
-    return baseline
+    return sample if sample is not None and sample.not_older_than(baseline) else baseline
 
 
 def judge(
@@ -669,7 +664,7 @@ class Executor:
         )
         ctx.question = (failure, asyncio.get_running_loop().create_future())
         self._pending.append(ctx.question)
-        self._emit(Notice(text=f"{failure.message}; Unhold asks: re-run, skip or abort"))
+        self._emit(Notice(text=f"{failure.message}; Unhold asks: {failure.choices}"))
 
     async def _action(self, ctx: _Ctx, scope: Scope) -> None:
         step = ctx.step
@@ -737,8 +732,8 @@ class Executor:
         """Wait for a condition, evaluated on every update of its tags (never polled), and for
         each `changed` tag to differ from its value in `ctx.changed_from`.
 
-        Only samples taken at or after the last confirmed write or call count; the fresh
-        read made once listening stands in for a tag until a newer sample comes.
+        A fresh read made once listening (after the step's writes or calls were confirmed)
+        stands in for a tag until a sample not older than it comes; older news never counts.
         """
         condition = wait.until
         before = ctx.changed_from or {}
@@ -756,14 +751,11 @@ class Executor:
         unlisten = self.io.board.listen(tags, listener)  # first, so no update is missed
         self._wakers[_At.WAIT].add(waker)
         try:
-            # This wait's own start, after its branch's writes and calls were confirmed: a
-            # later write or call of another parallel branch must not make its news stale.
-            since = time.time()
             baseline = await self.io.read(tags) if tags else {}
             while True:
                 self._checkpoint(_At.WAIT)
                 waker.clear()
-                current = {t: newest_sample(heard.get(t), baseline[t], since) for t in tags}
+                current = {t: newest_sample(heard.get(t), baseline[t]) for t in tags}
                 met, shown = self._judge(ctx, condition, scope, current)
                 met = met and all(shown[tag] != value for tag, value in before.items())
                 self._emit(
@@ -823,25 +815,44 @@ class Executor:
             ) from None
         except DeviceFailed as err:
             raise _StepError(f"{ctx.label}: {err}", outcome_unknown=True) from err
-        if step.result is not None and result is not None:
-            scope[step.result] = result
         self._emit(MethodCalled(method=step.call, args=args, result=result, path=ctx.path))
         self._check_result(ctx, step, scope, f"{step.call}({shown})", result)
+        # Bound only once accepted: a refused answer that the operator skips must not reach
+        # the steps after it (they fail naming the unbound name instead).
+        if step.result is not None and result is not None:
+            scope[step.result] = result
 
     def _check_result(
         self, ctx: _Ctx, step: CallStep, scope: Scope, call: str, result: Value | None
     ) -> None:
-        """The answer meets the step's `expect`; without one, a bool method's answer is true."""
+        """The answer meets the step's `expect`; without one, a bool method's answer is true. A
+        method that declares a result and answered nothing fails (an OPC UA server may return
+        no output argument): `expect` is never judged without the call's `result`, which a
+        parameter of that name would otherwise stand in for."""
+        method = self.io.cell.methods.get(step.call)
+        declared = method.result if method is not None else None
+        if result is None:
+            if declared is None:
+                return  # the method returns nothing, and nothing is expected of it
+            if step.expect is not None:
+                wanted = step.expect.text
+            else:
+                wanted = "true" if declared is DataType.BOOL else f"a {declared} answer"
+            raise _StepError(f"{ctx.label}: {call} answered nothing, expected {wanted}")
         if step.expect is None:
-            method = self.io.cell.methods.get(step.call)
-            if method is not None and method.result is DataType.BOOL and result is False:
-                raise _StepError(
-                    f"{ctx.label}: {call} answered false, expected true: the device refused "
-                    "(a step that accepts false says so with expect)"
-                )
-            return
+            if declared is not DataType.BOOL or result is True:
+                return
+            refused = (
+                ": the device refused (a step that accepts false says so with expect)"
+                if result is False
+                else ""
+            )
+            raise _StepError(
+                f"{ctx.label}: {call} answered {expr.show(result)}, expected true{refused}"
+            )
         try:
-            answer = {} if result is None else {"result": result}  # None: no answer came
+            # The step's own `result:` name too: expect may judge the answer by it.
+            answer = {"result": result, **({step.result: result} if step.result else {})}
             met = expr.evaluate(step.expect, scope.new_child(answer)) is True
         except expr.EvaluationError as err:
             raise _StepError(

@@ -55,7 +55,8 @@ MAX_ROUND_DIGITS = 15
 
 FUNCTIONS = ("abs", "min", "max", "round")
 _ARITY = {"abs": (1, 1), "round": (1, 2), "min": (2, 16), "max": (2, 16)}
-_BLANKS = str.maketrans("\n\r\t", "   ")
+#: Line breaks and tabs as spaces: a text folded over lines, on one line of the same length.
+BLANKS = str.maketrans("\n\r\t", "   ")
 _LITERALS = {"true": True, "false": False}
 _SHOWN = 60  # longest piece of expression text quoted in a message
 
@@ -204,7 +205,7 @@ def parse(text: str) -> Expression:
         raise ExpressionError(f"expression is {len(text)} characters, more than {MAX_LENGTH}")
     # One line, same length: a condition may be folded over lines in YAML, and offsets into
     # the parsed text stay offsets into `text`.
-    source = text.translate(_BLANKS).lstrip()
+    source = text.translate(BLANKS).lstrip()
     lead = len(text) - len(source)
     if not source.strip():
         raise ExpressionError("empty expression")

@@ -28,11 +28,11 @@ class StepChoice(enum.StrEnum):
 
 class FailureChoice(enum.StrEnum):
     """What Unhold does with a step that failed, or whose writes the safe state undid: run it
-    again, or go on after it (abort is the Abort command, never blocked)."""
+    again from its start (every write again, its wait afresh: a retry, or a re-run), or go on
+    after it (abort is the Abort command, never blocked)."""
 
     RETRY = "retry"
     SKIP = "skip"
-    RERUN = "rerun"  # a step the safe state undid: all its writes again, its wait afresh
 
 
 @dataclass(frozen=True)

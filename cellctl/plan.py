@@ -275,8 +275,7 @@ class _Planner:
 
     def wait(self, wait: Wait) -> str:
         """A wait with parameters resolved: 'press.cycle_done; changed: press.cycles'."""
-        until = self.resolve(wait.until)[0]
-        return f"{until}; changed: {', '.join(wait.changed)}" if wait.changed else until
+        return wait.describe(until=self.resolve(wait.until)[0])
 
     def call_step(self, step: CallStep, path: str) -> _Part:
         timeout = step.timeout or self.default_timeout

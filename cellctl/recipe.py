@@ -364,6 +364,11 @@ OnErrorField = Annotated[
 ]
 
 
+def _one_or_more(value: object) -> object:
+    """`changed: press.cycles` is `changed: [press.cycles]`."""
+    return [value] if isinstance(value, str) else value
+
+
 class Wait(_Model):
     """What a wait waits for: `until` holds and each `changed` tag differs from its value when
     the step started (read before the step's first write; a wait step's at its start).
@@ -374,7 +379,7 @@ class Wait(_Model):
     """
 
     until: Expr
-    changed: tuple[TagName, ...] = ()
+    changed: Annotated[tuple[TagName, ...], BeforeValidator(_one_or_more)] = ()
 
     @field_validator("changed")
     @classmethod
@@ -386,20 +391,19 @@ class Wait(_Model):
             raise InvalidField(f"{twice[0]} is listed twice", "bad-value")
         return value
 
-    @property
-    def names(self) -> frozenset[str]:
-        """Every name the wait reads: the condition's and the changed tags."""
-        return frozenset(self.until.names | set(self.changed))
-
-    def describe(self, before: Mapping[str, Value | None] | None = None) -> str:
-        """The wait in words: 'EXPR; changed: press.cycles (from 41)' (values when known)."""
+    def describe(
+        self, before: Mapping[str, Value | None] | None = None, until: str | None = None
+    ) -> str:
+        """The wait in words: 'EXPR; changed: press.cycles (from 41)' (values when known;
+        `until` the condition as shown instead of its text, e.g. with parameters resolved)."""
+        until = self.until.text if until is None else until
         if not self.changed:
-            return self.until.text
+            return until
         tags = ", ".join(
             f"{tag} (from {expr.show(before[tag])})" if before and tag in before else tag
             for tag in self.changed
         )
-        return f"{self.until.text}; changed: {tags}"
+        return f"{until}; changed: {tags}"
 
 
 def _wait_form(value: object) -> object:
@@ -411,7 +415,7 @@ def _wait_form(value: object) -> object:
 
 _EXPRESSION_SCHEMA = {"type": ["string", "number", "boolean"]}
 
-#: A wait: an expression, or {until: EXPR, changed: [TAG, ...]}.
+#: A wait: an expression, or {until: EXPR, changed: [TAG, ...]} (or `changed: TAG`).
 WaitField = Annotated[
     Wait,
     BeforeValidator(_wait_form),
@@ -423,7 +427,12 @@ WaitField = Annotated[
                     "type": "object",
                     "properties": {
                         "until": _EXPRESSION_SCHEMA,
-                        "changed": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        "changed": {
+                            "anyOf": [
+                                {"type": "string"},
+                                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                            ]
+                        },
                     },
                     "required": ["until"],
                     "additionalProperties": False,
@@ -497,10 +506,12 @@ class WaitStep(_Step):
 
 
 class CallStep(_Step):
-    """Call a device method with named args; its result is bound to `result` when given.
+    """Call a device method with named args; its result is bound to `result` when given, once
+    the answer is accepted.
 
     `expect` is a condition over the name `result` that the answer must meet, else the step
-    fails; without it, a method whose declared result is bool fails the step on false.
+    fails; without it, a method whose declared result is bool fails the step unless it answers
+    true. A method that declares a result and answers nothing fails the step.
     """
 
     id: StepId

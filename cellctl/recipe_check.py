@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -439,7 +439,8 @@ class _Checker:
                 self.write(tag, value, write_loc, label, scope)
                 done.writes.setdefault(tag, _Write(label, write_loc, self.line(write_loc)))
         if isinstance(step, SetStep | WaitStep) and step.wait is not None:
-            self.wait(step.wait, (*loc, "wait"), label, scope)
+            own = step.set.keys() if isinstance(step, SetStep) else set()
+            self.wait(step.wait, (*loc, "wait"), label, scope, own)
             self.need_timeout(step, loc, "wait", label)
         if isinstance(step, CallStep):
             self.call(step, loc, label, scope, done)
@@ -459,8 +460,9 @@ class _Checker:
             self.check_retry(step, loc, label)
         return done
 
-    def wait(self, wait: Wait, loc: Loc, label: str, scope: _Scope) -> None:
-        """The condition, and each `changed` tag: a tag of the cell, not a heartbeat."""
+    def wait(self, wait: Wait, loc: Loc, label: str, scope: _Scope, own: Collection[str]) -> None:
+        """The condition, and each `changed` tag: a tag of the cell, not a heartbeat, not one
+        of the step's `own` writes."""
         full = isinstance(self.raw(loc), dict)  # {until: ..., changed: [...]}
         self.condition(wait.until, (*loc, "until") if full else loc, f"{label}: wait", scope)
         if self.cell is None:
@@ -480,6 +482,15 @@ class _Checker:
                     "heartbeat-tag",
                     f"{subject}: tag {name} is the controller's heartbeat to device "
                     f"{self.tags[name].device}; it changes on its own, so it proves nothing",
+                )
+            elif name in own:
+                # The step's own write changes it: that says nothing of the machine's answer.
+                self.add(
+                    tag_loc,
+                    "own-write",
+                    f"{subject}: tag {name} is written by this step; its own write changes "
+                    "it, so it proves nothing (list a tag the device changes in answer, such "
+                    "as a cycle counter)",
                 )
 
     def need_timeout(

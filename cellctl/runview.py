@@ -4,6 +4,7 @@ one plain line per event for non-terminals, and the summary at the end (no I/O h
 from __future__ import annotations
 
 import enum
+import functools
 import io
 import textwrap
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -37,7 +39,7 @@ from cellctl.events import (
     Tripped,
     WaitProgress,
 )
-from cellctl.expr import evaluate, show_values
+from cellctl.expr import BLANKS, evaluate, show_values
 from cellctl.liveview import tag_table
 from cellctl.machine import Command, Mode, State
 from cellctl.operator import PromptRequest
@@ -409,18 +411,42 @@ def summary_lines(model: RunModel, ended: BatchEnded) -> list[str]:
 # the cause of a hold, stop or abort, the trips, a pause or a prompt with its keys, and the
 # keys legal now. What is left goes to the waits, then the step tree (a window around the
 # running step), then the last events, then the tag table ("… 12 more"). Every line is one
-# row: a line too long for the screen ends in an ellipsis.
+# row: a line too long for the screen ends in an ellipsis, or, for what the operator must read
+# whole (a cause, a trip's message, a prompt, a question), wraps at words into a few rows.
 
-#: The most rows a prompt's question takes (its last row ends in an ellipsis past that).
+#: The most rows a prompt's or Unhold's question takes (its last row ends in an ellipsis past
+#: that).
 PROMPT_ROWS = 6
+#: The most rows the cause of a hold, stop or abort, or a trip's message, takes.
+CAUSE_ROWS = 4
 
 
 def _line(text: Text | str = "", style: str = "") -> Text:
-    """One row of the view: never wrapped, an ellipsis where it is too long."""
-    line = Text(text, style=style) if isinstance(text, str) else text
+    """One row of the view: line breaks and tabs as spaces (a condition or a message folded
+    over lines in YAML), never wrapped, an ellipsis where it is too long."""
+    if isinstance(text, str):
+        line = Text(text.translate(BLANKS), style=style)
+    else:
+        line = text
+        line.plain = line.plain.translate(BLANKS)  # same length: the styles stay in place
     line.no_wrap = True
     line.overflow = "ellipsis"
     return line
+
+
+def _wrapped(text: str, width: int, max_rows: int, indent: str = "") -> list[str]:
+    """`text` wrapped at words into rows of `width` (the rows after the first indented two
+    more), at most `max_rows`: past that the last row ends in an ellipsis."""
+    return textwrap.wrap(
+        text,
+        max(width, 10),
+        initial_indent=indent,
+        subsequent_indent=indent + "  ",
+        break_long_words=False,  # a word too long for a row ends in the row's ellipsis
+        break_on_hyphens=False,
+        max_lines=max(max_rows, 1),
+        placeholder=" …",
+    ) or [indent]
 
 
 def _identity_line(model: RunModel) -> Text:
@@ -564,7 +590,7 @@ def _wait_lines(model: RunModel, now: float) -> tuple[list[Text], list[list[Text
     return heads, values
 
 
-def _cause_lines(model: RunModel) -> list[Text]:
+def _cause_lines(model: RunModel, width: int) -> list[Text]:
     """Why the batch is held, stopped, aborted or suspended (gone once it runs again)."""
     if model.cause is None:
         return []
@@ -572,7 +598,8 @@ def _cause_lines(model: RunModel) -> list[Text]:
     if any(trip.message == cause for trip in model.trips.values()):
         return []  # the trip's own rows say it
     style = "bold red" if command is Command.ABORT else "bold yellow"
-    return [_line(f"cause of the {_CAUSE_OF[command]}: {cause or 'not given'}", style=style)]
+    text = f"cause of the {_CAUSE_OF[command]}: {cause or 'not given'}"
+    return [_line(row, style=style) for row in _wrapped(text, width, CAUSE_ROWS)]
 
 
 #: Rows with a flag: True for a row that must show, False for a detail row room permits.
@@ -589,7 +616,7 @@ def _kept(rows: _Rows, details: int) -> list[Text]:
     return kept
 
 
-def _trip_rows(model: RunModel) -> _Rows:
+def _trip_rows(model: RunModel, width: int) -> _Rows:
     """The trips (their values are detail) and a failed safe state (the writes that did not
     fail are detail)."""
     rows: _Rows = []
@@ -600,7 +627,7 @@ def _trip_rows(model: RunModel) -> _Rows:
         rows.append((_line(head), True))
         rows += [(_line(f"  {tag} = {format_value(v)}"), False) for tag, v in trip.values.items()]
         if trip.message:
-            rows.append((_line(f"  {trip.message}"), True))
+            rows += [(_line(row), True) for row in _wrapped(trip.message, width, CAUSE_ROWS, "  ")]
     safe = model.safe_state
     if safe is not None and not safe.ok:
         rows.append((_line(f"safe state ({safe.reason}) FAILED:", style="bold red"), True))
@@ -612,15 +639,7 @@ def _trip_rows(model: RunModel) -> _Rows:
 
 
 def _prompt_rows(model: RunModel, prompt: PromptRequest, width: int) -> _Rows:
-    question = textwrap.wrap(
-        f"prompt {prompt.step_id}: {prompt.text}",
-        max(width, 10),
-        subsequent_indent="  ",
-        break_long_words=False,
-        break_on_hyphens=False,
-    ) or [f"prompt {prompt.step_id}:"]
-    if len(question) > PROMPT_ROWS:
-        question = [*question[: PROMPT_ROWS - 1], question[PROMPT_ROWS - 1] + " …"]
+    question = _wrapped(f"prompt {prompt.step_id}: {prompt.text}", width, PROMPT_ROWS)
     lines = [_line(row) for row in question]
     lines[0].stylize("bold", 0, len(f"prompt {prompt.step_id}:"))
     if prompt.answer is not None:
@@ -649,8 +668,8 @@ def _pending_rows(model: RunModel, width: int) -> _Rows:
     if model.prompt is not None:
         return _prompt_rows(model, model.prompt, width)
     if model.question is not None:
-        # Wrapped: the step and every undone tag must show, whatever the width.
-        wrapped = textwrap.wrap(model.question, max(width, 10), subsequent_indent="  ")
+        # Wrapped: the step and the undone tags show whatever the width (PROMPT_ROWS at most).
+        wrapped = _wrapped(model.question, width, PROMPT_ROWS)
         keys = _line("r re-run the step · s skip it · a abort", style="bold magenta")
         return [*((_line(row, style="bold"), True) for row in wrapped), (keys, True)]
     return []
@@ -662,12 +681,22 @@ def _events(model: RunModel, rows: int) -> list[Text]:
     return [_line(line, style="dim") for line in shown]
 
 
+#: Rows a tag table takes besides its tags: title, top border, header, its rule, bottom border.
+_TABLE_FRAME = 5
+
+
+@functools.lru_cache(maxsize=4)
+def _measuring(width: int) -> Console:
+    """A console that only measures renderables `width` columns wide (it writes nowhere)."""
+    return Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+
+
 def _tags(model: RunModel, width: int, rows: int) -> list[RenderableType]:
     """The tag table in at most `rows` rows: as many tags as fit, then "… N more"."""
     values = model.tag_values()
     if not values or rows <= 0:
         return []
-    measure = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    measure = _measuring(width)
 
     def table(count: int) -> Table:
         made = tag_table(values[:count], title="tags", units=model.units)
@@ -679,7 +708,10 @@ def _tags(model: RunModel, width: int, rows: int) -> list[RenderableType]:
             made.add_row(more, *[""] * (len(made.columns) - 1))
         return made
 
-    count = len(values)
+    # Every tag takes a row at least (no_wrap): more than this cannot fit, and each try below
+    # renders the table, so the first one is the most that can.
+    fits = len(values) <= rows - _TABLE_FRAME
+    count = len(values) if fits else max(rows - _TABLE_FRAME - 1, 0)  # a row for "… N more"
     while count > 0:
         made = table(count)
         height = len(measure.render_lines(made, measure.options, pad=False))
@@ -694,9 +726,9 @@ def render(model: RunModel, width: int, height: int) -> RenderableType:
     the rest as room allows (tags give up room first, then events, then the step tree)."""
     now = model.clock()
     height = max(height, 1)
-    trips, pending = _trip_rows(model), _pending_rows(model, width)
+    trips, pending = _trip_rows(model, width), _pending_rows(model, width)
     hint = [_line(model.hint, style="bold")] if model.hint else []
-    state, cause = [_state_line(model)], _cause_lines(model)
+    state, cause = [_state_line(model)], _cause_lines(model, width)
     must = [*state, *cause, *_kept(trips, 0), *_kept(pending, 0), *hint]
     if len(must) >= height:  # too small a screen even for these: the keys last of all
         return Group(*must[-height:])
@@ -745,4 +777,11 @@ class FittedView:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         """Render the model to the console's width and height."""
-        yield render(self.model, options.max_width, options.height or console.height)
+        height = max(options.height or console.height, 1)
+        view = render(self.model, options.max_width, height)
+        # render() counts every row as one. Should a row still take more, the rows kept are the
+        # bottom ones, where the keys are (a terminal's "crop" would keep the top ones).
+        lines = console.render_lines(view, options.update(height=None), pad=False)
+        for line in lines[-height:]:
+            yield from line
+            yield Segment.line()

@@ -2,8 +2,9 @@
 calls, and a board of the newest value of every watched tag with listeners per tag.
 
 Freshness rules the executor relies on: `read` always asks the devices (never a cache);
-`write` returns the time.time() at which the device confirmed; every TagValue carries the
-time its sample was taken, so a wait can ignore samples older than the last confirmed write.
+`write` returns once the device confirmed; every TagValue carries the time its sample was
+taken (stamped when its answer came), so a wait can ignore samples older than a fresh read
+made after its writes.
 """
 
 from __future__ import annotations
@@ -258,8 +259,8 @@ class TagIO:
         except BadValue as err:
             raise OutOfRange(f"tag {tag} on device {spec.device}: {err}") from None
 
-    async def write(self, tag: str, value: Value) -> float:
-        """Write a checked value; returns time.time() once the device confirmed it.
+    async def write(self, tag: str, value: Value) -> None:
+        """Write a checked value; returns once the device confirmed it.
 
         Raises OutOfRange (nothing sent) or DeviceFailed naming the device and tag.
         """
@@ -269,7 +270,6 @@ class TagIO:
             await self.drivers[spec.device].write(self.point(tag), spec.to_raw(checked))
         except DriverError as err:
             raise DeviceFailed(f"write {tag}: {err}") from err
-        return time.time()
 
     async def call(self, method: str, args: Mapping[str, Value]) -> Value | None:
         """Call a device method with named args (in the cell file's order); DeviceFailed."""

@@ -71,10 +71,16 @@ class ConnectTry:
     endpoint: str
     #: 1 for the first try.
     number: int
-    #: Seconds until this connect gives up.
-    left: float
+    #: When this connect gives up, on time.monotonic() (asyncio's loop.time()): a try may
+    #: last the whole connect, and the time left is told while it lasts.
+    gives_up_at: float
     #: Why the previous try failed (None before the first).
     error: str | None = None
+
+    @property
+    def left(self) -> float:
+        """Seconds until this connect gives up, from now."""
+        return max(0.0, self.gives_up_at - time.monotonic())
 
 
 ReadingsCallback = Callable[[dict[str, Reading]], None]

@@ -228,7 +228,7 @@ class ModbusBus:
 
         def tell(number: int, error: str | None) -> None:
             if progress is not None:
-                progress(ConnectTry(device, endpoint, number, max(0.0, end - loop.time()), error))
+                progress(ConnectTry(device, endpoint, number, end, error))
 
         if self._supervisor is None or self._supervisor.done():
             self._supervisor = loop.create_task(

@@ -226,8 +226,7 @@ class OpcuaDriver(TracksHealth):
 
         def tell(number: int, error: str | None) -> None:
             if progress is not None:
-                left = max(0.0, end - loop.time())
-                progress(ConnectTry(self.name, self.config.endpoint, number, left, error))
+                progress(ConnectTry(self.name, self.config.endpoint, number, end, error))
 
         await connect_with_backoff(
             attempt,

@@ -17,6 +17,7 @@ from cellctl.controller import Controller
 from cellctl.events import BatchEnded, Event, StateChanged
 from cellctl.heartbeat import Heartbeat
 from cellctl.machine import State
+from cellctl.operator import Operator, ScriptedOperator
 from cellctl.simwiring import CellSimulator
 from cellctl.tagio import TagIO
 from drivers.base import Value
@@ -128,9 +129,11 @@ async def controller_for(
     recipe: Path = PRESS_FIT,
     params: list[str] | None = None,
     answers: list[str] | None = None,
+    operator: Callable[[ScriptedOperator], Operator] | None = None,
 ) -> AsyncIterator[Harness]:
     """A Controller built as `cellctl run` builds it (non-interactive, prompts answered by
-    `answers`, "id=value" as --answer takes them), opened; closed after."""
+    `answers`, "id=value" as --answer takes them; `operator` may wrap that scripted one),
+    opened; closed after."""
     options = RunOptions(
         recipe=recipe, cell=cell_file, params=params or [], answers=answers or [], interactive=False
     )
@@ -139,12 +142,12 @@ async def controller_for(
     io = TagIO(cell, build_drivers(cell, prepared.devices), prepared.tags)
     await io.connect()
     try:
-        assert prepared.operator is not None  # non-interactive: a scripted operator
+        assert isinstance(prepared.operator, ScriptedOperator)  # non-interactive
         controller = Controller(
             prepared.loaded,
             prepared.parameters,
             io,
-            prepared.operator,
+            operator(prepared.operator) if operator else prepared.operator,
             comm_devices=prepared.devices,
         )
         harness = Harness(controller, io)

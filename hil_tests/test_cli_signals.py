@@ -166,3 +166,52 @@ def test_sigterm_before_start_exits_130_writing_only_resettings_values(
     records = logged(log)
     assert any("heartbeat conveyor.heartbeat" in str(r.get("event")) for r in records)
     assert not any(r.get("target") == "Starting" for r in records)
+
+
+# --- SIGINT after Start, without a terminal ------------------------------------------------
+
+#: A step that writes plc.run true (the safe state sets it false; nothing restores it), then
+#: waits for plc.mode 5: a hold there undoes the step's writes.
+RERUN = Path(__file__).resolve().parent / "cells" / "generic" / "rerun.yaml"
+
+
+def test_sigint_headless_after_the_steps_write_ends_held_naming_the_question(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "log"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cellctl", "run", str(RERUN), "--sim"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, CELLCTL_LOG_FILE=str(log)),
+    )
+    try:
+        wait_until(
+            lambda: any(
+                r.get("event") == "TagWritten" and r.get("tag") == "plc.run" and r.get("path")
+                for r in logged(log)
+            ),
+            30,
+            "step 1 to write plc.run = true",
+        )
+        child.send_signal(signal.SIGINT)  # headless: a Hold, and nobody can Unhold
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    question = "step 1 cycle: its writes were undone: plc.run was set false by the safe state"
+    assert child.returncode == 3, (out, err)  # 5 if the safe state were not confirmed
+    assert "Traceback" not in err + out and "not confirmed" not in err + out
+    lines = out.splitlines()
+    assert f"cause: Held: {question}; re-run, skip or abort needs an operator" in lines, out
+    assert "outcome: Held" in lines, out
+    # The safe state, written and confirmed by the device, comes before the batch's end.
+    safe = next(
+        i for i, line in enumerate(lines) if "safe state (Holding): plc.run = false ok" in line
+    )
+    ended = next(i for i, line in enumerate(lines) if "batch ended Held" in line)
+    assert safe < ended, out
+    assert any("the operator (SIGINT)" in line for line in lines[:safe]), out

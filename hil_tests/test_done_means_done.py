@@ -5,26 +5,60 @@ own count of press cycles, not our events."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 
+from cellctl.events import StepPaused
 from cellctl.machine import Command, State
+from cellctl.operator import PromptRequest, ScriptedOperator, StepChoice
 from cellctl.tagio import TagIO
-from hil_tests.run_support import DEMO, Served, controller_for, entered, serve_demo
+from drivers.base import Value
+from hil_tests.run_support import DEMO, Harness, Served, controller_for, entered, serve_demo
 from tests.support import wait_until
 
 #: Seconds a batch here may take before the test fails (each takes 1–5 s at the demo's speed).
 BATCH = 30.0
 
 #: Each demo recipe: its parameters and answers, the press force its first press step sets
-#: (the latch is made at that force, so only the count tells a stale cycle from its own), and
-#: the press cycles a run makes.
-RECIPES: dict[str, tuple[list[str], list[str], float, int]] = {
-    "press-fit": (["parts=2"], [], 12.0, 2),
-    "changeover": ([], ["swap-tool=A12", "wrong-tool=ok", "trial-rejected=ok"], 10.0, 1),
-    "press-calibration": ([], ["prepare=ok", "gauge-drift=ok"], 5.0, 2),
+#: (the latch is made at that force, so only the count tells a stale cycle from its own), the
+#: press cycles a run makes, and the prompt whose answer waits for the latch (None: latched
+#: before Start). The changeover releases the press itself in clear-cell, so its latch comes
+#: after that, while the operator swaps the tool: only its press-idle step is left to see it.
+RECIPES: dict[str, tuple[list[str], list[str], float, int, str | None]] = {
+    "press-fit": (["parts=2"], [], 12.0, 2, None),
+    "changeover": (
+        [],
+        ["swap-tool=A12", "wrong-tool=ok", "trial-rejected=ok"],
+        10.0,
+        1,
+        "swap-tool",
+    ),
+    "press-calibration": ([], ["prepare=ok", "gauge-drift=ok"], 5.0, 2, None),
 }
+
+
+class LatchFirst:
+    """The scripted operator, except that its answer to one prompt waits until `go` is set."""
+
+    def __init__(self, scripted: ScriptedOperator, prompt: str | None) -> None:
+        self.scripted = scripted
+        self.name = scripted.name
+        self.prompt = prompt
+        self.asked = asyncio.Event()
+        self.go = asyncio.Event()
+
+    async def answer(self, request: PromptRequest) -> Value | None:
+        """The scripted answer; for `prompt`, once `go` is set."""
+        if request.step_id == self.prompt:
+            self.asked.set()
+            await self.go.wait()
+        return await self.scripted.answer(request)
+
+    async def confirm_step(self, pause: StepPaused) -> StepChoice:
+        """As the scripted operator decides (it never steps)."""
+        return await self.scripted.confirm_step(pause)
 
 
 @pytest.fixture(scope="module")
@@ -42,25 +76,42 @@ def latched_seen(io: TagIO) -> bool:
 
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_a_latched_press_never_counts_as_a_pressed_part(demo: Served, name: str) -> None:
-    params, answers, force, pressed = RECIPES[name]
+    params, answers, force, pressed, latch_at = RECIPES[name]
     press = demo.simulator.models["press"]
+    gates: list[LatchFirst] = []
+
+    def gated(scripted: ScriptedOperator) -> LatchFirst:
+        gates.append(LatchFirst(scripted, latch_at))
+        return gates[-1]
+
+    async def latch(run: Harness) -> int:
+        """The press cycled and still says done, at the force the recipe wants; its count."""
+        await run.io.write("press.setpoint_kN", force)
+        await run.io.write("press.cycle_start", True)
+        await wait_until(lambda: press.get("cycle_done") is True, 5.0, "the press to latch")
+        # Latched long enough for the controller's own poll to have seen it, as a latch
+        # left by a manual write is.
+        await wait_until(lambda: latched_seen(run.io), 5.0, "the poll to see the latch")
+        assert press.get("cycle_start") is True
+        return int(press.get("cycles"))
 
     async def scenario() -> None:
-        async with controller_for(demo.cell_file, DEMO / f"{name}.yaml", params, answers) as run:
+        recipe = DEMO / f"{name}.yaml"
+        async with controller_for(demo.cell_file, recipe, params, answers, gated) as run:
             controller = run.controller
             await controller.command(Command.RESET, cause="test")
             assert await controller.wait_for({State.IDLE, State.STOPPED}) is State.IDLE
-            # Latched after Resetting, just before Start: whatever Resetting writes, the batch
-            # starts on a press that has cycled and still says done, at the force it wants.
-            await run.io.write("press.setpoint_kN", force)
-            await run.io.write("press.cycle_start", True)
-            await wait_until(lambda: press.get("cycle_done") is True, 5.0, "the press to latch")
-            # Latched long enough for the controller's own poll to have seen it, as a latch
-            # left by a manual write is.
-            await wait_until(lambda: latched_seen(run.io), 5.0, "the poll to see the latch")
-            latched = int(press.get("cycles"))
-            assert press.get("cycle_start") is True
-            await controller.command(Command.START, cause="test")
+            if latch_at is None:
+                # Latched after Resetting, just before Start: whatever Resetting writes, the
+                # batch starts on a latched press.
+                latched = await latch(run)
+                await controller.command(Command.START, cause="test")
+            else:
+                await controller.command(Command.START, cause="test")
+                async with asyncio.timeout(BATCH):
+                    await gates[0].asked.wait()
+                latched = await latch(run)  # after the recipe's own release, before its cycle
+                gates[0].go.set()
             ended = {State.COMPLETE, State.HELD, State.STOPPED, State.ABORTED}
             state = await controller.wait_for(ended)
             assert state is State.COMPLETE, [e for e in run.events if "Step" in type(e).__name__]

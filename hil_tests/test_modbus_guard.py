@@ -24,14 +24,16 @@ from tests.support import wait_until
 
 #: Long enough a timeout that the quiet owed after a failed try (most of a timeout) is longer
 #: than the guard's 0.25 s margin, with room on both sides of every moment the test relies on.
-TIMEOUT = 0.8
+TIMEOUT = 1.2
 LIMITS = RequestLimits(timeout=TIMEOUT, retries=0)  # one try: one worst case = TIMEOUT
 #: The failed try's wrong answer comes this long after it; the try's own answer may still
 #: come until its timeout, so the line is owed quiet until TIMEOUT + turnaround after it.
-WRONG_AFTER = 0.2
-#: Then the device answers this long after each request: slow, but within the timeout.
+WRONG_AFTER = 0.1
+#: Then the device answers this long after each request: slow, but half a timeout within it
+#: (room for a loaded machine).
 SLOW = 0.6
-#: How long the next request waits for the line to be quiet, asked as the failed one ends.
+#: How long the next request waits for the line to be quiet, asked as the failed one ends:
+#: 1.15 s, within the 1.45 s the bus may be waited for.
 QUIET = TIMEOUT + 0.05 - WRONG_AFTER
 MARGIN = 0.25  # the guard's, beyond a request's deadline
 
@@ -51,7 +53,8 @@ async def _owe_quiet(rig: Rig) -> None:
 async def test_a_quiet_owed_before_a_request_does_not_cut_off_its_answer() -> None:
     # The read waits QUIET for the line, then is answered SLOW later, within the device's
     # timeout. A guard whose clock started before the quiet wait fired 0.25 s after a budget
-    # counted from there: before that answer, as "no answer within 0.8 s".
+    # counted from there (at 1.45 s): 0.3 s before that answer (at 1.75 s), as "no answer
+    # within 1.2 s".
     async with rtu_rig(Device(), LIMITS) as rig:
         await _owe_quiet(rig)
         started = time.monotonic()
@@ -89,13 +92,15 @@ async def test_the_guard_ends_a_job_that_hangs_past_its_deadline_and_frees_the_b
         with pytest.raises(DeviceTimeout) as caught:
             await rig.driver.bus.request("press hang", hang)
         ended = loop.time()
-        assert str(caught.value).startswith("press hang: no answer within 0.8 s")
+        assert str(caught.value).startswith(f"press hang: no answer within {TIMEOUT:g} s")
         # The guard cancels the job as it gives up: the job ends on the loop's next turn.
         await wait_until(lambda: len(moments) == 3, 5.0, "the job cancelled twice")
         began, deadline, guard = moments
         assert began - asked >= 0.75 * QUIET  # started after the quiet
-        assert deadline - began >= 0.75 * LIMITS.worst_case  # its budget (cut to 0.4 s before)
-        assert guard - deadline >= 0.5 * MARGIN  # then the guard, a margin later
+        assert deadline - began >= 0.75 * LIMITS.worst_case  # its whole budget after the quiet
+        # Then the guard. In order, not by their spacing: a loop stalled on a loaded machine
+        # may run both cancellations in one late turn.
+        assert began < deadline < guard
         assert ended - asked <= with_room(2 * LIMITS.worst_case + 2 * MARGIN)
         # The bus is free: the next read is answered (slowly, as the device now is).
         assert [r.value for r in await rig.driver.read([REGISTERS[2]])] == [1002]

@@ -211,8 +211,12 @@ def test_step_enter_runs_s_skips_c_continues(
     # keys. Read off the screen, as the operator sees it: each wait looks for everything that
     # one frame must show, so that a frame drawn halfway never counts.
     keys = "Enter run · s skip · c continue · a abort"
-    hint = "Ctrl-C or h hold · p suspend · Ctrl-C twice abort"  # the keys legal now
-    term.wait_on_screen("paused before step 1 start (stepping)", "plc.speed := 1500", keys, hint)
+    # The keys that act now besides the pause's: every key typed goes to the pause.
+    hint = "Ctrl-C hold · Ctrl-C twice abort"
+    rows = term.wait_on_screen(
+        "paused before step 1 start (stepping)", "plc.speed := 1500", keys, hint
+    )
+    assert "h hold" not in "\n".join(rows) and "p suspend" not in "\n".join(rows)
     term.wait_on_screen("mode Maintenance", "⏸ 1 start paused")
     assert "Maintenance mode" in term.text()  # printed once, before the view
     assert "wrote plc.speed" not in term.text()  # the step waits for the operator's Enter
@@ -301,7 +305,7 @@ def test_ctrl_c_holds_and_u_unholds_to_complete(
     rows = term.wait_on_screen(
         "state Held", "cause of the hold: the operator (Ctrl-C)", "u unhold · a abort"
     )
-    assert rows[-1] == "" or "u unhold · a abort" in rows[-2:]  # the keys at the bottom
+    assert [row for row in rows if row][-1] == "u unhold · a abort"  # the keys at the bottom
     assert "safe state (Holding): plc.run = false ok" in term.text()
     assert term.child.poll() is None  # Held on a terminal waits for the operator
 
@@ -312,7 +316,8 @@ def test_ctrl_c_holds_and_u_unholds_to_complete(
     assert "step 2 dwell started" in after  # the delay that was cut runs again
     assert "outcome: Complete" in after
     assert "steps: 3 done, 0 skipped, 0 failed" in after
-    assert "cause of the hold" not in term.screen()  # running again: no cause any more
+    # Running again, then ended: the last frame has no cause any more.
+    assert "cause of the hold" not in "\n".join(term.screen())
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -327,12 +332,15 @@ def test_a_long_prompt_its_answer_and_keys_are_on_screen(
         "read the speed written on the work order for this batch and type it in revolutions "
         "per minute, as printed"
     )
-    term.wait_on_screen(
+    rows = term.wait_on_screen(
         question,
         "answer rpm: a whole number in 100..2000",
         "> ▌  (Enter to answer)",
-        "Ctrl-C or h hold · p suspend · Ctrl-C twice abort",
+        "Ctrl-C hold · Ctrl-C twice abort",
     )
+    # Every key typed goes to the answer: h and p are not keys here, and the hint says so.
+    assert [row for row in rows if row][-1] == "Ctrl-C hold · Ctrl-C twice abort"
+    assert "h hold" not in "\n".join(rows) and "p suspend" not in "\n".join(rows)
     term.press(b"1500")
     term.wait_on_screen("> 1500▌  (Enter to answer)")
     at = term.press(ENTER)
@@ -351,6 +359,59 @@ def test_an_interlock_trip_shows_its_cause_and_the_keys(
         "interlock mode-13 tripped (plc.mode == 13; plc.mode = 13): hold",
         "u unhold · a abort",
     )
+    at = term.press(b"a")
+    assert term.exit_code() == 3, term.text()
+    assert "outcome: Aborted" in term.text(at)
+
+
+#: The interlocked cell's interlock and the trip recipe's wait, written over lines in YAML.
+FOLDED_CELL = """\
+interlocks:
+  - name: mode-13
+    when: |
+      plc.mode == 13
+      and plc.speed == 300
+    action: hold
+"""
+FOLDED_RECIPE = """\
+recipe: folded
+version: 1
+steps:
+  - {id: start, set: {plc.run: true, plc.speed: 300}}
+  - id: settle
+    wait: |
+      plc.speed == 300
+      and plc.run
+    timeout: 5s
+  - {id: trip, set: {plc.mode: 13}}
+  - {id: dwell, delay: 5s}
+"""
+
+
+def test_at_80x24_a_condition_written_over_lines_keeps_the_keys_on_screen(
+    terminal: list[Terminal], tmp_path: Path
+) -> None:
+    cell = (TRIP.parent / "cell.yaml").read_text(encoding="utf-8")
+    interlock = '  - {name: mode-13, when: "plc.mode == 13", action: hold}\n'
+    assert interlock in cell
+    (tmp_path / "cell.yaml").write_text(
+        cell.replace("interlocks:\n" + interlock, FOLDED_CELL), encoding="utf-8"
+    )
+    (tmp_path / "folded.yaml").write_text(FOLDED_RECIPE, encoding="utf-8")
+    term = run_on_terminal(terminal, tmp_path, tmp_path / "folded.yaml", size=(24, 80))
+    # The trip stays (the safe state writes plc.run only), its message whole.
+    rows = term.wait_on_screen(
+        "state Held",
+        "TRIP mode-13: plc.mode == 13 and plc.speed == 300",
+        "interlock mode-13 tripped (plc.mode == 13 and plc.speed == 300 ;",
+        "plc.mode = 13",
+        "plc.speed = 300",
+        "): hold",
+        "u unhold · a abort",
+    )
+    # The condition's line breaks drew no extra rows: the state at the top, the keys last.
+    assert any(row.startswith("state Held") for row in rows[:3]), "\n".join(rows)
+    assert [row for row in rows if row][-1] == "u unhold · a abort"
     at = term.press(b"a")
     assert term.exit_code() == 3, term.text()
     assert "outcome: Aborted" in term.text(at)

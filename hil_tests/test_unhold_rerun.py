@@ -105,7 +105,7 @@ def test_hold_in_press_asks_and_the_answer_is_carried_out(demo: Served, choice: 
                     await run.controller.command(Command.ABORT, cause="test: end")
                     await asyncio.wait_for(batch, BATCH)
                     return
-                await run.controller.command(Command.UNHOLD, choice=FailureChoice.RERUN)
+                await run.controller.command(Command.UNHOLD, choice=FailureChoice.RETRY)
                 ended = await asyncio.wait_for(batch, BATCH)
             finally:
                 batch.cancel()
@@ -121,8 +121,9 @@ def test_hold_in_press_asks_and_the_answer_is_carried_out(demo: Served, choice: 
 def test_demo_fault_in_the_press_step_reruns_it_and_completes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The demo's fault comes as its second round starts: a press-fit whose rounds start with
-    # the press step has the hold land in it, after cycle_start true.
+    # The demo's fault comes once the second round's first write is confirmed: a press-fit
+    # whose rounds start with the press step writing cycle_start has the hold land in it,
+    # after cycle_start true (the step cannot end while the curtain is broken).
     cell = tmp_path / "cell.yaml"
     cell.write_text((DEMO / "cell.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "press-fit.yaml").write_text(PRESS_FIRST, encoding="utf-8")
@@ -134,7 +135,9 @@ def test_demo_fault_in_the_press_step_reruns_it_and_completes(
     assert "the demo's choice: re-run" in out, out
 
 
-# The demo cell's press, first thing in each round (no conveyor or robot: a short batch).
+# The demo cell's press, first thing in each round (no conveyor or robot: a short batch). Its
+# first write is cycle_start, and its wait needs the light curtain: the hold of the demo's
+# fault, raised once cycle_start true is confirmed, always lands in the step.
 PRESS_FIRST = """\
 recipe: press-fit
 version: 1
@@ -142,10 +145,11 @@ parameters:
   parts: {type: int, default: 2, min: 1, max: 5}
 defaults: {timeout: 5s}
 steps:
+  - {id: setpoint, set: {press.setpoint_kN: 12.0}}
   - repeat: parts
     steps:
-      - {id: press, set: {press.setpoint_kN: 12.0, press.cycle_start: true},
-         wait: "press.cycle_done and press.force_kN >= 11.4"}
+      - {id: press, set: {press.cycle_start: true},
+         wait: "press.cycle_done and press.force_kN >= 11.4 and safety.light_curtain_ok"}
       - {id: release, set: {press.cycle_start: false}, wait: "not press.cycle_done"}
 """
 
@@ -168,11 +172,15 @@ def test_on_a_terminal_the_question_and_its_keys_show_and_r_reruns(
     term.wait_for("step 1 cycle started", "h hold")
     term.wait_for("wrote plc.run = true")
     term.press(b"h")
-    term.wait_on_screen(
+    keys = "r re-run the step · s skip it · a abort"
+    rows = term.wait_on_screen(
         "state Held",
         "step 1 cycle: its writes were undone: plc.run was set false by the safe state",
-        "r re-run the step · s skip it · a abort",
+        keys,
     )
+    # The question's keys, once, at the bottom: no second row of the same keys.
+    assert [row for row in rows if row][-1] == keys
+    assert sum("s skip it" in row for row in rows) == 1, "\n".join(rows)
     write_register(device, 1, 5)  # plc.mode = 5: what the step waits for, once it runs again
     at = term.press(b"r")
     assert term.exit_code() == 0, term.text()

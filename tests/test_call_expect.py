@@ -41,12 +41,13 @@ async def rig() -> AsyncIterator[Rig]:
     await bench.io.close()
 
 
-def answering(rig: Rig, method: str, *answers: Value) -> list[tuple[Value, ...]]:
-    """The arm answers `method` with `answers` in turn (the last one again after); its calls."""
+def answering(rig: Rig, method: str, *answers: Value | None) -> list[tuple[Value, ...]]:
+    """The arm answers `method` with `answers` in turn (the last one again after; None: no
+    output argument, as an OPC UA server may answer); its calls."""
     calls: list[tuple[Value, ...]] = []
     left = list(answers)
 
-    async def handler(*args: Value) -> Value:
+    async def handler(*args: Value) -> Value | None:
         calls.append(args)
         return left.pop(0) if len(left) > 1 else left[0]
 
@@ -175,3 +176,71 @@ async def test_a_true_pick_and_a_method_without_bool_pass_unchecked(rig: Rig) ->
     )
     await finish(rig, rig.executor(text))
     assert [e.outcome for e in rig.host.of(StepEnded)] == [StepOutcome.DONE, StepOutcome.DONE]
+
+
+async def failures(rig: Rig, count: int) -> list[str]:
+    """Wait until `count` step failures were reported to the host; their messages."""
+    await wait_until(lambda: len(rig.host.failures) >= count, DEADLINE, f"failure {count}")
+    return [f.message for f in rig.host.failures]
+
+
+@pytest.mark.parametrize(
+    ("call", "wanted"),
+    [
+        ("call: arm.pick, args: {slot: 1}", "arm.pick(slot=1) answered nothing, expected true"),
+        ("call: arm.measure", "arm.measure() answered nothing, expected a float64 answer"),
+        # A parameter named `result` never stands in for the answer that did not come.
+        (
+            'call: arm.measure, expect: "result > 0"',
+            "arm.measure() answered nothing, expected result > 0",
+        ),
+    ],
+)
+@pytest.mark.asyncio
+async def test_an_answer_without_a_result_fails_the_step(rig: Rig, call: str, wanted: str) -> None:
+    answering(rig, "Pick", None)
+    answering(rig, "Measure", None)
+    text = recipe(call).replace(
+        "steps:", "parameters:\n  result: {type: float, default: 1}\nsteps:"
+    )
+    executor = rig.executor(text)
+    assert await failed(rig, executor) == f"step 'pick': {wanted}"
+    assert rig.writes() == []
+
+
+#: A gauge whose answer is checked and bound, then a step that uses the bound name.
+GAUGE = (
+    "recipe: r\nversion: 1\nsteps:\n"
+    '  - {id: gauge, call: arm.measure, result: mm, expect: "result > 0.5", timeout: 1s}\n'
+    '  - {id: after, if: "mm < 1", set: {dev.b: true}}\n'
+)
+
+
+@pytest.mark.asyncio
+async def test_a_refused_answer_skipped_by_the_operator_is_not_bound(rig: Rig) -> None:
+    answering(rig, "Measure", 0.0)
+    executor = rig.executor(GAUGE)
+    rig.start(executor)
+    await failures(rig, 1)
+    executor.resume(FailureChoice.SKIP)
+    messages = await failures(rig, 2)
+    # The step after it fails naming the name, instead of going on with the refused 0.
+    assert messages[1] == "step 'after': if: no value for 'mm' in 'mm < 1'"
+    assert rig.writes() == []
+
+
+@pytest.mark.asyncio
+async def test_a_retry_that_answers_nothing_leaves_no_stale_value(rig: Rig) -> None:
+    answering(rig, "Measure", 0.3, None)
+    executor = rig.executor(GAUGE)
+    rig.start(executor)
+    assert (await failures(rig, 1))[0] == (
+        "step 'gauge': arm.measure() answered 0.3, expected result > 0.5"
+    )
+    executor.resume(FailureChoice.RETRY)
+    assert (await failures(rig, 2))[1] == (
+        "step 'gauge': arm.measure() answered nothing, expected result > 0.5"
+    )
+    executor.resume(FailureChoice.SKIP)
+    assert (await failures(rig, 3))[2] == "step 'after': if: no value for 'mm' in 'mm < 1'"
+    assert rig.writes() == []

@@ -6,18 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from cellctl.cell import cell_from_document
 from cellctl.connect import TagValue
-from cellctl.events import SafeStateWritten, StepStarted, Tripped, WaitProgress
+from cellctl.events import (
+    CommandRefused,
+    Event,
+    SafeStateWritten,
+    StateChanged,
+    StepStarted,
+    Tripped,
+    WaitProgress,
+)
 from cellctl.interlocks import InterlockMonitor
 from cellctl.machine import Command, State
 from cellctl.safestate import SAFE_RETRY
 from cellctl.tagio import TagIO
 from cellctl.yamlload import parse_yaml
-from drivers.base import Quality, Value
+from drivers.base import Quality, Reading, Value
 from drivers.config import MemoryConfig
 from drivers.errors import DeviceTimeout, WriteRejected
 from drivers.memory import MemoryDriver
@@ -390,3 +399,58 @@ async def test_a_trip_while_resetting_ends_the_old_writers_still_gets_its_safe_s
         left = await rig.ctl.safe.confirm(0, asyncio.Event(), waiting=lambda tags: None)
         assert set(left) == set(SAFE)
         assert await rig.ctl.safe.confirm(5, asyncio.Event(), waiting=lambda tags: None) == {}
+
+
+class SignalOnRead(MemoryDriver):
+    """A device whose next read, once armed, runs `during` first (a signal arriving while the
+    controller reads it)."""
+
+    def __init__(self, config: MemoryConfig) -> None:
+        super().__init__(config)
+        self.during: Callable[[], None] | None = None
+
+    async def read(self, points: Sequence[Point]) -> list[Reading]:
+        """The values, after `during` (once)."""
+        during, self.during = self.during, None
+        if during is not None:
+            during()
+        return await super().read(points)
+
+
+WRITES_ONLY = """\
+recipe: w
+version: 1
+steps:
+  - {id: go, set: {line.run: true, line.speed: 100}}
+"""
+
+
+# Regression: SIGTERM while Start's interlock check reads the devices: Start is not carried
+# out (the batch ran to Complete, its cause "SIGTERM before the batch started").
+@pytest.mark.asyncio
+async def test_a_stop_request_during_starts_interlock_check_refuses_the_start() -> None:
+    line = SignalOnRead(MemoryConfig("line"))
+    cause = "SIGTERM before the batch started"
+    async with opened(Bench(WRITES_ONLY, line=line)) as rig:
+
+        def idle(event: Event) -> None:
+            # Reset's own check is past: the next read of the line is Start's.
+            if isinstance(event, StateChanged) and event.target is State.IDLE:
+
+                def signal() -> None:
+                    assert rig.ctl.before_start  # as the CLI's handler checks
+                    rig.ctl.refuse_start(cause)
+
+                line.during = signal
+
+        rig.hooks.append(idle)
+        async with asyncio.timeout(5):
+            ended = await rig.ctl.run_batch(stop_when_held=lambda: True)
+        assert line.during is None  # the read came, and the request with it
+        assert ended.state is State.IDLE
+        assert rig.ctl.start_refused == cause and ended.cause == cause
+        assert ended.faults == ()  # a stop request, not a fault
+        refused = rig.of(CommandRefused)
+        assert [(r.command, r.reason) for r in refused] == [(Command.START, cause)]
+        assert State.STARTING not in rig.states()
+        assert ("line.run", True) not in rig.writes()

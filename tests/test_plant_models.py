@@ -237,6 +237,16 @@ async def test_robot_unknown_slot_is_a_value_error(robot: Robot) -> None:
         await robot.methods()["Pick"](99)
 
 
+@pytest.mark.asyncio
+async def test_robot_gripper_fault_refuses_pick_only(robot: Robot) -> None:
+    robot.faults()["gripper"](True)
+    with pytest.raises(ValueError, match="robot: no slot 99"):  # a bad slot is still bad
+        await robot.methods()["Pick"](99)
+    assert await robot.methods()["Pick"](1) is False
+    assert robot.get("busy") is False and robot.get("fault") is False
+    assert await robot.methods()["Place"](2) is True  # Place still moves
+
+
 # --- inspection -------------------------------------------------------------------------
 
 

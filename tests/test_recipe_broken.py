@@ -168,6 +168,12 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
             expect(6, "[plc", "bad-value", "step 't'", "plc.count is listed twice"),
         ],
     ),
+    "wait-changed-own-write": (
+        # The step's own write moves the tag: its change says nothing of the machine's answer.
+        HEAD + "  - {id: s, set: {plc.count: 1}, wait: {until: plc.ready, changed: [plc.count]}, "
+        "timeout: 1s}\n",
+        [expect(4, "plc.count]", "own-write", "step 's'", "plc.count is written by this step")],
+    ),
     "wait-mapping-shape": (
         HEAD + "  - {id: w, wait: {until: 'plc.ready and', chaged: [plc.count]}, timeout: 1s}\n"
         "  - {id: m, set: {plc.run: true}, wait: {changed: [plc.count]}, timeout: 1s}\n",

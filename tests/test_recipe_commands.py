@@ -16,7 +16,7 @@ from rich.console import Console
 from ruamel.yaml import YAML
 
 from cellctl.plan import make_plan, plan_view
-from cellctl.recipe import iter_steps
+from cellctl.recipe import SetStep, iter_steps
 from cellctl.validate import open_recipe
 from tests.support import cli
 
@@ -31,7 +31,7 @@ README = ROOT / "README.md"
 EXPECTED = {
     "press-fit": ({"conveyor", "robot", "press"}, "3m 27s"),
     "changeover": ({"conveyor", "robot", "press", "inspection"}, "1m 2s"),
-    "press-calibration": ({"conveyor", "robot", "press", "inspection"}, "40s"),
+    "press-calibration": ({"conveyor", "robot", "press", "inspection"}, "45s"),
 }
 
 
@@ -92,6 +92,31 @@ def test_the_demo_recipes_cover_every_step_kind() -> None:
             used |= {"answer"} if getattr(step, "answer", None) else set()
     assert kinds == {"set", "wait", "call", "delay", "repeat", "parallel", "prompt"}
     assert used == {"if", "result", "expect", "changed", "on_error", "answer"}
+
+
+#: What the demo recipes wait for before a press cycle: released, done off, no force.
+PRESS_IDLE = "not press.cycle_done and press.force_kN < 1"
+
+
+@pytest.mark.parametrize("name", DEMO_RECIPES)
+def test_every_demo_press_cycle_starts_on_an_idle_press(name: str) -> None:
+    # `changed: press.cycles` counts a cycle already running when it read the counter; only
+    # an idle press makes the count this step's.
+    steps = {path: step for step, path in iter_steps(open_recipe(demo(name)).recipe.steps)}
+    starts = [
+        path
+        for path, step in steps.items()
+        if isinstance(step, SetStep) and str(step.set.get("press.cycle_start")) == "true"
+    ]
+    assert starts
+    for path in starts:
+        head, _, number = path.rpartition(".")
+        before = steps.get(f"{head}.{int(number) - 1}" if head else str(int(number) - 1))
+        start = steps[path]
+        assert isinstance(before, SetStep) and before.wait is not None, (name, path)
+        assert str(before.set.get("press.cycle_start")) == "false", (name, path)
+        assert before.wait.until.text == PRESS_IDLE, (name, path)
+        assert str(before.if_) == str(start.if_), (name, path)  # skipped together
 
 
 def test_validate_needs_a_cell_beside_the_recipe_or_cell(
@@ -208,8 +233,9 @@ def test_plan_skips_steps_whose_if_parameters_make_false(
 ) -> None:
     code, out, _ = cli(capsys, "plan", demo("press-calibration"), "-p", "high_load=false")
     assert code == 0
-    assert out.count("[if high_load: skipped]") == 4
-    # 40 s less the skipped load-high (5 s), settle (0.5 s), check (1 s), unload (5 s).
+    assert out.count("[if high_load: skipped]") == 5
+    # 45 s less the skipped press-idle-high (5 s), load-high (5 s), settle (0.5 s), check
+    # (1 s), unload (5 s).
     assert re.search(r"^worst case: +28.5s ", out, re.M)
 
 

@@ -154,7 +154,7 @@ def test_steps_hold_their_values_typed_and_parsed(all_kinds: LoadedRecipe) -> No
     assert start.on_error is not None and start.on_error.action == "retry"
     assert start.on_error.retries == 1
     assert isinstance(ready, WaitStep) and ready.timeout is None
-    assert ready.wait.names == {"plc.ready", "arm.busy"}
+    assert ready.wait.until.names == {"plc.ready", "arm.busy"}
     assert isinstance(loop, RepeatStep) and loop.index == "n" and str(loop.repeat) == "rounds"
     assert isinstance(pick, CallStep) and pick.result == "picked" and pick.timeout == 15
     assert set(pick.args) == {"slot", "speed"}

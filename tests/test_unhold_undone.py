@@ -92,13 +92,16 @@ async def test_unhold_asks_and_rerun_writes_everything_again(pressing: Bench, tr
         await wait_until(lambda: not pressing.ctl.interlocks.active)
 
     # Unhold without a choice is refused, naming the step, the tags and the choices.
-    with pytest.raises(CommandBlocked, match="re-run") as refused:
+    with pytest.raises(CommandBlocked) as refused:
         await pressing.ctl.command(Command.UNHOLD)
-    assert QUESTION in str(refused.value) and "skip" in str(refused.value)
+    assert str(refused.value) == (
+        f"Unhold: {QUESTION}; choose re-run, skip or abort (every write again, the wait afresh)"
+    )
     assert pressing.ctl.state is State.HELD
 
     pressing.forget_writes()
-    await pressing.ctl.command(Command.UNHOLD, choice=FailureChoice.RERUN)
+    # Re-run is a retry of the whole step (the r key means both).
+    await pressing.ctl.command(Command.UNHOLD, choice=FailureChoice.RETRY)
     assert await pressing.settle(State.COMPLETE) is State.COMPLETE
     # The step's writes again, in its order, and its wait afresh (met by the new press.go).
     assert pressing.writes("press") == [("press.heat", True), ("press.go", True)]
@@ -195,7 +198,7 @@ async def test_two_branches_undone_are_asked_one_after_the_other() -> None:
         first = rig.ctl.executor.failure
         assert first is not None and first.step_id in waiting
         rig.forget_writes()
-        await rig.ctl.command(Command.UNHOLD, choice=FailureChoice.RERUN)
+        await rig.ctl.command(Command.UNHOLD, choice=FailureChoice.RETRY)
         # The other branch's step was undone too: held again for its own answer.
         await wait_until(lambda: rig.ctl.state is State.HELD and rig.ctl._settled())
         second = rig.ctl.executor.failure

@@ -132,9 +132,10 @@ async def test_a_retry_writes_again_and_waits_for_a_new_change(rig: Rig) -> None
     rig.device("dev.count", 5)
     step = (
         "{id: go, set: {dev.start: true}, wait: {until: dev.done, changed: [dev.count]}, "
-        "timeout: 100ms, on_error: {action: retry, count: 1}}"
+        "timeout: 1s, on_error: {action: retry, count: 1}}"
     )
-    # The count moves after the first attempt gave up: that change is not the retry's.
+    # The first attempt times out (a second, also the retry's bound: room on a loaded
+    # machine). The count moves after it gave up: that change is not the retry's.
     rig.host.on(StepEnded, lambda _: rig.device("dev.count", 6))
     seen: list[WaitProgress] = []
 
@@ -207,6 +208,29 @@ def test_a_heartbeat_tag_is_refused_in_changed(
     assert "heartbeat" in err.split(": ", 3)[3] and len(err.splitlines()) == 1
 
 
+def test_a_single_changed_tag_needs_no_brackets(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    shutil.copy(DEMO_CELL, tmp_path / "cell.yaml")
+    path = tmp_path / "one.yaml"
+    go = "{id: go, set: {press.cycle_start: true}, wait: {until: press.cycle_done, changed: %s}, "
+    path.write_text(recipe(go % "press.cycles" + "timeout: 2s}"), encoding="utf-8")
+    code, out, err = cli(capsys, "plan", "--json", path)
+    assert code == 0, err
+    [step] = json.loads(out)["steps"]
+    assert step["action"].endswith("then wait until press.cycle_done; changed: press.cycles")
+    # A misspelt single tag is located at the tag, as in a list.
+    text = recipe(go % "press.cylces" + "timeout: 2s}")
+    path.write_text(text, encoding="utf-8")
+    code, _, err = cli(capsys, "validate", path)
+    column = text.splitlines()[3].index("press.cylces") + 1
+    assert code == 1
+    assert err == (
+        f"{path}:4:{column}: step 'go': wait: changed press.cylces: unknown tag "
+        "'press.cylces' (did you mean 'press.cycles'?)\n"
+    )
+
+
 def test_plan_shows_the_changed_tags_and_reads_them(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -233,6 +257,7 @@ def test_plan_shows_the_changed_tags_and_reads_them(
     [
         ("press.cycle_done", True),
         ({"until": "press.cycle_done", "changed": ["press.cycles"]}, True),
+        ({"until": "press.cycle_done", "changed": "press.cycles"}, True),
         ({"until": "press.cycle_done"}, True),
         ({"changed": ["press.cycles"]}, False),
         ({"until": "x", "changed": []}, False),

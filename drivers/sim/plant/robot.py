@@ -37,8 +37,9 @@ class Robot(PlantModel):
         self._remaining = 0.0
         self._gripper_fault = False
 
-    def _start_move(self, slot: int) -> bool:
-        """Accept a move to a slot; False when faulted or busy. The move runs in tick().
+    def _start_move(self, slot: int, *, pick: bool = False) -> bool:
+        """Accept a move to a slot; False when faulted or busy, or for a `pick` with the gripper
+        faulted. The move runs in tick().
 
         Like most robot controllers' OPC UA interfaces, the call only starts the motion and
         `busy` shows it: a method that blocked for the whole move would stall every other
@@ -46,7 +47,7 @@ class Robot(PlantModel):
         """
         if not 0 <= slot <= self.MAX_SLOT:
             raise ValueError(f"{self.image.device}: no slot {slot} (slots 0..{self.MAX_SLOT})")
-        if self.get("fault") or self.get("busy"):
+        if self.get("fault") or self.get("busy") or (pick and self._gripper_fault):
             return False
         self._target = slot
         self._remaining = self.MOVE_TIME
@@ -71,9 +72,7 @@ class Robot(PlantModel):
         return self._start_move(slot)
 
     async def _pick(self, slot: int) -> bool:
-        if self._gripper_fault and 0 <= slot <= self.MAX_SLOT:
-            return False
-        return self._start_move(slot)
+        return self._start_move(slot, pick=True)
 
     def _set_gripper_fault(self, on: bool) -> None:
         self._gripper_fault = on
