@@ -40,3 +40,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="with --cell: also run tests marked 'moves' (they write rw tags on real machines)",
     )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Real machines are tested one test at a time: with --cell, no parallel workers."""
+    if config.getoption("cell") and getattr(config.option, "numprocesses", None):
+        config.option.numprocesses = 0

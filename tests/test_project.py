@@ -39,37 +39,16 @@ def test_the_folder_mapped_to_the_demo_package_holds_the_demo() -> None:
 @pytest.mark.parametrize(
     ("cwd", "args"),
     [
-        # From the root with no path: only the root conftest.py is loaded before pytest parses
-        # the command line (testpaths narrowed to one cheap file to collect).
-        (ROOT, ["-o", "testpaths=tests/test_project.py"]),
-        (ROOT, ["hil_tests/test_cell.py"]),
-        (ROOT / "hil_tests", ["test_cell.py"]),
-    ],
-    ids=["root", "root-hil_tests", "in-hil_tests"],
-)
-def test_pytest_takes_cell_and_allow_motion_from_anywhere(cwd: Path, args: list[str]) -> None:
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only"]
-    command += ["--cell", str(DEMO_CELL), "--allow-motion", *args]
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "collected" in done.stdout
-
-
-@pytest.mark.parametrize(
-    ("cwd", "args"),
-    [
         # No path named: `--cell=FILE`, one word (see the root conftest.py for why).
         (ROOT, ["--cell={cell}", "-o", "testpaths=tests/test_project.py"]),
         (ROOT / "hil_tests", ["--cell={cell}", "-o", "python_files=test_cell.py"]),
         # A path named: pytest finds its settings from it, so `--cell FILE` works too.
         (ROOT, ["hil_tests/test_cell.py", "--cell", "{cell}", "--allow-motion"]),
-        (ROOT / "hil_tests", ["test_cell.py", "--cell", "{cell}"]),
+        (ROOT / "hil_tests", ["test_cell.py", "--cell", "{cell}", "--allow-motion"]),
     ],
     ids=["root", "in-hil_tests", "root-hil_tests", "in-hil_tests-path"],
 )
-def test_pytest_takes_a_cell_file_from_outside_the_clone(
-    tmp_path: Path, cwd: Path, args: list[str]
-) -> None:
+def test_pytest_takes_a_cell_file_from_anywhere(tmp_path: Path, cwd: Path, args: list[str]) -> None:
     cell = tmp_path / "cell.yaml"
     cell.write_bytes(DEMO_CELL.read_bytes())
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only"]
@@ -77,3 +56,17 @@ def test_pytest_takes_a_cell_file_from_outside_the_clone(
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "hil_tests/test_cell.py::" in done.stdout or "test_project.py::" in done.stdout
+
+
+@pytest.mark.parametrize(("cell", "workers"), [(True, False), (False, True)])
+def test_tests_of_real_machines_run_one_at_a_time(
+    tmp_path: Path, cell: bool, workers: bool
+) -> None:
+    # The suite runs on two workers; with --cell, two tests would move the same machine.
+    command = [sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider"]
+    command += ["tests/test_project.py", "-k", "the_folder_mapped"]
+    if cell:
+        command += ["--cell", str(DEMO_CELL)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ("[gw0]" in done.stdout or "[gw1]" in done.stdout) is workers, done.stdout
