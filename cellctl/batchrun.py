@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from cellctl.events import (
     StepStarted,
     TagWritten,
     TripCleared,
+    UnholdAsks,
 )
 from cellctl.executor import StepFailure
 from cellctl.heartbeat import Heartbeat
@@ -366,6 +367,11 @@ class BatchRun:
             # The batch has ended: no key may command it while its safe state is confirmed.
             await _cancelled(extras)
             unconfirmed, why = await self._confirm_safe_state(controller)
+            asked = controller.unanswered() if ended.state is State.HELD else None
+            if asked is not None and ended.cause != asked:
+                # Asked once the safe state was confirmed (a device lost while holding): the
+                # batch waits for that answer now, not for the hold's own cause.
+                ended = replace(ended, cause=asked)
         finally:
             # The batch is over: a signal now must not cut the cleanup (bounded) short.
             loop.add_signal_handler(signal.SIGINT, lambda: None)
@@ -454,14 +460,26 @@ class BatchRun:
     # -- the operator's hands ---------------------------------------------------------------
 
     def _state_changed(self, event: Event) -> None:
-        if self.model is None or not isinstance(event, StateChanged):
+        if self.model is None:
+            return
+        if isinstance(event, UnholdAsks) and self.controller is not None:
+            # Asked while held, after Held was entered (a lost device's safe state confirmed
+            # later undid the step): the question and its keys show now.
+            self._show_question(self.controller.state)
+            return
+        if not isinstance(event, StateChanged):
             return
         self.choosing = False
-        # Held with a step whose writes the safe state undid: the question and its keys show.
-        question = self._undone() if event.target is State.HELD else None
-        self.model.question = question.message if question is not None else None
+        self._show_question(event.target)
         if event.target is State.EXECUTE:
             self.interrupts = 0  # running again: the next Ctrl-C holds again
+
+    def _show_question(self, state: State) -> None:
+        """Held with a step whose writes the safe state undid: the question the executor asks
+        first (the one an answer goes to) shows, with its keys; otherwise none."""
+        assert self.model is not None
+        question = self._undone() if state is State.HELD else None
+        self.model.question = question.message if question is not None else None
 
     def keys_now(self) -> str:
         """The live view's hint: the keys that act now, as the key loop (_keys) and Ctrl-C

@@ -59,7 +59,7 @@ from cellctl.events import (
     Tripped,
     WaitProgress,
 )
-from cellctl.executor import Executor, PauseReason, StepFailure, judge, newest_sample
+from cellctl.executor import Executor, PauseReason, StepFailure, judge, until_met
 from cellctl.interlocks import (
     BLOCKED_COMMANDS,
     InterlockMonitor,
@@ -441,64 +441,52 @@ class Controller:
         what is not true when it does not. A stop request before the start ends the wait."""
         assert self.cell.ready is not None
         timeout = self.cell.ready.timeout
-        tags = self.cell.ready_tags
-        heard: dict[str, TagValue] = {}
+        told: list[bool] = []
 
-        def listener(sample: TagValue) -> None:
-            old = heard.get(sample.tag)
-            if old is None or sample.not_older_than(old):
-                heard[sample.tag] = sample
-            self._ready_wake.set()
-
-        unlisten = self.io.board.listen(tags, listener)  # first, so no update is missed
-        try:
-            baseline = await self.io.read(tags)  # after the writes were confirmed
-            deadline = time.monotonic() + timeout
-            told = False
-            while self._no_start is None:
-                self._ready_wake.clear()
-                current = {t: newest_sample(heard.get(t), baseline[t]) for t in tags}
-                try:
-                    met, shown = judge(ready, current, {})
-                except expr.EvaluationError as error:
-                    return f"Resetting: ready {ready.text}: {error}"
-                if met:  # on record with the values it was judged on
-                    values = expr.show_values(shown)
-                    self.emit(Notice(text=f"Resetting: the cell is ready: {ready.text} ({values})"))
-                    return None
-                if not told:
-                    told = True
-                    self.emit(
-                        Notice(
-                            text=f"Resetting: waiting up to {timeout:g} s for the cell to be "
-                            f"ready: {ready.text} ({expr.show_values(shown)})"
-                        )
+        def judged(current: dict[str, TagValue]) -> tuple[bool, dict[str, Value | None]]:
+            met, shown = judge(ready, current, {})
+            if not met and not told:
+                told.append(True)
+                self.emit(
+                    Notice(
+                        text=f"Resetting: waiting up to {timeout:g} s for the cell to be "
+                        f"ready: {ready.text} ({expr.show_values(shown)})"
                     )
-                remaining = deadline - time.monotonic()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    async with asyncio.timeout(remaining):
-                        await self._ready_wake.wait()
-                except TimeoutError:
-                    unread = {
-                        t: v.error or "no value"
-                        for t, v in current.items()
-                        if v.quality is Quality.BAD or v.value is None
-                    }
-                    # A part that reads an unreadable tag is named once, by the device's error.
-                    false = [
-                        said
-                        for part in expr.conjuncts(ready)
-                        if not part.names & unread.keys()
-                        for said in expr.false_parts(part, shown)
-                    ]
-                    errors = [f"{t} unreadable: {error}" for t, error in unread.items()]
-                    parts = "; ".join([*false, *errors])
-                    return f"Resetting: the cell is not ready after {timeout:g} s: {parts}"
+                )
+            return met, shown
+
+        try:
+            last = await until_met(
+                self.io,
+                self.cell.ready_tags,
+                self._ready_wake,  # refuse_start sets it too: a stop request ends the wait
+                judged,
+                lambda: time.monotonic() + timeout,  # from the read after the writes
+                lambda: self._no_start is None,
+            )
+        except expr.EvaluationError as error:
+            return f"Resetting: ready {ready.text}: {error}"
+        if last is None:
+            return None  # a stop request before the start
+        if last.met:  # on record with the values it was judged on
+            values = expr.show_values(last.shown)
+            self.emit(Notice(text=f"Resetting: the cell is ready: {ready.text} ({values})"))
             return None
-        finally:
-            unlisten()
+        unread = {
+            t: v.error or "no value"
+            for t, v in last.current.items()
+            if v.quality is Quality.BAD or v.value is None
+        }
+        # A part that reads an unreadable tag is named once, by the device's error.
+        false = [
+            said
+            for part in expr.conjuncts(ready)
+            if not part.names & unread.keys()
+            for said in expr.false_parts(part, last.shown)
+        ]
+        errors = [f"{t} unreadable: {error}" for t, error in unread.items()]
+        parts = "; ".join([*false, *errors])
+        return f"Resetting: the cell is not ready after {timeout:g} s: {parts}"
 
     async def _starting(self) -> None:
         await self.safe.end_writers()  # a trip's safe state before Start: the recipe decides
@@ -678,6 +666,15 @@ class Controller:
             if self.state is state:
                 return
 
+    def unanswered(self) -> str | None:
+        """Held on a question Unhold asks (a step whose writes the safe state undid): why a
+        batch that ends so ends, naming it; else None. It may come after the batch ended Held:
+        the safe state of a device lost meanwhile is confirmed later (by the keeper)."""
+        question = self.executor.failure
+        if self.state is not State.HELD or question is None or not question.undone:
+            return None
+        return f"Held: {question.message}; {question.choices} needs an operator"
+
     async def run_batch(self, *, stop_when_held: Callable[[], bool]) -> BatchEnded:
         """Reset, Start, and wait for Complete, Stopped or Aborted, or for Held when
         `stop_when_held()` says nobody will Unhold; returns the BatchEnded event it emitted."""
@@ -695,12 +692,8 @@ class Controller:
             await self._until_ended(stop_when_held)
         self.cause = self.cause or self._no_start
         failed = self.state is not State.COMPLETE
-        question = self.executor.failure
-        if self.state is State.HELD and question is not None and question.undone:
-            # Ended Held because nobody is there to answer: the question is the cause.
-            self.cause = self.cause or (
-                f"Held: {question.message}; {question.choices} needs an operator"
-            )
+        # Ended Held because nobody is there to answer: the question is the cause.
+        self.cause = self.cause or self.unanswered()
         ended = BatchEnded(
             state=self.state,
             duration=time.monotonic() - (self._started_clock or begun),

@@ -200,6 +200,17 @@ class Notice(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class UnholdAsks(Notice):
+    """Held: the safe state undid a step's own writes, so Unhold asks the operator to re-run
+    it, skip it or abort; queued at any time while held (a lost device's safe state may be
+    confirmed long after Held). A notice too: its text is the line a log or a script reads."""
+
+    path: str
+    step_id: str | None
+    question: str  # names the step and each undone tag
+
+
+@dataclass(frozen=True, kw_only=True)
 class BatchEnded(Event):
     """The batch ended in `state` (Complete, Stopped, Aborted or Held)."""
 

@@ -16,7 +16,7 @@ import asyncio
 import enum
 import time
 from collections import ChainMap
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NoReturn, Protocol, TypeVar
@@ -36,6 +36,7 @@ from cellctl.events import (
     StepPaused,
     StepStarted,
     TagWritten,
+    UnholdAsks,
     WaitProgress,
 )
 from cellctl.operator import FailureChoice, NoAnswer, Operator, PromptRequest, StepChoice
@@ -190,6 +191,64 @@ def judge(
     if len(good) < len(current):
         return False, shown
     return expr.evaluate(condition, {**names, **good}) is True, shown
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A wait's last judgement: met or not, the samples judged and the tag values it used."""
+
+    met: bool
+    current: dict[str, TagValue]
+    shown: dict[str, Value | None]
+
+
+async def until_met(
+    io: TagIO,
+    tags: Sequence[str],
+    waker: asyncio.Event,
+    judged: Callable[[dict[str, TagValue]], tuple[bool, dict[str, Value | None]]],
+    deadline: Callable[[], float | None],
+    go_on: Callable[[], bool] = lambda: True,
+) -> Judged | None:
+    """Judge `tags` on a fresh read and then on every update of them (never polled) until
+    `judged(samples)` says (met, values used) is met, or `deadline()` (monotonic, None: never;
+    asked once that read is in) passes. The executor's waits and Resetting's `ready` share it.
+
+    Listening starts before the read, so no update is missed; the read, made after the
+    caller's last confirmed write or call, stands in for a tag until a sample not older than it
+    comes (newest_sample): older news never counts. `waker` is set by every update (and by
+    whoever wants a look now); `go_on()` runs before each judgement: False calls the wait off
+    (None), and it may raise to cut it. Returns the last judgement: met, or not by the deadline.
+    """
+    heard: dict[str, TagValue] = {}
+
+    def listener(sample: TagValue) -> None:
+        old = heard.get(sample.tag)
+        if old is None or sample.not_older_than(old):
+            heard[sample.tag] = sample
+        waker.set()
+
+    unlisten = io.board.listen(tags, listener)  # first, so no update is missed
+    try:
+        baseline = await io.read(tags) if tags else {}
+        until = deadline()
+        while go_on():
+            waker.clear()
+            current = {t: newest_sample(heard.get(t), baseline[t]) for t in tags}
+            met, shown = judged(current)
+            if met:
+                return Judged(True, current, shown)
+            remaining = None if until is None else until - time.monotonic()
+            try:
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(remaining):
+                    await waker.wait()
+            except TimeoutError:
+                return Judged(False, current, shown)
+        return None
+    finally:
+        unlisten()
 
 
 def _named(ctx: _Ctx) -> str:
@@ -664,7 +723,14 @@ class Executor:
         )
         ctx.question = (failure, asyncio.get_running_loop().create_future())
         self._pending.append(ctx.question)
-        self._emit(Notice(text=f"{failure.message}; Unhold asks: {failure.choices}"))
+        self._emit(
+            UnholdAsks(
+                text=f"{failure.message}; Unhold asks: {failure.choices}",
+                path=ctx.path,
+                step_id=ctx.step.id,
+                question=failure.message,
+            )
+        )
 
     async def _action(self, ctx: _Ctx, scope: Scope) -> None:
         step = ctx.step
@@ -739,53 +805,40 @@ class Executor:
         before = ctx.changed_from or {}
         tags = sorted({*self._tags_of(condition), *before})
         text = wait.describe(before)
-        waker = asyncio.Event()
-        heard: dict[str, TagValue] = {}
 
-        def listener(sample: TagValue) -> None:
-            old = heard.get(sample.tag)
-            if old is None or sample.not_older_than(old):
-                heard[sample.tag] = sample
-            waker.set()
+        def judged(current: dict[str, TagValue]) -> tuple[bool, dict[str, Value | None]]:
+            met, shown = self._judge(ctx, condition, scope, current)
+            met = met and all(shown[tag] != value for tag, value in before.items())
+            self._emit(
+                WaitProgress(
+                    path=ctx.path,
+                    step_id=ctx.step.id,
+                    condition=text,
+                    values=shown,
+                    met=met,
+                    deadline=_wall_clock(deadline),
+                )
+            )
+            return met, shown
 
-        unlisten = self.io.board.listen(tags, listener)  # first, so no update is missed
+        def go_on() -> bool:
+            self._checkpoint(_At.WAIT)  # a pause cuts the wait (_Interrupted)
+            return True
+
+        waker = asyncio.Event()  # a pause sets it too, to cut the wait at once
         self._wakers[_At.WAIT].add(waker)
         try:
-            baseline = await self.io.read(tags) if tags else {}
-            while True:
-                self._checkpoint(_At.WAIT)
-                waker.clear()
-                current = {t: newest_sample(heard.get(t), baseline[t]) for t in tags}
-                met, shown = self._judge(ctx, condition, scope, current)
-                met = met and all(shown[tag] != value for tag, value in before.items())
-                self._emit(
-                    WaitProgress(
-                        path=ctx.path,
-                        step_id=ctx.step.id,
-                        condition=text,
-                        values=shown,
-                        met=met,
-                        deadline=_wall_clock(deadline),
-                    )
-                )
-                if met:
-                    return
-                remaining = None if deadline is None else deadline - time.monotonic()
-                try:
-                    if remaining is not None and remaining <= 0:
-                        raise TimeoutError
-                    async with asyncio.timeout(remaining):
-                        await waker.wait()
-                except TimeoutError:
-                    assert ctx.timeout is not None
-                    now = expr.show_values(shown)
-                    raise _StepError(
-                        f"{ctx.label} timed out after {_seconds(ctx.timeout)} waiting for "
-                        f"{text}" + (f" ({now})" if now else "")
-                    ) from None
+            last = await until_met(self.io, tags, waker, judged, lambda: deadline, go_on)
         finally:
-            unlisten()
             self._wakers[_At.WAIT].discard(waker)
+        assert last is not None  # go_on never calls it off
+        if not last.met:
+            assert ctx.timeout is not None
+            now = expr.show_values(last.shown)
+            raise _StepError(
+                f"{ctx.label} timed out after {_seconds(ctx.timeout)} waiting for "
+                f"{text}" + (f" ({now})" if now else "")
+            )
 
     def _judge(
         self, ctx: _Ctx, condition: expr.Expression, scope: Scope, current: dict[str, TagValue]

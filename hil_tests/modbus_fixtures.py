@@ -139,6 +139,15 @@ class Rig(Generic[S]):
         return ModbusRtuConfig(name, self.server.client_path, unit, **options)  # type: ignore[arg-type]
 
     @asynccontextmanager
+    async def running(self) -> AsyncIterator[Rig[S]]:
+        """This rig with its simulator started; stopped on exit."""
+        await self.server.start()
+        try:
+            yield self
+        finally:
+            await self.server.stop()
+
+    @asynccontextmanager
     async def driver(self, connect: bool = True, **kw: object) -> AsyncIterator[ModbusDriver]:
         """A driver for one device of this rig, closed on exit."""
         config = self.config(**kw)  # type: ignore[arg-type]
@@ -149,6 +158,13 @@ class Rig(Generic[S]):
             yield driver
         finally:
             await driver.close()
+
+
+def press_rig(server: Callable[[dict[int, ProcessImage]], S], unit: int = 1) -> Rig[S]:
+    """A simulator (`server` made from its images) serving the press image at `unit`; not
+    started yet: `async with press_rig(...).running() as rig` serves it for a block."""
+    image = press_image()
+    return Rig(server({unit: image}), image, unit)
 
 
 # -- checks shared by TCP and RTU --------------------------------------------------------

@@ -20,30 +20,23 @@ from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 
 from drivers.sim.opcua_server import default_cache_dir, init_with_cache
+from hil_tests.support import Logins, operator
 
 NAMESPACE = "urn:cellctl:test:witness"
 
 
-class Witness:
+class Witness(Logins):
     """A user manager that keeps every user-name login it is handed."""
 
     def __init__(self) -> None:
         self.logins: list[str] = []
 
-    def get_user(
-        self,
-        _iserver: object,
-        username: str | None = None,
-        password: str | None = None,
-        certificate: object = None,
-    ) -> User | None:
+    def login(self, username: str | None, password: str | None) -> User | None:
         """Anonymous logins (the witnesses' own) pass; user names are recorded."""
         if username is None:
             return User(role=UserRole.User)
         self.logins.append(f"{username}:{password}")
-        if username == "operator" and password == "s3cret":
-            return User(role=UserRole.User, name=username)
-        return None
+        return operator(username, password)
 
     def value(self, node_id: ua.NodeId, _attr: ua.AttributeIds) -> ua.DataValue:
         """The witness nodes' values, computed when they are read."""

@@ -1,4 +1,5 @@
-"""Test helpers: waiting for a condition with a deadline, a free port, a loop in a thread."""
+"""Test helpers: waiting for a condition with a deadline, a free port, a loop in a thread, an
+OPC UA server's logins."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 
 T = TypeVar("T")
 
@@ -50,3 +54,29 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.loop.close()
+
+
+class Logins(UserManager):
+    """An asyncua user manager that decides on the user name and password alone: `login` says
+    who they are, or None to refuse (asyncua answers BadUserAccessDenied)."""
+
+    def get_user(
+        self,
+        iserver: object,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        """asyncua's hook, called with each session's identity token."""
+        return self.login(username, password)
+
+    def login(self, username: str | None, password: str | None) -> User | None:
+        """The user these credentials log in as (no user name: an anonymous login)."""
+        raise NotImplementedError
+
+
+def operator(username: str | None, password: str | None) -> User | None:
+    """The one user the secured test servers know: operator / s3cret; anyone else: None."""
+    if username == "operator" and password == "s3cret":
+        return User(role=UserRole.User, name=username)
+    return None

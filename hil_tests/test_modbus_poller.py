@@ -15,7 +15,7 @@ from drivers.base import HealthState, Quality, Reading
 from drivers.config import RequestLimits
 from drivers.points import DataType, ModbusPoint, ModbusTable
 from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
-from hil_tests.modbus_fixtures import AFTER, FORCE, Rig, press_image
+from hil_tests.modbus_fixtures import AFTER, FORCE, Rig, press_rig
 from tests.support import wait_until
 
 UNIT = 1
@@ -29,13 +29,8 @@ NO_SUCH_BIT = ModbusPoint(
 @pytest_asyncio.fixture
 async def rig() -> AsyncIterator[Rig[ModbusSimServer]]:
     """A running TCP simulator serving the press image."""
-    image = press_image()
-    server = ModbusSimServer({UNIT: image})
-    await server.start()
-    try:
-        yield Rig(server, image, UNIT)
-    finally:
-        await server.stop()
+    async with press_rig(ModbusSimServer, UNIT).running() as served:
+        yield served
 
 
 def failures(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
@@ -116,18 +111,14 @@ async def test_after_an_overrun_the_poller_rests_a_whole_period() -> None:
     # still leaves the line idle a whole period after each, so it cannot hold the line.
     limits = RequestLimits(timeout=0.15, retries=0)
     period = 0.12
-    image = press_image()
-    server = ModbusRtuSimServer({2: image})
-    await server.start()
-    try:
-        rig = Rig(server, image, 2)
-        async with rig.driver(name="ghost", unit=9, poll=period, limits=limits) as ghost:
-            ghost.subscribe([AFTER], lambda _readings: None)
-            await wait_until(lambda: ghost.requests >= 1, 5.0, "the first poll")
-            first, start = ghost.requests, time.monotonic()
-            await wait_until(lambda: ghost.requests >= first + 3, 5.0, "three more polls")
-            elapsed = time.monotonic() - start
-            # Each cycle: one try that times out, then a whole period of rest.
-            assert elapsed >= 0.9 * 3 * (limits.worst_case + period)
-    finally:
-        await server.stop()
+    async with (
+        press_rig(ModbusRtuSimServer, 2).running() as rig,
+        rig.driver(name="ghost", unit=9, poll=period, limits=limits) as ghost,
+    ):
+        ghost.subscribe([AFTER], lambda _readings: None)
+        await wait_until(lambda: ghost.requests >= 1, 5.0, "the first poll")
+        first, start = ghost.requests, time.monotonic()
+        await wait_until(lambda: ghost.requests >= first + 3, 5.0, "three more polls")
+        elapsed = time.monotonic() - start
+        # Each cycle: one try that times out, then a whole period of rest.
+        assert elapsed >= 0.9 * 3 * (limits.worst_case + period)

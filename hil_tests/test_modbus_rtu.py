@@ -43,6 +43,7 @@ from hil_tests.modbus_fixtures import (
     check_unsubscribe,
     check_write_rejected,
     press_image,
+    press_rig,
 )
 from hil_tests.test_modbus_tcp import EXCEPTIONS
 
@@ -60,26 +61,15 @@ def tty_behind(path: str) -> str | None:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def shared() -> AsyncIterator[Shared]:
     """One simulator and one connected driver for the tests that only read and write."""
-    image = press_image()
-    rig = Rig(ModbusRtuSimServer({UNIT: image}), image, UNIT)
-    await rig.server.start()
-    try:
-        async with rig.driver() as driver:
-            yield rig, driver
-    finally:
-        await rig.server.stop()
+    async with press_rig(ModbusRtuSimServer, UNIT).running() as rig, rig.driver() as driver:
+        yield rig, driver
 
 
 @pytest_asyncio.fixture
 async def rig() -> AsyncIterator[RtuRig]:
     """A fresh running simulator, for tests that inject faults, freeze or stop it."""
-    image = press_image()
-    server = ModbusRtuSimServer({UNIT: image})
-    await server.start()
-    try:
-        yield Rig(server, image, UNIT)
-    finally:
-        await server.stop()
+    async with press_rig(ModbusRtuSimServer, UNIT).running() as served:
+        yield served
 
 
 @pytest_asyncio.fixture

@@ -51,6 +51,7 @@ from hil_tests.modbus_fixtures import (
     check_unsubscribe,
     check_write_rejected,
     press_image,
+    press_rig,
     wait_until,
 )
 from hil_tests.support import free_port
@@ -71,26 +72,15 @@ EXCEPTIONS = [
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def shared() -> AsyncIterator[Shared]:
     """One simulator and one connected driver for the tests that only read and write."""
-    image = press_image()
-    rig = Rig(ModbusSimServer({UNIT: image}), image, UNIT)
-    await rig.server.start()
-    try:
-        async with rig.driver() as driver:
-            yield rig, driver
-    finally:
-        await rig.server.stop()
+    async with press_rig(ModbusSimServer, UNIT).running() as rig, rig.driver() as driver:
+        yield rig, driver
 
 
 @pytest_asyncio.fixture
 async def rig() -> AsyncIterator[TcpRig]:
     """A fresh running simulator, for tests that inject faults or stop it."""
-    image = press_image()
-    server = ModbusSimServer({UNIT: image})
-    await server.start()
-    try:
-        yield Rig(server, image, UNIT)
-    finally:
-        await server.stop()
+    async with press_rig(ModbusSimServer, UNIT).running() as served:
+        yield served
 
 
 @pytest_asyncio.fixture

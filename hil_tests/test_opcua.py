@@ -20,7 +20,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
-from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.crypto.permission_rules import User
 from asyncua.server.server import Server
 from asyncua.ua.uaerrors import UaStatusCodeError
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -40,7 +40,7 @@ from drivers.points import Access, DataType, MethodArg, MethodSpec, OpcuaPoint
 from drivers.sim.faultproxy import FaultProxy
 from drivers.sim.image import ProcessImage
 from drivers.sim.opcua_server import OpcuaSimServer, default_cache_dir, init_with_cache
-from hil_tests.support import with_room
+from hil_tests.support import Logins, operator, with_room
 from tests.support import wait_until
 
 DEVICE = "robot"
@@ -691,19 +691,12 @@ async def test_close_while_the_keep_alive_probes_never_hangs(sim: Sim) -> None:
 # -- security --------------------------------------------------------------------------------
 
 
-class OneUser:
+class OneUser(Logins):
     """A server-side user manager that knows one operator."""
 
-    def get_user(
-        self,
-        _iserver: object,
-        username: str | None = None,
-        password: str | None = None,
-        certificate: object = None,
-    ) -> User | None:
-        if username == "operator" and password == "s3cret":
-            return User(role=UserRole.User, name=username)
-        return None
+    def login(self, username: str | None, password: str | None) -> User | None:
+        """The operator; anyone else is refused."""
+        return operator(username, password)
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -16,24 +16,19 @@ from drivers.base import Health, HealthState, Quality
 from drivers.config import OpcuaConfig
 from drivers.opcua import OpcuaDriver
 from drivers.sim.opcua_server import default_cache_dir, init_with_cache
+from hil_tests.support import Logins
 from hil_tests.test_opcua import BUSY, LIMITS, PUBLISHING, Recorder
 from tests.support import wait_until
 
 
-class Gate:
+class Gate(Logins):
     """A user manager that lets anonymous sessions in while `open`, and counts refusals."""
 
     def __init__(self) -> None:
         self.open = True
         self.refused = 0
 
-    def get_user(
-        self,
-        _iserver: object,
-        username: str | None = None,
-        password: str | None = None,
-        certificate: object = None,
-    ) -> User | None:
+    def login(self, username: str | None, password: str | None) -> User | None:
         """A user while open; None (asyncua answers BadUserAccessDenied) while closed."""
         if self.open:
             return User(role=UserRole.User)

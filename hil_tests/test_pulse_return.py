@@ -25,7 +25,7 @@ from drivers.opcua_types import parse_node_id
 from drivers.points import DataType, OpcuaPoint
 from drivers.sim.modbus_server import ModbusSimServer
 from drivers.sim.opcua_server import default_cache_dir, init_with_cache
-from hil_tests.modbus_fixtures import PART_PRESENT, Rig, press_image, stays_false
+from hil_tests.modbus_fixtures import PART_PRESENT, Rig, press_rig, stays_false
 from hil_tests.support import with_room
 from tests.support import wait_until
 
@@ -48,13 +48,8 @@ def heard_after(seen: list[dict[str, Reading]], name: str, fresh: Reading) -> li
 @pytest_asyncio.fixture
 async def rig() -> AsyncIterator[Rig[ModbusSimServer]]:
     """A running TCP simulator serving the press image on a free port."""
-    image = press_image()
-    server = ModbusSimServer({UNIT: image})
-    await server.start()
-    try:
-        yield Rig(server, image, UNIT)
-    finally:
-        await server.stop()
+    async with press_rig(ModbusSimServer, UNIT).running() as served:
+        yield served
 
 
 async def set_input(rig: Rig[ModbusSimServer], value: bool) -> None:

@@ -22,7 +22,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pyte
@@ -115,38 +115,44 @@ class Terminal:
 
     def wait_on_screen(self, *wanted: str, timeout: float = DEADLINE) -> list[str]:
         """Wait until everything in `wanted` is on the screen at once; the screen's rows."""
-        deadline = time.monotonic() + timeout
-        while True:
-            ended = self.child.poll() is not None
-            if ended:
-                self._reader.join(timeout)
-            rows = self.screen()
-            shown = "\n".join(rows)
-            if all(w in shown or w in flowing(rows) for w in wanted):
-                return rows
-            if ended or time.monotonic() > deadline:
-                missing = [w for w in wanted if w not in shown]
-                raise AssertionError(
-                    f"the screen never showed {missing} (child exit {self.child.poll()}); "
-                    f"it shows:\n{shown}"
-                )
-            time.sleep(0.02)
+        shown = self._wait(
+            wanted,
+            lambda: "\n".join(self.screen()),
+            lambda w, shown: w in shown or w in flowing(shown.split("\n")),
+            "the screen",
+            timeout,
+        )
+        return shown.split("\n")
 
     def wait_for(self, *wanted: str, since: int = 0, timeout: float = DEADLINE) -> str:
         """Wait until everything in `wanted` was shown after `since`; the text shown since."""
+        return self._wait(
+            wanted, lambda: self.text(since), lambda w, shown: w in shown, "the terminal", timeout
+        )
+
+    def _wait(
+        self,
+        wanted: Sequence[str],
+        look: Callable[[], str],
+        found: Callable[[str, str], bool],
+        where: str,
+        timeout: float,
+    ) -> str:
+        """Poll what `look` shows until `found` finds every `wanted` string in it; what it
+        showed. Fails naming what is missing once the deadline passed or the child ended."""
         deadline = time.monotonic() + timeout
         while True:
             ended = self.child.poll() is not None
             if ended:
                 self._reader.join(timeout)  # what it wrote before it ended is read in full
-            shown = self.text(since)
-            if all(w in shown for w in wanted):
+            shown = look()
+            if all(found(w, shown) for w in wanted):
                 return shown
             if ended or time.monotonic() > deadline:
-                missing = [w for w in wanted if w not in shown]
+                missing = [w for w in wanted if not found(w, shown)]
                 raise AssertionError(
-                    f"the terminal never showed {missing} (child exit {self.child.poll()}); "
-                    f"it showed:\n{shown[-3000:]}"
+                    f"{where} never showed {missing} (child exit {self.child.poll()}); "
+                    f"it showed:\n{shown[-5000:]}"  # a whole screen of 120x40 fits
                 )
             time.sleep(0.02)
 

@@ -9,15 +9,12 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from cellctl.cell import cell_from_document
 from cellctl.events import MethodCalled, StepEnded, StepOutcome
 from cellctl.executor import Executor
 from cellctl.operator import FailureChoice
-from cellctl.tagio import TagIO
-from cellctl.yamlload import parse_yaml
 from drivers.base import Value
-from tests.support import wait_until
-from tests.test_executor import CELL, DEADLINE, DEV_TAGS, Rig, finish
+from tests.support import wait_until, watched
+from tests.test_executor import CELL, DEADLINE, Rig, finish
 
 #: The executor tests' cell with a method that answers a number.
 MEASURING = CELL + (
@@ -28,17 +25,8 @@ MEASURING = CELL + (
 @pytest_asyncio.fixture
 async def rig() -> AsyncIterator[Rig]:
     """The executor tests' memory cell, with arm.measure too."""
-    bench = Rig()
-    bench.cell = cell_from_document(parse_yaml(MEASURING.encode(), "cell.yaml"))
-    bench.io = TagIO(bench.cell, {"dev": bench.dev, "arm": bench.arm}, DEV_TAGS)
-    await bench.io.connect()
-    bench.io.watch()
-    yield bench
-    if bench.task is not None and not bench.task.done():
-        bench.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await bench.task
-    await bench.io.close()
+    async with watched(Rig(MEASURING)) as bench:
+        yield bench
 
 
 def answering(rig: Rig, method: str, *answers: Value | None) -> list[tuple[Value, ...]]:

@@ -39,7 +39,7 @@ from drivers.base import Quality, Value
 from drivers.config import MemoryConfig
 from drivers.memory import MemoryDriver
 from drivers.points import Access, MemoryPoint
-from tests.support import wait_until
+from tests.support import wait_until, watched
 
 E = TypeVar("E", bound=Event)
 
@@ -66,9 +66,9 @@ DEV_TAGS.append("dev.speed")
 DEADLINE = 3.0
 
 
-def parse_cell() -> Cell:
+def parse_cell(text: str = CELL) -> Cell:
     """The test cell (the arm is an OPC UA device in the file, a memory driver in the test)."""
-    return cell_from_document(parse_yaml(CELL.encode(), "cell.yaml"))
+    return cell_from_document(parse_yaml(text.encode(), "cell.yaml"))
 
 
 def recipe(text: str, cell: Cell) -> Recipe:
@@ -152,9 +152,9 @@ class StepOperator:
 class Rig:
     """A memory cell, its drivers and TagIO, and a host to run executors with."""
 
-    def __init__(self) -> None:
-        self.cell = parse_cell()
-        self.dev = MemoryDriver(MemoryConfig("dev"))
+    def __init__(self, cell: str = CELL, dev: MemoryDriver | None = None) -> None:
+        self.cell = parse_cell(cell)
+        self.dev = dev or MemoryDriver(MemoryConfig("dev"))
         self.arm = MemoryDriver(MemoryConfig("arm"))
         self.io = TagIO(self.cell, {"dev": self.dev, "arm": self.arm}, DEV_TAGS)
         self.host = Host()
@@ -218,15 +218,8 @@ class Rig:
 @pytest_asyncio.fixture
 async def rig() -> AsyncIterator[Rig]:
     """A connected, watched memory cell."""
-    bench = Rig()
-    await bench.io.connect()
-    bench.io.watch()
-    yield bench
-    if bench.task is not None and not bench.task.done():
-        bench.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await bench.task
-    await bench.io.close()
+    async with watched(Rig()) as bench:
+        yield bench
 
 
 async def finish(rig: Rig, executor: Executor) -> None:

@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 
 from cellctl.events import Event, StepEnded, StepOutcome, StepStarted, WaitProgress
+from tests.support import watched
 from tests.test_executor import Rig
 
 #: The wait's timeout in NEVER_MET.
@@ -30,11 +31,8 @@ steps:
 @pytest_asyncio.fixture
 async def rig() -> AsyncIterator[Rig]:
     """A connected, watched memory cell (as in test_executor)."""
-    bench = Rig()
-    await bench.io.connect()
-    bench.io.watch()
-    yield bench
-    await bench.io.close()
+    async with watched(Rig()) as bench:
+        yield bench
 
 
 async def keep_changing(rig: Rig, tag: str) -> None:

@@ -6,7 +6,6 @@ false at run time."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 
@@ -30,7 +29,7 @@ from drivers.config import MemoryConfig
 from drivers.errors import DeviceTimeout, WriteRejected
 from drivers.memory import MemoryDriver
 from drivers.points import Point
-from tests.support import wait_until
+from tests.support import wait_until, watched
 from tests.test_controller import Bench, assert_safe_state, opened, start
 from tests.test_executor import Rig, StepOperator
 
@@ -201,15 +200,8 @@ steps:
 @pytest_asyncio.fixture
 async def rig() -> AsyncIterator[Rig]:
     """A connected, watched memory cell (as in test_executor); its executor ends with it."""
-    bench = Rig()
-    await bench.io.connect()
-    bench.io.watch()
-    yield bench
-    if bench.task is not None:
-        bench.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await bench.task
-    await bench.io.close()
+    async with watched(Rig()) as bench:
+        yield bench
 
 
 @pytest.mark.asyncio

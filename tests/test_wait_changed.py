@@ -3,7 +3,6 @@ left over from before the step's writes (a press's latched cycle_done)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import time
@@ -18,13 +17,12 @@ import pytest_asyncio
 from cellctl.connect import TagValue
 from cellctl.events import StepEnded, StepOutcome, WaitProgress
 from cellctl.executor import PauseReason
-from cellctl.tagio import TagIO
 from drivers.base import Quality, Reading, Value
 from drivers.config import MemoryConfig
 from drivers.memory import MemoryDriver
 from drivers.points import Access, MemoryPoint, Point
-from tests.support import cli, wait_until
-from tests.test_executor import DEADLINE, DEV_TAGS, Rig, finish
+from tests.support import cli, wait_until, watched
+from tests.test_executor import DEADLINE, Rig, finish
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CELL = ROOT / "recipes" / "demo" / "cell.yaml"
@@ -45,17 +43,8 @@ class CountingDriver(MemoryDriver):
 @pytest_asyncio.fixture
 async def rig() -> AsyncIterator[Rig]:
     """The executor tests' memory cell, its dev device counting reads."""
-    bench = Rig()
-    bench.dev = CountingDriver(MemoryConfig("dev"))
-    bench.io = TagIO(bench.cell, {"dev": bench.dev, "arm": bench.arm}, DEV_TAGS)
-    await bench.io.connect()
-    bench.io.watch()
-    yield bench
-    if bench.task is not None and not bench.task.done():
-        bench.task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await bench.task
-    await bench.io.close()
+    async with watched(Rig(dev=CountingDriver(MemoryConfig("dev")))) as bench:
+        yield bench
 
 
 def recipe(step: str) -> str:
