@@ -56,7 +56,7 @@ def cell_on(port: int, folder: Path) -> Path:
     """The generic cell with its device on `port` and a 10 s connect window (a try 5 s)."""
     text = (CELLS / "cell.yaml").read_text(encoding="utf-8")
     text = text.replace("port: 5020", f"port: {port}")
-    text = text.replace("timeout: 300ms,", "timeout: 5s,")
+    text = text.replace("timeout: 1s,", "timeout: 5s,")
     assert f"port: {port}" in text and "timeout: 5s" in text
     cell = folder / "cell.yaml"
     cell.write_text(text, encoding="utf-8")
