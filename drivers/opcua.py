@@ -137,6 +137,8 @@ class OpcuaDriver(TracksHealth):
             problems = await self._check(client)
             if problems:
                 raise self._mismatch(problems)
+            # A subscription request without answer fails the connect (below: LOST, and the
+            # reconnect loop subscribes again); a refused one is retried on this session.
             for watch in list(self._watches):
                 await self._activate(watch, client)
             if self._client is not client:
@@ -465,8 +467,14 @@ class OpcuaDriver(TracksHealth):
                 self._set_lost(str(mismatch))
                 return
             self._verified = True
-            for watch in list(self._watches):
-                await self._activate(watch, client)
+            try:
+                for watch in list(self._watches):
+                    await self._activate(watch, client)
+            except (DeviceTimeout, NotConnected) as err:
+                # The new session does not answer in time: fail it too (a later reconnect,
+                # after a delay, activates every watch); never CONNECTED with a watch idle.
+                self._session_failed(client, f"reconnect to {self.config.endpoint}: {err}")
+                return
             if self._client is client:
                 self._tracker.set(HealthState.CONNECTED)
             return
@@ -487,7 +495,7 @@ class OpcuaDriver(TracksHealth):
         coro: Coroutine[Any, Any, None],
         what: str,
         session: Client | _Unbound | None = _UNBOUND,
-    ) -> None:
+    ) -> asyncio.Task[None]:
         """Run a background task that close() cancels; one that fails is never left unseen.
 
         Its error is logged; when the task serves a session (`session`: that client, or None
@@ -508,6 +516,7 @@ class OpcuaDriver(TracksHealth):
                 self._session_failed(session, f"{what} failed: {_failure_text(error)}")
 
         task.add_done_callback(done)
+        return task
 
     def _session_failed(self, client: Client | None, cause: str) -> None:
         """Work of a session (`client`, or None: the current one) died: LOST and reconnect."""
@@ -674,7 +683,7 @@ class OpcuaDriver(TracksHealth):
         self._watches.append(watch)
         client = self._client
         if client is not None:
-            self._spawn(self._activate(watch, client), "subscribe", client)
+            self._spawn(self._subscribe(watch, client), "subscribe", client)
         health = self._tracker.health
         if health.state is HealthState.LOST:
             # The others heard of the loss when it happened: this one hears of it now.
@@ -691,32 +700,54 @@ class OpcuaDriver(TracksHealth):
 
         return unsubscribe
 
+    async def _subscribe(self, watch: _Watch, client: Client) -> None:
+        """Activate a watch on this session; a request that finds the session unhealthy fails
+        the session (LOST, every subscriber told, the reconnect loop re-activates every watch)."""
+        try:
+            await self._activate(watch, client)
+        except (DeviceTimeout, NotConnected) as err:
+            self._session_failed(client, self._cause(str(err)))
+
     async def _activate(self, watch: _Watch, client: Client) -> None:
-        """Create the watch's subscription on this session; refused items become BAD readings."""
-        if not watch.active or watch.client is client:
+        """Create the watch's subscription on this session; refused items become BAD readings.
+
+        A request that times out or finds the connection gone raises (DeviceTimeout,
+        NotConnected): the session is not healthy, and the caller fails it. Its late answer
+        would find no request waiting, and the tag would stay BAD on a device shown CONNECTED.
+        A refusal (any other error: a Bad status such as BadTooManySubscriptions) is BAD
+        readings and a retry on this session (_retry_activate): a refusal may pass (a
+        subscription freed by another client), and nothing else would try again.
+        """
+        if not watch.active or watch.client is client or self._client is not client:
             return
         watch.client = client
         period = self.config.publishing_interval * 1000.0
         nodes = [client.get_node(node_id) for node_id in watch.by_node]
+        subscription: Subscription | None = None
         try:
             subscription = await self._request(
                 "create subscription", lambda c: c.create_subscription(period, watch)
             )
+            created = subscription
             results = await self._request(
                 f"monitor {len(nodes)} node(s)",
-                lambda c: subscription.subscribe_data_change(
-                    nodes, sampling_interval=ua.Double(period)
-                ),
+                lambda c: created.subscribe_data_change(nodes, sampling_interval=ua.Double(period)),
             )
         except DriverError as err:
-            watch.client = None
+            if watch.client is client:
+                watch.client = None
+            if isinstance(err, DeviceTimeout | NotConnected):
+                raise
+            if subscription is not None:  # its items were refused: free it for the retry
+                self._spawn(self._delete(subscription), "delete subscription")
             if self._client is client:  # not a lost connection (that restores it): report it
-                watch.deliver_bad(watch.points, f"{self.name}: cannot subscribe: {err}")
+                self._refused(watch, client, f"cannot subscribe: {self._cause(str(err))}")
             return
         if not watch.active or watch.client is not client:
-            self._spawn(self._delete(subscription), "delete subscription")
+            self._spawn(self._delete(created), "delete subscription")
             return
-        watch.subscription = subscription
+        watch.subscription = created
+        watch.refusal = None
         refused = [
             (node_id, result)
             for node_id, result in zip(watch.by_node, results, strict=True)
@@ -725,6 +756,30 @@ class OpcuaDriver(TracksHealth):
         for node_id, status in refused:
             points = [p for p in watch.points if p.name in watch.by_node[node_id]]
             watch.deliver_bad(points, f"monitored item refused: {status_name(status)}")
+
+    def _refused(self, watch: _Watch, client: Client, reason: str) -> None:
+        """The server refused the watch's subscription: BAD readings and a log line once per
+        session (and reason), and one retry task per watch on this session."""
+        if reason != watch.refusal:
+            watch.refusal = reason
+            log.warning("%s: %s; trying again while the session lasts", self.name, reason)
+            watch.deliver_bad(watch.points, reason)
+        if watch.retry is None or watch.retry.done():
+            retry = self._retry_activate(watch, client)
+            watch.retry = self._spawn(retry, "subscribe retry", client)
+
+    async def _retry_activate(self, watch: _Watch, client: Client) -> None:
+        """Try a refused watch again with backoff, until it is subscribed, unsubscribed or the
+        session ends (detach() cancels this task; a new session activates every watch)."""
+        backoff = Backoff(cap=RECONNECT_CAP)
+
+        def waiting() -> bool:
+            return watch.active and watch.client is None and self._client is client
+
+        while waiting():
+            await asyncio.sleep(backoff.next_delay())
+            if waiting():
+                await self._subscribe(watch, client)
 
     def _heard_fresh(
         self, watch: _Watch, points: Sequence[OpcuaPoint], readings: Sequence[Reading]
@@ -941,6 +996,10 @@ class _Watch:
         self.active = True
         self.client: Client | None = None
         self.subscription: Subscription | None = None
+        #: Why the server refused this watch's subscription on this session (told once).
+        self.refusal: str | None = None
+        #: The task trying a refused subscription again on this session (one per watch).
+        self.retry: asyncio.Task[None] | None = None
         # One monitored item per node, even when several tags name the same node.
         self.by_node: dict[ua.NodeId, list[str]] = {}
         self._points = {p.name: p for p in points}
@@ -959,6 +1018,10 @@ class _Watch:
         """Forget the session this watch was subscribed on; returns its subscription."""
         subscription, self.subscription, self.client = self.subscription, None, None
         self.told.clear()
+        self.refusal = None
+        if self.retry is not None:
+            self.retry.cancel()  # a retry serves one session; a new one activates every watch
+            self.retry = None
         return subscription
 
     def deliver(self, readings: dict[str, Reading]) -> None:

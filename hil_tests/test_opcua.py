@@ -918,6 +918,44 @@ async def test_a_dropped_link_is_lost_then_found_and_resubscribed(own_sim: Sim) 
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def test_a_subscription_request_without_answer_makes_the_device_lost_and_it_resubscribes(
+    sim: Sim,
+) -> None:
+    # A patient keep-alive (10 tries) outlasts the slow spell; the subscription request (one
+    # try) does not: only the driver's handling of that timeout can make the device LOST.
+    limits = RequestLimits(timeout=0.3, retries=9)
+    proxy = FaultProxy("127.0.0.1", sim.server.port)
+    await proxy.start()
+    drv = OpcuaDriver(config(f"opc.tcp://127.0.0.1:{proxy.port}/robot", limits), [BUSY])
+    states: list[HealthState] = []
+    seen = Recorder()
+    try:
+        await drv.connect()
+        drv.on_health(lambda _name, health: states.append(health.state))
+        proxy.latency(2 * limits.timeout)  # every answer comes after its request timed out
+        drv.subscribe([BUSY], seen)
+        await wait_until(lambda: bool(seen.bad(BUSY.name)), with_room(limits.timeout), "BAD")
+        proxy.clear()  # the link lived all along
+        (bad,) = seen.bad(BUSY.name)
+        assert "create subscription: no answer" in (bad.error or "")
+        await wait_until(
+            lambda: value_of(seen, BUSY) is not None,
+            with_room(limits.worst_case),
+            "a GOOD value after the reconnect",
+        )
+        assert states == [HealthState.LOST, HealthState.CONNECTED]
+        assert len(seen.bad(BUSY.name)) == 1  # told once
+        expected = not value_of(seen, BUSY)
+        await sim.set({BUSY.name: expected})
+        await wait_until(
+            lambda: value_of(seen, BUSY) is expected, with_room(limits.worst_case), "a change"
+        )
+    finally:
+        await drv.close()
+        await proxy.stop()
+
+
+@pytest.mark.asyncio(loop_scope="module")
 async def test_killed_server_tells_every_subscriber_once_then_good_values_again(
     own_sim: Sim,
 ) -> None:

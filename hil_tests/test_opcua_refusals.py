@@ -1,10 +1,12 @@
 """An OPC UA server that comes back refusing sessions, and one that refuses a subscription: the
 driver stays LOST naming the refusal and recovers once it is lifted; a subscription it cannot
-create is BAD readings naming why (real asyncua server and client on loopback)."""
+create is BAD readings naming why, tried again on the same session until the server accepts it
+(real asyncua server and client on loopback)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,9 +16,9 @@ from asyncua.server.server import Server
 
 from drivers.base import Health, HealthState, Quality
 from drivers.config import OpcuaConfig
-from drivers.opcua import OpcuaDriver
+from drivers.opcua import RECONNECT_CAP, OpcuaDriver
 from drivers.sim.opcua_server import default_cache_dir, init_with_cache
-from hil_tests.support import Logins
+from hil_tests.support import Logins, with_room
 from hil_tests.test_opcua import BUSY, LIMITS, PUBLISHING, Recorder
 from tests.support import wait_until
 
@@ -146,5 +148,60 @@ async def test_a_subscription_the_server_refuses_reads_bad_naming_the_refusal() 
             assert driver.health.state is HealthState.CONNECTED
             (reading,) = await driver.read([BUSY])
             assert (reading.quality, reading.value) == (Quality.GOOD, True)
+        finally:
+            await driver.close()
+
+
+def refusals(caplog: pytest.LogCaptureFixture, logger: str, text: str) -> int:
+    """How many records of `logger` so far mention `text`."""
+    return sum(1 for r in caplog.records if r.name == logger and text in r.getMessage())
+
+
+@pytest.mark.asyncio
+async def test_a_refused_subscription_is_tried_again_on_the_same_session_until_accepted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="asyncua.server.subscription_service")
+    caplog.set_level(logging.WARNING, logger="drivers.opcua")
+    gate = Gate()
+    async with gated_server(gate) as server:
+        limit = server.iserver.max_subscriptions
+        server.iserver.max_subscriptions = 0  # a server at its limit of subscriptions
+        config = OpcuaConfig(
+            "robot", endpoint_of(server), publishing_interval=PUBLISHING, limits=LIMITS
+        )
+        driver = OpcuaDriver(config, [BUSY])
+        await driver.connect()
+        states: list[HealthState] = []
+        driver.on_health(lambda _device, health: states.append(health.state))
+        try:
+            seen = Recorder()
+            driver.subscribe([BUSY], seen)
+            # The server itself counts the tries it refused.
+            server_log = "asyncua.server.subscription_service"
+            await wait_until(
+                lambda: refusals(caplog, server_log, "Refusing subscription") >= 3,
+                with_room(RECONNECT_CAP),
+                "three refused tries",
+            )
+            (bad,) = seen.seen[BUSY.name]  # told once, not on every try
+            assert bad.quality is Quality.BAD
+            assert "BadTooManySubscriptions" in (bad.error or "")
+            assert refusals(caplog, "drivers.opcua", "BadTooManySubscriptions") == 1  # logged once
+            # A subscription is free again: the next try takes it, on the same session.
+            server.iserver.max_subscriptions = limit
+            await wait_until(
+                lambda: (last := seen.last(BUSY.name)) is not None and last.value is True,
+                with_room(RECONNECT_CAP),
+                "robot.busy once the subscription is accepted",
+            )
+            await set_busy(server, False)
+            await wait_until(
+                lambda: (last := seen.last(BUSY.name)) is not None and last.value is False,
+                with_room(RECONNECT_CAP),
+                "a change",
+            )
+            assert states == []  # never LOST: the device answered throughout
+            assert driver.health.state is HealthState.CONNECTED
         finally:
             await driver.close()
