@@ -29,6 +29,7 @@ from cellctl.errors import BadValue, CellctlError, did_you_mean
 from cellctl.events import (
     BatchEnded,
     Event,
+    Notice,
     StateChanged,
     StepStarted,
     TagWritten,
@@ -368,10 +369,12 @@ class BatchRun:
             await _cancelled(extras)
             unconfirmed, why = await self._confirm_safe_state(controller)
             asked = controller.unanswered() if ended.state is State.HELD else None
-            if asked is not None and ended.cause != asked:
+            if asked is not None and ended.cause is not None and asked not in ended.cause:
                 # Asked once the safe state was confirmed (a device lost while holding): the
-                # batch waits for that answer now, not for the hold's own cause.
-                ended = replace(ended, cause=asked)
+                # batch waits for that answer now, as well as for the hold's own cause. Both
+                # go on record, so that the log says what the summary says.
+                ended = replace(ended, cause=f"{ended.cause}; then {asked}")
+                controller.emit(Notice(text=f"the batch ended Held: {ended.cause}"))
         finally:
             # The batch is over: a signal now must not cut the cleanup (bounded) short.
             loop.add_signal_handler(signal.SIGINT, lambda: None)

@@ -58,6 +58,16 @@ def test_pytest_takes_a_cell_file_from_anywhere(tmp_path: Path, cwd: Path, args:
     assert "hil_tests/test_cell.py::" in done.stdout or "test_project.py::" in done.stdout
 
 
+def test_pytest_cell_file_from_the_root_as_the_issue_writes_it() -> None:
+    # `pytest --cell FILE`, two words and no path, from the top of the clone (FILE inside it).
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only"]
+    command += ["--cell", "recipes/demo/cell.yaml", "--allow-motion"]
+    command += ["-o", "testpaths=tests/test_project.py"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "test_project.py::" in done.stdout
+
+
 @pytest.mark.parametrize(("cell", "workers"), [(True, False), (False, True)])
 def test_tests_of_real_machines_run_one_at_a_time(
     tmp_path: Path, cell: bool, workers: bool

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from cellctl import exitcodes
 from cellctl.batchrun import BatchRun, RunOptions, prepare
-from cellctl.events import Event, StateChanged, UnholdAsks, WaitProgress
+from cellctl.events import Event, Notice, StateChanged, UnholdAsks, WaitProgress
 from cellctl.machine import Command, State
 from cellctl.operator import FailureChoice
 from cellctl.runview import FittedView
@@ -99,4 +99,8 @@ async def test_a_question_after_a_headless_run_ended_held_shows_and_is_its_cause
     assert "r re-run the step · s skip it · a abort" in drawn.getvalue()
     # ...and the run names it as what it ended on (exit 3 once the safe state is confirmed).
     assert code == exitcodes.BATCH_NOT_COMPLETE
-    assert f"cause: {UNANSWERED}\n" in printed.getvalue()
+    # Both causes, the hold's and the question's; the log's last word says the same.
+    cause = next(line for line in printed.getvalue().splitlines() if line.startswith("cause: "))
+    assert "comm-loss:press" in cause and cause.endswith(f"; then {UNANSWERED}"), cause
+    notices = [e.text for e in heard if isinstance(e, Notice)]
+    assert notices[-1] == f"the batch ended Held: {cause.removeprefix('cause: ')}"
