@@ -132,6 +132,7 @@ class OpcuaDriver(TracksHealth):
             # A background connect is running: this one takes over.
             self._running = False
             await self._shutdown()
+        client: Client | None = None
         try:
             client = await self._open(progress)
             problems = await self._check(client)
@@ -148,7 +149,13 @@ class OpcuaDriver(TracksHealth):
             self._tracker.set(HealthState.DISCONNECTED, str(refused.error))
             raise refused.error from refused.error.__cause__
         except BaseException as err:
+            # A background task that failed the session while connect() ran dropped it
+            # without closing it (_on_lost, _session_failed): its socket and server session
+            # would stay open.
+            dropped = client if client is not None and client is not self._client else None
             await self._shutdown()
+            if dropped is not None:
+                await self._dispose(dropped)
             if not isinstance(err, DriverError) or isinstance(err, PointMismatch):
                 self._tracker.set(HealthState.DISCONNECTED, str(err))
                 raise
@@ -563,6 +570,12 @@ class OpcuaDriver(TracksHealth):
                 ) from err
             except UaStatusCodeError as err:
                 name = status_name(status_code(err.code))
+                if name.startswith(_SESSION_GONE):
+                    # Not an answer about the request: the session or channel is gone, though
+                    # the TCP link may live on. Fail the session, so that it is opened again.
+                    raise NotConnected(
+                        f"{self.name}: {what}: {self.config.endpoint} answered {name}"
+                    ) from err
                 raise BadStatus(
                     f"{self.name}: {what}: {self.config.endpoint} answered {name}", name
                 ) from err
@@ -714,9 +727,11 @@ class OpcuaDriver(TracksHealth):
         A request that times out or finds the connection gone raises (DeviceTimeout,
         NotConnected): the session is not healthy, and the caller fails it. Its late answer
         would find no request waiting, and the tag would stay BAD on a device shown CONNECTED.
-        A refusal (any other error: a Bad status such as BadTooManySubscriptions) is BAD
-        readings and a retry on this session (_retry_activate): a refusal may pass (a
-        subscription freed by another client), and nothing else would try again.
+        A refusal (any other error: a Bad status such as BadTooManySubscriptions), or a
+        monitored item refused for a limit (BadTooManyMonitoredItems, ...), is BAD readings and
+        a retry on this session (_retry_activate): a refusal may pass (a subscription freed by
+        another client), and nothing else would try again. Any other refused item (no such
+        node) is a BAD reading for its tags.
         """
         if not watch.active or watch.client is client or self._client is not client:
             return
@@ -746,13 +761,19 @@ class OpcuaDriver(TracksHealth):
         if not watch.active or watch.client is not client:
             self._spawn(self._delete(created), "delete subscription")
             return
-        watch.subscription = created
-        watch.refusal = None
         refused = [
             (node_id, result)
             for node_id, result in zip(watch.by_node, results, strict=True)
             if isinstance(result, ua.StatusCode)
         ]
+        passing = [status_name(s) for _, s in refused if status_name(s) in _PASSING_ITEM_REFUSALS]
+        if passing:  # a server at a limit: free the subscription and try the watch again
+            watch.client = None
+            self._spawn(self._delete(created), "delete subscription")
+            self._refused(watch, client, f"cannot subscribe: monitored item refused: {passing[0]}")
+            return
+        watch.subscription = created
+        watch.refusal = None
         for node_id, status in refused:
             points = [p for p in watch.points if p.name in watch.by_node[node_id]]
             watch.deliver_bad(points, f"monitored item refused: {status_name(status)}")
@@ -770,7 +791,7 @@ class OpcuaDriver(TracksHealth):
 
     async def _retry_activate(self, watch: _Watch, client: Client) -> None:
         """Try a refused watch again with backoff, until it is subscribed, unsubscribed or the
-        session ends (detach() cancels this task; a new session activates every watch)."""
+        session ends (a new session activates every watch); close() cancels it."""
         backoff = Backoff(cap=RECONNECT_CAP)
 
         def waiting() -> bool:
@@ -962,6 +983,19 @@ class _Refused(Exception):
         self.error = error
 
 
+# Service results that say the session (or its channel) is gone, not that a request was refused.
+_SESSION_GONE = (
+    "BadSessionIdInvalid",
+    "BadSessionClosed",
+    "BadSessionNotActivated",
+    "BadSecureChannel",
+    "BadServerHalted",
+    "BadShutdown",
+    "BadCommunicationError",
+    "BadConnectionClosed",
+)
+# Monitored-item refusals that may pass (a server at a limit): the subscription is tried again.
+_PASSING_ITEM_REFUSALS = ("BadTooManyMonitoredItems", "BadResourceUnavailable", "BadOutOfMemory")
 # Session refusals that do not go away by retrying: identity, certificates, security settings.
 _PERMANENT = ("BadUserAccessDenied", "BadIdentityToken", "BadCertificate", "BadSecurity")
 # asyncua's own errors (not status codes) that say the security settings do not match.
@@ -1019,9 +1053,9 @@ class _Watch:
         subscription, self.subscription, self.client = self.subscription, None, None
         self.told.clear()
         self.refusal = None
-        if self.retry is not None:
-            self.retry.cancel()  # a retry serves one session; a new one activates every watch
-            self.retry = None
+        # Not cancelled: mid-request, that would leave what it created on the server. It ends
+        # by itself once the watch is inactive, subscribed or on another session.
+        self.retry = None
         return subscription
 
     def deliver(self, readings: dict[str, Reading]) -> None:

@@ -770,7 +770,8 @@ def test_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_second_start_loads_the_address_space_cache(tmp_path: Path) -> None:
     def cache_state() -> dict[str, tuple[int, int]]:
-        return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+        files = tmp_path.rglob("*")
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.is_file()}
 
     states: list[dict[str, tuple[int, int]]] = []
     for _ in range(2):
@@ -781,7 +782,7 @@ async def test_second_start_loads_the_address_space_cache(tmp_path: Path) -> Non
         await server.stop()
         states.append(await asyncio.to_thread(cache_state))
     # the bare path is the marker asyncua looks for before it loads the cache
-    marker = tmp_path / f"asyncua-{asyncua.__version__}-address-space"
+    marker = tmp_path / f"asyncua-{asyncua.__version__}-address-space.d" / "address-space"
     assert await asyncio.to_thread(marker.is_file)
     # The second start read the cache and did not build (and write) it again.
     assert len(states[0]) > 1
@@ -1119,4 +1120,39 @@ async def test_a_keep_alive_that_fails_makes_the_device_lost_and_it_recovers(
         await wait_until(lambda: value_of(seen, BUSY) is True, 5.0, "a change, newly subscribed")
     finally:
         await drv.close()
+        await sim.server.stop()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_session_a_background_task_failed_during_connect_is_closed() -> None:
+    sim = NoResultsServer()
+    url = urlparse(await sim.start())
+    proxy = FaultProxy("127.0.0.1", url.port or 0)
+    await proxy.start()
+    # Every answer is late (but in time): the keep-alive, probing at once, fails (IndexError)
+    # after one round trip, while connect() still checks the node and subscribes (three).
+    proxy.latency(0.2)
+    slow = replace(
+        config(
+            f"opc.tcp://127.0.0.1:{proxy.port}{url.path}", RequestLimits(timeout=2.0, retries=0)
+        ),
+        publishing_interval=0.001,
+    )
+    drv = OpcuaDriver(slow, [BUSY])
+    drv.subscribe([BUSY], Recorder())
+    sim.broken = True
+    try:
+        with pytest.raises(ConnectFailed):
+            await drv.connect()
+    finally:
+        await drv.close()
+    try:
+        # Every session the driver opened is closed, on the server and on the link.
+        await wait_until(
+            lambda: not sim.server.iserver._external_sessions and proxy.open_connections == 0,
+            with_room(slow.limits.worst_case),
+            "no session left open",
+        )
+    finally:
+        await proxy.stop()
         await sim.server.stop()

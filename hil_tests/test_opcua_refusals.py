@@ -5,17 +5,19 @@ create is BAD readings naming why, tried again on the same session until the ser
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 import pytest
 from asyncua import ua
+from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 
 from drivers.base import Health, HealthState, Quality
-from drivers.config import OpcuaConfig
+from drivers.config import OpcuaConfig, RequestLimits
 from drivers.opcua import RECONNECT_CAP, OpcuaDriver
 from drivers.sim.opcua_server import default_cache_dir, init_with_cache
 from hil_tests.support import Logins, with_room
@@ -203,5 +205,182 @@ async def test_a_refused_subscription_is_tried_again_on_the_same_session_until_a
             )
             assert states == []  # never LOST: the device answered throughout
             assert driver.health.state is HealthState.CONNECTED
+        finally:
+            await driver.close()
+
+
+class ItemHook:
+    """A server-side hook on CreateMonitoredItems: a slow answer (`delay` seconds), or every
+    item refused with `refuse`, as a server at its limit of monitored items answers."""
+
+    def __init__(self, server: Server) -> None:
+        self.delay = 0.0
+        self.refuse: ua.StatusCode | None = None
+        self.calls = 0
+        server.subscribe_server_callback(CallbackType.ItemSubscriptionCreated, self.created)
+
+    async def created(self, event: ServerItemCallback, _dispatcher: object) -> None:
+        """asyncua calls this after it created the items, before it answers."""
+        self.calls += 1
+        if self.refuse is not None:
+            for result in event.response_params:
+                result.StatusCode = self.refuse
+        if self.delay:
+            await asyncio.sleep(self.delay)  # the slow server itself, not a test's wait
+
+
+def subscriptions(server: Server) -> int:
+    """How many subscriptions the server holds, of every session."""
+    return len(server.iserver.subscription_service.subscriptions)
+
+
+@pytest.mark.asyncio
+async def test_unsubscribing_during_a_retried_subscribe_leaves_no_subscription_on_the_server() -> (
+    None
+):
+    gate = Gate()
+    async with gated_server(gate) as server:
+        hook = ItemHook(server)
+        limit = server.iserver.max_subscriptions
+        server.iserver.max_subscriptions = 0
+        limits = RequestLimits(timeout=2.0, retries=1)  # the slow answer below is in time
+        config = OpcuaConfig(
+            "robot", endpoint_of(server), publishing_interval=PUBLISHING, limits=limits
+        )
+        driver = OpcuaDriver(config, [BUSY])
+        await driver.connect()
+        try:
+            seen = Recorder()
+            unsubscribe = driver.subscribe([BUSY], seen)
+            await wait_until(lambda: bool(seen.bad(BUSY.name)), 5.0, "the refusal")
+            hook.delay = 0.5
+            server.iserver.max_subscriptions = limit  # the retry's subscription is accepted
+            await wait_until(
+                lambda: hook.calls == 1, with_room(RECONNECT_CAP), "the retry's monitor request"
+            )
+            assert subscriptions(server) == 1
+            unsubscribe()  # while the server works on the monitored items
+            await wait_until(
+                lambda: subscriptions(server) == 0,
+                with_room(hook.delay),
+                "the retry's subscription deleted",
+            )
+            assert driver.health.state is HealthState.CONNECTED
+        finally:
+            await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_a_session_the_server_closed_makes_the_device_lost_and_it_reconnects() -> None:
+    gate = Gate()
+    async with gated_server(gate) as server:
+        config = OpcuaConfig(
+            "robot", endpoint_of(server), publishing_interval=PUBLISHING, limits=LIMITS
+        )
+        driver = OpcuaDriver(config, [BUSY])
+        await driver.connect()
+        states: list[HealthState] = []
+        driver.on_health(lambda _device, health: states.append(health.state))
+        try:
+            seen = Recorder()
+            driver.subscribe([BUSY], seen)
+            await wait_until(lambda: seen.last(BUSY.name) is not None, 5.0, "the initial value")
+            # The server ends the session (as its idle timeout would); the TCP link stays, and
+            # every request on it is answered BadSessionNotActivated.
+            (session,) = server.iserver._external_sessions.values()
+            await session.close_session(True)
+            await wait_until(lambda: HealthState.LOST in states, 5.0, "health LOST")
+            assert "BadSessionNotActivated" in (seen.bad(BUSY.name)[0].error or "")
+            await wait_until(
+                lambda: driver.health.state is HealthState.CONNECTED, 5.0, "the reconnect"
+            )
+            await set_busy(server, False)
+            await wait_until(
+                lambda: (last := seen.last(BUSY.name)) is not None and last.value is False,
+                5.0,
+                "a change on the new session",
+            )
+            assert states == [HealthState.LOST, HealthState.CONNECTED]
+        finally:
+            await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_monitored_items_refused_at_a_limit_are_tried_again_until_accepted() -> None:
+    gate = Gate()
+    async with gated_server(gate) as server:
+        hook = ItemHook(server)
+        hook.refuse = ua.StatusCode(ua.StatusCodes.BadTooManyMonitoredItems)
+        config = OpcuaConfig(
+            "robot", endpoint_of(server), publishing_interval=PUBLISHING, limits=LIMITS
+        )
+        driver = OpcuaDriver(config, [BUSY])
+        await driver.connect()
+        try:
+            seen = Recorder()
+            driver.subscribe([BUSY], seen)
+            await wait_until(lambda: hook.calls >= 3, with_room(RECONNECT_CAP), "three tries")
+            (bad,) = seen.seen[BUSY.name]  # told once, not on every try
+            assert "monitored item refused: BadTooManyMonitoredItems" in (bad.error or "")
+            assert driver.health.state is HealthState.CONNECTED
+            hook.refuse = None  # an item is free again
+            await wait_until(
+                lambda: (last := seen.last(BUSY.name)) is not None and last.value is True,
+                with_room(RECONNECT_CAP),
+                "robot.busy once the items are accepted",
+            )
+            # The refused tries' subscriptions were deleted: only the accepted one is left.
+            await wait_until(lambda: subscriptions(server) == 1, 5.0, "one subscription")
+            await set_busy(server, False)
+            await wait_until(
+                lambda: (last := seen.last(BUSY.name)) is not None and last.value is False,
+                5.0,
+                "a change",
+            )
+        finally:
+            await driver.close()
+
+
+@pytest.mark.asyncio
+async def test_a_subscription_without_answer_during_a_reconnect_fails_that_session_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A patient keep-alive (10 tries) outlasts each slow answer; a monitor request (one try)
+    # does not. Only monitor requests are slow, so the reconnect's session opens and only its
+    # subscription times out.
+    limits = RequestLimits(timeout=0.3, retries=9)
+    gate = Gate()
+    async with gated_server(gate) as server:
+        hook = ItemHook(server)
+        endpoint = endpoint_of(server)
+        config = OpcuaConfig("robot", endpoint, publishing_interval=PUBLISHING, limits=limits)
+        driver = OpcuaDriver(config, [BUSY])
+        await driver.connect()
+        try:
+            seen = Recorder()
+            hook.delay = 3 * limits.timeout
+            driver.subscribe([BUSY], seen)
+            # Failed on the first session, then on the reconnect's.
+            await wait_until(
+                lambda: (driver.health.last_error or "").startswith(
+                    f"reconnect to {endpoint}: robot: monitor 1 node(s): no answer"
+                ),
+                with_room(limits.worst_case),
+                "the reconnect's subscription timing out",
+            )
+            assert driver.health.state is HealthState.LOST
+            hook.delay = 0.0
+            await wait_until(
+                lambda: driver.health.state is HealthState.CONNECTED,
+                with_room(RECONNECT_CAP),
+                "a reconnect that subscribes",
+            )
+            await set_busy(server, False)
+            await wait_until(
+                lambda: (last := seen.last(BUSY.name)) is not None and last.value is False,
+                5.0,
+                "a change",
+            )
+            assert not [r for r in caplog.records if r.getMessage() == "robot: reconnect failed"]
         finally:
             await driver.close()
