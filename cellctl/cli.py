@@ -566,9 +566,12 @@ def run_recipe(
 def _safe_wait(text: str) -> float:
     """--safe-wait as seconds; a bad duration is bad input naming the option."""
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except DurationError as error:
         raise BadValue(f"--safe-wait {text}: {error}") from None
+    if seconds <= 0:  # no time to read the safe state back: every batch would end unconfirmed
+        raise BadValue(f"--safe-wait {text}: give a duration above zero (e.g. 30s, 5m)")
+    return seconds
 
 
 def _finish(options: RunOptions) -> None:

@@ -17,7 +17,7 @@ from rich.text import Text
 from cellctl.cell import Cell
 from cellctl.errors import CellctlError
 from cellctl.tags import device_config, get_tag, methods_by_device, point_for
-from drivers.base import ConnectTry, Driver, Quality, Value
+from drivers.base import ConnectTry, Driver, Quality, Value, sample_not_older
 from drivers.config import MemoryConfig, ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig, is_loopback
 from drivers.memory import MemoryDriver
 from drivers.modbus import make_modbus_drivers
@@ -47,11 +47,8 @@ class TagValue:
     device_time: float | None = None
 
     def not_older_than(self, other: TagValue) -> bool:
-        """True when this sample is at least as new as `other`: by the device's clock where both
-        carry it (one device, one clock), else by ours (when each was taken)."""
-        if self.device_time is not None and other.device_time is not None:
-            return self.device_time >= other.device_time
-        return self.timestamp >= other.timestamp
+        """True when this sample is at least as new as `other` (drivers' `sample_not_older`)."""
+        return sample_not_older(self, other)
 
     @property
     def age(self) -> float:

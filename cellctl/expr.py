@@ -318,10 +318,9 @@ class _Whitelist:
         written = ast.get_source_segment(self.source, node) or ""
         bad = next((i for i, c in enumerate(written) if not c.isascii()), None)
         if bad is not None:
-            shown = written if len(written) <= _SHOWN else written[: _SHOWN - 1] + "…"
             raise ExpressionError(
-                f"name {shown!r}: {written[bad]!r} is not an ASCII letter; names are ASCII "
-                "letters, digits and '_' (e.g. press.force_kN)",
+                f"name {_segment(self.source, node)!r}: {written[bad]!r} is not an ASCII "
+                "letter; names are ASCII letters, digits and '_' (e.g. press.force_kN)",
                 _offset(self.source, self.lead, node) + bad,
             )
 

@@ -247,9 +247,9 @@ class _Typed(_Model):
         """The accepted values in words: 'a float in 5..20 kN', "one of 'a', 'b'"."""
         if self.type == "enum":
             return "one of " + ", ".join(repr(c) for c in self.choices or ())
-        text = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(
-            self.type, "a text"
-        )
+        if self.type == "bool":  # the words every text of a bool takes (cellctl.textvalue)
+            return textvalue.describe(DataType.BOOL)
+        text = {"int": "a whole number", "float": "a number"}.get(self.type, "a text")
         if self.min is not None and self.max is not None:
             text += f" in {self.min:g}..{self.max:g}"
         elif self.min is not None:

@@ -37,11 +37,30 @@ class Reading:
     device_time: float | None = None
 
     def not_older_than(self, other: Reading) -> bool:
-        """True when this sample is at least as new as `other`: by the device's clock where both
-        carry it, else by ours (when each was taken)."""
-        if self.device_time is not None and other.device_time is not None:
-            return self.device_time >= other.device_time
-        return self.timestamp >= other.timestamp
+        """True when this sample is at least as new as `other` (see `sample_not_older`)."""
+        return sample_not_older(self, other)
+
+
+class Sample(Protocol):
+    """Anything stamped as a reading is: our time of taking it, and the device's own."""
+
+    @property
+    def timestamp(self) -> float:
+        """Our time of taking the sample (time.time())."""
+        ...
+
+    @property
+    def device_time(self) -> float | None:
+        """The device's own time of the sample, if it has one."""
+        ...
+
+
+def sample_not_older(sample: Sample, other: Sample) -> bool:
+    """True when `sample` is at least as new as `other`: by the device's clock where both carry
+    it (one device, one clock), else by ours (when each was taken)."""
+    if sample.device_time is not None and other.device_time is not None:
+        return sample.device_time >= other.device_time
+    return sample.timestamp >= other.timestamp
 
 
 class HealthState(enum.StrEnum):

@@ -246,7 +246,11 @@ def test_plan_skips_steps_whose_if_parameters_make_false(
         ("press-fit", "parts=many", "parameter parts: expects a whole number"),
         ("press-fit", "force_kN=20.5", "parameter force_kN: 20.5 is out of range"),
         ("changeover", "tool=Z9", "parameter tool: 'Z9' is not one of 'A12', 'B7', 'C3'"),
-        ("press-calibration", "high_load=maybe", "parameter high_load: expects true or false"),
+        (
+            "press-calibration",
+            "high_load=maybe",
+            "parameter high_load: expects true or false (yes/no, on/off, 1/0)",
+        ),
         ("press-fit", "colour=red", "unknown parameter 'colour'"),
         ("press-fit", "parts", "'parts': write name=value"),
     ],

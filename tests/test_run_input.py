@@ -118,6 +118,7 @@ def connected(listener: socket.socket) -> bool:
             r"error: --step and --break wait for keys at a terminal",
         ),
         ("batch.yaml", ["--speed", "4"], r"error: --speed .*needs --sim"),
+        ("batch.yaml", ["--safe-wait", "0s"], r"error: --safe-wait 0s: give a duration above"),
     ],
 )
 def test_bad_input_exits_1_with_one_line_and_connects_nothing(
