@@ -17,11 +17,11 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 
 from drivers.base import Health, HealthState, Quality
-from drivers.config import OpcuaConfig, RequestLimits
+from drivers.config import RequestLimits
 from drivers.opcua import RECONNECT_CAP, OpcuaDriver
 from drivers.sim.opcua_server import default_cache_dir, init_with_cache
 from hil_tests.support import Logins, with_room
-from hil_tests.test_opcua import BUSY, LIMITS, PUBLISHING, Recorder
+from hil_tests.test_opcua import BUSY, LIMITS, Recorder, config
 from tests.support import wait_until
 
 
@@ -71,14 +71,31 @@ async def set_busy(server: Server, value: bool) -> None:
     await server.write_attribute_value(ua.NodeId("Robot.Busy", 2), ua.DataValue(variant))
 
 
+@contextlib.asynccontextmanager
+async def connected(server: Server, limits: RequestLimits = LIMITS) -> AsyncIterator[OpcuaDriver]:
+    """A driver of robot.busy connected to the started `server`, closed after."""
+    driver = OpcuaDriver(config(endpoint_of(server), limits), [BUSY])
+    await driver.connect()
+    try:
+        yield driver
+    finally:
+        await driver.close()
+
+
+async def busy_reads(seen: Recorder, value: bool, within: float, what: str) -> None:
+    """Wait (up to `within` s) until the latest reading `seen` has of robot.busy is `value`."""
+    await wait_until(
+        lambda: (last := seen.last(BUSY.name)) is not None and last.value is value, within, what
+    )
+
+
 @pytest.mark.asyncio
 async def test_a_server_back_but_refusing_sessions_stays_lost_until_it_accepts() -> None:
     gate = Gate()
     async with gated_server(gate) as first:
         endpoint = endpoint_of(first)
         port = int(endpoint.rsplit(":", 1)[1].split("/")[0])
-        config = OpcuaConfig("robot", endpoint, publishing_interval=PUBLISHING, limits=LIMITS)
-        driver = OpcuaDriver(config, [BUSY])
+        driver = OpcuaDriver(config(endpoint), [BUSY])
         await driver.connect()
     # `first` has stopped: the driver is on its own from here.
     try:
@@ -110,17 +127,9 @@ async def test_a_server_back_but_refusing_sessions_stays_lost_until_it_accepts()
             await wait_until(
                 lambda: driver.health.state is HealthState.CONNECTED, 10.0, "the reconnect"
             )
-            await wait_until(
-                lambda: (last := seen.last(BUSY.name)) is not None and last.value is False,
-                5.0,
-                "robot.busy after the reconnect",
-            )
+            await busy_reads(seen, False, 5.0, "robot.busy after the reconnect")
             await set_busy(second, True)
-            await wait_until(
-                lambda: (last := seen.last(BUSY.name)) is not None and last.value is True,
-                5.0,
-                "a change after the reconnect",
-            )
+            await busy_reads(seen, True, 5.0, "a change after the reconnect")
             assert states[-1] is HealthState.CONNECTED
             assert HealthState.CONNECTED not in states[:-1]  # no success before the gate opened
     finally:
@@ -132,12 +141,7 @@ async def test_a_subscription_the_server_refuses_reads_bad_naming_the_refusal() 
     gate = Gate()
     async with gated_server(gate) as server:
         server.iserver.max_subscriptions = 0  # a server at its limit of subscriptions
-        config = OpcuaConfig(
-            "robot", endpoint_of(server), publishing_interval=PUBLISHING, limits=LIMITS
-        )
-        driver = OpcuaDriver(config, [BUSY])
-        await driver.connect()
-        try:
+        async with connected(server) as driver:
             seen = Recorder()
             driver.subscribe([BUSY], seen)
             await wait_until(lambda: bool(seen.bad(BUSY.name)), 5.0, "a BAD reading")
@@ -150,8 +154,6 @@ async def test_a_subscription_the_server_refuses_reads_bad_naming_the_refusal() 
             assert driver.health.state is HealthState.CONNECTED
             (reading,) = await driver.read([BUSY])
             assert (reading.quality, reading.value) == (Quality.GOOD, True)
-        finally:
-            await driver.close()
 
 
 def refusals(caplog: pytest.LogCaptureFixture, logger: str, text: str) -> int:
@@ -169,14 +171,9 @@ async def test_a_refused_subscription_is_tried_again_on_the_same_session_until_a
     async with gated_server(gate) as server:
         limit = server.iserver.max_subscriptions
         server.iserver.max_subscriptions = 0  # a server at its limit of subscriptions
-        config = OpcuaConfig(
-            "robot", endpoint_of(server), publishing_interval=PUBLISHING, limits=LIMITS
-        )
-        driver = OpcuaDriver(config, [BUSY])
-        await driver.connect()
-        states: list[HealthState] = []
-        driver.on_health(lambda _device, health: states.append(health.state))
-        try:
+        async with connected(server) as driver:
+            states: list[HealthState] = []
+            driver.on_health(lambda _device, health: states.append(health.state))
             seen = Recorder()
             driver.subscribe([BUSY], seen)
             # The server itself counts the tries it refused.
@@ -192,21 +189,13 @@ async def test_a_refused_subscription_is_tried_again_on_the_same_session_until_a
             assert refusals(caplog, "drivers.opcua", "BadTooManySubscriptions") == 1  # logged once
             # A subscription is free again: the next try takes it, on the same session.
             server.iserver.max_subscriptions = limit
-            await wait_until(
-                lambda: (last := seen.last(BUSY.name)) is not None and last.value is True,
-                with_room(RECONNECT_CAP),
-                "robot.busy once the subscription is accepted",
+            await busy_reads(
+                seen, True, with_room(RECONNECT_CAP), "robot.busy once the subscription is accepted"
             )
             await set_busy(server, False)
-            await wait_until(
-                lambda: (last := seen.last(BUSY.name)) is not None and last.value is False,
-                with_room(RECONNECT_CAP),
-                "a change",
-            )
+            await busy_reads(seen, False, with_room(RECONNECT_CAP), "a change")
             assert states == []  # never LOST: the device answered throughout
             assert driver.health.state is HealthState.CONNECTED
-        finally:
-            await driver.close()
 
 
 class ItemHook:
@@ -244,12 +233,7 @@ async def test_unsubscribing_during_a_retried_subscribe_leaves_no_subscription_o
         limit = server.iserver.max_subscriptions
         server.iserver.max_subscriptions = 0
         limits = RequestLimits(timeout=2.0, retries=1)  # the slow answer below is in time
-        config = OpcuaConfig(
-            "robot", endpoint_of(server), publishing_interval=PUBLISHING, limits=limits
-        )
-        driver = OpcuaDriver(config, [BUSY])
-        await driver.connect()
-        try:
+        async with connected(server, limits) as driver:
             seen = Recorder()
             unsubscribe = driver.subscribe([BUSY], seen)
             await wait_until(lambda: bool(seen.bad(BUSY.name)), 5.0, "the refusal")
@@ -266,43 +250,27 @@ async def test_unsubscribing_during_a_retried_subscribe_leaves_no_subscription_o
                 "the retry's subscription deleted",
             )
             assert driver.health.state is HealthState.CONNECTED
-        finally:
-            await driver.close()
 
 
 @pytest.mark.asyncio
 async def test_a_session_the_server_closed_makes_the_device_lost_and_it_reconnects() -> None:
     gate = Gate()
-    async with gated_server(gate) as server:
-        config = OpcuaConfig(
-            "robot", endpoint_of(server), publishing_interval=PUBLISHING, limits=LIMITS
-        )
-        driver = OpcuaDriver(config, [BUSY])
-        await driver.connect()
+    async with gated_server(gate) as server, connected(server) as driver:
         states: list[HealthState] = []
         driver.on_health(lambda _device, health: states.append(health.state))
-        try:
-            seen = Recorder()
-            driver.subscribe([BUSY], seen)
-            await wait_until(lambda: seen.last(BUSY.name) is not None, 5.0, "the initial value")
-            # The server ends the session (as its idle timeout would); the TCP link stays, and
-            # every request on it is answered BadSessionNotActivated.
-            (session,) = server.iserver._external_sessions.values()
-            await session.close_session(True)
-            await wait_until(lambda: HealthState.LOST in states, 5.0, "health LOST")
-            assert "BadSessionNotActivated" in (seen.bad(BUSY.name)[0].error or "")
-            await wait_until(
-                lambda: driver.health.state is HealthState.CONNECTED, 5.0, "the reconnect"
-            )
-            await set_busy(server, False)
-            await wait_until(
-                lambda: (last := seen.last(BUSY.name)) is not None and last.value is False,
-                5.0,
-                "a change on the new session",
-            )
-            assert states == [HealthState.LOST, HealthState.CONNECTED]
-        finally:
-            await driver.close()
+        seen = Recorder()
+        driver.subscribe([BUSY], seen)
+        await wait_until(lambda: seen.last(BUSY.name) is not None, 5.0, "the initial value")
+        # The server ends the session (as its idle timeout would); the TCP link stays, and
+        # every request on it is answered BadSessionNotActivated.
+        (session,) = server.iserver._external_sessions.values()
+        await session.close_session(True)
+        await wait_until(lambda: HealthState.LOST in states, 5.0, "health LOST")
+        assert "BadSessionNotActivated" in (seen.bad(BUSY.name)[0].error or "")
+        await wait_until(lambda: driver.health.state is HealthState.CONNECTED, 5.0, "the reconnect")
+        await set_busy(server, False)
+        await busy_reads(seen, False, 5.0, "a change on the new session")
+        assert states == [HealthState.LOST, HealthState.CONNECTED]
 
 
 @pytest.mark.asyncio
@@ -311,12 +279,7 @@ async def test_monitored_items_refused_at_a_limit_are_tried_again_until_accepted
     async with gated_server(gate) as server:
         hook = ItemHook(server)
         hook.refuse = ua.StatusCode(ua.StatusCodes.BadTooManyMonitoredItems)
-        config = OpcuaConfig(
-            "robot", endpoint_of(server), publishing_interval=PUBLISHING, limits=LIMITS
-        )
-        driver = OpcuaDriver(config, [BUSY])
-        await driver.connect()
-        try:
+        async with connected(server) as driver:
             seen = Recorder()
             driver.subscribe([BUSY], seen)
             await wait_until(lambda: hook.calls >= 3, with_room(RECONNECT_CAP), "three tries")
@@ -324,21 +287,13 @@ async def test_monitored_items_refused_at_a_limit_are_tried_again_until_accepted
             assert "monitored item refused: BadTooManyMonitoredItems" in (bad.error or "")
             assert driver.health.state is HealthState.CONNECTED
             hook.refuse = None  # an item is free again
-            await wait_until(
-                lambda: (last := seen.last(BUSY.name)) is not None and last.value is True,
-                with_room(RECONNECT_CAP),
-                "robot.busy once the items are accepted",
+            await busy_reads(
+                seen, True, with_room(RECONNECT_CAP), "robot.busy once the items are accepted"
             )
             # The refused tries' subscriptions were deleted: only the accepted one is left.
             await wait_until(lambda: subscriptions(server) == 1, 5.0, "one subscription")
             await set_busy(server, False)
-            await wait_until(
-                lambda: (last := seen.last(BUSY.name)) is not None and last.value is False,
-                5.0,
-                "a change",
-            )
-        finally:
-            await driver.close()
+            await busy_reads(seen, False, 5.0, "a change")
 
 
 @pytest.mark.asyncio
@@ -353,10 +308,7 @@ async def test_a_subscription_without_answer_during_a_reconnect_fails_that_sessi
     async with gated_server(gate) as server:
         hook = ItemHook(server)
         endpoint = endpoint_of(server)
-        config = OpcuaConfig("robot", endpoint, publishing_interval=PUBLISHING, limits=limits)
-        driver = OpcuaDriver(config, [BUSY])
-        await driver.connect()
-        try:
+        async with connected(server, limits) as driver:
             seen = Recorder()
             hook.delay = 3 * limits.timeout
             driver.subscribe([BUSY], seen)
@@ -376,11 +328,5 @@ async def test_a_subscription_without_answer_during_a_reconnect_fails_that_sessi
                 "a reconnect that subscribes",
             )
             await set_busy(server, False)
-            await wait_until(
-                lambda: (last := seen.last(BUSY.name)) is not None and last.value is False,
-                5.0,
-                "a change",
-            )
+            await busy_reads(seen, False, 5.0, "a change")
             assert not [r for r in caplog.records if r.getMessage() == "robot: reconnect failed"]
-        finally:
-            await driver.close()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+from cellctl.errors import Problem
 
 
 @dataclass(frozen=True)
@@ -25,3 +29,17 @@ def col_of(text: str, line: int, at: str) -> int:
     found = text.splitlines()[line - 1].find(at)
     assert found >= 0, f"{at!r} is not on line {line}"
     return found + 1
+
+
+def assert_located(
+    path: Path, text: str, problems: Sequence[Problem], expected: Sequence[Expect]
+) -> None:
+    """Assert `problems` of the file `path` (holding `text`) are just `expected`: as many, and
+    each expected one at its line and column with its code, saying all of its words."""
+    shown = "\n".join(str(p) for p in problems)
+    assert len(problems) == len(expected), shown
+    for want in expected:
+        prefix = f"{path}:{want.line}:{col_of(text, want.line, want.at)}: "
+        matching = [p for p in problems if str(p).startswith(prefix) and p.code == want.code]
+        assert matching, f"nothing at {prefix} with code {want.code}:\n{shown}"
+        assert any(all(word in p.message for word in want.says) for p in matching), shown

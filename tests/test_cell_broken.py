@@ -8,7 +8,7 @@ import pytest
 
 from cellctl.cell import check_cell_file, load_cell
 from cellctl.errors import Problem, ValidationFailed
-from tests.located import Expect, col_of, expect
+from tests.located import Expect, assert_located, col_of, expect
 
 # Five lines every case below builds on: a Modbus TCP, an OPC UA and a memory device.
 HEAD = """\
@@ -419,13 +419,7 @@ def test_broken_cell(tmp_path: Path, name: str) -> None:
     text, expected = CASES[name]
     path = tmp_path / f"{name}.yaml"
     problems = check(path, text.encode())
-    shown = "\n".join(str(p) for p in problems)
-    assert len(problems) == len(expected), shown
-    for want in expected:
-        prefix = f"{path}:{want.line}:{col_of(text, want.line, want.at)}: "
-        matching = [p for p in problems if str(p).startswith(prefix) and p.code == want.code]
-        assert matching, f"nothing at {prefix} with code {want.code}:\n{shown}"
-        assert any(all(word in p.message for word in want.says) for p in matching), shown
+    assert_located(path, text, problems, expected)
 
 
 def test_at_least_25_broken_files() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from cellctl.cell import Heartbeat, check_cell_file, load_cell
 from cellctl.schema import schema_of
-from tests.located import Expect, col_of, expect
+from tests.located import Expect, assert_located, expect
 from tests.support import cli
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
@@ -101,13 +101,7 @@ def test_broken_heartbeat(tmp_path: Path, name: str) -> None:
     path = tmp_path / f"{name}.yaml"
     path.write_text(text, encoding="utf-8")
     problems = check_cell_file(path)
-    shown = "\n".join(str(p) for p in problems)
-    assert len(problems) == len(expected), shown
-    for want in expected:
-        prefix = f"{path}:{want.line}:{col_of(text, want.line, want.at)}: "
-        matching = [p for p in problems if str(p).startswith(prefix) and p.code == want.code]
-        assert matching, f"nothing at {prefix} with code {want.code}:\n{shown}"
-        assert any(all(word in p.message for word in want.says) for p in matching), shown
+    assert_located(path, text, problems, expected)
 
 
 def test_a_counter_and_a_bit_on_two_devices_are_valid(tmp_path: Path) -> None:

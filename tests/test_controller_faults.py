@@ -214,12 +214,17 @@ async def test_confirm_waits_for_a_lost_device_and_names_what_stays_unconfirmed(
         assert_safe_state(rig, [*rig.writes(), ("line.run", False), ("line.speed", 0)])
 
 
+async def held(rig: Bench) -> None:
+    """Run the bench's batch into Execute, then hold it."""
+    await rig.to_execute()
+    await rig.ctl.command(Command.HOLD)
+    await rig.settle(State.HELD)
+
+
 @pytest.mark.asyncio
 async def test_confirm_reads_the_safe_state_back_and_writes_again_what_changed() -> None:
     async with opened(Bench()) as rig:
-        await rig.to_execute()
-        await rig.ctl.command(Command.HOLD)
-        await rig.settle(State.HELD)
+        await held(rig)
         # A write that was under way lands after the safe state (a late frame on a bus).
         rig.device("press.heat", True)
         mark = len(rig.events)
@@ -234,10 +239,8 @@ async def test_confirm_reads_the_safe_state_back_and_writes_again_what_changed()
 @pytest.mark.asyncio
 async def test_nothing_to_confirm_once_unhold_gave_the_outputs_back_to_the_recipe() -> None:
     async with opened(Bench()) as rig:
-        await rig.to_execute()
         # Held and unheld: the recipe decides the outputs again, restored ones included.
-        await rig.ctl.command(Command.HOLD)
-        await rig.settle(State.HELD)
+        await held(rig)
         await rig.ctl.command(Command.UNHOLD)
         await rig.settle(State.EXECUTE)
         rig.device("line.done", True)
@@ -251,9 +254,7 @@ async def test_nothing_to_confirm_once_unhold_gave_the_outputs_back_to_the_recip
 @pytest.mark.asyncio
 async def test_nothing_is_confirmed_before_it_is_read_back() -> None:
     async with opened(Bench()) as rig:
-        await rig.to_execute()
-        await rig.ctl.command(Command.HOLD)
-        await rig.settle(State.HELD)
+        await held(rig)
         # No time to read anything back: every tag is unconfirmed, none taken for granted.
         left = await rig.ctl.safe.confirm(0, asyncio.Event(), waiting=lambda tags: None)
         assert set(left) == set(SAFE)
@@ -273,9 +274,7 @@ STORED = CELL.replace(
 @pytest.mark.asyncio
 async def test_a_safe_value_reads_back_as_the_device_stores_it() -> None:
     async with opened(Bench(cell=STORED)) as rig:
-        await rig.to_execute()
-        await rig.ctl.command(Command.HOLD)
-        await rig.settle(State.HELD)
+        await held(rig)
         mark = len(rig.events)
         told: list[list[str]] = []
         assert await rig.ctl.safe.confirm(5, asyncio.Event(), waiting=told.append) == {}

@@ -65,6 +65,18 @@ async def batch(rig: Bench) -> BatchEnded:
         return await rig.ctl.run_batch(stop_when_held=lambda: True)
 
 
+#: A ready that outlasts each test below: only something else ends the wait for it.
+PATIENT = CELL + READY.replace(b"300ms", b"30s")
+
+
+async def waiting_for_ready(rig: Bench) -> asyncio.Task[BatchEnded]:
+    """The batch, started on a press that never releases, once it waits for ready (PATIENT)."""
+    latched(rig, release_after=None)
+    running = asyncio.ensure_future(batch(rig))
+    await wait_until(lambda: bool(rig.of(Notice)), what="the wait for ready")
+    return running
+
+
 @pytest.mark.asyncio
 async def test_resetting_writes_the_safe_state_and_waits_for_ready_before_start() -> None:
     async with opened(Bench(RECIPE, cell=CELL + READY)) as rig:
@@ -151,10 +163,8 @@ async def test_a_write_that_fails_in_resetting_stops_the_cell_naming_tag_and_dev
 
 @pytest.mark.asyncio
 async def test_a_stop_request_before_start_ends_the_ready_wait_writing_nothing_more() -> None:
-    async with opened(Bench(RECIPE, cell=CELL + READY.replace(b"300ms", b"30s"))) as rig:
-        latched(rig, release_after=None)
-        running = asyncio.ensure_future(batch(rig))
-        await wait_until(lambda: bool(rig.of(Notice)), what="the wait for ready")
+    async with opened(Bench(RECIPE, cell=PATIENT)) as rig:
+        running = await waiting_for_ready(rig)
         rig.ctl.refuse_start("SIGTERM before the batch started")
         ended = await running  # within batch()'s 5 s, not the 30 s of the timeout
         assert rig.ctl.start_refused == "SIGTERM before the batch started"
@@ -165,10 +175,8 @@ async def test_a_stop_request_before_start_ends_the_ready_wait_writing_nothing_m
 
 @pytest.mark.asyncio
 async def test_a_trip_while_waiting_for_ready_leaves_its_safe_state_and_stops_the_cell() -> None:
-    async with opened(Bench(RECIPE, cell=CELL + READY.replace(b"300ms", b"30s"))) as rig:
-        latched(rig, release_after=None)
-        running = asyncio.ensure_future(batch(rig))
-        await wait_until(lambda: bool(rig.of(Notice)), what="the wait for ready")
+    async with opened(Bench(RECIPE, cell=PATIENT)) as rig:
+        running = await waiting_for_ready(rig)
         rig.device("safety.ok", False)  # the light curtain: a hold, not legal in Resetting
         await wait_until(lambda: bool(rig.of(SafeStateWritten)), what="the trip's safe state")
         rig.device("line.done", False)  # ready now, but the trip's safe state stands
