@@ -55,6 +55,7 @@ from cellctl.tagio import TagIO
 from cellctl.tags import tag_units
 from cellctl.validate import open_recipe
 from drivers.base import Value
+from drivers.tasks import cancel_and_wait
 
 if TYPE_CHECKING:  # imported when --sim is given: it loads every simulator
     from cellctl.simwiring import CellSimulator
@@ -642,9 +643,7 @@ class BatchRun:
 
 async def _cancelled(tasks: list[asyncio.Task[None]]) -> None:
     """Cancel the tasks and wait until they have ended."""
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait(tasks)
 
 
 def _fault_of(simulator: CellSimulator, fault: str) -> tuple[str, str]:

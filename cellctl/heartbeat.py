@@ -22,6 +22,7 @@ from drivers import codecs
 from drivers.base import Value
 from drivers.errors import DriverError
 from drivers.points import DataType
+from drivers.tasks import cancel_and_wait
 
 log = logging.getLogger("cellctl.heartbeat")
 
@@ -87,10 +88,8 @@ class Heartbeat:
     async def stop(self) -> None:
         """Stop every writer and wait for it; the last value written stays on the device."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        # gather, not `await task` under suppress: a cancel aimed at the caller must reach it.
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Not `await task` under suppress: a cancel aimed at the caller must reach it.
+        await cancel_and_wait(tasks)
 
     @staticmethod
     def _ended(task: asyncio.Task[None]) -> None:

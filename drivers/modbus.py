@@ -53,6 +53,7 @@ from drivers.errors import (
 )
 from drivers.health import Backoff, HealthTracker, TracksHealth, connect_with_backoff
 from drivers.points import Access, DataType, MethodSpec, ModbusPoint, ModbusTable, Point
+from drivers.tasks import cancel_and_wait
 
 log = logging.getLogger("drivers.modbus")
 
@@ -406,8 +407,7 @@ class ModbusBus:
         """Stop the connect loop, close the connection and wait for every request task."""
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
-            supervisor.cancel()
-            await asyncio.gather(supervisor, return_exceptions=True)
+            await cancel_and_wait([supervisor])
         # Requests first, so their callers hear "driver closed", not a lost connection.
         inflight = list(self._inflight)
         for task in inflight:
@@ -416,7 +416,7 @@ class ModbusBus:
         if client is not None:
             client.close()
         self._up.clear()
-        await asyncio.gather(*inflight, return_exceptions=True)
+        await cancel_and_wait(inflight)
 
     def _make_client(self) -> ModbusBaseClient:
         # reconnect_delay=0 turns pymodbus's reconnect off: _supervise does it, with jitter.
@@ -649,9 +649,7 @@ class ModbusDriver(TracksHealth):
         self._subscriptions.clear()
         tasks = [t for t in (self._poller, *self._retired) if t is not None]
         self._poller = None
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         if self._attached:
             self._attached = False
             await self.bus.detach(self._bus_changed)

@@ -61,6 +61,7 @@ from drivers.opcua_types import (
     to_variant,
 )
 from drivers.points import Access, MethodSpec, OpcuaPoint, Point
+from drivers.tasks import cancel_and_wait
 
 log = logging.getLogger("drivers.opcua")
 
@@ -203,10 +204,7 @@ class OpcuaDriver(TracksHealth):
         # swallowed their cancellation.
         client, self._client = self._client, None
         self._forget_session()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         if client is not None:
             await self._dispose(client)
 
