@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar, cast
 
-from cellctl.batchrun import RunOptions, prepare
 from cellctl.cell import Cell, ModbusTcpDevice, OpcuaDevice, load_cell
-from cellctl.connect import build_drivers
-from cellctl.controller import Controller
-from cellctl.events import BatchEnded, Event, StateChanged
-from cellctl.heartbeat import Heartbeat
-from cellctl.machine import State
-from cellctl.operator import Operator, ScriptedOperator
-from cellctl.simwiring import CellSimulator
-from cellctl.tagio import TagIO
+from cellctl.cli.batch import RunOptions, prepare
+from cellctl.control.controller import Controller
+from cellctl.control.events import BatchEnded, Event, StateChanged
+from cellctl.control.machine import State
+from cellctl.control.operator import Operator, ScriptedOperator
+from cellctl.io.drivers import build_drivers
+from cellctl.io.heartbeat import Heartbeat
+from cellctl.io.session import TagIO
+from cellctl.io.sim import CellSimulator
 from drivers.base import Value
 from hil_tests.support import LoopThread
 

@@ -92,8 +92,8 @@ def test_every_tag_is_delivered_by_its_subscription(cell: Cell) -> None:
     import asyncio
     import contextlib
 
-    from cellctl.connect import TagValue
-    from cellctl.tagio import CellSession
+    from cellctl.io.session import CellSession
+    from cellctl.values import TagValue
 
     async def watch() -> dict[str, TagValue]:
         seen: dict[str, TagValue] = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cellctl.cell import load_cell
-from cellctl.simwiring import CellSimulator
+from cellctl.io.sim import CellSimulator
 from hil_tests.run_support import serve
 from hil_tests.support import LoopThread
 from tests.support import cli

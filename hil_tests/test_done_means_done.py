@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from cellctl.events import StepPaused
-from cellctl.machine import Command, State
-from cellctl.operator import PromptRequest, ScriptedOperator, StepChoice
-from cellctl.tagio import TagIO
+from cellctl.control.events import StepPaused
+from cellctl.control.machine import Command, State
+from cellctl.control.operator import PromptRequest, ScriptedOperator, StepChoice
+from cellctl.io.session import TagIO
 from drivers.base import Value
 from hil_tests.run_support import DEMO, Harness, Served, controller_for, entered, serve_demo
 from tests.support import wait_until

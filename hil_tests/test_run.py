@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cellctl.cell import OpcuaDevice, load_cell
-from cellctl.controller import CommandBlocked
-from cellctl.events import (
+from cellctl.control.controller import CommandBlocked
+from cellctl.control.events import (
     Event,
     SafeStateWritten,
     StateChanged,
@@ -27,7 +27,7 @@ from cellctl.events import (
     Tripped,
     WaitProgress,
 )
-from cellctl.machine import Command, State
+from cellctl.control.machine import Command, State
 from hil_tests.run_support import (
     PRESS_FIT,
     ConveyorOutputs,

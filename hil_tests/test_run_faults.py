@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from cellctl.cell import Cell, ModbusTcpDevice, OpcuaDevice, load_cell
-from cellctl.controller import CommandBlocked
-from cellctl.events import (
+from cellctl.control.controller import CommandBlocked
+from cellctl.control.events import (
     Event,
     SafeStateWritten,
     StepStarted,
@@ -30,7 +30,7 @@ from cellctl.events import (
     Tripped,
     WaitProgress,
 )
-from cellctl.machine import Command, State
+from cellctl.control.machine import Command, State
 from drivers.sim.faultproxy import FaultProxy
 from hil_tests.run_support import (
     ConveyorOutputs,

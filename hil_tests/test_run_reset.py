@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cellctl.events import Notice, TagWritten
-from cellctl.machine import Command, State
+from cellctl.control.events import Notice, TagWritten
+from cellctl.control.machine import Command, State
 from hil_tests.run_support import PRESS_FIT, Served, controller_for, heartbeat_quiet, serve_demo
 from hil_tests.support import wait_until
 from tests.support import cli

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from cellctl.cell import ModbusTcpDevice
-from cellctl.events import Event, StepEnded, StepOutcome, StepStarted, TagWritten
-from cellctl.machine import Command, State
-from cellctl.operator import FailureChoice
+from cellctl.control.events import Event, StepEnded, StepOutcome, StepStarted, TagWritten
+from cellctl.control.machine import Command, State
+from cellctl.control.operator import FailureChoice
 from hil_tests.run_support import (
     DEMO,
     ConveyorOutputs,

@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 import pytest
 
 from cellctl.cli import run
-from cellctl.tagio import TagIO
+from cellctl.io.session import TagIO
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:

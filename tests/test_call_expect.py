@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from cellctl.events import MethodCalled, StepEnded, StepOutcome
-from cellctl.executor import Executor
-from cellctl.operator import FailureChoice
+from cellctl.control.events import MethodCalled, StepEnded, StepOutcome
+from cellctl.control.executor import Executor
+from cellctl.control.operator import FailureChoice
 from drivers.base import Value
 from tests.support import wait_until, watched
 from tests.test_executor import CELL, DEADLINE, Rig, finish

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cellctl.cell import Heartbeat, check_cell_file, load_cell
-from cellctl.schema import schema_of
+from cellctl.cli.schema import schema_of
 from tests.located import Expect, assert_located, expect
 from tests.support import cli
 

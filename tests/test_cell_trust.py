@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cellctl import tags
-from cellctl.cell import check_cell_file, load_cell
+from cellctl.cell import check_cell_file, load_cell, tags
 from drivers.config import OpcuaConfig
 from tests.located import col_of
 

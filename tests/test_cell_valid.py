@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cellctl import expr, tags
+from cellctl import expr
 from cellctl.cell import (
     Cell,
     ModbusAddress,
@@ -17,6 +17,7 @@ from cellctl.cell import (
     SimSpec,
     check_cell_file,
     load_cell,
+    tags,
 )
 from cellctl.durations import DurationError, format_duration, parse_duration
 from drivers.config import ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig, RequestLimits

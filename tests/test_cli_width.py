@@ -11,7 +11,7 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from cellctl import cli
-from cellctl.machine import state_table_rows
+from cellctl.control.machine import state_table_rows
 
 DEMO = Path(__file__).parent.parent / "recipes" / "demo"
 

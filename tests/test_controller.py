@@ -15,8 +15,8 @@ import pytest
 import pytest_asyncio
 
 from cellctl.cell import Cell, cell_from_document
-from cellctl.controller import CommandBlocked, Controller
-from cellctl.events import (
+from cellctl.control.controller import CommandBlocked, Controller
+from cellctl.control.events import (
     BatchEnded,
     CommandRefused,
     Event,
@@ -30,10 +30,10 @@ from cellctl.events import (
     Tripped,
     WaitProgress,
 )
-from cellctl.machine import Command, IllegalCommand, IllegalModeChange, Mode, State
-from cellctl.operator import FailureChoice, ScriptedOperator
+from cellctl.control.machine import Command, IllegalCommand, IllegalModeChange, Mode, State
+from cellctl.control.operator import FailureChoice, ScriptedOperator
+from cellctl.io.session import TagIO
 from cellctl.recipe import LoadedRecipe, RecipeIdentity, recipe_from_document
-from cellctl.tagio import TagIO
 from cellctl.yamlload import parse_yaml
 from drivers.base import Reading, Value
 from drivers.config import MemoryConfig

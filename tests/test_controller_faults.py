@@ -11,8 +11,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from cellctl.cell import cell_from_document
-from cellctl.connect import TagValue
-from cellctl.events import (
+from cellctl.control.events import (
     CommandRefused,
     Event,
     SafeStateWritten,
@@ -21,10 +20,11 @@ from cellctl.events import (
     Tripped,
     WaitProgress,
 )
-from cellctl.interlocks import InterlockMonitor
-from cellctl.machine import Command, State
-from cellctl.safestate import SAFE_RETRY
-from cellctl.tagio import TagIO
+from cellctl.control.interlocks import InterlockMonitor
+from cellctl.control.machine import Command, State
+from cellctl.control.safestate import SAFE_RETRY
+from cellctl.io.session import TagIO
+from cellctl.values import TagValue
 from cellctl.yamlload import parse_yaml
 from drivers.base import Quality, Reading, Value
 from drivers.config import MemoryConfig

@@ -11,8 +11,7 @@ import pytest
 import pytest_asyncio
 
 from cellctl.cell import Cell, cell_from_document
-from cellctl.connect import TagValue
-from cellctl.events import (
+from cellctl.control.events import (
     Event,
     MethodCalled,
     Notice,
@@ -24,16 +23,17 @@ from cellctl.events import (
     TagWritten,
     WaitProgress,
 )
-from cellctl.executor import ChoiceNeeded, Executor, PauseReason, StepFailure
-from cellctl.operator import (
+from cellctl.control.executor import ChoiceNeeded, Executor, PauseReason, StepFailure
+from cellctl.control.operator import (
     FailureChoice,
     Operator,
     PromptRequest,
     ScriptedOperator,
     StepChoice,
 )
+from cellctl.io.session import TagIO
 from cellctl.recipe import Recipe, recipe_from_document
-from cellctl.tagio import TagIO
+from cellctl.values import TagValue
 from cellctl.yamlload import parse_yaml
 from drivers.base import Quality, Value
 from drivers.config import MemoryConfig

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from cellctl.events import Event, StepEnded, StepOutcome, StepStarted, WaitProgress
+from cellctl.control.events import Event, StepEnded, StepOutcome, StepStarted, WaitProgress
 from tests.support import watched
 from tests.test_executor import Rig
 

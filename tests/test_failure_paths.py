@@ -12,8 +12,8 @@ from dataclasses import replace
 import pytest
 import pytest_asyncio
 
-from cellctl.controller import CommandBlocked, Controller
-from cellctl.events import (
+from cellctl.control.controller import CommandBlocked, Controller
+from cellctl.control.events import (
     Notice,
     SafeStateWritten,
     StateChanged,
@@ -22,8 +22,8 @@ from cellctl.events import (
     StepPaused,
     Tripped,
 )
-from cellctl.machine import Command, Mode, State
-from cellctl.operator import FailureChoice, NoAnswer, PromptRequest, StepChoice
+from cellctl.control.machine import Command, Mode, State
+from cellctl.control.operator import FailureChoice, NoAnswer, PromptRequest, StepChoice
 from drivers.base import Reading, ReadingsCallback, Unsubscribe, Value
 from drivers.config import MemoryConfig
 from drivers.errors import DeviceTimeout, WriteRejected

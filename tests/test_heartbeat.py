@@ -13,8 +13,8 @@ import pytest
 import pytest_asyncio
 
 from cellctl.cell import Cell, cell_from_document
-from cellctl.heartbeat import Heartbeat, next_beat
-from cellctl.tagio import TagIO
+from cellctl.io.heartbeat import Heartbeat, next_beat
+from cellctl.io.session import TagIO
 from cellctl.yamlload import parse_yaml
 from drivers.base import Reading
 from drivers.config import MemoryConfig
@@ -108,7 +108,7 @@ async def test_beats_come_every_period_and_stop_with_the_writer(rig: Rig) -> Non
 async def test_an_outage_is_logged_once_never_stops_it_and_beats_resume_with_a_change(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="cellctl.heartbeat")
+    caplog.set_level(logging.INFO, logger="cellctl.io.heartbeat")
     async with Heartbeat(rig.io, rig.cell.heartbeat) as heartbeat:
         await wait_until(lambda: len(rig.beats(rig.press, "press.life")) >= 2, 3.0, "two bits")
         rig.press.fail(NotConnected("press: link down"))
@@ -121,7 +121,7 @@ async def test_an_outage_is_logged_once_never_stops_it_and_beats_resume_with_a_c
         warnings = [
             r
             for r in caplog.records
-            if r.levelno == logging.ERROR and r.name == "cellctl.heartbeat"
+            if r.levelno == logging.ERROR and r.name == "cellctl.io.heartbeat"
         ]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         assert "press.life" in warnings[0].getMessage()
@@ -138,7 +138,7 @@ async def test_an_outage_is_logged_once_never_stops_it_and_beats_resume_with_a_c
         assert rig.beats(rig.press, "press.life")[written] is held  # != what the device held
         assert heartbeat.failing == {}
     # Only the heartbeat's own records (other loggers may reach caplog, as the drivers' do).
-    mine = [r for r in caplog.records if r.name == "cellctl.heartbeat"]
+    mine = [r for r in caplog.records if r.name == "cellctl.io.heartbeat"]
     assert [r.getMessage() for r in mine if r.levelno == logging.INFO] == [
         "heartbeat line.life on device line: written every 0.02 s from now on "
         "(the device's timeout: 0.2 s)",

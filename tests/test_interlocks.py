@@ -11,12 +11,13 @@ import pytest
 import pytest_asyncio
 
 from cellctl.cell import Cell, cell_from_document
-from cellctl.connect import TagValue, build_drivers
-from cellctl.events import SafeWrite, Tripped
-from cellctl.interlocks import InterlockMonitor
-from cellctl.packml import Command
-from cellctl.safestate import write_safe_state
-from cellctl.tagio import TagIO
+from cellctl.control.events import SafeWrite, Tripped
+from cellctl.control.interlocks import InterlockMonitor
+from cellctl.control.packml import Command
+from cellctl.control.safestate import write_safe_state
+from cellctl.io.drivers import build_drivers
+from cellctl.io.session import TagIO
+from cellctl.values import TagValue
 from cellctl.yamlload import parse_yaml
 from drivers.base import Quality
 from drivers.errors import DeviceTimeout

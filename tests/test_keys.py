@@ -13,11 +13,11 @@ import pytest
 import pytest_asyncio
 
 from cellctl.cell import load_cell
-from cellctl.events import StepPaused
-from cellctl.keys import TerminalKeys, TerminalOperator
-from cellctl.operator import PromptRequest, StepChoice
+from cellctl.cli.keys import TerminalKeys, TerminalOperator
+from cellctl.cli.views.run import RunModel
+from cellctl.control.events import StepPaused
+from cellctl.control.operator import PromptRequest, StepChoice
 from cellctl.recipe import PromptStep, load_recipe
-from cellctl.runview import RunModel
 from tests.support import wait_until
 
 DEMO = Path(__file__).parent.parent / "recipes" / "demo"

@@ -14,9 +14,9 @@ import pytest
 from rich.console import Console
 from rich.live import Live
 
-from cellctl.batchrun import BatchRun, RunOptions, prepare
-from cellctl.connect import TagValue
-from cellctl.runview import FittedView, RunModel
+from cellctl.cli.batch import BatchRun, RunOptions, prepare
+from cellctl.cli.views.run import FittedView, RunModel
+from cellctl.values import TagValue
 from tests.support import wait_until
 
 DEMO = Path(__file__).parent.parent / "recipes" / "demo"
@@ -46,7 +46,7 @@ def test_frames_are_drawn_on_the_loop_and_a_failed_frame_is_reported(
             await wait_until(task.done, 5.0, "the failed frame to end the redraw task")
         return task
 
-    with caplog.at_level(logging.ERROR, logger="cellctl.batchrun"):
+    with caplog.at_level(logging.ERROR, logger="cellctl.cli.batch"):
         task = asyncio.run(scenario())
     assert drawn_on and set(drawn_on) == {threading.get_ident()}  # the loop's own thread
     assert isinstance(task.exception(), RuntimeError)

@@ -7,8 +7,8 @@ import time
 
 from rich.console import Console
 
-from cellctl.connect import TagValue
-from cellctl.liveview import plain_line, tag_table
+from cellctl.cli.views.tags import plain_line, tag_table
+from cellctl.values import TagValue
 from drivers.base import Quality
 
 

@@ -10,8 +10,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from cellctl.events import StateChanged
-from cellctl.machine import (
+from cellctl.control.events import StateChanged
+from cellctl.control.machine import (
     Command,
     IllegalCommand,
     IllegalModeChange,
@@ -209,7 +209,7 @@ def test_a_listener_that_raises_leaves_the_change_made_and_the_error_raised(
 
     machine = PackMLMachine(failing, state=State.EXECUTE)
     with (
-        caplog.at_level(logging.ERROR, logger="cellctl.machine"),
+        caplog.at_level(logging.ERROR, logger="cellctl.control.machine"),
         pytest.raises(RuntimeError, match="queue full"),
     ):
         machine.command(Command.ABORT)

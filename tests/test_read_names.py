@@ -8,7 +8,7 @@ import pytest
 
 from cellctl.cell import Cell, load_cell
 from cellctl.errors import UnknownTag
-from cellctl.tagio import NothingToRead, tags_to_read
+from cellctl.io.session import NothingToRead, tags_to_read
 
 CELL = """\
 cell: bench

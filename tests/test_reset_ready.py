@@ -10,10 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from cellctl.batchrun import RunOptions, prepare
-from cellctl.connect import TagValue
-from cellctl.events import BatchEnded, Event, Notice, SafeStateWritten, StateChanged, TagWritten
-from cellctl.machine import State
+from cellctl.cli.batch import RunOptions, prepare
+from cellctl.control.events import (
+    BatchEnded,
+    Event,
+    Notice,
+    SafeStateWritten,
+    StateChanged,
+    TagWritten,
+)
+from cellctl.control.machine import State
+from cellctl.values import TagValue
 from drivers.base import Quality
 from drivers.config import MemoryConfig
 from tests.support import wait_until

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from cellctl.machine import Command, State
+from cellctl.control.machine import Command, State
 from tests.support import cli
 
 CELL = """\

@@ -14,8 +14,18 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from cellctl.cell import load_cell
-from cellctl.connect import TagValue
-from cellctl.events import (
+from cellctl.cell.tags import tag_units
+from cellctl.cli.views.run import (
+    CAUSE_ROWS,
+    FittedView,
+    RunModel,
+    StepStatus,
+    clock,
+    event_line,
+    render,
+    summary_lines,
+)
+from cellctl.control.events import (
     BatchEnded,
     CommandRefused,
     Event,
@@ -36,19 +46,9 @@ from cellctl.events import (
     Tripped,
     WaitProgress,
 )
-from cellctl.machine import Command, Mode, State
+from cellctl.control.machine import Command, Mode, State
 from cellctl.recipe import LoadedRecipe, load_recipe
-from cellctl.runview import (
-    CAUSE_ROWS,
-    FittedView,
-    RunModel,
-    StepStatus,
-    clock,
-    event_line,
-    render,
-    summary_lines,
-)
-from cellctl.tags import tag_units
+from cellctl.values import TagValue
 from drivers.base import Quality
 
 DEMO = Path(__file__).parent.parent / "recipes" / "demo"
@@ -615,7 +615,7 @@ def held(model: RunModel, cause: str) -> None:
 
 #: A condition written over lines in YAML (`when: |`): its line breaks are in the text.
 FOLDED = "not safety.light_curtain_ok\nor conveyor.fault\n"
-#: The message of the demo's light-curtain trip, as cellctl.interlocks words it (100 chars).
+#: The message of the demo's light-curtain trip, as cellctl.control.interlocks words it (100 chars).
 CURTAIN_MESSAGE = (
     "interlock light-curtain tripped (not safety.light_curtain_ok; "
     "safety.light_curtain_ok = false): hold"

@@ -209,7 +209,7 @@ def test_tick_must_be_positive() -> None:
 def test_localhost_and_127_0_0_1_on_one_port_are_one_simulated_gateway(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The cell file's rules treat both spellings as one gateway; so must the simulators."""
     from cellctl.cell import load_cell
-    from cellctl.simwiring import CellSimulator
+    from cellctl.io.sim import CellSimulator
 
     cell_file = tmp_path / "cell.yaml"
     cell_file.write_text(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cellctl.cell import load_cell
-from cellctl.simwiring import CellSimulator, SimulatorError, serve_host
+from cellctl.io.sim import CellSimulator, SimulatorError, serve_host
 
 CELL = (
     "# the bench\ncell: bench\ndevices:\n  m: {driver: memory}\n"

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cellctl import tags
-from cellctl.cell import Cell, load_cell
+from cellctl.cell import Cell, load_cell, tags
 from cellctl.errors import BadValue, MissingSecret, UnknownDevice, UnknownMethod, UnknownTag
 from drivers.config import (
     MemoryConfig,

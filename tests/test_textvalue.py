@@ -9,10 +9,10 @@ import pytest
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from cellctl import tags, textvalue
-from cellctl.cell import Cell, load_cell
+from cellctl import textvalue
+from cellctl.cell import Cell, load_cell, tags
+from cellctl.control.operator import parse_answers
 from cellctl.errors import BadValue
-from cellctl.operator import parse_answers
 from cellctl.recipe import Recipe, load_recipe, parse_parameters
 from drivers.codecs import INT_RANGES
 from drivers.points import DataType

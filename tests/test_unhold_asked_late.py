@@ -13,11 +13,11 @@ import pytest
 from rich.console import Console
 
 from cellctl import exitcodes
-from cellctl.batchrun import BatchRun, RunOptions, prepare
-from cellctl.events import Event, Notice, StateChanged, UnholdAsks, WaitProgress
-from cellctl.machine import Command, State
-from cellctl.operator import FailureChoice
-from cellctl.runview import FittedView
+from cellctl.cli.batch import BatchRun, RunOptions, prepare
+from cellctl.cli.views.run import FittedView
+from cellctl.control.events import Event, Notice, StateChanged, UnholdAsks, WaitProgress
+from cellctl.control.machine import Command, State
+from cellctl.control.operator import FailureChoice
 from drivers.errors import DeviceTimeout
 from tests.support import wait_until
 from tests.test_controller import CELL, DEADLINE, Bench, opened

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from cellctl.controller import CommandBlocked
-from cellctl.events import Notice, StepEnded, StepOutcome, WaitProgress
-from cellctl.machine import Command, State
-from cellctl.operator import FailureChoice
+from cellctl.control.controller import CommandBlocked
+from cellctl.control.events import Notice, StepEnded, StepOutcome, WaitProgress
+from cellctl.control.machine import Command, State
+from cellctl.control.operator import FailureChoice
 from drivers.base import Value
 from tests.support import wait_until
 from tests.test_controller import DEADLINE, Bench, assert_safe_state

@@ -14,9 +14,9 @@ import jsonschema
 import pytest
 import pytest_asyncio
 
-from cellctl.connect import TagValue
-from cellctl.events import StepEnded, StepOutcome, WaitProgress
-from cellctl.executor import PauseReason
+from cellctl.control.events import StepEnded, StepOutcome, WaitProgress
+from cellctl.control.executor import PauseReason
+from cellctl.values import TagValue
 from drivers.base import Quality, Reading, Value
 from drivers.config import MemoryConfig
 from drivers.memory import MemoryDriver

@@ -10,10 +10,10 @@ import termios
 import tty
 from typing import Any
 
+from cellctl.cli.views.run import RunModel
+from cellctl.control.events import StepPaused
+from cellctl.control.operator import PromptRequest, StepChoice
 from cellctl.errors import BadValue
-from cellctl.events import StepPaused
-from cellctl.operator import PromptRequest, StepChoice
-from cellctl.runview import RunModel
 from drivers.base import Value
 
 ENTER = "\n"

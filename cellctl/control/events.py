@@ -7,7 +7,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from cellctl.packml import Command, Mode, State
+from cellctl.control.packml import Command, Mode, State
 from drivers.base import Value
 
 

@@ -22,10 +22,7 @@ from functools import partial
 from typing import NoReturn, Protocol, TypeVar
 
 from cellctl import expr
-from cellctl.connect import DeviceFailed, TagValue
-from cellctl.durations import format_duration
-from cellctl.errors import BadValue, CellctlError
-from cellctl.events import (
+from cellctl.control.events import (
     Event,
     MethodCalled,
     Notice,
@@ -39,7 +36,11 @@ from cellctl.events import (
     UnholdAsks,
     WaitProgress,
 )
-from cellctl.operator import FailureChoice, NoAnswer, Operator, PromptRequest, StepChoice
+from cellctl.control.operator import FailureChoice, NoAnswer, Operator, PromptRequest, StepChoice
+from cellctl.durations import format_duration
+from cellctl.errors import BadValue, CellctlError
+from cellctl.io.drivers import DeviceFailed
+from cellctl.io.session import OutOfRange, TagIO
 from cellctl.recipe import (
     AnyStep,
     CallStep,
@@ -52,7 +53,7 @@ from cellctl.recipe import (
     Wait,
     WaitStep,
 )
-from cellctl.tagio import OutOfRange, TagIO
+from cellctl.values import TagValue
 from drivers.base import Quality, Value
 from drivers.points import DataType
 

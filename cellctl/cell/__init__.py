@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from cellctl import expr, names
+from cellctl import expr
 from cellctl.durations import Duration, format_duration
 from cellctl.errors import (
     BadValue,
@@ -45,6 +45,7 @@ from cellctl.errors import (
     did_you_mean,
     quote,
 )
+from cellctl.expr import names
 from cellctl.yamlload import (
     Describe,
     Where,

@@ -1,7 +1,7 @@
 """The controller of one batch: the PackML machine, the executor task, the interlocks and the
 safe state, and the operator's commands.
 
-The machine only records state changes (cellctl.machine); the work of each acting state runs
+The machine only records state changes (cellctl.control.machine); the work of each acting state runs
 here in a task the controller owns, one at a time: a new state cancels the work of the one it
 left (Abort during Holding: Aborting writes the whole safe state again). The executor is its
 own task, started on the first Execute, paused by Hold/Suspend/Stop and cancelled by Abort and
@@ -19,7 +19,7 @@ flight has ended.
 The safe state is attempted on every device every time. A device that is lost (its health
 says so) is not waited for; its whole safe state is written again by the keeper, every
 SAFE_RETRY s and at once when it answers again, until it is confirmed; so is a device whose
-write failed (cellctl.safestate). A run confirms it, read back, before it ends.
+write failed (cellctl.control.safestate). A run confirms it, read back, before it ends.
 
 Unholding writes back the cell's `restore_on_unhold` tags to the value the recipe last wrote,
 then the executor re-enters the interrupted wait. A step whose own writes the safe state undid
@@ -42,9 +42,7 @@ import structlog
 
 from cellctl import expr
 from cellctl.cell import Cell
-from cellctl.connect import TagValue
-from cellctl.errors import CellctlError
-from cellctl.events import (
+from cellctl.control.events import (
     BatchEnded,
     CommandRefused,
     Event,
@@ -59,19 +57,28 @@ from cellctl.events import (
     Tripped,
     WaitProgress,
 )
-from cellctl.executor import Executor, PauseReason, StepFailure, judge, until_met
-from cellctl.interlocks import (
+from cellctl.control.executor import Executor, PauseReason, StepFailure, judge, until_met
+from cellctl.control.interlocks import (
     BLOCKED_COMMANDS,
     InterlockMonitor,
 )
-from cellctl.machine import Command, IllegalCommand, MachineError, Mode, PackMLMachine, State
-from cellctl.operator import FailureChoice, Operator
+from cellctl.control.machine import (
+    Command,
+    IllegalCommand,
+    MachineError,
+    Mode,
+    PackMLMachine,
+    State,
+)
+from cellctl.control.operator import FailureChoice, Operator
+from cellctl.control.safestate import SafeState
+from cellctl.errors import CellctlError
+from cellctl.io.session import TagIO
 from cellctl.recipe import LoadedRecipe
-from cellctl.safestate import SafeState
-from cellctl.tagio import TagIO
+from cellctl.values import TagValue
 from drivers.base import Quality, Unsubscribe, Value
 
-log = structlog.get_logger("cellctl.controller")
+log = structlog.get_logger("cellctl.control.controller")
 
 #: States in which a batch has ended for good.
 END_STATES = frozenset({State.COMPLETE, State.STOPPED, State.ABORTED})

@@ -15,16 +15,16 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from cellctl import cell as cellfile
-from cellctl.connect import DeviceFailed
 from cellctl.errors import CellctlError
-from cellctl.tagio import TagIO
+from cellctl.io.drivers import DeviceFailed
+from cellctl.io.session import TagIO
 from drivers import codecs
 from drivers.base import Value
 from drivers.errors import DriverError
 from drivers.points import DataType
 from drivers.tasks import cancel_and_wait
 
-log = logging.getLogger("cellctl.heartbeat")
+log = logging.getLogger("cellctl.io.heartbeat")
 
 
 def next_beat(datatype: DataType, value: Value) -> Value:

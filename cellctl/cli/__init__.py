@@ -21,22 +21,18 @@ from typer.exceptions import TyperException
 
 from cellctl import __version__, exitcodes, textvalue
 from cellctl.cell import Cell, load_cell
-from cellctl.check import check_cell
-from cellctl.connect import (
-    DeviceFailed,
-    DevicesUnreachable,
-    TagValue,
-    non_loopback_endpoints,
-)
+from cellctl.cell.tags import parse_value, tag_units, text_type
+from cellctl.cli.schema import FileKind, schema_of, schema_of_both
+from cellctl.cli.validate import open_recipe, validate_files
+from cellctl.cli.views.tags import plain_line, tag_table
 from cellctl.durations import DurationError, parse_duration
 from cellctl.errors import BadValue, CellctlError, Problem, ValidationFailed
-from cellctl.liveview import plain_line, tag_table
+from cellctl.io.commissioning import check_cell
+from cellctl.io.drivers import DeviceFailed, DevicesUnreachable, non_loopback_endpoints
+from cellctl.io.session import CellSession, tags_to_read
 from cellctl.logsetup import active_log_file, configure_logging
-from cellctl.plan import make_plan, plan_lines, plan_view
-from cellctl.schema import FileKind, schema_of, schema_of_both
-from cellctl.tagio import CellSession, tags_to_read
-from cellctl.tags import parse_value, tag_units, text_type
-from cellctl.validate import open_recipe, validate_files
+from cellctl.recipe.plan import make_plan, plan_lines, plan_view
+from cellctl.values import TagValue
 from drivers.base import Quality
 from drivers.codecs import format_value
 from drivers.errors import DriverError
@@ -46,7 +42,7 @@ if TYPE_CHECKING:  # the controller is imported by the commands that run it
     from typer._click import Context, Parameter
     from typer.models import CommandFunctionType
 
-    from cellctl.batchrun import RunOptions
+    from cellctl.cli.batch import RunOptions
 
 
 def _bare_flags(params: list[Parameter]) -> list[Parameter]:
@@ -119,10 +115,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 #: Where the demo cell is: shipped in the installed package (pyproject.toml maps recipes/demo
 #: to cellctl/_demo), or, run from a source tree, recipes/demo itself.
-DEMO_FOLDERS = (
-    Path(__file__).resolve().parent / "_demo",
-    Path(__file__).resolve().parent.parent / "recipes" / "demo",
-)
+_PACKAGE = Path(__file__).resolve().parent.parent  # the cellctl package
+DEMO_FOLDERS = (_PACKAGE / "_demo", _PACKAGE.parent / "recipes" / "demo")
 DEMO_RECIPE = "press-fit.yaml"
 
 #: Seconds `sim` and `read --watch` get to finish by themselves after SIGINT/SIGTERM.
@@ -485,7 +479,7 @@ def sim(
     host: Annotated[str, typer.Option("--host", help="address to serve on")] = "127.0.0.1",
 ) -> None:
     """Serve every device of a cell on simulators until SIGINT/SIGTERM."""
-    from cellctl.simwiring import CellSimulator, check_cell_copy, serve_host
+    from cellctl.io.sim import CellSimulator, check_cell_copy, serve_host
 
     host = serve_host(host)  # checked before any port opens
     spec = load_cell(cell_file)
@@ -542,7 +536,7 @@ def run_recipe(
     safe_wait: SafeWaitOption = DEFAULT_SAFE_WAIT,
 ) -> None:
     """Run a recipe to Complete: Reset, Start, a live view; Ctrl-C holds, SIGTERM stops."""
-    from cellctl.batchrun import RunOptions
+    from cellctl.cli.batch import RunOptions
 
     if speed != 1.0 and not sim:
         err.print("error: --speed sets the simulators' time; it needs --sim", markup=False)
@@ -576,7 +570,7 @@ def _safe_wait(text: str) -> float:
 
 def _finish(options: RunOptions) -> None:
     """Check the inputs, run the batch, exit with its code."""
-    from cellctl.batchrun import run_command
+    from cellctl.cli.batch import run_command
 
     # A cellctl or driver error reaches run(), which prints it with its exit code.
     code = asyncio.run(run_command(options, out)())
@@ -605,7 +599,7 @@ def demo(
     safe_wait: SafeWaitOption = DEFAULT_SAFE_WAIT,
 ) -> None:
     """Run press-fit on the demo cell's simulators, in this process, to Complete."""
-    from cellctl.batchrun import RunOptions
+    from cellctl.cli.batch import RunOptions
 
     if cell_file is None:
         cell_file = demo_cell()
@@ -636,7 +630,7 @@ def states(
     ] = False,
 ) -> None:
     """The PackML state table: for each state, where each command takes it."""
-    from cellctl import machine
+    from cellctl.control import machine
 
     if mermaid:
         out.print(machine.mermaid(), markup=False)

@@ -1,5 +1,5 @@
 """Interlocks: conditions watched on every update of their tags, lost communication and BAD
-values treated as trips (the safe state itself is cellctl.safestate's).
+values treated as trips (the safe state itself is cellctl.control.safestate's).
 
 The monitor only decides and reports: on_trip / on_clear are plain synchronous calls (board
 listeners run inside driver callbacks); the controller takes the action and schedules its own
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from cellctl import expr
 from cellctl.cell import Cell, MemoryDevice, OpcuaDevice
-from cellctl.connect import TagValue
-from cellctl.events import BAD_VALUE, COMM_LOSS, Tripped
-from cellctl.packml import Command
-from cellctl.tagio import TagIO
-from cellctl.tags import device_config
+from cellctl.cell.tags import device_config
+from cellctl.control.events import BAD_VALUE, COMM_LOSS, Tripped
+from cellctl.control.packml import Command
+from cellctl.io.session import TagIO
+from cellctl.values import TagValue
 from drivers.base import Health, HealthState, Quality, Unsubscribe, Value
 from drivers.config import ModbusRtuConfig, ModbusTcpConfig
 
@@ -42,7 +42,7 @@ WATCHDOG_SLACK = 0.5
 #: Bounds of the watchdog's look period, seconds.
 WATCHDOG_LOOK = (0.02, 0.5)
 
-log = logging.getLogger("cellctl.interlocks")
+log = logging.getLogger("cellctl.control.interlocks")
 
 
 def silence_limit(cell: Cell, device: str) -> float:

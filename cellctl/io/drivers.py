@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlparse
 
@@ -15,9 +13,9 @@ from rich.live import Live
 from rich.text import Text
 
 from cellctl.cell import Cell
+from cellctl.cell.tags import device_config, get_tag, methods_by_device, point_for
 from cellctl.errors import CellctlError
-from cellctl.tags import device_config, get_tag, methods_by_device, point_for
-from drivers.base import ConnectTry, Driver, Quality, Value, sample_not_older
+from drivers.base import ConnectTry, Driver
 from drivers.config import MemoryConfig, ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig, is_loopback
 from drivers.memory import MemoryDriver
 from drivers.modbus import make_modbus_drivers
@@ -31,29 +29,6 @@ class DevicesUnreachable(CellctlError):
 
 class DeviceFailed(CellctlError):
     """A device failed a request (timeout, exception answer, lost connection)."""
-
-
-@dataclass(frozen=True)
-class TagValue:
-    """A tag's value in engineering units, with the reading's quality and age."""
-
-    tag: str
-    device: str
-    value: Value | None
-    quality: Quality
-    timestamp: float
-    error: str | None = None
-    #: The device's own time of the value (see drivers.base.Reading.device_time).
-    device_time: float | None = None
-
-    def not_older_than(self, other: TagValue) -> bool:
-        """True when this sample is at least as new as `other` (drivers' `sample_not_older`)."""
-        return sample_not_older(self, other)
-
-    @property
-    def age(self) -> float:
-        """Seconds since the value was read."""
-        return max(0.0, time.time() - self.timestamp)
 
 
 def devices_for_tags(cell: Cell, tags: Iterable[str]) -> list[str]:

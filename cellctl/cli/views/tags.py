@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from rich.table import Table
 from rich.text import Text
 
-from cellctl.connect import TagValue
+from cellctl.values import TagValue
 from drivers.base import Quality
 from drivers.codecs import format_value
 

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass, field
 
 from cellctl.cell import Cell
-from cellctl.connect import build_drivers, refuse_in_process_devices
-from cellctl.tags import device_config, point_for
+from cellctl.cell.tags import device_config, point_for
+from cellctl.io.drivers import build_drivers, refuse_in_process_devices
 from drivers.base import Driver, Quality, Value
 from drivers.config import ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig
 from drivers.errors import DriverError, PointMismatch

@@ -1,5 +1,6 @@
-"""The PackML machine: follows the table of cellctl.packml, says which commands are legal now
-and refuses the others with a message that names the state, the mode and the legal commands.
+"""The PackML machine: follows the table of cellctl.control.packml, says which commands are
+legal now and refuses the others with a message that names the state, the mode and the legal
+commands.
 
 The machine is a synchronous `transitions` Machine whose callbacks only record the change and
 tell a listener; the controller does the work of each acting state in its own tasks (see
@@ -13,8 +14,8 @@ from collections.abc import Callable
 
 from transitions import EventData, Machine
 
-from cellctl.events import StateChanged
-from cellctl.packml import (
+from cellctl.control.events import StateChanged
+from cellctl.control.packml import (
     MODE_CHANGE_STATES,
     MODE_COMMANDS,
     STATE_COMPLETE,
@@ -47,7 +48,7 @@ __all__ = [
 #: The trigger name of "state complete": an acting state's work is done (PackML's "SC").
 SC = "SC"
 
-log = logging.getLogger("cellctl.machine")
+log = logging.getLogger("cellctl.control.machine")
 
 
 def _transition_config() -> list[dict[str, str]]:

@@ -22,11 +22,12 @@ from rich.live import Live
 
 from cellctl import exitcodes
 from cellctl.cell import Cell
-from cellctl.connect import ConnectReport, DevicesUnreachable, build_drivers, devices_for_tags
-from cellctl.controller import CommandBlocked, Controller
-from cellctl.durations import format_duration
-from cellctl.errors import BadValue, CellctlError, did_you_mean
-from cellctl.events import (
+from cellctl.cell.tags import tag_units
+from cellctl.cli.keys import TerminalKeys, TerminalOperator
+from cellctl.cli.validate import open_recipe
+from cellctl.cli.views.run import FittedView, RunModel, event_line, summary_lines
+from cellctl.control.controller import CommandBlocked, Controller
+from cellctl.control.events import (
     BatchEnded,
     Event,
     Notice,
@@ -36,29 +37,28 @@ from cellctl.events import (
     TripCleared,
     UnholdAsks,
 )
-from cellctl.executor import StepFailure
-from cellctl.heartbeat import Heartbeat
-from cellctl.interlocks import interlock_tags
-from cellctl.keys import TerminalKeys, TerminalOperator
-from cellctl.machine import Command, IllegalCommand, Mode, State
-from cellctl.operator import (
+from cellctl.control.executor import StepFailure
+from cellctl.control.interlocks import interlock_tags
+from cellctl.control.machine import Command, IllegalCommand, Mode, State
+from cellctl.control.operator import (
     FailureChoice,
     Operator,
     ScriptedOperator,
     check_answered,
     parse_answers,
 )
-from cellctl.plan import make_plan
+from cellctl.durations import format_duration
+from cellctl.errors import BadValue, CellctlError, did_you_mean
+from cellctl.io.drivers import ConnectReport, DevicesUnreachable, build_drivers, devices_for_tags
+from cellctl.io.heartbeat import Heartbeat
+from cellctl.io.session import TagIO
 from cellctl.recipe import LoadedRecipe, step_ids
-from cellctl.runview import FittedView, RunModel, event_line, summary_lines
-from cellctl.tagio import TagIO
-from cellctl.tags import tag_units
-from cellctl.validate import open_recipe
+from cellctl.recipe.plan import make_plan
 from drivers.base import Value
 from drivers.tasks import cancel_and_wait
 
 if TYPE_CHECKING:  # imported when --sim is given: it loads every simulator
-    from cellctl.simwiring import CellSimulator
+    from cellctl.io.sim import CellSimulator
 
 #: The key hint of the live view after `u` in Held with a failed step (BatchRun.keys_now
 #: builds the others from what the key loop and the machine accept now).
@@ -107,7 +107,7 @@ class Prepared:
     tags: list[str]
 
 
-log = logging.getLogger("cellctl.batchrun")
+log = logging.getLogger("cellctl.cli.batch")
 
 
 class SafeStateUnconfirmed(CellctlError):
@@ -181,7 +181,7 @@ async def _served(
     if not options.sim:
         yield cell, None
         return
-    from cellctl.simwiring import CellSimulator
+    from cellctl.io.sim import CellSimulator
 
     simulator = CellSimulator(cell, speed=options.speed)
     if options.fault is not None:

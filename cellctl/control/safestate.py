@@ -20,13 +20,13 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 import structlog
 
 from cellctl.cell import Cell
+from cellctl.control.events import Event, SafeStateWritten, SafeWrite
 from cellctl.errors import CellctlError
-from cellctl.events import Event, SafeStateWritten, SafeWrite
-from cellctl.tagio import TagIO
+from cellctl.io.session import TagIO
 from drivers.base import Health, HealthState, Quality, Value
 from drivers.codecs import same_value
 
-log = structlog.get_logger("cellctl.safestate")
+log = structlog.get_logger("cellctl.control.safestate")
 
 #: Seconds between two attempts at a device's safe state that is still due.
 SAFE_RETRY = 1.0

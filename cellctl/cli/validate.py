@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cellctl.cell import cell_from_document, load_cell
+from cellctl.cli.schema import KINDS, FileKind
 from cellctl.errors import BadValue, Problem, ValidationFailed
 from cellctl.recipe import (
     LoadedRecipe,
@@ -16,7 +17,6 @@ from cellctl.recipe import (
     load_recipe,
     parse_parameters,
 )
-from cellctl.schema import KINDS, FileKind
 from cellctl.yamlload import YamlDocument, load_yaml
 
 

@@ -22,9 +22,9 @@ from ruamel.yaml import YAML
 
 from cellctl import exitcodes
 from cellctl.cell import Cell, host_key
+from cellctl.cell.tags import methods_by_device, points_by_device
 from cellctl.errors import CellctlError
 from cellctl.files import special_kind
-from cellctl.tags import methods_by_device, points_by_device
 from cellctl.yamlload import read_file
 from drivers.config import url_host
 from drivers.sim.image import ProcessImage

@@ -1,6 +1,6 @@
 """The operator as the executor sees it: who answers prompts and steps the recipe.
 
-The CLI gives a terminal operator (cellctl.keys) or, without a terminal, the scripted one
+The CLI gives a terminal operator (cellctl.cli.keys) or, without a terminal, the scripted one
 here, which answers prompts from `--answer id=value` and can never step.
 """
 
@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from cellctl.control.events import StepPaused
 from cellctl.errors import BadValue, CellctlError, did_you_mean
-from cellctl.events import StepPaused
 from cellctl.recipe import Answer, PromptStep, Recipe, RepeatStep, iter_steps
 from drivers.base import Value
 

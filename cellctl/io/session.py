@@ -15,17 +15,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from cellctl.cell import Cell
-from cellctl.connect import (
+from cellctl.cell.tags import method_spec, point_for, points_by_device
+from cellctl.errors import BadValue, CellctlError, UnknownTag, did_you_mean
+from cellctl.io.drivers import (
     ConnectReport,
     DeviceFailed,
     DevicesUnreachable,
-    TagValue,
     build_drivers,
     devices_for_tags,
     refuse_in_process_devices,
 )
-from cellctl.errors import BadValue, CellctlError, UnknownTag, did_you_mean
-from cellctl.tags import method_spec, point_for, points_by_device
+from cellctl.values import TagValue
 from drivers.base import Driver, HealthCallback, Quality, Reading, Unsubscribe, Value
 from drivers.errors import DriverError
 from drivers.points import Point
@@ -33,7 +33,7 @@ from drivers.points import Point
 TagListener = Callable[[TagValue], None]
 ListenerError = Callable[[TagValue, Exception], None]
 
-log = logging.getLogger("cellctl.tagio")
+log = logging.getLogger("cellctl.io.session")
 
 
 class OutOfRange(CellctlError):
@@ -124,7 +124,7 @@ class TagBoard:
 class TagIO:
     """Connected drivers for a cell's devices, with reads, writes and calls in engineering units.
 
-    `drivers` are built by the caller (cellctl.connect.build_drivers, or memory drivers in
+    `drivers` are built by the caller (cellctl.io.drivers.build_drivers, or memory drivers in
     tests); `tags` are the tags to watch on the board once `watch()` is called.
     """
 

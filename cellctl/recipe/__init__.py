@@ -3,7 +3,7 @@ its identity and its parameters.
 
 A recipe is loaded in three passes so that every problem is reported at once: YAML
 (yamlload), pydantic (the shape of each step, parameter and expression), then the checks
-against the cell file (cellctl.recipe_check: tags, methods, types, ranges, ids, names).
+against the cell file (cellctl.recipe.check: tags, methods, types, ranges, ids, names).
 
 Step kinds are told apart by their keys: a step holds exactly one of `set`, `wait`, `call`,
 `delay`, `repeat`, `parallel`, `prompt` (`set` may carry a `wait`: write, then wait).
@@ -56,10 +56,11 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from cellctl import expr, names, textvalue
+from cellctl import expr, textvalue
 from cellctl.cell import Cell, MethodName, TagName, check_cell_file, load_cell
 from cellctl.durations import Duration
 from cellctl.errors import BadValue, InvalidField, Problem, ValidationFailed, did_you_mean
+from cellctl.expr import names
 from cellctl.yamlload import (
     DuplicateKey,
     Where,
@@ -804,7 +805,7 @@ def _validate(doc: YamlDocument, cell: Cell | None) -> tuple[Recipe | None, list
     checked: YAML, keys, types, durations, expression syntax, ids, names, retries.
     """
     # Imported here: recipe_check builds on this module's models.
-    from cellctl.recipe_check import check_rules
+    from cellctl.recipe.check import check_rules
 
     problems = _yaml_problems(doc)
     recipe: Recipe | None = None

@@ -17,9 +17,8 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from cellctl.connect import TagValue
-from cellctl.errors import CellctlError
-from cellctl.events import (
+from cellctl.cli.views.tags import tag_table
+from cellctl.control.events import (
     BatchEnded,
     CommandRefused,
     Event,
@@ -39,10 +38,10 @@ from cellctl.events import (
     Tripped,
     WaitProgress,
 )
+from cellctl.control.machine import Command, Mode, State
+from cellctl.control.operator import PromptRequest
+from cellctl.errors import CellctlError
 from cellctl.expr import BLANKS, evaluate, show_values
-from cellctl.liveview import tag_table
-from cellctl.machine import Command, Mode, State
-from cellctl.operator import PromptRequest
 from cellctl.recipe import (
     AnyStep,
     ParallelStep,
@@ -52,6 +51,7 @@ from cellctl.recipe import (
     RepeatStep,
     iter_steps,
 )
+from cellctl.values import TagValue
 from drivers.base import Value
 from drivers.codecs import format_value
 
@@ -133,7 +133,7 @@ class RunModel:
         self.identity = identity
         self.cell_name = cell_name
         self.tag_values = tag_values
-        #: Each tag's unit (cellctl.tags.tag_units), shown in the tag table.
+        #: Each tag's unit (cellctl.cell.tags.tag_units), shown in the tag table.
         self.units: dict[str, str] = dict(units or {})
         self.parameters: dict[str, Value] = dict(parameters or {})
         self.steps: dict[str, AnyStep] = {path: step for step, path in iter_steps(recipe.steps)}

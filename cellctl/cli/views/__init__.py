@@ -1,0 +1,1 @@
+"""What the command line draws: the live run view, tag tables, plans, states."""

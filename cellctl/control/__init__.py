@@ -1,0 +1,1 @@
+"""The control of one batch: PackML machine, controller, executor, interlocks, safe state."""
