@@ -1,7 +1,5 @@
-"""Settings shared by tests/ and hil_tests/."""
-
-import os
-import tempfile
+"""Settings shared by tests/ and hil_tests/ (the testing kit's plugin, cellctl.testing.plugin,
+sends in-process runs' logs to a throwaway file)."""
 
 import pytest
 from hypothesis import settings
@@ -10,16 +8,13 @@ from hypothesis import settings
 settings.register_profile("cellctl", deadline=None, max_examples=100)
 settings.load_profile("cellctl")
 
-# In-process CLI runs log to a throwaway file, never to the user's state directory.
-os.environ.setdefault(
-    "CELLCTL_LOG_FILE", os.path.join(tempfile.mkdtemp(prefix="cellctl-tests-"), "cellctl.log")
-)
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     """Add --cell and --allow-motion (used by hil_tests/). Here, in the root conftest, because
     pytest learns options only from the conftests it loads before parsing the command line, and
-    hil_tests/conftest.py is not among them when no path under it is named.
+    hil_tests/conftest.py is not among them when no path under it is named. Not in the testing
+    kit's plugin: it loads wherever cellctl is installed, and these options are this project's
+    (a user's repository names its cell with the plugin's --cellctl-cell).
 
     Not even a plugin (`-p`, an entry point) is known while pytest looks for its settings, so
     there `--cell FILE` takes FILE for the path to test: with no path named and FILE outside the

@@ -72,3 +72,27 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     WithJsonSchema({"type": "string", "pattern": PATTERN, "examples": ["20ms", "1.5s", "2m"]}),
 ]
+
+
+def human_duration(seconds: float | None) -> str:
+    """A duration for people: 500ms, 34s, 2m 41s, 1h 5m, 3d 4h; 'not known' for None."""
+    if seconds is None:
+        return "not known before the run"
+    if not math.isfinite(seconds):
+        return "too long to count"
+    if seconds >= 1000 * 86400:
+        return f"{seconds / 86400:.3g} days"
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        return f"{round(seconds * 1000, 1):g}ms"
+    if seconds < 60:
+        return f"{round(seconds, 2):g}s"
+    if seconds < 3600:
+        minutes, rest = divmod(round(seconds), 60)
+        return f"{minutes}m {rest}s" if rest else f"{minutes}m"
+    if seconds < 86400:
+        hours, rest = divmod(round(seconds), 3600)
+        return f"{hours}h {rest // 60}m" if rest // 60 else f"{hours}h"
+    days, rest = divmod(round(seconds), 86400)
+    return f"{days}d {rest // 3600}h" if rest // 3600 else f"{days}d"

@@ -132,6 +132,9 @@ class _JsonLinesFile(logging.Handler):
         super().close()
 
 
+#: A record with this attribute true goes to the log file, never to the console.
+_FILE_ONLY = "cellctl_file_only"
+
 # The handlers this module installed, so a second configure replaces only its own.
 _INSTALLED: list[logging.Handler] = []
 
@@ -142,6 +145,13 @@ def active_log_file() -> Path | None:
         if isinstance(handler, _JsonLinesFile) and handler.working:
             return handler.path
     return None
+
+
+def log_internal_error(error: BaseException) -> Path | None:
+    """Log a bug's traceback for the log file alone; the file that holds it (None: none does)."""
+    # File only: the caller prints the console's one line, which points at the file.
+    logging.getLogger("cellctl").error("internal error", exc_info=error, extra={_FILE_ONLY: True})
+    return active_log_file()  # after the write: a write that failed leaves no file
 
 
 def _shared_processors() -> list[structlog.types.Processor]:
@@ -171,6 +181,7 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> None
     console = _StderrHandler()
     console.setLevel(logging.DEBUG if debug else logging.ERROR)
     console.setFormatter(_NoTracebackConsole())
+    console.addFilter(lambda record: not getattr(record, _FILE_ONLY, False))
     # Library records never reach the console unless --debug: their tracebacks are noise there.
     if not debug:
         console.addFilter(lambda record: not record.name.startswith(NOISY_LIBRARIES))

@@ -6,8 +6,6 @@ Shared by the cell file and the recipe file: every problem comes out as a `Probl
 
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,7 @@ from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedBase
 from ruamel.yaml.composer import Composer
-from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning, YAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
@@ -29,7 +27,7 @@ from ruamel.yaml.scalarstring import (
     SingleQuotedScalarString,
 )
 
-from cellctl.errors import InvalidField, Problem, ValidationFailed, did_you_mean
+from cellctl.errors import InvalidField, Problem, Subject, ValidationFailed, did_you_mean
 from cellctl.files import read_regular
 
 #: Files larger than this are refused unread: cell and recipe files are a few kilobytes.
@@ -108,11 +106,18 @@ class YamlDocument:
         return line + 1, col + 1
 
     def problem(
-        self, loc: Loc, code: str, message: str, *, key: bool = False, col_offset: int = 0
+        self,
+        loc: Loc,
+        code: str,
+        message: str,
+        *,
+        key: bool = False,
+        col_offset: int = 0,
+        subject: Subject | None = None,
     ) -> Problem:
         """A Problem located at `loc` (see `position`), `col_offset` characters further right."""
         line, col = self.position(loc, key=key)
-        return Problem(self.file, line, col + col_offset, code, message)
+        return Problem(self.file, line, col + col_offset, code, message, subject)
 
     def has(self, loc: Loc) -> bool:
         """True when every element of `loc` exists in the data."""
@@ -233,29 +238,24 @@ def _too_deep_flow(text: str) -> int | None:
     return None
 
 
-def _refuse_reused_anchors(name: str, caught: list[warnings.WarningMessage]) -> None:
+def _refuse_reused_anchors(name: str, composer: _Composer) -> None:
     """An anchor defined twice is a located problem, not a warning on the console."""
-    for record in caught:
-        if isinstance(record.message, ReusedAnchorWarning):
-            # ruamel says where only in its text: "line 1, column 4" for each occurrence.
-            marks = re.findall(r"line (\d+), column (\d+)", str(record.message))
-            first, again = (marks[0], marks[-1]) if marks else (("1", "1"), ("1", "1"))
-            raise _fail(
-                name,
-                int(again[0]),
-                int(again[1]),
-                "duplicate-anchor",
-                f"anchor defined twice (first at line {first[0]}): rename one",
-            )
+    if composer.reused:
+        first, again = composer.reused[0]
+        raise _fail(
+            name,
+            again.line + 1,
+            again.column + 1,
+            "duplicate-anchor",
+            f"anchor defined twice (first at line {first.line + 1}): rename one",
+        )
 
 
 def _parse_text(text: str, name: str) -> YamlDocument:
     yaml = _yaml()
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ReusedAnchorWarning)
-            node = yaml.compose(text)
-        _refuse_reused_anchors(name, caught)
+        node = yaml.compose(text)
+        _refuse_reused_anchors(name, yaml.composer)
     except ReaderError as err:
         line, col = _line_col(text.encode("utf-8"), len(text[: err.position].encode("utf-8")))
         raise _fail(
@@ -282,16 +282,22 @@ def _parse_text(text: str, name: str) -> YamlDocument:
 
 
 class _Composer(Composer):
-    """ruamel's composer, noting each alias where it is used: the composed node keeps only the
-    anchor's position."""
+    """ruamel's composer, noting each alias where it is used (the composed node keeps only the
+    anchor's position) and each anchor defined again (ruamel only warns, in text)."""
 
     def __init__(self, loader: Any = None) -> None:
         super().__init__(loader)
         #: (parent node, key node or index, alias name, its mark) of every alias.
         self.uses: list[tuple[Node, Any, str, Any]] = []
+        #: (first mark, second mark) of every anchor defined a second time.
+        self.reused: list[tuple[Any, Any]] = []
+        self.warn_double_anchors = False  # noted in `reused` instead
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.parser.peek_event() if self.parser.check_event(AliasEvent) else None
+        upcoming = self.parser.peek_event()
+        event = upcoming if isinstance(upcoming, AliasEvent) else None
+        if event is None and upcoming.anchor in self.anchors:
+            self.reused.append((self.anchors[upcoming.anchor].start_mark, upcoming.start_mark))
         node = super().compose_node(parent, index)
         if event is not None:
             # A mapping's value is composed with its key node as `index`, a key with None: an
@@ -527,7 +533,9 @@ def _message(details: ErrorDetails) -> str:
         return f"expected a list, got {_describe(details['input'])}"
     message = details["msg"]
     if kind in ("value_error", "assertion_error"):
-        return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        # The validator's own error, not pydantic's text around it ("Value error, ...").
+        error = (details.get("ctx") or {}).get("error")
+        return str(error) if error is not None else message
     message = f"{message[:1].lower()}{message[1:]}"
     if isinstance(details["input"], dict | list):
         return message

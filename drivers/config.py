@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 from drivers.points import WordOrder
 
@@ -22,17 +22,25 @@ class RequestLimits:
 
 
 @dataclass(frozen=True)
-class ModbusTcpConfig:
-    """A Modbus TCP device: host, port and unit id; devices on one host:port share a connection."""
+class ModbusConfig:
+    """What every Modbus device has, over TCP or on a serial line: polling, request limits and
+    codec settings (each transport adds where the device is, then its unit id)."""
 
     name: str
-    host: str
-    port: int
-    unit: int = 1
+    _: KW_ONLY
     poll: float = 0.1
     limits: RequestLimits = RequestLimits()
     word_order: WordOrder = WordOrder.ABCD
     max_gap: int = 0
+
+
+@dataclass(frozen=True)
+class ModbusTcpConfig(ModbusConfig):
+    """A Modbus TCP device: host, port and unit id; devices on one host:port share a connection."""
+
+    host: str
+    port: int
+    unit: int = 1
 
     @property
     def bus_key(self) -> str:
@@ -46,20 +54,15 @@ class ModbusTcpConfig:
 
 
 @dataclass(frozen=True)
-class ModbusRtuConfig:
+class ModbusRtuConfig(ModbusConfig):
     """A Modbus RTU device on a serial line; devices on one port share the line."""
 
-    name: str
     port: str
     unit: int = 1
     baudrate: int = 19200
     parity: str = "N"
     stopbits: int = 1
     bytesize: int = 8
-    poll: float = 0.1
-    limits: RequestLimits = RequestLimits()
-    word_order: WordOrder = WordOrder.ABCD
-    max_gap: int = 0
 
     @property
     def bus_key(self) -> str:

@@ -69,24 +69,25 @@ class HealthTracker:
 
 
 class Backoff:
-    """Exponential backoff with full jitter: delays grow from `first` to `cap`."""
+    """Exponential backoff, equal jitter: try n waits uniform(c/2, c), c = min(cap, first·2**n).
 
-    def __init__(self, first: float = 0.05, cap: float = 5.0, factor: float = 2.0) -> None:
-        self.first = first
-        self.cap = cap
-        self.factor = factor
-        self._attempt = 0
+    The fixed half keeps a connect loop from spinning (never under first/2); the random half
+    spreads the reconnects of many clients. reset() starts again from `first`.
+    """
+
+    def __init__(self, first: float = 0.05, cap: float = 5.0) -> None:
+        self.first, self.cap, self._attempt = first, cap, 0
 
     def reset(self) -> None:
         """Start again from the first delay (after a success)."""
         self._attempt = 0
 
     def next_delay(self) -> float:
-        """The next delay: a random value up to the current exponential ceiling."""
-        ceiling = min(self.cap, self.first * self.factor**self._attempt)
-        self._attempt += 1
-        # Half fixed, half random: spreads reconnect storms without ever waiting zero.
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        """The next delay: uniform between half the current ceiling and the ceiling."""
+        ceiling = min(self.cap, self.first * 2.0**self._attempt)
+        if ceiling < self.cap:  # at the cap, stop counting: 2.0**n overflows after n = 1023
+            self._attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
 
 
 async def connect_with_backoff(

@@ -1,4 +1,5 @@
-"""What the Modbus TCP and RTU tests share: the simulated device, rigs and transport-free checks."""
+"""What the Modbus tests share: the simulated device, rigs and the checks test_modbus.py runs
+over each transport."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Generic, TypeVar
 
 import pytest
 
+from cellctl.testing import wait_until
 from drivers.base import HealthState, Quality, Reading, Value
 from drivers.batching import plan_reads
 from drivers.config import ModbusRtuConfig, ModbusTcpConfig, RequestLimits
@@ -22,7 +24,6 @@ from drivers.points import Access, DataType, ModbusPoint, ModbusTable, WordOrder
 from drivers.sim.image import ProcessImage
 from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
 from hil_tests.support import with_room
-from tests.support import wait_until
 
 COIL = ModbusTable.COIL
 DI = ModbusTable.DISCRETE_INPUT
@@ -167,7 +168,7 @@ def press_rig(server: Callable[[dict[int, ProcessImage]], S], unit: int = 1) -> 
     return Rig(server({unit: image}), image, unit)
 
 
-# -- checks shared by TCP and RTU --------------------------------------------------------
+# -- checks run over TCP and RTU --------------------------------------------------------
 
 
 async def check_roundtrip(

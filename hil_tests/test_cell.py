@@ -28,7 +28,7 @@ def cell_file(
     if given:
         yield Path(given)
         return
-    from hil_tests.run_support import serve  # only when no --cell is given
+    from cellctl.testing import serve  # only when no --cell is given
 
     with serve(DEMO_CELL, tmp_path_factory.mktemp("served")) as served:
         yield served.cell_file

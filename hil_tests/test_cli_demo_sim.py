@@ -12,9 +12,7 @@ import pytest
 
 from cellctl.cell import load_cell
 from cellctl.io.sim import CellSimulator
-from hil_tests.run_support import serve
-from hil_tests.support import LoopThread
-from tests.support import cli
+from cellctl.testing import LoopThread, cli, serve
 
 DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
 

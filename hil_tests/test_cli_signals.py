@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from hil_tests.run_support import PRESS_FIT, Served, edit_cell, heartbeat_quiet, serve_demo
-from hil_tests.support import wait_until
+from cellctl.testing import Served, wait_until
+from hil_tests.run_support import PRESS_FIT, edit_cell, heartbeat_quiet, serve_demo
 
 
 @contextlib.contextmanager

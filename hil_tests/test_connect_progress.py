@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from hil_tests.support import wait_until, with_room
+from cellctl.testing import wait_until
+from hil_tests.support import with_room
 from hil_tests.test_run_terminal import CELLS, DEADLINE, DWELL, Terminal, terminal
 
 __all__ = ["terminal"]  # the fixture, imported for the test below

@@ -28,10 +28,9 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from cellctl.cell import Cell, ModbusRtuDevice, load_cell
+from cellctl.testing import LoopThread, cli, free_port, serve_in_child
 from hil_tests.run_support import DEMO_CELL, PRESS_FIT, ConveyorOutputs, read_conveyor
-from hil_tests.support import LoopThread, free_port, wait_until
 from hil_tests.test_run_faults import Lines
-from tests.support import cli
 
 #: The demo cell's heartbeat timeout (both devices), and the bound the issue sets.
 TIMEOUT = 1.0
@@ -67,23 +66,8 @@ def served(tmp_path: Path) -> Iterator[Path]:
     """`cellctl sim` serving the demo cell (at speed 1) in a child process; its served file."""
     cell = demo_cell_on_free_ports(tmp_path)
     assert load_cell(cell).heartbeat, "the demo cell declares its heartbeats"
-    written = tmp_path / "served.yaml"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "cellctl", "sim", str(cell), "--write-cell", str(written)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, CELLCTL_LOG_FILE=str(tmp_path / "sim.log")),
-    )
-    try:
-        wait_until(lambda: written.exists() or child.poll() is not None, 30, "cellctl sim to serve")
-        assert child.poll() is None, child.communicate()
-        yield written
-    finally:
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=15)
-    assert child.returncode == 0, err
-    assert "Traceback" not in err
+    with serve_in_child(cell, tmp_path / "served.yaml", log_file=tmp_path / "sim.log") as child:
+        yield child.cell_file
 
 
 async def read_press(cell: Cell) -> PressOutputs:

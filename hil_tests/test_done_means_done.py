@@ -14,9 +14,9 @@ from cellctl.control.events import StepPaused
 from cellctl.control.machine import Command, State
 from cellctl.control.operator import PromptRequest, ScriptedOperator, StepChoice
 from cellctl.io.session import TagIO
+from cellctl.testing import Harness, Served, controller_for, entered, wait_until
 from drivers.base import Value
-from hil_tests.run_support import DEMO, Harness, Served, controller_for, entered, serve_demo
-from tests.support import wait_until
+from hil_tests.run_support import DEMO, PRESS_FIT, serve_demo
 
 #: Seconds a batch here may take before the test fails (each takes 1–5 s at the demo's speed).
 BATCH = 30.0
@@ -124,7 +124,7 @@ def test_a_refused_pick_holds_press_fit(demo: Served) -> None:
     press = demo.simulator.models["press"]
 
     async def scenario() -> None:
-        async with controller_for(demo.cell_file, params=["parts=1"]) as run:
+        async with controller_for(demo.cell_file, PRESS_FIT, params=["parts=1"]) as run:
             cycles = int(press.get("cycles"))
             demo.simulator.fault("robot", "gripper", True)  # Pick answers false
             try:

@@ -15,8 +15,8 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from cellctl.testing import wait_until
 from drivers.sim.faultproxy import FaultProxy
-from tests.support import wait_until
 
 REGISTERS = [7, 8, 9]
 #: The raw client's timeout where a test waits for one to expire (freeze, garbage).

@@ -16,11 +16,11 @@ import time
 import pytest
 from pymodbus.client import ModbusBaseClient
 
+from cellctl.testing import wait_until
 from drivers.config import RequestLimits
 from drivers.errors import BadResponse, DeviceTimeout
 from hil_tests.support import with_room
 from hil_tests.test_modbus_late import BLOCK, REGISTERS, Device, Rig, answer_otherwise, rtu_rig
-from tests.support import wait_until
 
 #: Long enough a timeout that the quiet owed after a failed try (most of a timeout) is longer
 #: than the guard's 0.25 s margin, with room on both sides of every moment the test relies on.

@@ -12,12 +12,12 @@ import time
 
 import pytest
 
+from cellctl.testing import wait_until
 from drivers.base import HealthState
 from drivers.errors import DeviceTimeout, NotConnected
 from drivers.points import Access, ModbusPoint, ModbusTable
 from hil_tests.support import with_room
 from hil_tests.test_modbus_late import LIMITS, REGISTERS, Device, tcp_rig
-from tests.support import wait_until
 
 #: How long the bus may take for one request at most: its budget and the guard's margin.
 GUARDED = LIMITS.worst_case + 0.25

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from cellctl.testing import wait_until
 from drivers.base import HealthState, Quality, Reading
 from drivers.config import RequestLimits
 from drivers.points import DataType, ModbusPoint, ModbusTable
 from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
 from hil_tests.modbus_fixtures import AFTER, FORCE, Rig, press_rig
-from tests.support import wait_until
 
 UNIT = 1
 POLL = 0.05

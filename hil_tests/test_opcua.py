@@ -25,6 +25,7 @@ from asyncua.server.server import Server
 from asyncua.ua.uaerrors import UaStatusCodeError
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from cellctl.testing import wait_until
 from drivers.base import Driver, Health, HealthState, Quality, Reading
 from drivers.config import OpcuaConfig, OpcuaSecurity, RequestLimits
 from drivers.errors import (
@@ -41,7 +42,6 @@ from drivers.sim.faultproxy import FaultProxy
 from drivers.sim.image import ProcessImage
 from drivers.sim.opcua_server import OpcuaSimServer, default_cache_dir, init_with_cache
 from hil_tests.support import Logins, operator, with_room
-from tests.support import wait_until
 
 DEVICE = "robot"
 LIMITS = RequestLimits(timeout=0.3, retries=1)

@@ -16,13 +16,13 @@ from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 
+from cellctl.testing import wait_until
 from drivers.base import Health, HealthState, Quality
 from drivers.config import RequestLimits
 from drivers.opcua import RECONNECT_CAP, OpcuaDriver
 from drivers.sim.opcua_server import default_cache_dir, init_with_cache
 from hil_tests.support import Logins, with_room
 from hil_tests.test_opcua import BUSY, LIMITS, Recorder, config
-from tests.support import wait_until
 
 
 class Gate(Logins):

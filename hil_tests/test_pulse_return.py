@@ -17,6 +17,7 @@ from asyncua import ua
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 
+from cellctl.testing import wait_until
 from drivers.base import Quality, Reading
 from drivers.config import OpcuaConfig, RequestLimits
 from drivers.modbus import ModbusDriver
@@ -27,7 +28,6 @@ from drivers.sim.modbus_server import ModbusSimServer
 from drivers.sim.opcua_server import default_cache_dir, init_with_cache
 from hil_tests.modbus_fixtures import PART_PRESENT, Rig, press_rig, stays_false
 from hil_tests.support import with_room
-from tests.support import wait_until
 
 UNIT = 1
 #: Long enough that the pulse (a set, one read, a set) fits between two poll cycles.

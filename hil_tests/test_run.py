@@ -28,22 +28,25 @@ from cellctl.control.events import (
     WaitProgress,
 )
 from cellctl.control.machine import Command, State
+from cellctl.testing import (
+    Served,
+    cli,
+    controller_for,
+    entered,
+    free_port,
+    held_or_ended,
+    wait_event,
+    wait_until,
+)
 from hil_tests.run_support import (
     PRESS_FIT,
     ConveyorOutputs,
-    Served,
-    controller_for,
     edit_cell,
-    entered,
     heartbeat_quiet,
-    held_or_ended,
     opcua_value,
     read_conveyor,
     serve_demo,
-    wait_event,
 )
-from hil_tests.support import free_port, wait_until
-from tests.support import cli
 
 #: Seconds any one batch here may take before the test fails (they take 1–3 s at SPEED).
 BATCH = 20.0
@@ -85,7 +88,7 @@ def test_light_curtain_holds_safe_on_the_device_and_unhold_completes(demo: Serve
         # Set on the device, so the safe state's `inspection.trigger: false` is seen arriving.
         await opcua_value(cell, "inspection.trigger", write=True)
         cycles = int(press.get("cycles"))
-        async with controller_for(demo.cell_file, params=["parts=2"]) as run:
+        async with controller_for(demo.cell_file, PRESS_FIT, params=["parts=2"]) as run:
             broken: list[Event] = []
 
             def break_curtain(event: Event) -> None:
@@ -154,7 +157,7 @@ def test_robot_killed_mid_batch_trips_comm_loss_and_holds_within_the_bound(
         bound = robot.publishing_interval * 2 + robot.timeout * (robot.retries + 1)
 
         async def scenario() -> None:
-            async with controller_for(shorter, params=["parts=1"]) as run:
+            async with controller_for(shorter, PRESS_FIT, params=["parts=1"]) as run:
                 killed: list[float] = []
                 stopping: list[asyncio.Future[None]] = []
 
@@ -199,7 +202,7 @@ def test_abort_mid_wait_aborts_with_the_safe_state_on_the_device(demo: Served) -
 
     async def scenario() -> None:
         await opcua_value(cell, "inspection.trigger", write=True)
-        async with controller_for(demo.cell_file, params=["parts=1"]) as run:
+        async with controller_for(demo.cell_file, PRESS_FIT, params=["parts=1"]) as run:
             aborting: list[asyncio.Future[object]] = []
 
             def abort(event: Event) -> None:

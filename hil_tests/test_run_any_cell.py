@@ -5,17 +5,13 @@ plant models, served by --sim in-process and by `cellctl sim` in another process
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hil_tests.support import free_port, wait_until
-from tests.support import cli
+from cellctl.testing import cli, free_port, serve_in_child
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "recipes" / "demo"
@@ -95,23 +91,10 @@ def served_mixed(tmp_path: Path) -> Iterator[Path]:
         ),
         encoding="utf-8",
     )
-    served = tmp_path / "served.yaml"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "cellctl", "sim", str(cell), "--write-cell", str(served)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, CELLCTL_LOG_FILE=str(tmp_path / "sim.log")),
-    )
-    try:
-        wait_until(lambda: served.exists() or child.poll() is not None, 30, "cellctl sim to serve")
-        assert child.poll() is None, child.communicate()
-        yield served
-    finally:
-        child.send_signal(signal.SIGTERM)
-        _, err = child.communicate(timeout=15)
-    assert child.returncode == 0, err  # SIGTERM is a normal end of `cellctl sim`
-    assert "Traceback" not in err
+    # SIGTERM is a normal end of `cellctl sim`, as SIGINT is.
+    log = tmp_path / "sim.log"
+    with serve_in_child(cell, tmp_path / "served.yaml", stop=signal.SIGTERM, log_file=log) as child:
+        yield child.cell_file
 
 
 def test_generic_devices_served_by_cellctl_sim_in_another_process(

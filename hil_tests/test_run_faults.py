@@ -31,19 +31,15 @@ from cellctl.control.events import (
     WaitProgress,
 )
 from cellctl.control.machine import Command, State
+from cellctl.testing import Served, controller_for, entered, held_or_ended, wait_event, wait_until
 from drivers.sim.faultproxy import FaultProxy
 from hil_tests.run_support import (
+    PRESS_FIT,
     ConveyorOutputs,
-    Served,
-    controller_for,
     edit_cell,
-    entered,
-    held_or_ended,
     read_conveyor,
     serve_demo,
-    wait_event,
 )
-from hil_tests.support import wait_until
 
 #: Seconds any one batch here may take before the test fails (they take 1–3 s at SPEED).
 BATCH = 20.0
@@ -156,7 +152,9 @@ def test_frozen_link_trips_comm_loss_holds_within_the_bound_and_resumes(
         async with proxy_to(*target_of(demo, device)) as proxy:
             cell_file = tmp_path / "cell.yaml"
             bound = through_proxy(demo, cell_file, device, proxy)
-            async with controller_for(cell_file, params=[f"parts={silent.parts}"]) as run:
+            async with controller_for(
+                cell_file, PRESS_FIT, params=[f"parts={silent.parts}"]
+            ) as run:
                 frozen: list[float] = []
 
                 def freeze(event: Event) -> None:

@@ -17,9 +17,7 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from cellctl.cell import ModbusTcpDevice
-from hil_tests.run_support import serve
-from hil_tests.support import free_port
-from tests.support import cli
+from cellctl.testing import cli, free_port, serve
 
 FRESH = Path(__file__).resolve().parent / "cells" / "fresh"
 CELL = FRESH / "cell.yaml"

@@ -24,8 +24,8 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from cellctl.cell import ModbusTcpDevice
-from hil_tests.run_support import edit_cell, serve
-from hil_tests.support import wait_until
+from cellctl.testing import serve, wait_until
+from hil_tests.run_support import edit_cell
 from hil_tests.test_run_terminal import (
     CELLS,
     CTRL_C,

@@ -12,9 +12,8 @@ import pytest
 
 from cellctl.control.events import Notice, TagWritten
 from cellctl.control.machine import Command, State
-from hil_tests.run_support import PRESS_FIT, Served, controller_for, heartbeat_quiet, serve_demo
-from hil_tests.support import wait_until
-from tests.support import cli
+from cellctl.testing import Served, cli, controller_for, wait_until
+from hil_tests.run_support import PRESS_FIT, heartbeat_quiet, serve_demo
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def test_resetting_releases_a_press_latched_by_a_manual_write_before_start(
     cycles = served.model_value("press", "cycles")
 
     async def reset() -> tuple[State, list[object], bool, bool]:
-        async with controller_for(served.cell_file) as harness:
+        async with controller_for(served.cell_file, PRESS_FIT) as harness:
             await harness.controller.command(Command.RESET, cause="test")
             state = await harness.controller.wait_for({State.IDLE, State.STOPPED})
             # Idle, before any Start: what the press's own image and model hold now.

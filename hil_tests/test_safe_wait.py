@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from cellctl.testing import Served
 from drivers.sim.faultproxy import FaultProxy
-from hil_tests.run_support import ConveyorOutputs, Served, read_conveyor, serve_demo
+from hil_tests.run_support import ConveyorOutputs, read_conveyor, serve_demo
 from hil_tests.test_run_faults import LONG_WAIT, Lines, target_of, through_proxy
 
 CONVEYOR_SAFE = ConveyorOutputs(run=False, speed_rpm=0)

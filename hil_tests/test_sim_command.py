@@ -4,14 +4,10 @@ written by third-party clients (raw pymodbus and asyncua) and by `cellctl read/w
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import socket
 import stat
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,9 +16,7 @@ from asyncua import Client, ua
 from pymodbus.client import AsyncModbusTcpClient
 
 from cellctl.cell import load_cell
-from hil_tests.run_support import serve
-from hil_tests.support import free_port, wait_until
-from tests.support import cli
+from cellctl.testing import cli, free_port, serve, serve_in_child
 
 CELL = """\
 cell: bottling
@@ -45,41 +39,15 @@ methods:
 """
 
 
-@contextlib.contextmanager
-def sim_child(cell: Path, written: Path, *args: str) -> Iterator[list[str]]:
-    """`cellctl sim CELL --write-cell WRITTEN ARGS` in a child process until `written` exists;
-    the list it yields gets the child's stdout lines once it ended (SIGINT, exit 0)."""
-    env = dict(os.environ, CELLCTL_LOG_FILE=str(written.with_suffix(".log")))
-    child = subprocess.Popen(
-        [sys.executable, "-m", "cellctl", "sim", str(cell), "--write-cell", str(written), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    printed: list[str] = []
-    try:
-        wait_until(lambda: written.exists() or child.poll() is not None, 30, "cellctl sim to serve")
-        assert child.poll() is None, child.communicate()
-        yield printed
-    finally:
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=15)
-        # SIGINT is the normal end of `cellctl sim`.
-        assert child.returncode == 0, err
-        assert "Traceback" not in err
-        printed.extend(out.splitlines())
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """`cellctl sim` serving the bottling cell in a child process; the cell file it wrote."""
     folder = tmp_path_factory.mktemp("bottling")
     cell = folder / "cell.yaml"
     cell.write_text(CELL.format(modbus_port=free_port(), opcua_port=free_port()), encoding="utf-8")
-    with sim_child(cell, folder / "served.yaml") as printed:
-        yield folder / "served.yaml"
-    out = "\n".join(printed)
+    with serve_in_child(cell, folder / "served.yaml") as child:
+        yield child.cell_file
+    out = "\n".join(child.printed)
     assert "filler" in out and "capper" in out
 
 
@@ -272,7 +240,7 @@ def test_sim_serves_ipv6_loopback_with_bracketed_endpoints(
     modbus_port, opcua_port = _free_port_v6(), _free_port_v6()
     cell.write_text(CELL.format(modbus_port=modbus_port, opcua_port=opcua_port), encoding="utf-8")
     written = tmp_path / "served.yaml"
-    with sim_child(cell, written, "--host", "::1") as printed:
+    with serve_in_child(cell, written, "--host", "::1") as child:
         served = load_cell(written)
         assert served.devices["filler"].host == "::1"  # type: ignore[union-attr]
         endpoint = f"opc.tcp://[::1]:{opcua_port}/capper"
@@ -299,7 +267,7 @@ def test_sim_serves_ipv6_loopback_with_bracketed_endpoints(
         assert torque == 2.5
         with socket.socket() as v4:  # ::1 only: nothing on 127.0.0.1
             assert v4.connect_ex(("127.0.0.1", modbus_port)) != 0
-    out = "\n".join(printed)
+    out = "\n".join(child.printed)
     assert f"[::1]:{modbus_port}" in out and endpoint in out
 
 

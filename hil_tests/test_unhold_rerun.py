@@ -16,20 +16,10 @@ from cellctl.cell import ModbusTcpDevice
 from cellctl.control.events import Event, StepEnded, StepOutcome, StepStarted, TagWritten
 from cellctl.control.machine import Command, State
 from cellctl.control.operator import FailureChoice
-from hil_tests.run_support import (
-    DEMO,
-    ConveyorOutputs,
-    Harness,
-    Served,
-    controller_for,
-    held_or_ended,
-    read_conveyor,
-    serve_demo,
-    wait_event,
-)
+from cellctl.testing import Harness, Served, cli, controller_for, held_or_ended, wait_event
+from hil_tests.run_support import DEMO, PRESS_FIT, ConveyorOutputs, read_conveyor, serve_demo
 from hil_tests.test_run_keys import changes, logged, served_generic, write_register
 from hil_tests.test_run_terminal import CELLS, SIZES, Terminal, terminal
-from tests.support import cli
 
 __all__ = ["served_generic", "terminal"]  # fixtures, imported for the terminal test
 
@@ -65,7 +55,7 @@ def test_hold_in_press_asks_and_the_answer_is_carried_out(demo: Served, choice: 
 
     async def scenario() -> None:
         cycles = int(press.get("cycles"))
-        async with controller_for(demo.cell_file, params=["parts=1"]) as run:
+        async with controller_for(demo.cell_file, PRESS_FIT, params=["parts=1"]) as run:
             held: list[Event] = []
 
             def hold_in_press(event: Event) -> None:

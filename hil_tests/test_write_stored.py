@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hil_tests.run_support import serve
-from tests.support import cli
+from cellctl.testing import cli, serve
 
 CELL = """\
 cell: scaled

@@ -1,38 +1,16 @@
-"""Test helpers shared by tests/ and hil_tests/: running the CLI in-process, waiting on a loop,
-a memory rig connected and watched."""
+"""Test helpers of the project's own tests: a memory rig connected and watched (the rest comes
+from the testing kit, cellctl.testing)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Protocol, TypeVar
 
 import pytest
 
-from cellctl.cli import run
 from cellctl.io.session import TagIO
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    """Run cellctl in-process; (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = run([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-async def wait_until(
-    predicate: Callable[[], bool], within: float = 3.0, what: str = "the condition"
-) -> None:
-    """Poll `predicate` on the running loop until it holds; fail naming `what` after `within` s."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.002)  # a poll interval, not synchronisation: the deadline rules
 
 
 class Watched(Protocol):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import cli
+from cellctl.testing import cli
 
 CELL = (
     "cell: bench\ndevices:\n  m: {driver: memory}\n"

@@ -12,8 +12,9 @@ import pytest_asyncio
 from cellctl.control.events import MethodCalled, StepEnded, StepOutcome
 from cellctl.control.executor import Executor
 from cellctl.control.operator import FailureChoice
+from cellctl.testing import wait_until
 from drivers.base import Value
-from tests.support import wait_until, watched
+from tests.support import watched
 from tests.test_executor import CELL, DEADLINE, Rig, finish
 
 #: The executor tests' cell with a method that answers a number.

@@ -10,8 +10,8 @@ import pytest
 
 from cellctl.cell import Heartbeat, check_cell_file, load_cell
 from cellctl.cli.schema import schema_of
+from cellctl.testing import cli
 from tests.located import Expect, assert_located, expect
-from tests.support import cli
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cellctl import __version__
-from tests.support import cli
+from cellctl.testing import cli
 
 DEMO_CELL = Path(__file__).resolve().parent.parent / "recipes" / "demo" / "cell.yaml"
 

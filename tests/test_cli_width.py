@@ -11,6 +11,7 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from cellctl import cli
+from cellctl.cli import consoles
 from cellctl.control.machine import state_table_rows
 
 DEMO = Path(__file__).parent.parent / "recipes" / "demo"
@@ -29,7 +30,7 @@ def screen(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
         soft_wrap=True,
         emoji=False,
     )
-    monkeypatch.setattr(cli, "out", console)
+    monkeypatch.setattr(consoles, "out", console)
     return stream
 
 

@@ -34,13 +34,13 @@ from cellctl.control.machine import Command, IllegalCommand, IllegalModeChange, 
 from cellctl.control.operator import FailureChoice, ScriptedOperator
 from cellctl.io.session import TagIO
 from cellctl.recipe import LoadedRecipe, RecipeIdentity, recipe_from_document
+from cellctl.testing import wait_until
 from cellctl.yamlload import parse_yaml
 from drivers.base import Reading, Value
 from drivers.config import MemoryConfig
 from drivers.errors import DeviceTimeout
 from drivers.memory import MemoryDriver
 from drivers.points import Access, MemoryPoint, Point
-from tests.support import wait_until
 
 E = TypeVar("E", bound=Event)
 DEADLINE = 3.0

@@ -24,6 +24,7 @@ from cellctl.control.interlocks import InterlockMonitor
 from cellctl.control.machine import Command, State
 from cellctl.control.safestate import SAFE_RETRY
 from cellctl.io.session import TagIO
+from cellctl.testing import wait_until
 from cellctl.values import TagValue
 from cellctl.yamlload import parse_yaml
 from drivers.base import Quality, Reading, Value
@@ -31,7 +32,6 @@ from drivers.config import MemoryConfig
 from drivers.errors import DeviceTimeout, WriteRejected
 from drivers.memory import MemoryDriver
 from drivers.points import Point
-from tests.support import wait_until
 from tests.test_controller import (
     CELL,
     SAFE,

@@ -33,13 +33,14 @@ from cellctl.control.operator import (
 )
 from cellctl.io.session import TagIO
 from cellctl.recipe import Recipe, recipe_from_document
+from cellctl.testing import wait_until
 from cellctl.values import TagValue
 from cellctl.yamlload import parse_yaml
 from drivers.base import Quality, Value
 from drivers.config import MemoryConfig
 from drivers.memory import MemoryDriver
 from drivers.points import Access, MemoryPoint
-from tests.support import wait_until, watched
+from tests.support import watched
 
 E = TypeVar("E", bound=Event)
 

@@ -9,8 +9,8 @@ import pytest
 
 from cellctl import expr
 from cellctl.expr import ExpressionError
+from cellctl.testing import cli
 from tests.located import col_of
-from tests.support import cli
 
 CELL = Path(__file__).resolve().parent / "recipes" / "cell.yaml"
 

@@ -24,12 +24,13 @@ from cellctl.control.events import (
 )
 from cellctl.control.machine import Command, Mode, State
 from cellctl.control.operator import FailureChoice, NoAnswer, PromptRequest, StepChoice
+from cellctl.testing import wait_until
 from drivers.base import Reading, ReadingsCallback, Unsubscribe, Value
 from drivers.config import MemoryConfig
 from drivers.errors import DeviceTimeout, WriteRejected
 from drivers.memory import MemoryDriver
 from drivers.points import Point
-from tests.support import wait_until, watched
+from tests.support import watched
 from tests.test_controller import Bench, assert_safe_state, opened, start
 from tests.test_executor import Rig, StepOperator
 

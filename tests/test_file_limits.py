@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cellctl.testing import cli
 from tests.located import col_of
-from tests.support import cli
 
 BIG = "9" * 5000
 

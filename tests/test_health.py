@@ -1,13 +1,14 @@
-"""HealthTracker: one notification per transition, and a faulty listener harms nobody."""
+"""HealthTracker: one notification per transition, and a faulty listener harms nobody; Backoff."""
 
 from __future__ import annotations
 
 import logging
+import random
 
 import pytest
 
 from drivers.base import Health, HealthState
-from drivers.health import HealthTracker
+from drivers.health import Backoff, HealthTracker
 
 
 def test_listeners_hear_each_transition_once() -> None:
@@ -60,3 +61,28 @@ def test_a_reconnect_counts_as_an_answer_for_a_driver_that_reports_them() -> Non
     assert tracker.answered_at == before
     tracker.set(HealthState.CONNECTED)
     assert tracker.answered_at is not None and tracker.answered_at > before
+
+
+def test_backoff_is_equal_jitter_as_documented_and_stays_at_its_cap() -> None:
+    # Try n waits uniform(c/2, c), c = min(cap, first * 2**n): never 0 s (a connect loop must
+    # not spin), both halves of the band used, and still bounded after a day-long outage.
+    assert Backoff.__doc__ is not None and "equal jitter" in Backoff.__doc__
+    state = random.getstate()
+    random.seed(10)
+    try:
+        runs = [
+            [b.next_delay() for _ in range(12)] for b in (Backoff(0.05, 5.0) for _ in range(300))
+        ]
+        outage = Backoff(0.05, 5.0)
+        long_run = [outage.next_delay() for _ in range(3000)]
+        outage.reset()
+        after_reset = outage.next_delay()
+    finally:
+        random.setstate(state)
+    for n in range(12):
+        ceiling = min(5.0, 0.05 * 2**n)
+        delays = [run[n] for run in runs]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), (n, min(delays), max(delays))
+        assert min(delays) < 0.55 * ceiling and max(delays) > 0.95 * ceiling
+    assert all(2.5 <= d <= 5.0 for d in long_run[-2000:])
+    assert 0.025 <= after_reset <= 0.05

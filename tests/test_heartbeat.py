@@ -15,13 +15,13 @@ import pytest_asyncio
 from cellctl.cell import Cell, cell_from_document
 from cellctl.io.heartbeat import Heartbeat, next_beat
 from cellctl.io.session import TagIO
+from cellctl.testing import wait_until
 from cellctl.yamlload import parse_yaml
 from drivers.base import Reading
 from drivers.config import MemoryConfig
 from drivers.errors import NotConnected
 from drivers.memory import MemoryDriver
 from drivers.points import Access, DataType, MemoryPoint
-from tests.support import wait_until
 
 CELL = """\
 cell: beats

@@ -18,7 +18,7 @@ from cellctl.cli.views.run import RunModel
 from cellctl.control.events import StepPaused
 from cellctl.control.operator import PromptRequest, StepChoice
 from cellctl.recipe import PromptStep, load_recipe
-from tests.support import wait_until
+from cellctl.testing import wait_until
 
 DEMO = Path(__file__).parent.parent / "recipes" / "demo"
 

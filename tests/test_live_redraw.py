@@ -16,8 +16,8 @@ from rich.live import Live
 
 from cellctl.cli.batch import BatchRun, RunOptions, prepare
 from cellctl.cli.views.run import FittedView, RunModel
+from cellctl.testing import wait_until
 from cellctl.values import TagValue
-from tests.support import wait_until
 
 DEMO = Path(__file__).parent.parent / "recipes" / "demo"
 

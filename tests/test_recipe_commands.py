@@ -16,9 +16,10 @@ from rich.console import Console
 from ruamel.yaml import YAML
 
 from cellctl.cli.validate import open_recipe
+from cellctl.cli.views.plan import plan_view
 from cellctl.recipe import SetStep, iter_steps
-from cellctl.recipe.plan import make_plan, plan_view
-from tests.support import cli
+from cellctl.recipe.plan import make_plan
+from cellctl.testing import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "recipes" / "demo"

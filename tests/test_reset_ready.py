@@ -20,10 +20,10 @@ from cellctl.control.events import (
     TagWritten,
 )
 from cellctl.control.machine import State
+from cellctl.testing import wait_until
 from cellctl.values import TagValue
 from drivers.base import Quality
 from drivers.config import MemoryConfig
-from tests.support import wait_until
 from tests.test_controller import CELL, SAFE, Bench, opened
 from tests.test_controller_faults import Refusing
 

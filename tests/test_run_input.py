@@ -12,7 +12,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from cellctl.control.machine import Command, State
-from tests.support import cli
+from cellctl.testing import cli
 
 CELL = """\
 cell: quiet

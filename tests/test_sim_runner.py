@@ -11,13 +11,13 @@ from typing import ClassVar
 import pytest
 import pytest_asyncio
 
+from cellctl.testing import wait_until
 from drivers.base import Value
 from drivers.points import DataType, MemoryPoint
 from drivers.sim.image import ProcessImage
 from drivers.sim.plant.base import PlantModel, SimClock
 from drivers.sim.plant.conveyor import Conveyor
 from drivers.sim.runner import SimRunner
-from tests.support import wait_until
 
 SPEED = 50.0
 

@@ -18,8 +18,8 @@ from cellctl.cli.views.run import FittedView
 from cellctl.control.events import Event, Notice, StateChanged, UnholdAsks, WaitProgress
 from cellctl.control.machine import Command, State
 from cellctl.control.operator import FailureChoice
+from cellctl.testing import wait_until
 from drivers.errors import DeviceTimeout
-from tests.support import wait_until
 from tests.test_controller import CELL, DEADLINE, Bench, opened
 from tests.test_unhold_undone import PRESSING, QUESTION, outcomes
 

@@ -15,8 +15,8 @@ from cellctl.control.controller import CommandBlocked
 from cellctl.control.events import Notice, StepEnded, StepOutcome, WaitProgress
 from cellctl.control.machine import Command, State
 from cellctl.control.operator import FailureChoice
+from cellctl.testing import wait_until
 from drivers.base import Value
-from tests.support import wait_until
 from tests.test_controller import DEADLINE, Bench, assert_safe_state
 
 # The press step sets its outputs, then waits for the part to be done: the safe state sets

@@ -16,12 +16,13 @@ import pytest_asyncio
 
 from cellctl.control.events import StepEnded, StepOutcome, WaitProgress
 from cellctl.control.executor import PauseReason
+from cellctl.testing import cli, wait_until
 from cellctl.values import TagValue
 from drivers.base import Quality, Reading, Value
 from drivers.config import MemoryConfig
 from drivers.memory import MemoryDriver
 from drivers.points import Access, MemoryPoint, Point
-from tests.support import cli, wait_until, watched
+from tests.support import watched
 from tests.test_executor import DEADLINE, Rig, finish
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from cellctl import textvalue
 from cellctl.cell import (
     Cell,
     MemoryDevice,
+    ModbusDevice,
     ModbusRtuDevice,
     ModbusTcpDevice,
     OpcuaDevice,
@@ -54,7 +56,7 @@ def get_tag(cell: Cell, tag_name: str) -> Tag:
     tag = cell.tags.get(tag_name)
     if tag is None:
         hint = did_you_mean(tag_name, cell.tags)
-        raise UnknownTag(f"unknown tag {tag_name!r}{hint} in cell {cell.cell}")
+        raise UnknownTag(f"unknown tag {tag_name!r}{hint} in cell {cell.cell}", tag=tag_name)
     return tag
 
 
@@ -62,7 +64,7 @@ def point_for(cell: Cell, tag_name: str) -> Point:
     """The driver-level point of a tag: Modbus table/address/type/word order, NodeId, or key."""
     tag = get_tag(cell, tag_name)
     device = cell.devices[tag.device]
-    if isinstance(device, ModbusTcpDevice | ModbusRtuDevice):
+    if isinstance(device, ModbusDevice):
         address = tag.address
         assert address is not None  # a valid cell gives every Modbus tag an address
         return ModbusPoint(
@@ -96,42 +98,48 @@ def device_config(cell: Cell, device_name: str) -> DeviceConfig:
     device = cell.devices.get(device_name)
     if device is None:
         hint = did_you_mean(device_name, cell.devices)
-        raise UnknownDevice(f"unknown device {device_name!r}{hint} in cell {cell.cell}")
+        raise UnknownDevice(
+            f"unknown device {device_name!r}{hint} in cell {cell.cell}", device=device_name
+        )
     if isinstance(device, ModbusTcpDevice):
         return ModbusTcpConfig(
-            name=device_name,
-            host=device.host,
-            port=device.port,
-            unit=device.unit,
-            poll=device.poll,
-            limits=RequestLimits(device.timeout, device.retries),
-            word_order=device.word_order,
-            max_gap=device.max_gap,
+            device_name, device.host, device.port, device.unit, **_modbus_common(device)
         )
     if isinstance(device, ModbusRtuDevice):
         return ModbusRtuConfig(
-            name=device_name,
-            port=device.port,
-            unit=device.unit,
-            baudrate=device.baudrate,
-            parity=device.parity,
-            stopbits=device.stopbits,
-            bytesize=device.bytesize,
-            poll=device.poll,
-            limits=RequestLimits(device.timeout, device.retries),
-            word_order=device.word_order,
-            max_gap=device.max_gap,
+            device_name,
+            device.port,
+            device.unit,
+            device.baudrate,
+            device.parity,
+            device.stopbits,
+            device.bytesize,
+            **_modbus_common(device),
         )
     if isinstance(device, OpcuaDevice):
         return OpcuaConfig(
             name=device_name,
             endpoint=device.endpoint,
             publishing_interval=device.publishing_interval,
-            limits=RequestLimits(device.timeout, device.retries),
+            limits=_limits(device),
             security=_security(cell, device_name, device),
         )
     assert isinstance(device, MemoryDevice)
     return MemoryConfig(name=device_name, poll=device.poll)
+
+
+def _limits(device: ModbusDevice | OpcuaDevice) -> RequestLimits:
+    return RequestLimits(device.timeout, device.retries)
+
+
+def _modbus_common(device: ModbusDevice) -> dict[str, Any]:
+    """The keyword fields every Modbus config has (drivers.config.ModbusConfig)."""
+    return {
+        "poll": device.poll,
+        "limits": _limits(device),
+        "word_order": device.word_order,
+        "max_gap": device.max_gap,
+    }
 
 
 def _security(cell: Cell, device_name: str, device: OpcuaDevice) -> OpcuaSecurity:
@@ -144,7 +152,9 @@ def _security(cell: Cell, device_name: str, device: OpcuaDevice) -> OpcuaSecurit
         if password is None:
             raise MissingSecret(
                 f"device {device_name}: environment variable {device.password_env} "
-                "(password_env) is not set"
+                "(password_env) is not set",
+                device=device_name,
+                variable=device.password_env,
             )
     return OpcuaSecurity(
         policy=device.security,
@@ -162,7 +172,7 @@ def method_spec(cell: Cell, name: str) -> MethodSpec:
     method = cell.methods.get(name)
     if method is None:
         hint = did_you_mean(name, cell.methods)
-        raise UnknownMethod(f"unknown method {name!r}{hint} in cell {cell.cell}")
+        raise UnknownMethod(f"unknown method {name!r}{hint} in cell {cell.cell}", method=name)
     args = tuple(MethodArg(arg, datatype) for arg, datatype in method.args.items())
     return MethodSpec(name, method.node, method.method, args, method.result)
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cellctl.cell import cell_from_document, load_cell
 from cellctl.cli.schema import KINDS, FileKind
-from cellctl.errors import BadValue, Problem, ValidationFailed
+from cellctl.errors import BadValue, Problem, Subject, SubjectKind, ValidationFailed
 from cellctl.recipe import (
     LoadedRecipe,
     Recipe,
@@ -92,9 +91,6 @@ def open_recipe(path: Path, cell_path: Path | None = None) -> LoadedRecipe:
     raise ValidationFailed(check_recipe_file(path, cell_path) or failed.problems)
 
 
-_NAMED = re.compile(r"parameter (\w+)")
-
-
 def _parameter_problems(
     doc: YamlDocument, recipe: Recipe, assignments: Sequence[str]
 ) -> list[Problem]:
@@ -102,7 +98,9 @@ def _parameter_problems(
     try:
         parse_parameters(recipe, assignments)
     except BadValue as err:
-        named = _NAMED.match(str(err))
-        loc = ("parameters", named.group(1)) if named is not None else ("parameters",)
-        return [doc.problem(loc, "bad-parameter", f"-p: {err}", key=True)]
+        if err.parameter is None:  # not a parameter of the recipe (unknown, or no name=)
+            return [doc.problem(("parameters",), "bad-parameter", f"-p: {err}", key=True)]
+        subject = Subject(SubjectKind.PARAMETER, err.parameter)
+        loc = ("parameters", err.parameter)
+        return [doc.problem(loc, "bad-parameter", f"-p: {err}", key=True, subject=subject)]
     return []

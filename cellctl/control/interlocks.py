@@ -13,65 +13,29 @@ state is still written to that device.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from cellctl import expr
-from cellctl.cell import Cell, MemoryDevice, OpcuaDevice
-from cellctl.cell.tags import device_config
+from cellctl.cell import Cell
 from cellctl.control.events import BAD_VALUE, COMM_LOSS, Tripped
 from cellctl.control.packml import Command
+from cellctl.control.watchdog import Watchdog
 from cellctl.io.session import TagIO
 from cellctl.values import TagValue
 from drivers.base import Health, HealthState, Quality, Unsubscribe, Value
-from drivers.config import ModbusRtuConfig, ModbusTcpConfig
 
 #: Tripped actions, mildest first.
 ACTIONS = ("hold", "stop", "abort")
 #: Commands a standing trip refuses; Stop and Abort are never blocked.
 BLOCKED_COMMANDS = frozenset({Command.START, Command.UNHOLD, Command.RESET})
-#: An in-process device has no request timeout: the watchdog counts this one instead.
-MEMORY_TIMEOUT = 1.0
-#: Seconds added to a network device's silence bound: a loaded controller schedules its poller
-#: or keep-alive late, which must not look like a silent device.
-WATCHDOG_SLACK = 0.5
-#: Bounds of the watchdog's look period, seconds.
-WATCHDOG_LOOK = (0.02, 0.5)
-
-log = logging.getLogger("cellctl.control.interlocks")
-
-
-def silence_limit(cell: Cell, device: str) -> float:
-    """How long a device may stay silent before the watchdog calls it lost: its worst-case
-    request, timeout × (retries + 1), plus two poll periods, plus the worst case of every other
-    device on its bus (a poll may wait behind each of their requests), plus WATCHDOG_SLACK.
-    It applies to drivers that report their poll cycles (Driver.answered_at), which the
-    memory driver does not."""
-    config = cell.devices[device]
-    if isinstance(config, MemoryDevice):
-        return MEMORY_TIMEOUT + 2 * config.poll
-    if isinstance(config, OpcuaDevice):
-        worst = config.timeout * (config.retries + 1)
-        return worst + 2 * config.publishing_interval + WATCHDOG_SLACK
-    mine = device_config(cell, device)
-    assert isinstance(mine, ModbusTcpConfig | ModbusRtuConfig)
-    waits = 0.0
-    for name, other in cell.devices.items():
-        if name != device and not isinstance(other, OpcuaDevice | MemoryDevice):
-            theirs = device_config(cell, name)
-            assert isinstance(theirs, ModbusTcpConfig | ModbusRtuConfig)
-            if theirs.bus_key == mine.bus_key:
-                waits += theirs.limits.worst_case
-    return mine.limits.worst_case + 2 * mine.poll + waits + WATCHDOG_SLACK
 
 
 def interlock_tags(cell: Cell) -> list[str]:
     """Every tag the cell's interlocks name, in cell-file order."""
-    named = {name for interlock in cell.interlocks for name in expr.parse(interlock.when).names}
+    named = {name for interlock in cell.interlocks for name in interlock.condition.names}
     return [t for t in cell.tags if t in named]
 
 
@@ -108,7 +72,7 @@ class InterlockMonitor:
         self.comm_action = comm_action
         self._interlocks: list[_Watched] = []
         for interlock in cell.interlocks:
-            condition = expr.parse(interlock.when)
+            condition = interlock.condition
             tags = tuple(t for t in cell.tags if t in condition.names)  # cell-file order
             self._interlocks.append(_Watched(interlock.name, interlock.action, condition, tags))
         # Fail safe: a device an interlock reads is watched for loss even if not named.
@@ -118,12 +82,13 @@ class InterlockMonitor:
         self._fresh: dict[str, bool] = {}  # a good reading arrived since the device was lost
         self._active: dict[str, Tripped] = {}
         self._stops: list[Unsubscribe] = []
-        self._silence_limits = {
-            d: silence_limit(cell, d)
-            for d in dict.fromkeys(cell.tags[t].device for t in self.tags())
-        }
-        self._watchdog: asyncio.Task[None] | None = None
-        self._started = time.monotonic()  # the watchdog counts silence from here at most
+        self._watchdog = Watchdog(
+            cell,
+            io,
+            dict.fromkeys(cell.tags[t].device for t in self.tags()),
+            on_silent=lambda device, detail: self._lose(device, detail, {}),
+            on_answering=self._maybe_recovered,
+        )
         self._broken: set[str] = set()  # devices whose samples a listener failed on
 
     def tags(self) -> list[str]:
@@ -140,14 +105,12 @@ class InterlockMonitor:
         """Listen to the board and to device health; evaluate what is already known."""
         if self._stops:
             return
-        self._started = time.monotonic()
+        self._watchdog.start()
         self._stops = [
             self.io.board.listen(self._watched_tags(), self._on_value),
             self.io.on_health(self._on_health),
             self.io.board.on_listener_error(self._listener_failed),
         ]
-        if self._silence_limits:
-            self._start_watchdog()
         for device in self._devices:
             health = self._health(device)
             if health is not None and health.state is HealthState.LOST:
@@ -165,9 +128,7 @@ class InterlockMonitor:
         for stop in self._stops:
             stop()
         self._stops = []
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        self._watchdog.stop()
 
     async def check_now(self) -> list[Tripped]:
         """Read every interlock tag (and every watched tag of the watched devices) afresh,
@@ -322,46 +283,6 @@ class InterlockMonitor:
         self._broken.add(value.device)
         self._lose(value.device, f"internal error on {value.tag}: {error!r}", {})
 
-    async def _watch_silence(self) -> None:
-        """Comm loss for a device of the interlocks that has not answered within its bound
-        (a stopped poller or keep-alive must not leave its interlocks unwatched)."""
-        since = self._started
-        look = min(max(min(self._silence_limits.values()) / 4, WATCHDOG_LOOK[0]), WATCHDOG_LOOK[1])
-        while True:
-            await asyncio.sleep(look)
-            now = time.monotonic()
-            for device, limit in self._silence_limits.items():
-                silent = self._silent_for(device, now, since)
-                if silent is not None:
-                    self._lose(
-                        device,
-                        f"no poll cycle or keep-alive answered for {silent:.1f} s "
-                        f"(watchdog bound {limit:g} s)",
-                        {},
-                    )
-                else:
-                    # Answering again: a trip that a good sample could not clear while the
-                    # device still looked silent clears now (no new sample need come).
-                    self._maybe_recovered(device)
-
-    def _watchdog_ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        error = task.exception()
-        log.error("the interlock watchdog failed", exc_info=error)
-        try:
-            for device in self._silence_limits:
-                self._lose(device, f"the interlock watchdog failed: {error!r}", {})
-        finally:
-            if self._stops:  # still watching: it goes on (it sleeps a look period first)
-                self._start_watchdog()
-
-    def _start_watchdog(self) -> None:
-        self._watchdog = asyncio.get_running_loop().create_task(
-            self._watch_silence(), name="interlock watchdog"
-        )
-        self._watchdog.add_done_callback(self._watchdog_ended)
-
     def _maybe_recovered(self, device: str) -> None:
         """Clear a device's comm-loss and bad-value trips once it is CONNECTED and its
         readings are good again."""
@@ -414,17 +335,4 @@ class InterlockMonitor:
         (where the watchdog looks) a poll cycle or keep-alive answered within its bound."""
         if not self._health_ok(device) or device in self._broken:
             return False
-        return not self._silent_for(device, time.monotonic(), self._started)
-
-    def _silent_for(self, device: str, now: float, since: float) -> float | None:
-        """How long a watched device has been silent beyond its bound, or None when it is not
-        (or the watchdog does not look at it)."""
-        limit = self._silence_limits.get(device)
-        driver = self.io.drivers.get(device)
-        if limit is None or driver is None or driver.answered_at is None:
-            return None  # not watched, not connected, or a driver that cannot tell
-        health = driver.health.state
-        if health in (HealthState.LOST, HealthState.DISCONNECTED):
-            return None  # its health speaks for it (lost, reconnecting)
-        silent = now - max(driver.answered_at, since)
-        return silent if silent > limit else None
+        return not self._watchdog.silent_for(device, time.monotonic())

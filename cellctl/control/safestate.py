@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import math
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
+from typing import Any
 
 import structlog
 
@@ -265,18 +266,7 @@ class SafeState:
                 told = True
                 waiting(list(unconfirmed))
 
-        settling = asyncio.ensure_future(settle())
-        gave_up = asyncio.ensure_future(give_up.wait())
-        try:
-            await asyncio.wait(
-                {settling, gave_up}, timeout=within, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for task in (settling, gave_up):
-                task.cancel()
-            await asyncio.gather(settling, gave_up, return_exceptions=True)
-        if settling.done() and not settling.cancelled():
-            settling.result()  # an error of ours is raised, not taken for "confirmed"
+        if await _ended_within(settle(), within, give_up):
             return {}
         due = self.due or unconfirmed
         return {t: self._errors.get(t) or unconfirmed.get(t) or "not confirmed" for t in due}
@@ -357,3 +347,22 @@ async def write_safe_state(
     errors = {tag: error for group in done for tag, error in group.items()}
     results = tuple(SafeWrite(tag, cell.safe_state[tag], errors[tag]) for tag in wanted)
     return SafeStateWritten(reason=reason, results=results)
+
+
+async def _ended_within(
+    work: Coroutine[Any, Any, None], within: float, give_up: asyncio.Event
+) -> bool:
+    """Run `work` until it ends, `within` s pass or `give_up` is set (then it is cancelled);
+    True when it ended by itself (its error, if any, is raised)."""
+    ending = asyncio.ensure_future(work)
+    gave_up = asyncio.ensure_future(give_up.wait())
+    try:
+        await asyncio.wait({ending, gave_up}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (ending, gave_up):
+            task.cancel()
+        await asyncio.gather(ending, gave_up, return_exceptions=True)
+    if ending.done() and not ending.cancelled():
+        ending.result()  # an error of ours is raised, not taken for "confirmed"
+        return True
+    return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from urllib.parse import urlparse
 
@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from cellctl import exitcodes
 from cellctl.cell import Cell
 from cellctl.cell.tags import device_config, get_tag, methods_by_device, point_for
 from cellctl.errors import CellctlError
@@ -24,11 +25,24 @@ from drivers.points import OpcuaPoint
 
 
 class DevicesUnreachable(CellctlError):
-    """One or more devices could not be connected; the message has one line per device."""
+    """One or more devices could not be connected; `failures` says why for each, and the
+    message has one line per device."""
+
+    exit_code = exitcodes.DEVICE_FAILURE
+
+    def __init__(self, failures: Mapping[str, str]) -> None:
+        super().__init__("\n".join(failures.values()))
+        self.failures = dict(failures)
 
 
 class DeviceFailed(CellctlError):
     """A device failed a request (timeout, exception answer, lost connection)."""
+
+    exit_code = exitcodes.DEVICE_FAILURE
+
+    def __init__(self, message: str, *, device: str) -> None:
+        super().__init__(message)
+        self.device = device
 
 
 def devices_for_tags(cell: Cell, tags: Iterable[str]) -> list[str]:

@@ -127,7 +127,9 @@ class Heartbeat:
         if held is None:
             current = (await self.io.read([tag]))[tag]
             if current.error is not None or current.value is None:
-                raise DeviceFailed(f"read {tag}: {current.error or 'no value'}")
+                raise DeviceFailed(
+                    f"read {tag}: {current.error or 'no value'}", device=current.device
+                )
             held = current.value
         value = next_beat(self.io.cell.tags[tag].datatype, held)
         await self.io.write(tag, value)

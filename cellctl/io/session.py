@@ -65,7 +65,9 @@ def tags_to_read(cell: Cell, names: Iterable[str]) -> list[str]:
             chosen += tags
         else:
             hint = did_you_mean(name, [*cell.tags, *cell.devices])
-            raise UnknownTag(f"{name!r} is neither a tag nor a device{hint} in cell {cell.cell}")
+            raise UnknownTag(
+                f"{name!r} is neither a tag nor a device{hint} in cell {cell.cell}", tag=name
+            )
     return list(dict.fromkeys(chosen))
 
 
@@ -175,7 +177,7 @@ class TagIO:
                 raise failure
         if failures and (not partial or len(failures) == len(names)):
             await self.close()
-            raise DevicesUnreachable("\n".join(str(f) for f in failures.values()))
+            raise DevicesUnreachable({n: str(f) for n, f in failures.items()})
         for name, failure in failures.items():
             self.unreachable[name] = str(failure)
             await self.drivers[name].close()  # stops its reconnect loop
@@ -269,7 +271,7 @@ class TagIO:
         try:
             await self.drivers[spec.device].write(self.point(tag), spec.to_raw(checked))
         except DriverError as err:
-            raise DeviceFailed(f"write {tag}: {err}") from err
+            raise DeviceFailed(f"write {tag}: {err}", device=spec.device) from err
 
     async def call(self, method: str, args: Mapping[str, Value]) -> Value | None:
         """Call a device method with named args (in the cell file's order); DeviceFailed."""
@@ -279,7 +281,7 @@ class TagIO:
         try:
             result = await self.drivers[device].call(spec, ordered)
         except DriverError as err:
-            raise DeviceFailed(f"call {method}: {err}") from err
+            raise DeviceFailed(f"call {method}: {err}", device=device) from err
         return result  # type: ignore[no-any-return]
 
     def on_health(self, callback: HealthCallback) -> Unsubscribe:

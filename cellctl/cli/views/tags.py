@@ -1,8 +1,11 @@
-"""The live tag table of `cellctl demo` and `cellctl read --watch` (rich)."""
+"""Tag values as `cellctl read` shows them (a table, plain lines, JSON), and as the live tag
+table of `cellctl demo` and `cellctl read --watch`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
@@ -55,3 +58,35 @@ def plain_line(value: TagValue, unit: str | None = None) -> str:
     shown = "" if bad else format_value(value.value)
     fields = (value.tag, value.device, shown, unit or "", value.quality.value, value.error or "")
     return "\t".join(_field(field) for field in fields)
+
+
+def tag_json(value: TagValue, unit: str | None = None) -> dict[str, Any]:
+    """A tag's value as JSON-ready data: the value (null when JSON cannot hold it) and its text."""
+    held = value.value
+    return {
+        "tag": value.tag,
+        "device": value.device,
+        # JSON has no NaN or Infinity (an unset float32 register often reads NaN): null, and
+        # the text shows what it was.
+        "value": None if isinstance(held, float) and not math.isfinite(held) else held,
+        "text": format_value(held),
+        "unit": unit,
+        "quality": value.quality.value,
+        "timestamp": value.timestamp,
+        "error": value.error,
+    }
+
+
+def problem_lines(values: Iterable[TagValue]) -> list[str]:
+    """The tags that could not be read well, one line per cause ('error: ...' for a bad value,
+    'warning: ...' otherwise): a device that is down fails all its tags with the same error."""
+    causes: dict[tuple[str, str], list[str]] = {}
+    for value in values:
+        if value.error is not None:
+            severity = "error" if value.quality is Quality.BAD else "warning"
+            causes.setdefault((severity, value.error), []).append(value.tag)
+    lines = []
+    for (severity, cause), tags in causes.items():
+        who = tags[0] if len(tags) == 1 else f"{len(tags)} tags ({tags[0]}, …)"
+        lines.append(f"{severity}: {who}: {cause}")
+    return lines

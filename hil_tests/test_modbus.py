@@ -1,16 +1,20 @@
-"""Modbus TCP: the real driver (a pymodbus client) against the real simulator on 127.0.0.1."""
+"""Modbus TCP and RTU: the real driver (pymodbus client; pyserial on a pty for RTU) against the
+real simulator on 127.0.0.1, one test per check parametrised over the transport."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
+from cellctl.testing import free_port
 from drivers.base import Health, HealthState, Quality, Value
 from drivers.config import ModbusTcpConfig, RequestLimits
 from drivers.errors import DriverError, NotConnected, NotSupported
@@ -18,7 +22,7 @@ from drivers.modbus import ModbusDriver, make_modbus_drivers
 from drivers.points import Access, DataType, MethodSpec, ModbusPoint, ModbusTable
 from drivers.sim.faultproxy import FaultProxy
 from drivers.sim.image import ProcessImage
-from drivers.sim.modbus_server import ModbusSimServer
+from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
 from hil_tests.modbus_fixtures import (
     AFTER,
     BIT3,
@@ -43,6 +47,7 @@ from hil_tests.modbus_fixtures import (
     check_queue_is_bounded,
     check_register_bits,
     check_roundtrip,
+    check_silence_health,
     check_subscription,
     check_table_exception,
     check_timeout,
@@ -54,12 +59,20 @@ from hil_tests.modbus_fixtures import (
     press_rig,
     wait_until,
 )
-from hil_tests.support import free_port
 
-UNIT = 1
 MODULE = pytest.mark.asyncio(loop_scope="module")
+TRANSPORTS = ["tcp", "rtu"]
+#: Each transport's simulator class, the unit of the press and of a second device on the bus.
+SERVERS: dict[str, tuple[type[ModbusSimServer] | type[ModbusRtuSimServer], int, int]] = {
+    "tcp": (ModbusSimServer, 1, 2),
+    "rtu": (ModbusRtuSimServer, 2, 7),
+}
+UNIT = SERVERS["tcp"][1]  # the TCP-only tests'
+RTU_UNIT = SERVERS["rtu"][1]  # the RTU-only tests'
+AnyRig = Rig[ModbusSimServer] | Rig[ModbusRtuSimServer]
 TcpRig = Rig[ModbusSimServer]
-Shared = tuple[TcpRig, ModbusDriver]
+RtuRig = Rig[ModbusRtuSimServer]
+Shared = tuple[AnyRig, ModbusDriver]
 EXCEPTIONS = [
     (1, "illegal function"),
     (2, "illegal data address"),
@@ -67,25 +80,60 @@ EXCEPTIONS = [
     (4, "server device failure"),
     (6, "server device busy"),
 ]
+# A test for one transport only keeps the rig (or shared rig) of that one.
+TCP_ONLY = pytest.mark.parametrize("rig", ["tcp"], indirect=True)
+RTU_ONLY = pytest.mark.parametrize("rig", ["rtu"], indirect=True)
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def shared() -> AsyncIterator[Shared]:
+def tty_behind(path: str) -> str | None:
+    """The pty a serial port path leads to, or None when the path does not exist."""
+    return os.path.realpath(path) if os.path.lexists(path) else None
+
+
+def serial(rig: AnyRig) -> bool:
+    """True for an RTU rig (pyserial opens its port exclusively: one driver at a time)."""
+    return isinstance(rig.server, ModbusRtuSimServer)
+
+
+def make_rig(transport: str) -> AnyRig:
+    """The press rig of a transport, not started yet."""
+    server, unit, _ = SERVERS[transport]
+    return press_rig(server, unit)  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module", params=TRANSPORTS)
+async def shared(request: pytest.FixtureRequest) -> AsyncIterator[Shared]:
     """One simulator and one connected driver for the tests that only read and write."""
-    async with press_rig(ModbusSimServer, UNIT).running() as rig, rig.driver() as driver:
+    async with make_rig(request.param).running() as rig, rig.driver() as driver:
         yield rig, driver
 
 
-@pytest_asyncio.fixture
-async def rig() -> AsyncIterator[TcpRig]:
-    """A fresh running simulator, for tests that inject faults or stop it."""
-    async with press_rig(ModbusSimServer, UNIT).running() as served:
+@pytest_asyncio.fixture(params=TRANSPORTS)
+async def rig(request: pytest.FixtureRequest) -> AsyncIterator[AnyRig]:
+    """A fresh running simulator, for tests that inject faults, freeze or stop it."""
+    async with make_rig(request.param).running() as served:
         yield served
+
+
+@pytest_asyncio.fixture(params=TRANSPORTS)
+async def stopped_rig(request: pytest.FixtureRequest) -> AsyncIterator[AnyRig]:
+    """A simulator not started yet: TCP on a known free port, RTU on a path not there yet."""
+    image = press_image()
+    server, unit, _ = SERVERS[request.param]
+    if server is ModbusSimServer:
+        stopped: AnyRig = Rig(ModbusSimServer({unit: image}, port=free_port()), image, unit)
+    else:
+        stopped = Rig(ModbusRtuSimServer({unit: image}), image, unit)
+        assert tty_behind(stopped.server.endpoint) is None
+    try:
+        yield stopped
+    finally:
+        await stopped.server.stop()
 
 
 @pytest_asyncio.fixture
 async def proxied(rig: TcpRig) -> AsyncIterator[tuple[FaultProxy, ModbusDriver]]:
-    """A driver that reaches the simulator through a fault proxy (latency, freezing)."""
+    """A driver that reaches the TCP simulator through a fault proxy (latency, freezing)."""
     proxy = FaultProxy("127.0.0.1", rig.server.port)
     await proxy.start()
     limits = RequestLimits(timeout=0.5, retries=0)
@@ -99,11 +147,36 @@ async def proxied(rig: TcpRig) -> AsyncIterator[tuple[FaultProxy, ModbusDriver]]
         await proxy.stop()
 
 
-@pytest.fixture
-def stopped_rig() -> TcpRig:
-    """A simulator on a known free port that has not started yet."""
-    image = press_image()
-    return Rig(ModbusSimServer({UNIT: image}, port=free_port()), image, UNIT)
+@contextlib.asynccontextmanager
+async def silenceable(
+    rig: AnyRig, limits: RequestLimits
+) -> AsyncIterator[tuple[ModbusDriver, Callable[[bool], None]]]:
+    """A connected driver and what silences its device: a frozen fault proxy (TCP) or a frozen
+    line (RTU)."""
+    if isinstance(rig.server, ModbusRtuSimServer):
+        async with rig.driver(limits=limits) as driver:
+            yield driver, rig.server.freeze
+        return
+    proxy = FaultProxy("127.0.0.1", rig.server.port)
+    await proxy.start()
+    try:
+        config = ModbusTcpConfig("press", "127.0.0.1", proxy.port, rig.unit, limits=limits)
+        driver = make_modbus_drivers([config])["press"]
+        try:
+            await driver.connect()
+            yield driver, proxy.freeze
+        finally:
+            await driver.close()
+    finally:
+        await proxy.stop()
+
+
+def where(rig: AnyRig) -> int | str:
+    """Where the driver finds the simulator: its TCP port or its serial port path."""
+    return rig.server.client_path if isinstance(rig.server, ModbusRtuSimServer) else rig.server.port
+
+
+# -- every transport ------------------------------------------------------------------------
 
 
 @MODULE
@@ -115,15 +188,21 @@ async def test_every_type_and_word_order_round_trips(
 
 
 @MODULE
-async def test_discrete_and_input_registers_carry_model_values(
-    shared: Shared,
-) -> None:
+async def test_discrete_and_input_registers_carry_model_values(shared: Shared) -> None:
     await check_inputs(*shared)
 
 
 @MODULE
 async def test_reads_are_batched_by_max_gap(shared: Shared) -> None:
-    await check_batching(shared[0])
+    rig, driver = shared
+    if not serial(rig):
+        await check_batching(rig)
+        return
+    await driver.close()  # pyserial opens a port exclusively: one driver at a time
+    try:
+        await check_batching(rig)
+    finally:
+        await driver.connect()
 
 
 @MODULE
@@ -141,14 +220,90 @@ async def test_writes_refused_before_sending(shared: Shared) -> None:
     await check_write_rejected(shared[1])
 
 
+@pytest.mark.asyncio
+async def test_subscription_sees_a_model_change_within_two_polls(rig: AnyRig) -> None:
+    async with rig.driver() as driver:
+        await check_subscription(rig, driver)
+
+
+@pytest.mark.asyncio
+async def test_unsubscribe_stops_polling(rig: AnyRig) -> None:
+    async with rig.driver() as driver:
+        await check_unsubscribe(rig, driver)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("code", "text"), EXCEPTIONS)
+async def test_exception_answers_are_named(rig: AnyRig, code: int, text: str) -> None:
+    async with rig.driver() as driver:
+        await check_exception_codes(rig, driver, code, text)
+
+
+@pytest.mark.asyncio
+async def test_exception_on_one_table_only(rig: AnyRig) -> None:
+    async with rig.driver() as driver:
+        await check_table_exception(rig, driver)
+
+
+@pytest.mark.asyncio
+async def test_device_down_at_first_connect_is_reached_when_it_comes_up(
+    stopped_rig: AnyRig,
+) -> None:
+    await check_down_at_first_connect(stopped_rig)
+
+
+@pytest.mark.asyncio
+async def test_connect_fails_in_time_then_keeps_trying(stopped_rig: AnyRig) -> None:
+    await check_connect_fails_then_keeps_trying(stopped_rig)
+
+
+@pytest.mark.asyncio
+async def test_killed_and_restarted_device(rig: AnyRig) -> None:
+    before = where(rig)
+    async with rig.driver() as driver:
+        await check_kill_and_restart(rig, driver)
+    assert where(rig) == before
+
+
+@pytest.mark.asyncio
+async def test_requests_queued_on_a_silent_device_are_each_bounded(rig: AnyRig) -> None:
+    async with silenceable(rig, QUEUE_LIMITS) as (driver, silence):
+        await check_queue_is_bounded(driver, silence)
+
+
+@pytest.mark.asyncio
+async def test_unknown_unit_is_silent(rig: AnyRig, caplog: pytest.LogCaptureFixture) -> None:
+    await check_unknown_unit(rig, caplog)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_second_unit_shares_the_bus(transport: str) -> None:
+    server_class, unit, second = SERVERS[transport]
+    press, feeder = press_image(), press_image("feeder")
+    server = server_class({unit: press, second: feeder})
+    await server.start()
+    try:
+        await check_two_units_share_a_bus(Rig(server, press, unit), feeder, second)  # type: ignore[arg-type]
+        if transport == "tcp":
+            await wait_until(lambda: server.connections == 0, 5.0, "the shared connection to close")
+    finally:
+        await server.stop()
+
+
+# -- TCP only -------------------------------------------------------------------------------
+
+
 @MODULE
+@pytest.mark.parametrize("shared", ["tcp"], indirect=True)
 async def test_call_is_not_supported(shared: Shared) -> None:
     with pytest.raises(NotSupported, match=r"^press: Modbus devices have no methods"):
         await shared[1].call(MethodSpec("robot.pick", "ns=2;s=Robot", "2:Pick"), [])
 
 
 @MODULE
-async def test_a_plain_pymodbus_client_sees_what_the_driver_sees(
+@pytest.mark.parametrize("shared", ["tcp"], indirect=True)
+async def test_a_plain_pymodbus_client_sees_what_the_driver_sees_over_tcp(
     shared: Shared,
 ) -> None:
     rig, driver = shared
@@ -183,57 +338,6 @@ async def test_a_plain_pymodbus_client_sees_what_the_driver_sees(
 
 
 @pytest.mark.asyncio
-async def test_subscription_sees_a_model_change_within_two_polls(rig: TcpRig) -> None:
-    async with rig.driver() as driver:
-        await check_subscription(rig, driver)
-
-
-@pytest.mark.asyncio
-async def test_unsubscribe_stops_polling(rig: TcpRig) -> None:
-    async with rig.driver() as driver:
-        await check_unsubscribe(rig, driver)
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize(("code", "text"), EXCEPTIONS)
-async def test_exception_answers_are_named(rig: TcpRig, code: int, text: str) -> None:
-    async with rig.driver() as driver:
-        await check_exception_codes(rig, driver, code, text)
-
-
-@pytest.mark.asyncio
-async def test_exception_on_one_table_only(rig: TcpRig) -> None:
-    async with rig.driver() as driver:
-        await check_table_exception(rig, driver)
-
-
-@pytest.mark.asyncio
-async def test_device_down_at_first_connect_is_reached_when_it_comes_up(
-    stopped_rig: TcpRig,
-) -> None:
-    try:
-        await check_down_at_first_connect(stopped_rig)
-    finally:
-        await stopped_rig.server.stop()
-
-
-@pytest.mark.asyncio
-async def test_connect_fails_in_time_then_keeps_trying(stopped_rig: TcpRig) -> None:
-    try:
-        await check_connect_fails_then_keeps_trying(stopped_rig)
-    finally:
-        await stopped_rig.server.stop()
-
-
-@pytest.mark.asyncio
-async def test_killed_and_restarted_device(rig: TcpRig) -> None:
-    port = rig.server.port
-    async with rig.driver() as driver:
-        await check_kill_and_restart(rig, driver)
-    assert rig.server.port == port
-
-
-@pytest.mark.asyncio
 async def test_frozen_device_times_out_and_health_degrades() -> None:
     handlers: list[asyncio.Task[None]] = []
 
@@ -260,24 +364,6 @@ async def test_frozen_device_times_out_and_health_degrades() -> None:
 
 
 @pytest.mark.asyncio
-async def test_unknown_unit_is_silent(rig: TcpRig, caplog: pytest.LogCaptureFixture) -> None:
-    await check_unknown_unit(rig, caplog)
-
-
-@pytest.mark.asyncio
-async def test_second_unit_shares_one_connection() -> None:
-    press, feeder = press_image(), press_image("feeder")
-    server = ModbusSimServer({UNIT: press, 2: feeder})
-    await server.start()
-    try:
-        rig = Rig(server, press, UNIT)
-        await check_two_units_share_a_bus(rig, feeder, 2)
-        await wait_until(lambda: server.connections == 0, 5.0, "the shared connection to close")
-    finally:
-        await server.stop()
-
-
-@pytest.mark.asyncio
 async def test_separately_made_drivers_do_not_share() -> None:
     press, feeder = press_image(), press_image("feeder")
     server = ModbusSimServer({UNIT: press, 2: feeder})
@@ -292,6 +378,7 @@ async def test_separately_made_drivers_do_not_share() -> None:
 
 
 @pytest.mark.asyncio
+@TCP_ONLY
 async def test_requests_given_up_keep_the_bus_until_their_answers(
     rig: TcpRig, proxied: tuple[FaultProxy, ModbusDriver]
 ) -> None:
@@ -312,6 +399,7 @@ async def test_requests_given_up_keep_the_bus_until_their_answers(
 
 
 @pytest.mark.asyncio
+@TCP_ONLY
 async def test_close_fails_requests_in_flight_with_not_connected(
     proxied: tuple[FaultProxy, ModbusDriver],
 ) -> None:
@@ -330,22 +418,7 @@ async def test_close_fails_requests_in_flight_with_not_connected(
 
 
 @pytest.mark.asyncio
-async def test_requests_queued_on_a_frozen_device_are_each_bounded(rig: TcpRig) -> None:
-    proxy = FaultProxy("127.0.0.1", rig.server.port)
-    await proxy.start()
-    try:
-        config = ModbusTcpConfig("press", "127.0.0.1", proxy.port, UNIT, limits=QUEUE_LIMITS)
-        driver = make_modbus_drivers([config])["press"]
-        try:
-            await driver.connect()
-            await check_queue_is_bounded(driver, proxy.freeze)
-        finally:
-            await driver.close()
-    finally:
-        await proxy.stop()
-
-
-@pytest.mark.asyncio
+@TCP_ONLY
 async def test_a_raising_health_listener_does_not_stop_reconnecting(rig: TcpRig) -> None:
     def broken(_device: str, health: Health) -> None:
         raise RuntimeError(f"listener bug on {health.state.value}")
@@ -398,6 +471,7 @@ async def test_undefined_bits_in_a_defined_word_answer_exception_2() -> None:
 
 
 @pytest.mark.asyncio
+@TCP_ONLY
 async def test_answers_cut_in_pieces_still_decode(
     rig: TcpRig, proxied: tuple[FaultProxy, ModbusDriver]
 ) -> None:
@@ -411,6 +485,7 @@ async def test_answers_cut_in_pieces_still_decode(
 
 
 @pytest.mark.asyncio
+@TCP_ONLY
 async def test_garbage_on_the_link_is_an_error_never_a_value(
     proxied: tuple[FaultProxy, ModbusDriver],
 ) -> None:
@@ -432,6 +507,7 @@ async def test_garbage_on_the_link_is_an_error_never_a_value(
 
 
 @pytest.mark.asyncio
+@TCP_ONLY
 async def test_a_dropped_link_is_lost_then_found_and_polling_resumes(
     rig: TcpRig, proxied: tuple[FaultProxy, ModbusDriver]
 ) -> None:
@@ -477,3 +553,65 @@ async def test_a_model_bit_in_an_input_register_changes_only_that_bit() -> None:
     finally:
         client.close()
         await server.stop()
+
+
+# -- RTU only -------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@RTU_ONLY
+async def test_a_plain_pymodbus_client_sees_what_the_driver_sees_on_a_serial_line(
+    rig: RtuRig,
+) -> None:
+    async with rig.driver() as driver:
+        await driver.write(FLOAT_CDAB, 41.5)
+        await driver.write(BIT3, True)
+        await driver.write(BIT15, True)
+    client = AsyncModbusSerialClient(
+        rig.server.client_path, framer=FramerType.RTU, timeout=1, retries=0
+    )
+    assert await client.connect()
+    try:
+        answer = await client.read_holding_registers(
+            FLOAT_CDAB.address, count=2, device_id=RTU_UNIT
+        )
+        value = client.convert_from_registers(
+            answer.registers, client.DATATYPE.FLOAT32, word_order="little"
+        )
+        assert value == 41.5
+        answer = await client.read_holding_registers(BIT3.address, count=1, device_id=RTU_UNIT)
+        assert answer.registers == [0x8008]
+        answer = await client.read_discrete_inputs(DOOR_CLOSED.address, count=1, device_id=RTU_UNIT)
+        assert answer.bits[0] is True
+        words = client.convert_to_registers(-987654321, client.DATATYPE.INT32)
+        assert not (
+            await client.write_registers(INT32_ABCD.address, words, device_id=RTU_UNIT)
+        ).isError()
+        assert not (await client.write_coil(RUN.address, True, device_id=RTU_UNIT)).isError()
+        answer = await client.read_holding_registers(AFTER.address + 1, count=1, device_id=RTU_UNIT)
+        assert answer.isError() and answer.exception_code == 2  # undefined address
+    finally:
+        client.close()
+    assert rig.image.get(INT32_ABCD.name) == -987654321
+    async with rig.driver() as driver:
+        assert [r.value for r in await driver.read([INT32_ABCD, RUN])] == [-987654321, True]
+
+
+@pytest.mark.asyncio
+@RTU_ONLY
+async def test_frozen_line_times_out_and_health_recovers(rig: RtuRig) -> None:
+    assert isinstance(rig.server, ModbusRtuSimServer)
+    async with rig.driver() as driver:
+        await check_silence_health(driver, rig.server.freeze)
+
+
+@pytest.mark.asyncio
+@RTU_ONLY
+async def test_stop_removes_the_port_and_restart_restores_it(rig: RtuRig) -> None:
+    first = tty_behind(rig.server.client_path)
+    assert first is not None and first.startswith("/dev/pts/")
+    await rig.server.stop()
+    assert tty_behind(rig.server.client_path) is None
+    await rig.server.start()
+    again = tty_behind(rig.server.client_path)
+    assert again is not None and again.startswith("/dev/pts/")

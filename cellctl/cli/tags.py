@@ -1,0 +1,147 @@
+"""`read` and `write`: a cell's tags, by name, from whatever serves its endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+
+from cellctl import exitcodes, textvalue
+from cellctl.cell import Cell, load_cell
+from cellctl.cell.tags import parse_value, tag_units, text_type
+from cellctl.cli import consoles
+from cellctl.cli.app import app
+from cellctl.cli.params import CellOption
+from cellctl.cli.signals import until_signalled
+from cellctl.cli.views.tags import plain_line, problem_lines, tag_json, tag_table
+from cellctl.errors import CellctlError
+from cellctl.io.drivers import non_loopback_endpoints
+from cellctl.io.session import CellSession, tags_to_read
+from cellctl.values import TagValue
+from drivers.base import Quality
+
+
+@app.command()
+def read(
+    tags: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="TAG|DEVICE...", help="tags, or devices (all their tags); default: every tag"
+        ),
+    ] = None,
+    cell: CellOption = ...,  # type: ignore[assignment]
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="keep showing values until Ctrl-C")
+    ] = False,
+) -> None:
+    """Read tags (or all tags of a device) from whatever serves the cell file's endpoints."""
+    spec = load_cell(cell)
+    names = tags_to_read(spec, tags or ())
+    units = tag_units(spec)
+    if watch:
+        asyncio.run(until_signalled(lambda stop: _watch(spec, names, stop)))
+        return
+    values = asyncio.run(_read_once(spec, names))
+    if as_json:
+        consoles.out.print_json(json.dumps([tag_json(v, units.get(v.tag)) for v in values]))
+    else:
+        consoles.show(
+            lambda: tag_table(values, units=units),
+            lambda: (plain_line(value, units.get(value.tag)) for value in values),
+        )
+    for line in problem_lines(values):
+        consoles.err.print(line, markup=False)
+    if any(v.quality is Quality.BAD for v in values):
+        raise typer.Exit(exitcodes.DEVICE_FAILURE)
+
+
+async def _read_once(cell: Cell, names: list[str]) -> list[TagValue]:
+    async with CellSession(cell, names, partial=True) as session:
+        return list((await session.read()).values())
+
+
+async def _watch(cell: Cell, names: list[str], stop: asyncio.Event) -> None:
+    out = consoles.out
+    async with CellSession(cell, names) as session:
+        latest: dict[str, TagValue] = await session.read()
+        unsubscribe = session.subscribe(lambda value: latest.__setitem__(value.tag, value))
+        try:
+            units = tag_units(cell)
+            with Live(
+                tag_table(latest.values(), cell.cell, units), console=out, auto_refresh=False
+            ) as live:
+                while not stop.is_set():
+                    live.update(
+                        tag_table([latest[n] for n in names], cell.cell, units), refresh=True
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.25):
+                            await stop.wait()
+        finally:
+            unsubscribe()
+        if not out.is_terminal:
+            out.print()  # rich leaves the last frame without a newline off a terminal
+
+
+@app.command()
+def write(
+    assignments: Annotated[
+        list[str], typer.Argument(metavar="TAG=VALUE...", help="written in order")
+    ],
+    cell: CellOption = ...,  # type: ignore[assignment]
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="write to non-loopback endpoints without asking")
+    ] = False,
+) -> None:
+    """Write tags; each write is reported only once the device confirmed it."""
+    spec = load_cell(cell)
+    pairs = _assignments(spec, assignments)
+    remote = non_loopback_endpoints(spec, [t for t, _ in pairs])
+    if remote and not yes:
+        if not sys.stdin.isatty():
+            consoles.err.print(
+                f"error: {', '.join(remote)} is not on this machine: pass --yes to write to it",
+                markup=False,
+            )
+            raise typer.Exit(exitcodes.BAD_INPUT)
+        if not typer.confirm(f"Write to {', '.join(remote)}, a real machine?"):
+            raise typer.Exit(exitcodes.BAD_INPUT)
+    asyncio.run(_write_all(spec, pairs))
+
+
+def _assignments(cell: Cell, texts: list[str]) -> list[tuple[str, Any]]:
+    """(tag, value) of each TAG=VALUE; every bad one printed, then exit 1."""
+    pairs: list[tuple[str, Any]] = []
+    problems: list[str] = []
+    for text in texts:
+        tag, sep, raw = text.partition("=")
+        if not sep:
+            problems.append(f"{text!r}: write TAG=VALUE")
+            continue
+        try:
+            # The value as typed: a string tag takes its spaces (cellctl.textvalue).
+            pairs.append((tag.strip(), parse_value(cell, tag.strip(), raw)))
+        except CellctlError as error:
+            problems.append(str(error))
+    if problems:
+        for problem in problems:
+            consoles.err.print(f"error: {problem}", markup=False)
+        raise typer.Exit(exitcodes.BAD_INPUT)
+    return pairs
+
+
+async def _write_all(cell: Cell, pairs: list[tuple[str, Any]]) -> None:
+    async with CellSession(cell, [t for t, _ in pairs]) as session:
+        for tag, value in pairs:
+            await session.write(tag, value)
+            spec = cell.tags[tag]
+            # As the device stores it: a scaled tag holds whole raw steps (12.34 at scale 0.1
+            # is raw 123, so 12.3).
+            shown = textvalue.show(spec.from_raw(spec.to_raw(value)), text_type(spec))
+            consoles.out.print(f"{tag} = {shown} (confirmed)", markup=False)

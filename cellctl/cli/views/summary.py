@@ -1,0 +1,136 @@
+"""The batch as plain text: one line per event (for non-terminals and the view's last events)
+and the summary printed when the batch has ended."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from cellctl.control.events import (
+    BatchEnded,
+    CommandRefused,
+    Event,
+    MethodCalled,
+    ModeChanged,
+    Notice,
+    PromptAnswered,
+    PromptShown,
+    SafeStateWritten,
+    StateChanged,
+    StepEnded,
+    StepPaused,
+    StepStarted,
+    TagWritten,
+    TripCleared,
+    Tripped,
+    WaitProgress,
+)
+from cellctl.control.machine import State
+from cellctl.expr import show_values
+from drivers.codecs import format_value
+
+if TYPE_CHECKING:  # the model imports event_line from here
+    from cellctl.cli.views.run_model import RunModel
+
+
+def _trip_text(event: Tripped) -> str:
+    values = f" ({show_values(event.values)})" if event.values else ""
+    return f"TRIP {event.interlock}: {event.condition}{values} -> {event.action}"
+
+
+def _safe_text(event: SafeStateWritten) -> str:
+    if not event.results:
+        return "the cell file has no safe state"
+    return ", ".join(
+        f"{r.tag} = {format_value(r.value)} " + ("ok" if r.error is None else f"FAILED: {r.error}")
+        for r in event.results
+    )
+
+
+def step_name(event: StepStarted | StepEnded | StepPaused | WaitProgress) -> str:
+    if event.step_id:
+        return event.step_id
+    return event.kind if isinstance(event, StepStarted) else f"#{event.path}"
+
+
+def describe(event: Event) -> str | None:
+    """What an event says, in one line without a time; None for events too chatty to print."""
+    if isinstance(event, StateChanged):
+        how = f" ({event.command})" if event.command is not None else ""
+        cause = f": {event.cause}" if event.cause else ""
+        return f"state {event.source} -> {event.target}{how}{cause}"
+    if isinstance(event, ModeChanged):
+        return f"mode {event.mode}"
+    if isinstance(event, CommandRefused):
+        return f"{event.command} refused: {event.reason}"
+    if isinstance(event, StepStarted):
+        round_ = f" (round {event.round})" if event.round is not None else ""
+        detail = f": {event.detail}" if event.detail else ""
+        return f"step {event.path} {step_name(event)} started{round_}{detail}"
+    if isinstance(event, StepEnded):
+        error = f": {event.error}" if event.error else ""
+        return f"step {event.path} {step_name(event)} {event.outcome}{error}"
+    if isinstance(event, WaitProgress):
+        if not event.met:
+            return None
+        values = f" ({show_values(event.values)})" if event.values else ""
+        return f"step {event.path} {step_name(event)} met: {event.condition}{values}"
+    if isinstance(event, TagWritten):
+        return f"wrote {event.tag} = {format_value(event.value)}"
+    if isinstance(event, MethodCalled):
+        args = ", ".join(f"{name}={format_value(v)}" for name, v in event.args.items())
+        return f"called {event.method}({args}) -> {format_value(event.result)}"
+    if isinstance(event, Tripped):
+        return _trip_text(event)
+    if isinstance(event, TripCleared):
+        return f"trip cleared: {event.interlock}"
+    if isinstance(event, SafeStateWritten):
+        return f"safe state ({event.reason}): {_safe_text(event)}"
+    if isinstance(event, PromptShown):
+        return f"prompt {event.step_id}: {event.text}"
+    if isinstance(event, PromptAnswered):
+        by = f" (by {event.operator})" if event.operator else ""
+        what = "acknowledged" if event.value is None else f"= {format_value(event.value)}"
+        return f"prompt {event.step_id} {what}{by}"
+    if isinstance(event, StepPaused):
+        why = "breakpoint" if event.breakpoint else "stepping"
+        preview = f": {'; '.join(event.preview)}" if event.preview else ""
+        return f"paused before step {event.path} {step_name(event)} ({why}){preview}"
+    if isinstance(event, Notice):
+        return event.text if event.level == "info" else f"{event.level}: {event.text}"
+    if isinstance(event, BatchEnded):
+        cause = f": {event.cause}" if event.cause else ""
+        return f"batch ended {event.state} after {event.duration:.1f} s{cause}"
+    return None
+
+
+def clock(at: float) -> str:
+    """Wall-clock time of day with milliseconds (HH:MM:SS.mmm), as the log files stamp it."""
+    seconds, millis = divmod(round(at * 1000), 1000)
+    return time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{millis:03d}"
+
+
+def event_line(event: Event) -> str | None:
+    """One plain line per event, stamped with the wall clock; None for unmet wait progress."""
+    text = describe(event)
+    return None if text is None else f"{clock(event.at)} {text}"
+
+
+def summary_lines(model: RunModel, ended: BatchEnded) -> list[str]:
+    """The end of a batch: outcome, duration, step counts, faults and the cause."""
+    counts = model.counts
+    lines = [
+        f"outcome: {ended.state}",
+        f"duration: {ended.duration:.1f} s",
+        f"steps: {counts.done} done, {counts.skipped} skipped, {counts.failed} failed",
+    ]
+    # The controller's list is the batch record's: the summary says what the record says.
+    faults = ended.faults
+    if faults:
+        lines.append(f"faults: {len(faults)}")
+        lines += [f"  {fault}" for fault in faults]
+    else:
+        lines.append("faults: none")
+    if ended.state is not State.COMPLETE:
+        lines.append(f"cause: {ended.cause or 'not given'}")
+    return lines

@@ -1,0 +1,27 @@
+"""Modbus TCP and RTU driver: a client per bus, batched reads, confirmed writes, polling.
+
+bus.py: one pymodbus client per TCP gateway or serial line (connect loop, bounded and retried
+requests); line.py: that client, and a serial line's quiet after a failed try; ask.py: one
+request and the check that an answer is its own; device.py: one unit's reads, writes and
+health; driver.py: ModbusDriver (a device plus its poller) and make_modbus_drivers;
+subscription.py: one subscriber of the poller.
+"""
+
+from drivers.modbus.ask import Ask
+from drivers.modbus.bus import BusListener, Job, ModbusBus, ModbusConfig
+from drivers.modbus.device import LOST_AFTER_FAILURES
+from drivers.modbus.driver import ModbusDriver, make_modbus_drivers
+from drivers.modbus.line import TURNAROUND_MIN, turnaround
+
+__all__ = [
+    "LOST_AFTER_FAILURES",
+    "TURNAROUND_MIN",
+    "Ask",
+    "BusListener",
+    "Job",
+    "ModbusBus",
+    "ModbusConfig",
+    "ModbusDriver",
+    "make_modbus_drivers",
+    "turnaround",
+]

@@ -1,0 +1,151 @@
+"""The Modbus driver: a device on a shared bus whose subscriptions one poller serves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from drivers.base import Quality, Reading, ReadingsCallback, Unsubscribe
+from drivers.config import RequestLimits
+from drivers.errors import DriverError
+from drivers.modbus.bus import ModbusBus, ModbusConfig
+from drivers.modbus.device import ModbusDevice
+from drivers.modbus.subscription import Subscription
+from drivers.points import ModbusPoint, Point
+
+log = logging.getLogger("drivers.modbus")
+
+
+class ModbusDriver(ModbusDevice):
+    """One Modbus device (a unit id) on a shared bus: batched reads, confirmed writes, polling."""
+
+    def subscribe(self, points: Sequence[Point], callback: ReadingsCallback) -> Unsubscribe:
+        """Poll the points every config.poll s (one batched read for all subscribers)."""
+        modbus_points = tuple(self._modbus_point(p) for p in points)
+        self._plan(modbus_points)  # a point no request can read fails here, not in the poller
+        subscription = Subscription(self.name, modbus_points, callback)
+        self._subscriptions.append(subscription)
+        self._poll_plan = None
+        if self._poller is None:
+            self._start_poller()
+
+        def unsubscribe() -> None:
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+                self._poll_plan = None
+            if not self._subscriptions and self._poller is not None:
+                # A shielded request in flight finishes on its own; close() awaits the task.
+                self._poller.cancel()
+                self._retired.add(self._poller)
+                self._poller.add_done_callback(self._retired.discard)
+                self._poller = None
+
+        return unsubscribe
+
+    def _start_poller(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._poll(), name=f"modbus poll {self.name}")
+        task.add_done_callback(self._poller_ended)
+        self._poller = task
+
+    def _poller_ended(self, task: asyncio.Task[None]) -> None:
+        """A poller that ended while still wanted (its cycles catch every Exception, so only
+        something else ends it) is reported and the device is LOST; the controller's watchdog
+        sees its silence too."""
+        if task is not self._poller:
+            return  # stopped by unsubscribe() or close()
+        self._poller = None
+        if not self._subscriptions or task.cancelled():
+            return  # cancelled from outside (the loop shutting down): not a failure
+        error = task.exception()
+        text = f"{self.name} ({self.endpoint}): polling stopped: {error!r}"
+        log.error("device %s: %s", self.name, text, exc_info=error)
+        self._poll_error = text
+        self._update_health(text)
+
+    async def _poll(self) -> None:
+        """Poll until no subscription is left; a cycle that raises is reported, not fatal."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while self._subscriptions:
+            try:
+                await self._poll_once()
+            except Exception as err:
+                self._poll_failed(err)
+            now = loop.time()
+            # Fixed rate; after an overrun (a cycle longer than the period: a slow or silent
+            # unit) a whole period of rest, so that one unit cannot hold a shared line.
+            due += self.config.poll
+            if due <= now:
+                due = now + self.config.poll
+            await asyncio.sleep(due - now)
+
+    async def _poll_once(self) -> None:
+        """One cycle: read every subscribed block, tell each subscriber what changed."""
+        self._cycle += 1
+        cycle = self._cycle
+        if self._poll_plan is None:
+            merged = list(dict.fromkeys(p for s in self._subscriptions for p in s.points))
+            self._poll_plan = (merged, self._plan(merged))
+        points, blocks = self._poll_plan
+        answered = True
+        try:
+            readings: dict[ModbusPoint, Reading] = {}
+            for block in blocks:
+                readings.update(await self._read_block(block))
+        except DriverError as err:
+            answered = False
+            now = time.time()
+            readings = {p: Reading(None, now, Quality.BAD, str(err)) for p in points}
+        if answered:
+            # A whole cycle answered: what the controller's watchdog looks for (only the
+            # poller's own cycles, so other requests cannot hide a stalled poller). Before the
+            # readings go out: a listener that judges them sees the device answering.
+            self._tracker.answered()
+        self._deliver(readings, cycle)
+        if answered and self._poll_error is not None:
+            # Only a whole cycle without an exception shows the fault has gone.
+            log.info("device %s: polling works again", self.name)
+            self._poll_error = None
+            self._update_health()
+
+    def _deliver(self, readings: dict[ModbusPoint, Reading], cycle: int) -> None:
+        for subscription in list(self._subscriptions):
+            subscription.deliver(readings, cycle)
+
+    def _poll_failed(self, err: Exception) -> None:
+        """A cycle raised (a bug, a codec error): LOST, logged, subscribers told BAD."""
+        text = f"{self.name} ({self.endpoint}): polling failed: {err!r}"
+        if text != self._poll_error:
+            # Once per distinct error: the cycle is retried every period.
+            log.error("device %s: a poll cycle failed; polling goes on", self.name, exc_info=err)
+        self._poll_error = text
+        self._update_health(text)
+        now = time.time()
+        points = {p for s in self._subscriptions for p in s.points}
+        self._deliver({p: Reading(None, now, Quality.BAD, text) for p in points}, self._cycle)
+
+
+def make_modbus_drivers(configs: Sequence[ModbusConfig]) -> dict[str, ModbusDriver]:
+    """One driver per device; devices with the same bus_key share one ModbusBus.
+
+    A shared bus uses the line settings of its first device and the largest timeout and
+    retries of its devices (pymodbus sets the timeout per client, and one worst case per bus
+    bounds how long a request waits for the bus).
+    """
+    groups: dict[str, list[ModbusConfig]] = {}
+    for config in configs:
+        groups.setdefault(config.bus_key, []).append(config)
+    drivers: dict[str, ModbusDriver] = {}
+    for members in groups.values():
+        limits = RequestLimits(
+            timeout=max(m.limits.timeout for m in members),
+            retries=max(m.limits.retries for m in members),
+        )
+        bus = ModbusBus(members[0], limits)
+        for member in members:
+            if member.name in drivers:
+                raise ValueError(f"two Modbus devices are named {member.name!r}")
+            drivers[member.name] = ModbusDriver(member, bus)
+    return drivers

@@ -1,0 +1,24 @@
+"""The OPC UA driver: an asyncua client with its own reconnect loop, node checks, subscriptions.
+
+driver.py: OpcuaDriver (reads, writes, calls, subscriptions); session.py: its session (connect,
+keep-alive, reconnect, background tasks); requests.py: bounded service calls and the checks of
+the server's nodes against the cell file; watch.py: one subscribe() call; security.py:
+policies, certificates, trust; nodes.py: NodeIds, browse paths, readings; faults.py: which
+failures are passing and how they are named.
+"""
+
+from drivers.opcua.driver import RECHECKS, OpcuaDriver
+from drivers.opcua.requests import RECONNECT_CAP
+from drivers.opcua.security import SECURITY_MODES, fingerprint_text, trust_dir_validator
+from drivers.opcua.session import BACKSTOP_PROBE, SESSION_TIMEOUT_MS
+
+__all__ = [
+    "BACKSTOP_PROBE",
+    "RECHECKS",
+    "RECONNECT_CAP",
+    "SECURITY_MODES",
+    "SESSION_TIMEOUT_MS",
+    "OpcuaDriver",
+    "fingerprint_text",
+    "trust_dir_validator",
+]
