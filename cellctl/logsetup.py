@@ -163,6 +163,60 @@ def _shared_processors() -> list[structlog.types.Processor]:
     ]
 
 
+def _install(root: logging.Logger, handler: logging.Handler) -> None:
+    root.addHandler(handler)
+    _INSTALLED.append(handler)
+
+
+def _console_handler(debug: bool) -> logging.Handler:
+    """One plain line per record on stderr: errors only, unless --debug."""
+    console = _StderrHandler()
+    console.setLevel(logging.DEBUG if debug else logging.ERROR)
+    console.setFormatter(_NoTracebackConsole())
+    console.addFilter(lambda record: not getattr(record, _FILE_ONLY, False))
+    # Library records never reach the console unless --debug: their tracebacks are noise there.
+    if not debug:
+        console.addFilter(lambda record: not record.name.startswith(NOISY_LIBRARIES))
+    return console
+
+
+def _file_handler(
+    log_file: Path | None, shared: list[structlog.types.Processor]
+) -> logging.Handler | None:
+    """JSON lines appended to the log file; None when the default file cannot be opened.
+
+    Raises LogFileUnusable when the file `log_file` or CELLCTL_LOG_FILE names cannot.
+    """
+    path = log_file or default_log_file()
+    named = (
+        f"--log-file {path}"
+        if log_file is not None
+        else f"CELLCTL_LOG_FILE={path}"
+        if os.environ.get("CELLCTL_LOG_FILE")
+        else None
+    )
+    try:
+        if named is None:  # only the default's folder is ours to make
+            path.parent.mkdir(parents=True, exist_ok=True)
+        handler = _JsonLinesFile(path, _open_for_append(path))
+    except OSError as err:
+        if named is not None:
+            raise LogFileUnusable(f"{named}: cannot open it: {err.strerror or err}") from err
+        return None
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                # show_locals=False: locals may hold secrets (passwords, certificates).
+                ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    return handler
+
+
 def configure_logging(log_file: Path | None = None, debug: bool = False) -> None:
     """Route structlog and the stdlib (pymodbus, asyncua) to a JSON file; quiet the console.
 
@@ -177,46 +231,11 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> None
         handler.close()
     _INSTALLED.clear()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-
-    console = _StderrHandler()
-    console.setLevel(logging.DEBUG if debug else logging.ERROR)
-    console.setFormatter(_NoTracebackConsole())
-    console.addFilter(lambda record: not getattr(record, _FILE_ONLY, False))
-    # Library records never reach the console unless --debug: their tracebacks are noise there.
-    if not debug:
-        console.addFilter(lambda record: not record.name.startswith(NOISY_LIBRARIES))
-    root.addHandler(console)
-    _INSTALLED.append(console)
-
-    path = log_file or default_log_file()
-    named = (
-        f"--log-file {path}"
-        if log_file is not None
-        else f"CELLCTL_LOG_FILE={path}"
-        if os.environ.get("CELLCTL_LOG_FILE")
-        else None
-    )
-    try:
-        if named is None:  # only the default's folder is ours to make
-            path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = _JsonLinesFile(path, _open_for_append(path))
-    except OSError as err:
-        if named is not None:
-            raise LogFileUnusable(f"{named}: cannot open it: {err.strerror or err}") from err
-    else:
-        file_handler.setFormatter(
-            structlog.stdlib.ProcessorFormatter(
-                foreign_pre_chain=shared,
-                processors=[
-                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    # show_locals=False: locals may hold secrets (passwords, certificates).
-                    ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
-                    structlog.processors.JSONRenderer(),
-                ],
-            )
-        )
-        root.addHandler(file_handler)
-        _INSTALLED.append(file_handler)
+    _install(root, _console_handler(debug))
+    # Opened after the console is set: a LogFileUnusable raised here is still said there.
+    file_handler = _file_handler(log_file, shared)
+    if file_handler is not None:
+        _install(root, file_handler)
 
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)

@@ -1,34 +1,49 @@
-"""Load a YAML file keeping line numbers, refuse what is unsafe, and locate problems in it.
+"""Load a YAML file keeping line numbers and refuse what is unsafe: too large, not UTF-8, nested
+too deeply, alias bombs, numbers too long.
 
 Shared by the cell file and the recipe file: every problem comes out as a `Problem` with the
-1-based line and column of the offending key or value.
+1-based line and column of the offending key or value. The document type lives in
+cellctl.yamldoc and pydantic's errors are translated in cellctl.modelerrors; both are
+re-exported here, the one module loaders import.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-from pydantic_core import ErrorDetails
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedBase
 from ruamel.yaml.composer import Composer
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
-from ruamel.yaml.scalarstring import (
-    DoubleQuotedScalarString,
-    ScalarString,
-    SingleQuotedScalarString,
-)
 
-from cellctl.errors import InvalidField, Problem, Subject, ValidationFailed, did_you_mean
+from cellctl.errors import Problem, ValidationFailed
 from cellctl.files import read_regular
+from cellctl.modelerrors import Describe, Where, validation_problems
+from cellctl.yamldoc import Alias, DuplicateKey, KeyPath, Loc, YamlDocument, scalar_offset
+
+__all__ = [
+    "MAX_BYTES",
+    "MAX_FLOW_DEPTH",
+    "MAX_NODES",
+    "MAX_NUMBER_CHARS",
+    "Alias",
+    "Describe",
+    "DuplicateKey",
+    "KeyPath",
+    "Loc",
+    "Where",
+    "YamlDocument",
+    "load_yaml",
+    "parse_yaml",
+    "plain",
+    "read_file",
+    "scalar_offset",
+    "validation_problems",
+]
 
 #: Files larger than this are refused unread: cell and recipe files are a few kilobytes.
 MAX_BYTES = 1024 * 1024
@@ -40,138 +55,6 @@ MAX_FLOW_DEPTH = 64
 #: recipe holds, and far fewer than the 4300 digits past which Python refuses to read an int.
 MAX_NUMBER_CHARS = 100
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-
-Loc = Sequence[str | int]
-#: A path from the document's root: mapping keys (as text) and list indices.
-KeyPath = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class DuplicateKey:
-    """A key given twice in one mapping: the mapping's path, the key, its first line.
-
-    `problem` is the report in `YamlDocument.problems`, at the second occurrence; a loader
-    that can name the thing at `loc` better (a recipe's step) may say it its own way.
-    """
-
-    loc: KeyPath
-    key: str
-    first_line: int
-    problem: Problem
-
-
-@dataclass(frozen=True)
-class Alias:
-    """A YAML alias (`*name`): the path where it is used, its name, its own 1-based position.
-
-    The data at `loc` is the anchored node itself, whose positions are the anchor's: a loader
-    that must locate every problem honestly can refuse aliases, or not look inside them.
-    """
-
-    loc: KeyPath
-    name: str
-    line: int
-    col: int
-
-
-@dataclass
-class YamlDocument:
-    """A parsed YAML file: its data (ruamel round-trip objects) and problems found while loading."""
-
-    file: str
-    data: Any
-    problems: list[Problem] = field(default_factory=list)
-    #: The duplicate keys among `problems`, with where they are.
-    duplicates: list[DuplicateKey] = field(default_factory=list)
-    #: Every alias, in the order written.
-    aliases: list[Alias] = field(default_factory=list)
-
-    def position(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
-        """The 1-based (line, col) of the value at `loc`, or of its key when `key` is true.
-
-        Elements of `loc` not found in the data (pydantic's union tags) are skipped; when the
-        path ends early, the position of the deepest node reached is returned.
-        """
-        node: Any = self.data
-        line, col = 0, 0
-        if isinstance(node, CommentedBase):
-            # A document that is one tagged scalar (`!foo x`) carries no position: line 1.
-            line, col = node.lc.line or 0, node.lc.col or 0
-        for index, part in enumerate(loc):
-            last = index == len(loc) - 1
-            found = _child_position(node, part, key=key and last)
-            if found is None:
-                continue
-            (line, col), node = found
-        return line + 1, col + 1
-
-    def problem(
-        self,
-        loc: Loc,
-        code: str,
-        message: str,
-        *,
-        key: bool = False,
-        col_offset: int = 0,
-        subject: Subject | None = None,
-    ) -> Problem:
-        """A Problem located at `loc` (see `position`), `col_offset` characters further right."""
-        line, col = self.position(loc, key=key)
-        return Problem(self.file, line, col + col_offset, code, message, subject)
-
-    def has(self, loc: Loc) -> bool:
-        """True when every element of `loc` exists in the data."""
-        node: Any = self.data
-        for part in loc:
-            in_map = isinstance(node, dict) and part in node
-            in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-            if not (in_map or in_list):
-                return False
-            node = node[part]
-        return True
-
-
-def _child_position(node: Any, part: str | int, *, key: bool) -> tuple[tuple[int, int], Any] | None:
-    """((line, col), child) of one step into a mapping or sequence, or None if not there."""
-    if isinstance(node, dict):
-        match = _find_key(node, part)
-        if match is None:
-            return None
-        pos: tuple[int, int] | None = None
-        # An empty value has no text: ruamel places it at the next token, maybe lines on.
-        at_key = key or node[match] is None
-        if isinstance(node, CommentedBase):
-            try:
-                pos = node.lc.key(match) if at_key else node.lc.value(match)
-            except (KeyError, TypeError):  # a key merged in with '<<' has no position of its own
-                pos = None
-        if pos is None:
-            pos = _own_position(node)
-        return pos, node[match]
-    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-        item_pos: tuple[int, int] | None = None
-        if isinstance(node, CommentedBase):
-            try:
-                item_pos = node.lc.item(part)
-            except (KeyError, TypeError):
-                item_pos = None
-        return item_pos or _own_position(node), node[part]
-    return None
-
-
-def _find_key(mapping: dict[Any, Any], part: str | int) -> Any:
-    if part in mapping:
-        return part
-    for candidate in mapping:  # pydantic reports keys as text; YAML may hold 1 or true
-        if str(candidate) == str(part):
-            return candidate
-    return None
-
-
-def _own_position(node: Any) -> tuple[int, int]:
-    if isinstance(node, CommentedBase):
-        return node.lc.line, node.lc.col
-    return 0, 0
 
 
 def load_yaml(path: Path, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
@@ -464,108 +347,6 @@ def _refuse_bombs(name: str, root: Node) -> None:
     size(root)
     if long_numbers:
         raise ValidationFailed(long_numbers)
-
-
-@dataclass(frozen=True)
-class Where:
-    """What a pydantic error's loc points at: the thing's name, the field path, the allowed keys."""
-
-    name: str
-    fields: tuple[str | int, ...] = ()
-    keys: tuple[str, ...] = ()
-
-
-Describe = Callable[[tuple[str | int, ...]], Where]
-
-
-def validation_problems(
-    doc: YamlDocument, error: ValidationError, describe: Describe
-) -> list[Problem]:
-    """Translate pydantic errors into located problems.
-
-    `describe(loc)` names the thing at fault ("device conveyor"), the field path inside it and
-    the keys allowed there (for "did you mean" hints).
-    """
-    return [_translate(doc, details, describe) for details in error.errors()]
-
-
-def _translate(doc: YamlDocument, details: ErrorDetails, describe: Describe) -> Problem:
-    loc = tuple(details["loc"])
-    kind = details["type"]
-    ctx = details.get("ctx") or {}
-    if loc and loc[-1] == "[key]":
-        message = f"{describe(loc[:-1]).name}: {_message(details)}"
-        return doc.problem(loc[:-1], _code(details), message, key=True)
-    where = describe(loc)
-    if kind == "missing":
-        return doc.problem(loc[:-1], "missing", f"{where.name}: missing required key {loc[-1]!r}")
-    if kind == "extra_forbidden":
-        hint = did_you_mean(str(loc[-1]), where.keys)
-        return doc.problem(
-            loc, "unknown-key", f"{where.name}: unknown key {loc[-1]!r}{hint}", key=True
-        )
-    if kind == "union_tag_invalid":
-        discriminator = str(ctx.get("discriminator", "")).strip("'")
-        expected = str(ctx.get("expected_tags", "")).replace("'", "")
-        message = (
-            f"{where.name}: unknown {discriminator} {ctx.get('tag')!r} (expected one of {expected})"
-        )
-        return doc.problem((*loc, discriminator), "unknown-" + discriminator, message)
-    if kind == "union_tag_not_found" and isinstance(details["input"], dict):
-        discriminator = str(ctx.get("discriminator", "")).strip("'")
-        return doc.problem(loc, "missing", f"{where.name}: missing required key {discriminator!r}")
-    fields = ".".join(str(part) for part in where.fields)
-    prefix = f"{where.name}: {fields}: " if fields else f"{where.name}: "
-    return doc.problem(loc, _code(details), prefix + _message(details))
-
-
-def _code(details: ErrorDetails) -> str:
-    """The problem code: an InvalidField's own code, else pydantic's error type."""
-    error = (details.get("ctx") or {}).get("error")
-    return error.code if isinstance(error, InvalidField) else details["type"]
-
-
-def _message(details: ErrorDetails) -> str:
-    kind = details["type"]
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"expected a mapping, got {_describe(details['input'])}"
-    if kind == "list_type":
-        return f"expected a list, got {_describe(details['input'])}"
-    message = details["msg"]
-    if kind in ("value_error", "assertion_error"):
-        # The validator's own error, not pydantic's text around it ("Value error, ...").
-        error = (details.get("ctx") or {}).get("error")
-        return str(error) if error is not None else message
-    message = f"{message[:1].lower()}{message[1:]}"
-    if isinstance(details["input"], dict | list):
-        return message
-    return f"{message}, got {_describe(details['input'])}"
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing"
-    text = repr(str(value)) if isinstance(value, str) else str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def scalar_offset(value: object, col: int) -> int:
-    """Columns from a YAML scalar's start to character `col` of its text (0 when unknowable).
-
-    Lets a problem inside an expression point at its column: plain scalars start with their
-    text, quoted ones one character later; block scalars and multi-line text give 0.
-    """
-    if not isinstance(value, str) or "\n" in value:
-        return 0
-    if isinstance(value, DoubleQuotedScalarString | SingleQuotedScalarString):
-        return col + 1
-    if isinstance(value, ScalarString):  # literal or folded block: the text starts a line below
-        return 0
-    return col
 
 
 def plain(value: Any) -> Any:

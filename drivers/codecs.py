@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from drivers.base import Reading, Value
 from drivers.errors import BadResponse, WriteRejected
-from drivers.points import REGISTER_WIDTH, DataType, WordOrder
+from drivers.points import REGISTER_WIDTH, Access, DataType, Point, WordOrder
 
 # Inclusive value range of each integer type.
 INT_RANGES: dict[DataType, tuple[int, int]] = {
@@ -78,6 +78,17 @@ def check_value(datatype: DataType, value: Value) -> Value:
     if not low <= value <= high:
         raise WriteRejected(f"value {value} out of range for {datatype.value} ({low}..{high})")
     return value
+
+
+def check_write(where: str, point: Point, value: Value, *, read_only: str) -> Value:
+    """`value` checked for writing to an rw point (see check_value); WriteRejected says
+    `where`, then why (`read_only` for a point that is not rw)."""
+    if point.access is not Access.RW:
+        raise WriteRejected(f"{where}: {read_only}")
+    try:
+        return check_value(point.datatype, value)
+    except WriteRejected as err:
+        raise WriteRejected(f"{where}: {err}") from err
 
 
 def register_count(datatype: DataType, length: int = 1) -> int:

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class DriverError(Exception):
     """Base class of every driver failure; the message names the device and what failed."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        #: What failed without the device's name, for a report that names the device itself
+        #: (a BAD reading); the whole message when the error was made without one.
+        self.reason = message if reason is None else reason
+
+    @classmethod
+    def about(cls, device: str, reason: str) -> Self:
+        """The error `reason` of `device`: its message names the device first."""
+        return cls(f"{device}: {reason}", reason=reason)
 
 
 class ConnectFailed(DriverError):
@@ -30,8 +43,8 @@ class ModbusExceptionResponse(DriverError):
 class BadStatus(DriverError):
     """An OPC UA server answered with a bad status code."""
 
-    def __init__(self, message: str, status: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, status: str, *, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
         self.status = status
 
 

@@ -123,8 +123,8 @@ async def connect_with_backoff(
             last = err
         remaining = end - loop.time()
         if remaining <= 0:
-            raise ConnectFailed(
-                f"{device}: cannot connect to {endpoint} within {deadline:g} s: {last}"
+            raise ConnectFailed.about(
+                device, f"cannot connect to {endpoint} within {deadline:g} s: {last}"
             ) from last
         await asyncio.sleep(min(backoff.next_delay(), remaining))
 

@@ -16,7 +16,7 @@ from drivers.base import (
     Unsubscribe,
     Value,
 )
-from drivers.codecs import check_value, same_value, zero_value
+from drivers.codecs import check_value, check_write, same_value, zero_value
 from drivers.config import MemoryConfig
 from drivers.errors import (
     BadStatus,
@@ -28,7 +28,7 @@ from drivers.errors import (
     WriteRejected,
 )
 from drivers.health import HealthTracker, TracksHealth
-from drivers.points import Access, DataType, MemoryPoint, MethodSpec, Point
+from drivers.points import DataType, MemoryPoint, MethodSpec, Point
 
 log = logging.getLogger("drivers")
 
@@ -94,12 +94,8 @@ class MemoryDriver(TracksHealth):
         """Validate and store a value, log it in `writes` and tell subscribers if it changed."""
         memory_point = self._bind(point)
         self._check_available()
-        if memory_point.access is not Access.RW:
-            raise WriteRejected(f"{self.name} {memory_point.key}: point is read-only")
-        try:
-            checked = check_value(memory_point.datatype, value)
-        except WriteRejected as err:
-            raise WriteRejected(f"{self.name} {memory_point.key}: {err}") from err
+        where = f"{self.name} {memory_point.key}"
+        checked = check_write(where, memory_point, value, read_only="point is read-only")
         self.writes.append((memory_point.key, checked))
         self._store(memory_point.key, checked)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 
-from drivers.sim.opcua_server import default_cache_dir, init_with_cache
+from drivers.sim.opcua_cache import default_cache_dir, init_with_cache
 from hil_tests.support import Logins, operator
 
 NAMESPACE = "urn:cellctl:test:witness"

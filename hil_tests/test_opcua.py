@@ -40,7 +40,8 @@ from drivers.opcua import OpcuaDriver
 from drivers.points import Access, DataType, MethodArg, MethodSpec, OpcuaPoint
 from drivers.sim.faultproxy import FaultProxy
 from drivers.sim.image import ProcessImage
-from drivers.sim.opcua_server import OpcuaSimServer, default_cache_dir, init_with_cache
+from drivers.sim.opcua_cache import default_cache_dir, init_with_cache
+from drivers.sim.opcua_server import OpcuaSimServer
 from hil_tests.support import Logins, operator, with_room
 
 DEVICE = "robot"

@@ -20,7 +20,7 @@ from cellctl.testing import wait_until
 from drivers.base import Health, HealthState, Quality
 from drivers.config import RequestLimits
 from drivers.opcua import RECONNECT_CAP, OpcuaDriver
-from drivers.sim.opcua_server import default_cache_dir, init_with_cache
+from drivers.sim.opcua_cache import default_cache_dir, init_with_cache
 from hil_tests.support import Logins, with_room
 from hil_tests.test_opcua import BUSY, LIMITS, Recorder, config
 

@@ -185,16 +185,22 @@ async def test_a_pin_of_another_certificate_is_refused_before_the_password(rogue
     assert await logins(rogue.endpoint) == before  # no login reached the server
 
 
-@pytest.mark.asyncio(loop_scope="module")
-async def test_a_trust_dir_without_the_certificate_is_refused(rogue: Rogue) -> None:
+async def untrusted_by(rogue: Rogue, folder: Path) -> None:
+    """A driver with `folder` as its trust_dir is refused, naming the folder and what the
+    server presented, before any login reached the server."""
     before = await logins(rogue.endpoint)
-    message = await refused(driver(rogue, trust_dir=str(rogue.certs.distrusting)))
+    message = await refused(driver(rogue, trust_dir=str(folder)))
     assert message.startswith(
-        f"robot: {rogue.endpoint} is not trusted: trust_dir {rogue.certs.distrusting} does "
+        f"robot: {rogue.endpoint} is not trusted: trust_dir {folder} does "
         "not trust its certificate (BadCertificateUntrusted)"
     )
     assert f"SHA-256 fingerprint {sha256(rogue.certs.served)}" in message
     assert await logins(rogue.endpoint) == before
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_trust_dir_without_the_certificate_is_refused(rogue: Rogue) -> None:
+    await untrusted_by(rogue, rogue.certs.distrusting)
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -242,3 +248,20 @@ async def test_a_missing_trust_dir_is_refused_at_once(rogue: Rogue, tmp_path: Pa
     missing = tmp_path / "no-such-folder"
     message = await refused(driver(rogue, trust_dir=str(missing)))
     assert message == f"robot: trust_dir {missing} is not a directory"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_trust_dir_without_certificates_trusts_no_server(
+    rogue: Rogue, tmp_path: Path
+) -> None:
+    (tmp_path / "README").write_text("certificates go here\n")  # not one TrustStore reads
+    await untrusted_by(rogue, tmp_path)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_trust_dir_with_a_file_that_is_no_certificate_is_refused(
+    rogue: Rogue, tmp_path: Path
+) -> None:
+    (tmp_path / "robot.pem").write_text("not a certificate\n")
+    message = await refused(driver(rogue, trust_dir=str(tmp_path)))
+    assert message.startswith(f"robot: cannot read trust_dir {tmp_path}: "), message

@@ -25,7 +25,7 @@ from drivers.opcua import RECHECKS, OpcuaDriver
 from drivers.opcua_types import parse_node_id
 from drivers.points import DataType, OpcuaPoint
 from drivers.sim.modbus_server import ModbusSimServer
-from drivers.sim.opcua_server import default_cache_dir, init_with_cache
+from drivers.sim.opcua_cache import default_cache_dir, init_with_cache
 from hil_tests.modbus_fixtures import PART_PRESENT, Rig, press_rig, stays_false
 from hil_tests.support import with_room
 

@@ -1,12 +1,14 @@
-"""Test helpers of the project's own tests: a memory rig connected and watched (the rest comes
-from the testing kit, cellctl.testing)."""
+"""Test helpers of the project's own tests: a memory rig connected and watched, the files a block
+opens (the rest comes from the testing kit, cellctl.testing)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Protocol, TypeVar
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -46,3 +48,25 @@ async def watched(rig: W) -> AsyncIterator[W]:
                 task.result()  # an executor that died is not left unseen
         finally:
             await rig.io.close()
+
+
+_opened: list[str] | None = None
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and _opened is not None and isinstance(args[0], str | bytes | os.PathLike):
+        _opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_audit)  # an audit hook stays for the process: it records only inside `opens`
+
+
+@contextlib.contextmanager
+def opens() -> Iterator[list[str]]:
+    """The paths opened inside the block (Python's audit events: nothing is patched)."""
+    global _opened
+    _opened = []
+    try:
+        yield _opened
+    finally:
+        _opened = None

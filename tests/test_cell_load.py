@@ -3,18 +3,14 @@ device configs built on one common base."""
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 from cellctl.cell import load_cell, tags
 from cellctl.recipe import check_recipe_file
 from drivers.config import ModbusConfig, ModbusRtuConfig, ModbusTcpConfig, RequestLimits
 from drivers.points import WordOrder
+from tests.support import opens
 
 CELL = """\
 cell: bench
@@ -37,27 +33,6 @@ version: 1
 steps:
   - {id: go, set: {line.run: true}}
 """
-
-_opened: list[str] | None = None
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if event == "open" and _opened is not None and isinstance(args[0], str | bytes | os.PathLike):
-        _opened.append(os.fsdecode(args[0]))
-
-
-sys.addaudithook(_audit)  # an audit hook stays for the process: it records only inside `opens`
-
-
-@contextmanager
-def opens() -> Iterator[list[str]]:
-    """The paths opened inside the block (Python's audit events: nothing is patched)."""
-    global _opened
-    _opened = []
-    try:
-        yield _opened
-    finally:
-        _opened = None
 
 
 def test_checking_a_recipe_reads_its_cell_file_once(tmp_path: Path) -> None:

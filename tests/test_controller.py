@@ -385,6 +385,18 @@ async def test_lost_communication_holds_and_safe_state_tries_every_tag(bench: Be
 
 
 @pytest.mark.asyncio
+async def test_the_state_change_a_trip_took_names_its_interlock(bench: Bench) -> None:
+    name, tag, bad, _ = TRIPS["hold"]
+    await bench.to_execute()
+    assert all(e.interlock is None for e in bench.of(StateChanged))  # the operator's commands
+    mark = len(bench.events)
+    bench.device(tag, bad)
+    assert await bench.settle(State.HELD) is State.HELD
+    taken = [(e.command, e.interlock) for e in bench.since(mark, StateChanged) if e.command]
+    assert taken == [(Command.HOLD, name)]
+
+
+@pytest.mark.asyncio
 async def test_trip_in_idle_writes_safe_state_and_blocks_start(bench: Bench) -> None:
     await bench.ctl.command(Command.RESET)
     await bench.settle(State.IDLE)

@@ -724,3 +724,24 @@ def test_the_tag_table_is_not_made_of_every_tag_to_fit_a_few(tmp_path: Path) -> 
     assert shown and more is not None and len(shown) + int(more.group(1)) == 300
     # Only what can fit is made into rows: at most two tries of a screenful, never 300 rows.
     assert len(CountedValue.made) <= 2 * 24, len(CountedValue.made)
+
+
+def test_a_cause_is_hidden_only_while_the_trip_that_took_it_stands(tmp_path: Path) -> None:
+    model = big_model(tmp_path)
+    model.apply(CURTAIN_TRIP)
+    model.apply(
+        StateChanged(
+            source=State.EXECUTE,
+            target=State.HOLDING,
+            command=Command.HOLD,
+            cause=CURTAIN_TRIP.message,
+            interlock=CURTAIN_TRIP.interlock,
+        )
+    )
+    text = "\n".join(screen(model, 80, 24))
+    assert CURTAIN_TRIP.message in text  # said once, by the trip's own rows
+    assert "cause of the hold" not in text
+    # Not taken by a trip, the same words are a cause of their own.
+    held(model, CURTAIN_TRIP.message)
+    text = "\n".join(screen(model, 80, 24))
+    assert f"cause of the hold: {CURTAIN_TRIP.message}" in text

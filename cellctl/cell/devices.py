@@ -8,7 +8,6 @@ from urllib.parse import urlsplit
 from pydantic import (
     AliasChoices,
     BaseModel,
-    BeforeValidator,
     Field,
     WithJsonSchema,
     field_validator,
@@ -23,6 +22,7 @@ from cellctl.cell.fields import (
     TagName,
 )
 from cellctl.errors import InvalidField
+from cellctl.shorthand import Shorthand
 from drivers.points import WordOrder
 
 
@@ -39,28 +39,16 @@ class SimSpec(_Entry):
     signals: dict[str, TagName] = {}
 
 
-def _sim(value: object) -> object:
-    return {"model": value} if isinstance(value, str) else value
-
-
+#: A plant model: its name, or {model: NAME, signals: {SIGNAL: TAG, ...}}.
 Sim = Annotated[
     SimSpec,
-    BeforeValidator(_sim),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string"},
-                {
-                    "type": "object",
-                    "properties": {
-                        "model": {"type": "string"},
-                        "signals": {"type": "object", "additionalProperties": {"type": "string"}},
-                    },
-                    "required": ["model"],
-                    "additionalProperties": False,
-                },
-            ]
-        }
+    Shorthand(
+        "model",
+        short={"type": "string"},
+        properties={
+            "model": {"type": "string"},
+            "signals": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
     ),
 ]
 

@@ -14,8 +14,9 @@ from pydantic import TypeAdapter, ValidationError
 from cellctl import expr
 from cellctl.cell.devices import DRIVERS, Device
 from cellctl.cell.model import Method, Tag
-from cellctl.errors import Problem, did_you_mean
-from cellctl.yamlload import YamlDocument, scalar_offset
+from cellctl.errors import did_you_mean
+from cellctl.problems import Problems
+from cellctl.yamlload import YamlDocument
 
 Loc = tuple[str | int, ...]
 
@@ -38,14 +39,13 @@ _TAG_ADAPTER = TypeAdapter(Tag)
 _METHOD_ADAPTER = TypeAdapter(Method)
 
 
-class Rules:
+class Rules(Problems):
     """A cell document under check: its valid entries, the names it declares, the problems found,
     and the conditions parsed on the way (the loaded model keeps them)."""
 
     def __init__(self, doc: YamlDocument, data: dict[Any, Any]) -> None:
-        self.doc = doc
+        super().__init__(doc)
         self.data = data
-        self.problems: list[Problem] = []
         #: Each condition that parsed, by its text (interlocks' and ready's `when`).
         self.conditions: dict[str, expr.Expression] = {}
         self.devices: dict[str, Any] = dict(_valid(data.get("devices"), _DEVICE_ADAPTER))
@@ -65,12 +65,6 @@ class Rules:
     def _names(self, section: str) -> set[str]:
         raw = self.data.get(section)
         return {str(name) for name in raw} if isinstance(raw, dict) else set()
-
-    def add(
-        self, loc: Loc, code: str, message: str, *, key: bool = False, col_offset: int = 0
-    ) -> None:
-        """Report a problem at `loc` (at its key when `key`, `col_offset` into its scalar)."""
-        self.problems.append(self.doc.problem(loc, code, message, key=key, col_offset=col_offset))
 
     def line(self, loc: Loc) -> int:
         """The line of the entry at `loc`, to point at the first of two that clash."""
@@ -102,10 +96,4 @@ class Rules:
         else:
             self.conditions[when] = parsed
             errors = expr.check(parsed, self.kinds(), expect=expr.Kind.BOOL)
-        for error in errors:
-            self.add(
-                loc,
-                "expression",
-                f"{subject}: when: {error.message}",
-                col_offset=scalar_offset(when, error.col),
-            )
+        self.add_faults(loc, f"{subject}: when", errors, when)

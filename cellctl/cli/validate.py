@@ -1,48 +1,82 @@
-"""`cellctl validate`: tell cell files from recipes by their top-level key and check each."""
+"""`cellctl validate`: tell cell files from recipes by their top-level key and check each.
+
+Every file is read and parsed once per command: a recipe's -p values are checked against the
+recipe as loaded, and a cell file that several recipes (or the command line) name is read once.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cellctl.cell import cell_from_document, load_cell
+from cellctl.cell import Cell, cell_from_document
 from cellctl.cli.schema import KINDS, FileKind
 from cellctl.errors import BadValue, Problem, Subject, SubjectKind, ValidationFailed
-from cellctl.recipe import (
-    LoadedRecipe,
-    Recipe,
-    cell_file_for,
-    check_recipe_file,
-    load_recipe,
-    parse_parameters,
-)
-from cellctl.yamlload import YamlDocument, load_yaml
+from cellctl.recipe import LoadedRecipe, Recipe, load_recipe_document, parse_parameters
+from cellctl.yamlload import YamlDocument, parse_yaml, read_file
+
+
+def read_document(path: Path) -> tuple[YamlDocument, bytes]:
+    """A file parsed, and the bytes it was parsed from; raises ValidationFailed naming why not."""
+    raw = read_file(path)
+    return parse_yaml(raw, str(path)), raw
+
+
+class CommandFiles:
+    """The files one command reads: each read and parsed once, each cell file validated once."""
+
+    def __init__(self) -> None:
+        self._documents: dict[Path, tuple[YamlDocument, bytes] | list[Problem]] = {}
+        self._cells: dict[Path, tuple[Cell | None, list[Problem]]] = {}
+
+    def document(self, path: Path) -> tuple[YamlDocument, bytes]:
+        """The parsed file and its bytes; raises ValidationFailed when it cannot be parsed."""
+        if path not in self._documents:
+            try:
+                self._documents[path] = read_document(path)
+            except ValidationFailed as err:
+                self._documents[path] = err.problems
+        found = self._documents[path]
+        if isinstance(found, list):
+            raise ValidationFailed(found)
+        return found
+
+    def cell(self, path: Path) -> tuple[Cell | None, list[Problem]]:
+        """The cell file at `path` as `read_cell` reads it: the cell, or None and its problems."""
+        if path not in self._cells:
+            try:
+                self._cells[path] = (cell_from_document(self.document(path)[0], path), [])
+            except ValidationFailed as err:
+                self._cells[path] = (None, err.problems)
+        return self._cells[path]
 
 
 def validate_file(
-    path: Path, cell_path: Path | None = None, assignments: Sequence[str] = ()
+    path: Path,
+    cell_path: Path | None = None,
+    assignments: Sequence[str] = (),
+    files: CommandFiles | None = None,
 ) -> list[Problem]:
     """Every problem of one cell or recipe file; an empty list when it is valid.
 
     A recipe is checked against `cell_path`, else the cell file beside it (whose own problems
-    are reported too), and the `assignments` ("name=value") against its parameters.
+    are reported too), and the `assignments` ("name=value") against its parameters. `files`
+    holds what this command has read already.
     """
+    files = files if files is not None else CommandFiles()
     try:
-        doc = load_yaml(path)
+        doc, raw = files.document(path)
     except ValidationFailed as err:
         return err.problems
     kind = file_kind(doc)
     if kind == "cell":
+        return files.cell(path)[1]
+    if kind == "recipe":
         try:
-            cell_from_document(doc, path)
+            loaded = load_recipe_document(doc, raw, cell_path, read=files.cell)
         except ValidationFailed as err:
             return err.problems
-        return []
-    if kind == "recipe":
-        problems = check_recipe_file(path, cell_path)
-        if problems or not assignments:
-            return problems
-        return _parameter_problems(doc, open_recipe(path, cell_path).recipe, assignments)
+        return _parameter_problems(doc, loaded.recipe, assignments) if assignments else []
     return [
         Problem(
             str(path),
@@ -71,24 +105,19 @@ def validate_files(
     A cell file named on the command line is also the cell of the recipes beside it, and a
     recipe reports its cell's problems: each problem is kept only the first time.
     """
-    problems = (p for path in paths for p in validate_file(path, cell_path, assignments))
+    files = CommandFiles()
+    problems = (p for path in paths for p in validate_file(path, cell_path, assignments, files))
     return list(dict.fromkeys(problems))
 
 
 def open_recipe(path: Path, cell_path: Path | None = None) -> LoadedRecipe:
     """Load a recipe with its cell (`cell_path`, else the one beside it); raises ValidationFailed.
 
-    The problems are those `validate` reports: the cell file's and the recipe's own.
+    The problems are those `validate` reports: the recipe's own when it cannot be parsed, else
+    the cell file's and the recipe's (a cell file given as the recipe is named as such).
     """
-    try:
-        return load_recipe(path, load_cell(cell_path or cell_file_for(path)))
-    except ValidationFailed as err:
-        failed = err  # said again below the way validate says it, and about the right file
-    if file_kind(load_yaml(path)) == "cell":
-        raise ValidationFailed(
-            [Problem(str(path), 1, 1, "not-a-recipe", "this is a cell file, not a recipe")]
-        )
-    raise ValidationFailed(check_recipe_file(path, cell_path) or failed.problems)
+    doc, raw = read_document(path)
+    return load_recipe_document(doc, raw, cell_path)
 
 
 def _parameter_problems(

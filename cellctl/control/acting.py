@@ -65,7 +65,9 @@ class ActingStates:
 
         def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]: ...
 
-        async def _apply(self, command: Command, cause: str) -> None: ...
+        async def _apply(
+            self, command: Command, cause: str, interlock: str | None = None
+        ) -> None: ...
 
     def _enter(self, state: State) -> None:
         """Start the work of the state just entered; the work of the previous one is cancelled."""
@@ -131,7 +133,7 @@ class ActingStates:
 
     async def _act_on_trip(self, trip: Tripped, command: Command) -> None:
         if self.machine.is_legal(command):
-            await self._apply(command, trip.message)
+            await self._apply(command, trip.message, trip.interlock)
             return
         # Holding or Stopping may still wait for a step boundary or a call in flight before
         # they write: a trip does not wait (the executor is frozen already). Aborting has its

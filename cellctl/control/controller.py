@@ -261,7 +261,7 @@ class Controller(ActingStates):
         await self._apply(command, cause)
         return self.state
 
-    async def _apply(self, command: Command, cause: str) -> None:
+    async def _apply(self, command: Command, cause: str, interlock: str | None = None) -> None:
         if command in (Command.HOLD, Command.STOP, Command.ABORT):
             self._stop_cause = cause
         if command is Command.START and self.started_at is None:
@@ -275,7 +275,7 @@ class Controller(ActingStates):
             self.executor.pause(PauseReason.HOLD if command is Command.HOLD else PauseReason.STOP)
         if command is Command.SUSPEND:
             self.executor.pause(PauseReason.SUSPEND)
-        target = self.machine.command(command, cause)
+        target = self.machine.command(command, cause, interlock)
         self._enter(target)
 
     # -- a whole batch ----------------------------------------------------------------------

@@ -26,6 +26,8 @@ class StateChanged(Event):
     target: State
     command: Command | None
     cause: str = ""
+    #: The interlock whose trip took the command (None: the operator, the recipe or the cell).
+    interlock: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,11 +57,17 @@ class StepOutcome(enum.StrEnum):
 
 
 @dataclass(frozen=True, kw_only=True)
-class StepStarted(Event):
-    """A step began (or was re-entered); `path` is its place ('2.3'), `label` how to name it."""
+class StepEvent(Event):
+    """An event of one step: `path` is its place ('2.3'), `step_id` its id when it has one."""
 
     path: str
     step_id: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepStarted(StepEvent):
+    """A step began (or was re-entered); `label` is how to name it."""
+
     kind: str
     label: str
     detail: str = ""  # what it does, values resolved: "conveyor.run := true"
@@ -67,22 +75,18 @@ class StepStarted(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class StepEnded(Event):
+class StepEnded(StepEvent):
     """A step ended: done, skipped, failed (with the error) or interrupted."""
 
-    path: str
-    step_id: str | None
     label: str
     outcome: StepOutcome
     error: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
-class WaitProgress(Event):
+class WaitProgress(StepEvent):
     """A wait's condition was evaluated on fresh values of its tags."""
 
-    path: str
-    step_id: str | None
     condition: str
     values: dict[str, Value | None]
     met: bool
@@ -180,12 +184,10 @@ class PromptAnswered(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
-class StepPaused(Event):
+class StepPaused(StepEvent):
     """Stepping or a breakpoint: the executor waits before the step; `preview` shows what it
     will do, values resolved."""
 
-    path: str
-    step_id: str | None
     label: str
     preview: tuple[str, ...]
     breakpoint: bool

@@ -128,10 +128,11 @@ class PackMLMachine:
         if not self.is_legal(command):
             raise IllegalCommand(self._refusal(command))
 
-    def command(self, command: Command, cause: str = "") -> State:
-        """Carry out `command`; the new state. IllegalCommand (nothing changed) if not legal."""
+    def command(self, command: Command, cause: str = "", interlock: str | None = None) -> State:
+        """Carry out `command` (taken by the trip of `interlock`, if one); the new state.
+        IllegalCommand (nothing changed) if not legal."""
         self.check(command)
-        return self._fire(command.value, command, cause)
+        return self._fire(command.value, command, cause, interlock)
 
     def state_complete(self, cause: str = "") -> State:
         """The acting state's work is done: go on to its next state; the new state."""
@@ -171,11 +172,15 @@ class PackMLMachine:
             )
         return f"{command} is not legal in {state} (mode {self._mode}); legal now: {legal}"
 
-    def _fire(self, trigger: str, command: Command | None, cause: str) -> State:
+    def _fire(
+        self, trigger: str, command: Command | None, cause: str, interlock: str | None = None
+    ) -> State:
         """Run one `transitions` trigger, then tell the listener what changed."""
         self._changed = None
         # Checked legal above, so the trigger cannot be refused or fail a condition.
-        done = self._machine.events[trigger].trigger(self._model, command=command, cause=cause)
+        done = self._machine.events[trigger].trigger(
+            self._model, command=command, cause=cause, interlock=interlock
+        )
         changed = self._changed
         if not done or changed is None:  # a table or `transitions` bug, never an operator's
             raise MachineError(f"{trigger} did not change {self.state}")
@@ -198,6 +203,7 @@ class PackMLMachine:
             target=self.state,
             command=event.kwargs["command"],
             cause=event.kwargs["cause"],
+            interlock=event.kwargs["interlock"],
         )
 
 

@@ -74,22 +74,18 @@ _STOPPABLE = (
     S.IDLE, S.STARTING, S.EXECUTE, S.COMPLETING, S.COMPLETE, S.RESETTING, S.HOLDING, S.HELD,
     S.UNHOLDING, S.SUSPENDING, S.SUSPENDED, S.UNSUSPENDING,
 )  # fmt: skip
+# Hold from Starting, Unholding and the Suspend states is the optional extension of the 2015
+# model (the dashed lines of OPC 30050 figure 15): an interlock that holds must be able to
+# hold the batch in every state that leads to Execute.
+_HOLDABLE = (S.STARTING, S.EXECUTE, S.UNHOLDING, S.SUSPENDING, S.SUSPENDED, S.UNSUSPENDING)
 
-#: (state, command) -> target state. A pair that is not here is refused. Hold from Starting,
-#: Unholding and the Suspend states is the optional extension of the 2015 model (the dashed
-#: lines of OPC 30050 figure 15): an interlock that holds must be able to hold the batch in
-#: every state that leads to Execute.
+#: (state, command) -> target state. A pair that is not here is refused.
 TRANSITIONS: dict[tuple[State, Command], State] = {
     (S.STOPPED, C.RESET): S.RESETTING,
     (S.COMPLETE, C.RESET): S.RESETTING,
     (S.IDLE, C.START): S.STARTING,
     **{(state, C.STOP): S.STOPPING for state in _STOPPABLE},
-    (S.STARTING, C.HOLD): S.HOLDING,
-    (S.EXECUTE, C.HOLD): S.HOLDING,
-    (S.UNHOLDING, C.HOLD): S.HOLDING,
-    (S.SUSPENDING, C.HOLD): S.HOLDING,
-    (S.SUSPENDED, C.HOLD): S.HOLDING,
-    (S.UNSUSPENDING, C.HOLD): S.HOLDING,
+    **{(state, C.HOLD): S.HOLDING for state in _HOLDABLE},
     (S.HELD, C.UNHOLD): S.UNHOLDING,
     (S.EXECUTE, C.SUSPEND): S.SUSPENDING,
     (S.SUSPENDED, C.UNSUSPEND): S.UNSUSPENDING,

@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from cellctl import expr
+from cellctl import expr, yamlload
 from cellctl.cell import Cell
-from cellctl.errors import BadValue, Problem, did_you_mean
+from cellctl.errors import BadValue, did_you_mean
+from cellctl.problems import Problems
 from cellctl.recipe.located import raw_at, under_alias
 from cellctl.recipe.ranges import (
     KIND_WORDS,
@@ -25,15 +26,14 @@ from cellctl.yamlload import YamlDocument, scalar_offset
 __all__ = ["ValueChecks"]
 
 
-class ValueChecks:
+class ValueChecks(Problems):
     """Problems of expressions, located in the recipe file; what names are in play."""
 
     def __init__(self, doc: YamlDocument, data: dict[Any, Any], cell: Cell | None) -> None:
-        self.doc = doc
+        super().__init__(doc)
         self.data = data
         self.cell = cell
         self.tags = cell.tags if cell is not None else {}
-        self.problems: list[Problem] = []
         #: What a name with a known range is (for messages), and its min and max.
         self.ranges: dict[str, tuple[str, float | None, float | None]] = {}
         #: The choices of each enum parameter or answer: a literal compared with one is checked.
@@ -44,12 +44,12 @@ class ValueChecks:
     # -- places ----------------------------------------------------------------------------
 
     def add(
-        self, loc: Loc, code: str, message: str, *, key: bool = False, col_offset: int = 0
+        self, loc: yamlload.Loc, code: str, message: str, *, key: bool = False, col_offset: int = 0
     ) -> None:
         """Report a problem located at `loc` (at its key when `key`)."""
         if under_alias(self.doc, loc):
             return  # the anchor's own problem, reported at the anchor; the alias is refused
-        self.problems.append(self.doc.problem(loc, code, message, key=key, col_offset=col_offset))
+        super().add(loc, code, message, key=key, col_offset=col_offset)
 
     def line(self, loc: Loc, *, key: bool = False) -> int:
         """The line of `loc` in the recipe file."""
@@ -81,13 +81,7 @@ class ValueChecks:
             return None  # names and types are checked once the cell file is valid
         kinds = {**scope.kinds, **dict.fromkeys(hidden)} if hidden else scope.kinds
         errors = expr.check(value, kinds)
-        for error in errors:
-            self.add(
-                loc,
-                "expression",
-                f"{subject}: {error.message}",
-                col_offset=scalar_offset(raw, error.col),
-            )
+        self.add_faults(loc, subject, errors, raw)
         if errors or hidden:
             return None
         self.check_choices(value, loc, subject)

@@ -10,6 +10,7 @@ problems that do not need a cell.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -31,6 +32,9 @@ __all__ = [
 
 #: The top-level key of a cell file: a recipe file never has it.
 _CELL_KEY = "cell"
+
+#: Reads a cell file as `read_cell` does: the cell, or None and the problems of its file.
+CellReader = Callable[[Path], tuple[Cell | None, list[Problem]]]
 
 
 def cell_file_for(recipe_path: Path) -> Path:
@@ -57,12 +61,13 @@ def load_recipe(path: Path, cell: Cell | Path | None = None) -> LoadedRecipe:
 
 
 def load_recipe_document(
-    doc: YamlDocument, raw: bytes, cell: Cell | Path | None = None
+    doc: YamlDocument, raw: bytes, cell: Cell | Path | None = None, *, read: CellReader = read_cell
 ) -> LoadedRecipe:
     """load_recipe for a recipe file already read (`raw`) and parsed (`doc`), such as by a
-    caller that tells cell files from recipes by their top-level key."""
+    caller that tells cell files from recipes by their top-level key; `read` reads the cell
+    file (a caller validating many files reads each cell file once)."""
     path = Path(doc.file)
-    found, cell_problems = _cell_of(path, cell)
+    found, cell_problems = _cell_of(path, cell, read)
     recipe, problems = _validate(doc, found)
     if isinstance(doc.data, dict) and _CELL_KEY in doc.data and (problems or recipe is None):
         not_recipe = "this is a cell file, not a recipe"
@@ -73,7 +78,9 @@ def load_recipe_document(
     return LoadedRecipe(path, recipe, found, identity, doc)
 
 
-def _cell_of(path: Path, cell: Cell | Path | None) -> tuple[Cell | None, list[Problem]]:
+def _cell_of(
+    path: Path, cell: Cell | Path | None, read: CellReader = read_cell
+) -> tuple[Cell | None, list[Problem]]:
     """The recipe's cell, or None and the problems of its file."""
     if isinstance(cell, Cell):
         return cell, []
@@ -81,7 +88,7 @@ def _cell_of(path: Path, cell: Cell | Path | None) -> tuple[Cell | None, list[Pr
     if cell is None and not cell_file.exists():
         message = f"no cell file beside the recipe ({cell_file} not found); give it with --cell"
         return None, [Problem(str(path), 1, 1, "no-cell", message)]
-    return read_cell(cell_file)
+    return read(cell_file)
 
 
 def recipe_from_document(doc: YamlDocument, cell: Cell) -> Recipe:

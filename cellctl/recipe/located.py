@@ -47,7 +47,7 @@ def yaml_problems(doc: YamlDocument) -> list[Problem]:
         if step is not None and step[0] == len(alias.loc):
             prefix, what = f"step #{step[1]}: ", "the step"  # its id would be the anchor's
         else:
-            prefix, what = _prefix(describe(alias.loc)), "the value"
+            prefix, what = describe(alias.loc).prefix, "the value"
         message = f"{prefix}aliases (*{alias.name}) are not allowed in a recipe: write {what} out"
         problems.append(Problem(doc.file, alias.line, alias.col, "alias", message))
     return problems
@@ -57,14 +57,8 @@ def _duplicate_problem(dup: DuplicateKey, describe: Callable[[Loc], Where]) -> P
     where = describe(dup.loc)
     if where.name == "recipe file":  # the loader's own words name the section already
         return dup.problem
-    message = f"{_prefix(where)}duplicate key {dup.key!r} (first at line {dup.first_line})"
+    message = f"{where.prefix}duplicate key {dup.key!r} (first at line {dup.first_line})"
     return replace(dup.problem, message=message)
-
-
-def _prefix(where: Where) -> str:
-    """'step 'a': ' or 'step 'a': on_error: ': what a message inside `where` starts with."""
-    fields = ".".join(str(part) for part in where.fields)
-    return f"{where.name}: {fields}: " if fields else f"{where.name}: "
 
 
 def under_alias(doc: YamlDocument, loc: Sequence[str | int]) -> bool:
@@ -78,7 +72,8 @@ def under_alias(doc: YamlDocument, loc: Sequence[str | int]) -> bool:
 
 def model_problems(doc: YamlDocument, error: ValidationError) -> list[Problem]:
     """pydantic's errors as located problems naming the step, parameter or key at fault."""
-    problems = validation_problems(doc, error, _describer(doc))
+    describe = _describer(doc)
+    problems = validation_problems(doc, error, describe)
     located: list[Problem] = []
     for details, problem in zip(error.errors(), problems, strict=True):
         cause = (details.get("ctx") or {}).get("error")
@@ -94,7 +89,7 @@ def model_problems(doc: YamlDocument, error: ValidationError) -> list[Problem]:
             why = " (a step that writes, waits, calls or prompts has one)"
             problem = replace(problem, message=problem.message + why)
         elif details["type"] == "too_short":
-            problem = replace(problem, message=_too_short(problem.message, details))
+            problem = replace(problem, message=_too_short(describe(loc).prefix, details))
         located.append(problem)
     return located
 
@@ -104,13 +99,13 @@ _ITEM_WORDS["choices"] = ("choice", "choices")
 _NUMBER_WORDS = {1: "one", 2: "two"}
 
 
-def _too_short(message: str, details: ErrorDetails) -> str:
-    """'needs at least two branches' for pydantic's 'list should have at least 2 items …'."""
-    head = message.rpartition(": list should")[0] or message.rpartition(": ")[0]
+def _too_short(prefix: str, details: ErrorDetails) -> str:
+    """'needs at least two branches' for pydantic's 'list should have at least 2 items …',
+    after `prefix` (where the list is)."""
     least = int((details.get("ctx") or {}).get("min_length", 1))
     one, many = _ITEM_WORDS.get(str(details["loc"][-1]), ("step", "steps"))
     count = _NUMBER_WORDS.get(least, str(least))
-    return f"{head}: needs at least {count} {one if least == 1 else many}"
+    return f"{prefix}needs at least {count} {one if least == 1 else many}"
 
 
 def raw_at(data: Any, loc: Sequence[str | int]) -> Any:

@@ -168,6 +168,13 @@ class ModbusBus:
         # tries' budget from then, so the quiet never shortens it; the guard a margin after
         # the tries' own deadline, so it fires on a hang only, never on a try still in time.
         sent_by = asked + wait
+        await self._take_bus(what, sent_by, wait)
+        task, deadline = await self._start_tries(what, call, steps * worst, sent_by, wait)
+        within = _within(steps * worst, loop.time() - asked)
+        return await self._outcome(what, task, deadline, within)
+
+    async def _take_bus(self, what: str, sent_by: float, wait: float) -> None:
+        """Take the bus's lock by `sent_by`, else DeviceTimeout "not sent"."""
         try:
             async with asyncio.timeout_at(sent_by):
                 await self.lock.acquire()
@@ -175,11 +182,19 @@ class ModbusBus:
             raise DeviceTimeout(
                 f"{what}: not sent: the bus to {self.endpoint} stayed busy for {wait:g} s"
             ) from err
+
+    async def _start_tries(
+        self, what: str, call: Job[T], budget: float, sent_by: float, wait: float
+    ) -> tuple[asyncio.Task[T], float]:
+        """With the bus taken: wait for the line's quiet, then start the tries in a task that
+        holds the bus until it ends; the task and the tries' deadline. Frees the bus when
+        nothing is sent."""
+        loop = asyncio.get_running_loop()
         try:
             await self._quiet.wait(sent_by)
             client = self._check_connected(what)
             # min(): a sleep that ends late in the quiet wait cannot stretch the bound.
-            deadline = min(loop.time(), sent_by) + steps * worst
+            deadline = min(loop.time(), sent_by) + budget
             task = loop.create_task(self._tries(client, call, deadline), name=f"modbus {what}")
         except LineBusy as err:
             self.lock.release()
@@ -194,10 +209,11 @@ class ModbusBus:
         task.add_done_callback(lambda _task: self.lock.release())
         self._inflight.add(task)
         task.add_done_callback(_forget(self._inflight))
-        waited = loop.time() - asked
-        within = f"{steps * worst:g} s"
-        if waited >= 0.01:
-            within += f" (sent after {waited:.2f} s waiting for the bus)"
+        return task, deadline
+
+    async def _outcome(self, what: str, task: asyncio.Task[T], deadline: float, within: str) -> T:
+        """The tries' result, awaited shielded until a guard after `deadline`; a failure as a
+        driver error (`within` says how long the tries had)."""
         try:
             async with asyncio.timeout_at(deadline + _GUARD_MARGIN):
                 return await asyncio.shield(task)
@@ -326,6 +342,14 @@ class ModbusBus:
             await self._down.wait()
             self._up.clear()
             self._notify(False, self.last_error)
+
+
+def _within(budget: float, waited: float) -> str:
+    """How long a request's tries had, for its timeout message, with any wait for the bus."""
+    within = f"{budget:g} s"
+    if waited >= 0.01:
+        within += f" (sent after {waited:.2f} s waiting for the bus)"
+    return within
 
 
 def _forget(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:

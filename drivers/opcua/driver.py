@@ -14,7 +14,7 @@ from asyncua.common.subscription import Subscription
 from asyncua.ua.attribute_ids import AttributeIds
 
 from drivers.base import HealthState, Reading, ReadingsCallback, Unsubscribe, Value
-from drivers.codecs import check_value, same_reading
+from drivers.codecs import check_value, check_write, same_reading
 from drivers.errors import (
     BadResponse,
     BadStatus,
@@ -30,7 +30,7 @@ from drivers.opcua.requests import RECONNECT_CAP
 from drivers.opcua.session import OpcuaSession
 from drivers.opcua.watch import Watch
 from drivers.opcua_types import from_ua, status_name, to_variant
-from drivers.points import Access, MethodSpec, OpcuaPoint, Point
+from drivers.points import MethodSpec, OpcuaPoint, Point
 
 log = logging.getLogger("drivers.opcua")
 
@@ -56,12 +56,7 @@ class OpcuaDriver(OpcuaSession):
         """Write one value as a Variant of the point's type; returns once the server said Good."""
         p = self._opcua_point(point)
         where = f"{self.name} {p.name} {p.node_id}"
-        if p.access is not Access.RW:
-            raise WriteRejected(f"{where}: read-only in the cell file, not written")
-        try:
-            checked = check_value(p.datatype, value)
-        except WriteRejected as err:
-            raise WriteRejected(f"{where}: {err}") from err
+        checked = check_write(where, p, value, read_only="read-only in the cell file, not written")
         node = node_id_of(self.name, p.name, p.node_id)
         datavalue = ua.DataValue(to_variant(p.datatype, checked))
         results = await self._request(
@@ -117,7 +112,7 @@ class OpcuaDriver(OpcuaSession):
         health = self._tracker.health
         if health.state is HealthState.LOST:
             # The others heard of the loss when it happened: this one hears of it now.
-            cause = self._cause(health.last_error)
+            cause = self._lost_reason
             asyncio.get_running_loop().call_soon(watch.deliver_bad, watch.points, cause)
 
         def unsubscribe() -> None:
@@ -136,7 +131,7 @@ class OpcuaDriver(OpcuaSession):
         try:
             await self._activate(watch, client)
         except (DeviceTimeout, NotConnected) as err:
-            self._session_failed(client, self._cause(str(err)))
+            self._session_failed(client, err.reason)
 
     async def _activate(self, watch: Watch, client: Client) -> None:
         """Create the watch's subscription on this session; refused items become BAD readings.
@@ -173,7 +168,7 @@ class OpcuaDriver(OpcuaSession):
             if subscription is not None:  # its items were refused: free it for the retry
                 self._spawn(self._delete(subscription), "delete subscription")
             if self._client is client:  # not a lost connection (that restores it): report it
-                self._refused(watch, client, f"cannot subscribe: {self._cause(str(err))}")
+                self._refused(watch, client, f"cannot subscribe: {err.reason}")
             return
         if not watch.active or watch.client is not client:
             self._spawn(self._delete(created), "delete subscription")

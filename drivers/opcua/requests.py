@@ -57,6 +57,9 @@ class OpcuaRequests(TracksHealth):
         self._running = False
         # True once the server's nodes were checked against the cell file.
         self._verified = False
+        # Why the session was last lost, without the device's name: the reason of the BAD
+        # readings a watch hears while health is LOST.
+        self._lost_reason = "lost"
         self._watches: list[Watch] = []
         self._tasks: set[asyncio.Task[None]] = set()
         # Delays restarts after background work failed, so that a failure that recurs on every
@@ -68,11 +71,12 @@ class OpcuaRequests(TracksHealth):
     ) -> T:
         """One service call bounded by limits.timeout (retried on timeout), errors mapped."""
         timeout = self.config.limits.timeout
+        endpoint = self.config.endpoint
         last: Exception | None = None
         for _ in range(attempts):
             client = self._client
             if client is None:
-                raise NotConnected(f"{self.name}: {what}: not connected to {self.config.endpoint}")
+                raise NotConnected.about(self.name, f"{what}: not connected to {endpoint}")
             try:
                 # Not wait_for: on 3.11 it returns the result and drops a cancellation that
                 # races with the answer, and a cancelled background task would live on.
@@ -81,25 +85,21 @@ class OpcuaRequests(TracksHealth):
             except TimeoutError as err:
                 last = err
             except (ConnectionError, OSError) as err:
-                raise NotConnected(
-                    f"{self.name}: {what}: connection to {self.config.endpoint} failed: {err}"
+                raise NotConnected.about(
+                    self.name, f"{what}: connection to {endpoint} failed: {err}"
                 ) from err
             except UaStatusCodeError as err:
                 name = status_name(status_code(err.code))
+                reason = f"{what}: {endpoint} answered {name}"
                 if name.startswith(SESSION_GONE):
                     # Not an answer about the request: the session or channel is gone, though
                     # the TCP link may live on. Fail the session, so that it is opened again.
-                    raise NotConnected(
-                        f"{self.name}: {what}: {self.config.endpoint} answered {name}"
-                    ) from err
-                raise BadStatus(
-                    f"{self.name}: {what}: {self.config.endpoint} answered {name}", name
-                ) from err
+                    raise NotConnected.about(self.name, reason) from err
+                raise BadStatus(f"{self.name}: {reason}", name, reason=reason) from err
             except UaError as err:
-                raise BadResponse(f"{self.name}: {what}: {self.config.endpoint}: {err}") from err
-        raise DeviceTimeout(
-            f"{self.name}: {what}: no answer from {self.config.endpoint} "
-            f"within {timeout:g} s × {attempts}"
+                raise BadResponse.about(self.name, f"{what}: {endpoint}: {err}") from err
+        raise DeviceTimeout.about(
+            self.name, f"{what}: no answer from {endpoint} within {timeout:g} s × {attempts}"
         ) from last
 
     async def _read(self, opc: Sequence[OpcuaPoint]) -> list[Reading]:
@@ -207,7 +207,7 @@ class OpcuaRequests(TracksHealth):
         """A method's InputArguments or OutputArguments property ([] when it has none)."""
         client = self._client
         if client is None:
-            raise NotConnected(f"{self.name}: not connected to {self.config.endpoint}")
+            raise NotConnected.about(self.name, f"not connected to {self.config.endpoint}")
         method = client.get_node(method_id)
 
         async def read(_c: Client) -> list[ua.Argument]:
@@ -222,16 +222,13 @@ class OpcuaRequests(TracksHealth):
 
     def _mismatch(self, problems: list[str]) -> PointMismatch:
         """One PointMismatch listing every difference."""
-        return PointMismatch(
-            f"{self.name}: {len(problems)} difference(s) between the cell file and "
-            f"{self.config.endpoint}:\n  " + "\n  ".join(problems)
+        return PointMismatch.about(
+            self.name,
+            f"{len(problems)} difference(s) between the cell file and "
+            f"{self.config.endpoint}:\n  " + "\n  ".join(problems),
         )
-
-    def _cause(self, error: str | None) -> str:
-        """A health error as the reason in a BAD reading (which names the device already)."""
-        return (error or "lost").removeprefix(f"{self.name}: ")
 
     def _opcua_point(self, point: Point) -> OpcuaPoint:
         if not isinstance(point, OpcuaPoint):
-            raise PointMismatch(f"{self.name}: {point.describe()} is not an OPC UA point")
+            raise PointMismatch.about(self.name, f"{point.describe()} is not an OPC UA point")
         return point

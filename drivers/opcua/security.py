@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,12 @@ def fingerprint_text(cert: x509.Certificate) -> str:
     return f"{cert.subject.rfc4514_string()}, SHA-256 fingerprint {sha256}, SHA-1 thumbprint {sha1}"
 
 
+def _holds_certificates(folder: Path) -> bool:
+    """True when `folder` has a file that TrustStore.load reads (asyncua's own test: a name
+    with a dot, holding 'der' or 'pem')."""
+    return any(re.match(".*(der|pem)", file.name.lower()) for file in folder.glob("*.*"))
+
+
 async def trust_dir_validator(device: str, directory: str) -> CertificateValidator:
     """A validator trusting the server (or CA) certificates in a folder of *.der / *.pem files.
 
@@ -170,14 +177,13 @@ async def trust_dir_validator(device: str, directory: str) -> CertificateValidat
     if not await asyncio.to_thread(path.is_dir):
         raise ConnectFailed(f"{device}: trust_dir {directory} is not a directory")
     store = TrustStore([path], [])
-    try:
-        await store.load()
-    except ValueError as err:
-        if "empty store" not in str(err):
+    # A folder without certificates trusts nothing: every server is refused, with its
+    # fingerprint. Its store stays unloaded, as cryptography refuses to build an empty one.
+    if await asyncio.to_thread(_holds_certificates, path):
+        try:
+            await store.load()
+        except (ValueError, OSError) as err:
             raise ConnectFailed(f"{device}: cannot read trust_dir {directory}: {err}") from err
-        # An empty folder trusts nothing: every server is refused, with its fingerprint.
-    except OSError as err:
-        raise ConnectFailed(f"{device}: cannot read trust_dir {directory}: {err}") from err
     return CertificateValidator(
         CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_SERVER,
         store,

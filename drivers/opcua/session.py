@@ -65,7 +65,7 @@ class OpcuaSession(OpcuaRequests, ABC):
             for watch in list(self._watches):
                 await self._activate(watch, client)
             if self._client is not client:
-                raise ConnectFailed(f"{self.name}: connection to {self.config.endpoint} lost")
+                raise ConnectFailed.about(self.name, f"connection to {self.config.endpoint} lost")
         except Refused as refused:
             await self._shutdown()
             self._tracker.set(HealthState.DISCONNECTED, str(refused.error))
@@ -85,10 +85,10 @@ class OpcuaSession(OpcuaRequests, ABC):
             error = (
                 err
                 if isinstance(err, ConnectFailed)
-                else ConnectFailed(f"{self.name}: connecting to {self.config.endpoint}: {err}")
+                else ConnectFailed.about(self.name, f"connecting to {self.config.endpoint}: {err}")
             )
             self._running = True
-            self._set_lost(str(error))
+            self._set_lost(str(error), error.reason)
             self._spawn_reconnect(None)
             if error is err:
                 raise
@@ -225,13 +225,15 @@ class OpcuaSession(OpcuaRequests, ABC):
             # other requests cannot hide a keep-alive that stopped.
             self._tracker.answered()
 
-    def _set_lost(self, cause: str) -> None:
-        """Health LOST; on the transition every subscriber hears BAD for each point it watches."""
+    def _set_lost(self, cause: str, reason: str | None = None) -> None:
+        """Health LOST naming `cause`; on the transition every subscriber hears BAD for each
+        point it watches, for `reason` (the cause without the device's name, when it has it)."""
         was = self._tracker.health.state
         self._tracker.set(HealthState.LOST, cause)
+        self._lost_reason = cause if reason is None else reason
         if was is not HealthState.LOST:
             for watch in list(self._watches):
-                watch.deliver_bad(watch.points, self._cause(cause))
+                watch.deliver_bad(watch.points, self._lost_reason)
 
     def _spawn_reconnect(self, old: Client | None, delay: float = 0.0) -> None:
         """Start the reconnect loop, itself supervised: if it dies it is started again."""
@@ -275,7 +277,7 @@ class OpcuaSession(OpcuaRequests, ABC):
                 self._client = None
                 self._forget_session()
                 await self._dispose(client)
-                self._set_lost(str(mismatch))
+                self._set_lost(str(mismatch), mismatch.reason)
                 return
             self._verified = True
             try:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from drivers.base import Value
 from drivers.codecs import zero_value
 from drivers.points import Point
+
+P = TypeVar("P", bound=Point)
 
 
 class ProcessImage:
@@ -23,6 +26,15 @@ class ProcessImage:
             name: zero_value(p.datatype) for name, p in self.points.items()
         }
         self._dirty: set[str] = set()
+
+    def points_of(self, kind: type[P], what: str) -> dict[str, P]:
+        """The points by tag, each a `kind` (`what` names it); TypeError for one that is not."""
+        points: dict[str, P] = {}
+        for tag, point in self.points.items():
+            if not isinstance(point, kind):
+                raise TypeError(f"{self.device}: tag {tag} is not {what}")
+            points[tag] = point
+        return points
 
     def get(self, tag: str) -> Value:
         """The current value of a tag."""

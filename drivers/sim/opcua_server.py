@@ -5,41 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import fcntl
-import inspect
 import logging
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import asyncua
 from asyncua import ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
-from asyncua.ua.status_codes import StatusCodes
 
 from drivers.base import Value
-from drivers.codecs import check_value, zero_value
 from drivers.config import url_host
-from drivers.errors import WriteRejected
-from drivers.opcua_types import (
-    datatype_node,
-    from_ua,
-    ns0_node,
-    parse_node_id,
-    status_code,
-    to_variant,
-    variant_type,
-)
+from drivers.opcua_types import datatype_node, from_ua, ns0_node, parse_node_id, to_variant
 from drivers.points import Access, MethodSpec, OpcuaPoint
 from drivers.sim.image import ProcessImage
+from drivers.sim.opcua_cache import default_cache_dir, init_with_cache
+from drivers.sim.opcua_methods import MethodCallback
 from drivers.sim.plant.base import MethodHandler
 
 log = logging.getLogger("drivers.sim.opcua")
@@ -47,140 +31,6 @@ log = logging.getLogger("drivers.sim.opcua")
 # The asyncua server logs every call and connection at INFO; keep it to warnings unless the
 # application configured that logger itself.
 _QUIET_LOGGERS = ("asyncua.server", "asyncua.common")
-
-
-def default_cache_dir() -> Path:
-    """Where the asyncua address-space cache lives: $XDG_CACHE_HOME/cellctl or ~/.cache/cellctl."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "cellctl"
-
-
-# The cache is shared by every simulator of the user: pytest workers, `cellctl sim` and `demo`
-# children may all build it at once on a fresh machine. Each build writes into its own hidden
-# folder, made durable, then moved into place with ONE rename of the folder. The rename is
-# atomic and never replaces a folder that holds files, so the first complete build wins and is
-# never touched again: a reader only opens the shelf inside the final folder, so it never sees
-# a half-written set, nor two builds mixed (dbm.dumb reopens PATH.dat by name on every lookup
-# for as long as the server runs). A build killed midway leaves only its hidden folder, which
-# no reader trusts and a later build removes. (A lock around build+install would also be
-# correct, but makes every other start wait on it, and a crash would leave files at the
-# trusted path for the next builder to clean up.)
-_SHELF = "address-space"  # no dot in the name: asyncua also looks for SHELF.with_suffix(".db")
-_BUILD_PREFIX = ".build-"
-# A build folder is removed only when no live process holds its lock and it is older than this
-# (the age covers the instant between creating the folder and locking it). A build takes 1-3 s.
-_STALE_BUILD_AGE = 60.0  # seconds
-
-
-async def init_with_cache(server: Server, cache_dir: Path) -> None:
-    """`server.init()` from the address-space cache, building the cache on first use."""
-    cache = _cache_path(cache_dir)
-    if (cache / _SHELF).is_file():
-        await server.init(shelf_file=cache / _SHELF)
-        return
-    build = await asyncio.to_thread(_Build.start, cache_dir)
-    try:
-        # The building server keeps its address space in memory: it never reads this shelf.
-        await server.init(shelf_file=build.path / _SHELF)
-        await asyncio.to_thread(build.install, cache)
-    finally:
-        await asyncio.to_thread(build.close)
-
-
-def _cache_path(cache_dir: Path) -> Path:
-    """The cache's folder, versioned because it is a pickle of asyncua's own node classes."""
-    return cache_dir / f"asyncua-{asyncua.__version__}-address-space.d"
-
-
-class _Build:
-    """A private folder a cache is built in, locked (flock) for as long as its builder lives."""
-
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path = path
-        self._fd = fd
-        self._installed = False
-
-    @classmethod
-    def start(cls, cache_dir: Path) -> _Build:
-        """A fresh build folder in `cache_dir`, after removing those left by dead builds."""
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        _remove_dead_builds(cache_dir)
-        path = Path(tempfile.mkdtemp(prefix=_BUILD_PREFIX, dir=cache_dir))
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh folder: nobody else holds it
-        return cls(path, fd)
-
-    def install(self, cache: Path) -> None:
-        """Move the finished build into place as `cache` (see `_install_cache`)."""
-        try:
-            self._installed = _install_cache(self.path, cache)
-        except OSError as err:
-            # The cache only saves time: this server already has its address space in memory.
-            log.warning("cannot store the address-space cache %s: %s", cache, err)
-
-    def close(self) -> None:
-        """Remove the folder unless it was installed, and release the lock."""
-        if not self._installed:
-            shutil.rmtree(self.path, ignore_errors=True)
-        os.close(self._fd)
-
-
-def _remove_dead_builds(cache_dir: Path) -> None:
-    """Remove build folders whose builder died (its lock went with it) and that are not new."""
-    for path in cache_dir.glob(f"{_BUILD_PREFIX}*"):
-        try:
-            # File ages are wall-clock times: compare them with the wall clock.
-            if time.time() - path.lstat().st_mtime < _STALE_BUILD_AGE:
-                continue
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue  # gone already, or not a folder of ours
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # its builder is still running
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-        finally:
-            os.close(fd)
-
-
-def _install_cache(build: Path, cache: Path) -> bool:
-    """Move a complete build into place with one atomic rename (true if it was this one); the
-    first complete build wins."""
-    shelf = build / _SHELF
-    # shelve falls back to dbm.dumb here (SHELF.dat/.dir/.bak) while asyncua only loads a
-    # cache when the bare SHELF (or SHELF.db) exists: without the marker it rebuilds every time.
-    if not shelf.exists() and not shelf.with_suffix(".db").exists():
-        shelf.touch()
-    # Durable before it is visible: after a power cut the folder must not hold empty files.
-    for part in build.iterdir():
-        _fsync(part)
-    _fsync(build)
-    try:
-        build.rename(cache)
-    except OSError as err:
-        # ENOTEMPTY/EEXIST: the folder exists. Another process installed its build first,
-        # or something else left it there; this server runs from memory either way.
-        if not (cache / _SHELF).is_file():
-            log.warning(
-                "address-space cache %s is incomplete and cannot be replaced (%s): delete that "
-                "folder so the next simulator start can rebuild it",
-                cache,
-                err.strerror,
-            )
-        return False
-    _fsync(cache.parent)
-    return True
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file's or a folder's contents to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class OpcuaSimServer:
@@ -199,11 +49,7 @@ class OpcuaSimServer:
         if url.scheme != "opc.tcp":
             raise ValueError(f"{image.device}: endpoint {endpoint!r} is not an opc.tcp:// URL")
         self._image = image
-        self._points: dict[str, OpcuaPoint] = {}
-        for tag, point in image.points.items():
-            if not isinstance(point, OpcuaPoint):
-                raise TypeError(f"{image.device}: tag {tag} is not an OPC UA point")
-            self._points[tag] = point
+        self._points = image.points_of(OpcuaPoint, "an OPC UA point")
         self._methods = tuple(methods)
         self._handlers = dict(handlers or {})
         self._cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
@@ -350,7 +196,7 @@ class OpcuaSimServer:
             outputs.append(
                 ua.Argument(Name="result", DataType=datatype_node(spec.result), ValueRank=-1)
             )
-        callback = _MethodCallback(
+        callback = MethodCallback(
             self._image.device, spec, self._handlers.get(qname.Name), self._publish_model_changes
         )
         # Passing the namespace index lets the server number the method node in that namespace.
@@ -378,78 +224,6 @@ class OpcuaSimServer:
                     )
                     continue
                 self._image.accept_client_write(tag, value)
-
-
-class _MethodCallback:
-    """Runs a plant model's handler for an OPC UA method call, mapping failures to status codes."""
-
-    def __init__(
-        self,
-        device: str,
-        spec: MethodSpec,
-        handler: MethodHandler | None,
-        after: Callable[[], Awaitable[None]],
-    ) -> None:
-        self.device = device
-        self.spec = spec
-        self.handler = handler
-        self.after = after
-
-    async def call(self, _parent: ua.NodeId, *inputs: ua.Variant) -> Any:
-        """asyncua calls this with the object's NodeId and the input Variants.
-
-        A coroutine function (a bound `async def`): asyncua runs anything else in a thread pool.
-        """
-        spec = self.spec
-        if len(inputs) != len(spec.args):
-            code = (
-                StatusCodes.BadArgumentsMissing
-                if len(inputs) < len(spec.args)
-                else StatusCodes.BadTooManyArguments
-            )
-            return status_code(code)
-        args: list[Value] = []
-        arg_results: list[ua.StatusCode] = []
-        for arg, variant in zip(spec.args, inputs, strict=True):
-            try:
-                if variant.VariantType != variant_type(arg.datatype):
-                    raise ValueError(f"{variant.VariantType.name} is not {arg.datatype.value}")
-                args.append(from_ua(arg.datatype, variant.Value))
-                arg_results.append(ua.StatusCode())
-            except ValueError:
-                arg_results.append(status_code(StatusCodes.BadTypeMismatch))
-        if len(args) != len(spec.args):
-            return ua.CallMethodResult(
-                StatusCode=status_code(StatusCodes.BadInvalidArgument),
-                InputArgumentResults=arg_results,
-            )
-        try:
-            result = await self._run(args)
-        except ValueError as err:
-            log.warning("%s: method %s refused its arguments: %s", self.device, spec.name, err)
-            return status_code(StatusCodes.BadInvalidArgument)
-        except Exception as err:
-            # asyncua would answer BadUnexpectedError; the machine refusing is an invalid state.
-            log.warning("%s: method %s failed: %s", self.device, spec.name, err)
-            return status_code(StatusCodes.BadInvalidState)
-        if spec.result is None:
-            return []
-        try:
-            return [to_variant(spec.result, check_value(spec.result, result))]
-        except WriteRejected as err:
-            log.error(
-                "%s: method %s handler returned a bad result: %s", self.device, spec.name, err
-            )
-            return status_code(StatusCodes.BadInternalError)
-
-    async def _run(self, args: list[Value]) -> Any:
-        """The handler's result, or the zero value of the result type when there is no handler."""
-        if self.handler is None:
-            return zero_value(self.spec.result) if self.spec.result is not None else None
-        pending = self.handler(*args)
-        result = await pending if inspect.isawaitable(pending) else pending
-        await self.after()
-        return result
 
 
 async def _run_clock(server: Server) -> None:

@@ -117,7 +117,7 @@ def _cause_lines(model: RunModel, width: int) -> list[Text]:
     if model.cause is None:
         return []
     command, cause = model.cause
-    if any(trip.message == cause for trip in model.trips.values()):
+    if model.cause_interlock in model.trips:
         return []  # the trip's own rows say it
     style = "bold red" if command is Command.ABORT else "bold yellow"
     text = f"cause of the {CAUSE_OF[command]}: {cause or 'not given'}"

@@ -31,7 +31,6 @@ from cellctl.errors import CellctlError
 from cellctl.expr import evaluate
 from cellctl.recipe import (
     AnyStep,
-    ParallelStep,
     PromptStep,
     Recipe,
     RecipeIdentity,
@@ -118,6 +117,8 @@ class RunModel:
         self.question: str | None = None
         #: The last Hold, Stop, Abort or Suspend and its cause, until the batch runs again.
         self.cause: tuple[Command, str] | None = None
+        #: The interlock whose trip took that command, if one did.
+        self.cause_interlock: str | None = None
         self.events: deque[str] = deque(maxlen=LAST_EVENTS)
         self.counts = _Counts()
         self._failed: set[str] = set()  # steps whose last end was a failure
@@ -139,8 +140,9 @@ class RunModel:
                 self.started = event.at
             if event.command in CAUSE_OF:
                 self.cause = (event.command, event.cause)
+                self.cause_interlock = event.interlock
             elif event.target is State.EXECUTE:
-                self.cause = None  # running again
+                self.cause = self.cause_interlock = None  # running again
         elif isinstance(event, ModeChanged):
             self.mode = event.mode
         elif isinstance(event, StepStarted):
@@ -228,7 +230,8 @@ class RunModel:
         self.prompt_error = ""
 
     def _is_container(self, path: str) -> bool:
-        return isinstance(self.steps.get(path), RepeatStep | ParallelStep)
+        step = self.steps.get(path)
+        return step is not None and step.is_block
 
     def _repeat_of(self, path: str) -> str | None:
         """The innermost repeat step around `path`, if any."""

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from cellctl.cli.views.rows import view_row
 from cellctl.cli.views.run_model import RunModel, StepStatus
-from cellctl.recipe import AnyStep, RepeatStep
+from cellctl.recipe import AnyStep
 
 _MARK = {
     StepStatus.PENDING: ("·", "dim"),
@@ -30,7 +30,7 @@ def _step_label(model: RunModel, path: str, step: AnyStep) -> Text:
     name = step.id or step.kind
     current = path in model.current or status is StepStatus.PAUSED
     label.append(f"{path} {name}", style="bold reverse" if current else "")
-    if isinstance(step, RepeatStep) and path in model.rounds:
+    if path in model.rounds:  # a repeat that has begun a round
         total = model.rounds_of(path)
         of = f"/{total}" if total is not None else ""
         label.append(f" (round {model.rounds[path]}{of})", style="cyan")

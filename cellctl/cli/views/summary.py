@@ -18,6 +18,7 @@ from cellctl.control.events import (
     SafeStateWritten,
     StateChanged,
     StepEnded,
+    StepEvent,
     StepPaused,
     StepStarted,
     TagWritten,
@@ -47,7 +48,8 @@ def _safe_text(event: SafeStateWritten) -> str:
     )
 
 
-def step_name(event: StepStarted | StepEnded | StepPaused | WaitProgress) -> str:
+def step_name(event: StepEvent) -> str:
+    """How a line names the step: its id, else its kind (when started) or its place."""
     if event.step_id:
         return event.step_id
     return event.kind if isinstance(event, StepStarted) else f"#{event.path}"

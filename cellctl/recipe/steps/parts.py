@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from cellctl import expr
 from cellctl.cell import TagName
 from cellctl.errors import InvalidField
 from cellctl.recipe.fields import Expr, MaybeDelay, Model, to_expression
+from cellctl.shorthand import Shorthand
 from drivers.base import Value
 
 __all__ = ["OnError", "OnErrorField", "Wait", "WaitField", "seconds_text"]
@@ -41,29 +42,17 @@ class OnError(Model):
         return (self.count or 1) if self.action == "retry" else 0
 
 
-def _on_error(value: object) -> object:
-    return {"action": value} if isinstance(value, str) else value
-
-
+#: What a failed step does: an action, or {action: ACTION, count: N, delay: DURATION}.
 OnErrorField = Annotated[
     OnError,
-    BeforeValidator(_on_error),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"enum": ["hold", "abort", "retry", "skip"]},
-                {
-                    "type": "object",
-                    "properties": {
-                        "action": {"enum": ["hold", "abort", "retry", "skip"]},
-                        "count": {"type": "integer", "minimum": 1, "maximum": 100},
-                        "delay": {"type": "string"},
-                    },
-                    "required": ["action"],
-                    "additionalProperties": False,
-                },
-            ]
-        }
+    Shorthand(
+        "action",
+        short={"enum": ["hold", "abort", "retry", "skip"]},
+        properties={
+            "action": {"enum": ["hold", "abort", "retry", "skip"]},
+            "count": {"type": "integer", "minimum": 1, "maximum": 100},
+            "delay": {"type": "string"},
+        },
     ),
 ]
 
@@ -122,26 +111,18 @@ _EXPRESSION_SCHEMA = {"type": ["string", "number", "boolean"]}
 #: A wait: an expression, or {until: EXPR, changed: [TAG, ...]} (or `changed: TAG`).
 WaitField = Annotated[
     Wait,
-    BeforeValidator(_wait_form),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                _EXPRESSION_SCHEMA,
-                {
-                    "type": "object",
-                    "properties": {
-                        "until": _EXPRESSION_SCHEMA,
-                        "changed": {
-                            "anyOf": [
-                                {"type": "string"},
-                                {"type": "array", "items": {"type": "string"}, "minItems": 1},
-                            ]
-                        },
-                    },
-                    "required": ["until"],
-                    "additionalProperties": False,
-                },
-            ]
-        }
+    Shorthand(
+        "until",
+        short=_EXPRESSION_SCHEMA,
+        properties={
+            "until": _EXPRESSION_SCHEMA,
+            "changed": {
+                "anyOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                ]
+            },
+        },
+        expand=_wait_form,
     ),
 ]
