@@ -3,8 +3,8 @@ located in it (1-based line and column of the offending key or value)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ruamel.yaml.comments import CommentedBase
@@ -16,12 +16,28 @@ from ruamel.yaml.scalarstring import (
 
 from cellctl.errors import Problem, Subject
 
-__all__ = ["Alias", "DuplicateKey", "KeyPath", "Loc", "YamlDocument", "scalar_offset"]
+__all__ = [
+    "Alias",
+    "DuplicateKey",
+    "KeyPath",
+    "Loc",
+    "SubjectOf",
+    "YamlDocument",
+    "no_subject",
+    "scalar_offset",
+]
 
 #: A path into a document's data as pydantic gives it: keys, list indices, union tags.
 Loc = Sequence[str | int]
 #: A path from the document's root: mapping keys (as text) and list indices.
 KeyPath = tuple[str | int, ...]
+#: What the thing at a path is, for one kind of file (a cell's tag, a recipe's step), or None.
+SubjectOf = Callable[[Loc], Subject | None]
+
+
+def no_subject(loc: Loc) -> None:
+    """A document not yet read as a kind of file: no path names a subject."""
+    return None
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,23 @@ class YamlDocument:
     duplicates: list[DuplicateKey] = field(default_factory=list)
     #: Every alias, in the order written.
     aliases: list[Alias] = field(default_factory=list)
+    #: Names what a problem at a path is about; set by the loader of the file's kind.
+    subject_of: SubjectOf = no_subject
+
+    def about(self, subject_of: SubjectOf) -> YamlDocument:
+        """This document read as one kind of file: every problem located in it, the duplicate
+        keys found while parsing too, names what `subject_of` finds at its path.
+
+        A copy, so that one parsed file can be read as either kind.
+        """
+        duplicates = [
+            replace(dup, problem=replace(dup.problem, subject=subject_of((*dup.loc, dup.key))))
+            for dup in self.duplicates
+        ]
+        # A problem's subject is not part of its identity: the old one finds the new one.
+        again = {dup.problem: dup.problem for dup in duplicates}
+        problems = [again.get(problem, problem) for problem in self.problems]
+        return replace(self, problems=problems, duplicates=duplicates, subject_of=subject_of)
 
     def position(self, loc: Loc, *, key: bool = False) -> tuple[int, int]:
         """The 1-based (line, col) of the value at `loc`, or of its key when `key` is true.
@@ -93,8 +126,11 @@ class YamlDocument:
         col_offset: int = 0,
         subject: Subject | None = None,
     ) -> Problem:
-        """A Problem located at `loc` (see `position`), `col_offset` characters further right."""
+        """A Problem located at `loc` (see `position`), `col_offset` characters further right,
+        about `subject`, else about what the file's kind names at `loc` (see `about`)."""
         line, col = self.position(loc, key=key)
+        if subject is None:
+            subject = self.subject_of(loc)
         return Problem(self.file, line, col + col_offset, code, message, subject)
 
     def has(self, loc: Loc) -> bool:

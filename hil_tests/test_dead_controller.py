@@ -32,7 +32,7 @@ from cellctl.testing import LoopThread, cli, free_port, serve_in_child
 from hil_tests.run_support import DEMO_CELL, PRESS_FIT, ConveyorOutputs, read_conveyor
 from hil_tests.test_run_faults import Lines
 
-#: The demo cell's heartbeat timeout (both devices), and the bound the issue sets.
+#: The demo cell's heartbeat timeout (both devices), and the bound for a safe cell (× 3 + 1 s).
 TIMEOUT = 1.0
 WITHIN = TIMEOUT * 3 + 1.0
 

@@ -752,7 +752,7 @@ async def test_mode_changes_only_where_allowed(bench: Bench) -> None:
     assert bench.mode() is Mode.PRODUCTION
 
 
-# --- races (review findings) ----------------------------------------------------------------
+# --- races ---------------------------------------------------------------------------------
 
 
 def trip_on_entering(rig: Bench, state: State) -> None:

@@ -121,3 +121,45 @@ def test_an_anchor_defined_twice_is_located_by_its_marks_not_by_its_text(
     [problem] = validate_file(path)
     assert (problem.line, problem.col, problem.code) == (2, 4, "duplicate-anchor")
     assert "first at line 1" in problem.message
+
+
+def _subjects(path: Path) -> dict[tuple[int, str], Subject | None]:
+    """Each problem of a file validated as `validate` does, by (line, code): its subject."""
+    return {(problem.line, problem.code): problem.subject for problem in validate_file(path)}
+
+
+def test_a_cell_problem_names_its_tag_device_or_method(tmp_path: Path) -> None:
+    path = tmp_path / "cell.yaml"
+    broken = CELL.replace("m.x: {device: m, type: int32", "m.x: {device: m, type: int33")
+    path.write_text(
+        broken.replace("devices:\n", "devices:\n  p: {driver: modbus-tcp, host: h, port: 70000}\n")
+        + "  n.y: {device: n, type: int32}\n"  # a tag given twice: the duplicate names it
+        + "methods:\n  ua.pick: {device: ua, node: 'ns=2;s=R', method: '2:Pick', result: blob}\n"
+        + "interlocks:\n  - {name: stop, when: 'n.y >', action: hold}\n",
+        encoding="utf-8",
+    )
+    assert _subjects(path) == {
+        (3, "less_than_equal"): Subject(SubjectKind.DEVICE, "p"),
+        (9, "enum"): Subject(SubjectKind.TAG, "m.x"),
+        (11, "duplicate-key"): Subject(SubjectKind.TAG, "n.y"),
+        (13, "enum"): Subject(SubjectKind.METHOD, "ua.pick"),
+        (15, "expression"): None,  # an interlock is none of the kinds a subject names
+    }
+
+
+def test_a_recipe_problem_names_its_step_or_parameter(recipe: Path) -> None:
+    recipe.write_text(
+        RECIPE.replace("default: 1}", "default: 11}")
+        + "  - repeat: 2\n"
+        + "    steps:\n"
+        + "      - {id: inner, wait: 'm.x > 1', timeout: soon}\n"
+        + "      - {wait: 'm.x > 1', timeout: later}\n",
+        encoding="utf-8",
+    )
+    assert _subjects(recipe) == {
+        (4, "bad-default"): Subject(SubjectKind.PARAMETER, "parts"),
+        (9, "bad-duration"): Subject(SubjectKind.STEP, "inner"),
+        # A step without an id is named by its path, in messages only.
+        (10, "bad-duration"): None,
+        (10, "missing"): None,
+    }

@@ -160,10 +160,11 @@ async def test_trip_once_on_update_names_values_then_clears(bench: Bench) -> Non
         "interlock light-curtain tripped "
         "(not safety.light_curtain_ok; safety.light_curtain_ok = false): hold"
     )
-    assert (trip.interlock, trip.condition, trip.of_device) == (
+    assert (trip.interlock, trip.condition, trip.of_device, trip.device) == (
         "light-curtain",
         "not safety.light_curtain_ok",
         False,
+        None,
     )
     # Other tags of the device, and a repeat of the same value, trip nothing more.
     conveyor.set_device_value("conveyor.speed_rpm", 5)
@@ -227,6 +228,7 @@ async def test_device_failure_is_a_comm_loss_trip_cleared_on_recovery(bench: Ben
     trip = bench.seen.trips[0]
     assert trip.action == "hold"
     assert trip.condition == "lost communication with robot"
+    assert (trip.device, trip.of_device) == ("robot", True)
     assert "robot: no answer within 0.2 s" in trip.message
     assert bench.monitor.blocking_message(Command.START) == (
         "Start is blocked by interlock comm-loss:robot (lost communication with robot) "
@@ -305,6 +307,7 @@ async def test_bad_board_reading_trips_and_good_reading_clears(bench: Bench) -> 
     assert bench.seen.names() == ["bad-value:conveyor"]
     assert "conveyor.run is bad: crc" in bench.seen.trips[0].message
     assert bench.seen.trips[0].values == {"conveyor.run": None}
+    assert (bench.seen.trips[0].device, bench.seen.trips[0].of_device) == ("conveyor", True)
     bench.device("conveyor").set_device_value("conveyor.run", True)
     assert bench.seen.clears == ["bad-value:conveyor"]
 

@@ -1,14 +1,18 @@
-"""One load path per file kind: `validate`, `plan` and `run` read each file once per command,
-whether it is valid or not (Python's audit events count the opens: nothing is patched)."""
+"""One load path per file kind: `validate`, `plan`, `run` and `sim --write-cell` read each file
+once per command, whether it is valid or not (Python's audit events count the opens: nothing
+is patched)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
 
 from cellctl import exitcodes
-from cellctl.testing import cli
+from cellctl.testing import cli, wait_until
 from tests.support import opens
 
 CELL = """\
@@ -83,3 +87,40 @@ def test_validating_a_cell_and_its_recipes_reads_the_cell_once(
         result = cli(capsys, "--log-file", folder / "log", "validate", *files, "-p", "n=2")
     assert result.exit_code == exitcodes.OK, result
     assert _counts(opened, folder) == {"cell.yaml": 1, "r.yaml": 1, "s.yaml": 1}
+
+
+@pytest.mark.timeout(30)  # the command serves until told to stop: a failed stop must not hang
+def test_sim_writing_the_served_cell_reads_the_cell_once(
+    capsys: pytest.CaptureFixture[str], folder: Path
+) -> None:
+    target = folder / "served" / "cell.yaml"  # outside the folder's own files
+    target.parent.mkdir()
+    returned = threading.Event()
+
+    def stop_once_written() -> None:
+        """SIGTERM, as an operator would, once the copy is there and sim is serving (never
+        before: without sim's handler the signal would end the test process)."""
+        wait_until(lambda: target.exists() or returned.is_set(), 10.0, "the served copy")
+        if not returned.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_once_written)
+    with opens() as opened:
+        stopper.start()
+        try:
+            result = cli(
+                capsys,
+                "--log-file",
+                folder / "log",
+                "sim",
+                folder / "cell.yaml",
+                "--write-cell",
+                target,
+            )
+        finally:
+            returned.set()
+            stopper.join()
+    assert result.exit_code == exitcodes.OK, result
+    assert "cell file for clients" in result.out
+    assert target.read_text(encoding="utf-8") == CELL  # a memory device: nothing to point at
+    assert _counts(opened, folder) == {"cell.yaml": 1, "r.yaml": 0, "s.yaml": 0}

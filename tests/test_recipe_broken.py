@@ -453,7 +453,7 @@ CASES: dict[str, tuple[str, list[Expect]]] = {
             expect(6, "retry", "retry-not-idempotent", "step #2", "plc.speed", "in step 's'"),
         ],
     ),
-    # --- found in review: each gap has its case ---------------------------------------------
+    # --- corner cases: empty keys, block retries, duplicates, long durations, aliases, … ------
     "empty-default-timeout": (
         "recipe: t\nversion: 1\ndefaults:\n  timeout:\nsteps:\n"
         "  - {id: w, wait: plc.ready}\n  - {id: h, call: arm.home}\n",

@@ -330,6 +330,23 @@ def test_plan_on_a_terminal_is_a_tree() -> None:
     assert "2.3.1 gauge-release" in text and f"sha256:{plan.sha256}" in text
 
 
+def test_a_retried_step_carries_its_retries_and_shows_its_worst_case(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    plan = make_plan(open_recipe(demo("press-fit")))
+    [body] = plan.steps[1].branches
+    wait_part, pick = body[0], body[1]
+    assert (wait_part.id, wait_part.retries, pick.retries) == ("wait-part", 2, 0)
+    code, out, _ = cli(capsys, "plan", demo("press-fit"))
+    assert code == 0
+    assert "[on error: retry 2 times, 2s apart]  [worst case 34s]" in out
+    assert not re.search(r"pick .*worst case", out), out  # no retry, no branches: no total
+    # The JSON says it in on_error's words, as it always did.
+    code, out, _ = cli(capsys, "plan", "--json", demo("press-fit"))
+    step = json.loads(out)["steps"][1]["branches"][0][0]
+    assert (step["on_error"], "retries" in step) == ("retry 2 times, 2s apart", False)
+
+
 # ---------------------------------------------------------------------------------------------
 # schema
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cellctl.cell import load_cell
+from cellctl.cell import load_cell, load_cell_and_bytes
 from cellctl.io.sim import CellSimulator, SimulatorError, serve_host
 
 CELL = (
@@ -33,7 +33,8 @@ def test_a_symlink_is_written_through_keeping_the_targets_mode(
     real.chmod(0o640)
     link = tmp_path / "link.yaml"
     link.symlink_to(real)
-    CellSimulator(load_cell(source)).write_cell(source, link)
+    cell, raw = load_cell_and_bytes(source)
+    CellSimulator(cell).write_cell(source, link, raw)
     assert link.is_symlink()
     assert real.read_text(encoding="utf-8") == CELL  # comments kept
     assert stat.S_IMODE(real.stat().st_mode) == 0o640
@@ -46,14 +47,16 @@ def test_a_fifo_where_the_partial_file_would_go_is_never_opened(
 ) -> None:
     target = tmp_path / "served.yaml"
     os.mkfifo(tmp_path / "served.yaml.part")
-    CellSimulator(load_cell(source)).write_cell(source, target)
+    cell, raw = load_cell_and_bytes(source)
+    CellSimulator(cell).write_cell(source, target, raw)
     assert target.read_text(encoding="utf-8") == CELL
     assert stat.S_ISFIFO(os.stat(tmp_path / "served.yaml.part").st_mode)
 
 
 def test_the_source_itself_is_refused(source: Path) -> None:
+    cell, raw = load_cell_and_bytes(source)
     with pytest.raises(SimulatorError, match="is the cell file being served"):
-        CellSimulator(load_cell(source)).write_cell(source, source)
+        CellSimulator(cell).write_cell(source, source, raw)
     assert source.read_text(encoding="utf-8") == CELL
 
 

@@ -31,7 +31,13 @@ from cellctl.cell.fields import (
     check_node_id,
     parse_address,
 )
-from cellctl.cell.load import cell_from_document, check_cell_file, load_cell, read_cell
+from cellctl.cell.load import (
+    cell_from_document,
+    check_cell_file,
+    load_cell,
+    load_cell_and_bytes,
+    read_cell,
+)
 from cellctl.cell.model import (
     INTEGER_TYPES,
     Cell,
@@ -70,6 +76,7 @@ __all__ = [
     "check_node_id",
     "host_key",
     "load_cell",
+    "load_cell_and_bytes",
     "parse_address",
     "read_cell",
 ]

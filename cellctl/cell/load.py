@@ -25,8 +25,16 @@ from cellctl.cell.section_rules import (
     check_safe_state,
 )
 from cellctl.cell.tag_rules import check_overlaps, check_tags
-from cellctl.errors import Problem, ValidationFailed
-from cellctl.yamlload import Describe, Where, YamlDocument, load_yaml, validation_problems
+from cellctl.errors import Problem, Subject, SubjectKind, ValidationFailed
+from cellctl.yamlload import (
+    Describe,
+    Loc,
+    Where,
+    YamlDocument,
+    parse_yaml,
+    read_file,
+    validation_problems,
+)
 
 #: The rules between entries, in the order their problems are found.
 RULES: tuple[Callable[[Rules], None], ...] = (
@@ -45,7 +53,14 @@ RULES: tuple[Callable[[Rules], None], ...] = (
 
 def load_cell(path: Path) -> Cell:
     """Load and validate a cell file; raises ValidationFailed carrying every problem."""
-    return cell_from_document(load_yaml(path), path)
+    return load_cell_and_bytes(path)[0]
+
+
+def load_cell_and_bytes(path: Path) -> tuple[Cell, bytes]:
+    """load_cell, and the bytes the cell was loaded from: a copy of the file (`sim
+    --write-cell`) is made of what was validated, without reading the file again."""
+    raw = read_file(path)
+    return cell_from_document(parse_yaml(raw, str(path)), path), raw
 
 
 def read_cell(path: Path) -> tuple[Cell | None, list[Problem]]:
@@ -66,6 +81,7 @@ def cell_from_document(doc: YamlDocument, source: Path | None = None) -> Cell:
 
     For a caller that has parsed the file already (to tell a cell file from a recipe).
     """
+    doc = doc.about(_subject_at)
     rules = _run_rules(doc)
     conditions = rules.conditions if rules is not None else {}
     problems = list(doc.problems)
@@ -79,6 +95,16 @@ def cell_from_document(doc: YamlDocument, source: Path | None = None) -> Cell:
     if problems or cell is None:
         raise ValidationFailed(sorted(problems, key=lambda p: (p.line, p.col)))
     return cell
+
+
+#: The sections whose entries are named things a problem can be about.
+_SUBJECTS = {"tags": SubjectKind.TAG, "devices": SubjectKind.DEVICE, "methods": SubjectKind.METHOD}
+
+
+def _subject_at(loc: Loc) -> Subject | None:
+    """The tag, device or method a path into a cell file is inside, if any."""
+    kind = _SUBJECTS.get(str(loc[0])) if len(loc) >= 2 else None
+    return Subject(kind, str(loc[1])) if kind is not None else None
 
 
 def _run_rules(doc: YamlDocument) -> Rules | None:

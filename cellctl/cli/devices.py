@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cellctl import exitcodes
-from cellctl.cell import load_cell
+from cellctl.cell import load_cell, load_cell_and_bytes
 from cellctl.cli import consoles
 from cellctl.cli.app import app
 from cellctl.cli.params import speed_option
@@ -51,7 +51,7 @@ def sim(
     from cellctl.io.sim import CellSimulator, check_cell_copy, serve_host
 
     host = serve_host(host)  # checked before any port opens
-    spec = load_cell(cell_file)
+    spec, raw = load_cell_and_bytes(cell_file)
     if write_cell is not None:
         check_cell_copy(cell_file, write_cell)
 
@@ -63,7 +63,7 @@ def sim(
                     f"{served.device:16} {served.driver:11} {served.endpoint}", markup=False
                 )
             if write_cell is not None:
-                simulator.write_cell(cell_file, write_cell)
+                simulator.write_cell(cell_file, write_cell, raw)
                 consoles.out.print(f"cell file for clients: {write_cell}", markup=False)
             consoles.out.print("serving; Ctrl-C or SIGTERM stops", markup=False)
             await stop.wait()

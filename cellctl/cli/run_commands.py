@@ -96,6 +96,7 @@ def _run_batch(
     recipe: Path, cell: Path | None, params: list[str] | None, safe_wait: str, **more: Any
 ) -> None:
     """Check the inputs, run the batch, exit with its code."""
+    # The controller, the drivers and the live view load only once a batch is to run.
     from cellctl.cli.batch import RunOptions, run_command
 
     options = RunOptions(

@@ -18,7 +18,7 @@ def states(
     ] = False,
 ) -> None:
     """The PackML state table: for each state, where each command takes it."""
-    from cellctl.control import machine
+    from cellctl.control import machine  # transitions loads for this command only
 
     if mermaid:
         consoles.out.print(machine.mermaid(), markup=False)

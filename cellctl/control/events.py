@@ -128,11 +128,13 @@ class Tripped(Event):
     condition: str
     values: dict[str, Value | None]
     message: str
+    #: The device whose own trip this is (comm-loss or bad-value); None for a cell-file interlock.
+    device: str | None = None
 
     @property
     def of_device(self) -> bool:
         """True for a device's own trip (comm-loss or bad-value), not a cell-file interlock."""
-        return self.interlock.startswith((COMM_LOSS, BAD_VALUE))
+        return self.device is not None
 
 
 @dataclass(frozen=True, kw_only=True)

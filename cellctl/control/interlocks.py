@@ -251,7 +251,8 @@ class InterlockMonitor:
             return
         self._fresh[sample.device] = False
         self._device_trip(
-            BAD_VALUE + sample.device,
+            BAD_VALUE,
+            sample.device,
             f"a BAD value from {sample.device}",
             detail,
             {sample.tag: None},
@@ -259,11 +260,13 @@ class InterlockMonitor:
 
     def _lose(self, device: str, detail: str, values: dict[str, Value | None]) -> None:
         self._fresh[device] = False
-        self._device_trip(COMM_LOSS + device, f"lost communication with {device}", detail, values)
+        self._device_trip(COMM_LOSS, device, f"lost communication with {device}", detail, values)
 
     def _device_trip(
-        self, name: str, condition: str, detail: str, values: dict[str, Value | None]
+        self, kind: str, device: str, condition: str, detail: str, values: dict[str, Value | None]
     ) -> None:
+        """Trip `device`'s own interlock of `kind` (COMM_LOSS or BAD_VALUE), once."""
+        name = kind + device
         if name in self._active:
             return
         # A device's own trip holds by default, whatever the interlocks that read the device
@@ -272,7 +275,12 @@ class InterlockMonitor:
         message = f"interlock {name} tripped ({condition}; {detail}): {action}"
         self._trip(
             Tripped(
-                interlock=name, action=action, condition=condition, values=values, message=message
+                interlock=name,
+                action=action,
+                condition=condition,
+                values=values,
+                message=message,
+                device=device,
             )
         )
 

@@ -33,9 +33,7 @@ from cellctl.errors import CellctlError
 from cellctl.io.drivers import DeviceFailed
 from cellctl.io.session import OutOfRange
 from cellctl.recipe import Answer, StepBase, Wait
-from cellctl.recipe.steps import At, StepError
-from cellctl.recipe.steps.base import tags_read
-from cellctl.recipe.steps.parts import seconds_text
+from cellctl.recipe.steps import At, StepError, seconds_text, tags_read
 from cellctl.values import TagValue
 from drivers.base import Quality, Value
 

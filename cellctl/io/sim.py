@@ -25,7 +25,6 @@ from cellctl.cell import Cell, host_key
 from cellctl.cell.tags import methods_by_device, points_by_device
 from cellctl.errors import CellctlError
 from cellctl.files import special_kind
-from cellctl.yamlload import read_file
 from drivers.config import url_host
 from drivers.sim.image import ProcessImage
 from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
@@ -285,11 +284,14 @@ class CellSimulator:
         }
         return self.cell.model_copy(update={"devices": devices})
 
-    def write_cell(self, source: Path, target: Path) -> None:
-        """Write a copy of the cell file (comments kept) pointing at what is served."""
+    def write_cell(self, source: Path, target: Path, raw: bytes) -> None:
+        """Write a copy of the cell file `source` (comments kept) pointing at what is served;
+        `raw` is the file's bytes as loaded, not read again."""
         check_cell_copy(source, target)
         yaml = YAML(typ="rt")
-        data = yaml.load(read_file(source))
+        # Parsed again, not the loaded document's data: that keeps every quote as written,
+        # and the copy is written as it always was.
+        data = yaml.load(raw)
         for name, fields in self._device_updates().items():
             for key, value in fields.items():
                 data["devices"][name][key] = value

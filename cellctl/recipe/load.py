@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from cellctl.cell import Cell, read_cell
 from cellctl.errors import Problem, ValidationFailed
 from cellctl.recipe.check import check_rules
-from cellctl.recipe.located import model_problems, yaml_problems
+from cellctl.recipe.located import model_problems, subject_in, yaml_problems
 from cellctl.recipe.model import LoadedRecipe, Recipe, RecipeIdentity
 from cellctl.yamlload import YamlDocument, parse_yaml, read_file
 
@@ -67,6 +67,7 @@ def load_recipe_document(
     caller that tells cell files from recipes by their top-level key; `read` reads the cell
     file (a caller validating many files reads each cell file once)."""
     path = Path(doc.file)
+    doc = doc.about(subject_in(doc))
     found, cell_problems = _cell_of(path, cell, read)
     recipe, problems = _validate(doc, found)
     if isinstance(doc.data, dict) and _CELL_KEY in doc.data and (problems or recipe is None):
@@ -93,7 +94,7 @@ def _cell_of(
 
 def recipe_from_document(doc: YamlDocument, cell: Cell) -> Recipe:
     """Validate a loaded YAML document as a recipe for `cell`; raises ValidationFailed."""
-    recipe, problems = _validate(doc, cell)
+    recipe, problems = _validate(doc.about(subject_in(doc)), cell)
     if problems or recipe is None:
         raise ValidationFailed(problems)
     return recipe

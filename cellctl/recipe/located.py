@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from cellctl.errors import Problem
+from cellctl.errors import Problem, Subject, SubjectKind
 from cellctl.recipe.fields import ExpressionField, model_keys
 from cellctl.recipe.model import Defaults, Recipe
 from cellctl.recipe.steps import STEP_KEYS, STEP_MODELS, OnError, StepKindError, step_kind
@@ -23,7 +23,14 @@ from cellctl.yamlload import (
     validation_problems,
 )
 
-__all__ = ["model_problems", "raw_at", "step_label", "under_alias", "yaml_problems"]
+__all__ = [
+    "model_problems",
+    "raw_at",
+    "step_label",
+    "subject_in",
+    "under_alias",
+    "yaml_problems",
+]
 
 #: A path into the recipe's data: pydantic's loc (union tags included) or a raw one.
 Loc = Sequence[str | int]
@@ -125,8 +132,28 @@ def raw_at(data: Any, loc: Sequence[str | int]) -> Any:
 
 def step_label(raw: object, path: str) -> str:
     """How messages name a raw step: "step 'press'" by its id, else 'step #2.1' by its path."""
+    ident = _step_id(raw)
+    return f"step {ident!r}" if ident is not None else f"step #{path}"
+
+
+def _step_id(raw: object) -> str | None:
     ident = raw.get("id") if isinstance(raw, dict) else None
-    return f"step {str(ident)!r}" if isinstance(ident, str) and ident else f"step #{path}"
+    return str(ident) if isinstance(ident, str) and ident else None
+
+
+def subject_in(doc: YamlDocument) -> Callable[[Loc], Subject | None]:
+    """What a path into the recipe `doc` is inside: a parameter, or the innermost step that
+    has an id (a step without one is named by its path only in messages)."""
+
+    def subject_at(loc: Loc) -> Subject | None:
+        parts = [part for part in loc if part not in _TAGS]
+        if parts[:1] == ["parameters"] and len(parts) >= 2:
+            return Subject(SubjectKind.PARAMETER, str(parts[1]))
+        step = _step_at(parts)
+        ident = _step_id(raw_at(doc.data, parts[: step[0]])) if step is not None else None
+        return Subject(SubjectKind.STEP, ident) if ident is not None else None
+
+    return subject_at
 
 
 #: The keys that hold nested steps, each with True when it is a list of branches.

@@ -61,7 +61,15 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON-ready data."""
-        return asdict(self)
+        return asdict(self, dict_factory=_json_fields)
+
+
+#: Fields the views read that the JSON already says otherwise (PlanStep.on_error's words).
+_NOT_IN_JSON = frozenset({"retries"})
+
+
+def _json_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {key: value for key, value in pairs if key not in _NOT_IN_JSON}
 
 
 def make_plan(loaded: LoadedRecipe, assignments: Sequence[str] = ()) -> Plan:
@@ -183,6 +191,7 @@ class _Planner:
             worst_case=0.0 if runs is False else worst,
             branches=part.branches,
             count=part.count,
+            retries=step.on_error.retries if step.on_error is not None else 0,
         )
 
     def note_prompt(self, step_id: str) -> None:

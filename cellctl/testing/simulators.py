@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cellctl.cell import Cell, load_cell
+from cellctl.cell import Cell, load_cell_and_bytes
 from cellctl.io.sim import CellSimulator
 from cellctl.testing.waiting import wait_until
 from drivers.base import Value
@@ -82,10 +82,11 @@ class Served:
 
 async def _start(cell_path: Path, folder: Path, speed: float) -> tuple[CellSimulator, Path]:
     """Start the cell's simulators (on the loop that keeps them); write the served cell file."""
-    simulator = CellSimulator(load_cell(cell_path), speed=speed)
+    cell, raw = load_cell_and_bytes(cell_path)
+    simulator = CellSimulator(cell, speed=speed)
     await simulator.start()
     served = folder / "cell.yaml"
-    simulator.write_cell(cell_path, served)
+    simulator.write_cell(cell_path, served, raw)
     return simulator, served
 
 

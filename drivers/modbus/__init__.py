@@ -7,21 +7,6 @@ health; driver.py: ModbusDriver (a device plus its poller) and make_modbus_drive
 subscription.py: one subscriber of the poller.
 """
 
-from drivers.modbus.ask import Ask
-from drivers.modbus.bus import BusListener, Job, ModbusBus, ModbusConfig
-from drivers.modbus.device import LOST_AFTER_FAILURES
 from drivers.modbus.driver import ModbusDriver, make_modbus_drivers
-from drivers.modbus.line import TURNAROUND_MIN, turnaround
 
-__all__ = [
-    "LOST_AFTER_FAILURES",
-    "TURNAROUND_MIN",
-    "Ask",
-    "BusListener",
-    "Job",
-    "ModbusBus",
-    "ModbusConfig",
-    "ModbusDriver",
-    "make_modbus_drivers",
-    "turnaround",
-]
+__all__ = ["ModbusDriver", "make_modbus_drivers"]

@@ -31,7 +31,7 @@ from drivers.modbus.line import LineBusy, SerialQuiet, make_client, turnaround
 from drivers.tasks import cancel_and_wait
 
 #: The config of one Modbus device, TCP or RTU.
-ModbusConfig = ModbusTcpConfig | ModbusRtuConfig
+AnyModbusConfig = ModbusTcpConfig | ModbusRtuConfig
 #: Told (connected, error) when the bus connects, loses its connection or fails to connect.
 BusListener = Callable[[bool, str | None], None]
 T = TypeVar("T")
@@ -60,7 +60,7 @@ class ModbusBus:
     failed first connect).
     """
 
-    def __init__(self, config: ModbusConfig, limits: RequestLimits | None = None) -> None:
+    def __init__(self, config: AnyModbusConfig, limits: RequestLimits | None = None) -> None:
         self.key = config.bus_key
         self.endpoint = (
             f"{config.host}:{config.port}" if isinstance(config, ModbusTcpConfig) else config.port

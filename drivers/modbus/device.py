@@ -26,7 +26,7 @@ from drivers.errors import (
 )
 from drivers.health import HealthTracker, TracksHealth
 from drivers.modbus.ask import READ_FC, Ask
-from drivers.modbus.bus import Job, ModbusBus, ModbusConfig
+from drivers.modbus.bus import AnyModbusConfig, Job, ModbusBus
 from drivers.modbus.subscription import Subscription
 from drivers.points import Access, DataType, MethodSpec, ModbusPoint, ModbusTable, Point
 from drivers.tasks import cancel_and_wait
@@ -43,7 +43,7 @@ class ModbusDevice(TracksHealth):
     It holds the subscriptions that ModbusDriver polls: a fresh read and a reconnect tell them.
     """
 
-    def __init__(self, config: ModbusConfig, bus: ModbusBus) -> None:
+    def __init__(self, config: AnyModbusConfig, bus: ModbusBus) -> None:
         self.name = config.name
         self.config = config
         self.bus = bus

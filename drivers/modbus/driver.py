@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from drivers.base import Quality, Reading, ReadingsCallback, Unsubscribe
 from drivers.config import RequestLimits
 from drivers.errors import DriverError
-from drivers.modbus.bus import ModbusBus, ModbusConfig
+from drivers.modbus.bus import AnyModbusConfig, ModbusBus
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.subscription import Subscription
 from drivers.points import ModbusPoint, Point
@@ -127,14 +127,14 @@ class ModbusDriver(ModbusDevice):
         self._deliver({p: Reading(None, now, Quality.BAD, text) for p in points}, self._cycle)
 
 
-def make_modbus_drivers(configs: Sequence[ModbusConfig]) -> dict[str, ModbusDriver]:
+def make_modbus_drivers(configs: Sequence[AnyModbusConfig]) -> dict[str, ModbusDriver]:
     """One driver per device; devices with the same bus_key share one ModbusBus.
 
     A shared bus uses the line settings of its first device and the largest timeout and
     retries of its devices (pymodbus sets the timeout per client, and one worst case per bus
     bounds how long a request waits for the bus).
     """
-    groups: dict[str, list[ModbusConfig]] = {}
+    groups: dict[str, list[AnyModbusConfig]] = {}
     for config in configs:
         groups.setdefault(config.bus_key, []).append(config)
     drivers: dict[str, ModbusDriver] = {}

@@ -9,16 +9,5 @@ failures are passing and how they are named.
 
 from drivers.opcua.driver import RECHECKS, OpcuaDriver
 from drivers.opcua.requests import RECONNECT_CAP
-from drivers.opcua.security import SECURITY_MODES, fingerprint_text, trust_dir_validator
-from drivers.opcua.session import BACKSTOP_PROBE, SESSION_TIMEOUT_MS
 
-__all__ = [
-    "BACKSTOP_PROBE",
-    "RECHECKS",
-    "RECONNECT_CAP",
-    "SECURITY_MODES",
-    "SESSION_TIMEOUT_MS",
-    "OpcuaDriver",
-    "fingerprint_text",
-    "trust_dir_validator",
-]
+__all__ = ["RECHECKS", "RECONNECT_CAP", "OpcuaDriver"]

@@ -40,8 +40,7 @@ def _head(step: PlanStep) -> str:
         notes.append(f"timeout {format_duration(step.timeout)}")
     if step.on_error is not None:
         notes.append(f"on error: {step.on_error}")
-    retries = step.on_error is not None and step.on_error.startswith("retry")
-    if step.branches or retries or step.worst_case is None:
+    if step.branches or step.retries or step.worst_case is None:
         notes.append(f"worst case {human_duration(step.worst_case)}")
     tail = "".join(f"  [{note}]" for note in notes)
     return f"{_name(step)}  {step.action}{tail}"

@@ -13,11 +13,18 @@ from pydantic import BeforeValidator, Discriminator, Tag
 
 from cellctl.errors import InvalidField, did_you_mean
 from cellctl.recipe.fields import model_keys
-from cellctl.recipe.steps.base import At, CheckContext, StepBase, StepContext, StepError
+from cellctl.recipe.steps.base import (
+    At,
+    CheckContext,
+    StepBase,
+    StepContext,
+    StepError,
+    tags_read,
+)
 from cellctl.recipe.steps.call import CallStep
 from cellctl.recipe.steps.delay import DelayStep
 from cellctl.recipe.steps.parallel import ParallelStep
-from cellctl.recipe.steps.parts import OnError, Wait
+from cellctl.recipe.steps.parts import OnError, Wait, seconds_text
 from cellctl.recipe.steps.planning import PlanContext, PlanPart, PlanStep
 from cellctl.recipe.steps.prompt import PromptStep
 from cellctl.recipe.steps.repeat import RepeatStep
@@ -47,7 +54,9 @@ __all__ = [
     "StepKindError",
     "Wait",
     "WaitStep",
+    "seconds_text",
     "step_kind",
+    "tags_read",
 ]
 
 #: Every step kind's model by its key, in the order messages list them.

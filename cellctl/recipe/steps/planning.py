@@ -40,6 +40,9 @@ class PlanStep:
     branches: tuple[tuple[PlanStep, ...], ...] = ()
     #: A repeat's count when parameters decide it, else None.
     count: int | None = None
+    #: How many times on_error re-runs the step (0: it does not retry). Left out of the
+    #: plan's JSON, whose `on_error` says it in words.
+    retries: int = 0
 
 
 @dataclass
