@@ -21,7 +21,9 @@ from bench.figure import Figure
 MODULES = (
     "bench.steps",  # 1-3: set steps over Modbus TCP and OPC UA, wait reaction
     "bench.peer",  # 4, 9: memory driver against bluesky's RunEngine; RSS after long batches
-    "bench.reaction",  # 5-6: interlock reaction, scale
+    "bench.reaction",  # 5: interlock reaction
+    "bench.scale",  # 6: 10, 25, 50 devices x 100 tags at 10 Hz
+    "bench.decode",  # 6: decode and delivery per polled tag, CPU of a 100-tag poll cycle
     "bench.startup",  # 7-8: loading, start times
 )
 

@@ -8,8 +8,8 @@ import sys
 
 
 def main() -> None:
-    """Import the CLI (≈0.4 s of libraries) and run it; Ctrl-C or SIGTERM meanwhile exits 130,
-    no traceback."""
+    """Import the CLI and run it (each command loads the libraries it needs); Ctrl-C or SIGTERM
+    meanwhile exits 130, no traceback."""
     # First, before any heavy import: SIGTERM interrupts as Ctrl-C does (KeyboardInterrupt), so
     # a stop request while the libraries load, the files are checked or the devices are reached
     # ends with 130 and no traceback instead of killing the process (143). A batch's own

@@ -1,18 +1,28 @@
-"""Logging: structlog JSON lines to a file; the console gets one plain line, no tracebacks."""
+"""Logging: structlog JSON lines to a file; the console gets one plain line, no tracebacks.
+
+The file is written by a thread of its own (a queue listener): a log call on the control loop
+only enqueues a record, and the JSON is rendered and written off the loop, in order.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import dataclasses
+import datetime
 import errno
 import logging
 import os
+import queue
 import stat
 import sys
+import threading
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 from typing import Any
 
 import structlog
-from structlog.processors import ExceptionRenderer
+from structlog.processors import ExceptionRenderer, JSONRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 
 from cellctl.errors import CellctlError
@@ -20,6 +30,12 @@ from cellctl.files import NotARegularFile, special_kind
 
 # Libraries that log tracebacks during outages (asyncua: "Publish iteration crashed").
 NOISY_LIBRARIES = ("asyncua", "pymodbus", "transitions")
+
+#: Seconds a flush waits for the log file's thread to write what was logged before it.
+FLUSH_WAIT = 10.0
+#: Seconds the log file's thread gathers records before it writes them in one go: it takes
+#: the interpreter's lock a few times a second, not once per record from the control loop.
+GATHER = 0.02
 
 
 def default_log_file() -> Path:
@@ -134,33 +150,154 @@ class _JsonLinesFile(logging.Handler):
 
 #: A record with this attribute true goes to the log file, never to the console.
 _FILE_ONLY = "cellctl_file_only"
+#: A library's record carries the caller's structlog context here (its thread has no other).
+_CONTEXT = "cellctl_context"
+
+
+class _Flush:
+    """A mark on the queue: the writer sets `done` once every record before it is written."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _Enqueue(QueueHandler):
+    """Hands each record to the log file's thread; the caller renders nothing but a library's
+    message, whose arguments may change once the call returned."""
+
+    def prepare(self, record: logging.LogRecord) -> Any:
+        """A copy of the record that no later change by the caller reaches."""
+        # A copy: another handler may still format the original (it sets attributes). Its
+        # attributes, as copy.copy would take them, at a fraction of the cost.
+        original, record = record, logging.LogRecord.__new__(logging.LogRecord)
+        record.__dict__.update(original.__dict__)
+        if not hasattr(record, "_logger"):
+            # A library's record: message and context now. structlog's own record holds a
+            # fresh event dict of values its caller passed and no longer changes.
+            record.msg = record.getMessage()
+            record.args = None
+            setattr(record, _CONTEXT, structlog.contextvars.get_contextvars())
+        elif isinstance(event := record.msg, dict) and event.get("exc_info") is True:
+            # The exception being handled now, on this thread: the file's thread has none.
+            record.msg = {**event, "exc_info": sys.exc_info()}
+        return record
+
+
+class _Writer(QueueListener):
+    """The log file's thread: takes records off the queue, renders and writes them in order."""
+
+    def __init__(self, file: _JsonLinesFile) -> None:
+        records: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        super().__init__(records, file)
+        self.records = records
+        self.file = file
+        #: Set by a flush or a stop: the thread writes what is queued without gathering more.
+        self._hurry = threading.Event()
+
+    def dequeue(self, block: bool) -> Any:
+        """The next record; once the queue is empty, wait GATHER (unless hurried) first."""
+        try:
+            return self.records.get_nowait()
+        except queue.Empty:
+            pass
+        if self._hurry.wait(GATHER):
+            self._hurry.clear()
+        return self.records.get()
+
+    def handle(self, record: Any) -> None:
+        """Write one record (or mark a flush done); never let the thread die on a record."""
+        if isinstance(record, _Flush):
+            record.done.set()
+            return
+        try:
+            self.file.handle(record)
+        except Exception:  # the file's own emit reports its errors; this is a last guard
+            self.file.handleError(record)
+
+    def flush(self) -> bool:
+        """Wait until every record enqueued before this call is written; False on FLUSH_WAIT."""
+        if self._thread is None:
+            return True
+        mark = _Flush()
+        self.records.put_nowait(mark)
+        self._hurry.set()
+        return mark.done.wait(FLUSH_WAIT)
+
+    def stop(self) -> None:
+        """Write what is queued, end the thread (bounded by FLUSH_WAIT), close the file."""
+        thread = self._thread
+        if thread is not None:
+            self.enqueue_sentinel()
+            self._hurry.set()
+            thread.join(FLUSH_WAIT)  # a writer stuck on a FIFO nobody reads stays stuck alone
+            self._thread = None
+        self.file.close()
+
 
 # The handlers this module installed, so a second configure replaces only its own.
 _INSTALLED: list[logging.Handler] = []
+# The log file's thread, when a file is open.
+_WRITER: list[_Writer] = []
 
 
 def active_log_file() -> Path | None:
     """The log file records still reach (None: none opened, or a write to it failed)."""
-    for handler in _INSTALLED:
-        if isinstance(handler, _JsonLinesFile) and handler.working:
-            return handler.path
+    for writer in _WRITER:
+        if writer.file.working:
+            return writer.file.path
     return None
+
+
+def flush_logs() -> None:
+    """Wait (at most FLUSH_WAIT) until the log file holds every record logged so far."""
+    for writer in _WRITER:
+        writer.flush()
+
+
+def _stop_writer() -> None:
+    """End the log file's thread once everything queued is written (at exit, or replaced)."""
+    while _WRITER:
+        _WRITER.pop().stop()
 
 
 def log_internal_error(error: BaseException) -> Path | None:
     """Log a bug's traceback for the log file alone; the file that holds it (None: none does)."""
     # File only: the caller prints the console's one line, which points at the file.
     logging.getLogger("cellctl").error("internal error", exc_info=error, extra={_FILE_ONLY: True})
+    flush_logs()
     return active_log_file()  # after the write: a write that failed leaves no file
 
 
-def _shared_processors() -> list[structlog.types.Processor]:
-    return [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+def _caller_context(_logger: Any, _name: str, event_dict: Any) -> Any:
+    """A library record's context, as merge_contextvars adds it on the caller's thread."""
+    for key, value in getattr(event_dict["_record"], _CONTEXT, {}).items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
+def _record_time(_logger: Any, _name: str, event_dict: Any) -> Any:
+    """When the record was made, as TimeStamper(fmt="iso", utc=True) writes it."""
+    made = datetime.datetime.fromtimestamp(event_dict["_record"].created, tz=datetime.UTC)
+    event_dict["timestamp"] = made.isoformat().replace("+00:00", "Z")
+    return event_dict
+
+
+def _json_default(value: object) -> Any:
+    """A dataclass in a record (a safe write in an event) as its fields, as asdict gives them."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return repr(value)
+
+
+def _caller_processors() -> list[structlog.types.Processor]:
+    """What structlog adds on the caller's thread, before the record is enqueued: what only
+    the caller knows, its context (_Enqueue takes the exception it handles)."""
+    return [structlog.contextvars.merge_contextvars]
+
+
+def _file_processors() -> list[structlog.types.Processor]:
+    """What the file's thread adds to every record: level, logger, time (of the record)."""
+    return [structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name, _record_time]
 
 
 def _install(root: logging.Logger, handler: logging.Handler) -> None:
@@ -180,9 +317,7 @@ def _console_handler(debug: bool) -> logging.Handler:
     return console
 
 
-def _file_handler(
-    log_file: Path | None, shared: list[structlog.types.Processor]
-) -> logging.Handler | None:
+def _file_handler(log_file: Path | None) -> _JsonLinesFile | None:
     """JSON lines appended to the log file; None when the default file cannot be opened.
 
     Raises LogFileUnusable when the file `log_file` or CELLCTL_LOG_FILE names cannot.
@@ -205,12 +340,14 @@ def _file_handler(
         return None
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            # A library's record: its caller's context, which its copy carries.
+            foreign_pre_chain=[_caller_context],
             processors=[
+                *_file_processors(),
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 # show_locals=False: locals may hold secrets (passwords, certificates).
                 ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
-                structlog.processors.JSONRenderer(),
+                JSONRenderer(default=_json_default),
             ],
         )
     )
@@ -222,27 +359,35 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> None
 
     A file named by `log_file` or CELLCTL_LOG_FILE that cannot be opened raises
     LogFileUnusable; when the default one cannot, logging stays console-only (errors, still
-    without tracebacks); active_log_file() says which file is in use.
+    without tracebacks); active_log_file() says which file is in use. The file is written by
+    a thread of its own: flush_logs() waits for it, and it writes everything queued at exit.
     """
-    shared = _shared_processors()
     root = logging.getLogger()
     for handler in _INSTALLED:
         root.removeHandler(handler)
         handler.close()
     _INSTALLED.clear()
+    _stop_writer()  # after the removal: nothing more reaches its queue
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     _install(root, _console_handler(debug))
     # Opened after the console is set: a LogFileUnusable raised here is still said there.
-    file_handler = _file_handler(log_file, shared)
+    file_handler = _file_handler(log_file)
     if file_handler is not None:
-        _install(root, file_handler)
+        writer = _Writer(file_handler)
+        writer.start()
+        _WRITER.append(writer)
+        _install(root, _Enqueue(writer.records))
 
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
 
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*_caller_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+# Before logging's own shutdown (registered earlier, so run later): the queue is written first.
+atexit.register(_stop_writer)

@@ -2,13 +2,16 @@
 too deeply, alias bombs, numbers too long.
 
 Shared by the cell file and the recipe file: every problem comes out as a `Problem` with the
-1-based line and column of the offending key or value. The document type lives in
-cellctl.yamldoc and pydantic's errors are translated in cellctl.modelerrors; both are
-re-exported here, the one module loaders import.
+1-based line and column of the offending key or value. A plain file is parsed by libyaml
+(cellctl.yamlfast) into the data ruamel's round-trip parser would build; any other, and every
+file with a problem the parser sees, by the round-trip parser, which locates each problem.
+The document type lives in cellctl.yamldoc and pydantic's errors are translated in
+cellctl.modelerrors; both are re-exported here, the one module loaders import.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from cellctl.errors import Problem, ValidationFailed
 from cellctl.files import read_regular
 from cellctl.modelerrors import Describe, Where, validation_problems
 from cellctl.yamldoc import Alias, DuplicateKey, KeyPath, Loc, YamlDocument, scalar_offset
+from cellctl.yamlfast import fast_data
 
 __all__ = [
     "MAX_BYTES",
@@ -55,6 +59,7 @@ MAX_FLOW_DEPTH = 64
 #: recipe holds, and far fewer than the 4300 digits past which Python refuses to read an int.
 MAX_NUMBER_CHARS = 100
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_BRACKETS = re.compile(r"[\[\]{}]")
 
 
 def load_yaml(path: Path, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
@@ -81,8 +86,15 @@ def _fail(name: str, line: int, col: int, code: str, message: str) -> Validation
     return ValidationFailed([Problem(name, line, col, code, message)])
 
 
-def parse_yaml(raw: bytes, name: str, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
-    """Parse YAML bytes from a file called `name`; see load_yaml."""
+def parse_yaml(
+    raw: bytes, name: str, *, max_bytes: int = MAX_BYTES, round_trip: bool = False
+) -> YamlDocument:
+    """Parse YAML bytes from a file called `name`; see load_yaml.
+
+    A plain document is parsed by libyaml (cellctl.yamlfast); anything else, every problem
+    included, by ruamel's round-trip parser. `round_trip` takes that parser for every file:
+    the data and positions are the same either way (tests/test_yaml_fast.py checks it).
+    """
     if len(raw) > max_bytes:
         raise _fail(name, 1, 1, "too-large", f"file is larger than {max_bytes} bytes; refused")
     try:
@@ -97,7 +109,7 @@ def parse_yaml(raw: bytes, name: str, *, max_bytes: int = MAX_BYTES) -> YamlDocu
         line, col = _line_col(text.encode("utf-8"), len(text[:deep].encode("utf-8")))
         raise _fail(name, line, col, "too-deep", "YAML is nested too deeply; refused")
     try:
-        return _parse_text(text, name)
+        return _parse_text(text, name, round_trip=round_trip)
     except RecursionError:
         raise _fail(name, 1, 1, "too-deep", "YAML is nested too deeply; refused") from None
 
@@ -111,12 +123,12 @@ def _too_deep_flow(text: str) -> int | None:
     if text.count("[") + text.count("{") <= MAX_FLOW_DEPTH:
         return None
     depth = 0
-    for offset, char in enumerate(text):
-        if char in "[{":
+    for match in _BRACKETS.finditer(text):  # the brackets only, not every character
+        if match.group() in "[{":
             depth += 1
             if depth > MAX_FLOW_DEPTH:
-                return offset
-        elif char in "]}":
+                return match.start()
+        else:
             depth = max(0, depth - 1)
     return None
 
@@ -134,7 +146,12 @@ def _refuse_reused_anchors(name: str, composer: _Composer) -> None:
         )
 
 
-def _parse_text(text: str, name: str) -> YamlDocument:
+def _parse_text(text: str, name: str, *, round_trip: bool) -> YamlDocument:
+    # libyaml builds a plain document twenty times faster; anything else (and every problem
+    # the parser finds) goes through the round-trip parser, which locates it in its own words.
+    data = None if round_trip else fast_data(text, MAX_NODES, MAX_NUMBER_CHARS)
+    if data is not None:
+        return YamlDocument(name, data)
     yaml = _yaml()
     try:
         node = yaml.compose(text)

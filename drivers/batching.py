@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import itertools
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from drivers.base import Value
-from drivers.codecs import decode_registers, get_bit
+from drivers.codecs import decode_registers, get_bit, shortest_float32
 from drivers.errors import BadResponse
-from drivers.points import ModbusPoint, ModbusTable
+from drivers.points import DataType, ModbusPoint, ModbusTable, WordOrder
 
 # Protocol limits of one read request (Modbus Application Protocol v1.1b3 §6.1–6.4).
 MAX_REGISTERS = 125
@@ -28,6 +31,140 @@ class ReadBlock:
     def end(self) -> int:
         """One past the last address the block reads."""
         return self.start + self.count
+
+    def decode(self, data: Sequence[int] | Sequence[bool]) -> list[Value | BadResponse]:
+        """Every point's value out of the block's response data, in `points` order; a point
+        that cannot be decoded gets the BadResponse decode_point would raise for it."""
+        registers = b""
+        try:
+            if len(data) < self.count:
+                raise BadResponse("short")
+            if not self.table.is_bit_table:
+                # One conversion for the block, which also checks every word is 16-bit.
+                registers = self._words.pack(*data)
+        except (BadResponse, struct.error):
+            # A short answer or a bad word: each point on its own, as decode_point judges it.
+            return [_decode_or_error(p, self, data) for p in self.points]
+        values: list[Value | BadResponse] = []
+        for decode in self._decoders:
+            try:
+                values.append(decode(data, registers))
+            except BadResponse as err:
+                values.append(err)
+        return values
+
+    @cached_property
+    def _words(self) -> struct.Struct:
+        """The block's registers as big-endian bytes."""
+        return struct.Struct(f">{self.count}H")
+
+    @cached_property
+    def _decoders(self) -> tuple[_Decode, ...]:
+        """Each point's decoder, its offset, width and codec worked out once per plan."""
+        return tuple(_decoder(point, self) for point in self.points)
+
+
+#: One point's value from its block's answer: (the answer's values, its registers as
+#: big-endian bytes — empty for a bit table) -> the value; raises BadResponse.
+_Decode = Callable[[Sequence[int] | Sequence[bool], bytes], Value]
+
+# struct codes of the fixed-width register types.
+_CODES: dict[DataType, str] = {
+    DataType.INT16: "h",
+    DataType.UINT16: "H",
+    DataType.INT32: "i",
+    DataType.UINT32: "I",
+    DataType.INT64: "q",
+    DataType.UINT64: "Q",
+    DataType.FLOAT32: "f",
+    DataType.FLOAT64: "d",
+}
+
+
+def _decoder(point: ModbusPoint, block: ReadBlock) -> _Decode:
+    """A point's decoder for `block`, equal in every result to decode_point's."""
+    offset = point.address - block.start
+    if point.table is not block.table or offset < 0 or point.end > block.end:
+        raise ValueError(f"{point.describe()} is not inside the block {block}")
+    if point.table.is_bit_table:
+        return lambda data, registers: bool(data[offset])
+    bit = point.bit
+    if bit is not None:
+        if not 0 <= bit <= 15:
+            return lambda data, registers: get_bit(int(data[offset]), bit)  # raises ValueError
+        mask = 1 << bit
+        return lambda data, registers: bool(int(data[offset]) & mask)
+    datatype = point.datatype
+    if datatype is DataType.BOOL:
+        return lambda data, registers: int(data[offset]) != 0
+    code = _CODES.get(datatype)
+    if code is None:  # a string: rare, decoded as decode_point does
+        return lambda data, registers: decode_point(point, block, data)
+    order = point.word_order
+    if point.width == 1 and order in (WordOrder.CDAB, WordOrder.BADC):
+        # One word: swapping words changes nothing, swapping bytes is reversing them all.
+        order = WordOrder.ABCD if order is WordOrder.CDAB else WordOrder.DCBA
+    at = 2 * offset
+    if order in (WordOrder.ABCD, WordOrder.DCBA):
+        # DCBA is every byte reversed: the same bytes read little-endian.
+        unpack_from = struct.Struct(("<" if order is WordOrder.DCBA else ">") + code).unpack_from
+        if datatype is DataType.FLOAT32:
+            return lambda data, registers: shortest_float32(unpack_from(registers, at)[0])
+        return lambda data, registers: unpack_from(registers, at)[0]
+    # CDAB: the words in reverse order. BADC: the bytes of each word swapped, which is the words
+    # in reverse order read little-endian.
+    end = at + 2 * point.width
+    unpack = struct.Struct(("<" if order is WordOrder.BADC else ">") + code).unpack
+    if datatype is DataType.FLOAT32:
+        return lambda data, registers: shortest_float32(unpack(_swap_words(registers[at:end]))[0])
+    return lambda data, registers: unpack(_swap_words(registers[at:end]))[0]
+
+
+def _swap_words(data: bytes) -> bytes:
+    """The 16-bit words of `data` in reverse order."""
+    return b"".join(data[i : i + 2] for i in range(len(data) - 2, -1, -2))
+
+
+def _decode_or_error(
+    point: ModbusPoint, block: ReadBlock, data: Sequence[int] | Sequence[bool]
+) -> Value | BadResponse:
+    """decode_point's value, or the BadResponse it raises."""
+    try:
+        return decode_point(point, block, data)
+    except BadResponse as err:
+        return err
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """The read blocks of a set of points, and each point's place in the readings of a cycle:
+    the blocks' points one after another, so a cycle's readings are a list, not a mapping."""
+
+    blocks: tuple[ReadBlock, ...]
+    #: Every point of the blocks, in block order: reading i of a cycle is point i's.
+    points: tuple[ModbusPoint, ...] = field(init=False)
+    _index: dict[ModbusPoint, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        points = tuple(itertools.chain.from_iterable(b.points for b in self.blocks))
+        object.__setattr__(self, "points", points)
+        # Equal points are one point: the first place wins, as a mapping by point would.
+        index: dict[ModbusPoint, int] = {}
+        for place, point in enumerate(points):
+            index.setdefault(point, place)
+        object.__setattr__(self, "_index", index)
+
+    def places(self, points: Sequence[ModbusPoint]) -> tuple[int, ...] | None:
+        """Where each of `points` is in a cycle's readings; None when one is not planned."""
+        index = self._index
+        if any(point not in index for point in points):
+            return None
+        return tuple(index[point] for point in points)
+
+
+def plan(points: Sequence[ModbusPoint], max_gap: int = 0) -> ReadPlan:
+    """The read plan of distinct points (equal points once); see plan_reads."""
+    return ReadPlan(tuple(plan_reads(list(dict.fromkeys(points)), max_gap)))
 
 
 def max_count(table: ModbusTable) -> int:

@@ -181,6 +181,10 @@ def decode_registers(
     return result
 
 
+# The smallest normal float32; below it the steps are wider relative to the value.
+_FLOAT32_MIN_NORMAL = 2.0**-126
+
+
 def _float32_bits(x: float) -> bytes:
     return struct.pack(">f", x)  # rounds to the nearest float32
 
@@ -194,7 +198,13 @@ def shortest_float32(x: float) -> float:
         return x
     bits = _float32_bits(x)
     (exact,) = struct.unpack(">f", bits)
-    for digits in range(1, 10):
+    first = 1
+    if abs(exact) >= _FLOAT32_MIN_NORMAL:
+        # A normal float32 is within 2**-24 of itself relative, far less than half a step of
+        # 6 significant digits: a shorter decimal that round-trips is what 6 digits give, so
+        # 6 digits decide whether any of 1..6 does and give the same value.
+        first = 6
+    for digits in range(first, 10):
         candidate = float(f"{exact:.{digits}g}")
         try:
             if _float32_bits(candidate) == bits:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 class DataType(enum.StrEnum):
@@ -83,7 +84,8 @@ class ModbusPoint:
     access: Access = Access.RO
     length: int = 1  # registers, for strings only
 
-    @property
+    # Cached: read planning and decoding ask for it many times, and the fields never change.
+    @cached_property
     def width(self) -> int:
         """How many addresses (registers or bits) the point occupies."""
         if self.table.is_bit_table or self.bit is not None:

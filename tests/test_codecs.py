@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import struct
 from typing import Literal
@@ -370,3 +371,18 @@ def test_zero_value_is_valid_and_encodes_to_zeros(datatype: DataType) -> None:
 )
 def test_format_value(value: Value | None, text: str) -> None:
     assert format_value(value) == text
+
+
+@given(bits=st.integers(0, 2**32 - 1))
+def test_float32_decodes_to_the_shortest_round_tripping_decimal(bits: int) -> None:
+    # Any float32 bit pattern, subnormals and the largest values included.
+    (exact,) = struct.unpack(">f", bits.to_bytes(4, "big"))
+    if not math.isfinite(exact):
+        return
+    shortest = shortest_float32(exact)
+    assert struct.pack(">f", shortest) == struct.pack(">f", exact)
+    digits = len(f"{shortest:.9e}".split("e")[0].replace("-", "").replace(".", "").rstrip("0"))
+    for fewer in range(1, digits):
+        candidate = float(f"{exact:.{fewer}g}")
+        with contextlib.suppress(OverflowError):
+            assert struct.pack(">f", candidate) != struct.pack(">f", exact), (exact, fewer)

@@ -21,7 +21,6 @@ from cellctl.cli import files, tags, devices, run_commands, states  # noqa: F401
 from cellctl.cli.app import app
 from cellctl.cli.consoles import err
 from cellctl.errors import CellctlError, ValidationFailed
-from cellctl.logsetup import log_internal_error
 from drivers.errors import DriverError
 
 __all__ = ["app", "run"]
@@ -65,6 +64,8 @@ def run(argv: list[str] | None = None) -> int:
     except (CellctlError, DriverError) as error:
         return _fail(error)
     except Exception as error:  # a bug of ours: one line here, the traceback in the log file
+        from cellctl.logsetup import log_internal_error
+
         log_file = log_internal_error(error)
         if log_file is not None:
             err.print(f"error: internal error, see the log {log_file}", markup=False)

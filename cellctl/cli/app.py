@@ -12,7 +12,6 @@ from typer.core import TyperCommand, TyperGroup
 
 from cellctl import __version__
 from cellctl.cli import consoles
-from cellctl.logsetup import configure_logging
 
 if TYPE_CHECKING:
     # typer's vendored click, for types only: at run time typer hands these in.
@@ -94,6 +93,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
@@ -110,5 +110,10 @@ def _root(
     ] = None,
 ) -> None:
     """cellctl: control software for microfactory production cells."""
+    # structlog loads for a command, not for --version or --help.
+    from cellctl.logsetup import configure_logging, flush_logs
+
     # A --log-file that cannot be opened ends here, before the command does anything.
     configure_logging(log_file, debug=debug)
+    # The log file is written by a thread: the command ends once it holds every record.
+    ctx.call_on_close(flush_logs)

@@ -21,6 +21,7 @@ from rich.live import Live
 
 from cellctl import exitcodes
 from cellctl.cell.tags import tag_units
+from cellctl.cli.consoles import FramedLines
 from cellctl.cli.demo_fault import DemoFault
 from cellctl.cli.hands import OperatorHands
 from cellctl.cli.keys import TerminalKeys, TerminalOperator
@@ -36,7 +37,7 @@ from cellctl.cli.prepare import (
 from cellctl.cli.views.run import FittedView, RunModel, event_line, summary_lines
 from cellctl.control.commands import Commands
 from cellctl.control.controller import Controller
-from cellctl.control.events import BatchEnded, Event, Notice
+from cellctl.control.events import BatchEnded, Event, Notice, StateChanged
 from cellctl.control.machine import Mode, State
 from cellctl.control.operator import Operator
 from cellctl.durations import format_duration
@@ -99,11 +100,36 @@ class BatchRun:
         self.demo: DemoFault | None = None
         #: The terminal's input ended: nobody can Unhold any more.
         self.keys_gone = False
+        #: The event lines for a pipe or a file (None on a terminal: rich prints them).
+        self.lines: FramedLines | None = None
+        if not options.interactive and not out.is_terminal:
+            self.lines = FramedLines(out)
+            self.lines.failed = self._lines_failed
 
     def _print_event(self, event: Event) -> None:
+        if self.options.interactive:
+            return  # the live view shows the events
         line = event_line(event)
-        if line is not None and not self.options.interactive:
+        if line is None:
+            return
+        if self.lines is None:
             self.out.print(line, markup=False)
+            return
+        # Many lines a second are written without a flush each; a state change is seen at once.
+        self.lines.write(line)
+        if isinstance(event, StateChanged):
+            self.lines.flush()
+
+    def _lines_failed(self, error: Exception) -> None:
+        log.error("writing the batch's event lines failed", exc_info=error)
+
+    def _end_lines(self) -> None:
+        """Flush the event lines: the run ends (on any path) with every line written."""
+        if self.lines is not None:
+            try:
+                self.lines.flush()
+            except Exception as error:  # said in the log; the run's own outcome stands
+                self._lines_failed(error)
 
     async def run(self) -> int:
         """Connect, run the batch, print the summary; the exit code."""
@@ -147,6 +173,7 @@ class BatchRun:
                 ) from None
             raise
         finally:
+            self._end_lines()
             for signum, handler in before.items():
                 loop.remove_signal_handler(signum)
                 if handler is not None:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cellctl import exitcodes
-from cellctl.cell import load_cell, load_cell_and_bytes
 from cellctl.cli import consoles
 from cellctl.cli.app import app
 from cellctl.cli.params import speed_option
-from cellctl.cli.signals import until_signalled
-from cellctl.io.commissioning import check_cell
+
+# The cell model, the drivers and the simulators load when a command runs, not for every one.
 
 
 @app.command()
 def check(cell_file: Annotated[Path, typer.Argument(metavar="CELL", help="the cell file")]) -> None:
     """Commissioning check: reach every device, read every tag, compare OPC UA nodes."""
+    import asyncio
+
+    from cellctl.cell import load_cell
+    from cellctl.io.commissioning import check_cell
+
     spec = load_cell(cell_file)
     results = asyncio.run(check_cell(spec))
     for result in results:
@@ -48,6 +51,10 @@ def sim(
     host: Annotated[str, typer.Option("--host", help="address to serve on")] = "127.0.0.1",
 ) -> None:
     """Serve every device of a cell on simulators until SIGINT/SIGTERM."""
+    import asyncio
+
+    from cellctl.cell import load_cell_and_bytes
+    from cellctl.cli.signals import until_signalled
     from cellctl.io.sim import CellSimulator, check_cell_copy, serve_host
 
     host = serve_host(host)  # checked before any port opens

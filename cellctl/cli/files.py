@@ -12,11 +12,9 @@ from cellctl import exitcodes
 from cellctl.cli import consoles
 from cellctl.cli.app import app
 from cellctl.cli.params import ParamOption, RecipeArgument, RecipeCellOption
-from cellctl.cli.schema import FileKind, schema_of, schema_of_both
-from cellctl.cli.validate import open_recipe, validate_files
-from cellctl.cli.views.plan import plan_lines, plan_view
-from cellctl.errors import Problem
-from cellctl.recipe.plan import make_plan
+from cellctl.cli.schema import FileKind
+
+# The models, the loader and the views load when a command runs, not for every command.
 
 
 @app.command()
@@ -32,7 +30,9 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="print problems as JSON")] = False,
 ) -> None:
     """Check cell and recipe files; every problem as FILE:LINE:COL: message."""
-    problems: list[Problem] = validate_files(files, cell, params or ())
+    from cellctl.cli.validate import validate_files
+
+    problems = validate_files(files, cell, params or ())
     if as_json:
         consoles.out.print_json(json.dumps([p.to_json() for p in problems]))
     else:
@@ -52,6 +52,10 @@ def plan(
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
 ) -> None:
     """Dry run: the step tree with parameters resolved, tags, devices, worst case; no device."""
+    from cellctl.cli.validate import open_recipe
+    from cellctl.cli.views.plan import plan_lines, plan_view
+    from cellctl.recipe.plan import make_plan
+
     made = make_plan(open_recipe(recipe, cell), params or ())  # errors: see cellctl.cli.run
     if as_json:
         consoles.out.print_json(json.dumps(made.to_json()))
@@ -72,6 +76,8 @@ def schema(
     ] = None,
 ) -> None:
     """Print the JSON Schema of recipe or cell files, for editors' YAML language servers."""
+    from cellctl.cli.schema import schema_of, schema_of_both
+
     consoles.out.print(
         json.dumps(schema_of(kind) if kind else schema_of_both(), indent=2),
         markup=False,

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic_core import PydanticCustomError
 
-from cellctl import textvalue
-from cellctl.durations import DurationError, parse_duration
 from cellctl.errors import BadValue
 from drivers.points import DataType
+
+# Every command's signature uses these options: what reads their values loads when one is read.
+if TYPE_CHECKING:
+    from pydantic_core import PydanticCustomError
 
 
 class Number:
@@ -30,6 +31,8 @@ class Number:
 
     def __call__(self, value: object) -> float:
         """The number of an option's text (or of its default, a number already)."""
+        from pydantic_core import PydanticCustomError
+
         number = self._read(value) if isinstance(value, str) else value
         if not isinstance(number, int | float) or isinstance(number, bool):
             raise self._not_a_number()
@@ -46,6 +49,8 @@ class Number:
         return number
 
     def _read(self, text: str) -> float:
+        from cellctl import textvalue
+
         datatype = DataType.INT64 if self.kind is int else DataType.FLOAT64
         try:
             number = textvalue.parse(text, datatype)
@@ -55,6 +60,8 @@ class Number:
         return number
 
     def _not_a_number(self) -> PydanticCustomError:
+        from pydantic_core import PydanticCustomError
+
         if self.kind is int:
             return PydanticCustomError(
                 "int_parsing",
@@ -112,6 +119,8 @@ SafeWaitOption = Annotated[
 
 def safe_wait_seconds(text: str) -> float:
     """--safe-wait as seconds; a bad duration is bad input naming the option."""
+    from cellctl.durations import DurationError, parse_duration
+
     try:
         seconds = parse_duration(text)
     except DurationError as error:

@@ -3,7 +3,6 @@ the batch."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,6 +96,8 @@ def _run_batch(
 ) -> None:
     """Check the inputs, run the batch, exit with its code."""
     # The controller, the drivers and the live view load only once a batch is to run.
+    import asyncio
+
     from cellctl.cli.batch import RunOptions, run_command
 
     options = RunOptions(

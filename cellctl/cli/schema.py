@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, TypeAdapter
-
-from cellctl.cell import Cell
-from cellctl.durations import PATTERN as DURATION_PATTERN
-from cellctl.durations import format_duration
-from cellctl.recipe import Recipe
+# The models load when a schema is asked for: every command's signature needs FileKind only.
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 #: The JSON Schema dialect pydantic's schemas follow.
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -17,15 +14,20 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 FileKind = Literal["cell", "recipe"]
 KINDS: tuple[FileKind, ...] = ("cell", "recipe")
 
-_MODELS: dict[FileKind, tuple[type[BaseModel], str]] = {
-    "cell": (Cell, "cellctl cell file"),
-    "recipe": (Recipe, "cellctl recipe"),
-}
+_TITLES: dict[FileKind, str] = {"cell": "cellctl cell file", "recipe": "cellctl recipe"}
+
+
+def _model(kind: FileKind) -> type[BaseModel]:
+    """The pydantic model of one file kind."""
+    from cellctl.cell import Cell
+    from cellctl.recipe import Recipe
+
+    return Cell if kind == "cell" else Recipe
 
 
 def schema_of(kind: FileKind) -> dict[str, Any]:
     """The JSON Schema of one file kind, with `$schema` and `title` set."""
-    model, title = _MODELS[kind]
+    model, title = _model(kind), _TITLES[kind]
     body = model.model_json_schema()
     _durations_as_written(body)
     # `$schema` first: editors and readers look for it at the top.
@@ -34,6 +36,11 @@ def schema_of(kind: FileKind) -> dict[str, Any]:
 
 def schema_of_both() -> dict[str, Any]:
     """One JSON Schema that accepts a cell file or a recipe: one editor setting for a folder."""
+    from pydantic import TypeAdapter
+
+    from cellctl.cell import Cell
+    from cellctl.recipe import Recipe
+
     body = TypeAdapter(Cell | Recipe).json_schema()
     _durations_as_written(body)
     return {"$schema": DIALECT, **body, "title": "cellctl cell file or recipe"}
@@ -45,6 +52,9 @@ def _durations_as_written(node: object) -> None:
     The models hold durations as float seconds, so pydantic's defaults are numbers, which the
     duration pattern itself refuses; an editor offering the default would insert an error.
     """
+    from cellctl.durations import PATTERN as DURATION_PATTERN
+    from cellctl.durations import format_duration
+
     if isinstance(node, dict):
         default = node.get("default")
         if (

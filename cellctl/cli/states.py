@@ -8,7 +8,6 @@ import typer
 
 from cellctl.cli import consoles
 from cellctl.cli.app import app
-from cellctl.cli.views.states import state_lines, state_table
 
 
 @app.command()
@@ -18,7 +17,9 @@ def states(
     ] = False,
 ) -> None:
     """The PackML state table: for each state, where each command takes it."""
-    from cellctl.control import machine  # transitions loads for this command only
+    # transitions and rich's tables load for this command only.
+    from cellctl.cli.views.states import state_lines, state_table
+    from cellctl.control import machine
 
     if mermaid:
         consoles.out.print(machine.mermaid(), markup=False)

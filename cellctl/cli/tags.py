@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
 
-from cellctl import exitcodes, textvalue
-from cellctl.cell import Cell, load_cell
-from cellctl.cell.tags import parse_value, tag_units, text_type
+from cellctl import exitcodes
 from cellctl.cli import consoles
 from cellctl.cli.app import app
 from cellctl.cli.params import CellOption
-from cellctl.cli.signals import until_signalled
-from cellctl.cli.views.tags import plain_line, problem_lines, tag_json, tag_table
-from cellctl.errors import CellctlError
-from cellctl.io.drivers import non_loopback_endpoints
-from cellctl.io.session import CellSession, tags_to_read
-from cellctl.values import TagValue
-from drivers.base import Quality
+
+# The cell model, the drivers and the views load when a command runs, not for every command.
+if TYPE_CHECKING:
+    import asyncio
+
+    from cellctl.cell import Cell
+    from cellctl.values import TagValue
 
 
 @app.command()
@@ -41,6 +35,16 @@ def read(
     ] = False,
 ) -> None:
     """Read tags (or all tags of a device) from whatever serves the cell file's endpoints."""
+    import asyncio
+    import json
+
+    from cellctl.cell import load_cell
+    from cellctl.cell.tags import tag_units
+    from cellctl.cli.signals import until_signalled
+    from cellctl.cli.views.tags import plain_line, problem_lines, tag_json, tag_table
+    from cellctl.io.session import tags_to_read
+    from drivers.base import Quality
+
     spec = load_cell(cell)
     names = tags_to_read(spec, tags or ())
     units = tag_units(spec)
@@ -62,11 +66,22 @@ def read(
 
 
 async def _read_once(cell: Cell, names: list[str]) -> list[TagValue]:
+    from cellctl.io.session import CellSession
+
     async with CellSession(cell, names, partial=True) as session:
         return list((await session.read()).values())
 
 
 async def _watch(cell: Cell, names: list[str], stop: asyncio.Event) -> None:
+    import asyncio
+    import contextlib
+
+    from rich.live import Live
+
+    from cellctl.cell.tags import tag_units
+    from cellctl.cli.views.tags import tag_table
+    from cellctl.io.session import CellSession
+
     out = consoles.out
     async with CellSession(cell, names) as session:
         latest: dict[str, TagValue] = await session.read()
@@ -100,6 +115,11 @@ def write(
     ] = False,
 ) -> None:
     """Write tags; each write is reported only once the device confirmed it."""
+    import asyncio
+
+    from cellctl.cell import load_cell
+    from cellctl.io.drivers import non_loopback_endpoints
+
     spec = load_cell(cell)
     pairs = _assignments(spec, assignments)
     remote = non_loopback_endpoints(spec, [t for t, _ in pairs])
@@ -117,6 +137,9 @@ def write(
 
 def _assignments(cell: Cell, texts: list[str]) -> list[tuple[str, Any]]:
     """(tag, value) of each TAG=VALUE; every bad one printed, then exit 1."""
+    from cellctl.cell.tags import parse_value
+    from cellctl.errors import CellctlError
+
     pairs: list[tuple[str, Any]] = []
     problems: list[str] = []
     for text in texts:
@@ -137,6 +160,10 @@ def _assignments(cell: Cell, texts: list[str]) -> list[tuple[str, Any]]:
 
 
 async def _write_all(cell: Cell, pairs: list[tuple[str, Any]]) -> None:
+    from cellctl import textvalue
+    from cellctl.cell.tags import text_type
+    from cellctl.io.session import CellSession
+
     async with CellSession(cell, [t for t, _ in pairs]) as session:
         for tag, value in pairs:
             await session.write(tag, value)

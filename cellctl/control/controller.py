@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
-from dataclasses import asdict
+from dataclasses import fields
 from typing import Any
 
 import structlog
@@ -61,6 +61,16 @@ log = structlog.get_logger("cellctl.control.controller")
 END_STATES = frozenset({State.COMPLETE, State.STOPPED, State.ABORTED})
 #: Seconds closing waits for the safe state and queued commands before it cancels them.
 CLOSE_WAIT = 30.0
+
+
+def _log_fields(event: Event) -> dict[str, Any]:
+    """An event's fields for its log record, but its time: the file's thread renders them
+    (nested dataclasses too) later, so each dict is copied now; the rest is immutable."""
+    return {
+        f.name: dict(value) if isinstance(value := getattr(event, f.name), dict) else value
+        for f in fields(event)
+        if f.name != "at"
+    }
 
 
 def _batch_log(loaded: LoadedRecipe, operator: Operator) -> Any:
@@ -145,8 +155,7 @@ class Controller(ActingStates):
         if isinstance(event, StepEnded) and event.outcome is StepOutcome.FAILED:
             self.fault(event.error or f"{event.label} failed")
         if not isinstance(event, WaitProgress) or event.met:  # unmet waits: too many to log
-            fields = {k: v for k, v in asdict(event).items() if k != "at"}
-            self.log.info(type(event).__name__, **fields)
+            self.log.info(type(event).__name__, **_log_fields(event))
         for listener in list(self.listeners):
             try:
                 listener(event)

@@ -12,7 +12,6 @@ from cellctl.io.drivers import build_drivers, refuse_in_process_devices
 from drivers.base import Driver, Quality, Value
 from drivers.config import ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig
 from drivers.errors import DriverError, PointMismatch
-from drivers.opcua import OpcuaDriver
 
 
 @dataclass
@@ -45,6 +44,10 @@ async def _reach(driver: Driver) -> list[str]:
     try:
         await driver.connect()
     except PointMismatch:
+        # asyncua is loaded already when an OPC UA server answered; a Modbus-only cell never
+        # loads it.
+        from drivers.opcua import OpcuaDriver
+
         if not isinstance(driver, OpcuaDriver):
             raise
         # verify() opens the session again without refusing it, so the read can be timed too.
@@ -75,7 +78,7 @@ async def _check_device(cell: Cell, device: str, driver: Driver) -> DeviceCheck:
         readings = await driver.read([point_for(cell, t) for t in tags])
         result.round_trip = time.perf_counter() - started
         # OPC UA nodes state whether they may be written (checked on connect); Modbus does not.
-        opcua = isinstance(driver, OpcuaDriver)
+        opcua = isinstance(device_config(cell, device), OpcuaConfig)
         heartbeats = set() if opcua else set(cell.heartbeat_tags)
         for tag, reading in zip(tags, readings, strict=True):
             if reading.quality is Quality.BAD:

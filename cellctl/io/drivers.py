@@ -19,8 +19,6 @@ from cellctl.errors import CellctlError
 from drivers.base import ConnectTry, Driver
 from drivers.config import MemoryConfig, ModbusRtuConfig, ModbusTcpConfig, OpcuaConfig, is_loopback
 from drivers.memory import MemoryDriver
-from drivers.modbus import make_modbus_drivers
-from drivers.opcua import OpcuaDriver
 from drivers.points import OpcuaPoint
 
 
@@ -69,9 +67,16 @@ def build_drivers(cell: Cell, device_names: Sequence[str]) -> dict[str, Driver]:
     """One driver per named device; Modbus devices on one bus share one connection."""
     configs = {name: device_config(cell, name) for name in device_names}
     modbus = [c for c in configs.values() if isinstance(c, ModbusTcpConfig | ModbusRtuConfig)]
-    drivers: dict[str, Driver] = dict(make_modbus_drivers(modbus))
+    drivers: dict[str, Driver] = {}
+    # pymodbus and asyncua (≈0.4 s together) load only for a cell that has such devices.
+    if modbus:
+        from drivers.modbus import make_modbus_drivers
+
+        drivers.update(make_modbus_drivers(modbus))
     for name, config in configs.items():
         if isinstance(config, OpcuaConfig):
+            from drivers.opcua import OpcuaDriver
+
             points = [
                 p
                 for t, tag in cell.tags.items()

@@ -139,6 +139,8 @@ class TagIO:
         #: Devices that could not be reached (CellSession with partial=True): they read BAD.
         self.unreachable: dict[str, str] = {}
         self._points: dict[str, Point] = {}
+        #: Per tag: its device, and its raw-to-engineering conversion (None: values as read).
+        self._conversions: dict[str, tuple[str, Callable[[Value], Value] | None]] = {}
         self._unwatch: Unsubscribe | None = None
 
     def point(self, tag: str) -> Point:
@@ -207,13 +209,21 @@ class TagIO:
 
     def value_of(self, tag: str, reading: Reading) -> TagValue:
         """A reading as the tag's engineering value."""
-        spec = self.cell.tags[tag]
+        conversion = self._conversions.get(tag)
+        if conversion is None:
+            # Worked out once per tag: every poll cycle converts every changed value.
+            spec = self.cell.tags[tag]
+            conversion = self._conversions[tag] = (
+                spec.device,
+                spec.from_raw if spec.scaled else None,
+            )
+        device, from_raw = conversion
         value = reading.value
-        if value is not None and reading.quality is not Quality.BAD:
-            value = spec.from_raw(value)
+        if from_raw is not None and value is not None and reading.quality is not Quality.BAD:
+            value = from_raw(value)
         return TagValue(
             tag,
-            spec.device,
+            device,
             value,
             reading.quality,
             reading.timestamp,

@@ -11,7 +11,7 @@ from pymodbus.client import ModbusBaseClient
 from pymodbus.pdu import ModbusPDU
 
 from drivers.base import ConnectProgress, HealthState, Quality, Reading, Value
-from drivers.batching import ReadBlock, decode_point, plan_reads
+from drivers.batching import ReadBlock, ReadPlan, plan
 from drivers.codecs import check_value, encode_registers, set_bit
 from drivers.errors import (
     BadResponse,
@@ -57,9 +57,9 @@ class ModbusDevice(TracksHealth):
         self._attached = False
         self._subscriptions: list[Subscription] = []
         self._poller: asyncio.Task[None] | None = None
-        #: Every subscribed point and its read blocks: planned when subscriptions change, not
-        #: on every poll.
-        self._poll_plan: tuple[list[ModbusPoint], list[ReadBlock]] | None = None
+        #: The read plan of every subscribed point: planned when subscriptions change, not on
+        #: every poll.
+        self._poll_plan: ReadPlan | None = None
         self._retired: set[asyncio.Task[None]] = set()
         #: The number of the latest poll cycle to start: orders fresh reads against cycles.
         self._cycle = 0
@@ -101,9 +101,10 @@ class ModbusDevice(TracksHealth):
     async def read(self, points: Sequence[Point]) -> list[Reading]:
         """Read points in one request per block; exception answers give BAD readings."""
         modbus_points = [self._modbus_point(p) for p in points]
+        read_plan = self._plan(modbus_points)
         readings: dict[ModbusPoint, Reading] = {}
-        for block in self._plan(modbus_points):
-            readings.update(await self._read_block(block))
+        for block in read_plan.blocks:
+            readings.update(zip(block.points, await self._read_block(block), strict=True))
         for subscription in self._subscriptions:
             subscription.heard_fresh(readings, self._cycle)
         return [readings[p] for p in modbus_points]
@@ -146,9 +147,9 @@ class ModbusDevice(TracksHealth):
             )
         return point
 
-    def _plan(self, points: Sequence[ModbusPoint]) -> list[ReadBlock]:
+    def _plan(self, points: Sequence[ModbusPoint]) -> ReadPlan:
         try:
-            return plan_reads(points, self.config.max_gap)
+            return plan(points, self.config.max_gap)
         except ValueError as err:
             raise PointMismatch(f"{self.name}: {err}") from err
 
@@ -190,7 +191,8 @@ class ModbusDevice(TracksHealth):
 
         return job
 
-    async def _read_block(self, block: ReadBlock) -> dict[ModbusPoint, Reading]:
+    async def _read_block(self, block: ReadBlock) -> list[Reading]:
+        """The block's readings, in the order of its points."""
         last = block.end - 1
         span = f"{block.table.value}:{block.start}" + (f"..{last}" if last > block.start else "")
         ask = Ask(READ_FC[block.table], block.start, block.count)
@@ -198,20 +200,19 @@ class ModbusDevice(TracksHealth):
         now = time.time()
         if response.isError():
             text = modbus_exception_text(response.exception_code)
-            return {
-                p: Reading(None, now, Quality.BAD, f"{self.name} {p.describe()}: {text}")
+            return [
+                Reading(None, now, Quality.BAD, f"{self.name} {p.describe()}: {text}")
                 for p in block.points
-            }
+            ]
         data: Sequence[int] | Sequence[bool] = (
             response.bits if block.table.is_bit_table else response.registers
         )
-        readings: dict[ModbusPoint, Reading] = {}
-        for p in block.points:
-            try:
-                readings[p] = Reading(decode_point(p, block, data), now)
-            except BadResponse as err:
-                readings[p] = Reading(None, now, Quality.BAD, f"{self.name} {err}")
-        return readings
+        return [
+            Reading(None, now, Quality.BAD, f"{self.name} {value}")
+            if isinstance(value, BadResponse)
+            else Reading(value, now)
+            for value in block.decode(data)
+        ]
 
     def _check_answer(self, p: ModbusPoint, response: ModbusPDU) -> None:
         if response.isError():
@@ -263,7 +264,7 @@ class ModbusDevice(TracksHealth):
         if up:
             # After a reconnect every subscriber hears every value again.
             for subscription in self._subscriptions:
-                subscription.last.clear()
+                subscription.forget()
             self._update_health()
         else:
             self._tracker.set(HealthState.LOST, f"{self.name} ({self.endpoint}): {error}")

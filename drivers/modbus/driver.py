@@ -8,12 +8,13 @@ import time
 from collections.abc import Sequence
 
 from drivers.base import Quality, Reading, ReadingsCallback, Unsubscribe
+from drivers.batching import ReadPlan
 from drivers.config import RequestLimits
 from drivers.errors import DriverError
 from drivers.modbus.bus import AnyModbusConfig, ModbusBus
 from drivers.modbus.device import ModbusDevice
 from drivers.modbus.subscription import Subscription
-from drivers.points import ModbusPoint, Point
+from drivers.points import Point
 
 log = logging.getLogger("drivers.modbus")
 
@@ -86,33 +87,37 @@ class ModbusDriver(ModbusDevice):
         self._cycle += 1
         cycle = self._cycle
         if self._poll_plan is None:
-            merged = list(dict.fromkeys(p for s in self._subscriptions for p in s.points))
-            self._poll_plan = (merged, self._plan(merged))
-        points, blocks = self._poll_plan
+            self._poll_plan = self._plan([p for s in self._subscriptions for p in s.points])
+        plan = self._poll_plan
         answered = True
         try:
-            readings: dict[ModbusPoint, Reading] = {}
-            for block in blocks:
-                readings.update(await self._read_block(block))
+            # In plan order: the blocks' points one after another.
+            readings: list[Reading] = []
+            for block in plan.blocks:
+                readings += await self._read_block(block)
         except DriverError as err:
             answered = False
-            now = time.time()
-            readings = {p: Reading(None, now, Quality.BAD, str(err)) for p in points}
+            failed = Reading(None, time.time(), Quality.BAD, str(err))
+            readings = [failed] * len(plan.points)
         if answered:
             # A whole cycle answered: what the controller's watchdog looks for (only the
             # poller's own cycles, so other requests cannot hide a stalled poller). Before the
             # readings go out: a listener that judges them sees the device answering.
             self._tracker.answered()
-        self._deliver(readings, cycle)
+        self._deliver(plan, readings, cycle)
         if answered and self._poll_error is not None:
             # Only a whole cycle without an exception shows the fault has gone.
             log.info("device %s: polling works again", self.name)
             self._poll_error = None
             self._update_health()
 
-    def _deliver(self, readings: dict[ModbusPoint, Reading], cycle: int) -> None:
+    def _deliver(self, plan: ReadPlan, readings: list[Reading], cycle: int) -> None:
+        """Tell each subscriber of a cycle of `plan`; one that subscribed after the cycle was
+        planned waits for the next."""
         for subscription in list(self._subscriptions):
-            subscription.deliver(readings, cycle)
+            places = subscription.places_in(plan)
+            if places is not None:
+                subscription.deliver(readings, places, cycle)
 
     def _poll_failed(self, err: Exception) -> None:
         """A cycle raised (a bug, a codec error): LOST, logged, subscribers told BAD."""
@@ -122,9 +127,9 @@ class ModbusDriver(ModbusDevice):
             log.error("device %s: a poll cycle failed; polling goes on", self.name, exc_info=err)
         self._poll_error = text
         self._update_health(text)
-        now = time.time()
-        points = {p for s in self._subscriptions for p in s.points}
-        self._deliver({p: Reading(None, now, Quality.BAD, text) for p in points}, self._cycle)
+        failed = Reading(None, time.time(), Quality.BAD, text)
+        for subscription in list(self._subscriptions):
+            subscription.deliver_all(failed, self._cycle)
 
 
 def make_modbus_drivers(configs: Sequence[AnyModbusConfig]) -> dict[str, ModbusDriver]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from drivers.base import Reading, ReadingsCallback
+from drivers.batching import ReadPlan
 from drivers.codecs import same_reading
 from drivers.points import ModbusPoint
 
@@ -21,12 +23,27 @@ class Subscription:
         self.device = device
         self.points = points
         self.callback = callback
-        self.last: dict[str, Reading] = {}
+        self._names = tuple(point.name for point in points)
+        #: What it was last told of each of its points (by position in `points`).
+        self.last: list[Reading | None] = [None] * len(points)
         self.failing = False
         #: Points a fresh read saw differ from what this subscriber was last told, each with
         #: the number of the poll cycle under way (or last run) when that read ended.
         self.recheck: dict[str, int] = {}
-        self._members = frozenset(points)
+        self._position = {point: place for place, point in reversed(list(enumerate(points)))}
+        self._plan: ReadPlan | None = None
+        self._places: tuple[int, ...] | None = None
+
+    def forget(self) -> None:
+        """Forget what it was told: the next cycle tells it every value again."""
+        self.last = [None] * len(self.points)
+
+    def places_in(self, plan: ReadPlan) -> tuple[int, ...] | None:
+        """Where its points are in the readings of a cycle of `plan` (worked out once per
+        plan); None when the plan lacks one (it subscribed after the cycle was planned)."""
+        if plan is not self._plan:
+            self._plan, self._places = plan, plan.places(self.points)
+        return self._places
 
     def heard_fresh(self, readings: dict[ModbusPoint, Reading], cycle: int) -> None:
         """Note the points where a fresh read differs from what this subscriber was told.
@@ -37,27 +54,36 @@ class Subscription:
         reports these points whatever it reads.
         """
         for point, reading in readings.items():
-            if point in self._members:
-                told = self.last.get(point.name)
+            place = self._position.get(point)
+            if place is not None:
+                told = self.last[place]
                 if told is not None and not same_reading(told, reading):
                     self.recheck[point.name] = cycle
 
-    def deliver(self, readings: dict[ModbusPoint, Reading], cycle: int) -> None:
+    def deliver_all(self, reading: Reading, cycle: int) -> None:
+        """Deliver one reading (a failure) for every point; see deliver."""
+        self.deliver([reading], (0,) * len(self.points), cycle)
+
+    def deliver(self, readings: Sequence[Reading], places: Sequence[int], cycle: int) -> None:
         """Call back with the readings whose value or quality changed since it was last told,
         and those of points a fresh read saw differ before this cycle (`cycle`) started.
 
         A callback that raises is logged (once until it succeeds again) and told the same
         changes on the next cycle; it never stops the poller or the other subscribers.
+        The readings are a cycle's, in plan order: this subscriber's point i reads
+        readings[places[i]].
         """
-        if any(point not in readings for point in self.points):
-            return  # subscribed while this cycle was reading: the next cycle serves it
         due = {n for n, mark in self.recheck.items() if cycle > mark} if self.recheck else set()
         changed: dict[str, Reading] = {}
-        for point in self.points:
-            reading = readings[point]
-            previous = self.last.get(point.name)
-            if previous is None or not same_reading(previous, reading) or point.name in due:
-                changed[point.name] = reading
+        told: list[tuple[int, Reading]] = []
+        last, names = self.last, self._names
+        for position, place in enumerate(places):
+            reading = readings[place]
+            previous = last[position]
+            name = names[position]
+            if previous is None or not same_reading(previous, reading) or name in due:
+                changed[name] = reading
+                told.append((position, reading))
         if not changed:
             return
         try:
@@ -85,6 +111,8 @@ class Subscription:
                 ", ".join(changed),
             )
             self.failing = False
-        self.last.update(changed)
+        last = self.last  # the list held now (a callback may have led to forget())
+        for position, reading in told:
+            last[position] = reading
         for name in due:
             del self.recheck[name]

@@ -106,10 +106,19 @@ def describe(event: Event) -> str | None:
     return None
 
 
+# The last second clock() rendered: a batch stamps many lines within one second.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def clock(at: float) -> str:
     """Wall-clock time of day with milliseconds (HH:MM:SS.mmm), as the log files stamp it."""
+    global _last_second
     seconds, millis = divmod(round(at * 1000), 1000)
-    return time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{millis:03d}"
+    second, text = _last_second
+    if second != seconds:
+        text = time.strftime("%H:%M:%S", time.localtime(seconds))
+        _last_second = (seconds, text)
+    return f"{text}.{millis:03d}"
 
 
 def event_line(event: Event) -> str | None:
