@@ -148,6 +148,20 @@ class _JsonLinesFile(logging.Handler):
         super().close()
 
 
+class _NoCallerLogger(logging.Logger):
+    """A logger whose records do not say where the call was made (nothing shows it)."""
+
+    def findCaller(
+        self, stack_info: bool = False, stacklevel: int = 1
+    ) -> tuple[str, int, str, str | None]:
+        """The stdlib's "unknown" caller, unless a stack was asked for."""
+        # Neither the JSON lines nor the console's line show the caller, and finding it walks
+        # the stack for every record, on the control loop (three records per step).
+        if stack_info:
+            return super().findCaller(stack_info, stacklevel)
+        return "(unknown file)", 0, "(unknown function)", None
+
+
 #: A record with this attribute true goes to the log file, never to the console.
 _FILE_ONLY = "cellctl_file_only"
 #: A library's record carries the caller's structlog context here (its thread has no other).
@@ -387,6 +401,8 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> None
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+    # After the factory, which sets structlog's own class (it finds the caller past its frames).
+    logging.setLoggerClass(_NoCallerLogger)
 
 
 # Before logging's own shutdown (registered earlier, so run later): the queue is written first.

@@ -183,10 +183,13 @@ def decode_registers(
 
 # The smallest normal float32; below it the steps are wider relative to the value.
 _FLOAT32_MIN_NORMAL = 2.0**-126
-
-
-def _float32_bits(x: float) -> bytes:
-    return struct.pack(">f", x)  # rounds to the nearest float32
+# Bound once: shortest_float32 runs for every float32 of every poll cycle.
+_FLOAT32 = struct.Struct(">f")
+_pack_float32 = _FLOAT32.pack  # rounds to the nearest float32
+_unpack_float32 = _FLOAT32.unpack
+# "%.{n}g" for 1..9 significant digits; from 6 for a normal float32 (see shortest_float32).
+_DIGITS = tuple(f"%.{digits}g" for digits in range(1, 10))
+_NORMAL_DIGITS = _DIGITS[5:]
 
 
 def shortest_float32(x: float) -> float:
@@ -196,18 +199,16 @@ def shortest_float32(x: float) -> float:
     """
     if not math.isfinite(x):
         return x
-    bits = _float32_bits(x)
-    (exact,) = struct.unpack(">f", bits)
-    first = 1
-    if abs(exact) >= _FLOAT32_MIN_NORMAL:
-        # A normal float32 is within 2**-24 of itself relative, far less than half a step of
-        # 6 significant digits: a shorter decimal that round-trips is what 6 digits give, so
-        # 6 digits decide whether any of 1..6 does and give the same value.
-        first = 6
-    for digits in range(first, 10):
-        candidate = float(f"{exact:.{digits}g}")
+    bits = _pack_float32(x)
+    (exact,) = _unpack_float32(bits)
+    # A normal float32 is within 2**-24 of itself relative, far less than half a step of
+    # 6 significant digits: a shorter decimal that round-trips is what 6 digits give, so
+    # 6 digits decide whether any of 1..6 does and give the same value.
+    formats = _NORMAL_DIGITS if abs(exact) >= _FLOAT32_MIN_NORMAL else _DIGITS
+    for digits in formats:
+        candidate = float(digits % exact)
         try:
-            if _float32_bits(candidate) == bits:
+            if _pack_float32(candidate) == bits:
                 return candidate
         except OverflowError:  # near ±FLOAT32_MAX a short decimal can round past the range
             continue
@@ -247,9 +248,8 @@ def same_value(a: Value | None, b: Value | None) -> bool:
     """Equal values of the same type; NaN equals NaN (re-reading NaN is not a change)."""
     if type(a) is not type(b):
         return False
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
+    # Of the value types only a NaN float differs from itself.
+    return a == b or (a != a and b != b)
 
 
 def same_reading(a: Reading, b: Reading) -> bool:

@@ -63,13 +63,25 @@ END_STATES = frozenset({State.COMPLETE, State.STOPPED, State.ABORTED})
 CLOSE_WAIT = 30.0
 
 
+# Each event class's logged fields (all but its time), in declared order: found once per
+# class, where dataclasses.fields() rebuilt them for every event on the control loop.
+_LOGGED_NAMES: dict[type[Event], tuple[str, ...]] = {}
+
+
+def _logged_names(kind: type[Event]) -> tuple[str, ...]:
+    """The names of an event class's logged fields, in declared order."""
+    names = _LOGGED_NAMES.get(kind)
+    if names is None:
+        names = _LOGGED_NAMES[kind] = tuple(f.name for f in fields(kind) if f.name != "at")
+    return names
+
+
 def _log_fields(event: Event) -> dict[str, Any]:
     """An event's fields for its log record, but its time: the file's thread renders them
     (nested dataclasses too) later, so each dict is copied now; the rest is immutable."""
     return {
-        f.name: dict(value) if isinstance(value := getattr(event, f.name), dict) else value
-        for f in fields(event)
-        if f.name != "at"
+        name: dict(value) if isinstance(value := getattr(event, name), dict) else value
+        for name in _logged_names(type(event))
     }
 
 

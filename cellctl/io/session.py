@@ -83,7 +83,10 @@ class TagBoard:
         """Take a new sample and tell the tag's listeners (in the order they listened); one
         that raises is logged and reported, and never keeps the sample from the others."""
         self._latest[value.tag] = value
-        for listener in list(self._listeners.get(value.tag, ())):
+        listeners = self._listeners.get(value.tag)
+        if not listeners:  # most polled tags: nobody listens to them one by one
+            return
+        for listener in list(listeners):
             try:
                 listener(value)
             except Exception as error:
@@ -189,8 +192,9 @@ class TagIO:
         by_device = points_by_device(self.cell, self.tags)
 
         def deliver(readings: dict[str, Reading]) -> None:
+            update, value_of = self.board.update, self.value_of  # once per cycle, not per tag
             for tag, reading in readings.items():
-                self.board.update(self.value_of(tag, reading))
+                update(value_of(tag, reading))
 
         stops = [self.drivers[d].subscribe(points, deliver) for d, points in by_device.items()]
 

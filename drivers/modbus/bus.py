@@ -79,6 +79,8 @@ class ModbusBus:
         self._down = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        # Requests waiting for the lock: with none, a free lock is taken without waiting.
+        self._queued = 0
         #: Why the last connect attempt failed or the connection dropped.
         self.last_error: str | None = None
         # The quiet a serial line needs after a failed try (none on TCP: transaction ids).
@@ -157,7 +159,8 @@ class ModbusBus:
         gives up while waiting sends nothing. Then the lock belongs to a shielded task that
         holds it until the exchange on the wire has ended: a cancelled caller never lets the
         next request start while an answer is still due, and a request once sent is never cut
-        off.
+        off. (The caller awaits a future the task settles as it ends, not the task itself, so
+        that its cancellation never reaches the task; the bus is freed before that.)
         """
         worst = self.limits.worst_case
         wait = worst + _WAIT_MARGIN
@@ -169,12 +172,19 @@ class ModbusBus:
         # the tries' own deadline, so it fires on a hang only, never on a try still in time.
         sent_by = asked + wait
         await self._take_bus(what, sent_by, wait)
-        task, deadline = await self._start_tries(what, call, steps * worst, sent_by, wait)
-        within = _within(steps * worst, loop.time() - asked)
-        return await self._outcome(what, task, deadline, within)
+        outcome: asyncio.Future[T] = loop.create_future()
+        task, deadline = await self._start_tries(what, call, steps * worst, sent_by, wait, outcome)
+        # Only a failure's message needs `within`: its text is made then, not per request.
+        waited = loop.time() - asked
+        return await self._outcome(what, task, outcome, deadline, steps * worst, waited)
 
     async def _take_bus(self, what: str, sent_by: float, wait: float) -> None:
         """Take the bus's lock by `sent_by`, else DeviceTimeout "not sent"."""
+        if not self.lock.locked() and not self._queued:
+            # Free and nobody queued: acquire() returns at once, so no timer is needed.
+            await self.lock.acquire()
+            return
+        self._queued += 1
         try:
             async with asyncio.timeout_at(sent_by):
                 await self.lock.acquire()
@@ -182,20 +192,38 @@ class ModbusBus:
             raise DeviceTimeout(
                 f"{what}: not sent: the bus to {self.endpoint} stayed busy for {wait:g} s"
             ) from err
+        finally:
+            self._queued -= 1
 
     async def _start_tries(
-        self, what: str, call: Job[T], budget: float, sent_by: float, wait: float
+        self,
+        what: str,
+        call: Job[T],
+        budget: float,
+        sent_by: float,
+        wait: float,
+        outcome: asyncio.Future[T],
     ) -> tuple[asyncio.Task[T], float]:
         """With the bus taken: wait for the line's quiet, then start the tries in a task that
-        holds the bus until it ends; the task and the tries' deadline. Frees the bus when
-        nothing is sent."""
+        holds the bus until it ends and settles `outcome`; the task and the tries' deadline.
+        Frees the bus when nothing is sent."""
         loop = asyncio.get_running_loop()
         try:
             await self._quiet.wait(sent_by)
             client = self._check_connected(what)
             # min(): a sleep that ends late in the quiet wait cannot stretch the bound.
             deadline = min(loop.time(), sent_by) + budget
-            task = loop.create_task(self._tries(client, call, deadline), name=f"modbus {what}")
+            held = [True]
+
+            def free(_task: object = None) -> None:
+                if held[0]:
+                    held[0] = False
+                    self.lock.release()
+
+            task = loop.create_task(
+                self._settle(self._tries(client, call, deadline), free, outcome),
+                name=f"modbus {what}",
+            )
         except LineBusy as err:
             self.lock.release()
             raise DeviceTimeout(
@@ -205,18 +233,52 @@ class ModbusBus:
         except BaseException:
             self.lock.release()
             raise
-        # A done-callback releases the lock even when close() cancels the task before it ran.
-        task.add_done_callback(lambda _task: self.lock.release())
+        # A done-callback frees the bus, and settles the outcome, even when close() cancels
+        # the task before it ran (its coroutine then never starts).
+        task.add_done_callback(free)
+        task.add_done_callback(lambda _task: outcome.cancel())
         self._inflight.add(task)
         task.add_done_callback(_forget(self._inflight))
         return task, deadline
 
-    async def _outcome(self, what: str, task: asyncio.Task[T], deadline: float, within: str) -> T:
-        """The tries' result, awaited shielded until a guard after `deadline`; a failure as a
-        driver error (`within` says how long the tries had)."""
+    @staticmethod
+    async def _settle(
+        tries: Coroutine[Any, Any, T], free: Callable[[], None], outcome: asyncio.Future[T]
+    ) -> T:
+        """Run the tries; as they end, free the bus, then settle `outcome` (if the caller still
+        waits) in this same step: the caller resumes on the next turn of the loop, with the bus
+        free for its next request."""
+        try:
+            result = await tries
+        except asyncio.CancelledError:
+            free()
+            outcome.cancel()
+            raise
+        except BaseException as err:
+            free()
+            if not outcome.done():
+                outcome.set_exception(err)
+            raise
+        free()
+        if not outcome.done():
+            outcome.set_result(result)
+        return result
+
+    async def _outcome(
+        self,
+        what: str,
+        task: asyncio.Task[T],
+        outcome: asyncio.Future[T],
+        deadline: float,
+        budget: float,
+        waited: float,
+    ) -> T:
+        """The tries' result, awaited on `outcome` (a caller's cancellation never reaches the
+        task) until a guard after `deadline`; a failure as a driver error (saying how long the
+        tries had: `budget`, sent after `waited` s)."""
         try:
             async with asyncio.timeout_at(deadline + _GUARD_MARGIN):
-                return await asyncio.shield(task)
+                return await outcome
         except asyncio.CancelledError as err:
             current = asyncio.current_task()
             if task.cancelled() and current is not None and not current.cancelling():
@@ -226,13 +288,15 @@ class ModbusBus:
         except TimeoutError as err:
             # The budget ran out (the tries raise it), or the guard fired on a hang: free the bus.
             task.cancel()
-            raise DeviceTimeout(f"{what}: no answer within {within}") from err
+            raise DeviceTimeout(f"{what}: no answer within {_within(budget, waited)}") from err
         except _Mismatch as err:
             raise BadResponse(f"{what}: the answer does not match the request: {err}") from err
         except ConnectionException as err:
             raise NotConnected(f"{what}: connection lost") from err
         except ModbusIOException as err:
-            raise DeviceTimeout(f"{what}: no valid answer within {within}") from err
+            raise DeviceTimeout(
+                f"{what}: no valid answer within {_within(budget, waited)}"
+            ) from err
         except ModbusException as err:
             raise BadResponse(f"{what}: {err}") from err
 

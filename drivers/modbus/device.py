@@ -112,11 +112,10 @@ class ModbusDevice(TracksHealth):
     async def write(self, point: Point, value: Value) -> None:
         """Write one value and wait for the device's confirmation (fc 5, 6 or 16)."""
         p = self._modbus_point(point)
-        where = f"{self.name} {p.describe()}"
         if not p.table.writable:
-            raise WriteRejected(f"{where}: {p.name} is in a read-only table")
+            raise WriteRejected(f"{self._where(p)}: {p.name} is in a read-only table")
         if p.access is not Access.RW:
-            raise WriteRejected(f"{where}: {p.name} is read-only")
+            raise WriteRejected(f"{self._where(p)}: {p.name} is read-only")
         try:
             if p.table is ModbusTable.COIL or p.bit is not None:
                 flag = bool(check_value(DataType.BOOL, value))
@@ -127,7 +126,7 @@ class ModbusDevice(TracksHealth):
                 return
             words = encode_registers(p.datatype, value, p.word_order, p.length)
         except WriteRejected as err:
-            raise WriteRejected(f"{where}: {err}") from err
+            raise WriteRejected(f"{self._where(p)}: {err}") from err
         # Absolute values: sending one again after a lost answer changes nothing, so retried.
         if len(words) == 1:
             await self._write(p, Ask(6, p.address, values=(words[0],)))
@@ -152,6 +151,10 @@ class ModbusDevice(TracksHealth):
             return plan(points, self.config.max_gap)
         except ValueError as err:
             raise PointMismatch(f"{self.name}: {err}") from err
+
+    def _where(self, p: ModbusPoint) -> str:
+        # Made only for a rejection's message, not on every write.
+        return f"{self.name} {p.describe()}"
 
     def _what(self, action: str) -> str:
         return f"{self.name} ({self.endpoint}) {action}"

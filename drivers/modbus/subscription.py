@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from drivers.base import Reading, ReadingsCallback
 from drivers.batching import ReadPlan
-from drivers.codecs import same_reading
+from drivers.codecs import same_reading, same_value
 from drivers.points import ModbusPoint
 
 log = logging.getLogger("drivers.modbus")
@@ -80,9 +80,14 @@ class Subscription:
         for position, place in enumerate(places):
             reading = readings[place]
             previous = last[position]
-            name = names[position]
-            if previous is None or not same_reading(previous, reading) or name in due:
-                changed[name] = reading
+            # same_reading, spelt out: this runs for every point of every poll cycle.
+            if (
+                previous is None
+                or previous.quality is not reading.quality
+                or not same_value(previous.value, reading.value)
+                or (due and names[position] in due)
+            ):
+                changed[names[position]] = reading
                 told.append((position, reading))
         if not changed:
             return

@@ -121,10 +121,21 @@ def clock(at: float) -> str:
     return f"{text}.{millis:03d}"
 
 
+# The last event event_line() rendered and its line: the model and the printed lines both ask
+# for each event's line, one after the other. Events are frozen, so the line cannot go stale.
+_last_line: tuple[Event | None, str | None] = (None, None)
+
+
 def event_line(event: Event) -> str | None:
     """One plain line per event, stamped with the wall clock; None for unmet wait progress."""
+    global _last_line
+    last, line = _last_line
+    if last is event:
+        return line
     text = describe(event)
-    return None if text is None else f"{clock(event.at)} {text}"
+    line = None if text is None else f"{clock(event.at)} {text}"
+    _last_line = (event, line)
+    return line
 
 
 def summary_lines(model: RunModel, ended: BatchEnded) -> list[str]:
