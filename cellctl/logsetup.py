@@ -7,17 +7,11 @@ only enqueues a record, and the JSON is rendered and written off the loop, in or
 from __future__ import annotations
 
 import atexit
-import contextlib
 import dataclasses
 import datetime
-import errno
 import logging
 import os
-import queue
-import stat
 import sys
-import threading
-from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +19,19 @@ import structlog
 from structlog.processors import ExceptionRenderer, JSONRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 
-from cellctl.errors import CellctlError
-from cellctl.files import NotARegularFile, special_kind
+from cellctl.logfile import LogFileUnusable, _JsonLinesFile, _open_for_append
+from cellctl.logwriter import (
+    _CONTEXT,
+    _FILE_ONLY,
+    _METHOD_LEVELS,
+    _QUEUED,
+    _Enqueue,
+    _Event,
+    _Writer,
+)
 
 # Libraries that log tracebacks during outages (asyncua: "Publish iteration crashed").
 NOISY_LIBRARIES = ("asyncua", "pymodbus", "transitions")
-
-#: Seconds a flush waits for the log file's thread to write what was logged before it.
-FLUSH_WAIT = 10.0
-#: Seconds the log file's thread gathers records before it writes them in one go: it takes
-#: the interpreter's lock a few times a second, not once per record from the control loop.
-GATHER = 0.02
 
 
 def default_log_file() -> Path:
@@ -69,85 +65,6 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-class LogFileUnusable(CellctlError):
-    """The log file that --log-file or CELLCTL_LOG_FILE names cannot be opened for appending."""
-
-
-def _open_for_append(path: Path) -> int:
-    """A descriptor appending to `path`, created if missing; raises OSError naming why not."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        pass
-    else:
-        # A character device (/dev/null, /dev/stderr) or a FIFO someone reads is fine; a
-        # folder, a disk or a socket is not a log.
-        kind = special_kind(mode)
-        if kind is not None and not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
-            raise NotARegularFile(path, kind)
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOCTTY | os.O_CLOEXEC
-    try:
-        # O_NONBLOCK: a FIFO nobody reads fails at once (ENXIO) instead of blocking forever.
-        fd = os.open(path, flags | os.O_NONBLOCK, 0o666)
-    except OSError as err:
-        if err.errno == errno.ENXIO:
-            raise OSError(errno.ENXIO, "a FIFO that no process reads", str(path)) from err
-        raise
-    os.set_blocking(fd, True)
-    return fd
-
-
-class _JsonLinesFile(logging.Handler):
-    """Appends each formatted record as one line to an open file.
-
-    The first write that fails (a full disk, a reader gone) prints one warning on stderr and
-    ends logging to the file: never a traceback per record, never a half-written line retried.
-    """
-
-    def __init__(self, path: Path, fd: int) -> None:
-        super().__init__()
-        self.path = path
-        self._fd: int | None = fd
-
-    @property
-    def working(self) -> bool:
-        """True until a write failed (or the handler was closed)."""
-        return self._fd is not None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Write the record's JSON line; on an OSError, warn once and stop."""
-        if self._fd is None:
-            return
-        try:
-            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
-        except Exception:
-            self.handleError(record)  # a broken log call: the stdlib's report, as everywhere
-            return
-        try:
-            while data:
-                data = data[os.write(self._fd, data) :]
-        except OSError as err:
-            self._release()
-            reason = err.strerror or str(err)
-            with contextlib.suppress(OSError):  # stderr gone too: nowhere left to say it
-                sys.stderr.write(
-                    f"warning: cannot write the log file {self.path}: {reason}; "
-                    "nothing more is logged to it\n"
-                )
-
-    def _release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            # A close that fails loses nothing more than the write that failed.
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def close(self) -> None:
-        """Close the file."""
-        self._release()
-        super().close()
-
-
 class _NoCallerLogger(logging.Logger):
     """A logger whose records do not say where the call was made (nothing shows it)."""
 
@@ -160,92 +77,6 @@ class _NoCallerLogger(logging.Logger):
         if stack_info:
             return super().findCaller(stack_info, stacklevel)
         return "(unknown file)", 0, "(unknown function)", None
-
-
-#: A record with this attribute true goes to the log file, never to the console.
-_FILE_ONLY = "cellctl_file_only"
-#: A library's record carries the caller's structlog context here (its thread has no other).
-_CONTEXT = "cellctl_context"
-
-
-class _Flush:
-    """A mark on the queue: the writer sets `done` once every record before it is written."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-
-
-class _Enqueue(QueueHandler):
-    """Hands each record to the log file's thread; the caller renders nothing but a library's
-    message, whose arguments may change once the call returned."""
-
-    def prepare(self, record: logging.LogRecord) -> Any:
-        """A copy of the record that no later change by the caller reaches."""
-        # A copy: another handler may still format the original (it sets attributes). Its
-        # attributes, as copy.copy would take them, at a fraction of the cost.
-        original, record = record, logging.LogRecord.__new__(logging.LogRecord)
-        record.__dict__.update(original.__dict__)
-        if not hasattr(record, "_logger"):
-            # A library's record: message and context now. structlog's own record holds a
-            # fresh event dict of values its caller passed and no longer changes.
-            record.msg = record.getMessage()
-            record.args = None
-            setattr(record, _CONTEXT, structlog.contextvars.get_contextvars())
-        elif isinstance(event := record.msg, dict) and event.get("exc_info") is True:
-            # The exception being handled now, on this thread: the file's thread has none.
-            record.msg = {**event, "exc_info": sys.exc_info()}
-        return record
-
-
-class _Writer(QueueListener):
-    """The log file's thread: takes records off the queue, renders and writes them in order."""
-
-    def __init__(self, file: _JsonLinesFile) -> None:
-        records: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        super().__init__(records, file)
-        self.records = records
-        self.file = file
-        #: Set by a flush or a stop: the thread writes what is queued without gathering more.
-        self._hurry = threading.Event()
-
-    def dequeue(self, block: bool) -> Any:
-        """The next record; once the queue is empty, wait GATHER (unless hurried) first."""
-        try:
-            return self.records.get_nowait()
-        except queue.Empty:
-            pass
-        if self._hurry.wait(GATHER):
-            self._hurry.clear()
-        return self.records.get()
-
-    def handle(self, record: Any) -> None:
-        """Write one record (or mark a flush done); never let the thread die on a record."""
-        if isinstance(record, _Flush):
-            record.done.set()
-            return
-        try:
-            self.file.handle(record)
-        except Exception:  # the file's own emit reports its errors; this is a last guard
-            self.file.handleError(record)
-
-    def flush(self) -> bool:
-        """Wait until every record enqueued before this call is written; False on FLUSH_WAIT."""
-        if self._thread is None:
-            return True
-        mark = _Flush()
-        self.records.put_nowait(mark)
-        self._hurry.set()
-        return mark.done.wait(FLUSH_WAIT)
-
-    def stop(self) -> None:
-        """Write what is queued, end the thread (bounded by FLUSH_WAIT), close the file."""
-        thread = self._thread
-        if thread is not None:
-            self.enqueue_sentinel()
-            self._hurry.set()
-            thread.join(FLUSH_WAIT)  # a writer stuck on a FIFO nobody reads stays stuck alone
-            self._thread = None
-        self.file.close()
 
 
 # The handlers this module installed, so a second configure replaces only its own.
@@ -266,6 +97,39 @@ def flush_logs() -> None:
     """Wait (at most FLUSH_WAIT) until the log file holds every record logged so far."""
     for writer in _WRITER:
         writer.flush()
+
+
+def _to_writer(logger: Any, method: str, event_dict: Any) -> Any:
+    """structlog's last processor: the event goes to the log file's thread as it is; the
+    stdlib's record is made only when a handler besides the file's would take it."""
+    wrapped = (event_dict,), {"extra": {"_logger": logger, "_name": method}}
+    levelno = _METHOD_LEVELS.get(method)
+    if not _WRITER or levelno is None or not isinstance(logger, logging.Logger):
+        return wrapped
+    if logger.disabled or logger.filters:
+        return wrapped  # the stdlib decides, as it always did
+    if not logger.isEnabledFor(levelno):
+        raise structlog.DropEvent  # what the stdlib's logger would do with it
+    writer = _WRITER[0]
+    others = False
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            if isinstance(handler, _Enqueue):
+                continue
+            if levelno >= handler.level:
+                others = True
+        if not node.propagate:
+            break
+        node = node.parent
+    if event_dict.get("exc_info") is True:
+        # The exception being handled now, on this thread: the file's thread has none.
+        event_dict = {**event_dict, "exc_info": sys.exc_info()}
+    writer.put(_Event(logger, method, levelno, event_dict))
+    if not others:
+        raise structlog.DropEvent
+    wrapped[1]["extra"][_QUEUED] = True
+    return wrapped
 
 
 def _stop_writer() -> None:
@@ -390,13 +254,13 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> None
         writer = _Writer(file_handler)
         writer.start()
         _WRITER.append(writer)
-        _install(root, _Enqueue(writer.records))
+        _install(root, _Enqueue(writer))
 
     for name in NOISY_LIBRARIES:
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
 
     structlog.configure(
-        processors=[*_caller_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[*_caller_processors(), _to_writer],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

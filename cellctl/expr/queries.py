@@ -16,11 +16,15 @@ class _Names(Walker):
         self.found.add(node.name)
 
 
+#: One empty set for every expression that reads no name: a 10,000-step recipe holds thousands.
+_NO_NAMES: frozenset[str] = frozenset()
+
+
 def names_of(node: Node) -> frozenset[str]:
     """The names a tree reads: parameters, bound results and tags (not `true`, `false`)."""
     walker = _Names()
     walker.visit(node)
-    return frozenset(walker.found)
+    return frozenset(walker.found) if walker.found else _NO_NAMES
 
 
 class _Compared(Walker):
