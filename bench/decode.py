@@ -271,11 +271,13 @@ async def _session(cell_file: Path, tags: Sequence[Tag]) -> TagIO:
     session = CellSession(load_cell(cell_file), [t.name for t in tags])
     await session.__aenter__()
     session.watch()
-    deadline = time.monotonic() + 10
-    while any(session.board.latest(t.name) is None for t in tags):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the first poll cycle did not reach the board within 10 s")
-        await asyncio.sleep(0.01)
+    from cellctl.testing import wait_until
+
+    await wait_until(
+        lambda: all(session.board.latest(t.name) is not None for t in tags),
+        10,
+        "the first poll cycle to reach the board",
+    )
     return session
 
 

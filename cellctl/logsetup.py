@@ -93,10 +93,10 @@ def active_log_file() -> Path | None:
     return None
 
 
-def flush_logs() -> None:
-    """Wait (at most FLUSH_WAIT) until the log file holds every record logged so far."""
-    for writer in _WRITER:
-        writer.flush()
+def flush_logs() -> bool:
+    """Wait (at most FLUSH_WAIT) until the log file holds every record logged so far; False
+    when it did not within that time."""
+    return all([writer.flush() for writer in _WRITER])
 
 
 def _to_writer(logger: Any, method: str, event_dict: Any) -> Any:
@@ -142,7 +142,8 @@ def log_internal_error(error: BaseException) -> Path | None:
     """Log a bug's traceback for the log file alone; the file that holds it (None: none does)."""
     # File only: the caller prints the console's one line, which points at the file.
     logging.getLogger("cellctl").error("internal error", exc_info=error, extra={_FILE_ONLY: True})
-    flush_logs()
+    if not flush_logs():
+        return None  # not written in time (a FIFO nobody reads): the console says it all
     return active_log_file()  # after the write: a write that failed leaves no file
 
 

@@ -215,4 +215,7 @@ class _Writer(QueueListener):
             self._hurry.set()
             thread.join(FLUSH_WAIT)  # a writer stuck on a FIFO nobody reads stays stuck alone
             self._thread = None
+            if thread.is_alive():
+                # Still inside a write: closing would free the descriptor for reuse under it.
+                return
         self.file.close()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from drivers.base import Value
-from drivers.codecs import decode_registers, get_bit, shortest_float32
+from drivers.codecs import STRUCT_FORMATS, decode_registers, get_bit, shortest_float32
 from drivers.errors import BadResponse
 from drivers.points import DataType, ModbusPoint, ModbusTable, WordOrder
 
@@ -68,17 +68,8 @@ class ReadBlock:
 #: big-endian bytes — empty for a bit table) -> the value; raises BadResponse.
 _Decode = Callable[[Sequence[int] | Sequence[bool], bytes], Value]
 
-# struct codes of the fixed-width register types.
-_CODES: dict[DataType, str] = {
-    DataType.INT16: "h",
-    DataType.UINT16: "H",
-    DataType.INT32: "i",
-    DataType.UINT32: "I",
-    DataType.INT64: "q",
-    DataType.UINT64: "Q",
-    DataType.FLOAT32: "f",
-    DataType.FLOAT64: "d",
-}
+# struct codes of the fixed-width register types (codecs' big-endian formats, without the order).
+_CODES: dict[DataType, str] = {datatype: code[1:] for datatype, code in STRUCT_FORMATS.items()}
 
 
 def _decoder(point: ModbusPoint, block: ReadBlock) -> _Decode:

@@ -23,8 +23,8 @@ FLOAT_TYPES = (DataType.FLOAT32, DataType.FLOAT64)
 # The largest finite float32, as the decimal a cell file or operator would write.
 FLOAT32_MAX = 3.4028235e38
 
-# struct format (big-endian) of each fixed-width register type.
-_STRUCT: dict[DataType, str] = {
+#: struct format (big-endian) of each fixed-width register type.
+STRUCT_FORMATS: dict[DataType, str] = {
     DataType.INT16: ">h",
     DataType.UINT16: ">H",
     DataType.INT32: ">i",
@@ -138,7 +138,7 @@ def encode_registers(
     if datatype is DataType.STRING:
         assert isinstance(checked, str)
         return _encode_string(checked, length)
-    return _to_registers(_reorder(struct.pack(_STRUCT[datatype], checked), word_order))
+    return _to_registers(_reorder(struct.pack(STRUCT_FORMATS[datatype], checked), word_order))
 
 
 def _encode_string(text: str, length: int) -> list[int]:
@@ -174,7 +174,7 @@ def decode_registers(
     data = _from_registers(registers)
     if datatype is DataType.BOOL:
         return data != b"\x00\x00"
-    (number,) = struct.unpack(_STRUCT[datatype], _reorder(data, word_order))
+    (number,) = struct.unpack(STRUCT_FORMATS[datatype], _reorder(data, word_order))
     if datatype is DataType.FLOAT32:
         return shortest_float32(number)
     result: int | float = number

@@ -20,6 +20,7 @@ import pytest
 import structlog
 from rich.console import Console
 
+from cellctl import logsetup
 from cellctl.cli.consoles import FRAME, FramedLines
 from cellctl.logsetup import configure_logging, flush_logs
 from cellctl.testing import wait_until
@@ -82,7 +83,9 @@ def test_records_reach_the_file_in_order_and_from_another_thread(log_file: Path)
     assert [r.get("n") for r in written] == [*range(500), None]
     assert written[-1]["event"] == "last"
     assert all(str(r["timestamp"]).endswith("Z") for r in written)
-    assert any(thread.name != threading.current_thread().name for thread in threading.enumerate())
+    # The writer is a thread of its own, alive while logging is configured.
+    writer = logsetup._WRITER[0]._thread
+    assert writer is not None and writer.is_alive() and writer is not threading.current_thread()
 
 
 # --- event lines for a pipe or a file ---------------------------------------------------------

@@ -265,7 +265,7 @@ class TagIO:
 
         groups = await asyncio.gather(*(read_device(d, n) for d, n in by_device.items()))
         found = {value.tag: value for group in groups for value in group}
-        return {tag: found[tag] for tag in dict.fromkeys(tags)}
+        return {tag: found[tag] for tag in tags}
 
     def check(self, tag: str, value: Value) -> Value:
         """The value checked for a write to `tag`; OutOfRange naming the tag otherwise."""

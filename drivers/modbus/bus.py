@@ -69,7 +69,7 @@ class ModbusBus:
         self._config = config
         self._client: ModbusBaseClient | None = None
         #: Held while a job is on the wire: one request, or both halves of a read-modify-write.
-        self.lock = asyncio.Lock()
+        self._lock = asyncio.Lock()
         self._listeners: list[BusListener] = []
         #: Who hears of each try of the connect loop: (try number, why the last one failed).
         self._try_listeners: list[Callable[[int, str | None], None]] = []
@@ -180,14 +180,15 @@ class ModbusBus:
 
     async def _take_bus(self, what: str, sent_by: float, wait: float) -> None:
         """Take the bus's lock by `sent_by`, else DeviceTimeout "not sent"."""
-        if not self.lock.locked() and not self._queued:
-            # Free and nobody queued: acquire() returns at once, so no timer is needed.
-            await self.lock.acquire()
+        if not self._lock.locked() and not self._queued:
+            # Free and nobody queued (every acquire of the private lock comes through here):
+            # acquire() returns at once, so no timer is needed.
+            await self._lock.acquire()
             return
         self._queued += 1
         try:
             async with asyncio.timeout_at(sent_by):
-                await self.lock.acquire()
+                await self._lock.acquire()
         except TimeoutError as err:
             raise DeviceTimeout(
                 f"{what}: not sent: the bus to {self.endpoint} stayed busy for {wait:g} s"
@@ -218,20 +219,20 @@ class ModbusBus:
             def free(_task: object = None) -> None:
                 if held[0]:
                     held[0] = False
-                    self.lock.release()
+                    self._lock.release()
 
             task = loop.create_task(
                 self._settle(self._tries(client, call, deadline), free, outcome),
                 name=f"modbus {what}",
             )
         except LineBusy as err:
-            self.lock.release()
+            self._lock.release()
             raise DeviceTimeout(
                 f"{what}: not sent: the line {self.endpoint} did not stay quiet for "
                 f"{self._quiet.turnaround * 1000:.0f} ms within {wait:g} s"
             ) from err
         except BaseException:
-            self.lock.release()
+            self._lock.release()
             raise
         # A done-callback frees the bus, and settles the outcome, even when close() cancels
         # the task before it ran (its coroutine then never starts).
