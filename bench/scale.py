@@ -303,6 +303,8 @@ async def _raw(ports: list[int], window: float, warmup: float) -> None:
     from pymodbus.client import AsyncModbusTcpClient
     from pymodbus.exceptions import ModbusException
 
+    from drivers.modbus.driver import poll_phase
+
     # The cell file's defaults: timeout 1 s, one retry.
     clients = [AsyncModbusTcpClient("127.0.0.1", port=p, timeout=1.0, retries=1) for p in ports]
     for client, port in zip(clients, ports, strict=True):
@@ -316,7 +318,9 @@ async def _raw(ports: list[int], window: float, warmup: float) -> None:
 
     async def poll(index: int, client: AsyncModbusTcpClient) -> None:
         loop = asyncio.get_running_loop()
-        due = loop.time()
+        # Staggered as ours staggers its pollers (the same phases, devices started in the same
+        # order): the first cycle at once, the next `phase` of a period later.
+        due = loop.time() - (1.0 - poll_phase(index)) * PERIOD
         while polling:
             try:
                 answer = await client.read_holding_registers(0, count=REGISTERS, device_id=1)

@@ -35,6 +35,28 @@ log = logging.getLogger("drivers")
 MethodHandler = Callable[..., Awaitable[Any]]
 
 
+#: How many confirmed writes a MemoryDriver keeps in `writes` (the latest ones): a long batch
+#: must not grow without bound; tests look at a handful.
+WRITES_KEPT = 1_000
+
+
+class WriteLog(list[tuple[str, Value]]):
+    """The latest confirmed writes, oldest first, at most `kept` of them (a list, so tests
+    compare it with one); `total` is how many were ever appended."""
+
+    def __init__(self, kept: int = WRITES_KEPT) -> None:
+        super().__init__()
+        self.kept = kept
+        self.total = 0
+
+    def append(self, write: tuple[str, Value], /) -> None:
+        """Add the latest write, dropping the oldest beyond `kept`."""
+        super().append(write)
+        self.total += 1
+        if len(self) > self.kept:
+            del self[0]  # a memmove of `kept` pointers: cheaper than a write
+
+
 class _Subscription:
     """One subscriber's points and callback."""
 
@@ -53,7 +75,8 @@ class MemoryDriver(TracksHealth):
     def __init__(self, config: MemoryConfig) -> None:
         self.name = config.name
         self.config = config
-        self.writes: list[tuple[str, Value]] = []  # confirmed writes, in order: (key, value)
+        #: Confirmed writes, in order: (key, value), the latest WRITES_KEPT of them.
+        self.writes = WriteLog()
         self._tracker = HealthTracker(config.name)
         self._values: dict[str, Value] = {}
         self._changed: dict[str, float] = {}  # time.time() of each key's last change

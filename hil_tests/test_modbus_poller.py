@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
@@ -122,3 +123,36 @@ async def test_after_an_overrun_the_poller_rests_a_whole_period() -> None:
         elapsed = time.monotonic() - start
         # Each cycle: one try that times out, then a whole period of rest.
         assert elapsed >= 0.9 * 3 * (limits.worst_case + period)
+
+
+@pytest.mark.asyncio
+async def test_devices_polled_at_one_rate_poll_at_different_moments_of_the_period(
+    rig: Rig[ModbusSimServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two devices subscribed at the same moment: after their first cycles (at once) their
+    # cycles keep apart (about 0.4 or 0.6 of a period between two pollers started one after
+    # the other) instead of both waking on the same tick.
+    caplog.set_level(logging.CRITICAL, logger="drivers.modbus")
+    period = 0.2
+    heard: dict[str, list[float]] = {"a": [], "b": []}
+    loop = asyncio.get_running_loop()
+
+    def cycle_of(name: str) -> Callable[[dict[str, Reading]], None]:
+        def failing(_readings: dict[str, Reading]) -> None:
+            heard[name].append(loop.time())
+            # A subscriber that raises is offered the same values every cycle: each call
+            # marks a cycle, whether or not the value changed.
+            raise RuntimeError("count every cycle")
+
+        return failing
+
+    async with (
+        rig.driver(name="a", poll=period) as a,
+        rig.driver(name="b", poll=period) as b,
+    ):
+        a.subscribe([AFTER], cycle_of("a"))
+        b.subscribe([AFTER], cycle_of("b"))
+        await wait_until(lambda: min(map(len, heard.values())) >= 5, 10.0, "five polls each")
+    # How long after a's latest cycle each of b's later cycles came.
+    lags = [t - max(x for x in heard["a"] if x <= t) for t in heard["b"][1:] if t > heard["a"][0]]
+    assert 0.2 * period <= statistics.median(lags) <= 0.8 * period, lags

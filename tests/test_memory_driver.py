@@ -95,6 +95,16 @@ async def test_write_then_read_back_and_write_log(driver: MemoryDriver) -> None:
 
 
 @pytest.mark.asyncio
+async def test_write_log_keeps_the_latest_writes_only(driver: MemoryDriver) -> None:
+    # A 10,000-step batch on a memory cell must not keep every write it made.
+    kept = driver.writes.kept
+    for value in range(kept + 5):
+        await driver.write(SPEED, value)
+    assert driver.writes.total == kept + 5
+    assert driver.writes == [("speed", value) for value in range(5, kept + 5)]
+
+
+@pytest.mark.asyncio
 async def test_readings_are_stamped_with_wall_clock(driver: MemoryDriver) -> None:
     before = time.time()
     (reading,) = await driver.read([SPEED])

@@ -76,32 +76,34 @@ async def _watch(cell: Cell, names: list[str], stop: asyncio.Event) -> None:
     import asyncio
     import contextlib
 
-    from rich.live import Live
-
     from cellctl.cell.tags import tag_units
     from cellctl.cli.views.tags import tag_table
+    from cellctl.cli.views.watch import WatchTable
     from cellctl.io.session import CellSession
 
     out = consoles.out
     async with CellSession(cell, names) as session:
-        latest: dict[str, TagValue] = await session.read()
-        unsubscribe = session.subscribe(lambda value: latest.__setitem__(value.tag, value))
+        units = tag_units(cell)
+        view = WatchTable(names, await session.read(), cell.cell, units)
+        unsubscribe = session.subscribe(view.update)
         try:
-            units = tag_units(cell)
-            with Live(
-                tag_table(latest.values(), cell.cell, units), console=out, auto_refresh=False
-            ) as live:
+            if not out.is_terminal:
+                # Nobody sees frames in a pipe or a log: the table of every tag once, at the end.
+                await stop.wait()
+                out.print(tag_table(view.values(), cell.cell, units))
+                return
+            from rich.live import Live
+
+            # The view draws only the rows that fit the terminal: a frame costs the same with
+            # 5,000 tags as with 18. The last frame stays on the screen after Ctrl-C.
+            with Live(view, console=out, auto_refresh=False) as live:
                 while not stop.is_set():
-                    live.update(
-                        tag_table([latest[n] for n in names], cell.cell, units), refresh=True
-                    )
+                    live.refresh()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(0.25):
                             await stop.wait()
         finally:
             unsubscribe()
-        if not out.is_terminal:
-            out.print()  # rich leaves the last frame without a newline off a terminal
 
 
 @app.command()

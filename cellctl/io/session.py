@@ -76,7 +76,10 @@ class TagBoard:
 
     def __init__(self) -> None:
         self._latest: dict[str, TagValue] = {}
-        self._listeners: dict[str, list[TagListener]] = {}
+        # Tuples, replaced whole when listeners come and go: an update (every polled value)
+        # iterates them as they are, without a copy, and a listener that unsubscribes during
+        # an update cannot change the tuple being iterated.
+        self._listeners: dict[str, tuple[TagListener, ...]] = {}
         self._on_error: list[ListenerError] = []
 
     def update(self, value: TagValue) -> None:
@@ -86,7 +89,7 @@ class TagBoard:
         listeners = self._listeners.get(value.tag)
         if not listeners:  # most polled tags: nobody listens to them one by one
             return
-        for listener in list(listeners):
+        for listener in listeners:
             try:
                 listener(value)
             except Exception as error:
@@ -115,13 +118,14 @@ class TagBoard:
         """Call `listener` with every update of any of `tags` until unsubscribed."""
         names = list(dict.fromkeys(tags))
         for tag in names:
-            self._listeners.setdefault(tag, []).append(listener)
+            self._listeners[tag] = (*self._listeners.get(tag, ()), listener)
 
         def unsubscribe() -> None:
             for tag in names:
-                listeners = self._listeners.get(tag, [])
+                listeners = list(self._listeners.get(tag, ()))
                 if listener in listeners:
-                    listeners.remove(listener)
+                    listeners.remove(listener)  # the first: as list.remove did before
+                    self._listeners[tag] = tuple(listeners)
 
         return unsubscribe
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -17,6 +19,18 @@ from drivers.modbus.subscription import Subscription
 from drivers.points import Point
 
 log = logging.getLogger("drivers.modbus")
+
+# The golden ratio's fraction: the phases of pollers started one after another, whatever
+# their number, fall evenly over the period (each new one in the largest gap left).
+_GOLDEN = (math.sqrt(5) - 1) / 2
+# How many pollers this process has started: the next one's place in the sequence of phases.
+_STARTED = itertools.count()
+
+
+def poll_phase(index: int) -> float:
+    """Where in its period the `index`-th poller started polls, as a fraction in (0, 1]: its
+    second cycle is due that fraction of a period after its first (1.0 for the first poller)."""
+    return 1.0 - (index * _GOLDEN) % 1.0
 
 
 class ModbusDriver(ModbusDevice):
@@ -46,7 +60,10 @@ class ModbusDriver(ModbusDevice):
         return unsubscribe
 
     def _start_poller(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._poll(), name=f"modbus poll {self.name}")
+        phase = poll_phase(next(_STARTED))
+        task = asyncio.get_running_loop().create_task(
+            self._poll(phase), name=f"modbus poll {self.name}"
+        )
         task.add_done_callback(self._poller_ended)
         self._poller = task
 
@@ -65,10 +82,17 @@ class ModbusDriver(ModbusDevice):
         self._poll_error = text
         self._update_health(text)
 
-    async def _poll(self) -> None:
-        """Poll until no subscription is left; a cycle that raises is reported, not fatal."""
+    async def _poll(self, phase: float) -> None:
+        """Poll until no subscription is left; a cycle that raises is reported, not fatal.
+
+        The first cycle runs at once (subscribers hear every value without waiting); the
+        second is due `phase` of a period later, then one every period. Devices polled at the
+        same rate thus poll at different moments of the period, as SCADA pollers stagger
+        them, instead of all waking on the same tick and queueing behind each other's work.
+        """
         loop = asyncio.get_running_loop()
-        due = loop.time()
+        # The schedule's origin, moved back so that the next cycle is due `phase` from now.
+        due = loop.time() - (1.0 - phase) * self.config.poll
         while self._subscriptions:
             try:
                 await self._poll_once()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from drivers.base import Reading, ReadingsCallback
 from drivers.batching import ReadPlan
-from drivers.codecs import same_reading, same_value
+from drivers.codecs import same_reading
 from drivers.points import ModbusPoint
 
 log = logging.getLogger("drivers.modbus")
@@ -75,20 +75,22 @@ class Subscription:
         """
         due = {n for n, mark in self.recheck.items() if cycle > mark} if self.recheck else set()
         changed: dict[str, Reading] = {}
-        told: list[tuple[int, Reading]] = []
+        told: list[int] = []  # the positions of `changed`, in the same order
         last, names = self.last, self._names
         for position, place in enumerate(places):
             reading = readings[place]
             previous = last[position]
-            # same_reading, spelt out: this runs for every point of every poll cycle.
+            # same_reading, spelt out (same_value too, but for NaN): this runs for every
+            # point of every poll cycle.
             if (
                 previous is None
                 or previous.quality is not reading.quality
-                or not same_value(previous.value, reading.value)
+                or type(old := previous.value) is not type(new := reading.value)
+                or (old != new and not (old != old and new != new))  # NaN equals NaN
                 or (due and names[position] in due)
             ):
                 changed[names[position]] = reading
-                told.append((position, reading))
+                told.append(position)
         if not changed:
             return
         try:
@@ -117,7 +119,7 @@ class Subscription:
             )
             self.failing = False
         last = self.last  # the list held now (a callback may have led to forget())
-        for position, reading in told:
-            last[position] = reading
+        for position in told:
+            last[position] = readings[places[position]]
         for name in due:
             del self.recheck[name]

@@ -34,15 +34,26 @@ def tag_table(
     table.add_column("quality")
     table.add_column("age", justify="right")
     for value in rows:
-        shown = format_value(value.value) if value.error is None else value.error
-        style = _QUALITY_STYLE[value.quality]
-        # Text(), never markup: a string tag may hold "[/x]", which rich would parse.
-        cells = [Text(value.tag), Text(value.device), Text(shown)]
-        if with_unit:
-            cells.append(Text(units.get(value.tag, "")))
-        cells += [Text(value.quality.value, style=style), Text(f"{value.age:.1f} s")]
-        table.add_row(*cells)
+        unit = units.get(value.tag, "") if with_unit else None
+        table.add_row(*tag_cells(value, unit), age_cell(value))
     return table
+
+
+def tag_cells(value: TagValue, unit: str | None = None) -> list[Text]:
+    """A tag's row in a tag table but its age: tag, device, value (or its error), unit (unless
+    None: the table has no unit column), quality."""
+    shown = format_value(value.value) if value.error is None else value.error
+    # Text(), never markup: a string tag may hold "[/x]", which rich would parse.
+    cells = [Text(value.tag), Text(value.device), Text(shown)]
+    if unit is not None:
+        cells.append(Text(unit))
+    cells.append(Text(value.quality.value, style=_QUALITY_STYLE[value.quality]))
+    return cells
+
+
+def age_cell(value: TagValue) -> Text:
+    """A tag's age in a tag table: seconds since its value was read."""
+    return Text(f"{value.age:.1f} s")
 
 
 def _field(text: str) -> str:
