@@ -11,5 +11,7 @@ BATCH_NOT_COMPLETE = 3
 INTERNAL_ERROR = 4
 #: The safe state could not be confirmed on every device (the tags are named).
 SAFE_STATE_UNCONFIRMED = 5
+#: The journal cannot be opened or written, or its chain does not verify.
+JOURNAL = 6
 #: Ctrl-C cut a one-shot command short.
 INTERRUPTED = 130

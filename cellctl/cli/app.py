@@ -85,6 +85,16 @@ app = _App(
 )
 
 
+#: `cellctl audit ...`: checks of the batch record; its commands are in cellctl.cli.audit.
+audit_app = _App(
+    cls=_Group,
+    name="audit",
+    help="Check the batch record (the journal).",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app)
+
+
 def _version(value: bool) -> None:
     if value:
         consoles.out.print(f"cellctl {__version__}")
