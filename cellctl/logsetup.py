@@ -9,9 +9,11 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import datetime
+import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,14 @@ def flush_logs() -> bool:
 def _to_writer(logger: Any, method: str, event_dict: Any) -> Any:
     """structlog's last processor: the event goes to the log file's thread as it is; the
     stdlib's record is made only when a handler besides the file's would take it."""
+    wrapped = _routed(logger, method, event_dict)
+    if wrapped is None:
+        raise structlog.DropEvent
+    return wrapped
+
+
+def _routed(logger: Any, method: str, event_dict: Any) -> Any:
+    """_to_writer's work, returning None where it drops the event (log_info raises nothing)."""
     wrapped = (event_dict,), {"extra": {"_logger": logger, "_name": method}}
     levelno = _METHOD_LEVELS.get(method)
     if not _WRITER or levelno is None or not isinstance(logger, logging.Logger):
@@ -109,7 +119,7 @@ def _to_writer(logger: Any, method: str, event_dict: Any) -> Any:
     if logger.disabled or logger.filters:
         return wrapped  # the stdlib decides, as it always did
     if not logger.isEnabledFor(levelno):
-        raise structlog.DropEvent  # what the stdlib's logger would do with it
+        return None  # what the stdlib's logger would do with it
     writer = _WRITER[0]
     others = False
     node: logging.Logger | None = logger
@@ -127,9 +137,48 @@ def _to_writer(logger: Any, method: str, event_dict: Any) -> Any:
         event_dict = {**event_dict, "exc_info": sys.exc_info()}
     writer.put(_Event(logger, method, levelno, event_dict))
     if not others:
-        raise structlog.DropEvent
+        return None
     wrapped[1]["extra"][_QUEUED] = True
     return wrapped
+
+
+def log_info(bound: Any, event: str, fields: Callable[[], dict[str, Any]]) -> None:
+    """`bound.info(event, **fields())`, the same record, for an event logged many times a
+    second on the control loop (the controller's, several per step); `fields` is called only
+    when the record is made (not below the logger's level).
+
+    With configure_logging's processors this runs them itself, as structlog's BoundLogger
+    would, without its three calls that each repack the keywords; any other configuration
+    (a test's capture_logs, a logger bound before configure_logging) goes through structlog.
+    """
+    processors = getattr(bound, "_processors", None)
+    if (
+        type(bound) is not structlog.stdlib.BoundLogger
+        or processors is None
+        or len(processors) != 2
+        or processors[0] is not structlog.contextvars.merge_contextvars
+        or processors[1] is not _to_writer
+    ):
+        bound.info(event, **fields())
+        return
+    logger = bound._logger
+    if (
+        _WRITER
+        and isinstance(logger, logging.Logger)
+        and not logger.disabled
+        and not logger.filters
+        and not logger.isEnabledFor(logging.INFO)
+    ):
+        return  # what _to_writer decides once the record is made, decided first
+    # What BoundLoggerBase._process_event and _proxy_to_logger do with these processors.
+    event_dict = bound._context.copy()
+    event_dict.update(fields())
+    event_dict["event"] = event
+    event_dict = structlog.contextvars.merge_contextvars(logger, "info", event_dict)
+    wrapped = _routed(logger, "info", event_dict)
+    if wrapped is not None:  # None: dropped (the file's thread has it, nobody else wants it)
+        args, kwargs = wrapped
+        logger.info(*args, **kwargs)
 
 
 def _stop_writer() -> None:
@@ -166,6 +215,16 @@ def _json_default(value: object) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return repr(value)
+
+
+#: The log file's JSON encoder, made once: json.dumps(event, default=_json_default) builds a
+#: new one per line; this one writes the same bytes (json.dumps' defaults, the same default).
+_ENCODER = json.JSONEncoder(default=_json_default)
+
+
+def _encode(event: Any, **_dumps_kw: Any) -> str:
+    """JSONRenderer's serializer: the event as json.dumps(event, default=_json_default)."""
+    return _ENCODER.encode(event)
 
 
 def _caller_processors() -> list[structlog.types.Processor]:
@@ -226,7 +285,7 @@ def _file_handler(log_file: Path | None) -> _JsonLinesFile | None:
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 # show_locals=False: locals may hold secrets (passwords, certificates).
                 ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
-                JSONRenderer(default=_json_default),
+                JSONRenderer(_encode, default=_json_default),
             ],
         )
     )
