@@ -25,6 +25,7 @@ MODULES = (
     "bench.scale",  # 6: 10, 25, 50 devices x 100 tags at 10 Hz
     "bench.decode",  # 6: decode and delivery per polled tag, CPU of a 100-tag poll cycle
     "bench.startup",  # 7-8: loading, start times
+    "bench.journal",  # 10-11: a durable intent beside a bare commit; set steps, journal on
 )
 
 

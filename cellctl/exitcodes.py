@@ -13,5 +13,7 @@ INTERNAL_ERROR = 4
 SAFE_STATE_UNCONFIRMED = 5
 #: The journal cannot be opened or written, or its chain does not verify.
 JOURNAL = 6
+#: Refused: the state, a role, a login; a cell whose devices another batch holds.
+REFUSED = 7
 #: Ctrl-C cut a one-shot command short.
 INTERRUPTED = 130

@@ -13,6 +13,12 @@ from pathlib import Path
 from cellctl.errors import CellctlError
 from cellctl.files import NotARegularFile, special_kind
 
+#: Bytes a log file grows to before it is rotated: renamed NAME.1 (the older NAME.1 to NAME.2,
+#: ...), and a new NAME begun.
+MAX_BYTES = 10 * 1024 * 1024
+#: Rotated files kept (NAME.1 .. NAME.3); the oldest beyond them is dropped.
+BACKUPS = 3
+
 
 class LogFileUnusable(CellctlError):
     """The log file that --log-file or CELLCTL_LOG_FILE names cannot be opened for appending."""
@@ -47,12 +53,23 @@ class _JsonLinesFile(logging.Handler):
 
     The first write that fails (a full disk, a reader gone) prints one warning on stderr and
     ends logging to the file: never a traceback per record, never a half-written line retried.
+    A regular file is rotated past `max_bytes` (see MAX_BYTES). Several processes may share
+    it: each counts what it wrote, and one that finds the file rotated by another (once its
+    count reaches the bound) only opens the new one; its lines until then went to the rotated
+    file, none lost (a stat per line to notice sooner would cost more than it saves).
     """
 
-    def __init__(self, path: Path, fd: int) -> None:
+    def __init__(
+        self, path: Path, fd: int, *, max_bytes: int = MAX_BYTES, backups: int = BACKUPS
+    ) -> None:
         super().__init__()
         self.path = path
         self._fd: int | None = fd
+        self.max_bytes = max_bytes
+        self.backups = backups
+        info = os.fstat(fd)
+        #: The file's size as this process knows it (None: not a regular file, never rotated).
+        self._size: int | None = info.st_size if stat.S_ISREG(info.st_mode) else None
 
     @property
     def working(self) -> bool:
@@ -75,6 +92,12 @@ class _JsonLinesFile(logging.Handler):
         if self._fd is None:
             return
         data = (line + "\n").encode("utf-8", "backslashreplace")
+        if self._size is not None and self._size + len(data) > self.max_bytes:
+            self._rotate(len(data))
+        if self._fd is None:
+            return
+        if self._size is not None:
+            self._size += len(data)
         try:
             while data:
                 data = data[os.write(self._fd, data) :]
@@ -86,6 +109,40 @@ class _JsonLinesFile(logging.Handler):
                     f"warning: cannot write the log file {self.path}: {reason}; "
                     "nothing more is logged to it\n"
                 )
+
+    def _rotate(self, more: int) -> None:
+        """Rotate the file when it (on disk, whoever wrote it) cannot take `more` bytes; a
+        file another process rotated meanwhile is only reopened. A rotation that fails is
+        said once and not tried again: the lines go on to the file as it is."""
+        assert self._fd is not None
+        try:
+            mine = os.fstat(self._fd)
+            try:
+                named = os.stat(self.path)
+            except FileNotFoundError:
+                named = None
+            if named is not None and named.st_ino == mine.st_ino:
+                if mine.st_size + more <= self.max_bytes:  # our count was behind: not yet
+                    self._size = mine.st_size
+                    return
+                for older in range(self.backups - 1, 0, -1):
+                    source = Path(f"{self.path}.{older}")
+                    if source.exists():
+                        os.replace(source, f"{self.path}.{older + 1}")
+                os.replace(self.path, f"{self.path}.1")
+            fd = _open_for_append(self.path)
+        except OSError as err:
+            self._size = None
+            with contextlib.suppress(OSError):
+                sys.stderr.write(
+                    f"warning: cannot rotate the log file {self.path}: "
+                    f"{err.strerror or err}; it grows on\n"
+                )
+            return
+        old, self._fd = self._fd, fd
+        with contextlib.suppress(OSError):
+            os.close(old)
+        self._size = os.fstat(fd).st_size
 
     def _release(self) -> None:
         fd, self._fd = self._fd, None

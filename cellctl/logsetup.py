@@ -49,10 +49,38 @@ class _NoTracebackConsole(logging.Formatter):
     """One line per record; exception text is left to the log file."""
 
     def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.msg, dict):  # a structlog event: its text and its own fields
+            return f"{record.levelname.lower()}: {_console_text(record.msg)}"
         return f"{record.levelname.lower()}: {record.getMessage()}"
 
     def formatException(self, ei: object) -> str:
         return ""
+
+
+#: Fields every record of a batch carries (bound context) or the file adds: not repeated on
+#: the console's one line.
+_CONTEXT_FIELDS = frozenset(
+    {
+        "event",
+        "recipe",
+        "version",
+        "sha256",
+        "operator",
+        "batch",
+        "timestamp",
+        "level",
+        "logger",
+        "exc_info",
+        "stack_info",
+    }
+)
+
+
+def _console_text(event: dict[str, Any]) -> str:
+    """A structlog event as one readable line: its text, then its own fields (key=value)."""
+    fields = ", ".join(f"{k}={v}" for k, v in event.items() if k not in _CONTEXT_FIELDS)
+    text = str(event.get("event", ""))
+    return f"{text} ({fields})" if fields else text
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -125,7 +125,14 @@ def test_a_controller_killed_mid_batch_leaves_the_cell_safe(served: Path, tmp_pa
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=dict(os.environ, CELLCTL_LOG_FILE=str(tmp_path / "run.log"), PYTHONUNBUFFERED="1"),
+        # A journal of its own: the batch it leaves unfinished must not refuse the session's
+        # later runs of the demo cell (cellctl resume would be their next step).
+        env=dict(
+            os.environ,
+            CELLCTL_LOG_FILE=str(tmp_path / "run.log"),
+            CELLCTL_JOURNAL=str(tmp_path / "journal.sqlite"),
+            PYTHONUNBUFFERED="1",
+        ),
     )
     try:
         out = Lines(run)

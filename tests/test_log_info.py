@@ -105,3 +105,14 @@ def test_another_structlog_setup_gets_the_event_through_structlog() -> None:
             "log_level": "info",
         }
     ]
+
+
+def test_an_error_event_is_one_readable_console_line(
+    log_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A technician reads the event and its own fields, not the record's dict or its context.
+    _bound().bind(batch="B-1").error("the journal cannot be written", reason="the disk is full")
+    flush_logs()
+    err = capsys.readouterr().err
+    assert "error: the journal cannot be written (reason=the disk is full)" in err.splitlines()
+    assert "{" not in err and "recipe" not in err

@@ -60,7 +60,9 @@ def load_cell_and_bytes(path: Path) -> tuple[Cell, bytes]:
     """load_cell, and the bytes the cell was loaded from: a copy of the file (`sim
     --write-cell`) is made of what was validated, without reading the file again."""
     raw = read_file(path)
-    return cell_from_document(parse_yaml(raw, str(path)), path), raw
+    cell = cell_from_document(parse_yaml(raw, str(path)), path)
+    cell.loaded_from(raw)
+    return cell, raw
 
 
 def read_cell(path: Path) -> tuple[Cell | None, list[Problem]]:

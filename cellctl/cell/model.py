@@ -259,6 +259,7 @@ class Cell(_Entry):
     #: What Resetting waits for once it has written (None: nothing).
     ready: Ready | None = None
     _source: Path | None = PrivateAttr(None)
+    _sha256: str | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _take_source(self, info: ValidationInfo) -> Self:
@@ -270,6 +271,18 @@ class Cell(_Entry):
     def source(self) -> Path | None:
         """The file the cell was loaded from."""
         return self._source
+
+    @property
+    def sha256(self) -> str | None:
+        """SHA-256 (hex) of the bytes the cell was validated from (None: not from a file)."""
+        return self._sha256
+
+    def loaded_from(self, raw: bytes) -> None:
+        """Remember the hash of the very bytes this cell was validated from (the record names
+        the cell file by it, without reading the file again)."""
+        import hashlib
+
+        self._sha256 = hashlib.sha256(raw).hexdigest()
 
     @property
     def base_dir(self) -> Path:

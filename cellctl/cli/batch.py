@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from rich.console import Console
 from rich.live import Live
 
-from cellctl import exitcodes
+from cellctl import __version__, exitcodes
 from cellctl.cell.tags import tag_units
 from cellctl.cli.consoles import FramedLines
 from cellctl.cli.demo_fault import DemoFault
@@ -35,20 +40,39 @@ from cellctl.cli.prepare import (
     served,
 )
 from cellctl.cli.views.run import FittedView, RunModel, event_line, summary_lines
+from cellctl.cli.views.summary import BatchIdentity, record_lines
 from cellctl.control.commands import Commands
 from cellctl.control.controller import Controller
 from cellctl.control.events import BatchEnded, Event, Notice, StateChanged
+from cellctl.control.journal.events import batch_started_body
+from cellctl.control.journal.location import default_journal_path
+from cellctl.control.journal.recorder import (
+    BatchRecorder,
+    ended_body,
+    file_sha256,
+    new_batch_id,
+    open_batch,
+    os_user,
+)
+from cellctl.control.journal.rows import JournalRow
+from cellctl.control.journal.store import JournalStore, JournalUnavailable, SqliteStore
+from cellctl.control.journal.writer import JournalWriter
+from cellctl.control.ledger import NO_LEDGER
 from cellctl.control.machine import Mode, State
 from cellctl.control.operator import Operator
+from cellctl.control.resume import refuse_unfinished
 from cellctl.durations import format_duration
 from cellctl.errors import CellctlError
+from cellctl.io.celllock import CellLock
 from cellctl.io.drivers import ConnectReport, build_drivers
 from cellctl.io.heartbeat import Heartbeat
 from cellctl.io.session import TagIO
 from drivers.tasks import cancel_and_wait
 
 if TYPE_CHECKING:  # imported when --sim is given: it loads every simulator
+    from cellctl.cell import Cell
     from cellctl.io.sim import CellSimulator
+    from drivers.base import Driver
 
 __all__ = [
     "BatchRun",
@@ -102,6 +126,11 @@ class BatchRun:
         self.keys_gone = False
         #: The event lines for a pipe or a file (None on a terminal: rich prints them).
         self.lines: FramedLines | None = None
+        #: The batch's record (once its first row is on disk), and what the summary names.
+        self.recorder: BatchRecorder | None = None
+        self.identity: BatchIdentity | None = None
+        #: Why the journal could not be written mid-batch (exit 6), or None.
+        self.journal_failure: str | None = None
         if not options.interactive and not out.is_terminal:
             self.lines = FramedLines(out)
             self.lines.failed = self._lines_failed
@@ -132,6 +161,108 @@ class BatchRun:
                 self._lines_failed(error)
 
     async def run(self) -> int:
+        """Open the batch's record (its first row on disk before any device is touched: else
+        JournalUnavailable, exit 6), connect, run the batch, print the summary, close the
+        record; the exit code."""
+        recorder = self._open_record()
+        try:
+            # Every log line of the batch names it (the controller's tasks inherit it).
+            with structlog.contextvars.bound_contextvars(batch=recorder.batch):
+                code = await self._run_devices()
+        except CellctlError as error:
+            await self._close_record(recorder, error.exit_code)  # its own code stands
+            raise
+        except BaseException:
+            await self._close_record(recorder, exitcodes.INTERNAL_ERROR)
+            raise
+        problem = await self._close_record(recorder, code)
+        if problem is not None and code != exitcodes.JOURNAL:
+            raise problem
+        if problem is not None:  # the summary said the journal failed; this is what it lost
+            self.out.print(f"journal: {problem.reason}", markup=False, soft_wrap=True)
+        return code
+
+    def _open_record(self) -> BatchRecorder:
+        """The journal opened and the batch_started row on disk; JournalUnavailable naming
+        the path and why when it cannot be (nothing else has happened yet)."""
+        options, prepared = self.options, self.prepared
+        loaded = prepared.loaded
+        path = options.journal if options.journal is not None else default_journal_path()
+        refuse_unfinished(path, loaded.cell.cell)  # a crashed batch of the cell comes first
+        batch = new_batch_id()
+        user = os_user()
+        operator = options.operator or user
+        cell_file = loaded.cell.source
+        # The hash of the bytes that were validated; a cell not loaded from its file here (the
+        # testing kit's) is hashed as the file is now.
+        cell_sha256 = loaded.cell.sha256 or ""
+        if not cell_sha256 and cell_file is not None:
+            try:
+                cell_sha256 = file_sha256(cell_file)
+            except OSError as error:  # say so in the record, not a traceback
+                cell_sha256 = f"unreadable: {error.strerror or error}"
+        identity = loaded.identity
+        body = batch_started_body(
+            cell=loaded.cell.cell,
+            cell_sha256=cell_sha256,
+            recipe=identity.name,
+            version=identity.version,
+            recipe_sha256=identity.sha256,
+            parameters=prepared.parameters,
+            operator=operator,
+            mode=self._mode(),
+        )
+        body.update(
+            cell_file=None if cell_file is None else str(cell_file),
+            recipe_file=str(loaded.path),
+            os_user=user,
+            pid=os.getpid(),
+            host=socket.gethostname(),
+            cellctl_version=__version__,
+            sim=options.sim,
+        )
+        store = open_batch(self._open_store(path), batch, body)
+        writer = JournalWriter(store, on_failure=self._journal_failed)
+        self.recorder = BatchRecorder(writer, batch)
+        self.identity = BatchIdentity(batch, path, dict(prepared.parameters), operator, time.time())
+        return self.recorder
+
+    def _open_store(self, path: Path) -> JournalStore:
+        """The journal at `path` (created when missing); JournalUnavailable when it cannot be."""
+        return SqliteStore(path)
+
+    def _journal_failed(self, reason: str) -> None:
+        """The writer's on_failure: the batch fails closed (Held with the safe state)."""
+        if self.journal_failure is None:
+            self.journal_failure = reason
+        if self.controller is not None and self.recorder is not None:
+            # Called from the writer's thread's context: the hold's tasks name the batch too.
+            with structlog.contextvars.bound_contextvars(batch=self.recorder.batch):
+                self.controller.journal_failed(reason)
+
+    async def _close_record(self, recorder: BatchRecorder, code: int) -> JournalUnavailable | None:
+        """Write batch_ended when the summary did not (the batch never ran), then write what
+        is queued and close the journal; what could not be written, or None."""
+        recorder.writer.on_failure = None  # the batch is over: nothing more to hold
+        if not recorder.ended:
+            controller = self.controller
+            ran = controller is not None and controller.started_at is not None
+            state = str(controller.state) if ran and controller is not None else None
+            await recorder.end(ended_body(None, code, state=state))
+        try:
+            # Off the loop: close() joins the writer's thread (bounded).
+            await asyncio.to_thread(recorder.writer.close)
+        except JournalUnavailable as problem:
+            log.error("the journal could not be closed: %s", problem)
+            return problem
+        return None
+
+    def _mode(self) -> Mode:
+        """Maintenance when stepping or at breakpoints, else Production."""
+        stepping = self.options.step or bool(self.options.breaks)
+        return Mode.MAINTENANCE if stepping else Mode.PRODUCTION
+
+    async def _run_devices(self) -> int:
         """Connect, run the batch, print the summary; the exit code."""
         prepared = self.prepared
         loaded = prepared.loaded
@@ -152,9 +283,19 @@ class BatchRun:
         before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
         for signum in before:
             loop.add_signal_handler(signum, interrupt)
+        identity = self.identity
+        assert identity is not None  # run() opened the record before any device
         try:
-            async with served(loaded.cell, self.options) as (cell, simulator):
-                drivers = build_drivers(cell, prepared.devices)
+            # One batch per cell: the locks of the devices it serves (--sim: the simulators'),
+            # held to the end of the run, taken before any is connected; CellBusy (exit 7)
+            # names the batch that holds them, whoever runs it (cellctl.io.celllock).
+            async with (
+                served(loaded.cell, self.options) as (cell, simulator),
+                CellLock(
+                    cell, batch=identity.batch, operator=identity.operator, journal=identity.journal
+                ),
+            ):
+                drivers = self._drivers(cell)
                 io = TagIO(cell, drivers, prepared.tags)
                 with ConnectReport() as report:  # a slow connect says whom it tries to reach
                     await io.connect(report=report)  # DevicesUnreachable: nothing was written
@@ -179,6 +320,10 @@ class BatchRun:
                 if handler is not None:
                     signal.signal(signum, handler)
 
+    def _drivers(self, cell: Cell) -> dict[str, Driver]:
+        """The drivers of the devices the batch uses (a test's rig gives its own)."""
+        return build_drivers(cell, self.prepared.devices)
+
     def _make_controller(self, io: TagIO, simulator: CellSimulator | None) -> Controller:
         """The controller of the batch, with the view's model, the operator's hands and the
         demo's fault script listening to it."""
@@ -198,19 +343,25 @@ class BatchRun:
             operator = prepared.operator
         else:
             operator = terminal = TerminalOperator(model, options.operator)
-        stepping = options.step or bool(options.breaks)
+        recorder = self.recorder
         controller = Controller(
             loaded,
             prepared.parameters,
             io,
             operator,
-            mode=Mode.MAINTENANCE if stepping else Mode.PRODUCTION,
+            mode=self._mode(),
             step_mode=options.step,
             breakpoints=options.breaks,
             comm_devices=prepared.devices,
+            ledger=NO_LEDGER if recorder is None else recorder,
         )
         self.controller = controller
         commands = Commands(controller)  # the keys', the signals' and the demo's one way in
+        if recorder is not None:  # first: the record queues each event before it is shown
+            controller.listeners.append(recorder.event)
+            commands.heard.append(recorder.command)
+        if self.journal_failure is not None:  # failed before the controller was made
+            controller.journal_failed(self.journal_failure)
         hands = OperatorHands(
             commands, model, terminal, options.operator, interactive=options.interactive
         )
@@ -270,7 +421,7 @@ class BatchRun:
             if keys is not None:
                 keys.close()
             await controller.close()
-        return self._summary(controller, ended, unconfirmed, why)
+        return await self._summary(controller, ended, unconfirmed, why)
 
     async def _batch(self, io: TagIO) -> BatchEnded:
         """Run the batch to its end, then read once more, so that the final view shows the
@@ -278,13 +429,19 @@ class BatchRun:
         controller = self.controller
         assert controller is not None
         if self.options.interactive:
-            ended = await controller.run_batch(stop_when_held=lambda: self.keys_gone)
+            ended = await self._drive(controller, lambda: self.keys_gone)
         else:
             # Nobody can Unhold without a terminal, except the demo's own fault script.
-            ended = await controller.run_batch(stop_when_held=lambda: not self._demo_busy())
+            ended = await self._drive(controller, lambda: not self._demo_busy())
         for value in (await io.read(self.prepared.tags)).values():
             io.board.update(value)
         return ended
+
+    async def _drive(
+        self, controller: Controller, stop_when_held: Callable[[], bool]
+    ) -> BatchEnded:
+        """The batch from Reset to its end (`cellctl resume` takes a crashed one up instead)."""
+        return await controller.run_batch(stop_when_held=stop_when_held)
 
     async def _batch_shown(self, io: TagIO, extras: list[asyncio.Task[None]]) -> BatchEnded:
         """The batch, in the live view on a terminal (drawn by a task of this loop, which
@@ -319,17 +476,44 @@ class BatchRun:
             controller.emit(Notice(text=f"the batch ended Held: {ended.cause}"))
         return ended
 
-    def _summary(
+    async def _summary(
         self, controller: Controller, ended: BatchEnded, unconfirmed: dict[str, str], why: str
     ) -> int:
-        """Print the summary; the exit code (SafeStateUnconfirmed raised for exit 5)."""
+        """Record the batch's end, print the summary; the exit code (SafeStateUnconfirmed
+        raised for exit 5)."""
         assert self.model is not None
+        code = self._exit_code(controller, ended, unconfirmed)
+        lines = summary_lines(self.model, ended)
+        if self.recorder is not None and self.identity is not None:
+            last = await self._end_record(self.recorder, ended, code)
+            if last is None and code in (exitcodes.OK, exitcodes.BATCH_NOT_COMPLETE):
+                code = exitcodes.JOURNAL  # its end is not on disk: the record is not whole
+            failure = self.journal_failure or self.recorder.unavailable()
+            lines += record_lines(
+                self.identity, time.time(), None if last is None else last.hash, failure
+            )
         # On a terminal the summary wraps at words (a person reads it); off one, a line stays
         # one line (a script reads it).
-        for line in summary_lines(self.model, ended):
+        for line in lines:
             self.out.print(line, markup=False, soft_wrap=not self.out.is_terminal)
         if unconfirmed:
             raise SafeStateUnconfirmed(unconfirmed, why)
+        return code
+
+    async def _end_record(
+        self, recorder: BatchRecorder, ended: BatchEnded, code: int
+    ) -> JournalRow | None:
+        """Write the batch_ended row (on disk when this returns): the row, or None."""
+        return await recorder.end(ended_body(ended, code))
+
+    def _exit_code(
+        self, controller: Controller, ended: BatchEnded, unconfirmed: dict[str, str]
+    ) -> int:
+        """The run's exit code: 5 before 6 (a journal that failed) before the outcome's."""
+        if unconfirmed:
+            return exitcodes.SAFE_STATE_UNCONFIRMED
+        if self.journal_failure is not None:
+            return exitcodes.JOURNAL
         if ended.state is State.COMPLETE:
             return exitcodes.OK
         if controller.start_refused is not None:

@@ -48,6 +48,8 @@ class RunOptions:
     fault: str | None = None
     #: Seconds the run stays, once the batch ended, for the safe state to be confirmed.
     safe_wait: float = 300.0
+    #: The journal the batch is recorded in (None: the user's default, see journal.location).
+    journal: Path | None = None
 
 
 @dataclass

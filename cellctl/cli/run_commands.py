@@ -12,6 +12,7 @@ import typer
 from cellctl import exitcodes
 from cellctl.cli import consoles
 from cellctl.cli.app import app
+from cellctl.cli.audit import JournalOption
 from cellctl.cli.params import (
     DEFAULT_SAFE_WAIT,
     ParamOption,
@@ -72,6 +73,7 @@ def run_recipe(
         str | None, typer.Option("--operator", help="who runs the batch (recorded)")
     ] = None,
     safe_wait: SafeWaitOption = DEFAULT_SAFE_WAIT,
+    journal: JournalOption = None,
 ) -> None:
     """Run a recipe to Complete: Reset, Start, a live view; Ctrl-C holds, SIGTERM stops."""
     if speed != 1.0 and not sim:
@@ -88,6 +90,7 @@ def run_recipe(
         breaks=breaks or [],
         answers=answers or [],
         operator=operator,
+        journal=journal,
     )
 
 
@@ -131,6 +134,7 @@ def demo(
     speed: Annotated[float, speed_option("model time factor")] = 1.0,
     params: ParamOption = None,
     safe_wait: SafeWaitOption = DEFAULT_SAFE_WAIT,
+    journal: JournalOption = None,
 ) -> None:
     """Run press-fit on the demo cell's simulators, in this process, to Complete."""
     if cell_file is None:
@@ -142,5 +146,13 @@ def demo(
             f"{recipe}; run another recipe with: cellctl run RECIPE --sim --cell {cell_file}"
         )
     _run_batch(
-        recipe, cell_file, params, safe_wait, sim=True, speed=speed, operator="demo", fault=fault
+        recipe,
+        cell_file,
+        params,
+        safe_wait,
+        sim=True,
+        speed=speed,
+        operator="demo",
+        fault=fault,
+        journal=journal,
     )

@@ -10,13 +10,16 @@ import typer
 from cellctl import exitcodes
 from cellctl.cli import consoles
 from cellctl.cli.app import app
+from cellctl.cli.audit import JournalOption
 from cellctl.cli.params import CellOption
 
 # The cell model, the drivers and the views load when a command runs, not for every command.
 if TYPE_CHECKING:
     import asyncio
+    from pathlib import Path
 
     from cellctl.cell import Cell
+    from cellctl.control.journal.recorder import WriteRecord
     from cellctl.values import TagValue
 
 
@@ -115,8 +118,13 @@ def write(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="write to non-loopback endpoints without asking")
     ] = False,
+    operator: Annotated[
+        str | None, typer.Option("--operator", help="who writes (recorded; default: your login)")
+    ] = None,
+    journal: JournalOption = None,
 ) -> None:
-    """Write tags; each write is reported only once the device confirmed it."""
+    """Write tags; each write is recorded in the journal before it is sent, and reported only
+    once the device confirmed it."""
     import asyncio
 
     from cellctl.cell import load_cell
@@ -134,7 +142,36 @@ def write(
             raise typer.Exit(exitcodes.BAD_INPUT)
         if not typer.confirm(f"Write to {', '.join(remote)}, a real machine?"):
             raise typer.Exit(exitcodes.BAD_INPUT)
-    asyncio.run(_write_all(spec, pairs))
+    record = _write_record(spec, cell, operator, journal)  # before any device is touched
+    try:
+        asyncio.run(_write_all(spec, pairs, record))
+    finally:
+        record.close()
+
+
+def _write_record(
+    cell: Cell, cell_file: Path, operator: str | None, journal: Path | None
+) -> WriteRecord:
+    """The journal opened for this command's writes; JournalUnavailable (exit 6) when it
+    cannot be: nothing is written then."""
+    import os
+    import socket
+
+    from cellctl.cli.audit import journal_path
+    from cellctl.control.journal.recorder import WriteRecord, file_sha256, os_user
+    from cellctl.control.journal.store import SqliteStore
+
+    user = os_user()
+    about = {
+        "cell": cell.cell,
+        "cell_file": str(cell_file),
+        "cell_sha256": file_sha256(cell_file),
+        "operator": operator or user,
+        "os_user": user,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+    }
+    return WriteRecord(SqliteStore(journal_path(journal)), about)
 
 
 def _assignments(cell: Cell, texts: list[str]) -> list[tuple[str, Any]]:
@@ -161,14 +198,25 @@ def _assignments(cell: Cell, texts: list[str]) -> list[tuple[str, Any]]:
     return pairs
 
 
-async def _write_all(cell: Cell, pairs: list[tuple[str, Any]]) -> None:
+async def _write_all(cell: Cell, pairs: list[tuple[str, Any]], record: WriteRecord) -> None:
     from cellctl import textvalue
     from cellctl.cell.tags import text_type
+    from cellctl.io.drivers import DeviceFailed
     from cellctl.io.session import CellSession
 
     async with CellSession(cell, [t for t, _ in pairs]) as session:
         for tag, value in pairs:
-            await session.write(tag, value)
+            checked = session.check(tag, value)  # OutOfRange: nothing recorded, nothing sent
+            intent = record.intent(tag, checked)  # on disk before the write leaves
+            try:
+                await session.write(tag, checked)
+            except DeviceFailed as error:  # sent, or maybe sent
+                record.confirmed(intent, str(error), unknown=True)
+                raise
+            except BaseException as error:
+                record.confirmed(intent, f"{type(error).__name__}: not known", unknown=True)
+                raise
+            record.confirmed(intent, None)
             spec = cell.tags[tag]
             # As the device stores it: a scaled tag holds whole raw steps (12.34 at scale 0.1
             # is raw 123, so 12.3).

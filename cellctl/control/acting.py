@@ -203,14 +203,27 @@ class ActingStates:
         commanded = self.executor.commanded()
         restore = set(self.cell.restore_on_unhold)
         for tag in [t for t in commanded if t in restore]:  # in the order the recipe wrote them
+            token: object = None
+            recorded = False  # the intent is on disk (a write not recorded is not sent)
             try:
+                token = await self.executor.ledger.intent(tag, commanded[tag], None, None)
+                recorded = True
                 await self.io.write(tag, commanded[tag])
             except CellctlError as error:
+                if recorded:  # an intent not recorded sent nothing: no confirmation
+                    self.executor.ledger.confirmed(token, str(error), unknown=True)
                 message = f"Unholding: cannot restore {tag} = {commanded[tag]!r}: {error}"
                 self.fault(message)
                 self.emit(Notice(text=message, level="error"))
                 await self._apply(Command.STOP, message)
                 return
+            except BaseException as error:  # cancelled in flight (Abort)
+                if recorded:
+                    self.executor.ledger.confirmed(
+                        token, f"{type(error).__name__} in flight", unknown=True
+                    )
+                raise
+            self.executor.ledger.confirmed(token, None)
             self.emit(TagWritten(tag=tag, value=commanded[tag]))
         # The executor resumes when Execute is entered (see _executing).
 

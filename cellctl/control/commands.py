@@ -8,6 +8,7 @@ refusal changes nothing and is on record as a CommandRefused event.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -84,9 +85,16 @@ class Commands:
 
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
+        #: Told of every command as it is given, before it is carried out (the batch record).
+        self.heard: list[Callable[[OperatorCommand], None]] = []
+
+    def _given(self, order: OperatorCommand) -> None:
+        for listener in self.heard:
+            listener(order)
 
     async def submit(self, order: OperatorCommand) -> Accepted | Refused:
         """Carry the command out now; a refusal is returned, never raised."""
+        self._given(order)
         try:
             state = await self.controller.command(
                 order.command, cause=order.cause, choice=order.choice
@@ -99,6 +107,7 @@ class Commands:
         """From a synchronous context (a key, a signal): carried out in a task of the
         controller's, a refusal an event. A Stop before the batch started ends the run there:
         Reset and Start are not issued, nothing of the recipe is written."""
+        self._given(order)
         controller = self.controller
         if order.command is Command.STOP and controller.before_start:
             controller.refuse_start(order.cause)

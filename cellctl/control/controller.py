@@ -18,6 +18,7 @@ import contextlib
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from dataclasses import fields
+from functools import partial
 from typing import Any
 
 import structlog
@@ -30,6 +31,7 @@ from cellctl.control.events import (
     CommandRefused,
     Event,
     ModeChanged,
+    Notice,
     SafeStateWritten,
     StateChanged,
     StepEnded,
@@ -38,6 +40,7 @@ from cellctl.control.events import (
 )
 from cellctl.control.executor import Executor, PauseReason, StepFailure
 from cellctl.control.interlocks import InterlockMonitor
+from cellctl.control.ledger import NO_LEDGER, WriteLedger
 from cellctl.control.machine import (
     Command,
     IllegalCommand,
@@ -48,8 +51,10 @@ from cellctl.control.machine import (
 )
 from cellctl.control.operator import FailureChoice, Operator
 from cellctl.control.resetting import Resetting
+from cellctl.control.resume import ResumePoint
 from cellctl.control.safestate import SafeState
 from cellctl.io.session import TagIO
+from cellctl.logsetup import log_info
 from cellctl.recipe import LoadedRecipe
 from drivers.base import Unsubscribe, Value
 
@@ -111,8 +116,11 @@ class Controller(ActingStates):
         step_mode: bool = False,
         breakpoints: Collection[str] = (),
         comm_devices: Collection[str] = (),
+        ledger: WriteLedger = NO_LEDGER,
     ) -> None:
         self.loaded = loaded
+        #: Records each write (not the safe state's) before it is sent: the batch's journal.
+        self.ledger = ledger
         self.cell: Cell = io.cell
         self.io = io
         self.operator = operator
@@ -130,6 +138,7 @@ class Controller(ActingStates):
             step_mode=step_mode,
             breakpoints=breakpoints,
         )
+        self.executor.ledger = ledger
         self.interlocks = InterlockMonitor(
             self.cell,
             io,
@@ -157,7 +166,7 @@ class Controller(ActingStates):
         self._no_start: str | None = None
         #: What Resetting writes and waits for; refuse_start ends its wait for `ready`.
         self.resetting = Resetting(
-            io, self.safe, self.interlocks, self.emit, lambda: self._no_start is not None
+            io, self.safe, self.interlocks, self.emit, lambda: self._no_start is not None, ledger
         )
 
     # -- events ------------------------------------------------------------------------------
@@ -167,7 +176,7 @@ class Controller(ActingStates):
         if isinstance(event, StepEnded) and event.outcome is StepOutcome.FAILED:
             self.fault(event.error or f"{event.label} failed")
         if not isinstance(event, WaitProgress) or event.met:  # unmet waits: too many to log
-            self.log.info(type(event).__name__, **_log_fields(event))
+            log_info(self.log, type(event).__name__, partial(_log_fields, event))
         for listener in list(self.listeners):
             try:
                 listener(event)
@@ -205,6 +214,27 @@ class Controller(ActingStates):
     def operator_abort(self, reason: str) -> None:
         """The operator chose abort while stepping."""
         self.request(Command.ABORT, cause=reason)
+
+    def journal_failed(self, reason: str) -> None:
+        """The journal cannot be written: fail closed. Before the start the batch does not
+        start; running, the cell goes Held with the safe state (and stays: see command())."""
+        cause = f"journal cannot be written: {reason}"
+        self.fault(cause)
+        self.log.error("the journal cannot be written", reason=reason)
+        self.emit(Notice(text=cause, level="error"))
+        if self.before_start:
+            self.refuse_start(cause)
+        elif self.machine.is_legal(Command.HOLD):
+            self._spawn(self._hold_unless_held(cause))
+        elif self.state not in END_STATES:
+            self._safe_state_later(cause)  # on its way to Held or an end already: safe now
+
+    async def _hold_unless_held(self, cause: str) -> None:
+        """Hold, unless the cell is no longer where Hold is legal by now: the step whose intent
+        could not be recorded asks for the same Hold, and one of them is enough."""
+        if self.machine.is_legal(Command.HOLD):
+            with contextlib.suppress(MachineError, CommandBlocked):
+                await self.command(Command.HOLD, cause=cause)
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -271,6 +301,15 @@ class Controller(ActingStates):
                 self.fault(f"{command} refused: {refused}")
             self.emit(CommandRefused(command=command, reason=str(refused), blocked=blocked))
             raise
+        if command in (Command.START, Command.UNHOLD, Command.RESET) and (
+            unrecorded := self.ledger.unavailable()
+        ):
+            # Fail closed: a batch whose writes cannot be recorded does not go on (Stop and
+            # Abort, which only write the safe state, still do).
+            reason = f"{command}: the journal cannot be written: {unrecorded}"
+            self.fault(reason)
+            self.emit(CommandRefused(command=command, reason=reason, blocked=True))
+            raise CommandBlocked(reason)
         if command is Command.START and self._no_start is not None:
             # A stop request came while the interlocks were read (a signal): no Start. Not a
             # fault: the run ends as when it came before Reset.
@@ -401,3 +440,59 @@ class Controller(ActingStates):
         )
         self.emit(ended)
         return ended
+
+    async def resume_batch(
+        self, point: ResumePoint, *, stop_when_held: Callable[[], bool]
+    ) -> BatchEnded:
+        """Take a crashed batch up again (cellctl.control.resume): Held from the first instant
+        (never running), the safe state written, the executor standing at `point` with Unhold's
+        question asked when the step in progress needs one; then as run_batch: wait for an end,
+        or for Held when `stop_when_held()`. Returns the BatchEnded event it emitted."""
+        if self.ran or self.state is not State.STOPPED:
+            raise MachineError(f"resume: this controller ran already ({self.state})")
+        begun = time.monotonic()
+        cause = f"resumed after the controller stopped mid-batch ({point.batch})"
+        self.machine = PackMLMachine(self._state_changed, state=State.HELD, mode=self.mode_now)
+        self.emit(StateChanged(source=State.STOPPED, target=State.HELD, command=None, cause=cause))
+        self.started_at, self._started_clock = time.time(), begun
+        self._stop_cause = cause
+        resuming = self.executor.resume_at(point)
+        await self.safe.write("Resuming")  # before anything of the recipe
+        self.executor.pause(PauseReason.HOLD)
+        self._run = asyncio.ensure_future(self.executor.run())
+        reached = asyncio.ensure_future(resuming.reached.wait())
+        try:
+            await asyncio.wait({self._run, reached}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reached.cancel()
+        if self._run.done() and not self._run.cancelled() and self._run.exception() is not None:
+            error = self._run.exception()
+            self.log.error("the executor failed while resuming", exc_info=error)
+            self.fault(f"executor: internal error: {error}")
+        self.emit(Notice(text=f"resumed {point.batch} Held {point.describe(self.loaded.recipe)}"))
+        await self._until_ended(stop_when_held)
+        failed = self.machine.state is not State.COMPLETE  # (not narrowed by the check above)
+        self.cause = self.cause or self.unanswered() or self._resume_question()
+        # The batch's whole duration, from its first start (another process's: wall clock).
+        first = point.started_at
+        ended = BatchEnded(
+            state=self.state,
+            duration=time.monotonic() - begun if first is None else time.time() - first,
+            steps_done=self.executor.steps_done,
+            faults=tuple(self.faults),
+            cause=self.cause or (self._stop_cause if failed else None),
+        )
+        self.emit(ended)
+        return ended
+
+    @property
+    def mode_now(self) -> Mode:
+        """The unit mode now."""
+        return self.machine.mode
+
+    def _resume_question(self) -> str | None:
+        """Held on the question a resumed step asks: why a batch that ends so ends."""
+        question = self.executor.failure
+        if self.state is not State.HELD or question is None:
+            return None
+        return f"Held: {question.message}; {question.choices} needs an operator"

@@ -19,7 +19,9 @@ from typing import Protocol
 from cellctl import expr
 from cellctl.control.events import Event, Notice, StepOutcome, UnholdAsks
 from cellctl.control.gate import Gate, Interrupted, PauseReason
+from cellctl.control.ledger import NO_LEDGER, WriteLedger
 from cellctl.control.operator import FailureChoice, Operator
+from cellctl.control.resume import ResumePoint, Resuming, Where
 from cellctl.control.stepping import confirm
 from cellctl.control.steprun import Scope, StepRun
 from cellctl.control.waiting import Judged, judge, newest_sample, until_met
@@ -99,6 +101,8 @@ class Executor:
         self.recipe = recipe
         self.io = io
         self.host = host
+        #: What records each write before it is sent (the controller sets the batch's).
+        self.ledger: WriteLedger = NO_LEDGER
         self.operator = operator
         self.step_mode = step_mode
         self.breakpoints = frozenset(breakpoints)
@@ -108,16 +112,37 @@ class Executor:
         self._commanded: dict[str, Value] = {}
         self._pending: list[tuple[StepFailure, asyncio.Future[FailureChoice]]] = []
         self._leaves: list[StepRun] = []  # leaf steps under way (one per parallel branch)
+        #: Taking up a crashed batch (cellctl.control.resume): the steps it passes over until
+        #: it stands at its resume point; None once there (or for a new batch).
+        self.resuming: Resuming | None = None
+        self._entering: set[str] = set()  # blocks around the resume point, entered again
+        self._resume_writes: dict[str, int] = {}  # the step in progress: writes confirmed
+
+    def resume_at(self, point: ResumePoint) -> Resuming:
+        """Take the batch up at `point` (before run()): the steps before it are not run again,
+        the names they bound and the values the recipe last wrote come back from the record."""
+        resuming = Resuming(point, self.recipe)
+        self.steps_done = point.steps_done
+        for tag, value in point.commanded.items():
+            self._commanded[tag] = value
+        if point.path is None:  # nothing had started: the recipe from its first step
+            resuming.reached.set()
+        else:
+            self.resuming = resuming
+        return resuming
 
     # --- the controller's side --------------------------------------------------------------
 
     async def run(self) -> None:
         """Run every step to the end; cancelling the task is Abort (nothing written after)."""
+        resuming = self.resuming
         self.gate.add_busy(1)
         try:
             await self.run_block(self.recipe.steps, "", self._scope, None)
         finally:
             self.gate.add_busy(-1)
+            if resuming is not None:  # ended (or failed) before its point: nobody waits on
+                resuming.reached.set()
 
     def pause(self, reason: PauseReason) -> None:
         """Stop every branch at its next step boundary.
@@ -217,16 +242,35 @@ class Executor:
     ) -> None:
         """Run a list of steps in order (paths after `prefix`) with the names in `scope`."""
         for number, step in enumerate(steps, 1):
-            run = StepRun(self, step, f"{prefix}{number}", round_, scope)
+            path = f"{prefix}{number}"
+            resuming = self.resuming
+            if resuming is not None:
+                where = resuming.where(path, round_)
+                if where is Where.BEFORE or (where is Where.AT and resuming.point.after):
+                    resuming.bind_back(path, scope)  # done before the crash: not run again
+                    if where is Where.AT:  # the last step that ended: on after it, held
+                        self.resuming = None
+                        resuming.reached.set()
+                    continue
+                if where is Where.INSIDE:
+                    self._entering.add(path)
+            run = StepRun(self, step, path, round_, scope)
             await self._run_step(run)
 
     async def _run_step(self, run: StepRun) -> None:
         """One step with its stepping pause, its `if` and its on_error policy."""
         step = run.step
-        await self.gate.park()
-        if not await confirm(self, run):
-            run.ended(StepOutcome.SKIPPED)
-            return
+        resuming = self.resuming
+        if resuming is not None and resuming.point.path == run.path:
+            self.resuming = None
+            if await self._resume_question(run, resuming) is FailureChoice.SKIP:
+                run.ended(StepOutcome.SKIPPED, "skipped by the operator after the resume")
+                return
+        if run.path not in self._entering:  # a block around the resume point: no pause
+            await self.gate.park()
+            if not await confirm(self, run):
+                run.ended(StepOutcome.SKIPPED)
+                return
         action = step.on_error.action if step.on_error is not None else "hold"
         count = step.on_error.retries if step.on_error is not None else 0
         if action == "retry" and (why := step.retry_refusal()) is not None:
@@ -278,7 +322,13 @@ class Executor:
         """Run a step once (False: its `if` is false); a failure becomes a StepError."""
         step = run.step
         try:
-            if step.if_ is not None and await run.evaluate(step.if_, "if") is not True:
+            entering = run.path in self._entering
+            self._entering.discard(run.path)  # its `if` was true when it first ran
+            if (
+                not entering
+                and step.if_ is not None
+                and await run.evaluate(step.if_, "if") is not True
+            ):
                 return False
             if step.is_block:
                 await step.run(run)
@@ -295,7 +345,9 @@ class Executor:
     async def _leaf(self, run: StepRun) -> None:
         """A leaf step, re-entered after each interruption until it ends; when the safe state
         undid its writes meanwhile, run again from its start or skipped, as the operator chose."""
-        run.writes_done = 0  # a new attempt (a retry) writes everything again
+        # A new attempt (a retry) writes everything again; the step in progress when a batch
+        # is resumed goes on after its writes confirmed before the crash.
+        run.writes_done = self._resume_writes.pop(run.path, 0)
         self._leaves.append(run)
         try:
             while True:
@@ -338,6 +390,40 @@ class Executor:
             self.gate.add_busy(1)
             if (failure, answer) in self._pending:  # cancelled while waiting: Stop or Abort
                 self._pending.remove((failure, answer))
+        await self.gate.park()
+        return choice
+
+    async def _resume_question(self, run: StepRun, resuming: Resuming) -> FailureChoice | None:
+        """The step in progress when the batch was resumed: ask Unhold's question about its
+        writes (unknown outcome, or undone by the safe state) and wait for the choice; None
+        when it is simply re-entered after its confirmed writes."""
+        asked = resuming.question(self.io.cell.safe_state, self.io.cell.restore_on_unhold)
+        if asked is None:
+            self._resume_writes[run.path] = resuming.writes_done()
+            resuming.reached.set()
+            return None
+        message, unknown, undone = asked
+        failure = StepFailure(run.path, run.step.id, run.label, message, "hold", unknown, undone)
+        answer: asyncio.Future[FailureChoice] = asyncio.get_running_loop().create_future()
+        self._pending.append((failure, answer))
+        self.emit(
+            UnholdAsks(
+                text=f"{message}; Unhold asks: {failure.choices}",
+                path=run.path,
+                step_id=run.step.id,
+                question=message,
+            )
+        )
+        resuming.reached.set()
+        self.gate.add_busy(-1)
+        try:
+            choice = await answer
+        finally:
+            self.gate.add_busy(1)
+            if (failure, answer) in self._pending:  # cancelled while waiting: Stop or Abort
+                self._pending.remove((failure, answer))
+        if choice is FailureChoice.RETRY:
+            self.emit(Notice(text=f"{run.named}: run again from its start ({choice})"))
         await self.gate.park()
         return choice
 

@@ -15,6 +15,7 @@ from cellctl.cell import Cell
 from cellctl.control.events import Event, Notice, TagWritten
 from cellctl.control.executor import judge, until_met
 from cellctl.control.interlocks import InterlockMonitor
+from cellctl.control.ledger import NO_LEDGER, WriteLedger
 from cellctl.control.safestate import SafeState
 from cellctl.errors import CellctlError
 from cellctl.io.session import TagIO
@@ -32,8 +33,11 @@ class Resetting:
         interlocks: InterlockMonitor,
         emit: Callable[[Event], None],
         start_refused: Callable[[], bool],
+        ledger: WriteLedger = NO_LEDGER,
     ) -> None:
         self.cell: Cell = io.cell
+        #: What records each of Resetting's writes before it is sent.
+        self.ledger = ledger
         self.io = io
         self.safe = safe
         self.interlocks = interlocks
@@ -73,13 +77,24 @@ class Resetting:
             device = self.cell.tags[tag].device
             try:
                 checked = self.io.check(tag, value)
-                await self.io.write(tag, checked)
+                token = await self.ledger.intent(tag, checked, None, None)  # on disk first
             except CellctlError as error:
-                problem = (
+                return (
                     f"Resetting: cannot write {tag} = {expr.show(value)} on device {device}: "
                     f"{error}"
                 )
-                return problem
+            try:
+                await self.io.write(tag, checked)
+            except CellctlError as error:
+                self.ledger.confirmed(token, str(error), unknown=True)
+                return (
+                    f"Resetting: cannot write {tag} = {expr.show(value)} on device {device}: "
+                    f"{error}"
+                )
+            except BaseException as error:  # cancelled in flight (Abort, a stop before start)
+                self.ledger.confirmed(token, f"{type(error).__name__} in flight", unknown=True)
+                raise
+            self.ledger.confirmed(token, None)
             self.emit(TagWritten(tag=tag, value=checked))
         return None
 

@@ -27,6 +27,7 @@ from cellctl.control.events import (
     WaitProgress,
 )
 from cellctl.control.gate import Interrupted
+from cellctl.control.ledger import IntentNotRecorded
 from cellctl.control.operator import FailureChoice, NoAnswer, PromptRequest
 from cellctl.control.waiting import judge, until_met
 from cellctl.errors import CellctlError
@@ -137,7 +138,10 @@ class StepRun:
 
     def shown(self, expression: expr.Expression) -> str:
         """An expression's value when it reads no tag, else its text."""
-        if not expression.names <= self.scope.keys():
+        scope = self.scope
+        # Each name looked up, not `names <= scope.keys()`: a ChainMap's keys view makes a set
+        # of every key in every map to compare with (once per set step).
+        if not all(name in scope for name in expression.names):
             return expression.text
         try:
             return expr.show(expr.evaluate(expression, self.scope))
@@ -164,7 +168,11 @@ class StepRun:
     ) -> dict[str, Value]:
         """Evaluate expressions with one fresh read of the tags they name."""
         tags = sorted({t for e in expressions.values() for t in tags_read(e, self.cell)})
-        values = {**self.scope, **await self.read(tags)}
+        # No tag to read (a set step's value from its round's index): the scope as it is, not
+        # a copy of it per step.
+        values: Mapping[str, Value] = (
+            {**self.scope, **await self.read(tags)} if tags else self.scope
+        )
         resolved: dict[str, Value] = {}
         for name, expression in expressions.items():
             try:
@@ -196,15 +204,27 @@ class StepRun:
             raise StepError(f"{self.label}: {err}") from None
         # Again after the fresh read: a trip during it must stop this write too.
         self.checkpoint(At.OUTPUT)
+        ledger = self.executor.ledger
+        try:  # on disk before the write leaves: a write the record cannot name is not sent
+            token = await ledger.intent(tag, checked, self.path, self.step.id)
+        except IntentNotRecorded as err:
+            raise StepError(f"{self.label}: {tag} not written: {err}") from None
         try:
+            self.checkpoint(At.OUTPUT)  # a trip while the intent was committed stops it too
             await io.write(tag, checked)
         except OutOfRange as err:
+            ledger.confirmed(token, f"not sent: {err}")
             raise StepError(f"{self.label}: {err}") from None
         except DeviceFailed as err:
             # Sent, or maybe sent: whether the device took the value is not known.
+            ledger.confirmed(token, str(err), unknown=True)
             raise StepError(
                 f"{self.label}: {err}; its outcome is unknown", outcome_unknown=True
             ) from err
+        except BaseException as err:  # a pause before it left, or a cancel while in flight
+            ledger.confirmed(token, f"{type(err).__name__}: {err}".rstrip(": "), unknown=True)
+            raise
+        ledger.confirmed(token, None)
         self.executor.commanded_now(tag, checked)
         self.writes_done += 1
         self.executor.emit(TagWritten(tag=tag, value=checked, path=self.path))

@@ -10,6 +10,7 @@ in-process). Every simulator a test started is stopped when it ends.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,9 @@ from cellctl.errors import CellctlError
 if TYPE_CHECKING:  # imported by the fixtures that use them: the plugin loads in every pytest run
     from cellctl.testing.runs import CliResult
     from cellctl.testing.simulators import Served
+
+#: Set by the plugin to the folder of the per-test journals it chose.
+_JOURNALS = "CELLCTL_TESTS_JOURNALS"
 
 #: The marker, command-line option (--cellctl-cell) and setting that name the cell of cell_sim.
 CELL = "cellctl_cell"
@@ -81,7 +85,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Declare the cellctl_cell marker; in-process runs log to a throwaway file."""
+    """Declare the cellctl_cell marker; in-process runs log and journal to throwaway files."""
     config.addinivalue_line(
         "markers",
         f"{CELL}(path, speed=1.0): the cell file that cell_sim serves for these tests (a relative "
@@ -91,6 +95,26 @@ def pytest_configure(config: pytest.Config) -> None:
     if "CELLCTL_LOG_FILE" not in os.environ:
         folder = tempfile.mkdtemp(prefix="cellctl-tests-")
         os.environ["CELLCTL_LOG_FILE"] = os.path.join(folder, "cellctl.log")
+    # Nor to the user's journal: each test's batches go to a journal of the test's own (see
+    # _journal_per_test), so that a batch one test left unfinished (a killed run) never
+    # refuses another test's run on the same cell.
+    if "CELLCTL_JOURNAL" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="cellctl-tests-journal-")
+        os.environ["CELLCTL_JOURNAL"] = os.path.join(folder, "journal.sqlite")
+        os.environ[_JOURNALS] = folder
+    # Nor lock files in the machine's lock folder (/run/lock/cellctl): the session's own.
+    if "CELLCTL_LOCK_DIR" not in os.environ:
+        os.environ["CELLCTL_LOCK_DIR"] = tempfile.mkdtemp(prefix="cellctl-tests-locks-")
+
+
+@pytest.fixture(autouse=True)
+def _journal_per_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CELLCTL_JOURNAL: a journal of this test's own, when the plugin chose the journal (a
+    journal the user named for the session is left alone)."""
+    folder = os.environ.get(_JOURNALS)
+    if folder:
+        name = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+        monkeypatch.setenv("CELLCTL_JOURNAL", os.path.join(folder, f"{name}.sqlite"))
 
 
 def _beside_test(request: pytest.FixtureRequest, path: str | Path) -> Path:

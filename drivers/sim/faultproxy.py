@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import random
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from drivers.config import is_loopback
@@ -19,6 +21,16 @@ _CHUNK = 65536
 _QUEUE_LIMIT = 256
 # Gap between the pieces of a fragmented chunk, so the client sees them arrive separately.
 _FRAGMENT_GAP = 0.002
+
+
+class RequestAction(enum.Enum):
+    """What a request watcher (FaultProxy.watch_requests) has the proxy do with a request."""
+
+    FORWARD = "forward"
+    #: Swallow it, and everything after it on that link both ways: the device never sees it.
+    HOLD = "hold"
+    #: Forward it, then swallow every answer on that link: the device did it, nobody hears so.
+    HOLD_ANSWER = "hold-answer"
 
 
 @dataclass
@@ -58,6 +70,8 @@ class _Link:
         self.server_writer = server_writer
         self.queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(_QUEUE_LIMIT)
         self.pumps: list[asyncio.Task[None]] = []
+        self.held_up = False  # a watcher held a request: nothing more goes to the server
+        self.held_down = False  # a watcher held an answer: nothing more goes to the client
 
     async def run(self) -> None:
         """Pump both directions until both ends are closed, or the link is dropped."""
@@ -88,8 +102,15 @@ class _Link:
 
     async def _upstream(self) -> None:
         while data := await self.client_reader.read(_CHUNK):
-            if self.proxy.frozen:
+            if self.proxy.frozen or self.held_up:
                 continue  # a frozen link swallows requests: the device never sees them
+            watcher = self.proxy.watcher
+            if watcher is not None:
+                action = watcher(data)
+                if action is RequestAction.HOLD:
+                    self.held_up = self.held_down = True
+                    continue
+                self.held_down = self.held_down or action is RequestAction.HOLD_ANSWER
             self.proxy.stats.bytes_to_server += len(data)
             self.server_writer.write(data)
             await self.server_writer.drain()
@@ -99,7 +120,7 @@ class _Link:
     async def _downstream(self) -> None:
         loop = asyncio.get_running_loop()
         while data := await self.server_reader.read(_CHUNK):
-            if not self.proxy.frozen:
+            if not self.proxy.frozen and not self.held_down:
                 await self.queue.put((loop.time() + self.proxy.next_delay(), data))
         await self.queue.put((loop.time(), b""))  # EOF, delivered after what is queued
 
@@ -159,6 +180,7 @@ class FaultProxy:
         self._links: set[_Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # one per accepted client connection
         self.stats = ProxyStats()
+        self.watcher: Callable[[bytes], RequestAction] | None = None
         self.clear()
 
     @property
@@ -235,8 +257,15 @@ class FaultProxy:
         """Replace server→client bytes with random bytes of the same length."""
         self.garbled = on
 
+    def watch_requests(self, watcher: Callable[[bytes], RequestAction] | None) -> None:
+        """Show each client→server chunk (a request, as a client sends one at a time) to
+        `watcher` before it is forwarded, on the proxy's loop; its RequestAction says whether
+        the link goes on, or holds from that request (or from its answer) on. None: off."""
+        self.watcher = watcher
+
     def clear(self) -> None:
-        """Every fault off: a clean link."""
+        """Every fault off: a clean link (links a watcher held stay held: drop() ends them)."""
+        self.watcher = None
         self.frozen = False
         self.refusing = False
         self.garbled = False

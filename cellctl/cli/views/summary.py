@@ -4,6 +4,9 @@ and the summary printed when the batch has ended."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cellctl.control.events import (
@@ -28,6 +31,7 @@ from cellctl.control.events import (
 )
 from cellctl.control.machine import State
 from cellctl.expr import show_values
+from drivers.base import Value
 from drivers.codecs import format_value
 
 if TYPE_CHECKING:  # the model imports event_line from here
@@ -155,4 +159,46 @@ def summary_lines(model: RunModel, ended: BatchEnded) -> list[str]:
         lines.append("faults: none")
     if ended.state is not State.COMPLETE:
         lines.append(f"cause: {ended.cause or 'not given'}")
+    return lines
+
+
+@dataclass(frozen=True)
+class BatchIdentity:
+    """What the summary says of the batch's record: its id, journal, parameters, operator and
+    start (time.time())."""
+
+    batch: str
+    journal: Path
+    parameters: Mapping[str, Value]
+    operator: str
+    started: float
+
+
+def _when(at: float) -> str:
+    """A time for people: local date and time, with the UTC offset."""
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(at))
+
+
+def record_lines(
+    record: BatchIdentity, ended: float, head: str | None, failure: str | None
+) -> list[str]:
+    """The summary's lines about the batch record: the batch id, its parameters, operator,
+    start and end, the chain's head hash once on disk (else why not), and the commands that
+    show and check it."""
+    params = ", ".join(f"{n}={format_value(v)}" for n, v in record.parameters.items())
+    journal = f" --journal {record.journal}"
+    lines = [
+        f"batch: {record.batch}",
+        f"parameters: {params or 'none'}",
+        f"operator: {record.operator}",
+        f"started: {_when(record.started)}",
+        f"ended: {_when(ended)}",
+        # No recipe field names a parts counter yet: the record says parts: null.
+    ]
+    if failure is not None:
+        lines.append(f"journal: {record.journal}: NOT fully written: {failure}")
+    if head is not None:
+        lines.append(f"head hash: {head}")
+        lines.append(f"verify: cellctl audit verify {record.batch} --head {head}{journal}")
+    lines.append(f"report: cellctl report {record.batch}{journal}")
     return lines

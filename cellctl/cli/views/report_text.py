@@ -1,0 +1,154 @@
+"""`cellctl history`'s table and `cellctl report`'s text: the batch record as lines."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+
+from cellctl.control.journal.record import UNKNOWN, BatchRecord, BatchSummary, parse_at
+
+#: How a timeline line marks faults and operator actions (not only a colour).
+MARKS = {"fault": "!", "operator": ">", None: " "}
+
+
+def when(at: str | None) -> str:
+    """A row time stamp as 'YYYY-MM-DD HH:MM:SS' (UTC), or '-'."""
+    return "-" if at is None else at[:19].replace("T", " ")
+
+
+def short_when(at: str | None) -> str:
+    """A row time stamp to the minute, 'YYYY-MM-DD HH:MM' (UTC), or '-'."""
+    return "-" if at is None else at[:16].replace("T", " ")
+
+
+def span(seconds: float | None) -> str:
+    """A duration as '4.2 s', '12 min 03 s' or '2 h 05 min'; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def short_span(seconds: float | None) -> str:
+    """A duration in at most 6 characters: '4.2s', '12m03s', '2h05m', '31h'; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours < 10 else f"{hours}h"
+
+
+def value_text(value: Any) -> str:
+    """A tag value or argument as it reads in a report."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _recipe(s: BatchSummary) -> str:
+    if s.recipe is None:
+        return "-"
+    return s.recipe if s.version is None else f"{s.recipe} v{s.version}"
+
+
+def _parts(s: BatchSummary) -> str:
+    return "-" if s.parts_made is None else str(s.parts_made)
+
+
+HISTORY_HEADER = ("batch", "recipe", "outcome", "start (UTC)", "took", "operator", "parts")
+
+
+def history_row(s: BatchSummary) -> tuple[str, ...]:
+    """One batch's cells, in HISTORY_HEADER's order."""
+    return (
+        s.batch,
+        _recipe(s),
+        s.outcome,
+        short_when(s.start),
+        short_span(s.duration),
+        s.operator or "-",
+        _parts(s),
+    )
+
+
+def history_table(summaries: Sequence[BatchSummary]) -> Table:
+    """The history as a table for a terminal: long cells wrap (80 columns hold it)."""
+    # One space between columns: 80 columns hold a 24-character batch id and the rest.
+    table = Table(*HISTORY_HEADER, box=None, padding=(0, 1, 0, 0), header_style="bold")
+    for s in summaries:
+        table.add_row(*history_row(s))
+    # Nothing is cut short: the batch id, the outcome and the start are read whole, never
+    # folded; the rest wraps (folded within a word when it must) to fit the screen.
+    for n, column in enumerate(table.columns):
+        column.overflow = "fold"
+        column.no_wrap = n in (0, 2, 3)
+    table.columns[6].justify = "right"
+    return table
+
+
+def history_lines(summaries: Sequence[BatchSummary]) -> list[str]:
+    """The history as tab-separated lines, for scripts."""
+    return ["\t".join(HISTORY_HEADER)] + ["\t".join(history_row(s)) for s in summaries]
+
+
+def identity_lines(record: BatchRecord) -> list[str]:
+    """The record's identity and parameters: what ran, where, by whom, how it ended."""
+    ended = "UNFINISHED: no batch_ended row, the process stopped mid-batch"
+    version = "-" if record.version is None else record.version
+    lines = [
+        f"batch      {record.batch}",
+        f"recipe     {record.recipe or '-'} v{version}  sha256 {record.recipe_sha256 or '-'}",
+        f"cell       {record.cell or '-'}  sha256 {record.cell_sha256 or '-'}",
+        f"operator   {record.operator or '-'}   mode {record.mode or '-'}"
+        + (f"   host {record.host} pid {record.pid}" if record.host or record.pid else ""),
+        f"start      {when(record.start)} UTC",
+        f"end        {when(record.end)} UTC" if not record.unfinished else f"end        {ended}",
+        f"outcome    {record.outcome}"
+        + (f" ({record.cause})" if record.cause else "")
+        + (f"   exit code {record.exit_code}" if record.exit_code is not None else ""),
+        f"duration   {span(record.duration)}"
+        f"   steps done {'-' if record.steps_done is None else record.steps_done}"
+        f"   parts made {'-' if record.parts_made is None else record.parts_made}",
+        f"head       {record.head or '-'}  ({record.rows} rows)",
+    ]
+    if record.parameters:
+        lines.append("parameters")
+        width = max(len(name) for name in record.parameters)
+        lines += [
+            f"  {name:<{width}}  {value_text(value)}"
+            for name, value in sorted(record.parameters.items())
+        ]
+    else:
+        lines.append("parameters none")
+    return lines
+
+
+def report_lines(record: BatchRecord) -> list[str]:
+    """The whole record as text: identity and parameters, then the timeline, one event a
+    line ('!' a fault, '>' an operator action), then the writes of unknown outcome."""
+    lines = identity_lines(record)
+    lines += ["", "timeline (offset from start; ! fault, > operator action)"]
+    start = parse_at(record.start) if record.start else None
+    for entry in record.timeline:
+        offset = parse_at(entry.at) - start if start is not None and entry.at else entry.offset
+        lines.append(f"  {offset:>10.3f} s {MARKS.get(entry.flag, ' ')} {entry.text}")
+    unknown = [w for w in record.writes if w.outcome == UNKNOWN]
+    if unknown:
+        lines += ["", "writes of UNKNOWN OUTCOME (an intent, no confirmation):"]
+        lines += [
+            f"  {w.tag} := {value_text(w.value)}  step {w.step_id or w.path or '-'}"
+            f"  intent {when(w.intent_at)} UTC"
+            for w in unknown
+        ]
+    lines += ["", f"verify: cellctl audit verify {record.batch} --head {record.head or '-'}"]
+    return lines

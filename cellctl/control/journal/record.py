@@ -1,0 +1,629 @@
+"""The read model of the journal: one batch's record (`BatchRecord`, built from its rows) and
+the summaries of the last batches (`history`), as `cellctl history` and `cellctl report` show
+them. Nothing here writes to the journal.
+
+A batch with no batch_ended row never ended (the process was killed, the host lost power): its
+outcome is "unfinished". A write with an intent row and no confirmation row has an unknown
+outcome: the device may or may not have taken it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cellctl.control.journal.rows import JournalRow
+from cellctl.control.journal.store import JournalStore
+from cellctl.errors import CellctlError
+
+#: The outcome of a batch that has no batch_ended row.
+UNFINISHED = "unfinished"
+#: Write outcomes: the device confirmed it, it answered with an error, or nobody knows.
+CONFIRMED, FAILED, UNKNOWN = "confirmed", "failed", "unknown"
+#: The states a hold spans, from Holding (or Held) until the cell leaves Held.
+_HOLD_STATES = frozenset({"Holding", "Held"})
+#: `history` shows this many batches when not told.
+DEFAULT_LAST = 20
+
+
+class UnknownBatch(CellctlError):
+    """`report BATCH` names a batch the journal does not hold (bad input: exit 1)."""
+
+
+def parse_at(at: str) -> float:
+    """A row time stamp ('2026-12-06T13:45:01.123456Z') as seconds since the epoch."""
+    return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class Step:
+    """One run of a step (a step re-entered after a hold is a second run): end and outcome
+    None while it had not ended when the record stops."""
+
+    path: str
+    step_id: str | None
+    label: str
+    kind: str
+    detail: str
+    round: int | None
+    start: str
+    end: str | None = None
+    outcome: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Hold:
+    """A time the cell spent in Holding or Held: `end` None when the record stops held."""
+
+    start: str
+    end: str | None
+    cause: str
+    interlock: str | None
+
+
+@dataclass
+class StateChange:
+    """A state change: `command` None for a state complete; `interlock` the trip that took it."""
+
+    at: str
+    source: str
+    target: str
+    command: str | None
+    cause: str
+    interlock: str | None
+
+
+@dataclass
+class Trip:
+    """An interlock trip, and when it cleared (None: not within the record)."""
+
+    at: str
+    interlock: str
+    action: str
+    condition: str
+    values: dict[str, Any]
+    message: str
+    device: str | None
+    cleared: str | None = None
+
+
+@dataclass
+class OperatorCommand:
+    """An operator command, who gave it and from where."""
+
+    at: str
+    command: str
+    operator: str | None
+    source: str | None
+    choice: str | None = None  # the operator's choice after a failure: retry, skip, abort
+
+
+@dataclass
+class Refusal:
+    """A command refused: illegal in the state, or blocked by a fault."""
+
+    at: str
+    command: str
+    reason: str
+    blocked: bool
+
+
+@dataclass
+class Write:
+    """A device write: a recipe's (an intent, then its confirmation) or one with no intent of
+    its own (Resetting's values, a restore after the safe state). `outcome` is confirmed,
+    failed (the device answered with an error) or unknown (an intent with no confirmation)."""
+
+    tag: str
+    value: Any
+    path: str | None
+    step_id: str | None
+    intent: str | None
+    intent_at: str | None
+    confirmed_at: str | None
+    outcome: str
+    error: str | None = None
+
+
+@dataclass
+class Call:
+    """A device method call that returned."""
+
+    at: str
+    method: str
+    args: dict[str, Any]
+    result: Any
+    path: str | None
+
+
+@dataclass
+class SafeState:
+    """The safe state written: why, and each tag's result (error None: written)."""
+
+    at: str
+    reason: str
+    ok: bool
+    results: list[dict[str, Any]]
+
+
+@dataclass
+class Prompt:
+    """A prompt shown to the operator, and the answer (None: not answered within the record)."""
+
+    at: str
+    path: str
+    step_id: str | None
+    text: str
+    answered_at: str | None = None
+    answer: Any = None
+    operator: str | None = None
+
+
+@dataclass
+class Notice:
+    """A notice: a decision, a device's health, a question asked on Unhold."""
+
+    at: str
+    level: str
+    text: str
+
+
+@dataclass
+class Entry:
+    """One line of the timeline: `flag` is "fault", "operator" or None, so that a view can
+    highlight faults and operator actions with more than a colour."""
+
+    at: str
+    offset: float  # seconds since the batch started
+    kind: str
+    text: str
+    flag: str | None = None
+
+
+@dataclass
+class BatchRecord:
+    """Everything the journal holds of one batch (see the module docstring)."""
+
+    batch: str
+    cell: str | None = None
+    cell_sha256: str | None = None
+    recipe: str | None = None
+    version: str | int | None = None
+    recipe_sha256: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    operator: str | None = None
+    mode: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    os_user: str | None = None
+    cellctl_version: str | None = None
+    cell_file: str | None = None
+    recipe_file: str | None = None
+    sim: bool | None = None
+    start: str | None = None
+    end: str | None = None
+    last_row_at: str | None = None
+    outcome: str = UNFINISHED
+    unfinished: bool = True
+    duration: float | None = None
+    parts_made: int | None = None
+    steps_done: int | None = None
+    exit_code: int | None = None
+    faults: list[str] = field(default_factory=list)
+    cause: str | None = None
+    resumed: list[dict[str, Any]] = field(default_factory=list)
+    states: list[StateChange] = field(default_factory=list)
+    modes: list[dict[str, str]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    holds: list[Hold] = field(default_factory=list)
+    trips: list[Trip] = field(default_factory=list)
+    commands: list[OperatorCommand] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    writes: list[Write] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    safe_states: list[SafeState] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    timeline: list[Entry] = field(default_factory=list)
+    rows: int = 0
+    head: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as JSON-ready data (its shape: schemas/report.schema.json)."""
+        return asdict(self)
+
+    @property
+    def unknown_writes(self) -> list[Write]:
+        """The writes whose outcome nobody knows (an intent and no confirmation)."""
+        return [w for w in self.writes if w.outcome == UNKNOWN]
+
+
+@dataclass
+class BatchSummary:
+    """One line of `cellctl history`."""
+
+    batch: str
+    recipe: str | None
+    version: str | int | None
+    outcome: str
+    start: str | None
+    end: str | None
+    duration: float | None
+    operator: str | None
+    parts_made: int | None
+    cell: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as JSON-ready data (its shape: schemas/history.schema.json)."""
+        return asdict(self)
+
+
+def _text(value: Any) -> str:
+    """A body value as text for a timeline line."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _step_name(body: Mapping[str, Any]) -> str:
+    path = body.get("path")
+    step_id = body.get("step_id")
+    if step_id:
+        return f"{step_id} ({path})" if path else str(step_id)
+    return f"step {path}" if path else "no step"
+
+
+class _Builder:
+    """Reads a batch's rows in order into a BatchRecord."""
+
+    def __init__(self, batch: str) -> None:
+        self.record = BatchRecord(batch)
+        self.open_steps: dict[str, Step] = {}
+        self.intents: dict[str, Write] = {}
+        self.open_trips: dict[str, Trip] = {}
+        self.hold: Hold | None = None
+        self.prompts: dict[str, Prompt] = {}
+        self.first: float | None = None
+        self.started = False
+
+    def entry(self, row: JournalRow, text: str, flag: str | None = None) -> None:
+        at = parse_at(row.at)
+        if self.first is None:
+            self.first = at
+        self.record.timeline.append(Entry(row.at, round(at - self.first, 6), row.kind, text, flag))
+
+    def add(self, row: JournalRow) -> None:
+        rec = self.record
+        rec.rows += 1
+        rec.head = row.hash
+        rec.last_row_at = row.at
+        if rec.start is None:
+            rec.start = row.at
+        body = row.data()
+        if not isinstance(body, dict):  # a body the recorder never writes: shown, not read
+            self.entry(row, f"{row.kind} {_text(body)}")
+            return
+        handler = getattr(self, "on_" + row.kind, None)
+        if handler is None:  # a kind this reader does not know (a newer writer): shown as is
+            self.entry(row, f"{row.kind} {_text(body)}")
+            return
+        handler(row, body)
+
+    def on_batch_started(self, row: JournalRow, body: dict[str, Any]) -> None:
+        rec = self.record
+        if self.started:  # the identity is the first row's; a second one is only shown
+            self.entry(row, f"batch started again: {_text(body)}")
+            return
+        self.started = True
+        rec.start = row.at
+        rec.cell = body.get("cell")
+        rec.cell_sha256 = body.get("cell_sha256")
+        rec.recipe = body.get("recipe")
+        rec.version = body.get("version")
+        rec.recipe_sha256 = body.get("recipe_sha256")
+        rec.parameters = dict(body.get("parameters") or {})
+        rec.operator = body.get("operator")
+        rec.mode = body.get("mode")
+        rec.pid = body.get("pid")
+        rec.host = body.get("host")
+        rec.os_user = body.get("os_user")
+        rec.cellctl_version = body.get("cellctl_version")
+        rec.cell_file = body.get("cell_file")
+        rec.recipe_file = body.get("recipe_file")
+        sim = body.get("sim")
+        rec.sim = sim if isinstance(sim, bool) else None
+        who = f" by {rec.operator}" if rec.operator else ""
+        self.entry(row, f"batch started: {rec.recipe} v{rec.version} on {rec.cell}{who}")
+
+    def on_batch_ended(self, row: JournalRow, body: dict[str, Any]) -> None:
+        rec = self.record
+        rec.end = row.at
+        rec.unfinished = False
+        rec.outcome = str(body.get("state") or "ended")
+        rec.duration = body.get("duration")
+        rec.steps_done = body.get("steps_done")
+        code = body.get("exit_code")
+        rec.exit_code = code if isinstance(code, int) else None
+        rec.faults = [str(f) for f in body.get("faults") or []]
+        rec.cause = body.get("cause")
+        parts = body.get("parts_made", body.get("parts"))
+        rec.parts_made = parts if isinstance(parts, int) else None
+        cause = f" ({rec.cause})" if rec.cause else ""
+        self.entry(row, f"batch ended: {rec.outcome}{cause}", "fault" if rec.cause else None)
+
+    def on_state(self, row: JournalRow, body: dict[str, Any]) -> None:
+        change = StateChange(
+            row.at,
+            str(body.get("source")),
+            str(body.get("target")),
+            body.get("command"),
+            str(body.get("cause") or ""),
+            body.get("interlock"),
+        )
+        self.record.states.append(change)
+        if change.target in _HOLD_STATES and self.hold is None:
+            self.hold = Hold(row.at, None, change.cause, change.interlock)
+            self.record.holds.append(self.hold)
+        elif change.target not in _HOLD_STATES and self.hold is not None:
+            self.hold.end = row.at
+            self.hold = None
+        how = f" by {change.command}" if change.command else ""
+        cause = f": {change.cause}" if change.cause else ""
+        flag = "fault" if change.interlock else None
+        self.entry(row, f"state {change.source} -> {change.target}{how}{cause}", flag)
+
+    def on_mode(self, row: JournalRow, body: dict[str, Any]) -> None:
+        self.record.modes.append({"at": row.at, "mode": str(body.get("mode"))})
+        self.entry(row, f"mode {body.get('mode')}")
+
+    def on_step_started(self, row: JournalRow, body: dict[str, Any]) -> None:
+        step = Step(
+            str(body.get("path")),
+            body.get("step_id"),
+            str(body.get("label") or ""),
+            str(body.get("step_kind") or ""),
+            str(body.get("detail") or ""),
+            body.get("round"),
+            row.at,
+        )
+        self.record.steps.append(step)
+        self.open_steps[step.path] = step
+        detail = f": {step.detail}" if step.detail else ""
+        self.entry(row, f"step {_step_name(body)} started{detail}")
+
+    def on_step_ended(self, row: JournalRow, body: dict[str, Any]) -> None:
+        path = str(body.get("path"))
+        step = self.open_steps.pop(path, None)
+        if step is None:  # an end with no start in the record: a step of its own
+            step = Step(
+                path, body.get("step_id"), str(body.get("label") or ""), "", "", None, row.at
+            )
+            self.record.steps.append(step)
+        step.end = row.at
+        step.outcome = body.get("outcome")
+        step.error = body.get("error")
+        error = f": {step.error}" if step.error else ""
+        flag = "fault" if step.outcome == "failed" else None
+        self.entry(row, f"step {_step_name(body)} {step.outcome}{error}", flag)
+
+    def on_intent(self, row: JournalRow, body: dict[str, Any]) -> None:
+        write = Write(
+            str(body.get("tag")),
+            body.get("value"),
+            body.get("path"),
+            body.get("step_id"),
+            body.get("intent"),
+            row.at,
+            None,
+            UNKNOWN,
+        )
+        self.record.writes.append(write)
+        if write.intent is not None:
+            self.intents[write.intent] = write
+        self.entry(row, f"write {write.tag} := {_text(write.value)} (intent)")
+
+    def on_confirmed(self, row: JournalRow, body: dict[str, Any]) -> None:
+        intent = body.get("intent")
+        write = self.intents.pop(intent, None) if intent is not None else None
+        if write is None:  # no intent of its own: Resetting's values, a restore
+            write = Write(
+                str(body.get("tag")),
+                body.get("value"),
+                body.get("path"),
+                body.get("step_id"),
+                intent,
+                None,
+                None,
+                UNKNOWN,
+            )
+            self.record.writes.append(write)
+        write.confirmed_at = row.at
+        ok = bool(body.get("ok", True))
+        write.error = body.get("error")
+        if body.get("unknown"):  # no answer (a timeout, a lost link): it may have landed
+            write.outcome = UNKNOWN
+            said = f"outcome UNKNOWN: {write.error}"
+        else:
+            write.outcome = CONFIRMED if ok else FAILED
+            said = "confirmed" if ok else f"failed: {write.error}"
+        self.entry(
+            row, f"write {write.tag} := {_text(write.value)} {said}", None if ok else "fault"
+        )
+
+    def on_call(self, row: JournalRow, body: dict[str, Any]) -> None:
+        call = Call(
+            row.at,
+            str(body.get("method")),
+            dict(body.get("args") or {}),
+            body.get("result"),
+            body.get("path"),
+        )
+        self.record.calls.append(call)
+        self.entry(row, f"call {call.method}({_text(call.args)}) -> {_text(call.result)}")
+
+    def on_command(self, row: JournalRow, body: dict[str, Any]) -> None:
+        choice = body.get("choice")
+        command = OperatorCommand(
+            row.at,
+            str(body.get("command")),
+            body.get("operator"),
+            body.get("source"),
+            None if choice is None else str(choice),
+        )
+        self.record.commands.append(command)
+        who = f" by {command.operator}" if command.operator else ""
+        where = f" ({command.source})" if command.source else ""
+        chose = f", choice {command.choice}" if command.choice else ""
+        self.entry(row, f"command {command.command}{who}{where}{chose}", "operator")
+
+    def on_refused(self, row: JournalRow, body: dict[str, Any]) -> None:
+        refusal = Refusal(
+            row.at, str(body.get("command")), str(body.get("reason")), bool(body.get("blocked"))
+        )
+        self.record.refusals.append(refusal)
+        self.entry(row, f"command {refusal.command} refused: {refusal.reason}", "operator")
+
+    def on_trip(self, row: JournalRow, body: dict[str, Any]) -> None:
+        trip = Trip(
+            row.at,
+            str(body.get("interlock")),
+            str(body.get("action")),
+            str(body.get("condition") or ""),
+            dict(body.get("values") or {}),
+            str(body.get("message") or ""),
+            body.get("device"),
+        )
+        self.record.trips.append(trip)
+        self.open_trips[trip.interlock] = trip
+        self.entry(row, f"trip {trip.interlock} ({trip.action}): {trip.message}", "fault")
+
+    def on_trip_cleared(self, row: JournalRow, body: dict[str, Any]) -> None:
+        name = str(body.get("interlock"))
+        trip = self.open_trips.pop(name, None)
+        if trip is not None:
+            trip.cleared = row.at
+        self.entry(row, f"trip {name} cleared")
+
+    def on_safe_state(self, row: JournalRow, body: dict[str, Any]) -> None:
+        results = [dict(r) for r in body.get("results") or [] if isinstance(r, dict)]
+        safe = SafeState(row.at, str(body.get("reason")), bool(body.get("ok")), results)
+        self.record.safe_states.append(safe)
+        failed = [str(r.get("tag")) for r in results if r.get("error") is not None]
+        said = "confirmed" if safe.ok else "NOT confirmed on " + ", ".join(failed)
+        self.entry(row, f"safe state ({safe.reason}): {said}", "fault")
+
+    def on_prompt(self, row: JournalRow, body: dict[str, Any]) -> None:
+        prompt = Prompt(row.at, str(body.get("path")), body.get("step_id"), str(body.get("text")))
+        self.record.prompts.append(prompt)
+        self.prompts[prompt.path] = prompt
+        self.entry(row, f"prompt {_step_name(body)}: {prompt.text}")
+
+    def on_answer(self, row: JournalRow, body: dict[str, Any]) -> None:
+        prompt = self.prompts.pop(str(body.get("path")), None)
+        if prompt is not None:
+            prompt.answered_at = row.at
+            prompt.answer = body.get("value")
+            prompt.operator = body.get("operator")
+        who = f" by {body.get('operator')}" if body.get("operator") else ""
+        value = body.get("value")
+        said = "acknowledged" if value is None else f"answered {_text(value)}"
+        self.entry(row, f"prompt {_step_name(body)} {said}{who}", "operator")
+
+    def on_notice(self, row: JournalRow, body: dict[str, Any]) -> None:
+        notice = Notice(row.at, str(body.get("level") or "info"), str(body.get("text")))
+        self.record.notices.append(notice)
+        flag = "fault" if notice.level == "error" else None
+        self.entry(row, f"{notice.level}: {notice.text}", flag)
+
+    def on_resumed(self, row: JournalRow, body: dict[str, Any]) -> None:
+        """`cellctl resume` took the batch up again: what ran when the process stopped never
+        ended, so its steps end here, "crashed"."""
+        for step in self.open_steps.values():
+            step.end, step.outcome = row.at, "crashed"
+        self.open_steps.clear()
+        self.record.resumed.append({"at": row.at, **body})
+        where = body.get("step_id") or body.get("path")
+        at = f" at step {where}" if where else ""
+        self.entry(row, f"batch resumed{at} after the process stopped", "operator")
+
+    def on_write(self, row: JournalRow, body: dict[str, Any]) -> None:
+        self.entry(row, f"cellctl write {_text(body)}", "operator")
+
+    def finish(self) -> BatchRecord:
+        rec = self.record
+        if rec.unfinished:
+            rec.outcome = UNFINISHED
+            self.record.timeline.append(
+                Entry(
+                    rec.last_row_at or "",
+                    rec.timeline[-1].offset if rec.timeline else 0.0,
+                    "unfinished",
+                    "the batch never ended (no batch_ended row): the process stopped mid-batch",
+                    "fault",
+                )
+            )
+        return rec
+
+
+def build_record(batch: str, rows: Iterable[JournalRow]) -> BatchRecord:
+    """The record of `batch` from its rows, in seq order."""
+    builder = _Builder(batch)
+    for row in rows:
+        builder.add(row)
+    return builder.finish()
+
+
+def find_batch(store: JournalStore, wanted: str) -> str:
+    """The batch id `wanted` names: itself, or the one id it begins; UnknownBatch naming the
+    journal when none matches or several do."""
+    batches = store.batches()
+    if wanted in batches:
+        return wanted
+    matches = [b for b in batches if b.startswith(wanted)] if wanted else []
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise UnknownBatch(f"batch {wanted!r} is ambiguous in journal {store.where}: {shown}")
+    raise UnknownBatch(f"no batch {wanted!r} in journal {store.where}")
+
+
+def batch_record(store: JournalStore, batch: str) -> BatchRecord:
+    """The record of the batch `batch` names (see find_batch)."""
+    found = find_batch(store, batch)
+    return build_record(found, store.rows(found))
+
+
+def summary(record: BatchRecord) -> BatchSummary:
+    """The history line of a record."""
+    return BatchSummary(
+        record.batch,
+        record.recipe,
+        record.version,
+        record.outcome,
+        record.start,
+        record.end,
+        record.duration,
+        record.operator,
+        record.parts_made,
+        record.cell,
+    )
+
+
+def history(store: JournalStore, last: int = DEFAULT_LAST) -> list[BatchSummary]:
+    """The summaries of the last `last` batches, newest first (by their first row)."""
+    batches: Sequence[str] = store.batches()
+    chosen = list(reversed(batches))[: max(last, 0)]
+    return [summary(build_record(b, store.rows(b))) for b in chosen]
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    """A JSON Schema shipped in the package: "history" (`cellctl history --json`) or "report"
+    (`cellctl report --format json`)."""
+    from importlib import resources
+
+    text = resources.files("cellctl.control.journal").joinpath(f"schemas/{name}.schema.json")
+    loaded: dict[str, Any] = json.loads(text.read_text(encoding="utf-8"))
+    return loaded

@@ -1,0 +1,135 @@
+"""`cellctl resume` and `cellctl run` before any device: the unfinished batch found in a real
+journal (the latest, or the one named), a recipe file edited since the batch ran refused
+naming both hashes, a batch whose process still runs refused, nothing to resume said, and a
+new `run` on a cell with an unfinished batch refused naming it and the resume command."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cellctl.control.journal.events import intent_body
+from cellctl.control.journal.recorder import file_sha256
+from cellctl.control.journal.rows import Kind, canonical_json
+from cellctl.control.journal.store import NewRow, SqliteStore
+from cellctl.control.journal.verify import verify
+from cellctl.control.resume import refuse_unfinished, unfinished_batches
+from cellctl.testing import cli
+
+DEMO = Path(__file__).resolve().parent.parent / "recipes" / "demo"
+
+
+def add(journal: Path, batch: str, kind: str, body: dict[str, Any]) -> None:
+    store = SqliteStore(journal)
+    try:
+        store.append([NewRow(batch, "2026-12-06T10:00:00.000000Z", kind, canonical_json(body))])
+    finally:
+        store.close()
+
+
+def started(recipe: Path, **more: Any) -> dict[str, Any]:
+    body = {
+        "cell": "demo",
+        "cell_file": str(DEMO / "cell.yaml"),
+        "recipe": "press-fit",
+        "version": 4,
+        "recipe_file": str(recipe),
+        "recipe_sha256": file_sha256(recipe),
+        "parameters": {"force_kN": 12.0, "parts": 3, "speed_rpm": 1200},
+        "operator": "ann",
+        "pid": 999_999_999,  # no such process: it crashed
+        "host": socket.gethostname(),
+    }
+    body.update(more)
+    return body
+
+
+@pytest.fixture
+def recipe(tmp_path: Path) -> Path:
+    copy = tmp_path / "press-fit.yaml"
+    copy.write_bytes((DEMO / "press-fit.yaml").read_bytes())
+    return copy
+
+
+def test_unfinished_batches_are_those_without_an_end(tmp_path: Path, recipe: Path) -> None:
+    journal = tmp_path / "j.sqlite"
+    for batch in ("B-1", "B-2", "B-3"):
+        add(journal, batch, Kind.BATCH_STARTED, started(recipe))
+    add(journal, "B-2", Kind.BATCH_ENDED, {"state": "Complete"})
+    store = SqliteStore(journal, readonly=True)
+    try:
+        assert [b.batch for b in unfinished_batches(store)] == ["B-1", "B-3"]
+    finally:
+        store.close()
+
+
+def test_run_is_refused_naming_the_unfinished_batch(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "j.sqlite"
+    add(journal, "B-crashed", Kind.BATCH_STARTED, started(recipe))
+    # It wrote (or may have written) to a device: an intent is on record.
+    add(journal, "B-crashed", Kind.INTENT, intent_body("w1", "conveyor.run", True, "1", "feed"))
+    result = cli(capsys, "run", recipe, "--cell", DEMO / "cell.yaml", "--journal", journal)
+    assert result.exit_code == 7, result
+    assert "batch B-crashed of cell demo (press-fit by ann) never ended" in result.err
+    assert f"cellctl resume B-crashed --journal {journal}" in result.err
+
+
+def test_a_batch_that_never_wrote_is_closed_as_abandoned_and_does_not_refuse(
+    tmp_path: Path, recipe: Path
+) -> None:
+    # Killed while connecting (no intent on record): nothing to take up, nothing unknown.
+    journal = tmp_path / "j.sqlite"
+    add(journal, "B-gone", Kind.BATCH_STARTED, started(recipe))
+    add(journal, "B-other", Kind.BATCH_STARTED, started(recipe, cell="other"))
+    refuse_unfinished(journal, "demo")  # does not raise
+    store = SqliteStore(journal, readonly=True)
+    try:
+        rows = list(store.rows("B-gone"))
+        assert [b.batch for b in unfinished_batches(store)] == ["B-other"]  # another cell's
+        assert verify(store).ok
+    finally:
+        store.close()
+    assert [r.kind for r in rows] == [Kind.BATCH_STARTED, Kind.NOTICE, Kind.BATCH_ENDED]
+    assert rows[-1].data()["state"] == "abandoned"
+    assert "before it wrote to any device" in rows[1].data()["text"]
+
+
+def test_a_recipe_edited_since_is_refused_naming_both_hashes(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "j.sqlite"
+    add(journal, "B-crashed", Kind.BATCH_STARTED, started(recipe))
+    ran = file_sha256(recipe)
+    recipe.write_text(recipe.read_text(encoding="utf-8") + "\n# edited\n", encoding="utf-8")
+    result = cli(capsys, "resume", "--journal", journal)
+    assert result.exit_code == 1, result
+    assert f"its SHA-256 is now {file_sha256(recipe)}, the batch ran {ran}" in result.err
+    assert "Traceback" not in result.out + result.err
+
+
+def test_a_batch_still_running_is_not_resumed(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "j.sqlite"
+    add(journal, "B-running", Kind.BATCH_STARTED, started(recipe, pid=os.getppid()))
+    result = cli(capsys, "resume", "B-run", "--journal", journal)
+    assert result.exit_code == 7, result
+    assert "batch B-running is running" in result.err
+
+
+def test_nothing_to_resume(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "j.sqlite"
+    add(journal, "B-done", Kind.BATCH_STARTED, started(recipe))
+    add(journal, "B-done", Kind.BATCH_ENDED, {"state": "Complete"})
+    latest = cli(capsys, "resume", "--journal", journal)
+    assert latest.exit_code == 1 and "no unfinished batch in journal" in latest.err
+    named = cli(capsys, "resume", "B-done", "--journal", journal)
+    assert named.exit_code == 1 and "batch B-done ended" in named.err
