@@ -272,6 +272,7 @@ class Tally:
 
 async def _ours(cell_file: Path, window: float, warmup: float, log_file: Path) -> None:
     """The cell's tags on the board of a CellSession, as the controller watches them."""
+    from cellctl import heap
     from cellctl.cell import load_cell
     from cellctl.io.session import CellSession
     from cellctl.logsetup import configure_logging
@@ -293,6 +294,9 @@ async def _ours(cell_file: Path, window: float, warmup: float, log_file: Path) -
 
     async with CellSession(cell, list(cell.tags)) as session:
         session.subscribe(heard)
+        # As `cellctl run` and `read --watch` do once connected, in a process of their own.
+        heap.own_process()
+        heap.settle()
         wall, cpu = await tally.window(window, warmup)
     tally.report(wall, cpu)
 

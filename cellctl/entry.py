@@ -16,6 +16,9 @@ def main() -> None:
     # handlers take over once its event loop runs, and hand this one back when they end.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        from cellctl import heap
+
+        heap.own_process()
         from cellctl.cli import run
     except KeyboardInterrupt:
         sys.exit(130)

@@ -24,7 +24,7 @@ import structlog
 from rich.console import Console
 from rich.live import Live
 
-from cellctl import __version__, exitcodes
+from cellctl import __version__, exitcodes, heap
 from cellctl.cell.tags import tag_units
 from cellctl.cli.consoles import FramedLines
 from cellctl.cli.demo_fault import DemoFault
@@ -400,6 +400,7 @@ class BatchRun:
         keys: TerminalKeys | None = None
         try:
             await controller.open()
+            heap.settle()  # connected and subscribed: what lives through the batch is made
             if self.options.interactive:
                 keys = TerminalKeys(sys.stdin.fileno())
                 keys.open()

@@ -79,6 +79,7 @@ async def _watch(cell: Cell, names: list[str], stop: asyncio.Event) -> None:
     import asyncio
     import contextlib
 
+    from cellctl import heap
     from cellctl.cell.tags import tag_units
     from cellctl.cli.views.tags import tag_table
     from cellctl.cli.views.watch import WatchTable
@@ -89,6 +90,7 @@ async def _watch(cell: Cell, names: list[str], stop: asyncio.Event) -> None:
         units = tag_units(cell)
         view = WatchTable(names, await session.read(), cell.cell, units)
         unsubscribe = session.subscribe(view.update)
+        heap.settle()  # what lives until Ctrl-C is made (cellctl.heap)
         try:
             if not out.is_terminal:
                 # Nobody sees frames in a pipe or a log: the table of every tag once, at the end.
@@ -164,7 +166,7 @@ def _write_record(
     user = os_user()
     about = {
         "cell": cell.cell,
-        "cell_file": str(cell_file),
+        "cell_file": str(cell_file.resolve()),  # as typed, it says nothing from elsewhere
         "cell_sha256": file_sha256(cell_file),
         "operator": operator or user,
         "os_user": user,
