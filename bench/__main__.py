@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.figure import Figure
+from bench.state import isolated, journal_where
 
 #: The benchmark modules, in the order of the figures they produce.
 MODULES = (
@@ -77,19 +78,28 @@ def main(argv: list[str] | None = None) -> int:
         wanted = {f"bench.{name.strip()}" for name in options.only.split(",")}
         chosen = tuple(m for m in MODULES if m in wanted)
     about = machine()
-    print(f"cellctl bench on {about['platform']}, {about['cpus']} CPUs, Python {about['python']}")
+    load = ", ".join(f"{x:.2f}" for x in about["load_average"])
+    print(
+        f"cellctl bench on {about['platform']}, {about['cpus']} CPUs, Python {about['python']}, "
+        f"load average {load}"
+    )
     print(", ".join(f"{k} {v}" for k, v in about["versions"].items()), flush=True)
     figures: list[Figure] = []
     failed: dict[str, str] = {}
-    for name in chosen:
-        try:
-            module = importlib.import_module(name)
-            for figure in module.measure(options.quick):
-                figures.append(figure)
-                print(show(figure), flush=True)
-        except Exception:  # one broken benchmark must not hide the others' figures
-            failed[name] = traceback.format_exc()
-            print(f"{name}: FAILED\n{failed[name]}", file=sys.stderr, flush=True)
+    # Every `cellctl run` of the bench, in this process or a child, journals and locks in a
+    # folder of the bench's own (bench/state.py), never the user's journal or /run/lock/cellctl.
+    with isolated():
+        print(f"{journal_where()} unless a figure says otherwise; locks in the bench's own folder")
+        about["journal"] = journal_where()
+        for name in chosen:
+            try:
+                module = importlib.import_module(name)
+                for figure in module.measure(options.quick):
+                    figures.append(figure)
+                    print(show(figure), flush=True)
+            except Exception:  # one broken benchmark must not hide the others' figures
+                failed[name] = traceback.format_exc()
+                print(f"{name}: FAILED\n{failed[name]}", file=sys.stderr, flush=True)
     if options.json is not None:
         results = {"machine": about, "quick": options.quick, "failed": failed}
         results["figures"] = [f.to_json() for f in figures]

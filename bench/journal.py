@@ -3,13 +3,15 @@
 10. One durable intent: `JournalWriter.durable()` of an intent row (queued from the loop,
     committed by the writer thread with `synchronous=FULL`, the wait resolved on the loop) beside
     a bare sqlite3 INSERT and COMMIT of a row of the same size, in WAL mode with
-    `synchronous=FULL`, on the same disk (a folder beside the default journal), in the same run,
-    the two alternating.
+    `synchronous=FULL`, on the same disk (a temporary folder in the nearest existing folder
+    above the user's default journal: bench/state.py's `disk_folder`), in the same run, the two
+    alternating.
 11. `set` steps with the journal on (each write waits for its intent's commit) over Modbus TCP
     through drivers.sim.faultproxy adding 2 ms to every answer (server to client: 2 ms more per
     round trip, as a device on a real link answers), beside raw pymodbus writing the same values
     through the same proxy; and the same on plain loopback as context, where a durable intent
-    costs more than the write itself. Batches run as bench/steps.py runs them (its helpers).
+    costs more than the write itself. Batches run as bench/steps.py runs them (its helpers),
+    with `--journal` in that folder on disk.
 
 `python -m bench.journal proxy TARGET_PORT LATENCY` is the proxy, in a child process of its own
 (see `_proxied`), so that the bench process pays only for its own client.
@@ -20,12 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bench.childproc import ROOT
 from bench.figure import Figure
+from bench.state import disk_folder, filesystem, isolated, journal_where
 
 #: Seconds added by the proxy to every answer of figure 11's link.
 LATENCY = 0.002
@@ -60,29 +61,6 @@ class Sizes:
 
 QUICK = Sizes(commits=150, trials=3, small=20, big=220, loopback_big=520, step_trials=2)
 FULL = Sizes(commits=500, trials=5, small=50, big=1050, loopback_big=2050, step_trials=3)
-
-
-def _bench_folder() -> Path:
-    """A folder on the disk where the user's journal lives (not /tmp, which may be tmpfs)."""
-    from cellctl.control.journal.location import default_journal_path
-
-    parent = default_journal_path().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="cellctl-bench-journal-", dir=parent))
-
-
-def _filesystem(path: Path) -> str:
-    """The type of the filesystem holding `path` (the longest mount point above it)."""
-    best, kind = "", "unknown"
-    with contextlib.suppress(OSError), open("/proc/mounts", encoding="utf-8") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if len(fields) >= 3:
-                point = fields[1]
-                inside = str(path).startswith(point.rstrip("/") + "/") or str(path) == point
-                if inside and len(point) > len(best):
-                    best, kind = point, fields[2]
-    return kind
 
 
 # --- figure 10: one durable intent ---------------------------------------------------------
@@ -160,7 +138,7 @@ def _intent_figure(folder: Path, sizes: Sizes) -> Figure:
     mine, theirs = statistics.median(ours), statistics.median(bare)
     store = statistics.median(alone)
     ratio = theirs / mine
-    fs = _filesystem(folder)
+    fs = filesystem(folder)
     detail = (
         f"durable intent {mine * 1e3:.3f} ms, bare INSERT+COMMIT {theirs * 1e3:.3f} ms "
         f"({mine / theirs:.2f} x) on {fs} at {folder.parent}; the store alone, no thread, "
@@ -278,18 +256,10 @@ def _step_trials(
     work = steps.Sizes(small=sizes.small, big=big, trials=1, changes=0)
     ours: list[float] = []
     raw: list[float] = []
-    before = os.environ.get("CELLCTL_JOURNAL")
-    os.environ["CELLCTL_JOURNAL"] = str(journal)  # run's default journal: this bench's own
-    try:
-        steps._cellctl_run(there, recipe, sizes.small)  # warm-up: imports, first connect
-        for _ in range(sizes.step_trials):
-            ours.append(steps._per_step(there, recipe, work).wall)
-            raw.append(asyncio.run(steps._raw_modbus_writes(port, big - sizes.small)).wall)
-    finally:
-        if before is None:
-            del os.environ["CELLCTL_JOURNAL"]
-        else:
-            os.environ["CELLCTL_JOURNAL"] = before
+    steps._cellctl_run(there, recipe, sizes.small, journal)  # warm-up: imports, first connect
+    for _ in range(sizes.step_trials):
+        ours.append(steps._per_step(there, recipe, work, journal).wall)
+        raw.append(asyncio.run(steps._raw_modbus_writes(port, big - sizes.small)).wall)
     return ours, raw
 
 
@@ -319,7 +289,8 @@ def _step_figures(folder: Path, sizes: Sizes) -> list[Figure]:
         link = "plain loopback" if context else f"+{LATENCY * 1e3:g} ms per answer (fault proxy)"
         detail = (
             f"per step {wall * 1e3:.2f} ms with the journal on, raw write {raw_wall * 1e3:.2f} ms "
-            f"({big - sizes.small} steps, {len(mine)} trial(s), medians); {intent}"
+            f"({big - sizes.small} steps, {len(mine)} trial(s), medians); "
+            f"{journal_where(journal)}, {intent}"
         )
         if context:
             detail += (
@@ -362,21 +333,19 @@ def _last_intent_cost(journal: Path) -> str:
 def measure(quick: bool) -> list[Figure]:
     """Figure 10, and figure 11 once `cellctl run` takes --journal."""
     sizes = QUICK if quick else FULL
-    folder = _bench_folder()
-    try:
+    with disk_folder("cellctl-bench-journal-") as folder:
         figures = [_intent_figure(folder, sizes)]
         if _journal_on():
             figures += _step_figures(folder, sizes)
         else:
             print("figure 11: skipped, `cellctl run` has no --journal yet", flush=True)
         return figures
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "proxy":
         _proxy_main(int(sys.argv[2]), float(sys.argv[3]))
     else:
-        for shown in measure("--quick" in sys.argv):
-            print(shown)
+        with isolated():  # as `python -m bench` runs it: no run touches the user's journal
+            for shown in measure("--quick" in sys.argv):
+                print(shown)

@@ -15,6 +15,9 @@ heap, its logging setup and the other modules' imports stay out of the figures:
   model is kept for the run) and `repeat: N` over one `set` step (a small recipe, N steps run);
   a traced child (tracemalloc) says where the memory of the distinct recipe goes: while it is
   parsed and kept, and while the batch runs.
+
+The children journal to the bench's own journal on a RAM disk (bench/state.py, through
+$CELLCTL_JOURNAL): the journal's work is counted, its fsync is not (the peer records nothing).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.figure import Figure, rate_figure
+from bench.state import journal_where
 
 #: The project root: the children run `python -m bench.peer` from there.
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,11 +109,16 @@ def _run_cli(cell: Path, recipe: Path, log_file: Path) -> None:
 
 
 def _log_events(log_file: Path) -> Iterator[dict[str, Any]]:
-    """The JSON lines of the log, in order."""
-    with log_file.open(encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                yield json.loads(line)
+    """The JSON lines of the log, in order: its rotated parts first (NAME.N ... NAME.1: a long
+    batch's log is rotated past cellctl.logfile.MAX_BYTES), then NAME."""
+    rotated: list[Path] = []
+    while (older := log_file.with_name(f"{log_file.name}.{len(rotated) + 1}")).exists():
+        rotated.append(older)
+    for part in [*reversed(rotated), log_file]:
+        with part.open(encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    yield json.loads(line)
 
 
 def _stamp(record: dict[str, Any]) -> float:
@@ -339,7 +348,8 @@ def figure_rates(quick: bool) -> list[Figure]:
         f"{steps} set steps on a memory cell, headless `cellctl run` (an event line and a JSON "
         f"log line per event) vs RunEngine({{}}) bps.mv on an ophyd Signal, nothing subscribed; "
         f"best of {rounds} interleaved rounds (steps/s run/bare vs peer: {every}); CPU/step: "
-        f"peer {theirs[1] * 1e6:.0f} us, ours {ours[1] * 1e6:.0f} us with the recipe's parsing"
+        f"peer {theirs[1] * 1e6:.0f} us, ours {ours[1] * 1e6:.0f} us with the recipe's parsing; "
+        f"{journal_where()}"
     )
     run = rate_figure(
         4,
@@ -352,7 +362,7 @@ def figure_rates(quick: bool) -> list[Figure]:
     )
     bare_detail = (
         f"the Controller as `run` builds it (controller_for), no event lines, log at WARNING: "
-        f"CPU/step {bare[1] * 1e6:.0f} us"
+        f"CPU/step {bare[1] * 1e6:.0f} us; no journal (controller_for records nothing)"
     )
     equal = rate_figure(
         4,
@@ -408,8 +418,8 @@ def figure_rss(quick: bool) -> list[Figure]:
         mid / large,
         goal,
         flat,
-        f"{steps_words(REPEATED)}; {words}",
-        {"rss": rss},
+        f"{steps_words(REPEATED)}; {words}; {journal_where()}",
+        {"rss": rss, "journal": journal_where()},
     )
     rss = _rss_sizes(DISTINCT)
     _, mid, large, words = _growth(rss)
@@ -438,7 +448,7 @@ def figure_rss(quick: bool) -> list[Figure]:
         mid / large,
         f"< {RSS_GOAL_MB:g} MB (flat: the running figure)",
         large < RSS_GOAL_MB,
-        f"{steps_words(DISTINCT)}; {words}\n       " + "\n       ".join(lines),
+        f"{steps_words(DISTINCT)}; {words}; {journal_where()}\n       " + "\n       ".join(lines),
         {"rss": rss, "trace": traced},
     )
     return [run, distinct]

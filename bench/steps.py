@@ -6,7 +6,10 @@ The cell is served by `cellctl sim` in a child process, so that the CPU time mea
 process is the client's alone (ours or the raw library's). Ours is `cellctl run` in this
 process (`cellctl.cli.run`, as the console script runs it: JSON log file, one printed line per
 event), timed by difference: a batch of `big` steps less a batch of `small` steps, so that
-loading, connecting, Reset and the summary cancel out and what remains is the steps.
+loading, connecting, Reset and the summary cancel out and what remains is the steps. Its journal
+is the bench's own on a RAM disk (bench/state.py: its work counted, no fsync), so the figures
+compare with raw clients that record nothing; figure 1 has a second line, for context, with the
+journal on disk (every intent fsync'ed before its write is sent).
 
 `python -m bench.steps changer ...` is the third client of figure 3, in a child process of its
 own (see `_changer`).
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from bench.childproc import ROOT
 from bench.figure import Figure, Stopwatch, percentile, rate_figure
+from bench.state import disk_folder, journal_where
 
 #: The bench cell: one generic Modbus TCP device and one generic OPC UA server, at `{modbus}`
 #: and `{opcua}` (free ports). The `set` figures write `plc.value` and `panel.value`; the `wait`
@@ -150,8 +154,9 @@ def _recipe(served: Served, name: str, text: str) -> Path:
     return path
 
 
-def _cellctl_run(served: Served, recipe: Path, steps: int) -> Cost:
-    """`cellctl run RECIPE --cell served -p n=STEPS` in this process: its wall and CPU time.
+def _cellctl_run(served: Served, recipe: Path, steps: int, journal: Path | None = None) -> Cost:
+    """`cellctl run RECIPE --cell served -p n=STEPS [--journal JOURNAL]` in this process: its
+    wall and CPU time. Without `journal`, run's default: the bench's own ($CELLCTL_JOURNAL).
 
     Its output goes to a file (off a terminal: one line per event, as in CI or a pipe).
     """
@@ -160,6 +165,8 @@ def _cellctl_run(served: Served, recipe: Path, steps: int) -> Cost:
     out = served.folder / "run.out"
     argv = ["--log-file", str(served.folder / "run.log"), "run", str(recipe)]
     argv += ["--cell", str(served.cell_file), "-p", f"n={steps}"]
+    if journal is not None:
+        argv += ["--journal", str(journal)]
     with out.open("w") as printed, contextlib.redirect_stdout(printed), Stopwatch() as watch:
         code = run(argv)
     if code != 0:
@@ -169,10 +176,10 @@ def _cellctl_run(served: Served, recipe: Path, steps: int) -> Cost:
     return Cost(watch.wall, watch.cpu)
 
 
-def _per_step(served: Served, recipe: Path, sizes: Sizes) -> Cost:
+def _per_step(served: Served, recipe: Path, sizes: Sizes, journal: Path | None = None) -> Cost:
     """Wall and CPU of one step of ours: (big batch - small batch) / (big - small) steps."""
-    small = _cellctl_run(served, recipe, sizes.small)
-    big = _cellctl_run(served, recipe, sizes.big)
+    small = _cellctl_run(served, recipe, sizes.small, journal)
+    big = _cellctl_run(served, recipe, sizes.big, journal)
     steps = sizes.big - sizes.small
     return Cost((big.wall - small.wall) / steps, (big.cpu - small.cpu) / steps)
 
@@ -223,7 +230,7 @@ def _set_figure(
     detail = (
         f"per step {wall * 1e3:.2f} ms wall, {cpu * 1e3:.2f} ms CPU ({cpu / raw_cpu:.1f} x raw); "
         f"raw write {raw_wall * 1e3:.2f} ms wall, {raw_cpu * 1e3:.2f} ms CPU "
-        f"({steps} steps, {len(ours)} trial(s), medians)"
+        f"({steps} steps, {len(ours)} trial(s), medians); {journal_where()}"
     )
     figure = rate_figure(
         number,
@@ -251,29 +258,92 @@ def _set_figure(
         ],
     }
     figure.extra.update(extra)
+    figure.extra["journal"] = journal_where()
     return figure
 
 
+def _on_disk_figure(
+    ram: list[Cost], disk: list[Cost], raw: list[Cost], steps: int, journal: Path
+) -> Figure:
+    """Figure 1's context line: the same steps with the journal on disk (each intent fsync'ed
+    before its write is sent), beside raw pymodbus; the detail names the cost of durability."""
+    wall = statistics.median(c.wall for c in disk)
+    cpu = statistics.median(c.cpu for c in disk)
+    ram_wall = statistics.median(c.wall for c in ram)
+    ram_cpu = statistics.median(c.cpu for c in ram)
+    raw_wall = statistics.median(c.wall for c in raw)
+    detail = (
+        f"per step {wall * 1e3:.2f} ms wall, {cpu * 1e3:.2f} ms CPU; durability per step "
+        f"{(wall - ram_wall) * 1e3:+.2f} ms wall, {(cpu - ram_cpu) * 1e3:+.2f} ms CPU over the "
+        f"journal on tmpfs; {journal_where(journal)}, {_intents(journal)} intent rows; "
+        f"context, no goal: on loopback one fsync costs more than the write (figure 11: on a "
+        f"link with latency)"
+    )
+    figure = Figure(
+        1,
+        "set steps over Modbus TCP, journal on disk",
+        1 / wall,
+        "steps/s",
+        1 / raw_wall,
+        "raw pymodbus",
+        raw_wall / wall,
+        "context",
+        None,
+        detail,
+    )
+    figure.extra.update(
+        {
+            "wall_ms": wall * 1e3,
+            "cpu_ms": cpu * 1e3,
+            "durability_wall_ms": (wall - ram_wall) * 1e3,
+            "durability_cpu_ms": (cpu - ram_cpu) * 1e3,
+            "steps": steps,
+            "journal": journal_where(journal),
+            "trials": [{"wall_ms": c.wall * 1e3, "cpu_ms": c.cpu * 1e3} for c in disk],
+        }
+    )
+    return figure
+
+
+def _intents(journal: Path) -> int:
+    """How many intent rows `journal` holds (the proof that the journal was on)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(journal)) as conn:
+        count: int = conn.execute("SELECT count(*) FROM rows WHERE kind = 'intent'").fetchone()[0]
+    return count
+
+
 def _set_figures(served: Served, sizes: Sizes) -> list[Figure]:
-    """Figures 1 and 2: ours and the raw client alternately, `trials` times each."""
+    """Figures 1 and 2: ours and the raw client alternately, `trials` times each; for Modbus
+    also ours with the journal on disk, in the same alternation."""
     figures = []
     steps = sizes.big - sizes.small
-    for number, protocol, tag, reference in (
-        (1, "Modbus TCP", "plc.value", "raw pymodbus"),
-        (2, "OPC UA", "panel.value", "raw asyncua"),
-    ):
-        recipe = _recipe(served, f"set-{number}", SET_RECIPE.format(name=number, tag=tag))
-        ours: list[Cost] = []
-        raw: list[Cost] = []
-        # Once before the trials: the first batch in this process pays for imports and warm-up.
-        _cellctl_run(served, recipe, sizes.small)
-        for _ in range(sizes.trials):
-            ours.append(_per_step(served, recipe, sizes))
+    with disk_folder("cellctl-bench-steps-") as folder:
+        journal = folder / "journal.sqlite"
+        for number, protocol, tag, reference in (
+            (1, "Modbus TCP", "plc.value", "raw pymodbus"),
+            (2, "OPC UA", "panel.value", "raw asyncua"),
+        ):
+            recipe = _recipe(served, f"set-{number}", SET_RECIPE.format(name=number, tag=tag))
+            ours: list[Cost] = []
+            raw: list[Cost] = []
+            on_disk: list[Cost] = []
+            # Once before the trials: the first batch in this process pays for imports and
+            # warm-up (and the first one on disk, for creating its journal).
+            _cellctl_run(served, recipe, sizes.small)
             if number == 1:
-                raw.append(asyncio.run(_raw_modbus_writes(served.modbus_port, steps)))
-            else:
-                raw.append(asyncio.run(_raw_opcua_writes(served.opcua_url, steps)))
-        figures.append(_set_figure(number, protocol, reference, ours, raw, steps))
+                _cellctl_run(served, recipe, sizes.small, journal)
+            for _ in range(sizes.trials):
+                ours.append(_per_step(served, recipe, sizes))
+                if number == 1:
+                    on_disk.append(_per_step(served, recipe, sizes, journal))
+                    raw.append(asyncio.run(_raw_modbus_writes(served.modbus_port, steps)))
+                else:
+                    raw.append(asyncio.run(_raw_opcua_writes(served.opcua_url, steps)))
+            figures.append(_set_figure(number, protocol, reference, ours, raw, steps))
+            if on_disk:
+                figures.append(_on_disk_figure(ours, on_disk, raw, steps, journal))
     return figures
 
 
@@ -406,7 +476,7 @@ def _wait_figure(served: Served, sizes: Sizes) -> Figure:
         p99 <= goal,
         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms; raw loop p50 {raw50:.1f} ms, p99 {raw99:.1f} ms "
         f"({sizes.changes} changes each, seen by a third client reading every "
-        f"{LOOK * 1e3:g} ms)",
+        f"{LOOK * 1e3:g} ms); {journal_where()}",
         {
             "p50_ms": p50,
             "p99_ms": p99,

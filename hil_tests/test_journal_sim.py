@@ -64,10 +64,18 @@ def test_a_sim_run_is_recorded_and_verifies(
         1,
     )
     assert rows[-1].data()["exit_code"] == 0 and rows[-1].data()["state"] == "Complete"
-    intents = [r.data()["intent"] for r in rows if r.kind == Kind.INTENT]
+    # Parts made: the press simulator's own cycle count, read before Start and after the end,
+    # moved by the one part the batch made.
+    ended = rows[-1].data()
+    assert (ended["parts"], ended["parts_counter"]) == (1, "press.cycles"), ended
+    assert ended["parts_end"] - ended["parts_start"] == 1
+    parts = f"parts: 1 (press.cycles {ended['parts_start']} -> {ended['parts_end']})"
+    assert parts in out.splitlines(), out
+    # Writes and calls (device actions both): each confirmed, in the order sent.
+    intents = [r.data()["intent"] for r in rows if r.kind in (Kind.INTENT, Kind.CALL_INTENT)]
     confirmed = [r.data()["intent"] for r in rows if r.kind == Kind.CONFIRMED]
-    assert intents and confirmed == intents  # each confirmed, in the order sent
-    assert Kind.CALL in kinds and Kind.STEP_ENDED in kinds
+    assert intents and confirmed == intents
+    assert Kind.CALL_INTENT in kinds and Kind.CALL in kinds and Kind.STEP_ENDED in kinds
     code, out, err = cli(
         capsys, "audit", "verify", batch.group(1), "--head", head.group(1), "--journal", journal
     )
@@ -75,14 +83,18 @@ def test_a_sim_run_is_recorded_and_verifies(
 
 
 def test_write_is_recorded(
-    served_demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    served_demo: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     journal = tmp_path / "journal.sqlite"
+    monkeypatch.chdir(served_demo.parent)  # the cell file named as most people type it
     code, _, err = cli(
         capsys,
         "write",
         "--cell",
-        served_demo,
+        served_demo.name,
         "--operator",
         "ana",
         "--journal",
@@ -105,6 +117,7 @@ def test_write_is_recorded(
         "demo",
     )
     assert wrote["os_user"] and wrote["pid"] > 0 and rows[0].at
+    assert wrote["cell_file"] == str(served_demo.resolve())
     assert (confirmed["intent"], confirmed["ok"], confirmed["error"]) == (
         wrote["intent"],
         True,

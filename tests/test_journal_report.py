@@ -602,7 +602,17 @@ def test_an_unanswered_write_and_a_resume_read_as_unknown_and_crashed(tmp_path: 
         (Kind.INTENT, intent_body("w1", "m.x", 1, "1", "a")),
         (Kind.CONFIRMED, {**confirmation_body("w1", False, "no answer in 1 s"), "unknown": True}),
         (Kind.INTENT, intent_body("w2", "m.y", 2, "1", "a")),
-        ("resumed", {"path": "1", "step_id": "a", "unknown": [{"intent": "w2"}]}),
+        # As `cellctl resume` writes it: a notice marked resumed, its point inside.
+        (
+            Kind.NOTICE,
+            {
+                "text": "resumed by ann",
+                "level": "warning",
+                "resumed": True,
+                "operator": "ann",
+                "point": {"path": "1", "step_id": "a", "unknown": [{"intent": "w2"}]},
+            },
+        ),
         (Kind.STEP_STARTED, {"path": "1", "step_id": "a", "label": "a", "step_kind": "set"}),
     ]
     store = SqliteStore(tmp_path / "journal.sqlite")
@@ -616,6 +626,45 @@ def test_an_unanswered_write_and_a_resume_read_as_unknown_and_crashed(tmp_path: 
         ("m.y", UNKNOWN, None),
     ]
     assert [(s.step_id, s.outcome) for s in rec.steps] == [("a", "crashed"), ("a", None)]
-    assert rec.resumed and rec.resumed[0]["step_id"] == "a"
-    assert rec.unfinished and any("resumed at step a" in e.text for e in rec.timeline)
+    assert rec.resumed and rec.resumed[0]["point"]["step_id"] == "a"
+    assert rec.unfinished and any("resumed at step a by ann" in e.text for e in rec.timeline)
     jsonschema.validate(rec.to_json(), load_schema("report"))
+
+
+@pytest.mark.parametrize("fmt", ["text", "html"])
+def test_the_verify_command_a_report_prints_verifies_its_journal(
+    journal: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    # The journal is not the default one: the command names it, so it can be run as printed.
+    code, out, _ = _cli(["report", B1, "--format", fmt, "--journal", str(journal)], capsys)
+    assert code == 0
+    command = out.split("cellctl audit verify ", 1)[1].split("\n", 1)[0].split("<", 1)[0]
+    code, said, err = _cli(["audit", "verify", *command.split()], capsys)
+    assert code == 0, err
+    assert f"journal {journal}: batch {B1}" in said
+
+
+def test_history_table_holds_a_real_batch_id_and_the_recipe_unfolded_on_80_columns(
+    tmp_path: Path, screen: io.StringIO
+) -> None:
+    journal = tmp_path / "real.sqlite"
+    batch = "B-20261206-142644-be24"  # as `run` names them
+    now = time.time()
+    store = SqliteStore(journal)
+    try:
+        started = {"recipe": "press-fit", "version": 4, "operator": "nights", "cell": "demo"}
+        ended = {"state": "Complete", "duration": 22.3, "parts": 3}
+        store.append(
+            [
+                NewRow(batch, format_at(now - 23), Kind.BATCH_STARTED, canonical_json(started)),
+                NewRow(batch, format_at(now), Kind.BATCH_ENDED, canonical_json(ended)),
+            ]
+        )
+    finally:
+        store.close()
+    assert cli.run(["history", "--journal", str(journal)]) == 0
+    lines = screen.getvalue().rstrip("\n").split("\n")
+    assert len(lines) == 2, lines  # the header and one line: nothing folded
+    assert all(cell_len(line) <= 80 for line in lines), lines
+    assert batch in lines[1] and "press-fit v4" in lines[1] and "nights" in lines[1]
+    assert time.strftime("%m-%d ", time.gmtime(now - 23)) in lines[1]

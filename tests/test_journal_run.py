@@ -24,6 +24,7 @@ from cellctl.cell import Cell
 from cellctl.cli.batch import BatchRun, RunOptions, prepare
 from cellctl.control.controller import Controller
 from cellctl.control.events import SafeStateWritten, WaitProgress
+from cellctl.control.journal.record import build_record
 from cellctl.control.journal.recorder import BatchRecorder
 from cellctl.control.journal.rows import JournalRow, Kind
 from cellctl.control.journal.store import JournalStore, JournalUnavailable, NewRow, SqliteStore
@@ -286,6 +287,7 @@ async def test_a_journal_failing_mid_batch_holds_with_the_safe_state_and_exits_6
     out = run.printed.getvalue()
     assert "outcome: Held" in out
     assert "journal cannot be written: disk I/O error (the test's)" in out
+    assert "refused" not in out  # the step's failure and the journal's ask one Hold between them
     assert f"journal: {journal}: NOT fully written" in out
     assert "head hash" not in out
     assert "rows could not be written" in out  # the rows it lost, counted
@@ -381,3 +383,89 @@ def test_wait_progress_is_not_recorded(tmp_path: Path) -> None:
         return backlog
 
     assert asyncio.run(scenario()) == 0
+
+
+# The arm is an OPC UA device in the file (methods need one) and a memory driver here.
+CALL_CELL = CELL.replace(
+    "devices:\n", 'devices:\n  arm: {driver: opcua, endpoint: "opc.tcp://127.0.0.1:4840"}\n'
+) + (
+    "methods:\n"
+    '  arm.pick: {device: arm, node: "ns=2;s=Arm", method: "2:Pick", args: {slot: int32},'
+    " result: bool}\n"
+)
+CALL_RECIPE = """\
+recipe: c
+version: 1
+steps:
+  - {id: pick, call: arm.pick, args: {slot: 3}, timeout: 2s}
+  - {id: again, call: arm.pick, args: {slot: 4}, timeout: 2s}
+"""
+
+
+class Armed(Rigged):
+    """`cellctl run` with an arm (memory) whose Pick reads the journal when it is called, and
+    fails (no answer) for slot 4."""
+
+    def __init__(self, options: RunOptions, device: Witness) -> None:
+        super().__init__(options, device)
+        self.arm = MemoryDriver(MemoryConfig("arm"))
+        #: (slot, the call_intent rows on disk when the call reached the arm)
+        self.picks: list[tuple[int, list[dict[str, Any]]]] = []
+
+        async def pick(slot: int) -> bool:
+            with contextlib.closing(sqlite3.connect(device.journal)) as conn:
+                rows = conn.execute("SELECT body FROM rows WHERE kind = 'call_intent'").fetchall()
+            self.picks.append((slot, [json.loads(b) for (b,) in rows]))
+            if slot == 4:
+                raise RuntimeError("gripper stalled")
+            return True
+
+        self.arm.register_method("Pick", pick)
+
+    def _drivers(self, cell: Cell) -> dict[str, Driver]:
+        return {"m": self.device, "arm": self.arm}
+
+
+@pytest.mark.asyncio
+async def test_a_call_is_recorded_as_an_intent_on_disk_before_it_is_made(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "cell.yaml").write_text(CALL_CELL)
+    (tmp_path / "c.yaml").write_text(CALL_RECIPE)
+    journal = tmp_path / "j.sqlite"
+    run = Armed(options((tmp_path / "c.yaml", tmp_path / "cell.yaml"), journal), Witness(journal))
+    async with asyncio.timeout(DEADLINE):
+        await run.run()
+    # Each call found its own intent on disk when it reached the device.
+    assert [(slot, [b["args"] for b in on_disk]) for slot, on_disk in run.picks] == [
+        (3, [{"slot": 3}]),
+        (4, [{"slot": 3}, {"slot": 4}]),
+    ]
+    rows = journal_rows(journal)
+    intents = [r for r in rows if r.kind == Kind.CALL_INTENT]
+    assert [(r.data()["method"], r.data()["step_id"]) for r in intents] == [
+        ("arm.pick", "pick"),
+        ("arm.pick", "again"),
+    ]
+    first, second = (r.data()["intent"] for r in intents)
+    confirmed = {r.data()["intent"]: r.data() for r in rows if r.kind == Kind.CONFIRMED}
+    assert confirmed[first]["ok"] is True
+    # The call that got no answer: the device may have acted, and the record says so.
+    assert confirmed[second]["ok"] is False and confirmed[second]["unknown"] is True
+    assert "gripper stalled" in confirmed[second]["error"]
+    assert [r.data()["args"] for r in rows if r.kind == Kind.CALL] == [{"slot": 3}]
+    store = SqliteStore(journal, readonly=True)
+    try:
+        assert verify(store).ok
+    finally:
+        store.close()
+    # The report reads them as calls: no write of its own, the unanswered one a fault.
+    record = build_record(str(rows[0].batch), rows)
+    assert {w.tag for w in record.writes} == {"m.run"}  # Resetting's only
+    texts = [(e.kind, e.text, e.flag) for e in record.timeline if e.text.startswith("call arm")]
+    assert texts[:2] == [
+        (Kind.CALL_INTENT, 'call arm.pick({"slot": 3}) (intent)', None),
+        (Kind.CALL, 'call arm.pick({"slot": 3}) -> true', None),
+    ]
+    unknown = [t for k, t, flag in texts if k == Kind.CONFIRMED and flag == "fault"]
+    assert len(unknown) == 1 and "outcome UNKNOWN" in unknown[0] and "gripper stalled" in unknown[0]

@@ -4,17 +4,21 @@ it; operator commands reach the batch record with who gave them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
+
+import pytest
 
 from cellctl.control.commands import Commands, OperatorCommand
 from cellctl.control.journal.recorder import BatchRecorder
 from cellctl.control.journal.rows import Kind
 from cellctl.control.journal.store import SqliteStore
 from cellctl.control.journal.writer import JournalWriter
-from cellctl.control.machine import Command
+from cellctl.control.machine import Command, State
 from cellctl.logfile import _JsonLinesFile, _open_for_append
-from tests.test_controller import Bench
+from cellctl.logsetup import configure_logging, flush_logs
+from tests.test_controller import CALLING, Bench, failing_pick, start
 
 
 def handler(path: Path, max_bytes: int = 200, backups: int = 2) -> _JsonLinesFile:
@@ -80,3 +84,38 @@ def test_operator_commands_are_recorded_with_who_gave_them(tmp_path: Path) -> No
     rows = [r.data() for r in store.rows("B-c") if r.kind == Kind.COMMAND]
     store.close()
     assert rows == [{"command": "Hold", "operator": "ana", "source": "ana (key h)", "choice": None}]
+
+
+@pytest.mark.asyncio
+async def test_a_writes_and_a_calls_log_lines_name_their_device_and_step(tmp_path: Path) -> None:
+    # The log file's lines, as a technician reads them (structlog's capture_logs would miss
+    # them: the controller's logger is cached once any earlier test logged through it).
+    log_file = tmp_path / "cellctl.log"
+    configure_logging(log_file)
+    try:
+        rig = Bench(CALLING)
+        failing_pick(rig, 0)
+        rig.device("line.feed", 4)
+        await rig.io.connect()
+        await rig.ctl.open()
+        try:
+            await start(rig)
+            assert await rig.settle(State.COMPLETE) is State.COMPLETE
+        finally:
+            await rig.ctl.close()
+            await rig.io.close()
+        flush_logs()
+    finally:
+        configure_logging()
+    logs = [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines()]
+    named = {
+        (line["event"], line.get("tag") or line.get("method")): (
+            line.get("device"),
+            line.get("step_id"),
+        )
+        for line in logs
+        if line["event"] in ("TagWritten", "MethodCalled")
+    }
+    assert named[("TagWritten", "line.run")] == ("line", "go")
+    assert named[("MethodCalled", "arm.pick")] == ("arm", "pick")
+    assert named[("TagWritten", "line.count")] == ("line", "count")

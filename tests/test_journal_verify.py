@@ -278,3 +278,16 @@ def test_verify_does_not_write(tmp_path: Path) -> None:
     assert verify(SqliteStore(path, readonly=True)).ok
     assert path.read_bytes() == before
     assert json.loads(next(SqliteStore(path, readonly=True).rows()).body)["recipe"] == "press-fit"
+
+
+def test_a_unique_prefix_names_the_batch_and_an_ambiguous_one_is_bad_input(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "j.sqlite"
+    heads = build(path)
+    code, out = audit(capsys, path, "B-", "--head", heads["B-1"])
+    assert code == 1 and "batch 'B-' is ambiguous" in out and "B-1, B-2" in out, out
+    SqliteStore(path).append([NewRow("B-1234", "2027-01-01T00:00:00.000000Z", "notice", "{}")])
+    code, out = audit(capsys, path, "B-12")
+    assert code == 0, out
+    assert "batch B-1234: 1 row, head" in out

@@ -7,7 +7,7 @@ bound earlier back in scope, repeat rounds taken up at their round."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import pytest
@@ -15,7 +15,12 @@ import pytest_asyncio
 
 from cellctl.control.controller import CommandBlocked
 from cellctl.control.events import BatchEnded, Event, StepStarted, TagWritten
-from cellctl.control.journal.events import confirmation_body, intent_body, rows_for
+from cellctl.control.journal.events import (
+    call_intent_body,
+    confirmation_body,
+    intent_body,
+    rows_for,
+)
 from cellctl.control.journal.rows import JournalRow, Kind, canonical_json
 from cellctl.control.machine import Command, State
 from cellctl.control.operator import FailureChoice, ScriptedOperator
@@ -86,6 +91,14 @@ class Rows:
         self._intents += 1
         token = f"w{self._intents}"
         self.add(Kind.INTENT, intent_body(token, tag, value, path, step_id))
+        return token
+
+    async def call_intent(
+        self, method: str, args: Mapping[str, Value], path: str | None, step_id: str | None
+    ) -> object:
+        self._intents += 1
+        token = f"c{self._intents}"
+        self.add(Kind.CALL_INTENT, call_intent_body(token, method, args, path, step_id))
         return token
 
     def confirmed(self, token: object, error: str | None, *, unknown: bool = False) -> None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cellctl.control.journal.events import intent_body
+from cellctl.control.journal.events import call_intent_body, intent_body
 from cellctl.control.journal.recorder import file_sha256
 from cellctl.control.journal.rows import Kind, canonical_json
 from cellctl.control.journal.store import NewRow, SqliteStore
@@ -133,3 +134,50 @@ def test_nothing_to_resume(
     assert latest.exit_code == 1 and "no unfinished batch in journal" in latest.err
     named = cli(capsys, "resume", "B-done", "--journal", journal)
     assert named.exit_code == 1 and "batch B-done ended" in named.err
+
+
+def test_the_summary_of_a_resume_gives_the_batch_start_not_the_resume(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    journal = tmp_path / "j.sqlite"
+    add(journal, "B-crashed", Kind.BATCH_STARTED, started(recipe, sim=True))
+    add(journal, "B-crashed", Kind.INTENT, intent_body("w1", "conveyor.run", True, "1", "feed"))
+    result = cli(capsys, "resume", "--journal", journal, "--sim", "--choice", "abort")
+    assert result.exit_code == 3, result  # Aborted
+    assert "outcome: Aborted" in result.out
+    assert "on fresh simulators: the state of the ones the batch ran on died" in result.out
+    at = time.mktime(time.strptime("2026-12-06 10:00:00", "%Y-%m-%d %H:%M:%S")) - time.timezone
+    when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(at))
+    assert f"started: {when}" in result.out, result.out
+
+
+def test_call_intent_ids_go_on_after_a_resume(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Killed inside step 2.2 pick (a call) of round 1: its intent c1 on disk, no answer.
+    journal = tmp_path / "j.sqlite"
+    add(journal, "B-c", Kind.BATCH_STARTED, started(recipe, sim=True))
+    add(journal, "B-c", Kind.STEP_STARTED, {"path": "1", "step_id": "start-conveyor"})
+    for n, (tag, value) in enumerate([("conveyor.speed_rpm", 1200), ("conveyor.run", True)]):
+        # Confirmed: Unholding restores them (the conveyor runs again).
+        add(journal, "B-c", Kind.INTENT, intent_body(f"w{n + 1}", tag, value, "1", "s"))
+        add(journal, "B-c", Kind.CONFIRMED, {"intent": f"w{n + 1}", "ok": True})
+    add(journal, "B-c", Kind.STEP_ENDED, {"path": "1", "outcome": "done"})
+    add(journal, "B-c", Kind.STEP_STARTED, {"path": "2", "step_id": "cycle"})
+    add(journal, "B-c", Kind.STEP_STARTED, {"path": "2.1", "step_id": "wait-part", "round": 1})
+    add(journal, "B-c", Kind.STEP_ENDED, {"path": "2.1", "outcome": "done"})
+    add(journal, "B-c", Kind.STEP_STARTED, {"path": "2.2", "step_id": "pick", "round": 1})
+    body = call_intent_body("c1", "robot.pick", {"slot": 1}, "2.2", "pick")
+    add(journal, "B-c", Kind.CALL_INTENT, body)
+    result = cli(
+        capsys, "resume", "--journal", journal, "--sim", "--speed", "20", "--choice", "skip"
+    )
+    assert "robot.pick was called or not: unknown" in result.out, result
+    assert result.exit_code == 0, result
+    store = SqliteStore(journal, readonly=True)
+    try:
+        ids = [r.data()["intent"] for r in store.rows("B-c") if r.kind == Kind.CALL_INTENT]
+    finally:
+        store.close()
+    # Round 1 goes on with place, rounds 2 and 3 call pick and place: c2..c6, never c1 again.
+    assert ids == ["c1", "c2", "c3", "c4", "c5", "c6"], ids

@@ -32,7 +32,10 @@ def journal_path(option: Path | None) -> Path:
 @audit_app.command()
 def verify(
     batch: Annotated[
-        str | None, typer.Argument(metavar="BATCH", help="check this batch (default: all)")
+        str | None,
+        typer.Argument(
+            metavar="BATCH", help="check this batch, or a unique prefix of its id (default: all)"
+        ),
     ] = None,
     journal: JournalOption = None,
     head: Annotated[
@@ -47,6 +50,7 @@ def verify(
     ] = None,
 ) -> None:
     """Check the journal's chain: exit 0 when it holds, 6 naming the first broken row."""
+    from cellctl.control.journal.record import AmbiguousBatch, UnknownBatch, find_batch
     from cellctl.control.journal.store import SqliteStore, read_key
     from cellctl.control.journal.verify import ChainBroken
     from cellctl.control.journal.verify import verify as verify_chain
@@ -55,6 +59,13 @@ def verify(
     # Read-only: verifying never creates a journal, and never writes to one.
     store = SqliteStore(journal_path(journal), readonly=True)
     try:
+        if batch is not None:  # a unique prefix names a batch, as for `report`
+            try:
+                batch = find_batch(store, batch)
+            except AmbiguousBatch:
+                raise
+            except UnknownBatch:
+                pass  # no row of it: the verdict says so (exit 6: rows may have been removed)
         verdict = verify_chain(store, batch=batch, head=head, key=key)
     finally:
         store.close()

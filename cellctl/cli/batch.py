@@ -9,6 +9,7 @@ be reached before the start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -54,12 +55,13 @@ from cellctl.control.journal.recorder import (
     open_batch,
     os_user,
 )
-from cellctl.control.journal.rows import JournalRow
+from cellctl.control.journal.rows import JournalRow, Kind
 from cellctl.control.journal.store import JournalStore, JournalUnavailable, SqliteStore
 from cellctl.control.journal.writer import JournalWriter
 from cellctl.control.ledger import NO_LEDGER
 from cellctl.control.machine import Mode, State
 from cellctl.control.operator import Operator
+from cellctl.control.parts import PartsCount, read_count
 from cellctl.control.resume import refuse_unfinished
 from cellctl.durations import format_duration
 from cellctl.errors import CellctlError
@@ -131,6 +133,12 @@ class BatchRun:
         self.identity: BatchIdentity | None = None
         #: Why the journal could not be written mid-batch (exit 6), or None.
         self.journal_failure: str | None = None
+        #: The parts made, when the recipe names a counter (read before Start and at the end).
+        self.parts: PartsCount | None = None
+        counted = prepared.loaded.recipe.parts
+        if counted is not None:
+            tag = prepared.loaded.cell.tags[counted.counter]
+            self.parts = PartsCount(counted.counter, tag.datatype)
         if not options.interactive and not out.is_terminal:
             self.lines = FramedLines(out)
             self.lines.failed = self._lines_failed
@@ -248,7 +256,7 @@ class BatchRun:
             controller = self.controller
             ran = controller is not None and controller.started_at is not None
             state = str(controller.state) if ran and controller is not None else None
-            await recorder.end(ended_body(None, code, state=state))
+            await recorder.end(ended_body(None, code, state=state, parts=self._parts_fields()))
         try:
             # Off the loop: close() joins the writer's thread (bounded).
             await asyncio.to_thread(recorder.writer.close)
@@ -436,13 +444,34 @@ class BatchRun:
             ended = await self._drive(controller, lambda: not self._demo_busy())
         for value in (await io.read(self.prepared.tags)).values():
             io.board.update(value)
+        if self.parts is not None:  # the count after the end, read fresh from the device
+            self.parts.end, self.parts.end_error = await read_count(io, self.parts.counter)
         return ended
 
     async def _drive(
         self, controller: Controller, stop_when_held: Callable[[], bool]
     ) -> BatchEnded:
         """The batch from Reset to its end (`cellctl resume` takes a crashed one up instead)."""
-        return await controller.run_batch(stop_when_held=stop_when_held)
+        return await controller.run_batch(
+            stop_when_held=stop_when_held, before_start=self._count_start
+        )
+
+    async def _count_start(self) -> None:
+        """Read the parts counter fresh from its device (Idle, after Resetting, before Start)
+        and record it, on disk before Start (`resume` counts from it)."""
+        parts, controller = self.parts, self.controller
+        if parts is None or controller is None:
+            return
+        parts.start, parts.start_error = await read_count(controller.io, parts.counter)
+        if self.recorder is None:
+            return
+        # A journal that fails: the writer's on_failure holds the batch, the summary says so.
+        with contextlib.suppress(JournalUnavailable):
+            await self.recorder.writer.durable(self.recorder.batch, Kind.NOTICE, parts.start_body())
+
+    def _parts_fields(self) -> dict[str, Any] | None:
+        """The batch_ended row's parts fields, or None when the recipe names no counter."""
+        return None if self.parts is None else self.parts.ended_fields()
 
     async def _batch_shown(self, io: TagIO, extras: list[asyncio.Task[None]]) -> BatchEnded:
         """The batch, in the live view on a terminal (drawn by a task of this loop, which
@@ -491,7 +520,11 @@ class BatchRun:
                 code = exitcodes.JOURNAL  # its end is not on disk: the record is not whole
             failure = self.journal_failure or self.recorder.unavailable()
             lines += record_lines(
-                self.identity, time.time(), None if last is None else last.hash, failure
+                self.identity,
+                time.time(),
+                None if last is None else last.hash,
+                failure,
+                parts=self.parts,
             )
         # On a terminal the summary wraps at words (a person reads it); off one, a line stays
         # one line (a script reads it).
@@ -505,7 +538,7 @@ class BatchRun:
         self, recorder: BatchRecorder, ended: BatchEnded, code: int
     ) -> JournalRow | None:
         """Write the batch_ended row (on disk when this returns): the row, or None."""
-        return await recorder.end(ended_body(ended, code))
+        return await recorder.end(ended_body(ended, code, parts=self._parts_fields()))
 
     def _exit_code(
         self, controller: Controller, ended: BatchEnded, unconfirmed: dict[str, str]

@@ -105,7 +105,10 @@ def prepare(options: RunOptions) -> Prepared:
     # Resetting's values and of the heartbeat (their tags are written, never polled), and those
     # the recipe only calls methods on.
     written = [*cell.reset_values, *cell.heartbeat_tags]
-    used = set(devices_for_tags(cell, [*tags, *written])) | set(plan.devices)
+    # The parts counter is read before Start and after the end, never watched: a counter that
+    # fails is a count unknown, not a hold.
+    counter = [recipe.parts.counter] if recipe.parts is not None else []
+    used = set(devices_for_tags(cell, [*tags, *written, *counter])) | set(plan.devices)
     devices = [name for name in cell.devices if name in used]
     operator = None if options.interactive else ScriptedOperator(answers, options.operator)
     return Prepared(loaded, parameters, operator, devices, tags)

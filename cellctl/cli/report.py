@@ -47,7 +47,8 @@ def report(
     from cellctl.control.journal.store import SqliteStore
 
     # Read-only: reading the record never creates a journal, and never writes to one.
-    store = SqliteStore(journal_path(journal), readonly=True)
+    path = journal_path(journal)
+    store = SqliteStore(path, readonly=True)
     try:
         record = batch_record(store, batch)
     finally:
@@ -57,11 +58,11 @@ def report(
     elif fmt is ReportFormat.HTML:
         from cellctl.cli.views.report_html import report_html
 
-        text = report_html(record)
+        text = report_html(record, path)
     else:
         from cellctl.cli.views.report_text import report_lines
 
-        text = "\n".join(report_lines(record)) + "\n"
+        text = "\n".join(report_lines(record, path)) + "\n"
     if output is None:
         consoles.out.file.write(text)
         consoles.out.file.flush()

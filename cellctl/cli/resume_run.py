@@ -27,13 +27,14 @@ from cellctl.control.commands import OperatorCommand, Refused
 from cellctl.control.controller import Controller
 from cellctl.control.events import BatchEnded
 from cellctl.control.journal.location import default_journal_path
-from cellctl.control.journal.record import find_batch
+from cellctl.control.journal.record import find_batch, parse_at
 from cellctl.control.journal.recorder import BatchRecorder, file_sha256, os_user
 from cellctl.control.journal.rows import JournalRow, Kind, canonical_json, format_at
 from cellctl.control.journal.store import JournalUnavailable, NewRow, SqliteStore
 from cellctl.control.journal.writer import JournalWriter
 from cellctl.control.machine import Command, State
 from cellctl.control.operator import FailureChoice
+from cellctl.control.parts import recorded_start
 from cellctl.control.resume import (
     RESUMED,
     NoUnfinishedBatch,
@@ -200,8 +201,20 @@ class ResumeRun(BatchRun):
         self.point = point
         self.choice = choice
         self._intents_before = sum(1 for row in rows if row.kind == Kind.INTENT)
+        self._calls_before = sum(1 for row in rows if row.kind == Kind.CALL_INTENT)
+        #: When the batch started (its first row), not when it was taken up: the summary's start.
+        self._batch_start = parse_at(rows[0].at) if rows else time.time()
         #: The choice was submitted (accepted or refused): Held from then on ends the run.
         self.decided = False
+        if self.parts is not None:
+            # Parts made count from the batch's own start, recorded before its Start.
+            if options.sim:
+                self.parts.start_error = (
+                    "its count was on the simulators that died with the crashed process "
+                    "(resume --sim runs on fresh ones)"
+                )
+            else:
+                self.parts.start, self.parts.start_error = recorded_start(rows, self.parts.counter)
 
     @property
     def journal(self) -> Path:
@@ -235,6 +248,12 @@ class ResumeRun(BatchRun):
             )
         elif point.failed:
             lines.append(f"it had failed: {point.failed}; choices: retry, skip, abort")
+        if self.options.sim:
+            # The crashed process took its in-process simulators with it: say what that means.
+            lines.append(
+                "on fresh simulators: the state of the ones the batch ran on died with its "
+                "process (counts, positions, whether a write of unknown outcome landed)"
+            )
         self.out.print("\n".join(lines), markup=False, soft_wrap=not self.out.is_terminal)
 
     def _open_record(self) -> BatchRecorder:
@@ -267,8 +286,9 @@ class ResumeRun(BatchRun):
         self.recorder = BatchRecorder(writer, point.batch)
         # Intent ids go on from the batch's last one: "w3" names one write in the record.
         self.recorder._intents = self._intents_before
+        self.recorder._calls = self._calls_before  # "c2" names one call in the record, too
         parameters = dict(self.prepared.parameters)
-        self.identity = BatchIdentity(point.batch, path, parameters, operator, time.time())
+        self.identity = BatchIdentity(point.batch, path, parameters, operator, self._batch_start)
         return self.recorder
 
     async def _drive(

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import Any
 
@@ -55,7 +55,7 @@ from cellctl.control.resume import ResumePoint
 from cellctl.control.safestate import SafeState
 from cellctl.io.session import TagIO
 from cellctl.logsetup import log_info
-from cellctl.recipe import LoadedRecipe
+from cellctl.recipe import LoadedRecipe, iter_steps
 from drivers.base import Unsubscribe, Value
 
 __all__ = ["CLOSE_WAIT", "END_STATES", "CommandBlocked", "Controller"]
@@ -81,13 +81,39 @@ def _logged_names(kind: type[Event]) -> tuple[str, ...]:
     return names
 
 
-def _log_fields(event: Event) -> dict[str, Any]:
+def _log_fields(event: Event, where: _Where) -> dict[str, Any]:
     """An event's fields for its log record, but its time: the file's thread renders them
-    (nested dataclasses too) later, so each dict is copied now; the rest is immutable."""
-    return {
+    (nested dataclasses too) later, so each dict is copied now; the rest is immutable. A
+    write's or call's line names its device, and a line with a step's path its step id."""
+    logged = {
         name: dict(value) if isinstance(value := getattr(event, name), dict) else value
         for name in _logged_names(type(event))
     }
+    named = logged.get("tag") or logged.get("method")
+    if "device" not in logged and isinstance(named, str) and named in where.devices:
+        logged["device"] = where.devices[named]
+    path = logged.get("path")
+    if "step_id" not in logged and isinstance(path, str) and path in where.step_ids:
+        logged["step_id"] = where.step_ids[path]
+    return logged
+
+
+@dataclass(frozen=True)
+class _Where:
+    """What a log line names besides the event: each tag's and method's device, each step
+    path's id."""
+
+    devices: Mapping[str, str]
+    step_ids: Mapping[str, str]
+
+    @classmethod
+    def of(cls, loaded: LoadedRecipe) -> _Where:
+        """From the recipe and its cell."""
+        cell = loaded.cell
+        devices = {name: tag.device for name, tag in cell.tags.items()}
+        devices.update({name: method.device for name, method in cell.methods.items()})
+        steps = {path: step.id for step, path in iter_steps(loaded.recipe.steps) if step.id}
+        return cls(devices, steps)
 
 
 def _batch_log(loaded: LoadedRecipe, operator: Operator) -> Any:
@@ -129,6 +155,7 @@ class Controller(ActingStates):
         if (step_mode or breakpoints) and not self.machine.may_step():
             raise MachineError(f"stepping and breakpoints need Maintenance mode, not {mode}")
         self.log = _batch_log(loaded, operator)
+        self._where = _Where.of(loaded)
         self.executor = Executor(
             loaded.recipe,
             parameters,
@@ -176,7 +203,7 @@ class Controller(ActingStates):
         if isinstance(event, StepEnded) and event.outcome is StepOutcome.FAILED:
             self.fault(event.error or f"{event.label} failed")
         if not isinstance(event, WaitProgress) or event.met:  # unmet waits: too many to log
-            log_info(self.log, type(event).__name__, partial(_log_fields, event))
+            log_info(self.log, type(event).__name__, partial(_log_fields, event, self._where))
         for listener in list(self.listeners):
             try:
                 listener(event)
@@ -208,8 +235,13 @@ class Controller(ActingStates):
         or a step's writes were undone (hold: re-run, skip or abort)."""
         if not failure.undone:  # a question, not a fault
             self.fault(failure.message)
-        command = Command.ABORT if failure.action == "abort" else Command.HOLD
-        self.request(command, cause=failure.message)
+        if failure.action == "abort":
+            self.request(Command.ABORT, cause=failure.message)
+        else:
+            # Unless the cell is on its way to Held already: a journal failure holds it too,
+            # and the step whose intent it could not record fails at once (one Hold is enough;
+            # a refused second one would only be noise on the console).
+            self._spawn(self._hold_unless_held(failure.message))
 
     def operator_abort(self, reason: str) -> None:
         """The operator chose abort while stepping."""
@@ -412,14 +444,23 @@ class Controller(ActingStates):
             return None
         return f"Held: {question.message}; {question.choices} needs an operator"
 
-    async def run_batch(self, *, stop_when_held: Callable[[], bool]) -> BatchEnded:
+    async def run_batch(
+        self,
+        *,
+        stop_when_held: Callable[[], bool],
+        before_start: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> BatchEnded:
         """Reset, Start, and wait for Complete, Stopped or Aborted, or for Held when
-        `stop_when_held()` says nobody will Unhold; returns the BatchEnded event it emitted."""
+        `stop_when_held()` says nobody will Unhold; returns the BatchEnded event it emitted.
+        `before_start()` is awaited once Idle after Resetting, just before Start (the run reads
+        its parts counter there)."""
         begun = time.monotonic()
         try:
             if self._no_start is None:
                 await self.command(Command.RESET, cause="run")
                 await self.wait_for({State.IDLE, State.STOPPED, State.ABORTED, State.HELD})
+            if before_start is not None and self._no_start is None and self.state is State.IDLE:
+                await before_start()
             if self._no_start is None and self.state is State.IDLE:
                 await self.command(Command.START, cause="run")
                 await self._until_ended(stop_when_held)

@@ -1,5 +1,6 @@
-"""The write ledger: what a recipe's write (and Resetting's, and Unholding's restores) tells the
-batch record before it leaves for the device and once the device answered.
+"""The write ledger: what a recipe's write (and Resetting's, and Unholding's restores) and a
+recipe's call of a device method tell the batch record before they leave for the device and
+once the device answered.
 
 `intent` returns only once the intent is durable (on disk): a write whose intent could not be
 recorded is not sent (IntentNotRecorded). Safe-state and heartbeat writes never go through it:
@@ -9,6 +10,7 @@ without a journal).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from cellctl import exitcodes
@@ -30,8 +32,15 @@ class WriteLedger(Protocol):
         cannot be (then the write must not be sent)."""
         ...
 
+    async def call_intent(
+        self, method: str, args: Mapping[str, Value], path: str | None, step_id: str | None
+    ) -> object:
+        """Record the call about to be made (a device action, as a write); its token once on
+        disk. IntentNotRecorded when it cannot be (then the call must not be made)."""
+        ...
+
     def confirmed(self, token: object, error: str | None, *, unknown: bool = False) -> None:
-        """Record how the write of `token` ended: None for confirmed, else the error;
+        """Record how the write (or call) of `token` ended: None for confirmed, else the error;
         `unknown`: it may have reached the device (its outcome is unknown). Never waits."""
         ...
 
@@ -44,6 +53,12 @@ class NoLedger:
     """A ledger that records nothing: every write goes out at once."""
 
     async def intent(self, tag: str, value: Value, path: str | None, step_id: str | None) -> object:
+        """Nothing to record."""
+        return None
+
+    async def call_intent(
+        self, method: str, args: Mapping[str, Value], path: str | None, step_id: str | None
+    ) -> object:
         """Nothing to record."""
         return None
 

@@ -230,11 +230,28 @@ class StepRun:
         self.executor.emit(TagWritten(tag=tag, value=checked, path=self.path))
 
     async def call(self, method: str, args: Mapping[str, Value]) -> Value | None:
-        """Call a device method; its answer (None: it answered nothing)."""
+        """Call a device method, its intent on disk first; its answer (None: it answered
+        nothing). A failure is confirmed as of unknown outcome: the device may have acted."""
+        ledger = self.executor.ledger
+        try:  # a device action as a write is: a call the record cannot name is not made
+            token = await ledger.call_intent(method, args, self.path, self.step.id)
+        except IntentNotRecorded as err:
+            raise StepError(f"{self.label}: {method} not called: {err}") from None
         try:
-            return await self.executor.io.call(method, dict(args))
+            self.checkpoint(At.OUTPUT)  # a trip while the intent was committed stops it too
+        except BaseException as err:
+            ledger.confirmed(token, f"not sent: {type(err).__name__}")
+            raise
+        try:
+            result = await self.executor.io.call(method, dict(args))
         except DeviceFailed as err:
+            ledger.confirmed(token, str(err), unknown=True)
             raise StepError(f"{self.label}: {err}", outcome_unknown=True) from err
+        except BaseException as err:  # a pause before it left, a timeout or cancel in flight
+            ledger.confirmed(token, f"{type(err).__name__}: {err}".rstrip(": "), unknown=True)
+            raise
+        ledger.confirmed(token, None)
+        return result
 
     def called(self, method: str, args: Mapping[str, Value], result: Value | None) -> None:
         """Record a call's answer."""

@@ -23,6 +23,7 @@ from cellctl import expr
 from cellctl.cell import INTEGER_TYPES, Cell
 from cellctl.errors import Problem
 from cellctl.recipe.checkvalues import ValueChecks
+from cellctl.recipe.counter import check_parts_counter
 from cellctl.recipe.located import step_label
 from cellctl.recipe.model import iter_steps
 from cellctl.recipe.ranges import (
@@ -145,6 +146,7 @@ class _Checker(ValueChecks):
                 span = Span.of(parameter.min, parameter.max, parameter.type == "int")
                 scope.add(name, parameter.kind, span)
         self.block(self.data.get("steps"), ("steps",), "", scope)
+        check_parts_counter(self, self.data)
         return self.problems
 
     def block(self, raw: object, loc: Loc, prefix: str, scope: Scope) -> Block:

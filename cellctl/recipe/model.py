@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
-from cellctl.cell import Cell
-from cellctl.errors import BadValue, did_you_mean
-from cellctl.recipe.fields import MaybeTimeout, Model, Name, RecipeName
+from cellctl.cell import Cell, TagName
+from cellctl.errors import BadValue, InvalidField, did_you_mean
+from cellctl.recipe.fields import MaybeTimeout, Model, Name, RecipeName, given
 from cellctl.recipe.steps import AnyStep, Step, StepBase
 from cellctl.recipe.typed import Parameter
 from cellctl.yamlload import YamlDocument
@@ -20,6 +20,7 @@ from drivers.base import Value
 __all__ = [
     "Defaults",
     "LoadedRecipe",
+    "PartsCounter",
     "Recipe",
     "RecipeIdentity",
     "iter_steps",
@@ -37,8 +38,25 @@ class Defaults(Model):
     timeout: MaybeTimeout = None
 
 
+class PartsCounter(Model):
+    """How a batch counts the parts it made: `counter` is an integer tag of the cell that the
+    devices count up once per part (a press's cycle counter, a conveyor's parts delivered).
+    Parts made = its value at the end - its value at the start, modulo its type's range."""
+
+    counter: TagName
+
+
+def _counter_shape(value: object) -> object:
+    """A tag name written alone (`parts: press.cycles`) is told how to write it."""
+    if isinstance(value, str):
+        raise InvalidField(
+            f"the counter is written as a mapping: parts: {{counter: {value}}}", "bad-value"
+        )
+    return value
+
+
 class Recipe(Model):
-    """A recipe file: name, version, parameters, defaults and steps."""
+    """A recipe file: name, version, parameters, defaults, steps and its parts counter."""
 
     recipe: RecipeName
     version: Annotated[int, Field(strict=True, ge=1)]
@@ -46,6 +64,12 @@ class Recipe(Model):
     # A pydantic field (copied per instance), not a shared class attribute.
     parameters: dict[Name, Parameter] = {}  # noqa: RUF012
     defaults: Defaults = Defaults()
+    #: `parts: {counter: TAG}`: the batch's parts made, read from that tag (None: not counted).
+    parts: Annotated[
+        PartsCounter | None,
+        BeforeValidator(_counter_shape),
+        given("parts counter", "bad-value"),
+    ] = None
     steps: list[Step] = Field(min_length=1)
 
     def timeout_of(self, step: StepBase) -> float | None:

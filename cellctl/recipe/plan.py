@@ -58,6 +58,8 @@ class Plan:
     operator_prompts: tuple[str, ...]
     #: Why the worst case is not known before the run (repeat counts read at run time).
     unbounded: tuple[str, ...] = ()
+    #: The tag that counts the parts made (the recipe's `parts: {counter: TAG}`), or None.
+    parts_counter: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON-ready data."""
@@ -105,6 +107,7 @@ def make_plan(loaded: LoadedRecipe, assignments: Sequence[str] = ()) -> Plan:
         worst_case=total_worst(step.worst_case for step in steps),
         operator_prompts=tuple(planner.prompts),
         unbounded=tuple(planner.unbounded),
+        parts_counter=recipe.parts.counter if recipe.parts is not None else None,
     )
 
 

@@ -67,8 +67,10 @@ def _summary(plan: Plan) -> list[str]:
         f"devices touched: {', '.join(plan.devices) or 'none'}",
         f"tags written:    {', '.join(plan.writes) or 'none'}",
         f"tags read:       {', '.join(plan.reads) or 'none'}",
-        f"worst case:      {worst}",
     ]
+    if plan.parts_counter is not None:
+        lines.append(f"parts counted:   by {plan.parts_counter} (its count at the end - at Start)")
+    lines.append(f"worst case:      {worst}")
     if plan.operator_prompts:
         lines.append(
             "                 plus the operator's time at prompt(s) "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from cellctl.cli.views.report_text import span, value_text, when
 from cellctl.control.journal.record import CONFIRMED, FAILED, UNKNOWN, BatchRecord, parse_at
@@ -277,7 +278,7 @@ def _section(title: str, body: str, anchor: str) -> str:
     return f"<section id='{anchor}'><h2>{esc(title)}</h2>{body}</section>"
 
 
-def report_html(record: BatchRecord) -> str:
+def report_html(record: BatchRecord, journal: Path | None = None) -> str:
     """The whole record as one HTML document (see the module docstring)."""
     bad = record.unfinished or record.outcome != "Complete"
     outcome = f"<span class='outcome{' bad' if bad else ''}'>Outcome: {esc(record.outcome)}</span>"
@@ -296,6 +297,7 @@ def report_html(record: BatchRecord) -> str:
             "recorded and no confirmation.</p>",
         ]
     title = f"Batch {record.batch}: {record.recipe or 'unknown recipe'}"
+    where = "" if journal is None else f" --journal {esc(str(journal))}"
     cause = f" <span>{esc(record.cause)}</span>" if record.cause else ""
     body = [
         f"<header><h1>{esc(title)}</h1><p>{outcome}{cause}</p>{''.join(banners)}</header>",
@@ -306,7 +308,7 @@ def report_html(record: BatchRecord) -> str:
         _section("Device writes", _writes(record), "writes"),
         _section("Every event", _entries_table(record, False), "events"),
         f"<footer><p>Check this record: <code>cellctl audit verify {esc(record.batch)} "
-        f"--head {esc(record.head or '-')}</code></p></footer>",
+        f"--head {esc(record.head or '-')}{where}</code></p></footer>",
     ]
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -22,6 +24,14 @@ def when(at: str | None) -> str:
 def short_when(at: str | None) -> str:
     """A row time stamp to the minute, 'YYYY-MM-DD HH:MM' (UTC), or '-'."""
     return "-" if at is None else at[:16].replace("T", " ")
+
+
+def table_when(at: str | None, year: str) -> str:
+    """short_when without the year when it is `year` ('MM-DD HH:MM'): the history's table
+    then holds a real batch id, the recipe and its version, and the operator on 80 columns."""
+    if at is None or not at.startswith(f"{year}-"):
+        return short_when(at)
+    return short_when(at)[5:]
 
 
 def span(seconds: float | None) -> str:
@@ -85,8 +95,10 @@ def history_table(summaries: Sequence[BatchSummary]) -> Table:
     """The history as a table for a terminal: long cells wrap (80 columns hold it)."""
     # One space between columns: 80 columns hold a 24-character batch id and the rest.
     table = Table(*HISTORY_HEADER, box=None, padding=(0, 1, 0, 0), header_style="bold")
+    year = time.strftime("%Y", time.gmtime())
     for s in summaries:
-        table.add_row(*history_row(s))
+        row = history_row(s)
+        table.add_row(*row[:3], table_when(s.start, year), *row[4:])
     # Nothing is cut short: the batch id, the outcome and the start are read whole, never
     # folded; the rest wraps (folded within a word when it must) to fit the screen.
     for n, column in enumerate(table.columns):
@@ -133,7 +145,7 @@ def identity_lines(record: BatchRecord) -> list[str]:
     return lines
 
 
-def report_lines(record: BatchRecord) -> list[str]:
+def report_lines(record: BatchRecord, journal: Path | None = None) -> list[str]:
     """The whole record as text: identity and parameters, then the timeline, one event a
     line ('!' a fault, '>' an operator action), then the writes of unknown outcome."""
     lines = identity_lines(record)
@@ -150,5 +162,9 @@ def report_lines(record: BatchRecord) -> list[str]:
             f"  intent {when(w.intent_at)} UTC"
             for w in unknown
         ]
-    lines += ["", f"verify: cellctl audit verify {record.batch} --head {record.head or '-'}"]
+    where = "" if journal is None else f" --journal {journal}"
+    lines += [
+        "",
+        f"verify: cellctl audit verify {record.batch} --head {record.head or '-'}{where}",
+    ]
     return lines

@@ -30,6 +30,7 @@ from cellctl.control.events import (
     WaitProgress,
 )
 from cellctl.control.machine import State
+from cellctl.control.parts import PartsCount
 from cellctl.expr import show_values
 from drivers.base import Value
 from drivers.codecs import format_value
@@ -179,12 +180,25 @@ def _when(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(at))
 
 
+def parts_line(parts: PartsCount) -> str:
+    """The summary's parts made: 'parts: 3 (press.cycles 120 -> 123)', or unknown and why."""
+    made = parts.made()
+    if made is None:
+        return f"parts: unknown ({parts.why()})"
+    return f"parts: {made} ({parts.counter} {parts.start} -> {parts.end})"
+
+
 def record_lines(
-    record: BatchIdentity, ended: float, head: str | None, failure: str | None
+    record: BatchIdentity,
+    ended: float,
+    head: str | None,
+    failure: str | None,
+    *,
+    parts: PartsCount | None = None,
 ) -> list[str]:
     """The summary's lines about the batch record: the batch id, its parameters, operator,
-    start and end, the chain's head hash once on disk (else why not), and the commands that
-    show and check it."""
+    start and end, the parts made (when the recipe names a counter), the chain's head hash
+    once on disk (else why not), and the commands that show and check it."""
     params = ", ".join(f"{n}={format_value(v)}" for n, v in record.parameters.items())
     journal = f" --journal {record.journal}"
     lines = [
@@ -193,8 +207,9 @@ def record_lines(
         f"operator: {record.operator}",
         f"started: {_when(record.started)}",
         f"ended: {_when(ended)}",
-        # No recipe field names a parts counter yet: the record says parts: null.
     ]
+    if parts is not None:
+        lines.append(parts_line(parts))
     if failure is not None:
         lines.append(f"journal: {record.journal}: NOT fully written: {failure}")
     if head is not None:

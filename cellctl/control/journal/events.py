@@ -143,8 +143,22 @@ def intent_body(
     return {"intent": intent_id, "tag": tag, "value": value, "path": path, "step_id": step_id}
 
 
+def call_intent_body(
+    intent_id: str, method: str, args: Mapping[str, Value], path: str | None, step_id: str | None
+) -> Body:
+    """The body of a call_intent row: a device method about to be called (on disk first)."""
+    return {
+        "intent": intent_id,
+        "method": method,
+        "args": dict(args),
+        "path": path,
+        "step_id": step_id,
+    }
+
+
 def confirmation_body(intent_id: str, ok: bool, error: str | None) -> Body:
-    """The body of a confirmation row: what the device answered to the write `intent_id`."""
+    """The body of a confirmation row: what the device answered to the write (or call)
+    `intent_id`."""
     return {"intent": intent_id, "ok": ok, "error": error}
 
 

@@ -10,12 +10,12 @@ outcome: the device may or may not have taken it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cellctl.control.journal.rows import JournalRow
+from cellctl.control.journal.rows import JournalRow, Kind
 from cellctl.control.journal.store import JournalStore
 from cellctl.errors import CellctlError
 
@@ -31,6 +31,10 @@ DEFAULT_LAST = 20
 
 class UnknownBatch(CellctlError):
     """`report BATCH` names a batch the journal does not hold (bad input: exit 1)."""
+
+
+class AmbiguousBatch(UnknownBatch):
+    """A batch id prefix that begins several batch ids (bad input: exit 1)."""
 
 
 def parse_at(at: str) -> float:
@@ -282,6 +286,8 @@ class _Builder:
         self.record = BatchRecord(batch)
         self.open_steps: dict[str, Step] = {}
         self.intents: dict[str, Write] = {}
+        #: Calls made and not yet answered: intent id -> 'method(args)'.
+        self.call_intents: dict[str, str] = {}
         self.open_trips: dict[str, Trip] = {}
         self.hold: Hold | None = None
         self.prompts: dict[str, Prompt] = {}
@@ -424,8 +430,21 @@ class _Builder:
             self.intents[write.intent] = write
         self.entry(row, f"write {write.tag} := {_text(write.value)} (intent)")
 
+    def on_call_intent(self, row: JournalRow, body: dict[str, Any]) -> None:
+        shown = f"{body.get('method')}({_text(dict(body.get('args') or {}))})"
+        intent = body.get("intent")
+        if intent is not None:
+            self.call_intents[str(intent)] = shown
+        self.entry(row, f"call {shown} (intent)")
+
     def on_confirmed(self, row: JournalRow, body: dict[str, Any]) -> None:
         intent = body.get("intent")
+        call = self.call_intents.pop(str(intent), None) if intent is not None else None
+        if call is not None:  # a call's: its answer is the `call` row that follows
+            if not body.get("ok", True):
+                unknown = "outcome UNKNOWN" if body.get("unknown") else "failed"
+                self.entry(row, f"call {call} {unknown}: {body.get('error')}", "fault")
+            return
         write = self.intents.pop(intent, None) if intent is not None else None
         if write is None:  # no intent of its own: Resetting's values, a restore
             write = Write(
@@ -532,21 +551,28 @@ class _Builder:
         self.entry(row, f"prompt {_step_name(body)} {said}{who}", "operator")
 
     def on_notice(self, row: JournalRow, body: dict[str, Any]) -> None:
+        if body.get("resumed") is True:  # the row `cellctl resume` writes first
+            self.on_resumed(row, body)
+            return
         notice = Notice(row.at, str(body.get("level") or "info"), str(body.get("text")))
         self.record.notices.append(notice)
         flag = "fault" if notice.level == "error" else None
         self.entry(row, f"{notice.level}: {notice.text}", flag)
 
     def on_resumed(self, row: JournalRow, body: dict[str, Any]) -> None:
-        """`cellctl resume` took the batch up again: what ran when the process stopped never
-        ended, so its steps end here, "crashed"."""
+        """`cellctl resume` took the batch up again (a notice row with `resumed: true`, its
+        point under `point`): what ran when the process stopped never ended, so its steps end
+        here, "crashed"."""
         for step in self.open_steps.values():
             step.end, step.outcome = row.at, "crashed"
         self.open_steps.clear()
         self.record.resumed.append({"at": row.at, **body})
-        where = body.get("step_id") or body.get("path")
+        point = body.get("point")
+        point = point if isinstance(point, dict) else body
+        where = point.get("step_id") or point.get("path")
         at = f" at step {where}" if where else ""
-        self.entry(row, f"batch resumed{at} after the process stopped", "operator")
+        who = f" by {body.get('operator')}" if body.get("operator") else ""
+        self.entry(row, f"batch resumed{at}{who} after the process stopped", "operator")
 
     def on_write(self, row: JournalRow, body: dict[str, Any]) -> None:
         self.entry(row, f"cellctl write {_text(body)}", "operator")
@@ -578,15 +604,15 @@ def build_record(batch: str, rows: Iterable[JournalRow]) -> BatchRecord:
 def find_batch(store: JournalStore, wanted: str) -> str:
     """The batch id `wanted` names: itself, or the one id it begins; UnknownBatch naming the
     journal when none matches or several do."""
-    batches = store.batches()
-    if wanted in batches:
+    # A whole id is looked up by index (one row); only a prefix lists every batch id.
+    if wanted and store.select((), wanted, limit=1):
         return wanted
-    matches = [b for b in batches if b.startswith(wanted)] if wanted else []
+    matches = [b for b in store.batches() if b.startswith(wanted)] if wanted else []
     if len(matches) == 1:
         return matches[0]
     if matches:
         shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
-        raise UnknownBatch(f"batch {wanted!r} is ambiguous in journal {store.where}: {shown}")
+        raise AmbiguousBatch(f"batch {wanted!r} is ambiguous in journal {store.where}: {shown}")
     raise UnknownBatch(f"no batch {wanted!r} in journal {store.where}")
 
 
@@ -612,11 +638,22 @@ def summary(record: BatchRecord) -> BatchSummary:
     )
 
 
+def _started_batches(store: JournalStore, last: int | None = None) -> list[str]:
+    """The ids of the batches that have a batch_started row, newest first (the last `last`)."""
+    rows = store.select([Kind.BATCH_STARTED], newest_first=True, limit=last)
+    ids = list(dict.fromkeys(row.batch for row in rows if row.batch is not None))
+    if last is not None and len(ids) < last and len(rows) == last:  # a batch started twice
+        return _started_batches(store)[:last]
+    return ids
+
+
 def history(store: JournalStore, last: int = DEFAULT_LAST) -> list[BatchSummary]:
-    """The summaries of the last `last` batches, newest first (by their first row)."""
-    batches: Sequence[str] = store.batches()
-    chosen = list(reversed(batches))[: max(last, 0)]
-    return [summary(build_record(b, store.rows(b))) for b in chosen]
+    """The summaries of the last `last` batches, newest first (by their batch_started row).
+    Each from its batch_started and batch_ended rows only, read by index: the cost follows
+    `last`, not the journal's size."""
+    chosen = _started_batches(store, max(last, 0))
+    ends = (Kind.BATCH_STARTED, Kind.BATCH_ENDED)
+    return [summary(build_record(b, store.select(ends, b))) for b in chosen]
 
 
 def load_schema(name: str) -> dict[str, Any]:

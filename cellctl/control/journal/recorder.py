@@ -20,6 +20,7 @@ from cellctl.control.commands import OperatorCommand
 from cellctl.control.events import BatchEnded, Event, TagWritten
 from cellctl.control.journal.events import (
     Body,
+    call_intent_body,
     command_body,
     confirmation_body,
     intent_body,
@@ -76,6 +77,7 @@ class BatchRecorder:
         self.writer = writer
         self.batch = batch
         self._intents = 0
+        self._calls = 0
         #: The batch_ended row once it is on disk: its hash is the chain's head for the batch.
         self.last: JournalRow | None = None
         #: True once batch_ended was queued (whether or not it reached the disk).
@@ -118,8 +120,29 @@ class BatchRecorder:
             raise IntentNotRecorded(f"journal cannot be written: {error.reason}") from None
         return intent_id
 
+    async def call_intent(
+        self, method: str, args: Mapping[str, Value], path: str | None, step_id: str | None
+    ) -> object:
+        """The call's intent, on disk before it returns; IntentNotRecorded when it cannot be.
+        Its answer is the `call` row; a failure is a confirmation naming this intent."""
+        failed = self.writer.failed
+        if failed is not None:
+            raise IntentNotRecorded(f"journal cannot be written: {failed}")
+        self._calls += 1
+        intent_id = f"c{self._calls}"  # apart from the writes' ids: resume pairs those alone
+        try:
+            await self.writer.durable(
+                self.batch,
+                Kind.CALL_INTENT,
+                call_intent_body(intent_id, method, args, path, step_id),
+            )
+        except JournalUnavailable as error:
+            self.confirmed(intent_id, "not sent: journal unavailable")
+            raise IntentNotRecorded(f"journal cannot be written: {error.reason}") from None
+        return intent_id
+
     def confirmed(self, token: object, error: str | None, *, unknown: bool = False) -> None:
-        """Queue the confirmation of the write `token` (never waits)."""
+        """Queue the confirmation of the write (or call) `token` (never waits)."""
         body = confirmation_body(str(token), error is None, error)
         body["unknown"] = unknown
         self.writer.append(self.batch, Kind.CONFIRMED, body)
@@ -141,9 +164,23 @@ class BatchRecorder:
         return self.last
 
 
-def ended_body(ended: BatchEnded | None, exit_code: int, *, state: str | None = None) -> Body:
-    """The body of the batch_ended row: the controller's end (None: the batch never ran), and
-    the run's exit code. `parts` is None: no recipe field names a parts counter yet."""
+def ended_body(
+    ended: BatchEnded | None,
+    exit_code: int,
+    *,
+    state: str | None = None,
+    parts: Mapping[str, Any] | None = None,
+) -> Body:
+    """The body of the batch_ended row: the controller's end (None: the batch never ran), the
+    run's exit code, and the parts made when the recipe names a counter (`parts`: the fields
+    of cellctl.control.parts.PartsCount.ended_fields; else `parts` is null)."""
+    body = _ended(ended, exit_code, state)
+    if parts is not None:
+        body.update(parts)
+    return body
+
+
+def _ended(ended: BatchEnded | None, exit_code: int, state: str | None) -> Body:
     if ended is None:
         return {
             "state": state or "not started",

@@ -55,7 +55,8 @@ class Kind(enum.StrEnum):
     STEP_ENDED = "step_ended"
     INTENT = "intent"  # a recipe write, on disk before it leaves for the device
     CONFIRMED = "confirmed"  # what the device answered to a write
-    CALL = "call"
+    CALL_INTENT = "call_intent"  # a recipe's call of a device method, on disk before it is made
+    CALL = "call"  # the call's answer (its failure: a `confirmed` row naming its intent)
     COMMAND = "command"  # an operator command, and who gave it
     REFUSED = "refused"
     TRIP = "trip"

@@ -98,6 +98,21 @@ class JournalStore(Protocol):
         """The batch ids, in the order of their first row."""
         ...
 
+    def select(
+        self,
+        kinds: Sequence[str] = (),
+        batch: str | None = None,
+        *,
+        newest_first: bool = False,
+        limit: int | None = None,
+        unended: bool = False,
+    ) -> list[JournalRow]:
+        """The rows of these kinds (any kind when empty), of `batch` when given, of batches
+        with no batch_ended row when `unended`, in seq order (newest first when asked), at
+        most `limit`; read by index, so its cost follows the rows it returns (and the number
+        of batches, for `unended`), not the journal's size."""
+        ...
+
     def close(self) -> None:
         """Release the storage."""
         ...
@@ -203,6 +218,8 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
                 raise
         if not readonly:
+            # Journals made before this index get it at their first writable open (`select`).
+            conn.execute("CREATE INDEX IF NOT EXISTS rows_kind ON rows (kind, batch, seq)")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise JournalUnavailable(str(self.path), f"cannot use WAL mode (got {mode})")
@@ -278,6 +295,44 @@ class SqliteStore:
             return [str(batch) for (batch,) in found]
         except sqlite3.Error as error:
             raise JournalUnavailable(str(self.path), _reason(error, self.busy_timeout)) from None
+
+    def select(
+        self,
+        kinds: Sequence[str] = (),
+        batch: str | None = None,
+        *,
+        newest_first: bool = False,
+        limit: int | None = None,
+        unended: bool = False,
+    ) -> list[JournalRow]:
+        """The rows of these kinds (any kind when empty), of `batch` when given, of batches
+        with no batch_ended row when `unended`, in seq order (newest first when asked), at
+        most `limit`. The seqs are found in the index on (kind, batch, seq) alone, then only
+        the rows returned are read: with a kind or a batch, never a scan of the journal."""
+        where: list[str] = []
+        params: list[object] = []
+        if kinds:
+            where.append(f"kind IN ({', '.join('?' * len(kinds))})")
+            params.extend(kinds)
+        if batch is not None:
+            where.append("batch = ?")
+            params.append(batch)
+        if unended:
+            where.append(
+                "batch IS NOT NULL AND NOT EXISTS (SELECT 1 FROM rows AS e "
+                "WHERE e.kind = 'batch_ended' AND e.batch = rows.batch)"
+            )
+        order = " ORDER BY seq DESC" if newest_first else " ORDER BY seq"
+        seqs = "SELECT seq FROM rows" + (" WHERE " + " AND ".join(where) if where else "") + order
+        if limit is not None:
+            seqs += " LIMIT ?"
+            params.append(limit)
+        sql = f"SELECT {_COLUMNS} FROM rows WHERE seq IN ({seqs}){order}"
+        try:
+            found = self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as error:
+            raise JournalUnavailable(str(self.path), _reason(error, self.busy_timeout)) from None
+        return [JournalRow(*row) for row in found]
 
     def close(self) -> None:
         """Close the connection (the last one to close folds the WAL into the file)."""

@@ -54,8 +54,9 @@ class Verdict:
                 f"({self.checked} rows checked)"
             )
         if self.batch is not None:
+            rows = "1 row" if self.batch_rows == 1 else f"{self.batch_rows} rows"
             return (
-                f"journal {self.where}: batch {self.batch}: {self.batch_rows} rows, head "
+                f"journal {self.where}: batch {self.batch}: {rows}, head "
                 f"{self.head}; the chain holds ({self.checked} rows checked)"
             )
         return f"journal {self.where}: the chain holds: {self.checked} rows, head {self.head}"

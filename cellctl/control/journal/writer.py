@@ -143,7 +143,11 @@ class JournalWriter:
             else:
                 self._note_dropped()
                 self._queue.append(_Pending(row))
-                self._cond.notify()
+                if len(self._queue) == 1:
+                    # The thread waits for a first row; with rows queued it is lingering for a
+                    # durable one (or its LINGER to pass), and another row changes nothing:
+                    # not waking it per row spares a thread switch per event.
+                    self._cond.notify()
         if report is not None:
             self._report(report)
 
