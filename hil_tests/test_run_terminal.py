@@ -297,6 +297,10 @@ def test_break_pauses_only_at_that_step(terminal: list[Terminal], tmp_path: Path
     after = term.text(at)
     assert "outcome: Complete" in after
     assert "steps: 5 done, 1 skipped, 0 failed" in after
+    # The commands to copy are never broken by the view (the terminal folds them: copied from
+    # the screen, each is whole).
+    assert re.search(r"^verify: cellctl audit verify \S+ --head [0-9a-f]{64}\b", after, re.M)
+    assert re.search(r"^report: cellctl report \S+ --journal \S+$", after, re.M)
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -202,3 +202,43 @@ def test_recorder_bodies() -> None:
         mode=Mode.PRODUCTION,
     )
     assert json.loads(canonical_json(started))["mode"] == "Production"
+
+
+def test_format_at_matches_strftime_at_every_rounding_edge() -> None:
+    # format_at caches the seconds' text and rounds the microseconds itself: it must give
+    # datetime's text exactly, carries and half-to-even included.
+    from datetime import UTC, datetime
+
+    whole = 1_800_000_000
+    stamps = [whole + k + f for k in range(3) for f in (0.0, 0.25, 0.9999995, 0.9999996, 5e-7)]
+    stamps += [whole + n * 1e-7 for n in range(-30, 30)] + [0.0, -0.5, -1.9999995, 1e-7]
+    for stamp in stamps:
+        expected = datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert format_at(stamp) == expected, stamp
+
+
+class Shade(enum.StrEnum):
+    DARK = "dark"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {1: "x"},
+        {"a": {None: 1}},
+        {"a": [{"b": {True: 1}}]},
+        {"a": object()},
+        {"a": {"b": b"bytes"}},
+    ],
+)
+def test_canonical_json_refuses_what_json_alone_would_take_or_not(body: object) -> None:
+    # json.dumps turns int, None and bool keys into text: the body is refused all the same.
+    with pytest.raises(TypeError):
+        canonical_json(body)
+
+
+def test_canonical_json_spells_enums_and_non_finite_floats_at_any_depth() -> None:
+    body = {Shade.DARK: [Colour.RED, Shade.DARK, {"x": float("-inf")}], "n": (float("nan"),)}
+    assert canonical_json(body) == (
+        '{"dark":["red","dark",{"x":{"float":"-inf"}}],"n":[{"float":"nan"}]}'
+    )

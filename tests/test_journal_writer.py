@@ -214,3 +214,17 @@ async def test_the_writer_thread_never_dies_unseen(tmp_path: Path) -> None:
     assert "the journal writer thread died: StopIteration" in reasons[0]
     assert writer.backlog == 0  # the row was written: not queued again
     writer.close()
+
+
+@pytest.mark.asyncio
+async def test_a_lone_row_nobody_waits_for_reaches_the_disk_after_its_linger(
+    tmp_path: Path,
+) -> None:
+    # append does not wake the thread: its idle look every LINGER seconds must find the row.
+    path = tmp_path / "j.sqlite"
+    writer = JournalWriter(SqliteStore(path))
+    writer.append("B-1", Kind.NOTICE, {"n": 1})
+    await wait_until(lambda: len(committed(path)) == 1, what="the row on disk", within=2.0)
+    writer.append("B-1", Kind.NOTICE, {"n": 2})
+    await wait_until(lambda: len(committed(path)) == 2, what="the second row", within=2.0)
+    writer.close()

@@ -41,7 +41,7 @@ from cellctl.cli.prepare import (
     served,
 )
 from cellctl.cli.views.run import FittedView, RunModel, event_line, summary_lines
-from cellctl.cli.views.summary import BatchIdentity, record_lines
+from cellctl.cli.views.summary import COMMAND_LINES, BatchIdentity, record_lines
 from cellctl.control.commands import Commands
 from cellctl.control.controller import Controller
 from cellctl.control.events import BatchEnded, Event, Notice, StateChanged
@@ -526,10 +526,11 @@ class BatchRun:
                 failure,
                 parts=self.parts,
             )
-        # On a terminal the summary wraps at words (a person reads it); off one, a line stays
-        # one line (a script reads it).
+        # On a terminal the summary wraps at words (a person reads it), but for the commands to
+        # copy; off one, a line stays one line (a script reads it).
         for line in lines:
-            self.out.print(line, markup=False, soft_wrap=not self.out.is_terminal)
+            whole = not self.out.is_terminal or line.startswith(COMMAND_LINES)
+            self.out.print(line, markup=False, soft_wrap=whole)
         if unconfirmed:
             raise SafeStateUnconfirmed(unconfirmed, why)
         return code

@@ -149,9 +149,11 @@ def refuse_unfinished(path: Path, cell: str) -> None:
     by = f" by {who}" if who else ""
     journal = f" --journal {path}"
     raise UnfinishedBatchFirst(
+        # Short lines, the command on one of its own: a technician copies it whole.
         f"batch {latest.batch} of cell {cell} ({latest.started.get('recipe')}{by}) never "
-        f"ended: its controller stopped mid-batch. A new batch is refused until it is taken "
-        f"up: cellctl resume {latest.batch}{journal} (then Unhold, or --choice abort to end it)"
+        f"ended:\nits controller stopped mid-batch. A new batch is refused until it is taken up\n"
+        f"(then Unhold, or --choice abort to end it):\n"
+        f"  cellctl resume {latest.batch}{journal}"
     )
 
 

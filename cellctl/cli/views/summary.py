@@ -188,6 +188,11 @@ def parts_line(parts: PartsCount) -> str:
     return f"parts: {made} ({parts.counter} {parts.start} -> {parts.end})"
 
 
+#: The summary's lines that hold a command to copy: never broken by the view, on a terminal
+#: too (the terminal folds a long one; copied, it is whole).
+COMMAND_LINES = ("verify: ", "report: ")
+
+
 def record_lines(
     record: BatchIdentity,
     ended: float,

@@ -113,12 +113,47 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} cannot go into a journal body: {value!r}")
 
 
+#: The encoder of canonical_json: keys sorted, no spaces, UTF-8 as is, no NaN or Infinity.
+_ENCODE = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+#: Value types that hold no key: a dict holding only these needs no look inside them.
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+def _str_keys(value: dict[Any, Any]) -> bool:
+    """Whether every key of `value`, and of the dicts inside it, is a str (the JSON encoder
+    would turn an int or None key into text, which _plain refuses)."""
+    try:
+        "".join(value)  # TypeError for a key that is not a str, without a Python loop
+    except TypeError:
+        return False
+    if _LEAVES.issuperset(map(type, value.values())):
+        return True
+    return all(_nested_str_keys(item) for item in value.values())
+
+
+def _nested_str_keys(value: Any) -> bool:
+    if isinstance(value, dict):
+        return _str_keys(value)
+    if isinstance(value, list | tuple):
+        return all(_nested_str_keys(item) for item in value)
+    return True
+
+
 def canonical_json(obj: Any) -> str:
     """The one JSON text of `obj`: keys sorted, no spaces, UTF-8 as is, non-finite floats as
     {"float": "nan"|"inf"|"-inf"}; TypeError for anything JSON cannot hold."""
-    return json.dumps(
-        _plain(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    # Fast path: the encoder alone gives the same text as _plain's copy for the usual body (a
+    # dict of str keys, no non-finite float; str and int enums are encoded by their value).
+    # Anything else it refuses (a NaN, a plain Enum, an unknown type) or would accept where
+    # _plain refuses (a non-str key) takes _plain's path, which spells out or refuses it.
+    if type(obj) is dict and _str_keys(obj):
+        try:
+            return _ENCODE(obj)
+        except (TypeError, ValueError):
+            pass
+    return _ENCODE(_plain(obj))
 
 
 def hashed_text(prev: str, seq: int, batch: str | None, at: str, kind: str, body: str) -> str:
@@ -151,6 +186,25 @@ def field_problem(batch: str | None, at: str, kind: str, body: str) -> str | Non
     return None
 
 
+#: format_at's last whole second and its text: rows come many a second, strftime is dear.
+_last_second: tuple[float, str] = (math.nan, "")
+
+
 def format_at(timestamp: float) -> str:
     """A time.time() value as a row time stamp: '2026-12-06T13:45:01.123456Z'."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    global _last_second
+    # Rounded to the microsecond as datetime.fromtimestamp does (the fraction times 10**6,
+    # half to even, carried into the seconds), so the text is the same as its strftime.
+    fraction, whole = math.modf(timestamp)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        micro -= 1_000_000
+        whole += 1.0
+    elif micro < 0:
+        micro += 1_000_000
+        whole -= 1.0
+    second, text = _last_second
+    if whole != second:
+        text = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _last_second = (whole, text)  # one tuple: a reader on another thread sees a pair
+    return f"{text}.{micro:06d}Z"

@@ -85,6 +85,8 @@ class JournalWriter:
         self._closing = False
         self._dropped = 0
         self._dropped_batch: str | None = None
+        #: When a row came to an empty queue (monotonic): the start of its LINGER.
+        self._first_queued = 0.0
         #: The group being committed, and whether its commit returned: the thread's death
         #: requeues an unwritten group, and fails the waits of a written one.
         self._in_flight: list[_Pending] = []
@@ -144,10 +146,10 @@ class JournalWriter:
                 self._note_dropped()
                 self._queue.append(_Pending(row))
                 if len(self._queue) == 1:
-                    # The thread waits for a first row; with rows queued it is lingering for a
-                    # durable one (or its LINGER to pass), and another row changes nothing:
-                    # not waking it per row spares a thread switch per event.
-                    self._cond.notify()
+                    # Not woken: an idle thread looks every LINGER seconds, and rows nobody
+                    # waits for are committed LINGER after the first of them came (_linger),
+                    # so a step costs one thread switch (its durable intent), not two.
+                    self._first_queued = time.monotonic()
         if report is not None:
             self._report(report)
 
@@ -246,7 +248,9 @@ class JournalWriter:
         """Wait for rows and commit one group; False once closed (or failed while closing)."""
         with self._cond:
             while (not self._queue or self._failed is not None) and not self._closing:
-                self._cond.wait()
+                # Rows nobody waits for do not wake the thread (append): while none is queued
+                # it looks again every LINGER seconds.
+                self._cond.wait(None if self._failed is not None else LINGER)
             if not self._queue or self._failed is not None:
                 return False  # closing: nothing left, or a last try failed
             self._linger()
@@ -272,9 +276,10 @@ class JournalWriter:
         return True
 
     def _linger(self) -> None:
-        """Wait (lock held) up to LINGER for a durable row, a flush, a full group or the close
-        while only rows nobody waits for are queued, so that they share its commit."""
-        deadline = time.monotonic() + LINGER
+        """Wait (lock held) until LINGER after the first queued row came for a durable row, a
+        flush, a full group or the close while only rows nobody waits for are queued, so that
+        they share its commit."""
+        deadline = min(time.monotonic(), self._first_queued) + LINGER
         while (
             not self._closing
             and self._failed is None
