@@ -181,3 +181,31 @@ def test_call_intent_ids_go_on_after_a_resume(
         store.close()
     # Round 1 goes on with place, rounds 2 and 3 call pick and place: c2..c6, never c1 again.
     assert ids == ["c1", "c2", "c3", "c4", "c5", "c6"], ids
+
+
+def test_a_resume_left_held_says_the_batch_stays_unfinished_not_ended(
+    tmp_path: Path, recipe: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Killed in step 2.1 wait-part of round 1, after step 1 ended done; no --choice: left Held.
+    journal = tmp_path / "j.sqlite"
+    add(journal, "B-h", Kind.BATCH_STARTED, started(recipe, sim=True))
+    add(journal, "B-h", Kind.STEP_STARTED, {"path": "1", "step_id": "start-conveyor"})
+    add(journal, "B-h", Kind.STEP_ENDED, {"path": "1", "outcome": "done"})
+    add(journal, "B-h", Kind.STEP_STARTED, {"path": "2", "step_id": "cycle"})
+    add(journal, "B-h", Kind.STEP_STARTED, {"path": "2.1", "step_id": "wait-part", "round": 1})
+    held = cli(capsys, "resume", "--journal", journal, "--sim")
+    assert held.exit_code == 3, held
+    lines = held.out.splitlines()
+    assert "batch ended" not in held.out and not any(x.startswith("ended:") for x in lines)
+    assert any(" batch stays Held, unfinished, " in x for x in lines), held.out
+    assert "outcome: Held, unfinished" in lines
+    assert "steps: 1 done, 0 skipped, 0 failed" in lines, held.out  # step 1, before the crash
+    assert "unfinished: the batch stays unfinished and Held (no end recorded)" in lines
+    assert f"resume: cellctl resume B-h --journal {journal} --choice retry|skip|continue|abort" in (
+        lines
+    )
+    store = SqliteStore(journal, readonly=True)
+    try:
+        assert not [r for r in store.rows("B-h") if r.kind == Kind.BATCH_ENDED]
+    finally:
+        store.close()

@@ -9,11 +9,8 @@ be reached before the start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -25,8 +22,16 @@ import structlog
 from rich.console import Console
 from rich.live import Live
 
-from cellctl import __version__, exitcodes, heap
+from cellctl import exitcodes, heap
 from cellctl.cell.tags import tag_units
+from cellctl.cli.batch_record import (
+    close_record,
+    count_start,
+    end_record,
+    hold_on_failure,
+    open_record,
+    parts_count,
+)
 from cellctl.cli.consoles import FramedLines
 from cellctl.cli.demo_fault import DemoFault
 from cellctl.cli.hands import OperatorHands
@@ -45,24 +50,13 @@ from cellctl.cli.views.summary import COMMAND_LINES, BatchIdentity, record_lines
 from cellctl.control.commands import Commands
 from cellctl.control.controller import Controller
 from cellctl.control.events import BatchEnded, Event, Notice, StateChanged
-from cellctl.control.journal.events import batch_started_body
-from cellctl.control.journal.location import default_journal_path
-from cellctl.control.journal.recorder import (
-    BatchRecorder,
-    ended_body,
-    file_sha256,
-    new_batch_id,
-    open_batch,
-    os_user,
-)
-from cellctl.control.journal.rows import JournalRow, Kind
+from cellctl.control.journal.recorder import BatchRecorder
+from cellctl.control.journal.rows import JournalRow
 from cellctl.control.journal.store import JournalStore, JournalUnavailable, SqliteStore
-from cellctl.control.journal.writer import JournalWriter
 from cellctl.control.ledger import NO_LEDGER
 from cellctl.control.machine import Mode, State
 from cellctl.control.operator import Operator
 from cellctl.control.parts import PartsCount, read_count
-from cellctl.control.resume import refuse_unfinished
 from cellctl.durations import format_duration
 from cellctl.errors import CellctlError
 from cellctl.io.celllock import CellLock
@@ -134,11 +128,7 @@ class BatchRun:
         #: Why the journal could not be written mid-batch (exit 6), or None.
         self.journal_failure: str | None = None
         #: The parts made, when the recipe names a counter (read before Start and at the end).
-        self.parts: PartsCount | None = None
-        counted = prepared.loaded.recipe.parts
-        if counted is not None:
-            tag = prepared.loaded.cell.tags[counted.counter]
-            self.parts = PartsCount(counted.counter, tag.datatype)
+        self.parts: PartsCount | None = parts_count(prepared)
         if not options.interactive and not out.is_terminal:
             self.lines = FramedLines(out)
             self.lines.failed = self._lines_failed
@@ -193,46 +183,9 @@ class BatchRun:
     def _open_record(self) -> BatchRecorder:
         """The journal opened and the batch_started row on disk; JournalUnavailable naming
         the path and why when it cannot be (nothing else has happened yet)."""
-        options, prepared = self.options, self.prepared
-        loaded = prepared.loaded
-        path = options.journal if options.journal is not None else default_journal_path()
-        refuse_unfinished(path, loaded.cell.cell)  # a crashed batch of the cell comes first
-        batch = new_batch_id()
-        user = os_user()
-        operator = options.operator or user
-        cell_file = loaded.cell.source
-        # The hash of the bytes that were validated; a cell not loaded from its file here (the
-        # testing kit's) is hashed as the file is now.
-        cell_sha256 = loaded.cell.sha256 or ""
-        if not cell_sha256 and cell_file is not None:
-            try:
-                cell_sha256 = file_sha256(cell_file)
-            except OSError as error:  # say so in the record, not a traceback
-                cell_sha256 = f"unreadable: {error.strerror or error}"
-        identity = loaded.identity
-        body = batch_started_body(
-            cell=loaded.cell.cell,
-            cell_sha256=cell_sha256,
-            recipe=identity.name,
-            version=identity.version,
-            recipe_sha256=identity.sha256,
-            parameters=prepared.parameters,
-            operator=operator,
-            mode=self._mode(),
+        self.recorder, self.identity = open_record(
+            self.options, self.prepared, self._mode(), self._open_store, self._journal_failed
         )
-        body.update(
-            cell_file=None if cell_file is None else str(cell_file),
-            recipe_file=str(loaded.path),
-            os_user=user,
-            pid=os.getpid(),
-            host=socket.gethostname(),
-            cellctl_version=__version__,
-            sim=options.sim,
-        )
-        store = open_batch(self._open_store(path), batch, body)
-        writer = JournalWriter(store, on_failure=self._journal_failed)
-        self.recorder = BatchRecorder(writer, batch)
-        self.identity = BatchIdentity(batch, path, dict(prepared.parameters), operator, time.time())
         return self.recorder
 
     def _open_store(self, path: Path) -> JournalStore:
@@ -243,27 +196,12 @@ class BatchRun:
         """The writer's on_failure: the batch fails closed (Held with the safe state)."""
         if self.journal_failure is None:
             self.journal_failure = reason
-        if self.controller is not None and self.recorder is not None:
-            # Called from the writer's thread's context: the hold's tasks name the batch too.
-            with structlog.contextvars.bound_contextvars(batch=self.recorder.batch):
-                self.controller.journal_failed(reason)
+        hold_on_failure(self.controller, self.recorder, reason)
 
     async def _close_record(self, recorder: BatchRecorder, code: int) -> JournalUnavailable | None:
         """Write batch_ended when the summary did not (the batch never ran), then write what
         is queued and close the journal; what could not be written, or None."""
-        recorder.writer.on_failure = None  # the batch is over: nothing more to hold
-        if not recorder.ended:
-            controller = self.controller
-            ran = controller is not None and controller.started_at is not None
-            state = str(controller.state) if ran and controller is not None else None
-            await recorder.end(ended_body(None, code, state=state, parts=self._parts_fields()))
-        try:
-            # Off the loop: close() joins the writer's thread (bounded).
-            await asyncio.to_thread(recorder.writer.close)
-        except JournalUnavailable as problem:
-            log.error("the journal could not be closed: %s", problem)
-            return problem
-        return None
+        return await close_record(recorder, self.controller, code, self.parts)
 
     def _mode(self) -> Mode:
         """Maintenance when stepping or at breakpoints, else Production."""
@@ -459,19 +397,7 @@ class BatchRun:
     async def _count_start(self) -> None:
         """Read the parts counter fresh from its device (Idle, after Resetting, before Start)
         and record it, on disk before Start (`resume` counts from it)."""
-        parts, controller = self.parts, self.controller
-        if parts is None or controller is None:
-            return
-        parts.start, parts.start_error = await read_count(controller.io, parts.counter)
-        if self.recorder is None:
-            return
-        # A journal that fails: the writer's on_failure holds the batch, the summary says so.
-        with contextlib.suppress(JournalUnavailable):
-            await self.recorder.writer.durable(self.recorder.batch, Kind.NOTICE, parts.start_body())
-
-    def _parts_fields(self) -> dict[str, Any] | None:
-        """The batch_ended row's parts fields, or None when the recipe names no counter."""
-        return None if self.parts is None else self.parts.ended_fields()
+        await count_start(self.parts, self.controller, self.recorder)
 
     async def _batch_shown(self, io: TagIO, extras: list[asyncio.Task[None]]) -> BatchEnded:
         """The batch, in the live view on a terminal (drawn by a task of this loop, which
@@ -539,7 +465,7 @@ class BatchRun:
         self, recorder: BatchRecorder, ended: BatchEnded, code: int
     ) -> JournalRow | None:
         """Write the batch_ended row (on disk when this returns): the row, or None."""
-        return await recorder.end(ended_body(ended, code, parts=self._parts_fields()))
+        return await end_record(recorder, ended, code, self.parts)
 
     def _exit_code(
         self, controller: Controller, ended: BatchEnded, unconfirmed: dict[str, str]

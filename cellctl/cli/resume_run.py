@@ -13,19 +13,19 @@ import os
 import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from cellctl import __version__, exitcodes
 from cellctl.cli.batch import BatchRun
 from cellctl.cli.prepare import Prepared, RunOptions, prepare
-from cellctl.cli.views.summary import BatchIdentity
+from cellctl.cli.views.summary import BatchIdentity, stays_held_text
 from cellctl.control.commands import OperatorCommand, Refused
 from cellctl.control.controller import Controller
-from cellctl.control.events import BatchEnded
+from cellctl.control.events import BatchEnded, Event, Notice
 from cellctl.control.journal.location import default_journal_path
 from cellctl.control.journal.record import find_batch, parse_at
 from cellctl.control.journal.recorder import BatchRecorder, file_sha256, os_user
@@ -46,7 +46,11 @@ from cellctl.control.resume import (
     unfinished_batches,
 )
 from cellctl.errors import BadValue, CellctlError
+from cellctl.io.session import TagIO
 from drivers.base import Value
+
+if TYPE_CHECKING:
+    from cellctl.io.sim import CellSimulator
 
 
 class RecipeChanged(CellctlError):
@@ -291,6 +295,20 @@ class ResumeRun(BatchRun):
         self.identity = BatchIdentity(point.batch, path, parameters, operator, self._batch_start)
         return self.recorder
 
+    def _make_controller(self, io: TagIO, simulator: CellSimulator | None) -> Controller:
+        """The controller as `run` makes it, its view's model taken up at the resume point
+        (the steps passed over show done: no event tells of them)."""
+        controller = super()._make_controller(io, simulator)
+        assert self.model is not None
+        self.model.resume_from(self.point)
+        return controller
+
+    def _print_event(self, event: Event) -> None:
+        """As `run` prints them, but for an end Held: the batch has not ended, it stays Held."""
+        if isinstance(event, BatchEnded) and event.state is State.HELD:
+            event = Notice(at=event.at, text=stays_held_text(event))
+        super()._print_event(event)
+
     async def _drive(
         self, controller: Controller, stop_when_held: Callable[[], bool]
     ) -> BatchEnded:
@@ -336,12 +354,9 @@ class ResumeRun(BatchRun):
             f"{hint} --choice retry|skip|continue|abort"
         )
         recorder.ended = True  # no batch_ended row
-        self.out.print(
-            f"the batch stays unfinished and Held; decide with: {hint} "
-            "--choice retry|skip|continue|abort",
-            markup=False,
-            soft_wrap=not self.out.is_terminal,
-        )
+        if self.identity is not None:  # the summary says so, and the command, not an end
+            resume = f"{hint} --choice retry|skip|continue|abort"
+            self.identity = replace(self.identity, resume=resume)
         try:
             return await recorder.writer.durable(
                 recorder.batch, Kind.NOTICE, {"text": text, "level": "warning"}

@@ -383,15 +383,21 @@ class Executor:
             self.pause(PauseReason.HOLD)
         if len(self._pending) == 1:
             self.host.step_failed(failure)
+        choice = await self._answer(failure, answer)
+        await self.gate.park()
+        return choice
+
+    async def _answer(
+        self, failure: StepFailure, answer: asyncio.Future[FailureChoice]
+    ) -> FailureChoice:
+        """The operator's choice for a pending question, this branch not busy meanwhile."""
         self.gate.add_busy(-1)
         try:
-            choice = await answer
+            return await answer
         finally:
             self.gate.add_busy(1)
             if (failure, answer) in self._pending:  # cancelled while waiting: Stop or Abort
                 self._pending.remove((failure, answer))
-        await self.gate.park()
-        return choice
 
     async def _resume_question(self, run: StepRun, resuming: Resuming) -> FailureChoice | None:
         """The step in progress when the batch was resumed: ask Unhold's question about its
@@ -415,13 +421,7 @@ class Executor:
             )
         )
         resuming.reached.set()
-        self.gate.add_busy(-1)
-        try:
-            choice = await answer
-        finally:
-            self.gate.add_busy(1)
-            if (failure, answer) in self._pending:  # cancelled while waiting: Stop or Abort
-                self._pending.remove((failure, answer))
+        choice = await self._answer(failure, answer)
         if choice is FailureChoice.RETRY:
             self.emit(Notice(text=f"{run.named}: run again from its start ({choice})"))
         await self.gate.park()

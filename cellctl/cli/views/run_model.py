@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cellctl.cli.views.summary import event_line
+from cellctl.cli.views.summary import clock, event_line, stays_held_text
 from cellctl.control.events import (
     BatchEnded,
     Event,
@@ -27,6 +27,7 @@ from cellctl.control.events import (
 )
 from cellctl.control.machine import Command, Mode, State
 from cellctl.control.operator import PromptRequest
+from cellctl.control.resume import ResumePoint
 from cellctl.errors import CellctlError
 from cellctl.expr import evaluate
 from cellctl.recipe import (
@@ -71,6 +72,15 @@ CAUSE_OF = {
     Command.ABORT: "abort",
     Command.SUSPEND: "suspend",
 }
+
+
+def _before(path: str, target: str) -> bool:
+    """True when the step at `path` comes before the one at `target` in the recipe (and is not
+    a block around it): '1', '2.1' and '2.1.3' come before '2.2'; '2' does not."""
+    for mine, theirs in zip(path.split("."), target.split("."), strict=False):
+        if mine != theirs:
+            return int(mine) < int(theirs)
+    return False  # the same step, a block around it, or a step inside it
 
 
 @dataclass
@@ -126,12 +136,31 @@ class RunModel:
         #: The clock the view measures elapsed and remaining time with.
         self.clock: Callable[[], float] = time.time
         self.typed = ""
+        #: Where a resumed batch was taken up (resume_from), or None for a new batch.
+        self.resumed: ResumePoint | None = None
+
+    def resume_from(self, point: ResumePoint) -> None:
+        """Take a crashed batch up at `point`: the steps it passes over (no events tell of
+        them) are marked done, the rounds of the repeats around it set, its done steps counted."""
+        self.resumed = point
+        self.counts.done = point.steps_done
+        target = point.path
+        if target is None:  # no step had started: nothing passed over
+            return
+        self.rounds.update(point.rounds)
+        for path in self.steps:
+            ended = point.after and (path == target or path.startswith(f"{target}."))
+            if ended or _before(path, target):
+                # The point knows no outcome per step: one skipped before shows done too.
+                self.status[path] = StepStatus.DONE
 
     # -- events ------------------------------------------------------------------------------
 
     def apply(self, event: Event) -> None:
         """Take one controller event into the model."""
         line = event_line(event)
+        if isinstance(event, BatchEnded) and event.state is State.HELD and self.resumed:
+            line = f"{clock(event.at)} {stays_held_text(event)}"  # a resume: it has not ended
         if line is not None:
             self.events.append(line)
         if isinstance(event, StateChanged):

@@ -111,6 +111,13 @@ def describe(event: Event) -> str | None:
     return None
 
 
+def stays_held_text(event: BatchEnded) -> str:
+    """The line of a resume's end that leaves the batch Held: it has not ended (no batch_ended
+    row), so the line must not say it did."""
+    cause = f": {event.cause}" if event.cause else ""
+    return f"batch stays Held, unfinished, {event.duration:.1f} s since its start{cause}"
+
+
 # The last second clock() rendered: a batch stamps many lines within one second.
 _last_second: tuple[int, str] = (-1, "")
 
@@ -146,9 +153,11 @@ def event_line(event: Event) -> str | None:
 def summary_lines(model: RunModel, ended: BatchEnded) -> list[str]:
     """The end of a batch: outcome, duration, step counts, faults and the cause."""
     counts = model.counts
+    # A resume that leaves the batch Held has not ended it: it stays unfinished.
+    unfinished = model.resumed is not None and ended.state is State.HELD
     lines = [
-        f"outcome: {ended.state}",
-        f"duration: {ended.duration:.1f} s",
+        f"outcome: {ended.state}" + (", unfinished" if unfinished else ""),
+        f"duration: {ended.duration:.1f} s" + (" so far" if unfinished else ""),
         f"steps: {counts.done} done, {counts.skipped} skipped, {counts.failed} failed",
     ]
     # The controller's list is the batch record's: the summary says what the record says.
@@ -173,6 +182,9 @@ class BatchIdentity:
     parameters: Mapping[str, Value]
     operator: str
     started: float
+    #: Set when the batch stays unfinished (a resume left it Held): the command that takes it
+    #: up again, said instead of an end.
+    resume: str | None = None
 
 
 def _when(at: float) -> str:
@@ -190,7 +202,7 @@ def parts_line(parts: PartsCount) -> str:
 
 #: The summary's lines that hold a command to copy: never broken by the view, on a terminal
 #: too (the terminal folds a long one; copied, it is whole).
-COMMAND_LINES = ("verify: ", "report: ")
+COMMAND_LINES = ("verify: ", "report: ", "resume: ")
 
 
 def record_lines(
@@ -202,8 +214,9 @@ def record_lines(
     parts: PartsCount | None = None,
 ) -> list[str]:
     """The summary's lines about the batch record: the batch id, its parameters, operator,
-    start and end, the parts made (when the recipe names a counter), the chain's head hash
-    once on disk (else why not), and the commands that show and check it."""
+    start and end (or, unfinished, the command that takes it up again), the parts made (when
+    the recipe names a counter), the chain's head hash once on disk (else why not), and the
+    commands that show and check it."""
     params = ", ".join(f"{n}={format_value(v)}" for n, v in record.parameters.items())
     journal = f" --journal {record.journal}"
     lines = [
@@ -211,8 +224,12 @@ def record_lines(
         f"parameters: {params or 'none'}",
         f"operator: {record.operator}",
         f"started: {_when(record.started)}",
-        f"ended: {_when(ended)}",
     ]
+    if record.resume is None:
+        lines.append(f"ended: {_when(ended)}")
+    else:
+        lines.append("unfinished: the batch stays unfinished and Held (no end recorded)")
+        lines.append(f"resume: {record.resume}")
     if parts is not None:
         lines.append(parts_line(parts))
     if failure is not None:
