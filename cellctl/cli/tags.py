@@ -160,14 +160,16 @@ def _write_record(
     import socket
 
     from cellctl.cli.audit import journal_path
-    from cellctl.control.journal.recorder import WriteRecord, file_sha256, os_user
+    from cellctl.control.journal.recorder import WriteRecord, os_user
     from cellctl.control.journal.store import SqliteStore
 
     user = os_user()
     about = {
         "cell": cell.cell,
         "cell_file": str(cell_file.resolve()),  # as typed, it says nothing from elsewhere
-        "cell_sha256": file_sha256(cell_file),
+        # The bytes that were validated (load_cell keeps their hash): not the file read again,
+        # which may have changed or gone since.
+        "cell_sha256": cell.sha256,
         "operator": operator or user,
         "os_user": user,
         "pid": os.getpid(),
