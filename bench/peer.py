@@ -34,11 +34,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.childproc import ROOT
 from bench.figure import Figure, rate_figure
 from bench.state import journal_where
-
-#: The project root: the children run `python -m bench.peer` from there.
-ROOT = Path(__file__).resolve().parent.parent
 
 #: A cell of memory devices with an interlock and a safe state, as a real cell has: the
 #: controller watches the interlock's tag and keeps its safe state ready on every step.

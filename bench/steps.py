@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from bench.childproc import ROOT
@@ -133,6 +133,11 @@ class Cost:
     cpu: float
 
 
+def _median(costs: list[Cost]) -> Cost:
+    """The median wall and the median CPU of the trials (each taken apart)."""
+    return Cost(statistics.median(c.wall for c in costs), statistics.median(c.cpu for c in costs))
+
+
 @contextlib.contextmanager
 def _served() -> Iterator[Served]:
     """The bench cell on `cellctl sim` in a child process, at free loopback ports."""
@@ -223,10 +228,7 @@ def _set_figure(
     number: int, protocol: str, reference: str, ours: list[Cost], raw: list[Cost], steps: int
 ) -> Figure:
     """Figure 1 or 2 from the trials' medians."""
-    wall = statistics.median(c.wall for c in ours)
-    cpu = statistics.median(c.cpu for c in ours)
-    raw_wall = statistics.median(c.wall for c in raw)
-    raw_cpu = statistics.median(c.cpu for c in raw)
+    (wall, cpu), (raw_wall, raw_cpu) = astuple(_median(ours)), astuple(_median(raw))
     detail = (
         f"per step {wall * 1e3:.2f} ms wall, {cpu * 1e3:.2f} ms CPU ({cpu / raw_cpu:.1f} x raw); "
         f"raw write {raw_wall * 1e3:.2f} ms wall, {raw_cpu * 1e3:.2f} ms CPU "
@@ -267,11 +269,8 @@ def _on_disk_figure(
 ) -> Figure:
     """Figure 1's context line: the same steps with the journal on disk (each intent fsync'ed
     before its write is sent), beside raw pymodbus; the detail names the cost of durability."""
-    wall = statistics.median(c.wall for c in disk)
-    cpu = statistics.median(c.cpu for c in disk)
-    ram_wall = statistics.median(c.wall for c in ram)
-    ram_cpu = statistics.median(c.cpu for c in ram)
-    raw_wall = statistics.median(c.wall for c in raw)
+    (wall, cpu), (ram_wall, ram_cpu) = astuple(_median(disk)), astuple(_median(ram))
+    raw_wall = _median(raw).wall
     detail = (
         f"per step {wall * 1e3:.2f} ms wall, {cpu * 1e3:.2f} ms CPU; durability per step "
         f"{(wall - ram_wall) * 1e3:+.2f} ms wall, {(cpu - ram_cpu) * 1e3:+.2f} ms CPU over the "

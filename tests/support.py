@@ -1,17 +1,21 @@
 """Test helpers of the project's own tests: a memory rig connected and watched, the files a block
-opens (the rest comes from the testing kit, cellctl.testing)."""
+opens, logging to a file of the test's own (the rest comes from the testing kit,
+cellctl.testing)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from cellctl import logsetup
 from cellctl.io.session import TagIO
 
 
@@ -70,3 +74,28 @@ def opens() -> Iterator[list[str]]:
         yield _opened
     finally:
         _opened = None
+
+
+@contextlib.contextmanager
+def logging_to(log: Path) -> Iterator[Path]:
+    """Logging configured to `log` inside the block; the pytest plugin's file again after."""
+    logsetup.configure_logging(log)
+    try:
+        yield log
+    finally:
+        logsetup.configure_logging()
+
+
+@contextlib.contextmanager
+def cellctls_handlers_only() -> Iterator[None]:
+    """pytest's own capturing handlers off the root logger inside the block: cellctl's handlers
+    alone take the records, as outside tests."""
+    root = logging.getLogger()
+    theirs = [h for h in root.handlers if h not in logsetup._INSTALLED]
+    for handler in theirs:
+        root.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in theirs:
+            root.addHandler(handler)

@@ -54,6 +54,7 @@ def imported_by(*args: str) -> list[str]:
         timeout=60,
         check=False,
     )
+    assert child.returncode == 0 and child.stdout, child.stderr  # the child's own traceback
     result = json.loads(child.stdout.splitlines()[-1])
     assert result["code"] == 0, child.stdout + child.stderr
     modules: list[str] = result["modules"]

@@ -6,25 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import structlog
 
 from cellctl import logsetup
-from cellctl.logsetup import configure_logging, flush_logs
+from cellctl.logsetup import flush_logs
 from cellctl.logwriter import BACKLOG
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Iterator[Path]:
-    """Logging configured to a file of the test's own; the pytest plugin's file again after."""
-    log = tmp_path / "cellctl.log"
-    configure_logging(log)
-    yield log
-    configure_logging()
+from tests.support import cellctls_handlers_only
 
 
 def lines(log: Path, logger: str) -> list[dict[str, Any]]:
@@ -42,18 +32,13 @@ def test_an_info_event_makes_no_record_on_the_callers_thread(log_file: Path) -> 
         return factory(*args, **kwargs)
 
     # pytest's own capturing handlers take every record: out of the way, as outside tests.
-    root = logging.getLogger()
-    theirs = [h for h in root.handlers if h not in logsetup._INSTALLED]
-    for handler in theirs:
-        root.removeHandler(handler)
-    logging.setLogRecordFactory(counting)
-    try:
-        structlog.get_logger("cellctl.offloop").info("stepped", n=1)
-        flush_logs()
-    finally:
-        logging.setLogRecordFactory(factory)
-        for handler in theirs:
-            root.addHandler(handler)
+    with cellctls_handlers_only():
+        logging.setLogRecordFactory(counting)
+        try:
+            structlog.get_logger("cellctl.offloop").info("stepped", n=1)
+            flush_logs()
+        finally:
+            logging.setLogRecordFactory(factory)
     assert threading.current_thread().name not in made
     [record] = lines(log_file, "cellctl.offloop")
     assert (record["event"], record["n"], record["level"]) == ("stepped", 1, "info")

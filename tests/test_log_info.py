@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from cellctl import logsetup
-from cellctl.logsetup import configure_logging, flush_logs, log_info
+from cellctl.logsetup import flush_logs, log_info
+from tests.support import cellctls_handlers_only
 
 FIELDS = {"path": "1.2", "step_id": "put", "value": "é ☃", "round": 3, "values": {"b": None}}
 
@@ -38,26 +37,10 @@ def _both(log: Path) -> tuple[str, str]:
     return lines[0].split(stamp)[0], lines[1].split(stamp)[0]
 
 
-@pytest.fixture
-def log_file(tmp_path: Path) -> Iterator[Path]:
-    """Logging configured to a file of the test's own; the pytest plugin's file again after."""
-    log = tmp_path / "cellctl.log"
-    configure_logging(log)
-    yield log
-    configure_logging()
-
-
 def test_the_same_line_as_structlog_when_only_the_file_takes_it(log_file: Path) -> None:
     # pytest's own capturing handlers take every record: out of the way, as outside tests.
-    root = logging.getLogger()
-    theirs = [h for h in root.handlers if h not in logsetup._INSTALLED]
-    for handler in theirs:
-        root.removeHandler(handler)
-    try:
+    with cellctls_handlers_only():
         by_info, by_log_info = _both(log_file)
-    finally:
-        for handler in theirs:
-            root.addHandler(handler)
     assert by_log_info == by_info
     assert by_info.startswith('{"recipe": "r", "version": 2, "operator": "op", "path": "1.2"')
 

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from rich.console import Console
 
 from cellctl import logsetup
 from cellctl.cli.consoles import FRAME, FramedLines
-from cellctl.logsetup import configure_logging, flush_logs
+from cellctl.logsetup import flush_logs
 from cellctl.testing import wait_until
 
 CELL = (
@@ -38,15 +37,6 @@ def records(log: Path) -> list[dict[str, object]]:
     if not log.exists():
         return []
     return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line]
-
-
-@pytest.fixture
-def log_file(tmp_path: Path) -> Iterator[Path]:
-    """Logging configured to a file of the test's own; the pytest plugin's file again after."""
-    log = tmp_path / "cellctl.log"
-    configure_logging(log)
-    yield log
-    configure_logging()
 
 
 # --- the log file's thread --------------------------------------------------------------------
