@@ -668,3 +668,24 @@ def test_history_table_holds_a_real_batch_id_and_the_recipe_unfolded_on_80_colum
     assert all(cell_len(line) <= 80 for line in lines), lines
     assert batch in lines[1] and "press-fit v4" in lines[1] and "nights" in lines[1]
     assert time.strftime("%m-%d ", time.gmtime(now - 23)) in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "long", "short"),
+    [
+        (None, "-", "-"),
+        (4.24, "4.2 s", "4.2s"),
+        (723, "12 min 03 s", "12m03s"),
+        (7500, "2 h 05 min", "2h05m"),
+        (31 * 3600 + 59, "31 h 00 min", "31h"),
+    ],
+)
+def test_a_duration_reads_the_same_long_or_short(
+    seconds: float | None, long: str, short: str
+) -> None:
+    """`report` spells a duration out; `history` fits it in 6 characters."""
+    from cellctl.cli.views.report_text import span
+
+    assert span(seconds) == long
+    assert span(seconds, short=True) == short
+    assert len(span(seconds, short=True)) <= 6

@@ -28,14 +28,15 @@ import enum
 import json
 import os
 import socket
+import time
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cellctl import exitcodes, expr
 from cellctl.control.events import StepOutcome
+from cellctl.control.journal.record import parse_at
 from cellctl.control.journal.rows import JournalRow, Kind
 from cellctl.control.journal.store import JournalStore, SqliteStore
 from cellctl.errors import CellctlError
@@ -169,7 +170,7 @@ def close_abandoned(path: Path, batches: Sequence[UnfinishedBatch]) -> None:
     from cellctl.control.journal.rows import canonical_json, format_at
     from cellctl.control.journal.store import NewRow
 
-    now = format_at(datetime.now().timestamp())
+    now = format_at(time.time())
     rows: list[NewRow] = []
     for batch in batches:
         cause = (
@@ -339,7 +340,7 @@ def resume_point(recipe: Recipe, batch: str, rows: Iterable[JournalRow]) -> Resu
     for row in rows:
         body = _body(row)
         if row.kind == Kind.BATCH_STARTED and started_at is None:
-            started_at = datetime.fromisoformat(row.at.replace("Z", "+00:00")).timestamp()
+            started_at = parse_at(row.at)
         path = body.get("path")
         step = steps.get(path) if isinstance(path, str) else None
         if row.kind == Kind.STEP_STARTED and isinstance(path, str):

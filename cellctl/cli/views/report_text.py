@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
-from cellctl.control.journal.record import UNKNOWN, BatchRecord, BatchSummary, parse_at
+from cellctl.control.journal.record import BatchRecord, BatchSummary
 
 #: How a timeline line marks faults and operator actions (not only a colour).
 MARKS = {"fault": "!", "operator": ">", None: " "}
@@ -34,30 +34,21 @@ def table_when(at: str | None, year: str) -> str:
     return short_when(at)[5:]
 
 
-def span(seconds: float | None) -> str:
-    """A duration as '4.2 s', '12 min 03 s' or '2 h 05 min'; '-' when unknown."""
+def span(seconds: float | None, *, short: bool = False) -> str:
+    """A duration as '4.2 s', '12 min 03 s' or '2 h 05 min'; `short`, in at most 6 characters:
+    '4.2s', '12m03s', '2h05m', '31h'; '-' when unknown."""
     if seconds is None:
         return "-"
+    s, m, h, gap = ("s", "m", "h", "") if short else (" s", " min", " h", " ")
     if seconds < 60:
-        return f"{seconds:.1f} s"
+        return f"{seconds:.1f}{s}"
     minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
+        return f"{minutes}{m}{gap}{secs:02d}{s}"
     hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def short_span(seconds: float | None) -> str:
-    """A duration in at most 6 characters: '4.2s', '12m03s', '2h05m', '31h'; '-' when unknown."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours < 10 else f"{hours}h"
+    if short and hours >= 10:
+        return f"{hours}h"
+    return f"{hours}{h}{gap}{minutes:02d}{m}"
 
 
 def value_text(value: Any) -> str:
@@ -85,7 +76,7 @@ def history_row(s: BatchSummary) -> tuple[str, ...]:
         _recipe(s),
         s.outcome,
         short_when(s.start),
-        short_span(s.duration),
+        span(s.duration, short=True),
         s.operator or "-",
         _parts(s),
     )
@@ -150,11 +141,9 @@ def report_lines(record: BatchRecord, journal: Path | None = None) -> list[str]:
     line ('!' a fault, '>' an operator action), then the writes of unknown outcome."""
     lines = identity_lines(record)
     lines += ["", "timeline (offset from start; ! fault, > operator action)"]
-    start = parse_at(record.start) if record.start else None
     for entry in record.timeline:
-        offset = parse_at(entry.at) - start if start is not None and entry.at else entry.offset
-        lines.append(f"  {offset:>10.3f} s {MARKS.get(entry.flag, ' ')} {entry.text}")
-    unknown = [w for w in record.writes if w.outcome == UNKNOWN]
+        lines.append(f"  {entry.offset:>10.3f} s {MARKS.get(entry.flag, ' ')} {entry.text}")
+    unknown = record.unknown_writes
     if unknown:
         lines += ["", "writes of UNKNOWN OUTCOME (an intent, no confirmation):"]
         lines += [
