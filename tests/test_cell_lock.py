@@ -111,6 +111,28 @@ def test_second_process_refused_naming_the_first(
     assert not taker.held
 
 
+def test_a_relative_journal_is_named_absolute_to_whoever_is_refused(
+    tmp_path: Path, locks: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `run --journal j.sqlite`: a refused run in another folder must find that journal.
+    monkeypatch.chdir(tmp_path)
+    holder = CellLock(
+        cell_file(tmp_path, "a.yaml"),
+        batch="B-1",
+        operator="al",
+        journal=Path("j.sqlite"),
+        folder=locks,
+    )
+    holder.acquire()
+    try:
+        with pytest.raises(CellBusy) as refused:
+            lock(cell_file(tmp_path, "b.yaml"), locks).acquire()
+    finally:
+        holder.release()
+    assert refused.value.holder is not None
+    assert refused.value.holder.journal == str(tmp_path / "j.sqlite")
+
+
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 def test_lock_released_when_the_holder_ends(
     first: subprocess.Popen[str], tmp_path: Path, locks: Path, how: str

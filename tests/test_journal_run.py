@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import io
 import json
+import shlex
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,7 @@ from rich.console import Console
 from cellctl import exitcodes
 from cellctl.cell import Cell
 from cellctl.cli.batch import BatchRun, RunOptions, prepare
+from cellctl.cli.views.summary import BatchIdentity, record_lines
 from cellctl.control.controller import Controller
 from cellctl.control.events import SafeStateWritten, WaitProgress
 from cellctl.control.journal.record import build_record
@@ -469,3 +471,58 @@ async def test_a_call_is_recorded_as_an_intent_on_disk_before_it_is_made(
     ]
     unknown = [t for k, t, flag in texts if k == Kind.CONFIRMED and flag == "fault"]
     assert len(unknown) == 1 and "outcome UNKNOWN" in unknown[0] and "gripper stalled" in unknown[0]
+
+
+@pytest.mark.asyncio
+async def test_a_write_stopped_by_a_trip_while_its_intent_was_committed_is_not_sent(
+    tmp_path: Path,
+) -> None:
+    """Not sent, and recorded so: a write of unknown outcome would make `resume` ask about it."""
+    rig = Bench()
+    writer = JournalWriter(SqliteStore(tmp_path / "j.sqlite"))
+
+    class Tripping(BatchRecorder):
+        async def intent(
+            self, tag: str, value: Value, path: str | None, step_id: str | None
+        ) -> object:
+            token = await super().intent(tag, value, path, step_id)
+            if tag == "press.heat" and path is not None:  # the light curtain, meanwhile
+                rig.device("safety.ok", False)
+                await wait_until(lambda: rig.state() is not State.EXECUTE, DEADLINE, "the trip")
+            return token
+
+    recorder = Tripping(writer, "B-trip")
+    rig.ctl = Controller(
+        rig.ctl.loaded, {}, rig.io, ScriptedOperator({}), listener=rig._heard, ledger=recorder
+    )
+    try:
+        async with opened(rig):
+            await rig.ctl.command(Command.RESET)
+            await rig.settle(State.IDLE)
+            await rig.ctl.command(Command.START)
+            assert await rig.settle(State.HELD) is State.HELD
+            assert ("press.heat", True) not in rig.writes("press")
+            await rig.ctl.command(Command.ABORT)
+            await rig.settle(State.ABORTED)
+    finally:
+        writer.close()
+    rows = journal_rows(tmp_path / "j.sqlite")
+    [intent] = [
+        r.data()["intent"]
+        for r in rows
+        if r.kind == Kind.INTENT and r.data()["tag"] == "press.heat" and r.data()["path"]
+    ]
+    heat = [r.data() for r in rows if r.kind == Kind.CONFIRMED and r.data()["intent"] == intent]
+    assert len(heat) == 1 and not heat[0]["ok"], heat
+    assert heat[0]["unknown"] is False and heat[0]["error"].startswith("not sent"), heat
+
+
+def test_the_summarys_commands_copy_whole_with_a_journal_path_holding_a_space() -> None:
+    journal = Path("/home/ana/my journals/j.sqlite")
+    record = BatchIdentity("B-1", journal, {}, "ana", 0.0)
+    lines = record_lines(record, 1.0, "ab" * 32, None)
+    commands = [line.split(": ", 1)[1] for line in lines if line.startswith(("verify:", "report:"))]
+    assert len(commands) == 2
+    for command in commands:
+        words = shlex.split(command)
+        assert words[words.index("--journal") + 1] == str(journal), command

@@ -139,6 +139,14 @@ def test_a_file_that_is_not_a_journal(tmp_path: Path, content: bytes | None, why
     assert str(path) in str(caught.value)
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_folder_named_as_the_journal_says_so(tmp_path: Path, readonly: bool) -> None:
+    # SQLite's own words were "disk I/O error" (read) or "unable to open database file".
+    with pytest.raises(JournalUnavailable, match="is a folder, not a journal file") as caught:
+        SqliteStore(tmp_path, readonly=readonly)
+    assert str(tmp_path) in str(caught.value)
+
+
 def test_a_missing_journal_is_not_created_when_only_read(tmp_path: Path) -> None:
     with pytest.raises(JournalUnavailable, match="no such file"):
         SqliteStore(tmp_path / "j.sqlite", readonly=True)

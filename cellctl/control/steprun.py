@@ -211,6 +211,10 @@ class StepRun:
             raise StepError(f"{self.label}: {tag} not written: {err}") from None
         try:
             self.checkpoint(At.OUTPUT)  # a trip while the intent was committed stops it too
+        except BaseException as err:  # it never left: not of unknown outcome (resume asks)
+            ledger.confirmed(token, f"not sent: {type(err).__name__}")
+            raise
+        try:
             await io.write(tag, checked)
         except OutOfRange as err:
             ledger.confirmed(token, f"not sent: {err}")
@@ -221,7 +225,7 @@ class StepRun:
             raise StepError(
                 f"{self.label}: {err}; its outcome is unknown", outcome_unknown=True
             ) from err
-        except BaseException as err:  # a pause before it left, or a cancel while in flight
+        except BaseException as err:  # a cancel while in flight
             ledger.confirmed(token, f"{type(err).__name__}: {err}".rstrip(": "), unknown=True)
             raise
         ledger.confirmed(token, None)
@@ -247,7 +251,7 @@ class StepRun:
         except DeviceFailed as err:
             ledger.confirmed(token, str(err), unknown=True)
             raise StepError(f"{self.label}: {err}", outcome_unknown=True) from err
-        except BaseException as err:  # a pause before it left, a timeout or cancel in flight
+        except BaseException as err:  # a timeout or a cancel in flight
             ledger.confirmed(token, f"{type(err).__name__}: {err}".rstrip(": "), unknown=True)
             raise
         ledger.confirmed(token, None)

@@ -211,8 +211,8 @@ def _alive(holder: Holder) -> bool:
 
 def _read_holder(path: Path) -> Holder | None:
     """The holder written in a lock file another process holds, waiting up to DETAILS_WAIT for
-        a holder that took the flock but has not written them yet (the file is empty, or still names
-    a process that is gone)."""
+    a holder that took the flock but has not written them yet (the file is empty, or still
+    names a process that is gone)."""
     deadline = time.monotonic() + DETAILS_WAIT
     while True:
         try:
@@ -242,7 +242,8 @@ class CellLock:
         self.cell = cell
         self.batch = batch
         self.operator = operator
-        self.journal = str(journal)
+        # Absolute: the run refused may be in another folder, or another user's.
+        self.journal = os.path.abspath(journal)
         self.folder = lock_folder() if folder is None else folder
         self.keys = device_keys(cell)
         #: The lock files held: path -> descriptor.

@@ -3,6 +3,7 @@ and the summary printed when the batch has ended."""
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -218,7 +219,7 @@ def record_lines(
     the recipe names a counter), the chain's head hash once on disk (else why not), and the
     commands that show and check it."""
     params = ", ".join(f"{n}={format_value(v)}" for n, v in record.parameters.items())
-    journal = f" --journal {record.journal}"
+    journal = f" --journal {shlex.quote(str(record.journal))}"  # a path with a space copies whole
     lines = [
         f"batch: {record.batch}",
         f"parameters: {params or 'none'}",

@@ -104,39 +104,37 @@ class BatchRecorder:
 
     async def intent(self, tag: str, value: Value, path: str | None, step_id: str | None) -> object:
         """The write's intent, on disk before it returns; IntentNotRecorded when it cannot be."""
-        failed = self.writer.failed
-        if failed is not None:  # nothing is queued: no confirmation either
-            raise IntentNotRecorded(f"journal cannot be written: {failed}")
+        self._refuse_when_failed()
         self._intents += 1
         intent_id = f"w{self._intents}"
-        try:
-            await self.writer.durable(
-                self.batch, Kind.INTENT, intent_body(intent_id, tag, value, path, step_id)
-            )
-        except JournalUnavailable as error:
-            # The intent stays queued (it may reach the disk later): its confirmation says
-            # that the write never left.
-            self.confirmed(intent_id, "not sent: journal unavailable")
-            raise IntentNotRecorded(f"journal cannot be written: {error.reason}") from None
-        return intent_id
+        body = intent_body(intent_id, tag, value, path, step_id)
+        return await self._durable_intent(Kind.INTENT, intent_id, body)
 
     async def call_intent(
         self, method: str, args: Mapping[str, Value], path: str | None, step_id: str | None
     ) -> object:
         """The call's intent, on disk before it returns; IntentNotRecorded when it cannot be.
         Its answer is the `call` row; a failure is a confirmation naming this intent."""
+        self._refuse_when_failed()
+        self._calls += 1
+        intent_id = f"c{self._calls}"  # apart from the writes' ids: resume pairs those alone
+        body = call_intent_body(intent_id, method, args, path, step_id)
+        return await self._durable_intent(Kind.CALL_INTENT, intent_id, body)
+
+    def _refuse_when_failed(self) -> None:
+        """IntentNotRecorded when the writer has failed: nothing is queued (no id is used, no
+        confirmation either)."""
         failed = self.writer.failed
         if failed is not None:
             raise IntentNotRecorded(f"journal cannot be written: {failed}")
-        self._calls += 1
-        intent_id = f"c{self._calls}"  # apart from the writes' ids: resume pairs those alone
+
+    async def _durable_intent(self, kind: str, intent_id: str, body: Body) -> str:
+        """Write an intent row and wait for it to be on disk; its id, or IntentNotRecorded."""
         try:
-            await self.writer.durable(
-                self.batch,
-                Kind.CALL_INTENT,
-                call_intent_body(intent_id, method, args, path, step_id),
-            )
+            await self.writer.durable(self.batch, kind, body)
         except JournalUnavailable as error:
+            # The intent stays queued (it may reach the disk later): its confirmation says
+            # that the write never left.
             self.confirmed(intent_id, "not sent: journal unavailable")
             raise IntentNotRecorded(f"journal cannot be written: {error.reason}") from None
         return intent_id

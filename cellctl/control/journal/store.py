@@ -165,6 +165,10 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         if not path.exists() and (readonly or not create):
             raise JournalUnavailable(str(path), "no such file")
+        if path.is_dir():  # SQLite would only say "disk I/O error" or "unable to open"
+            raise JournalUnavailable(
+                str(path), f"is a folder, not a journal file (e.g. {path / 'journal.sqlite'})"
+            )
         try:
             if not readonly:
                 path.parent.mkdir(parents=True, exist_ok=True)
