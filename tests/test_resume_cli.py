@@ -18,7 +18,7 @@ from cellctl.control.journal.recorder import file_sha256
 from cellctl.control.journal.rows import Kind, canonical_json
 from cellctl.control.journal.store import NewRow, SqliteStore
 from cellctl.control.journal.verify import verify
-from cellctl.control.resume import refuse_unfinished, unfinished_batches
+from cellctl.control.resume import UnfinishedBatchFirst, refuse_unfinished, unfinished_batches
 from cellctl.testing import cli
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "demo"
@@ -209,3 +209,16 @@ def test_a_resume_left_held_says_the_batch_stays_unfinished_not_ended(
         assert not [r for r in store.rows("B-h") if r.kind == Kind.BATCH_ENDED]
     finally:
         store.close()
+
+
+def test_the_resume_command_named_in_a_refusal_copies_whole_with_a_space_in_the_path(
+    tmp_path: Path, recipe: Path
+) -> None:
+    folder = tmp_path / "night shift"
+    folder.mkdir()
+    journal = folder / "j.sqlite"
+    add(journal, "B-crashed", Kind.BATCH_STARTED, started(recipe))
+    add(journal, "B-crashed", Kind.INTENT, intent_body("w1", "conveyor.run", True, "1", "feed"))
+    with pytest.raises(UnfinishedBatchFirst) as refused:
+        refuse_unfinished(journal, "demo")
+    assert f"cellctl resume B-crashed --journal '{journal}'" in str(refused.value)

@@ -26,7 +26,7 @@ from cellctl.cli.views.summary import BatchIdentity, stays_held_text
 from cellctl.control.commands import OperatorCommand, Refused
 from cellctl.control.controller import Controller
 from cellctl.control.events import BatchEnded, Event, Notice
-from cellctl.control.journal.location import default_journal_path
+from cellctl.control.journal.location import default_journal_path, journal_option
 from cellctl.control.journal.record import find_batch, parse_at
 from cellctl.control.journal.recorder import BatchRecorder, file_sha256, os_user
 from cellctl.control.journal.rows import JournalRow, Kind, canonical_json, format_at
@@ -97,7 +97,7 @@ def find_unfinished(path: Path, wanted: str | None) -> tuple[UnfinishedBatch, li
             if batch not in unfinished:
                 raise NoUnfinishedBatch(
                     f"batch {batch} ended (it has a batch_ended row): nothing to resume; "
-                    f"its record: cellctl report {batch} --journal {path}"
+                    f"its record: cellctl report {batch}{journal_option(path)}"
                 )
         elif unfinished:
             batch = list(unfinished)[-1]
@@ -227,7 +227,7 @@ class ResumeRun(BatchRun):
         return self.options.journal
 
     def _resume_hint(self) -> str:
-        return f"cellctl resume {self.found.batch} --journal {self.journal}"
+        return f"cellctl resume {self.found.batch}{journal_option(self.journal)}"
 
     def say_found(self, refused: str | None) -> None:
         """What the record shows: the batch, where it was, what Unhold will ask."""

@@ -36,6 +36,7 @@ from typing import Any
 
 from cellctl import exitcodes, expr
 from cellctl.control.events import StepOutcome
+from cellctl.control.journal.location import journal_option
 from cellctl.control.journal.record import parse_at
 from cellctl.control.journal.rows import JournalRow, Kind
 from cellctl.control.journal.store import JournalStore, SqliteStore
@@ -148,7 +149,7 @@ def refuse_unfinished(path: Path, cell: str) -> None:
     latest = found[-1]
     who = latest.started.get("operator")
     by = f" by {who}" if who else ""
-    journal = f" --journal {path}"
+    journal = journal_option(path)
     raise UnfinishedBatchFirst(
         # Short lines, the command on one of its own: a technician copies it whole.
         f"batch {latest.batch} of cell {cell} ({latest.started.get('recipe')}{by}) never "

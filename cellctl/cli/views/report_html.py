@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cellctl.cli.views.report_text import span, value_text, when
+from cellctl.control.journal.location import journal_option
 from cellctl.control.journal.record import CONFIRMED, FAILED, UNKNOWN, BatchRecord, parse_at
 
 #: The Gantt's geometry, in SVG user units (the SVG scales to the page's width).
@@ -297,7 +298,7 @@ def report_html(record: BatchRecord, journal: Path | None = None) -> str:
             "recorded and no confirmation.</p>",
         ]
     title = f"Batch {record.batch}: {record.recipe or 'unknown recipe'}"
-    where = "" if journal is None else f" --journal {esc(str(journal))}"
+    where = "" if journal is None else esc(journal_option(journal))
     cause = f" <span>{esc(record.cause)}</span>" if record.cause else ""
     body = [
         f"<header><h1>{esc(title)}</h1><p>{outcome}{cause}</p>{''.join(banners)}</header>",

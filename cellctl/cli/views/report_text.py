@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.table import Table
 
+from cellctl.control.journal.location import journal_option
 from cellctl.control.journal.record import BatchRecord, BatchSummary
 
 #: How a timeline line marks faults and operator actions (not only a colour).
@@ -151,7 +152,7 @@ def report_lines(record: BatchRecord, journal: Path | None = None) -> list[str]:
             f"  intent {when(w.intent_at)} UTC"
             for w in unknown
         ]
-    where = "" if journal is None else f" --journal {journal}"
+    where = "" if journal is None else journal_option(journal)
     lines += [
         "",
         f"verify: cellctl audit verify {record.batch} --head {record.head or '-'}{where}",

@@ -3,7 +3,6 @@ and the summary printed when the batch has ended."""
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from cellctl.control.events import (
     Tripped,
     WaitProgress,
 )
+from cellctl.control.journal.location import journal_option
 from cellctl.control.machine import State
 from cellctl.control.parts import PartsCount
 from cellctl.expr import show_values
@@ -219,7 +219,7 @@ def record_lines(
     the recipe names a counter), the chain's head hash once on disk (else why not), and the
     commands that show and check it."""
     params = ", ".join(f"{n}={format_value(v)}" for n, v in record.parameters.items())
-    journal = f" --journal {shlex.quote(str(record.journal))}"  # a path with a space copies whole
+    journal = journal_option(record.journal)
     lines = [
         f"batch: {record.batch}",
         f"parameters: {params or 'none'}",

@@ -21,3 +21,11 @@ def default_journal_path(environ: Mapping[str, str] | None = None) -> Path:
     # The XDG spec: a relative XDG_STATE_HOME is invalid and must be ignored.
     base = Path(state) if state and Path(state).is_absolute() else Path.home() / ".local" / "state"
     return base / "cellctl" / "journal.sqlite"
+
+
+def journal_option(path: Path | str) -> str:
+    """` --journal PATH` as a shell reads it (a path with a space is quoted): what a printed
+    command that names the journal ends with, so that it copies whole."""
+    import shlex
+
+    return f" --journal {shlex.quote(str(path))}"
