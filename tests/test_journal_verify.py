@@ -291,3 +291,13 @@ def test_a_unique_prefix_names_the_batch_and_an_ambiguous_one_is_bad_input(
     code, out = audit(capsys, path, "B-12")
     assert code == 0, out
     assert "batch B-1234: 1 row, head" in out
+
+
+def test_a_head_that_is_not_a_hash_is_bad_input_not_a_broken_chain(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "j.sqlite"
+    heads = build(path)
+    code, out = audit(capsys, path, "--head", heads["all"][:12])  # cut short when copied
+    assert code == 1
+    assert "a head hash is 64 hexadecimal digits" in out and "Traceback" not in out

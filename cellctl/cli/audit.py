@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -54,7 +55,11 @@ def verify(
     from cellctl.control.journal.store import SqliteStore, read_key
     from cellctl.control.journal.verify import ChainBroken
     from cellctl.control.journal.verify import verify as verify_chain
+    from cellctl.errors import BadValue
 
+    if head is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", head):
+        # Bad input, not a broken chain: a head is a whole SHA-256, as the summary printed it.
+        raise BadValue(f"--head {head}: a head hash is 64 hexadecimal digits (the summary's)")
     key = read_key(key_file) if key_file is not None else None
     # Read-only: verifying never creates a journal, and never writes to one.
     store = SqliteStore(journal_path(journal), readonly=True)
