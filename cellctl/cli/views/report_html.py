@@ -12,9 +12,16 @@ import html
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cellctl.cli.views.report_text import span, value_text, when
+from cellctl.cli.views.report_text import span, when
 from cellctl.control.journal.location import journal_option
-from cellctl.control.journal.record import CONFIRMED, FAILED, UNKNOWN, BatchRecord, parse_at
+from cellctl.control.journal.record import (
+    CONFIRMED,
+    FAILED,
+    UNKNOWN,
+    BatchRecord,
+    parse_at,
+    value_text,
+)
 
 #: The Gantt's geometry, in SVG user units (the SVG scales to the page's width).
 LABEL_W = 200

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from rich.table import Table
 
 from cellctl.control.journal.location import journal_option
-from cellctl.control.journal.record import BatchRecord, BatchSummary
+from cellctl.control.journal.record import BatchRecord, BatchSummary, value_text
 
 #: How a timeline line marks faults and operator actions (not only a colour).
 MARKS = {"fault": "!", "operator": ">", None: " "}
@@ -50,11 +48,6 @@ def span(seconds: float | None, *, short: bool = False) -> str:
     if short and hours >= 10:
         return f"{hours}h"
     return f"{hours}{h}{gap}{minutes:02d}{m}"
-
-
-def value_text(value: Any) -> str:
-    """A tag value or argument as it reads in a report."""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _recipe(s: BatchSummary) -> str:

@@ -275,6 +275,11 @@ def build_record(batch: str, rows: Iterable[JournalRow]) -> BatchRecord:
     return builder.finish()
 
 
+def value_text(value: Any) -> str:
+    """A body value (a tag value, an argument, a result) as it reads in a timeline or report."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def find_batch(store: JournalStore, wanted: str) -> str:
     """The batch id `wanted` names: itself, or the one id it begins; UnknownBatch naming the
     journal when none matches or several do."""

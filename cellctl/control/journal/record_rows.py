@@ -5,7 +5,6 @@ row kind. Nothing here writes to the journal.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +27,7 @@ from cellctl.control.journal.record import (
     Trip,
     Write,
     parse_at,
+    value_text,
 )
 from cellctl.control.journal.rows import JournalRow
 
@@ -35,11 +35,6 @@ __all__ = ["RecordBuilder"]
 
 #: The states a hold spans, from Holding (or Held) until the cell leaves Held.
 _HOLD_STATES = frozenset({"Holding", "Held"})
-
-
-def _text(value: Any) -> str:
-    """A body value as text for a timeline line."""
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _step_name(body: Mapping[str, Any]) -> str:
@@ -80,18 +75,18 @@ class RecordBuilder:
             rec.start = row.at
         body = row.data()
         if not isinstance(body, dict):  # a body the recorder never writes: shown, not read
-            self.entry(row, f"{row.kind} {_text(body)}")
+            self.entry(row, f"{row.kind} {value_text(body)}")
             return
         handler = getattr(self, "on_" + row.kind, None)
         if handler is None:  # a kind this reader does not know (a newer writer): shown as is
-            self.entry(row, f"{row.kind} {_text(body)}")
+            self.entry(row, f"{row.kind} {value_text(body)}")
             return
         handler(row, body)
 
     def on_batch_started(self, row: JournalRow, body: dict[str, Any]) -> None:
         rec = self.record
         if self.started:  # the identity is the first row's; a second one is only shown
-            self.entry(row, f"batch started again: {_text(body)}")
+            self.entry(row, f"batch started again: {value_text(body)}")
             return
         self.started = True
         rec.start = row.at
@@ -199,10 +194,10 @@ class RecordBuilder:
         self.record.writes.append(write)
         if write.intent is not None:
             self.intents[write.intent] = write
-        self.entry(row, f"write {write.tag} := {_text(write.value)} (intent)")
+        self.entry(row, f"write {write.tag} := {value_text(write.value)} (intent)")
 
     def on_call_intent(self, row: JournalRow, body: dict[str, Any]) -> None:
-        shown = f"{body.get('method')}({_text(dict(body.get('args') or {}))})"
+        shown = f"{body.get('method')}({value_text(dict(body.get('args') or {}))})"
         intent = body.get("intent")
         if intent is not None:
             self.call_intents[str(intent)] = shown
@@ -239,7 +234,7 @@ class RecordBuilder:
             write.outcome = CONFIRMED if ok else FAILED
             said = "confirmed" if ok else f"failed: {write.error}"
         self.entry(
-            row, f"write {write.tag} := {_text(write.value)} {said}", None if ok else "fault"
+            row, f"write {write.tag} := {value_text(write.value)} {said}", None if ok else "fault"
         )
 
     def on_call(self, row: JournalRow, body: dict[str, Any]) -> None:
@@ -251,7 +246,7 @@ class RecordBuilder:
             body.get("path"),
         )
         self.record.calls.append(call)
-        self.entry(row, f"call {call.method}({_text(call.args)}) -> {_text(call.result)}")
+        self.entry(row, f"call {call.method}({value_text(call.args)}) -> {value_text(call.result)}")
 
     def on_command(self, row: JournalRow, body: dict[str, Any]) -> None:
         choice = body.get("choice")
@@ -318,7 +313,7 @@ class RecordBuilder:
             prompt.operator = body.get("operator")
         who = f" by {body.get('operator')}" if body.get("operator") else ""
         value = body.get("value")
-        said = "acknowledged" if value is None else f"answered {_text(value)}"
+        said = "acknowledged" if value is None else f"answered {value_text(value)}"
         self.entry(row, f"prompt {_step_name(body)} {said}{who}", "operator")
 
     def on_notice(self, row: JournalRow, body: dict[str, Any]) -> None:
@@ -346,7 +341,7 @@ class RecordBuilder:
         self.entry(row, f"batch resumed{at}{who} after the process stopped", "operator")
 
     def on_write(self, row: JournalRow, body: dict[str, Any]) -> None:
-        self.entry(row, f"cellctl write {_text(body)}", "operator")
+        self.entry(row, f"cellctl write {value_text(body)}", "operator")
 
     def finish(self) -> BatchRecord:
         rec = self.record
