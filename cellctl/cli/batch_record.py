@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +16,6 @@ from typing import Any
 
 import structlog
 
-from cellctl import __version__
 from cellctl.cli.prepare import Prepared, RunOptions
 from cellctl.cli.views.summary import BatchIdentity
 from cellctl.control.controller import Controller
@@ -32,6 +29,7 @@ from cellctl.control.journal.recorder import (
     new_batch_id,
     open_batch,
     os_user,
+    process_fields,
 )
 from cellctl.control.journal.rows import JournalRow, Kind
 from cellctl.control.journal.store import JournalStore, JournalUnavailable
@@ -107,11 +105,8 @@ def open_record(
     body.update(
         cell_file=None if cell_file is None else str(cell_file),
         recipe_file=str(loaded.path),
-        os_user=user,
-        pid=os.getpid(),
-        host=socket.gethostname(),
-        cellctl_version=__version__,
         sim=options.sim,
+        **process_fields(user),
     )
     store = open_batch(open_store(path), batch, body)
     writer = JournalWriter(store, on_failure=on_failure)

@@ -9,8 +9,6 @@ batch stays Held and unfinished (exit 3), for a later `resume` to decide.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from cellctl import __version__, exitcodes
+from cellctl import exitcodes
 from cellctl.cli.batch import BatchRun
 from cellctl.cli.prepare import Prepared, RunOptions, prepare
 from cellctl.cli.views.summary import BatchIdentity, stays_held_text
@@ -28,7 +26,7 @@ from cellctl.control.controller import Controller
 from cellctl.control.events import BatchEnded, Event, Notice
 from cellctl.control.journal.location import default_journal_path, journal_option
 from cellctl.control.journal.record import find_batch, parse_at
-from cellctl.control.journal.recorder import BatchRecorder, file_sha256, os_user
+from cellctl.control.journal.recorder import BatchRecorder, file_sha256, os_user, process_fields
 from cellctl.control.journal.rows import JournalRow, Kind, canonical_json, format_at
 from cellctl.control.journal.store import JournalUnavailable, NewRow, SqliteStore
 from cellctl.control.journal.writer import JournalWriter
@@ -272,10 +270,7 @@ class ResumeRun(BatchRun):
             "level": "warning",
             RESUMED: True,
             "operator": operator,
-            "os_user": user,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "cellctl_version": __version__,
+            **process_fields(user),
             "choice": self.choice,
             "point": point.to_json(),
         }
@@ -287,10 +282,13 @@ class ResumeRun(BatchRun):
             store.close()
             raise
         writer = JournalWriter(store, on_failure=self._journal_failed)
-        self.recorder = BatchRecorder(writer, point.batch)
-        # Intent ids go on from the batch's last one: "w3" names one write in the record.
-        self.recorder._intents = self._intents_before
-        self.recorder._calls = self._calls_before  # "c2" names one call in the record, too
+        # Intent ids go on from the batch's last ones: "w3" or "c2" names one in the record.
+        self.recorder = BatchRecorder(
+            writer,
+            point.batch,
+            intents_before=self._intents_before,
+            calls_before=self._calls_before,
+        )
         parameters = dict(self.prepared.parameters)
         self.identity = BatchIdentity(point.batch, path, parameters, operator, self._batch_start)
         return self.recorder

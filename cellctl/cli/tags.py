@@ -156,11 +156,9 @@ def _write_record(
 ) -> WriteRecord:
     """The journal opened for this command's writes; JournalUnavailable (exit 6) when it
     cannot be: nothing is written then."""
-    import os
-    import socket
 
     from cellctl.cli.audit import journal_path
-    from cellctl.control.journal.recorder import WriteRecord, os_user
+    from cellctl.control.journal.recorder import WriteRecord, os_user, process_fields
     from cellctl.control.journal.store import SqliteStore
 
     user = os_user()
@@ -171,9 +169,7 @@ def _write_record(
         # which may have changed or gone since.
         "cell_sha256": cell.sha256,
         "operator": operator or user,
-        "os_user": user,
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
+        **process_fields(user),
     }
     return WriteRecord(SqliteStore(journal_path(journal)), about)
 

@@ -10,12 +10,14 @@ import getpass
 import hashlib
 import os
 import secrets
+import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cellctl import __version__
 from cellctl.control.commands import OperatorCommand
 from cellctl.control.events import BatchEnded, Event, TagWritten
 from cellctl.control.journal.events import (
@@ -52,6 +54,17 @@ def os_user() -> str:
         return f"uid {os.getuid()}"
 
 
+def process_fields(user: str) -> dict[str, Any]:
+    """Who and where, as every row that opens a record names them: the OS user, the process,
+    the host and cellctl's version."""
+    return {
+        "os_user": user,
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "cellctl_version": __version__,
+    }
+
+
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file's bytes, in hex."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -73,11 +86,15 @@ def open_batch(store: JournalStore, batch: str, started: Mapping[str, Any]) -> J
 class BatchRecorder:
     """The record of one running batch, on a JournalWriter (see the module docstring)."""
 
-    def __init__(self, writer: JournalWriter, batch: str) -> None:
+    def __init__(
+        self, writer: JournalWriter, batch: str, *, intents_before: int = 0, calls_before: int = 0
+    ) -> None:
+        """`intents_before`, `calls_before`: how many the batch recorded before (a resumed
+        batch numbers its intents on: "w3" names one write in the whole record)."""
         self.writer = writer
         self.batch = batch
-        self._intents = 0
-        self._calls = 0
+        self._intents = intents_before
+        self._calls = calls_before
         #: The batch_ended row once it is on disk: its hash is the chain's head for the batch.
         self.last: JournalRow | None = None
         #: True once batch_ended was queued (whether or not it reached the disk).

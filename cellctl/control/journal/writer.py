@@ -8,7 +8,9 @@ for a durable one to share its commit.
 
 A failed commit marks the writer failed: `on_failure(reason)` is called (on the loop), every
 durable wait fails with JournalUnavailable, and the rows that could not be written stay queued,
-in order, until `retry()` finds the journal writable again. The queue is bounded; a row that
+in order: `close()` tries them once more (a run never goes on after a failure: the batch holds
+and `resume` takes it up), and `retry()` is there for a caller that finds the journal writable
+again. The queue is bounded; a row that
 finds it full is counted, and a notice row saying how many were lost is written before the next
 one, so none disappears unsaid.
 """
