@@ -55,9 +55,9 @@ def resume_batch(
 ) -> None:
     """Take up a batch whose controller stopped mid-batch: Held at its step, the safe state
     written; a write of unknown outcome is sent again only when the operator chooses retry."""
-    if speed != 1.0 and not sim:
-        consoles.err.print("error: --speed sets the simulators' time; it needs --sim", markup=False)
-        raise typer.Exit(exitcodes.BAD_INPUT)
+    from cellctl.cli.run_commands import check_speed, interactive
+
+    check_speed(speed, sim)
     if choice is not None and choice not in CHOICES:
         consoles.err.print(
             f"error: --choice {choice}: choose one of {', '.join(CHOICES)}", markup=False
@@ -67,7 +67,6 @@ def resume_batch(
     import asyncio
 
     from cellctl.cli.resume_run import ResumeOptions, resume_command
-    from cellctl.cli.run_commands import _interactive
 
     options = ResumeOptions(
         batch=batch,
@@ -77,7 +76,7 @@ def resume_batch(
         answers=answers or [],
         operator=operator,
         choice=choice,
-        interactive=_interactive(),
+        interactive=interactive(),
         safe_wait=safe_wait_seconds(safe_wait),
         journal=journal,
     )

@@ -44,9 +44,16 @@ def demo_cell() -> Path:
     raise DemoMissing(f"the demo cell is not installed: no {looked} (reinstall cellctl)")
 
 
-def _interactive() -> bool:
+def interactive() -> bool:
     """True when somebody can answer at a terminal (stdin and stdout are terminals)."""
     return sys.stdin.isatty() and consoles.out.is_terminal
+
+
+def check_speed(speed: float, sim: bool) -> None:
+    """--speed without --sim is bad input (exit 1): it sets the simulators' time."""
+    if speed != 1.0 and not sim:
+        consoles.err.print("error: --speed sets the simulators' time; it needs --sim", markup=False)
+        raise typer.Exit(exitcodes.BAD_INPUT)
 
 
 @app.command("run")
@@ -76,9 +83,7 @@ def run_recipe(
     journal: JournalOption = None,
 ) -> None:
     """Run a recipe to Complete: Reset, Start, a live view; Ctrl-C holds, SIGTERM stops."""
-    if speed != 1.0 and not sim:
-        consoles.err.print("error: --speed sets the simulators' time; it needs --sim", markup=False)
-        raise typer.Exit(exitcodes.BAD_INPUT)
+    check_speed(speed, sim)
     _run_batch(
         recipe,
         cell,
@@ -107,7 +112,7 @@ def _run_batch(
         recipe=recipe,
         cell=cell,
         params=params or [],
-        interactive=_interactive(),
+        interactive=interactive(),
         safe_wait=safe_wait_seconds(safe_wait),
         **more,
     )
