@@ -16,6 +16,8 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 from cellctl import logsetup
+from cellctl.control.journal.rows import JournalRow
+from cellctl.control.journal.store import SqliteStore
 from cellctl.io.session import TagIO
 
 
@@ -99,3 +101,12 @@ def cellctls_handlers_only() -> Iterator[None]:
     finally:
         for handler in theirs:
             root.addHandler(handler)
+
+
+def journal_rows(path: Path) -> list[JournalRow]:
+    """Every row of the journal at `path`, read by a connection of its own."""
+    store = SqliteStore(path, readonly=True)
+    try:
+        return list(store.rows())
+    finally:
+        store.close()

@@ -39,6 +39,7 @@ from drivers.base import Driver, Value
 from drivers.config import MemoryConfig
 from drivers.memory import MemoryDriver
 from drivers.points import MemoryPoint, Point
+from tests.support import journal_rows
 from tests.test_controller import DEADLINE, Bench, opened
 
 CELL = """\
@@ -73,15 +74,6 @@ def files(tmp_path: Path) -> tuple[Path, Path]:
     (tmp_path / "cell.yaml").write_text(CELL)
     (tmp_path / "r.yaml").write_text(RECIPE)
     return tmp_path / "r.yaml", tmp_path / "cell.yaml"
-
-
-def journal_rows(path: Path) -> list[JournalRow]:
-    """Every row of the journal at `path`, read by a connection of its own."""
-    store = SqliteStore(path, readonly=True)
-    try:
-        return list(store.rows())
-    finally:
-        store.close()
 
 
 class Witness(MemoryDriver):

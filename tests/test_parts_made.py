@@ -33,6 +33,7 @@ from drivers.base import Driver, Value
 from drivers.config import MemoryConfig
 from drivers.memory import MemoryDriver
 from drivers.points import Point
+from tests.support import journal_rows
 from tests.test_controller import DEADLINE
 from tests.test_resume_cli import DEMO, add, started
 
@@ -103,14 +104,6 @@ def files(tmp_path: Path, recipe: str = COUNTING) -> tuple[Path, Path]:
     return tmp_path / "r.yaml", tmp_path / "cell.yaml"
 
 
-def rows_of(journal: Path) -> list[JournalRow]:
-    store = SqliteStore(journal, readonly=True)
-    try:
-        return list(store.rows())
-    finally:
-        store.close()
-
-
 async def run_counted(tmp_path: Path, device: MemoryDriver, recipe: str = COUNTING) -> Rig:
     recipe_file, cell_file = files(tmp_path, recipe)
     journal = tmp_path / "j.sqlite"
@@ -122,7 +115,7 @@ async def run_counted(tmp_path: Path, device: MemoryDriver, recipe: str = COUNTI
 
 
 def ended_parts(journal: Path) -> dict[str, Any]:
-    ended = rows_of(journal)[-1]
+    ended = journal_rows(journal)[-1]
     assert ended.kind == Kind.BATCH_ENDED
     body = ended.data()
     return {k: body[k] for k in ("parts", "parts_counter", "parts_start", "parts_end")}
@@ -140,7 +133,7 @@ async def test_parts_made_are_the_count_from_before_start_to_the_end(tmp_path: P
     }
     assert "parts: 3 (m.count 120 -> 123)" in run.printed.getvalue().splitlines()
     # The start is on record before Start (resume counts from it).
-    rows = rows_of(journal)
+    rows = journal_rows(journal)
     notice = next(
         i for i, r in enumerate(rows) if r.kind == Kind.NOTICE and "parts_counter" in r.data()
     )
@@ -164,7 +157,7 @@ async def test_a_counter_unreadable_at_the_end_gives_no_parts_and_says_why(
     tmp_path: Path,
 ) -> None:
     run = await run_counted(tmp_path, Counted(7, break_at_last=True))
-    ended = rows_of(tmp_path / "j.sqlite")[-1].data()
+    ended = journal_rows(tmp_path / "j.sqlite")[-1].data()
     assert (ended["parts"], ended["parts_start"], ended["parts_end"]) == (None, 7, None)
     why = "m.count could not be read at the end: m m.count: counter sensor lost (the test's)"
     assert ended["parts_unknown"] == why
@@ -178,7 +171,7 @@ async def test_a_counter_unreadable_at_the_start_is_recorded_and_the_batch_runs(
     device = Counted(5)
     device.set_bad("m.count", "counter sensor lost (the test's)")
     run = await run_counted(tmp_path, device)
-    rows = rows_of(tmp_path / "j.sqlite")
+    rows = journal_rows(tmp_path / "j.sqlite")
     start = next(r.data() for r in rows if r.kind == Kind.NOTICE and "parts_counter" in r.data())
     assert (start["start"], start["level"]) == (None, "warning")
     assert start["error"] == "m m.count: counter sensor lost (the test's)"
@@ -193,7 +186,7 @@ async def test_a_counter_unreadable_at_the_start_is_recorded_and_the_batch_runs(
 async def test_a_recipe_without_a_counter_says_nothing_of_parts(tmp_path: Path) -> None:
     plain = COUNTING.replace("parts: {counter: m.count}\n", "")
     run = await run_counted(tmp_path, Counted(0), plain)
-    assert rows_of(tmp_path / "j.sqlite")[-1].data()["parts"] is None
+    assert journal_rows(tmp_path / "j.sqlite")[-1].data()["parts"] is None
     assert "parts:" not in run.printed.getvalue()
 
 
