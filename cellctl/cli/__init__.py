@@ -2,8 +2,9 @@
 
 Each command group's module registers its commands on the typer app (`cellctl.cli.app`):
 `files` (validate, plan, schema), `tags` (read, write), `devices` (check, sim), `run_commands`
-(run, demo), `states`, `audit` (audit verify), `history`, `report`, `resume`; `views/` draws
-what they print. `run` runs the app and turns every failure into its exit code.
+(run, demo), `states`, `audit` (audit verify), `history`, `report`, `resume`, `users` (users
+add, rm, passwd, list); `views/` draws what they print. `run` runs the app and turns every
+failure into its exit code.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from cellctl import exitcodes
 # Each registers its commands on `app`; --help lists them in this order.
 # isort: off
 from cellctl.cli import files, tags, devices, run_commands, states, audit  # noqa: F401
-from cellctl.cli import history, report, resume  # noqa: F401
+from cellctl.cli import history, report, resume, users, certs  # noqa: F401
 
 # isort: on
 from cellctl.cli.app import app

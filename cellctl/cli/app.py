@@ -94,6 +94,24 @@ audit_app = _App(
 )
 app.add_typer(audit_app)
 
+#: `cellctl users ...`: the users file of `cellctl serve`; its commands are in cellctl.cli.users.
+users_app = _App(
+    cls=_Group,
+    name="users",
+    help="Manage the users of `cellctl serve`: names, roles, passwords.",
+    no_args_is_help=True,
+)
+app.add_typer(users_app)
+
+#: `cellctl certs ...`: certificates and trust of `cellctl serve`; commands in cellctl.cli.certs.
+certs_app = _App(
+    cls=_Group,
+    name="certs",
+    help="Certificates of `cellctl serve` and its remote CLI, and the trusted clients.",
+    no_args_is_help=True,
+)
+app.add_typer(certs_app)
+
 
 def _version(value: bool) -> None:
     if value:

@@ -1,42 +1,31 @@
-"""The batch's record for `cellctl run` (cellctl.cli.batch): the journal opened and the first
-row on disk before any device is touched, the recorder, the parts counter's reads, the
-batch_ended row and the journal's failure mid-batch. BatchRun delegates to these functions;
-`cellctl resume` (cellctl.cli.resume_run) overrides the BatchRun methods that call them.
+"""The batch's record for `cellctl run` (cellctl.cli.batch): the record opened from the run's
+options (cellctl.control.batch_record does the work, for `serve` too), and what the summary
+names. BatchRun delegates to these functions; `cellctl resume` (cellctl.cli.resume_run)
+overrides the BatchRun methods that call them.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import structlog
 
 from cellctl.cli.prepare import Prepared, RunOptions
 from cellctl.cli.views.summary import BatchIdentity
-from cellctl.control.controller import Controller
-from cellctl.control.events import BatchEnded
-from cellctl.control.journal.events import batch_started_body
-from cellctl.control.journal.location import default_journal_path
-from cellctl.control.journal.recorder import (
-    BatchRecorder,
-    ended_body,
-    file_sha256,
-    new_batch_id,
-    open_batch,
-    os_user,
-    process_fields,
+from cellctl.control.batch_record import (
+    close_record,
+    count_start,
+    end_record,
+    hold_on_failure,
+    parts_fields,
+    start_record,
 )
-from cellctl.control.journal.rows import JournalRow, Kind
-from cellctl.control.journal.store import JournalStore, JournalUnavailable
-from cellctl.control.journal.writer import JournalWriter
+from cellctl.control.batch_record import parts_count as recipe_parts_count
+from cellctl.control.journal.location import default_journal_path
+from cellctl.control.journal.recorder import BatchRecorder, os_user
+from cellctl.control.journal.store import JournalStore
 from cellctl.control.machine import Mode
-from cellctl.control.parts import PartsCount, read_count
-from cellctl.control.resume import refuse_unfinished
+from cellctl.control.parts import PartsCount
 
 __all__ = [
     "close_record",
@@ -48,22 +37,10 @@ __all__ = [
     "parts_fields",
 ]
 
-# The batch module's logger: what the record says in the log is the run's.
-log = logging.getLogger("cellctl.cli.batch")
-
 
 def parts_count(prepared: Prepared) -> PartsCount | None:
     """The parts counter the recipe names (read before Start and at the end), or None."""
-    counted = prepared.loaded.recipe.parts
-    if counted is None:
-        return None
-    tag = prepared.loaded.cell.tags[counted.counter]
-    return PartsCount(counted.counter, tag.datatype)
-
-
-def parts_fields(parts: PartsCount | None) -> dict[str, Any] | None:
-    """The batch_ended row's parts fields, or None when the recipe names no counter."""
-    return None if parts is None else parts.ended_fields()
+    return recipe_parts_count(prepared.loaded)
 
 
 def open_record(
@@ -76,94 +53,17 @@ def open_record(
     """The journal opened (by `open_store`) and the batch_started row on disk: the recorder
     (its writer calls `on_failure`) and what the summary names; JournalUnavailable naming the
     path and why when it cannot be (nothing else has happened yet)."""
-    loaded = prepared.loaded
     path = options.journal if options.journal is not None else default_journal_path()
-    refuse_unfinished(path, loaded.cell.cell)  # a crashed batch of the cell comes first
-    batch = new_batch_id()
-    user = os_user()
-    operator = options.operator or user
-    cell_file = loaded.cell.source
-    # The hash of the bytes that were validated; a cell not loaded from its file here (the
-    # testing kit's) is hashed as the file is now.
-    cell_sha256 = loaded.cell.sha256 or ""
-    if not cell_sha256 and cell_file is not None:
-        try:
-            cell_sha256 = file_sha256(cell_file)
-        except OSError as error:  # say so in the record, not a traceback
-            cell_sha256 = f"unreadable: {error.strerror or error}"
-    identity = loaded.identity
-    body = batch_started_body(
-        cell=loaded.cell.cell,
-        cell_sha256=cell_sha256,
-        recipe=identity.name,
-        version=identity.version,
-        recipe_sha256=identity.sha256,
-        parameters=prepared.parameters,
+    operator = options.operator or os_user()
+    recorder = start_record(
+        path,
+        prepared.loaded,
+        prepared.parameters,
         operator=operator,
         mode=mode,
-    )
-    body.update(
-        cell_file=None if cell_file is None else str(cell_file),
-        recipe_file=str(loaded.path),
         sim=options.sim,
-        **process_fields(user),
+        open_store=open_store,
+        on_failure=on_failure,
     )
-    store = open_batch(open_store(path), batch, body)
-    writer = JournalWriter(store, on_failure=on_failure)
-    recorder = BatchRecorder(writer, batch)
-    named = BatchIdentity(batch, path, dict(prepared.parameters), operator, time.time())
+    named = BatchIdentity(recorder.batch, path, dict(prepared.parameters), operator, time.time())
     return recorder, named
-
-
-def hold_on_failure(
-    controller: Controller | None, recorder: BatchRecorder | None, reason: str
-) -> None:
-    """The journal failed mid-batch: the batch fails closed (Held with the safe state)."""
-    if controller is not None and recorder is not None:
-        # Called from the writer's thread's context: the hold's tasks name the batch too.
-        with structlog.contextvars.bound_contextvars(batch=recorder.batch):
-            controller.journal_failed(reason)
-
-
-async def close_record(
-    recorder: BatchRecorder,
-    controller: Controller | None,
-    code: int,
-    parts: PartsCount | None,
-) -> JournalUnavailable | None:
-    """Write batch_ended when the summary did not (the batch never ran), then write what
-    is queued and close the journal; what could not be written, or None."""
-    recorder.writer.on_failure = None  # the batch is over: nothing more to hold
-    if not recorder.ended:
-        ran = controller is not None and controller.started_at is not None
-        state = str(controller.state) if ran and controller is not None else None
-        await recorder.end(ended_body(None, code, state=state, parts=parts_fields(parts)))
-    try:
-        # Off the loop: close() joins the writer's thread (bounded).
-        await asyncio.to_thread(recorder.writer.close)
-    except JournalUnavailable as problem:
-        log.error("the journal could not be closed: %s", problem)
-        return problem
-    return None
-
-
-async def end_record(
-    recorder: BatchRecorder, ended: BatchEnded, code: int, parts: PartsCount | None
-) -> JournalRow | None:
-    """Write the batch_ended row (on disk when this returns): the row, or None."""
-    return await recorder.end(ended_body(ended, code, parts=parts_fields(parts)))
-
-
-async def count_start(
-    parts: PartsCount | None, controller: Controller | None, recorder: BatchRecorder | None
-) -> None:
-    """Read the parts counter fresh from its device (Idle, after Resetting, before Start)
-    and record it, on disk before Start (`resume` counts from it)."""
-    if parts is None or controller is None:
-        return
-    parts.start, parts.start_error = await read_count(controller.io, parts.counter)
-    if recorder is None:
-        return
-    # A journal that fails: the writer's on_failure holds the batch, the summary says so.
-    with contextlib.suppress(JournalUnavailable):
-        await recorder.writer.durable(recorder.batch, Kind.NOTICE, parts.start_body())

@@ -143,6 +143,7 @@ class Controller(ActingStates):
         breakpoints: Collection[str] = (),
         comm_devices: Collection[str] = (),
         ledger: WriteLedger = NO_LEDGER,
+        state: State = State.STOPPED,
     ) -> None:
         self.loaded = loaded
         #: Records each write (not the safe state's) before it is sent: the batch's journal.
@@ -151,7 +152,8 @@ class Controller(ActingStates):
         self.io = io
         self.operator = operator
         self.listeners: list[Callable[[Event], None]] = [listener] if listener else []
-        self.machine = PackMLMachine(self._state_changed, mode=mode)
+        # A service's next batch starts where the cell is (Idle after the last one's Reset).
+        self.machine = PackMLMachine(self._state_changed, state=state, mode=mode)
         if (step_mode or breakpoints) and not self.machine.may_step():
             raise MachineError(f"stepping and breakpoints need Maintenance mode, not {mode}")
         self.log = _batch_log(loaded, operator)

@@ -192,7 +192,10 @@ class TagIO:
             await self.drivers[name].close()  # stops its reconnect loop
 
     def watch(self) -> None:
-        """Subscribe to every watched tag; each update goes to the board."""
+        """Subscribe to every watched tag; each update goes to the board. Once: a service's
+        controllers each ask again, and a second subscription would leak the first."""
+        if self._unwatch is not None:
+            return
         by_device = points_by_device(self.cell, self.tags)
 
         def deliver(readings: dict[str, Reading]) -> None:

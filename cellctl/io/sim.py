@@ -2,6 +2,8 @@
 
 Used by `--sim`, `cellctl sim` and `cellctl demo`. Devices on one Modbus TCP host:port (a
 gateway) or one serial line share one simulated bus; each OPC UA device gets its own server.
+`cellctl serve`'s OPC UA server starts from the simulators' address-space cache too
+(`init_opcua_server`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
+from asyncua.server.server import Server
 from ruamel.yaml import YAML
 
 from cellctl import exitcodes
@@ -28,6 +31,7 @@ from cellctl.files import special_kind
 from drivers.config import url_host
 from drivers.sim.image import ProcessImage
 from drivers.sim.modbus_server import ModbusRtuSimServer, ModbusSimServer
+from drivers.sim.opcua_cache import default_cache_dir, init_with_cache
 from drivers.sim.opcua_server import OpcuaSimServer
 from drivers.sim.plant.base import PlantError, PlantModel, SimClock
 from drivers.sim.plant.registry import create_model
@@ -322,3 +326,9 @@ class CellSimulator:
             known = ", ".join(f"{d}:{f}" for d, m in self.models.items() for f in m.faults())
             raise SimulatorError(f"no fault {name!r} on device {device!r}; known: {known}")
         faults[name](on)
+
+
+async def init_opcua_server(server: Server) -> None:
+    """`server.init()` from the per-user address-space cache the simulators share (built on
+    first use): ≈50 ms instead of 1-2 s for asyncua's standard address space."""
+    await init_with_cache(server, default_cache_dir())

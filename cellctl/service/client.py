@@ -1,0 +1,541 @@
+"""The remote CLI's side of `cellctl serve`: one OPC UA session with a running service, its
+status read in one request, its methods called, refusals turned into errors with their reason.
+
+Everything is found by the names in cellctl.service.api: the namespace by its URI (never an
+assumed index), the status variables by their NodeId strings, the PackML object and its
+methods by browse name. A refused call answers a Bad status with no message (asyncua raises
+before it reads outputs): the reason is read from `PackML.LastRefusal` on the same session,
+which the server answers per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar
+from urllib.parse import urlparse
+
+from asyncua import Client, Node, ua
+from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+
+from cellctl import exitcodes
+from cellctl.errors import CellctlError
+from cellctl.service.api import METHODS, NAMESPACE, PACKML, STATUS_VARIABLES, Prompt, ServiceStatus
+from drivers.config import is_loopback
+from drivers.opcua.faults import SESSION_GONE
+from drivers.opcua_types import status_code, status_name
+
+log = logging.getLogger(__name__)
+
+#: Seconds a method call may take: the server gives the controller 30 s to answer, then
+#: answers BadTimeout itself; waiting less would call a command lost that may still be done.
+CALL_TIMEOUT = 35.0
+#: A session the CLI leaves without closing (killed) expires on the server after this long.
+SESSION_TIMEOUT_MS = 60_000
+#: The status subscription: notifications published every 500 ms, each variable sampled at
+#: most 10 times a second; the State variable keeps a queue so that a state passed through
+#: between two publications (Starting on the way to Execute) is still seen.
+PUBLISHING_MS = 500.0
+SAMPLING_MS = 100.0
+STATE_QUEUE = 10
+
+# Activation refusals that mean the user name or password was not accepted.
+_LOGIN_REFUSALS = ("BadUserAccessDenied", "BadIdentityTokenRejected", "BadIdentityTokenInvalid")
+# Statuses that say the connection or the session is gone, or no answer came in time.
+_COMMUNICATION = (*SESSION_GONE, "BadTimeout", "BadRequestTimeout", "BadNotConnected")
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class ServerUnreachable(CellctlError):
+    """The service cannot be reached, did not answer in time, or the connection was lost."""
+
+    exit_code: ClassVar[int] = exitcodes.DEVICE_FAILURE
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+class LoginRefused(CellctlError):
+    """The service refused the session: the user name or password, or its security policy."""
+
+    exit_code: ClassVar[int] = exitcodes.REFUSED
+
+    def __init__(self, url: str, user: str | None, message: str) -> None:
+        super().__init__(message)
+        self.url = url
+        self.user = user
+
+
+class CertificateRefused(LoginRefused):
+    """The service does not trust this client's certificate."""
+
+
+class InsecureLogin(CellctlError):
+    """A password would cross the network in clear text: refused before anything is sent."""
+
+    def __init__(self, url: str, user: str) -> None:
+        super().__init__(
+            f"{url} is not on this machine: logging in as {user!r} there needs --certs DIR with "
+            "a client certificate (cellctl certs client NAME): without it the password would "
+            "cross the network in clear text"
+        )
+        self.url = url
+        self.user = user
+
+
+class CommandRefused(CellctlError):
+    """The service refused a call for the state or the caller's role; nothing changed."""
+
+    exit_code: ClassVar[int] = exitcodes.REFUSED
+
+    def __init__(self, method: str, status: str, reason: str) -> None:
+        super().__init__(f"{method} refused: {reason or status}")
+        self.method = method
+        self.status = status
+        self.reason = reason
+
+
+class BadRemoteInput(CellctlError):
+    """The service refused a call's argument (unknown tag, value out of range); nothing changed."""
+
+    def __init__(self, method: str, reason: str) -> None:
+        super().__init__(f"{method} refused: {reason or 'an argument is not valid'}")
+        self.method = method
+        self.reason = reason
+
+
+class ServiceFailed(CellctlError):
+    """The service answered a status that is neither a refusal nor a lost connection."""
+
+    exit_code: ClassVar[int] = exitcodes.INTERNAL_ERROR
+
+    def __init__(self, url: str, what: str, status: str, reason: str = "") -> None:
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"{url}: {what} failed with {status}{detail}")
+        self.url = url
+        self.status = status
+        self.reason = reason
+
+
+# -- reading the status ------------------------------------------------------------------------
+
+
+def parse_prompt(text: str) -> Prompt | None:
+    """The prompt of a `Prompt` variable's text ('STEP_ID: text (wants)'); None for ''."""
+    if not text:
+        return None
+    step_id, sep, rest = text.partition(": ")
+    if not sep:
+        return Prompt(step_id="", text=text, wants="")
+    body, paren, wants = rest.rpartition(" (")
+    if paren and wants.endswith(")"):
+        return Prompt(step_id=step_id, text=body, wants=wants[:-1])
+    return Prompt(step_id=step_id, text=rest, wants="")
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    return tuple(str(item) for item in value or ())
+
+
+def _number(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) else 0
+
+
+def _pairs(value: Any) -> dict[str, str]:
+    """NAME=VALUE texts as a mapping (a text without '=' is a name with an empty value)."""
+    pairs: dict[str, str] = {}
+    for item in _texts(value):
+        name, _, text = item.partition("=")
+        pairs[name] = text
+    return pairs
+
+
+def status_from(values: Mapping[str, Any]) -> ServiceStatus:
+    """The status snapshot from the status variables' values, by browse name."""
+    return ServiceStatus(
+        cell=_text(values.get("Cell")),
+        state=_text(values.get("State")),
+        mode=_text(values.get("Mode")),
+        legal=_texts(values.get("LegalCommands")),
+        security=_text(values.get("Security")),
+        batch=_text(values.get("BatchId")),
+        recipe=_text(values.get("Recipe")),
+        recipe_version=_number(values.get("RecipeVersion")),
+        recipe_sha256=_text(values.get("RecipeSha256")),
+        parameters=_pairs(values.get("Parameters")),
+        step=_text(values.get("CurrentStep")),
+        produced=_number(values.get("Produced")),
+        rejected=_number(values.get("Rejected")),
+        stop_reason=_text(values.get("StopReason")),
+        trips=_texts(values.get("ActiveTrips")),
+        prompt=parse_prompt(_text(values.get("Prompt"))),
+        paused=_text(values.get("Paused")),
+        breakpoints=_texts(values.get("Breakpoints")),
+        forced=_pairs(values.get("Forced")),
+        recipes=_texts(values.get("Recipes")),
+    )
+
+
+def _variant(arg: str | Sequence[str]) -> ua.Variant:
+    """A method argument as the String (or String[]) the method declares: an empty list
+    would otherwise go as Null and be refused as a type mismatch."""
+    if isinstance(arg, str):
+        return ua.Variant(arg, ua.VariantType.String)
+    return ua.Variant(list(arg), ua.VariantType.String, is_array=True)
+
+
+def _name_of(err: UaStatusCodeError) -> str:
+    return status_name(status_code(err.code))
+
+
+# -- the session -------------------------------------------------------------------------------
+
+#: What subscribe_status hands its callback: the status now, and the states passed through
+#: since the last call (oldest first), the one now included when it changed.
+StatusCallback = Callable[[ServiceStatus, tuple[str, ...]], None]
+
+
+class RemoteCell:
+    """One session with a running `cellctl serve` (an async context manager).
+
+    `certdir` holding a client certificate (cellctl certs client) means Basic256Sha256
+    SignAndEncrypt; otherwise no security. `timeout` bounds the connect and every read; a
+    method call waits for the service's own answer (CALL_TIMEOUT).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        user: str | None = None,
+        password: str | None = None,
+        certdir: Path | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.user = user
+        self._password = password
+        self._certdir = certdir
+        self._timeout = timeout
+        self._client: Client | None = None
+        self._ns = 0
+        self._packml: Node | None = None
+        self._methods: dict[str, ua.NodeId] = {}
+        self._lost: asyncio.Event | None = None
+        self.secured = False
+
+    async def __aenter__(self) -> RemoteCell:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- connecting ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the session within `timeout` and find the service's namespace.
+
+        ServerUnreachable (exit 2), LoginRefused or CertificateRefused (exit 7), InsecureLogin
+        (exit 1: a password to another machine without a certificate is never sent)."""
+        client = Client(self.url, timeout=self._timeout)
+        client.session_timeout = SESSION_TIMEOUT_MS
+        self.secured = await self._secure(client)
+        if self.user is not None:
+            client.set_user(self.user)
+            client.set_password(self._password or "")
+        try:
+            async with asyncio.timeout(self._timeout):
+                await client.connect()
+        except BaseException as err:
+            client.disconnect_socket()  # a connect cut short leaves its socket open
+            raise self._connect_error(err) from err
+        self._client = client
+        self._lost = asyncio.Event()
+        lost = self._lost
+
+        async def on_lost(_exc: Exception) -> None:
+            lost.set()
+
+        client.connection_lost_callback = on_lost
+        try:
+            async with asyncio.timeout(self._timeout):
+                self._ns = await client.get_namespace_index(NAMESPACE)
+        except ValueError as err:
+            await self.close()
+            raise ServerUnreachable(
+                self.url, f"not a cellctl service (no namespace {NAMESPACE})"
+            ) from err
+        except BaseException as err:
+            await self.close()
+            raise self._request_error(err, "reading the namespaces") from err
+
+    async def _secure(self, client: Client) -> bool:
+        """Set up SignAndEncrypt when the certificate folder holds a client certificate; True
+        then. A password to another machine without it: InsecureLogin."""
+        secured = False
+        if self._certdir is not None:
+            from cellctl.service.certs import CertDir, client_security
+
+            certs = CertDir(self._certdir)
+            if certs.client_cert.is_file():
+                await client_security(client, certs)
+                secured = True
+        host = urlparse(self.url).hostname or ""
+        if self.user is not None and not secured and not is_loopback(host):
+            raise InsecureLogin(self.url, self.user)
+        return secured
+
+    def _connect_error(self, err: BaseException) -> CellctlError | BaseException:
+        """The error a failed connect ends in, for a person to act on."""
+        if isinstance(err, TimeoutError):
+            return ServerUnreachable(self.url, f"no answer within {self._timeout:g} s")
+        if isinstance(err, ConnectionRefusedError):
+            return ServerUnreachable(self.url, "connection refused: is `cellctl serve` running?")
+        if isinstance(err, OSError):
+            return ServerUnreachable(self.url, f"cannot connect: {err.strerror or err}")
+        if isinstance(err, UaStatusCodeError):
+            name = _name_of(err)
+            if name in _LOGIN_REFUSALS:
+                who = f"user {self.user!r}" if self.user else "anonymous access"
+                return LoginRefused(
+                    self.url, self.user, f"{self.url} refused the login ({who}): {name}"
+                )
+            if name.startswith("BadCertificate") or name == "BadSecurityChecksFailed":
+                return CertificateRefused(
+                    self.url,
+                    self.user,
+                    f"{self.url} refused this client's certificate ({name}): ask the "
+                    "server's admin to run `cellctl certs trust FILE` with your "
+                    "client-cert.der",
+                )
+            return ServerUnreachable(self.url, f"the server refused the session: {name}")
+        if isinstance(err, UaError) and str(err).startswith("No matching endpoints"):
+            return LoginRefused(
+                self.url,
+                self.user,
+                f"{self.url} accepts only secured connections: pass --certs DIR with a client "
+                "certificate (cellctl certs client NAME)",
+            )
+        if isinstance(err, UaError):
+            return ServerUnreachable(self.url, f"the session could not be opened: {err}")
+        return err
+
+    async def close(self) -> None:
+        """Close the session (bounded: a server that is gone does not hold the CLI)."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.connection_lost_callback = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                await client.disconnect()
+        except (TimeoutError, OSError, UaError) as err:
+            log.debug("closing the session with %s: %r", self.url, err)
+            client.disconnect_socket()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        """The asyncua client of the open session."""
+        if self._client is None:
+            raise ServerUnreachable(self.url, "not connected")
+        return self._client
+
+    def _node(self, name: str) -> Node:
+        return self.client.get_node(ua.NodeId(f"{PACKML}.{name}", self._ns))
+
+    def _request_error(self, err: BaseException, what: str) -> CellctlError | BaseException:
+        """The error a request that did not get its answer ends in."""
+        if isinstance(err, TimeoutError):
+            return ServerUnreachable(self.url, f"{what}: no answer within {self._timeout:g} s")
+        if isinstance(err, OSError):
+            return ServerUnreachable(self.url, f"{what}: connection lost ({err})")
+        if isinstance(err, UaStatusCodeError):
+            name = _name_of(err)
+            if name in _COMMUNICATION:
+                return ServerUnreachable(self.url, f"{what}: {name}")
+            return ServiceFailed(self.url, what, name)
+        if isinstance(err, UaError):
+            return ServerUnreachable(self.url, f"{what}: {err}")
+        return err
+
+    async def status(self) -> ServiceStatus:
+        """Every status variable read in one request, as a ServiceStatus."""
+        names = list(STATUS_VARIABLES)
+        try:
+            async with asyncio.timeout(self._timeout):
+                answers = await self.client.read_attributes([self._node(n) for n in names])
+        except BaseException as err:
+            raise self._request_error(err, "reading the status") from err
+        values: dict[str, Any] = {}
+        for name, answer in zip(names, answers, strict=True):
+            status = status_name(answer.StatusCode) if answer.StatusCode is not None else "Good"
+            if status == "BadNodeIdUnknown":
+                raise ServerUnreachable(
+                    self.url, f"not a cellctl service, or another version (no {PACKML}.{name})"
+                )
+            if status.startswith("Bad"):
+                raise ServiceFailed(self.url, f"reading {PACKML}.{name}", status)
+            values[name] = answer.Value.Value if answer.Value is not None else None
+        return status_from(values)
+
+    async def call(self, method: str, *args: str | Sequence[str]) -> str:
+        """Call a METHODS entry with its arguments (texts; a list for Parameters); its Result.
+
+        A refusal raises CommandRefused (state, role: exit 7) or BadRemoteInput (exit 1)
+        with the reason the service gave; a lost connection ServerUnreachable (exit 2);
+        any other status ServiceFailed (exit 4)."""
+        inputs, _action = METHODS[method]
+        if len(args) != len(inputs):
+            raise TypeError(f"{method} takes {len(inputs)} arguments ({', '.join(inputs)})")
+        method_id = await self._method_id(method)
+        client = self.client
+        assert self._packml is not None
+        # asyncua has one request timeout per connection: a call gets the longer one.
+        protocol = client.uaclient.protocol
+        saved = protocol.timeout
+        protocol.timeout = CALL_TIMEOUT
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT + 1):
+                result = await self._packml.call_method(method_id, *map(_variant, args))
+        except UaStatusCodeError as err:
+            raise await self._refusal(method, _name_of(err)) from err
+        except BaseException as err:
+            raise self._request_error(err, f"calling {method}") from err
+        finally:
+            protocol.timeout = saved
+        return _text(result)
+
+    async def _refusal(self, method: str, status: str) -> CellctlError:
+        """The error of a call answered `status`, with this session's LastRefusal text."""
+        if status in _COMMUNICATION:
+            return ServerUnreachable(self.url, f"calling {method}: {status}")
+        try:
+            async with asyncio.timeout(self._timeout):
+                reason = _text(await self._node("LastRefusal").read_value())
+        except (TimeoutError, OSError, UaError) as err:
+            log.debug("reading LastRefusal after %s: %r", status, err)
+            reason = ""
+        if status in ("BadUserAccessDenied", "BadInvalidState"):
+            return CommandRefused(method, status, reason)
+        if status == "BadInvalidArgument":
+            return BadRemoteInput(method, reason)
+        return ServiceFailed(self.url, f"calling {method}", status, reason)
+
+    async def _method_id(self, method: str) -> ua.NodeId:
+        """The NodeId of a PackML method, found by browse name (browsed once a session)."""
+        if not self._methods:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    self._packml = await self._child(self.client.nodes.objects, PACKML)
+                    children = await self._packml.get_children_descriptions()
+            except CellctlError:
+                raise
+            except BaseException as err:
+                raise self._request_error(err, f"browsing {PACKML}") from err
+            for child in children:
+                if child.NodeClass == ua.NodeClass.Method:
+                    self._methods.setdefault(child.BrowseName.Name, child.NodeId)
+        try:
+            return self._methods[method]
+        except KeyError:
+            raise ServerUnreachable(
+                self.url, f"not a cellctl service, or another version (no method {method})"
+            ) from None
+
+    async def _child(self, parent: Node, name: str) -> Node:
+        """The child of `parent` browsed as `name`, in the service's namespace if several."""
+        found = [
+            ref
+            for ref in await parent.get_children_descriptions()
+            if ref.BrowseName.Name == name
+        ]
+        if not found:
+            raise ServerUnreachable(self.url, f"not a cellctl service (no {name} object)")
+        found.sort(key=lambda ref: ref.BrowseName.NamespaceIndex != self._ns)
+        return self.client.get_node(found[0].NodeId)
+
+    # -- watching ----------------------------------------------------------------------------
+
+    async def subscribe_status(self, callback: StatusCallback) -> None:
+        """Call `callback` with the status now, then again after each batch of changes the
+        service publishes, until cancelled; ServerUnreachable when the service goes away."""
+        client = self.client
+        names = [n for n in STATUS_VARIABLES if n != "LastRefusal"]
+        try:
+            async with asyncio.timeout(self._timeout):
+                subscription: Subscription = await client.create_subscription(PUBLISHING_MS)
+                state_node = self._node("State")
+                await subscription.subscribe_data_change(
+                    state_node, queuesize=STATE_QUEUE, sampling_interval=SAMPLING_MS
+                )
+                others = [self._node(n) for n in names if n != "State"]
+                await subscription.subscribe_data_change(others, sampling_interval=SAMPLING_MS)
+        except BaseException as err:
+            raise self._request_error(err, "subscribing to the status") from err
+        try:
+            last = await self.status()
+            callback(last, ())
+            while True:
+                batch = await self._next_batch(subscription)
+                states: list[str] = []
+                for event in batch:
+                    if isinstance(event, DataChangeEvent) and event.node == state_node:
+                        state = _text(event.value)
+                        if state != (states[-1] if states else last.state):
+                            states.append(state)
+                last = await self.status()
+                if states and states[-1] != last.state:
+                    states.append(last.state)
+                callback(last, tuple(states))
+        finally:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._timeout):
+                    await subscription.delete()
+
+    async def _next_batch(self, subscription: Subscription) -> list[Any]:
+        """The notifications of the next publication (all that are queued once one came);
+        ServerUnreachable when the connection was lost."""
+        assert self._lost is not None
+        lost = asyncio.ensure_future(self._lost.wait())
+        first = asyncio.ensure_future(subscription.next_event())
+        try:
+            await asyncio.wait({lost, first}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not first.done():
+                first.cancel()
+        if not first.done() or first.cancelled():
+            raise ServerUnreachable(self.url, "the service went away")
+        batch = [first.result()]
+        # One publication is queued at once: what is there now belongs to it.
+        while True:
+            event = await subscription.next_event(timeout=0)
+            if event is None:
+                break
+            batch.append(event)
+        for event in batch:
+            if isinstance(event, StatusChangeEvent):
+                raise ServerUnreachable(
+                    self.url, f"the service went away ({status_name(event.notification.Status)})"
+                )
+        return batch
