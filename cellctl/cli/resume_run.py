@@ -21,20 +21,19 @@ from cellctl import exitcodes
 from cellctl.cli.batch import BatchRun
 from cellctl.cli.prepare import Prepared, RunOptions, prepare
 from cellctl.cli.views.summary import BatchIdentity, stays_held_text
+from cellctl.control.batch_record import reopen_record
 from cellctl.control.commands import OperatorCommand, Refused
 from cellctl.control.controller import Controller
 from cellctl.control.events import BatchEnded, Event, Notice
 from cellctl.control.journal.location import default_journal_path, journal_option
 from cellctl.control.journal.record import find_batch, parse_at
-from cellctl.control.journal.recorder import BatchRecorder, file_sha256, os_user, process_fields
-from cellctl.control.journal.rows import JournalRow, Kind, canonical_json, format_at
-from cellctl.control.journal.store import JournalUnavailable, NewRow, SqliteStore
-from cellctl.control.journal.writer import JournalWriter
+from cellctl.control.journal.recorder import BatchRecorder, file_sha256, os_user
+from cellctl.control.journal.rows import JournalRow, Kind
+from cellctl.control.journal.store import JournalUnavailable, SqliteStore
 from cellctl.control.machine import Command, State
 from cellctl.control.operator import FailureChoice
 from cellctl.control.parts import recorded_start
 from cellctl.control.resume import (
-    RESUMED,
     NoUnfinishedBatch,
     ResumePoint,
     ResumeRefused,
@@ -202,8 +201,7 @@ class ResumeRun(BatchRun):
         self.found = found
         self.point = point
         self.choice = choice
-        self._intents_before = sum(1 for row in rows if row.kind == Kind.INTENT)
-        self._calls_before = sum(1 for row in rows if row.kind == Kind.CALL_INTENT)
+        self._rows = rows
         #: When the batch started (its first row), not when it was taken up: the summary's start.
         self._batch_start = parse_at(rows[0].at) if rows else time.time()
         #: The choice was submitted (accepted or refused): Held from then on ends the run.
@@ -262,32 +260,15 @@ class ResumeRun(BatchRun):
         """The journal opened and the `resumed` notice row on disk (nothing else has happened
         yet); the same batch id, intent ids numbered on after the ones before the crash."""
         path, point = self.journal, self.point
-        user = os_user()
-        operator = self.options.operator or user
-        body = {
-            "text": f"resumed by {operator}: taken up Held "
-            f"{point.describe(self.prepared.loaded.recipe)}",
-            "level": "warning",
-            RESUMED: True,
-            "operator": operator,
-            **process_fields(user),
-            "choice": self.choice,
-            "point": point.to_json(),
-        }
-        store = SqliteStore(path, create=False)
-        try:
-            row = NewRow(point.batch, format_at(time.time()), Kind.NOTICE, canonical_json(body))
-            store.append([row])
-        except BaseException:
-            store.close()
-            raise
-        writer = JournalWriter(store, on_failure=self._journal_failed)
-        # Intent ids go on from the batch's last ones: "w3" or "c2" names one in the record.
-        self.recorder = BatchRecorder(
-            writer,
-            point.batch,
-            intents_before=self._intents_before,
-            calls_before=self._calls_before,
+        operator = self.options.operator or os_user()
+        self.recorder = reopen_record(
+            path,
+            point,
+            self.prepared.loaded.recipe,
+            self._rows,
+            operator=operator,
+            choice=self.choice,
+            on_failure=self._journal_failed,
         )
         parameters = dict(self.prepared.parameters)
         self.identity = BatchIdentity(point.batch, path, parameters, operator, self._batch_start)

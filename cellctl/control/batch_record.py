@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,13 @@ from cellctl.control.journal.recorder import (
     os_user,
     process_fields,
 )
-from cellctl.control.journal.rows import JournalRow, Kind
-from cellctl.control.journal.store import JournalStore, JournalUnavailable
+from cellctl.control.journal.rows import JournalRow, Kind, canonical_json, format_at
+from cellctl.control.journal.store import JournalStore, JournalUnavailable, NewRow, SqliteStore
 from cellctl.control.journal.writer import JournalWriter
 from cellctl.control.machine import Mode
 from cellctl.control.parts import PartsCount, read_count
-from cellctl.control.resume import refuse_unfinished
-from cellctl.recipe import LoadedRecipe
+from cellctl.control.resume import RESUMED, ResumePoint, refuse_unfinished
+from cellctl.recipe import LoadedRecipe, Recipe
 from drivers.base import Value
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "hold_on_failure",
     "parts_count",
     "parts_fields",
+    "reopen_record",
     "start_record",
 ]
 
@@ -163,3 +165,42 @@ async def count_start(
     # A journal that fails: the writer's on_failure holds the batch, the summary says so.
     with contextlib.suppress(JournalUnavailable):
         await recorder.writer.durable(recorder.batch, Kind.NOTICE, parts.start_body())
+
+
+def reopen_record(
+    path: Path,
+    point: ResumePoint,
+    recipe: Recipe,
+    rows: Sequence[JournalRow],
+    *,
+    operator: str,
+    choice: str | None,
+    on_failure: Callable[[str], None],
+) -> BatchRecorder:
+    """A crashed batch's record taken up: the `resumed` notice row on disk (who, from which
+    process, where the batch stands), and its recorder, whose intent ids go on from the ones
+    before the crash ("w3" or "c2" names one in the record)."""
+    user = os_user()
+    body = {
+        "text": f"resumed by {operator}: taken up Held {point.describe(recipe)}",
+        "level": "warning",
+        RESUMED: True,
+        "operator": operator,
+        **process_fields(user),
+        "choice": choice,
+        "point": point.to_json(),
+    }
+    store = SqliteStore(path, create=False)
+    try:
+        row = NewRow(point.batch, format_at(time.time()), Kind.NOTICE, canonical_json(body))
+        store.append([row])
+    except BaseException:
+        store.close()
+        raise
+    writer = JournalWriter(store, on_failure=on_failure)
+    return BatchRecorder(
+        writer,
+        point.batch,
+        intents_before=sum(1 for row in rows if row.kind == Kind.INTENT),
+        calls_before=sum(1 for row in rows if row.kind == Kind.CALL_INTENT),
+    )

@@ -99,6 +99,8 @@ class ServedBatch:
     stop_reason: str = ""
     #: The record's end (batch_ended on disk), once the batch ended.
     finishing: asyncio.Task[None] | None = None
+    #: Taken up after a crash: its controller's resume_batch says when it ended.
+    resumed: bool = False
 
 
 @dataclass
@@ -147,6 +149,8 @@ class CellService:
         self._unlisten: Callable[[], None] | None = None
         self._record: JournalWriter | None = None
         self._lock = asyncio.Lock()  # one request carried out at a time
+        #: What close() found unconfirmed, once it has run (it runs once).
+        self.closed: dict[str, str] | None = None
 
     # -- life ------------------------------------------------------------------------------
 
@@ -169,6 +173,8 @@ class CellService:
     async def close(self) -> dict[str, str]:
         """Stop the batch that runs (as `run` stops on SIGTERM), wait for its end and for the
         safe state to be confirmed (at most safe_wait), close everything; what is unconfirmed."""
+        if self.closed is not None:
+            return self.closed
         unconfirmed: dict[str, str] = {}
         served = self.served
         if served is not None:
@@ -204,6 +210,7 @@ class CellService:
             self._note(Kind.NOTICE, {"text": "service stopped", "unconfirmed": unconfirmed})
             with contextlib.suppress(JournalUnavailable):
                 await asyncio.to_thread(self._record.close)
+        self.closed = unconfirmed
         return unconfirmed
 
     def _waiting(self, tags: list[str]) -> None:
@@ -454,7 +461,8 @@ class CellService:
             faults=tuple(controller.faults),
             cause=(served.stop_reason or controller.cause) if failed else None,
         )
-        controller.emit(ended)
+        if not served.resumed:  # resume_batch emits its own
+            controller.emit(ended)
         served.ended = ended
         code = exitcodes.OK if not failed else exitcodes.BATCH_NOT_COMPLETE
         await end_record(served.recorder, ended, code, served.parts)
@@ -701,12 +709,9 @@ class CellService:
         parameters: dict[str, Value],
         state: State,
     ) -> ServedBatch:
+        """A new batch: its record started (batch_started on disk), its controller opened in
+        the state the cell is in."""
         holder: list[ServedBatch] = []
-
-        def journal_failed(reason: str) -> None:
-            if holder:
-                hold_on_failure(holder[0].controller, holder[0].recorder, reason)
-
         recorder = await asyncio.to_thread(
             start_record,
             self.options.journal,
@@ -716,9 +721,29 @@ class CellService:
             mode=self.mode,
             sim=self.options.sim,
             open_store=SqliteStore,
-            on_failure=journal_failed,
+            on_failure=lambda reason: self.journal_failed(holder, reason),
         )
-        operator = RemoteOperator(caller.name, self._changed)
+        served = self.make_served(loaded, parameters, recorder, caller.name, state)
+        holder.append(served)
+        self.served = served
+        await served.controller.open()
+        return served
+
+    def journal_failed(self, holder: list[ServedBatch], reason: str) -> None:
+        """The batch's writer failed: the batch fails closed (Held with the safe state)."""
+        if holder:
+            hold_on_failure(holder[0].controller, holder[0].recorder, reason)
+
+    def make_served(
+        self,
+        loaded: LoadedRecipe,
+        parameters: dict[str, Value],
+        recorder: BatchRecorder,
+        operator_name: str | None,
+        state: State,
+    ) -> ServedBatch:
+        """A batch's controller (not opened yet) with its record, operator and listeners."""
+        operator = RemoteOperator(operator_name, self._changed)
         controller = Controller(
             loaded,
             parameters,
@@ -733,13 +758,25 @@ class CellService:
         controller.listeners.append(recorder.event)
         commands.heard.append(recorder.command)
         controller.listeners.append(self._event)
-        served = ServedBatch(
+        return ServedBatch(
             loaded, parameters, controller, recorder, operator, commands, parts_count(loaded)
         )
-        holder.append(served)
+
+    async def take_up(
+        self, served: ServedBatch, resume: Callable[[], Coroutine[Any, Any, Any]]
+    ) -> None:
+        """Put a batch taken up after a crash in charge (cellctl.service.resuming): the
+        standby ends, the controller opens, `resume()` runs in a task of the service."""
+        await self.standby.close()
+        served.resumed = True
         self.served = served
-        await controller.open()
-        return served
+        await served.controller.open()
+
+        async def resuming() -> None:
+            await resume()
+
+        self._spawn(resuming(), "the resumed batch")
+        self._changed()
 
     async def _retire(self, served: ServedBatch) -> None:
         """The batch gives the cell up: its controller closed, its record closed."""

@@ -61,7 +61,7 @@ async def serving(
     cell: Cell, options: ServiceOptions, *, sim: bool = False, speed: float = 1.0
 ) -> AsyncIterator[Serving]:
     """The service of `cell`, connected and open; on exit the batch stopped, the safe state
-    confirmed (its unconfirmed tags in `Serving.why`... see close()), everything closed."""
+    confirmed (CellService.close), everything closed."""
     async with (
         _served(cell, sim, speed) as connected,
         CellLock(
@@ -74,8 +74,11 @@ async def serving(
         try:
             async with Heartbeat(io, connected.heartbeat):
                 service = CellService(connected, io, options)
-                await service.open()
-                yield Serving(service, asyncio.Event(), [])
+                try:
+                    await service.open()
+                    yield Serving(service, asyncio.Event(), [])
+                finally:
+                    await service.close()  # once: until_stopped() may have closed it
         finally:
             await io.close()
 

@@ -30,7 +30,7 @@ class RecipeShelf:
         self.cell = cell
         self.folder = folder
 
-    def _files(self) -> dict[str, Path]:
+    def files(self) -> dict[str, Path]:
         """Each recipe name found in the folder and its file (the first file by name wins)."""
         found: dict[str, Path] = {}
         for pattern in PATTERNS:
@@ -43,7 +43,7 @@ class RecipeShelf:
     def names(self) -> list[str]:
         """The released recipes: those that validate now, by name."""
         released = []
-        for name, path in self._files().items():
+        for name, path in self.files().items():
             try:
                 self._load(path)
             except CellctlError as problem:
@@ -55,13 +55,18 @@ class RecipeShelf:
     def load(self, name: str) -> LoadedRecipe:
         """The recipe `name`, validated against the cell: UnknownRecipe, or ValidationFailed
         with the problems located as `validate` reports them."""
-        files = self._files()
+        files = self.files()
         path = files.get(name.strip())
         if path is None:
             known = ", ".join(sorted(files)) or "none"
             raise UnknownRecipe(
                 f"no recipe {name!r} in {self.folder}{did_you_mean(name, files)} (recipes: {known})"
             )
+        return self._load(path)
+
+    def load_file(self, path: Path) -> LoadedRecipe:
+        """A recipe file validated against the cell (a batch taken up after a crash runs the
+        file it ran, wherever it is)."""
         return self._load(path)
 
     def _load(self, path: Path) -> LoadedRecipe:

@@ -1,0 +1,246 @@
+"""`cellctl serve`: the cell's controller as a service on OPC UA (cellctl.service), and
+`serve --check`, which checks its whole configuration and exits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cellctl import exitcodes
+from cellctl.cli import consoles
+from cellctl.cli.app import app
+from cellctl.cli.audit import JournalOption, journal_path
+from cellctl.errors import BadValue, CellctlError
+
+if TYPE_CHECKING:
+    from cellctl.cell import Cell
+    from cellctl.service.certs import CertDir, ServerSecurity
+    from cellctl.service.users import UsersFile
+
+#: Where the service listens unless told: loopback, OPC UA's registered port.
+DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840"
+
+
+def endpoint_host_port(url: str) -> tuple[str, int]:
+    """The host and port of an opc.tcp URL; BadValue naming what is wrong."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "opc.tcp" or not parts.hostname or port is None:
+        raise BadValue(
+            f"--endpoint {url}: write opc.tcp://HOST:PORT (for example {DEFAULT_ENDPOINT})"
+        )
+    return parts.hostname, port
+
+
+def _users(path: Path | None) -> tuple[UsersFile | None, Path | None]:
+    """The users file: --users (which must exist), else the default one if it exists."""
+    from cellctl.service.users import default_users_path, load_users
+
+    if path is not None:
+        return load_users(path), path
+    default = default_users_path()
+    if default.exists():
+        return load_users(default), default
+    return None, None
+
+
+def _certs(path: Path | None) -> CertDir | None:
+    """The certificate directory: --certs, else the default one if it exists."""
+    from cellctl.service.certs import CertDir
+
+    if path is not None:
+        return CertDir(path)
+    default = CertDir.default()
+    return default if default.path.exists() else None
+
+
+class ServeSetup:
+    """Everything `serve` needs, checked before any device is touched."""
+
+    def __init__(
+        self,
+        cell_file: Path,
+        endpoint: str,
+        users: Path | None,
+        certs: Path | None,
+        recipes: Path | None,
+        journal: Path | None,
+    ) -> None:
+        from cellctl.cell import load_cell
+        from cellctl.service.certs import is_loopback, server_security
+
+        self.cell_file = cell_file
+        self.endpoint = endpoint
+        self.host, self.port = endpoint_host_port(endpoint)
+        self.cell: Cell = load_cell(cell_file)
+        self.recipes = recipes if recipes is not None else cell_file.parent
+        if not self.recipes.is_dir():
+            raise BadValue(f"--recipes {self.recipes}: not a folder")
+        self.users, self.users_file = _users(users)
+        self.loopback = is_loopback(self.host)
+        self.certdir = _certs(certs)
+        self.security: ServerSecurity = server_security(self.host, self.certdir)
+        self.journal = journal_path(journal)
+
+    def who_may(self) -> str:
+        """Who may do what, in one phrase (the banner, `status`)."""
+        if self.users is None:
+            return "no users file: every client on loopback has every role"
+        anonymous = "viewer" if self.users.anonymous == "viewer" else "refused"
+        return f"{len(self.users.users)} users in {self.users_file}; anonymous: {anonymous}"
+
+    def security_text(self) -> str:
+        """The Security variable's text: the channel and who may do what."""
+        return f"{self.security.describe()}; {self.who_may()}"
+
+
+def _check(setup: ServeSetup) -> int:
+    """`serve --check`: the cell, the recipes, users, certificates and journal, one line each."""
+    from cellctl.control.journal.store import SqliteStore
+    from cellctl.service.shelf import RecipeShelf
+
+    out = consoles.out
+    out.print(
+        f"cell: {setup.cell_file}: {setup.cell.cell}, {len(setup.cell.devices)} devices, "
+        f"{len(setup.cell.tags)} tags",
+        markup=False,
+        soft_wrap=True,
+    )
+    shelf = RecipeShelf(setup.cell, setup.recipes)
+    released = shelf.names()
+    problems = 0
+    out.print(
+        f"recipes: {setup.recipes}: released {', '.join(released) or 'none'}",
+        markup=False,
+        soft_wrap=True,
+    )
+    for name, path in shelf.files().items():  # those that did not validate: why
+        if name in released:
+            continue
+        try:
+            shelf.load(name)
+        except CellctlError as error:
+            problems += 1
+            out.print(
+                f"recipe {name} ({path}) is not released: {error}", markup=False, soft_wrap=True
+            )
+    out.print(f"users: {setup.who_may()}", markup=False, soft_wrap=True)
+    out.print(
+        f"endpoint: {setup.endpoint}; security: {setup.security.describe()}",
+        markup=False,
+        soft_wrap=True,
+    )
+    store = SqliteStore(setup.journal)  # JournalUnavailable (exit 6) names why it cannot be
+    store.close()
+    out.print(f"journal: {setup.journal}: writable", markup=False, soft_wrap=True)
+    if problems:
+        out.print(f"{problems} recipe(s) not released", markup=False)
+        return exitcodes.BAD_INPUT
+    out.print("configuration ok", markup=False)
+    return exitcodes.OK
+
+
+@app.command()
+def serve(
+    cell: Annotated[Path, typer.Argument(metavar="CELL", help="the cell file")],
+    sim: Annotated[
+        bool, typer.Option("--sim", help="serve the cell's devices on simulators")
+    ] = False,
+    speed: Annotated[
+        float, typer.Option("--speed", metavar="F", min=0.01, help="simulators' speed-up (--sim)")
+    ] = 1.0,
+    endpoint: Annotated[
+        str, typer.Option("--endpoint", metavar="URL", help=f"where to listen ({DEFAULT_ENDPOINT})")
+    ] = DEFAULT_ENDPOINT,
+    users: Annotated[
+        Path | None, typer.Option("--users", metavar="FILE", help="the users file")
+    ] = None,
+    certs: Annotated[
+        Path | None, typer.Option("--certs", metavar="DIR", help="certificates and trust list")
+    ] = None,
+    recipes: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipes", metavar="DIR", help="released recipes (default: the cell's folder)"
+        ),
+    ] = None,
+    safe_wait: Annotated[
+        float,
+        typer.Option(
+            "--safe-wait", metavar="S", min=0, help="seconds a stop waits for the safe state"
+        ),
+    ] = 300.0,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="check the configuration (cell, users, certificates, journal) and exit"
+        ),
+    ] = False,
+    journal: JournalOption = None,
+) -> int:
+    """Serve the cell's controller on OPC UA: batches one after another, driven by clients."""
+    setup = ServeSetup(cell, endpoint, users, certs, recipes, journal)
+    if check:
+        return _check(setup)
+    import asyncio
+
+    from cellctl.cli.run_commands import check_speed
+
+    check_speed(speed, sim)
+    code = asyncio.run(_serve(setup, sim=sim, speed=speed, safe_wait=safe_wait))
+    raise typer.Exit(code)
+
+
+async def _serve(setup: ServeSetup, *, sim: bool, speed: float, safe_wait: float) -> int:
+    """Connect, serve until SIGTERM or SIGINT, stop the batch, confirm the safe state; the
+    exit code (5 naming what is unconfirmed)."""
+    from cellctl.cli.batch import SafeStateUnconfirmed
+    from cellctl.service.core import ServiceOptions
+    from cellctl.service.opcua_thread import SurfaceThread
+    from cellctl.service.resuming import resume_unfinished
+    from cellctl.service.runner import serving, until_stopped
+    from cellctl.service.users import Authenticator, LoginGuard
+
+    options = ServiceOptions(
+        journal=setup.journal,
+        recipes=setup.recipes,
+        security=setup.security_text(),
+        sim=sim,
+        safe_wait=safe_wait,
+    )
+    authenticator = Authenticator(setup.users, setup.loopback, LoginGuard())
+    async with serving(setup.cell, options, sim=sim, speed=speed) as served:
+        taken_up = await resume_unfinished(served.service)  # CannotTakeUp: exit 1
+        if taken_up is not None:
+            consoles.out.print(taken_up, markup=False, soft_wrap=True)
+        surface = SurfaceThread(
+            served.service,
+            setup.endpoint,
+            setup.security,
+            authenticator.login,
+            on_failure=lambda error: served.end(f"the OPC UA server failed: {error}"),
+        )
+        url = await surface.start()
+        consoles.out.print(
+            f"serving cell {setup.cell.cell} on {url}\nsecurity: {setup.security_text()}",
+            markup=False,
+            soft_wrap=True,
+        )
+        if setup.loopback and setup.users is None:
+            consoles.out.print(
+                "development mode: loopback only, no users file: every client has every role",
+                markup=False,
+                soft_wrap=True,
+            )
+        unconfirmed = await until_stopped(served, [surface.stop])
+    if unconfirmed:
+        raise SafeStateUnconfirmed(unconfirmed, "when the service stopped")
+    consoles.out.print("service stopped; safe state confirmed", markup=False)
+    return exitcodes.OK
