@@ -13,14 +13,13 @@ from cellctl.cli import consoles
 from cellctl.cli.app import app
 from cellctl.cli.audit import JournalOption, journal_path
 from cellctl.errors import BadValue, CellctlError
+from cellctl.service.defaults import DEFAULT_ENDPOINT
 
 if TYPE_CHECKING:
     from cellctl.cell import Cell
     from cellctl.service.certs import CertDir, ServerSecurity
     from cellctl.service.users import UsersFile
 
-#: Where the service listens unless told: loopback, OPC UA's registered port.
-DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840"
 
 
 def endpoint_host_port(url: str) -> tuple[str, int]:

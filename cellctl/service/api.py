@@ -15,6 +15,7 @@ from typing import Protocol
 
 from cellctl.cell import Cell
 from cellctl.control.machine import Command, Mode
+from cellctl.service.defaults import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
 from cellctl.values import TagValue
 
 # -- roles -----------------------------------------------------------------------------------
@@ -312,3 +313,4 @@ class Backend(Protocol):
     def security_refused(self, what: str, who: str, peer: str, reason: str) -> None:
         """Record a refused login or certificate (`what`: login, certificate)."""
         ...
+
