@@ -433,7 +433,8 @@ class CellService:
         ):
             served.step = ""
         elif isinstance(event, StateChanged) and served is not None:
-            if event.target in (State.HOLDING, State.STOPPING, State.ABORTING):
+            taken_up = event.target is State.HELD and event.source is State.STOPPED  # resumed
+            if event.target in (State.HOLDING, State.STOPPING, State.ABORTING) or taken_up:
                 served.stop_reason = event.cause or ""
             if (
                 event.target in END_STATES
