@@ -112,6 +112,15 @@ certs_app = _App(
 )
 app.add_typer(certs_app)
 
+#: `cellctl break add|rm ID`: breakpoints of a running service; commands in cellctl.cli.remote.
+break_app = _App(
+    cls=_Group,
+    name="break",
+    help="Set or clear a breakpoint before a step of the running service's batch.",
+    no_args_is_help=True,
+)
+app.add_typer(break_app)
+
 
 def _version(value: bool) -> None:
     if value:
