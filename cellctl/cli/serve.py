@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from cellctl.service.users import UsersFile
 
 
-
 def endpoint_host_port(url: str) -> tuple[str, int]:
     """The host and port of an opc.tcp URL; BadValue naming what is wrong."""
     from urllib.parse import urlsplit
@@ -85,7 +84,13 @@ class ServeSetup:
         self.users, self.users_file = _users(users)
         self.loopback = is_loopback(self.host)
         self.certdir = _certs(certs)
-        self.security: ServerSecurity = server_security(self.host, self.certdir)
+        try:
+            self.security: ServerSecurity = server_security(self.host, self.certdir)
+        except CellctlError as refused:  # on record in the log: the journal is not open yet
+            import logging
+
+            logging.getLogger("cellctl.service").error("serve refused to start: %s", refused)
+            raise
         self.journal = journal_path(journal)
 
     def who_may(self) -> str:
