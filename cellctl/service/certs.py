@@ -16,6 +16,7 @@ import os
 import re
 import socket
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,16 @@ from asyncua.crypto.cert_gen import (
     generate_private_key,
     generate_self_signed_app_certificate,
 )
-from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from asyncua.crypto.security_policies import (
+    SECURITY_POLICY_TYPE_MAP,
+    SecurityPolicyBasic256Sha256,
+    SecurityPolicyFactory,
+)
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from asyncua.server.server import Server
+from asyncua.server.user_managers import PermissiveUserManager, UserManager
+from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,6 +48,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from cellctl import exitcodes
 from cellctl.errors import CellctlError
+from drivers.config import is_loopback
 from drivers.opcua.security import certificate_uri, fingerprint_text
 from drivers.opcua_types import status_code, status_name
 
@@ -368,18 +376,6 @@ def trusted_certificates(certdir: CertDir) -> list[CertInfo]:
 # -- the server's channel security -------------------------------------------------------------
 
 
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost; any other address or name (0.0.0.0 and ''
-    listen everywhere) is not."""
-    host = host.strip().strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name: it may resolve to anything
-
-
 #: on_untrusted(subject or thumbprint, reason): told of each refused client certificate.
 OnUntrusted = Callable[[str, str], None]
 
@@ -416,16 +412,18 @@ class ServerSecurity:
 
     async def apply(self, server: Server, on_untrusted: OnUntrusted) -> None:
         """Set the server's policies and, when secured, its certificate, key, application URI
-        and a validator trusting only the trust directory. Call after `init()` and before any
-        namespace is registered (the application URI is namespace 1).
+        and the trust directory's checks (see `TrustGuard`). Call after `init()`, after the
+        user manager is set and before any namespace is registered (the application URI is
+        namespace 1).
 
-        A refused client certificate calls `on_untrusted(subject, reason)` on the server's loop
-        and is still refused: the client gets BadCertificateUntrusted (or the other Bad status
-        that says why).
+        A refused client calls `on_untrusted(subject, reason)` on the server's loop and is
+        still refused: a client presenting an untrusted certificate gets
+        BadCertificateUntrusted (or the Bad status that says why).
         """
         server.set_security_policy(self.policies)
         if not self.secured:
             return
+        guard = TrustGuard(self.certdir, on_untrusted, sessions_without_security=self.offers_none)
         await server.load_certificate(str(self.certdir.server_cert))
         await server.load_private_key(str(self.certdir.server_key))
         uri = certificate_uri(read_certificate(self.certdir.server_cert)) or SERVER_URI
@@ -436,7 +434,19 @@ class ServerSecurity:
             if len(namespaces) > 2:
                 raise RuntimeError("apply() must run before any namespace is registered")
             await server.set_application_uri(uri)
-        server.set_certificate_validator(TrustDirValidator(self.certdir, on_untrusted))
+        policy, mode, _ = SECURITY_POLICY_TYPE_MAP[_SECURE]
+        secured = SecurityPolicyFactory(  # type: ignore[no-untyped-call]
+            policy,
+            mode,
+            server.iserver.certificate,
+            server.iserver.private_key,
+            permission_ruleset=getattr(server, "_permission_ruleset", None),
+        )
+        # Ahead of the factory asyncua makes at start: the first that matches is used.
+        _policy_factories(server).insert(0, _RecordingFactory(secured))
+        server.set_certificate_validator(guard.validate)
+        users = server.iserver.user_manager or PermissiveUserManager()
+        server.iserver.set_user_manager(_TrustedChannelsOnly(users, guard))
 
 
 def server_security(endpoint_host: str, certdir: CertDir | None) -> ServerSecurity:
@@ -449,7 +459,7 @@ def server_security(endpoint_host: str, certdir: CertDir | None) -> ServerSecuri
     a file is there but unusable.
     """
     certdir = certdir if certdir is not None else CertDir.default()
-    loopback = is_loopback(endpoint_host)
+    loopback = is_loopback(endpoint_host.strip())
     pair = certdir.server_cert.exists() and certdir.server_key.exists()
     if loopback and not pair:
         return ServerSecurity(endpoint_host, True, certdir, secured=False)
@@ -514,6 +524,20 @@ def _rsa_public(cert: x509.Certificate) -> rsa.RSAPublicKey:
     return public
 
 
+# -- the trust directory's checks on a running server ---------------------------------------------
+#
+# asyncua 2.1 checks a client certificate once, at CreateSession, and only the certificate the
+# CreateSession request names, when it names one; the secure channel's own certificate (the
+# one ActivateSession's signature is verified with) is never checked. A client could open a
+# channel with an untrusted certificate and name a trusted one (public) in CreateSession, or
+# none. So the channel's certificate is recorded when the channel opens (in the connection's
+# own task, whose context every later request of that connection runs in), and checked
+# again at ActivateSession, where asyncua always asks the user manager. There too a session on
+# a channel without security is refused where none is offered: asyncua 2.1 opens one anyway.
+
+#: The certificate the current connection's secure channel was opened with (DER), if any.
+_CHANNEL_CERT: ContextVar[bytes | None] = ContextVar("_CHANNEL_CERT", default=None)
+
 # What a refused client is told in the record, by the status asyncua's validator raised.
 _REFUSALS = {
     "BadCertificateUntrusted": "not in the trust list {trusted} (trust it there: cellctl certs "
@@ -523,30 +547,40 @@ _REFUSALS = {
     "BadCertificateUseNotAllowed": "not a client certificate (key usage)",
     "BadCertificateRevoked": "revoked",
     "BadCertificateInvalid": "malformed (a required extension is missing)",
+    "BadSecurityChecksFailed": "its secure channel was opened with another certificate than "
+    "the one it named",
 }
 
 
-class TrustDirValidator:
-    """asyncua's certificate validator over the trust directory (TrustStore and
-    CertificateValidator with TRUSTED_VALIDATION | PEER_CLIENT), reloaded when the directory
-    changes (a certificate trusted while the server runs counts from the next session), that
-    tells `on_untrusted` of every refusal before asyncua refuses the session."""
+class _FolderTrustStore(TrustStore):
+    """asyncua's TrustStore, filled from certificates already read (its own `load` is async and
+    fails on the first unreadable file)."""
 
-    def __init__(self, certdir: CertDir, on_untrusted: OnUntrusted) -> None:
-        self._certdir = certdir
+    def fill(self, certs: list[x509.Certificate]) -> None:
+        """Trust exactly `certs` (none: trust nobody, as an unloaded store does)."""
+        # TrustStore keeps its store here; cryptography refuses to build an empty one.
+        self._trust_store = x509.verification.Store(certs) if certs else None
+
+
+class TrustGuard:
+    """The trust directory's checks on a running server: asyncua's CertificateValidator
+    (TRUSTED_VALIDATION | PEER_CLIENT) over a TrustStore of the folder, reloaded whenever the
+    folder changes (a certificate trusted while the server runs counts from the next
+    connection); every refusal is told to `on_untrusted` before the client is refused."""
+
+    def __init__(
+        self, certdir: CertDir, on_untrusted: OnUntrusted, *, sessions_without_security: bool
+    ) -> None:
+        self.certdir = certdir
+        self._without_security = sessions_without_security
         self._on_untrusted = on_untrusted
         self._seen: tuple[tuple[str, int, int], ...] | None = None
-        self._validator = self._build(TrustStore([certdir.trusted_dir], []))
-
-    @staticmethod
-    def _build(store: TrustStore) -> CertificateValidator:
-        options = CertificateValidatorOptions.TRUSTED_VALIDATION
-        return CertificateValidator(options | CertificateValidatorOptions.PEER_CLIENT, store)
+        self._store = _FolderTrustStore([certdir.trusted_dir], [])
 
     def _listing(self) -> tuple[tuple[str, int, int], ...]:
         """What identifies the folder's contents: each trust file's name, mtime and size."""
         listing = []
-        for path in _trust_files(self._certdir.trusted_dir):
+        for path in _trust_files(self.certdir.trusted_dir):
             try:
                 stat = path.stat()
             except OSError:
@@ -554,41 +588,131 @@ class TrustDirValidator:
             listing.append((path.name, stat.st_mtime_ns, stat.st_size))
         return tuple(listing)
 
-    async def _current(self) -> CertificateValidator:
-        """The validator over the folder as it is now (reloaded when it changed)."""
+    def store(self) -> TrustStore:
+        """The trust store of the folder as it is now (read again when it changed)."""
         listing = self._listing()
-        if listing == self._seen:
-            return self._validator
-        store = TrustStore([self._certdir.trusted_dir], [])
-        # cryptography refuses an empty store: without certificates it stays unloaded, and
-        # an unloaded store trusts nobody.
-        if listing:
+        if listing != self._seen:
+            store = _FolderTrustStore([self.certdir.trusted_dir], [])
             try:
-                await store.load()
-            except (OSError, ValueError) as err:
+                folder = self.certdir.trusted_dir
+                store.fill([read_certificate(folder / name) for name, _, _ in listing])
+            except CertificateError as err:
                 # Fail closed: a folder that cannot be read trusts nobody until it is fixed.
-                log.error("trust directory %s unreadable, trusting nobody: %s", store, err)
-                store = TrustStore([self._certdir.trusted_dir], [])
-        self._validator = self._build(store)
-        self._seen = listing
-        return self._validator
+                log.error("trusting no client certificate until this is fixed: %s", err)
+            self._store, self._seen = store, listing
+        return self._store
 
-    async def __call__(self, cert: x509.Certificate, client: ua.ApplicationDescription) -> None:
-        """asyncua's hook at CreateSession: return to accept, raise ServiceError to refuse."""
-        validator = await self._current()
+    def refused(self, who: str, reason: str) -> None:
+        """Tell on_untrusted; its failure is logged and never lets the client in."""
         try:
+            self._on_untrusted(who, reason)
+        except Exception:
+            log.exception("recording a refused client failed")
+
+    async def validate(self, cert: x509.Certificate, client: ua.ApplicationDescription) -> None:
+        """asyncua's certificate validator, at CreateSession: return to accept, raise
+        ServiceError to refuse."""
+        options = CertificateValidatorOptions.TRUSTED_VALIDATION
+        validator = CertificateValidator(
+            options | CertificateValidatorOptions.PEER_CLIENT, self.store()
+        )
+        who = subject_of(cert)
+        try:
+            channel = _CHANNEL_CERT.get()
+            opened_with = _leading(channel) if channel is not None else cert
+            if opened_with != cert:
+                who = subject_of(opened_with) if opened_with is not None else "unreadable"
+                raise ServiceError(StatusCodes.BadSecurityChecksFailed)
             await validator.validate(cert, client)
         except ServiceError as refused:
             name = status_name(status_code(refused.code))
             why = _REFUSALS.get(name, "refused").format(
-                trusted=self._certdir.trusted_dir, dir=self._certdir.path
+                trusted=self.certdir.trusted_dir, dir=self.certdir.path
             )
-            reason = f"{name}: {why}; SHA-1 {thumbprint(cert)}"
-            try:
-                self._on_untrusted(subject_of(cert), reason)
-            except Exception:  # the record failing must not let the client in
-                log.exception("recording a refused certificate failed")
+            self.refused(who, f"{name}: {why}; SHA-1 {thumbprint(cert)}")
             raise
+
+    def channel_trusted(self) -> bool:
+        """At ActivateSession: False (and told) when the connection's channel has no security
+        where security is required, or was opened with a certificate the trust directory does
+        not trust."""
+        channel = _CHANNEL_CERT.get()
+        if channel is None:  # a channel without security (ours record every secured one)
+            if self._without_security:
+                return True
+            # asyncua 2.1 opens a session on a channel without security even when no endpoint
+            # offers it (GetEndpoints on such a channel is legitimate: a session is not).
+            self.refused(
+                "no certificate",
+                f"BadSecurityModeRejected: no security; this server offers {_POLICY_TEXT} only",
+            )
+            return False
+        cert = _leading(channel)
+        if cert is not None and self.store().is_trusted(cert):
+            return True
+        who = subject_of(cert) if cert is not None else "an unreadable certificate"
+        self.refused(
+            who,
+            "BadUserAccessDenied: the secure channel's certificate is not in the trust list "
+            f"{self.certdir.trusted_dir}",
+        )
+        return False
+
+
+def _leading(der: bytes) -> x509.Certificate | None:
+    """The leading certificate of a DER certificate or chain; None when unreadable."""
+    try:
+        cert: x509.Certificate | None = uacrypto.x509_from_der(der)  # type: ignore[no-untyped-call]
+    except ValueError:
+        return None
+    return cert
+
+
+def _policy_factories(server: Server) -> list[Any]:
+    """The server's security policy factories: each new channel takes the first that matches
+    its policy URI (asyncua 2.1 keeps the list private; it adds its own ones at start)."""
+    factories: list[Any] = server._policies
+    return factories
+
+
+class _RecordingFactory:
+    """A SecurityPolicyFactory that records the certificate each channel is opened with."""
+
+    def __init__(self, inner: SecurityPolicyFactory) -> None:
+        self._inner = inner
+
+    def matches(self, uri: str, mode: ua.MessageSecurityMode | None = None) -> bool:
+        """The inner factory's match."""
+        return bool(self._inner.matches(uri, mode))  # type: ignore[no-untyped-call]
+
+    def create(self, peer_certificate: bytes | None) -> Any:
+        """The channel's security policy; its certificate kept for ActivateSession's check."""
+        _CHANNEL_CERT.set(peer_certificate)
+        return self._inner.create(peer_certificate)  # type: ignore[no-untyped-call]
+
+
+class _TrustedChannelsOnly(UserManager):
+    """The server's user manager, asked only for connections whose secure channel's certificate
+    is trusted (asyncua asks it at every ActivateSession; None refuses with
+    BadUserAccessDenied)."""
+
+    def __init__(self, inner: UserManager | PermissiveUserManager, guard: TrustGuard) -> None:
+        self.inner = inner
+        self._guard = guard
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> Any:
+        """The inner manager's user, or None for an untrusted channel."""
+        if not self._guard.channel_trusted():
+            return None
+        return self.inner.get_user(
+            iserver, username=username, password=password, certificate=certificate
+        )
 
 
 # -- the remote CLI's side ----------------------------------------------------------------------
