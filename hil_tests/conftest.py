@@ -12,8 +12,8 @@ from typing import NoReturn
 
 import pytest
 
-#: Comma-separated tools (faketime, browser, netns) that must be present: `.ci/run` sets it, so
-#: in CI a test that needs a missing tool fails instead of skipping.
+#: Comma-separated tools (faketime, browser, netns, node) that must be present: `.ci/run` sets
+#: it, so in CI a test that needs a missing tool fails instead of skipping.
 REQUIRE_ENV = "CELLCTL_REQUIRE"
 
 
