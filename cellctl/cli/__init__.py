@@ -3,9 +3,9 @@
 Each command group's module registers its commands on the typer app (`cellctl.cli.app`):
 `files` (validate, plan, schema), `tags` (read, write), `devices` (check, sim), `run_commands`
 (run, demo), `states`, `audit` (audit verify), `history`, `report`, `resume`, `users` (users
-add, rm, passwd, list), `remote` and `remote_status` (status, cmd, load, watch, ...: a
-running `cellctl serve`); `views/` draws what they print. `run` runs the app and turns every
-failure into its exit code.
+add, rm, passwd, list), `remote_status` and `remote_commands` (status, watch, cmd, load, ...:
+a running `cellctl serve`); `views/` draws what they print. `run` runs the app and turns
+every failure into its exit code.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from cellctl import exitcodes
 # isort: off
 from cellctl.cli import files, tags, devices, run_commands, states, audit  # noqa: F401
 from cellctl.cli import history, report, resume, serve, users, certs  # noqa: F401
-from cellctl.cli import remote, remote_status  # noqa: F401
+from cellctl.cli import remote_status, remote_commands  # noqa: F401
 
 # isort: on
 from cellctl.cli.app import app

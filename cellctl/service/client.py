@@ -19,8 +19,10 @@ from types import TracebackType
 from typing import Any, ClassVar
 from urllib.parse import urlparse
 
-from asyncua import Client, Node, ua
-from asyncua.common.subscription import DataChangeEvent, StatusChangeEvent, Subscription
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
+from asyncua.common.subscription import DataChangeNotif, Subscription
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from cellctl import exitcodes
@@ -41,7 +43,7 @@ SESSION_TIMEOUT_MS = 60_000
 #: most 10 times a second; the State variable keeps a queue so that a state passed through
 #: between two publications (Starting on the way to Execute) is still seen.
 PUBLISHING_MS = 500.0
-SAMPLING_MS = 100.0
+SAMPLING_MS = ua.Double(100.0)
 STATE_QUEUE = 10
 
 # Activation refusals that mean the user name or password was not accepted.
@@ -257,15 +259,17 @@ class RemoteCell:
         (exit 1: a password to another machine without a certificate is never sent)."""
         client = Client(self.url, timeout=self._timeout)
         client.session_timeout = SESSION_TIMEOUT_MS
-        self.secured = await self._secure(client)
-        if self.user is not None:
-            client.set_user(self.user)
-            client.set_password(self._password or "")
         try:
             async with asyncio.timeout(self._timeout):
+                self.secured = await self._secure(client)
+                if self.user is not None:
+                    client.set_user(self.user)
+                    client.set_password(self._password or "")
                 await client.connect()
         except BaseException as err:
             client.disconnect_socket()  # a connect cut short leaves its socket open
+            if isinstance(err, CellctlError):
+                raise
             raise self._connect_error(err) from err
         self._client = client
         self._lost = asyncio.Event()
@@ -288,15 +292,17 @@ class RemoteCell:
             raise self._request_error(err, "reading the namespaces") from err
 
     async def _secure(self, client: Client) -> bool:
-        """Set up SignAndEncrypt when the certificate folder holds a client certificate; True
-        then. A password to another machine without it: InsecureLogin."""
+        """Set up SignAndEncrypt when the certificate folder holds a client certificate (to the
+        server certificate there, when there is one: the pin); True then. A password to
+        another machine without it: InsecureLogin, before anything is sent."""
         secured = False
         if self._certdir is not None:
             from cellctl.service.certs import CertDir, client_security
 
             certs = CertDir(self._certdir)
             if certs.client_cert.is_file():
-                await client_security(client, certs)
+                pinned = certs.server_cert if certs.server_cert.is_file() else None
+                await client_security(client, certs, pinned)
                 secured = True
         host = urlparse(self.url).hostname or ""
         if self.user is not None and not secured and not is_loopback(host):
@@ -361,7 +367,7 @@ class RemoteCell:
         return self._client
 
     def _node(self, name: str) -> Node:
-        return self.client.get_node(ua.NodeId(f"{PACKML}.{name}", self._ns))
+        return self.client.get_node(ua.NodeId(ua.String(f"{PACKML}.{name}"), ua.Int16(self._ns)))
 
     def _request_error(self, err: BaseException, what: str) -> CellctlError | BaseException:
         """The error a request that did not get its answer ends in."""
@@ -412,6 +418,8 @@ class RemoteCell:
         assert self._packml is not None
         # asyncua has one request timeout per connection: a call gets the longer one.
         protocol = client.uaclient.protocol
+        if protocol is None:
+            raise ServerUnreachable(self.url, f"calling {method}: connection lost")
         saved = protocol.timeout
         protocol.timeout = CALL_TIMEOUT
         try:
@@ -465,9 +473,7 @@ class RemoteCell:
     async def _child(self, parent: Node, name: str) -> Node:
         """The child of `parent` browsed as `name`, in the service's namespace if several."""
         found = [
-            ref
-            for ref in await parent.get_children_descriptions()
-            if ref.BrowseName.Name == name
+            ref for ref in await parent.get_children_descriptions() if ref.BrowseName.Name == name
         ]
         if not found:
             raise ServerUnreachable(self.url, f"not a cellctl service (no {name} object)")
@@ -480,62 +486,79 @@ class RemoteCell:
         """Call `callback` with the status now, then again after each batch of changes the
         service publishes, until cancelled; ServerUnreachable when the service goes away."""
         client = self.client
-        names = [n for n in STATUS_VARIABLES if n != "LastRefusal"]
+        names = [n for n in STATUS_VARIABLES if n not in ("State", "LastRefusal")]
+        notes = _Notifications()
+        state_node = self._node("State")
         try:
             async with asyncio.timeout(self._timeout):
-                subscription: Subscription = await client.create_subscription(PUBLISHING_MS)
-                state_node = self._node("State")
+                subscription: Subscription = await client.create_subscription(PUBLISHING_MS, notes)
                 await subscription.subscribe_data_change(
                     state_node, queuesize=STATE_QUEUE, sampling_interval=SAMPLING_MS
                 )
-                others = [self._node(n) for n in names if n != "State"]
-                await subscription.subscribe_data_change(others, sampling_interval=SAMPLING_MS)
+                await subscription.subscribe_data_change(
+                    [self._node(n) for n in names], sampling_interval=SAMPLING_MS
+                )
         except BaseException as err:
             raise self._request_error(err, "subscribing to the status") from err
         try:
             last = await self.status()
             callback(last, ())
             while True:
-                batch = await self._next_batch(subscription)
                 states: list[str] = []
-                for event in batch:
-                    if isinstance(event, DataChangeEvent) and event.node == state_node:
-                        state = _text(event.value)
-                        if state != (states[-1] if states else last.state):
-                            states.append(state)
-                last = await self.status()
+                for node, value in await self._next_batch(notes):
+                    state = _text(value)
+                    if node == state_node and state != (states[-1] if states else last.state):
+                        states.append(state)
+                try:
+                    last = await self.status()
+                except ServerUnreachable as err:  # closed after its last publication
+                    raise ServerUnreachable(self.url, "the service went away") from err
                 if states and states[-1] != last.state:
                     states.append(last.state)
                 callback(last, tuple(states))
         finally:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self._timeout):
-                    await subscription.delete()
+            if self._client is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self._timeout):
+                        await subscription.delete()
 
-    async def _next_batch(self, subscription: Subscription) -> list[Any]:
-        """The notifications of the next publication (all that are queued once one came);
-        ServerUnreachable when the connection was lost."""
+    async def _next_batch(self, notes: _Notifications) -> list[tuple[Node, Any]]:
+        """The data changes of the next publication; ServerUnreachable once the connection is
+        lost."""
         assert self._lost is not None
         lost = asyncio.ensure_future(self._lost.wait())
-        first = asyncio.ensure_future(subscription.next_event())
+        first = asyncio.ensure_future(notes.queue.get())
         try:
             await asyncio.wait({lost, first}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost.cancel()
-            if not first.done():
-                first.cancel()
+            first.cancel()
         if not first.done() or first.cancelled():
             raise ServerUnreachable(self.url, "the service went away")
         batch = [first.result()]
-        # One publication is queued at once: what is there now belongs to it.
-        while True:
-            event = await subscription.next_event(timeout=0)
-            if event is None:
-                break
-            batch.append(event)
-        for event in batch:
-            if isinstance(event, StatusChangeEvent):
-                raise ServerUnreachable(
-                    self.url, f"the service went away ({status_name(event.notification.Status)})"
-                )
-        return batch
+        # asyncua hands out one publication's notifications together: those queued now.
+        while not notes.queue.empty():
+            batch.append(notes.queue.get_nowait())
+        changes: list[tuple[Node, Any]] = []
+        for note in batch:
+            if isinstance(note, ua.StatusChangeNotification):
+                why = status_name(note.Status)
+                raise ServerUnreachable(self.url, f"the service went away ({why})")
+            changes.append(note)
+        return changes
+
+
+class _Notifications:
+    """asyncua's subscription handler: every notification into a queue that the watcher
+    drains (asyncua calls each from a task of its own, in the order they came)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[Node, Any] | ua.StatusChangeNotification] = asyncio.Queue()
+
+    def datachange_notification(self, node: Node, val: Any, data: DataChangeNotif) -> None:
+        """A variable changed."""
+        self.queue.put_nowait((node, val))
+
+    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
+        """The subscription's state changed (the server is gone: BadShutdown, BadTimeout)."""
+        self.queue.put_nowait(status)
