@@ -50,7 +50,7 @@ from cellctl.control.journal.writer import JournalWriter
 from cellctl.control.machine import Command, IllegalModeChange, Mode, State
 from cellctl.control.operator import FailureChoice, StepChoice
 from cellctl.control.parts import PartsCount, read_count
-from cellctl.errors import BadValue, CellctlError, ValidationFailed
+from cellctl.errors import BadValue, CellctlError, UnknownTag, ValidationFailed
 from cellctl.io.session import TagIO
 from cellctl.recipe import LoadedRecipe, step_ids
 from cellctl.recipe.plan import make_plan
@@ -149,6 +149,8 @@ class CellService:
         self._unlisten: Callable[[], None] | None = None
         self._record: JournalWriter | None = None
         self._lock = asyncio.Lock()  # one request carried out at a time
+        #: The request carried out now reached the batch's command layer (which records it).
+        self._heard_by_batch = False
         #: What close() found unconfirmed, once it has run (it runs once).
         self.closed: dict[str, str] | None = None
 
@@ -476,6 +478,7 @@ class CellService:
         both go on record with the user. Never raises for a refusal."""
         needed = REQUIRED_ROLE[request.action]
         answer: Accepted | Refused
+        heard = False
         if caller.role < needed:
             answer = Refused(
                 f"{request.describe()}: needs the {needed.label} role; "
@@ -484,19 +487,20 @@ class CellService:
             )
         else:
             async with self._lock:
+                self._heard_by_batch = False
                 try:
                     answer = await self._carry_out(caller, request)
-                except BadValue as bad:
+                except (BadValue, UnknownTag) as bad:
                     answer = Refused(f"{request.describe()}: {bad}", RefusalKind.INPUT)
                 except ValidationFailed as bad:
                     lines = [str(p) for p in bad.problems] or [str(bad)]
                     answer = Refused("; ".join(lines), RefusalKind.INPUT)
                 except CellctlError as refused:
                     answer = Refused(f"{request.describe()}: {refused}", RefusalKind.STATE)
-        if not (request.action is Action.COMMAND and self.served is not None):
-            # A PackML command of a batch is recorded by the batch's own command layer.
-            self._record_request(caller, request, answer)
-        elif isinstance(answer, Refused) and answer.kind is RefusalKind.ROLE:
+                heard = self._heard_by_batch
+        if not heard:
+            # A PackML command the batch's command layer heard is on its record already; one
+            # refused before it (a role, an unacknowledged trip, a bad choice) is recorded here.
             self._record_request(caller, request, answer)
         self._changed()
         return answer
@@ -553,6 +557,7 @@ class CellService:
 
             await count_start(served.parts, controller, served.recorder)
         source = " ".join(p for p in (caller.via, caller.peer) if p)
+        self._heard_by_batch = True  # the batch's record has it from here on
         answer = await served.commands.submit(OperatorCommand(caller.name, command, source, choice))
         if isinstance(answer, CommandAccepted):
             return Accepted(str(answer.state))
@@ -564,15 +569,21 @@ class CellService:
         except ValueError:
             raise BadValue(f"mode {text!r}: write {', '.join(m.value for m in Mode)}") from None
         served = self.served
+        dropped: list[str] = []
         if served is not None:
             try:
                 served.controller.machine.set_mode(mode)
             except IllegalModeChange as illegal:
                 return Refused(str(illegal), RefusalKind.STATE)
+            executor = served.controller.executor
             if mode is Mode.PRODUCTION:
-                served.controller.executor.step_mode = False
+                # Production never pauses: stepping ends and the breakpoints go with it.
+                executor.step_mode = False
+                dropped, executor.breakpoints = sorted(executor.breakpoints), frozenset()
             served.controller.emit(ModeChanged(mode=mode))
         self.mode = mode
+        if dropped:
+            return Accepted(f"mode {mode} (breakpoints removed: {', '.join(dropped)})")
         return Accepted(f"mode {mode}")
 
     def _acknowledge(self) -> Accepted:
@@ -696,7 +707,13 @@ class CellService:
             await self.standby.close()
         self.recipes = tuple(await asyncio.to_thread(self.shelf.names))
         self.alarms = {n: a for n, a in self.alarms.items() if a.active}
-        self.served = await self._open_batch(caller, loaded, parameters, state)
+        try:
+            self.served = await self._open_batch(caller, loaded, parameters, state)
+        except Exception:
+            if self.served is None:  # no batch holds the cell: a standby watches it again
+                self.standby = Standby(self.cell, self.io, self._event)
+                await self.standby.open()
+            raise
         identity = loaded.identity
         return Accepted(
             f"loaded {identity.name} v{identity.version} as batch "
