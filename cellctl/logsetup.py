@@ -359,3 +359,9 @@ def configure_logging(log_file: Path | None = None, debug: bool = False) -> None
 
 # Before logging's own shutdown (registered earlier, so run later): the queue is written first.
 atexit.register(_stop_writer)
+
+
+def log_file_only(logger: logging.Logger, level: int, message: str, *args: object) -> None:
+    """A record for the log file alone: the console prints the same text already (an error
+    the CLI reports itself)."""
+    logger.log(level, message, *args, extra={_FILE_ONLY: True})

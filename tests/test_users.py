@@ -28,6 +28,7 @@ from cellctl.service.users import (
     default_users_path,
     hash_password,
     load_users,
+    peer_host,
     save_users,
     verify_password,
 )
@@ -298,6 +299,17 @@ def test_a_peer_trying_many_names_is_locked_and_a_name_tried_from_many_peers_too
     for index in range(5):
         guard.failed("ed", f"10.0.1.{index}")
     assert guard.refusal("ed", "10.0.2.1") is not None
+
+
+def test_a_peer_is_its_host_whatever_port_each_connection_comes_from() -> None:
+    guard = LoginGuard(Clock())
+    for index in range(5):  # asyncua names the peer HOST:PORT, a new port per connection
+        guard.failed(f"user{index}", f"10.0.0.9:{40000 + index}")
+    assert guard.refusal("someone", "10.0.0.9:50000") is not None
+    for index in range(5):
+        guard.failed(f"v6user{index}", f"[::1]:{40000 + index}")
+    assert guard.refusal("someone", "[::1]:1234") is not None
+    assert peer_host("[fe80::1]:4840") == "fe80::1" and peer_host("::1") == "::1"
 
 
 def test_a_success_resets_the_name_and_the_peer() -> None:

@@ -72,7 +72,8 @@ class ServeSetup:
         journal: Path | None,
     ) -> None:
         from cellctl.cell import load_cell
-        from cellctl.service.certs import is_loopback, server_security
+        from cellctl.service.certs import server_security
+        from drivers.config import is_loopback
 
         self.cell_file = cell_file
         self.endpoint = endpoint
@@ -89,7 +90,10 @@ class ServeSetup:
         except CellctlError as refused:  # on record in the log: the journal is not open yet
             import logging
 
-            logging.getLogger("cellctl.service").error("serve refused to start: %s", refused)
+            from cellctl.logsetup import log_file_only
+
+            service_log = logging.getLogger("cellctl.service")
+            log_file_only(service_log, logging.ERROR, "serve refused to start: %s", refused)
             raise
         self.journal = journal_path(journal)
 

@@ -370,6 +370,14 @@ FORGET_AFTER = 15 * 60.0
 MAX_KEYS = 10_000
 
 
+def peer_host(peer: str) -> str:
+    """The host of a peer written HOST:PORT or [IPV6]:PORT (a bare host as it is)."""
+    if peer.startswith("["):
+        return peer[1 : peer.find("]")] if "]" in peer else peer
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() and ":" not in host else peer
+
+
 @dataclass
 class _Failures:
     """Failed logins in a row of one user name or one peer."""
@@ -396,7 +404,8 @@ class LoginGuard:
     @staticmethod
     def _keys_of(name: str | None, peer: str) -> list[tuple[str, str]]:
         keys = [] if name is None else [("user", name)]
-        return [*keys, ("peer", peer)] if peer else keys
+        host = peer_host(peer)  # each connection has a port of its own: the host guesses
+        return [*keys, ("peer", host)] if host else keys
 
     def refusal(self, name: str | None, peer: str) -> str | None:
         """Why a login of `name` from `peer` is refused unheard (a lockout), or None."""
