@@ -17,6 +17,7 @@ from cellctl.service.api import Caller, Role
 from cellctl.service.users import (
     ANONYMOUS_OFF,
     MAX_KEYS,
+    PEER_LOCK_AFTER,
     ROLE_NAMES,
     WRONG_LOGIN,
     Authenticator,
@@ -279,10 +280,12 @@ def test_five_failures_lock_a_name_for_1_s_then_doubling_up_to_60_s() -> None:
 def test_a_lockout_names_the_user_or_the_peer_and_the_wait() -> None:
     clock = Clock()
     guard = LoginGuard(clock)
-    fail(guard, 6)  # a 2 s lock on both the name and the peer
+    fail(guard, 6)  # a 2 s lock on the name; the peer is not locked yet
     assert guard.refusal("olga", "10.0.0.1") == (
         "too many failed logins for user 'olga': try again in 2 s"
     )
+    assert guard.refusal("ed", "10.0.0.9") is None
+    fail(guard, PEER_LOCK_AFTER - 5)  # the peer's 2 s lock now
     clock.now += 0.5
     assert guard.refusal("ed", "10.0.0.9") == (
         "too many failed logins from 10.0.0.9: try again in 2 s"
@@ -292,8 +295,10 @@ def test_a_lockout_names_the_user_or_the_peer_and_the_wait() -> None:
 
 def test_a_peer_trying_many_names_is_locked_and_a_name_tried_from_many_peers_too() -> None:
     guard = LoginGuard(Clock())
-    for index in range(5):
+    for index in range(PEER_LOCK_AFTER - 1):
         guard.failed(f"user{index}", "10.0.0.9")
+    assert guard.refusal("someone", "10.0.0.9") is None  # one host is many people's
+    guard.failed("user-last", "10.0.0.9")
     assert guard.refusal("someone", "10.0.0.9") is not None
     assert guard.refusal("someone", "10.0.0.8") is None
     for index in range(5):
@@ -303,10 +308,10 @@ def test_a_peer_trying_many_names_is_locked_and_a_name_tried_from_many_peers_too
 
 def test_a_peer_is_its_host_whatever_port_each_connection_comes_from() -> None:
     guard = LoginGuard(Clock())
-    for index in range(5):  # asyncua names the peer HOST:PORT, a new port per connection
+    for index in range(PEER_LOCK_AFTER):  # asyncua names the peer HOST:PORT, a port each
         guard.failed(f"user{index}", f"10.0.0.9:{40000 + index}")
     assert guard.refusal("someone", "10.0.0.9:50000") is not None
-    for index in range(5):
+    for index in range(PEER_LOCK_AFTER):
         guard.failed(f"v6user{index}", f"[::1]:{40000 + index}")
     assert guard.refusal("someone", "[::1]:1234") is not None
     assert peer_host("[fe80::1]:4840") == "fe80::1" and peer_host("::1") == "::1"
@@ -373,9 +378,9 @@ def test_unknown_user_and_wrong_password_are_refused_alike_after_the_same_work()
     # Both computed one hash of the same cost: the unknown user's against a dummy hash.
     dummy, real = verify.stored
     assert dummy != real and dummy.split("$")[:4] == real.split("$")[:4]
-    # Both count as failures: three more of either lock the peer out.
-    for _ in range(3):
-        auth.login("nobody", "x", "127.0.0.1")
+    # Both count as failures: enough more of either lock the peer out.
+    for index in range(PEER_LOCK_AFTER - 2):  # many names: no name is locked first
+        auth.login(f"nobody{index}", "x", "127.0.0.1")
     assert isinstance(auth.login("ed", "other", "127.0.0.1"), LoginRefused)
 
 

@@ -359,8 +359,11 @@ def save_users(path: Path, users: UsersFile) -> None:
 
 # -- logins ------------------------------------------------------------------------------------
 
-#: Failed logins in a row after which a user name or a peer is locked out.
+#: Failed logins in a row after which a user name is locked out.
 LOCK_AFTER = 5
+#: Failed logins in a row after which a peer host is locked out, whatever the names tried:
+#: more than a name's, since one panel PC or HMI server is many people's one host.
+PEER_LOCK_AFTER = 20
 #: The first lockout, and the longest (it doubles per further failure up to it), in seconds.
 FIRST_LOCK = 1.0
 LONGEST_LOCK = 60.0
@@ -388,8 +391,9 @@ class _Failures:
 
 
 class LoginGuard:
-    """Counts failed logins per user name and per peer host, and locks a name or a peer out
-    after LOCK_AFTER failures in a row (1 s, doubling per further failure up to 60 s).
+    """Counts failed logins per user name and per peer host, and locks a name out after
+    LOCK_AFTER failures in a row, a peer after PEER_LOCK_AFTER (1 s, doubling per further
+    failure up to 60 s).
 
     Asked before any hash is computed, so that guessing costs the guesser time and the server
     no CPU. Thread-safe: asyncua asks from the server's own thread.
@@ -432,8 +436,9 @@ class LoginGuard:
                     failures = _Failures()
                 failures.count += 1
                 failures.last = now
-                if failures.count >= LOCK_AFTER:
-                    doublings = min(failures.count - LOCK_AFTER, 16)
+                after = LOCK_AFTER if key[0] == "user" else PEER_LOCK_AFTER
+                if failures.count >= after:
+                    doublings = min(failures.count - after, 16)
                     failures.locked_until = now + min(FIRST_LOCK * 2**doublings, LONGEST_LOCK)
                 self._keys[key] = failures  # to the end: the newest
                 while len(self._keys) > MAX_KEYS:
