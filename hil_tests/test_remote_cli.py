@@ -245,7 +245,7 @@ def test_refusals_exit_7_or_1_with_the_services_reason(
     olga = ["--server", fresh.url, *as_user(monkeypatch, "olga")]
     code, out, err = cli(capsys, "cmd", "start", *olga)  # not legal in Stopped
     assert (code, out) == (7, "")
-    assert err == "error: Start refused: Start is not legal in Stopped (legal now: Reset, Abort)\n"
+    assert err == "error: refused: Start is not legal in Stopped (legal now: Reset, Abort)\n"
     code, _, err = cli(capsys, "force", "conveyor.run=1", *olga)  # an operator may not force
     assert code == 7
     assert "force conveyor.run=1 needs the engineer role; olga is operator" in err
@@ -254,7 +254,7 @@ def test_refusals_exit_7_or_1_with_the_services_reason(
     assert "no released recipe 'no-such-recipe'" in err
     code, _, err = cli(capsys, "cmd", "reset", "--server", fresh.url)  # anonymous: a viewer
     assert code == 7
-    assert err == "error: Reset refused: Reset needs the operator role; anonymous is viewer\n"
+    assert err == "error: refused: Reset needs the operator role; anonymous is viewer\n"
     assert fresh.desk.status.state == "Stopped"
 
 

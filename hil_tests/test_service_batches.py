@@ -49,7 +49,7 @@ LABEL = 12
 #: What the service says of a batch it took up after a crash (StopReason, its start line).
 RESUMED = "resumed after the controller stopped mid-batch"
 #: Why Start is refused before any recipe is loaded.
-NOTHING_LOADED = "Start: no recipe is loaded (load one first)"
+NOTHING_LOADED = "Start: no recipe is loaded (Stopped): load one first"
 
 
 # -- the remote CLI ------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def test_two_batches_driven_by_the_remote_cli_alone(
         # A console script of its own: the exit code and message a shell sees.
         refused = child.remote("cmd", "start", user=USER, password="unused")
         assert refused.returncode == 7, refused.stderr
-        assert refused.stderr == f"error: Start refused: {NOTHING_LOADED}\n"
+        assert refused.stderr == f"error: refused: {NOTHING_LOADED}\n"
 
         first = batch_of(tina.ok("load", "press-fit", "-p", "parts=2"))
         assert tina.ok("cmd", "reset") == "Resetting\n"
@@ -177,7 +177,7 @@ def test_two_batches_driven_by_the_remote_cli_alone(
         tina.wait_state("Execute", STATE_WITHIN, unless=("Complete", "Held", "Stopped"))
         code, out, err = tina("cmd", "unhold")
         assert (code, out) == (7, "")
-        assert err.startswith("error: Unhold refused: Unhold is not legal in Execute"), err
+        assert err.startswith("error: refused: Unhold is not legal in Execute"), err
         assert tina.ok("cmd", "hold") == "Holding\n"
         held = tina.wait_state("Held", STATE_WITHIN, unless=("Complete", "Stopped", "Aborted"))
         assert held["batch"] == first

@@ -100,7 +100,8 @@ class CommandRefused(CellctlError):
     exit_code: ClassVar[int] = exitcodes.REFUSED
 
     def __init__(self, method: str, status: str, reason: str) -> None:
-        super().__init__(f"{method} refused: {reason or status}")
+        # The service's reason names the command already ("Start is not legal in ...").
+        super().__init__(f"refused: {reason}" if reason else f"{method} refused: {status}")
         self.method = method
         self.status = status
         self.reason = reason
@@ -110,7 +111,9 @@ class BadRemoteInput(CellctlError):
     """The service refused a call's argument (unknown tag, value out of range); nothing changed."""
 
     def __init__(self, method: str, reason: str) -> None:
-        super().__init__(f"{method} refused: {reason or 'an argument is not valid'}")
+        super().__init__(
+            f"refused: {reason}" if reason else f"{method} refused: an argument is not valid"
+        )
         self.method = method
         self.reason = reason
 

@@ -520,7 +520,8 @@ class CellService:
         served = self.served
         if served is None:
             return Refused(
-                f"{request.describe()}: no recipe is loaded (load one first)", RefusalKind.STATE
+                f"{request.describe()}: no recipe is loaded (Stopped): load one first",
+                RefusalKind.STATE,
             )
         if action is Action.COMMAND:
             assert request.command is not None
