@@ -14,6 +14,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asyncua import Client, ua
+from asyncua.common.node import Node
+
+from cellctl.service.api import NAMESPACE, PACKML, TAGS
 from cellctl.testing import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +45,44 @@ def service_env(folder: Path, extra: Mapping[str, str] | None = None) -> dict[st
     )
     env.update(extra or {})
     return env
+
+
+class Space:
+    """The service's address space as a client finds it: by NAMESPACE's index, never an
+    assumed one."""
+
+    def __init__(self, client: Client, idx: int) -> None:
+        self.client = client
+        self.idx = idx
+
+    @classmethod
+    async def of(cls, client: Client) -> Space:
+        """The space of a connected client."""
+        return cls(client, await client.get_namespace_index(NAMESPACE))
+
+    def node(self, name: str) -> Node:
+        """The node `name` (a NodeId string) in NAMESPACE."""
+        return self.client.get_node(ua.NodeId(ua.String(name), ua.Int16(self.idx)))
+
+    def packml(self, name: str) -> Node:
+        """A node of the PackML object."""
+        return self.node(f"{PACKML}.{name}")
+
+    def tag(self, name: str) -> Node:
+        """A tag variable."""
+        return self.node(f"{TAGS}.{name}")
+
+    async def read(self, variable: str) -> object:
+        """A PackML variable's value."""
+        return await self.packml(variable).read_value()
+
+    async def call(self, method: str, *args: object) -> object:
+        """Call a PackML method; its Result."""
+        return await self.node(PACKML).call_method(ua.QualifiedName(method, self.idx), *args)
+
+    async def last_refusal(self) -> str:
+        """This session's LastRefusal."""
+        return str(await self.packml("LastRefusal").read_value())
 
 
 def _listening(host: str, port: int) -> bool:

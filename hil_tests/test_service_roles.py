@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from asyncua import ua
 from asyncua.client.client import Client
-from asyncua.common.node import Node
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.uaerrors import UaStatusCodeError
 
@@ -27,8 +26,6 @@ from cellctl.cli import run as cellctl_run
 from cellctl.control.journal.rows import JournalRow
 from cellctl.service.api import (
     METHODS,
-    NAMESPACE,
-    PACKML,
     STATE_NUMBERS,
     TAGS,
     Role,
@@ -46,6 +43,7 @@ from cellctl.testing import wait_until
 from drivers.opcua.security import certificate_uri
 from hil_tests.conftest import tool_missing
 from hil_tests.service_support import START_WITHIN, ServiceChild, service_in_child
+from hil_tests.service_support import Space as ServiceSpace
 from tests.support import journal_rows
 
 #: One user per role: name -> role (each one's password is PASSWORD % name).
@@ -130,25 +128,8 @@ async def connect(url: str, user: str, secret: str | None = None) -> Client:
     return client
 
 
-class Space:
-    """The service's address space as one client finds it (by NAMESPACE's index)."""
-
-    def __init__(self, client: Client, idx: int) -> None:
-        self.client = client
-        self.idx = idx
-
-    @classmethod
-    async def of(cls, client: Client) -> Space:
-        """The space of a connected client."""
-        return cls(client, await client.get_namespace_index(NAMESPACE))
-
-    def node(self, name: str) -> Node:
-        """The node whose NodeId string is `name`."""
-        return self.client.get_node(ua.NodeId(ua.String(name), ua.Int16(self.idx)))
-
-    async def read(self, variable: str) -> object:
-        """A PackML variable's value."""
-        return await self.node(f"{PACKML}.{variable}").read_value()
+class Space(ServiceSpace):
+    """The service's address space as one client finds it, with a call or a tag write."""
 
     async def invoke(self, method: str, args: tuple[object, ...]) -> object:
         """Call a PackML method, or write a tag variable (TAG_WRITE, its value as text)."""
@@ -157,7 +138,7 @@ class Space:
             vtype = await tag.read_data_type_as_variant_type()
             await tag.write_value(ua.Variant(int(str(args[0])), vtype))
             return None
-        return await self.node(PACKML).call_method(ua.QualifiedName(method, self.idx), *args)
+        return await self.call(method, *args)
 
 
 async def status_of(call: Awaitable[object]) -> str:

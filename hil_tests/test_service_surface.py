@@ -31,7 +31,6 @@ from cellctl.cell import Cell, load_cell
 from cellctl.control.machine import Command
 from cellctl.service.api import (
     METHODS,
-    NAMESPACE,
     PACKML,
     STATUS_VARIABLES,
     TAGS,
@@ -51,6 +50,7 @@ from cellctl.service.users import LoginRefused
 from cellctl.testing import wait_until
 from cellctl.values import TagValue
 from drivers.base import Quality
+from hil_tests.service_support import Space
 
 CELL = """\
 cell: surface
@@ -207,39 +207,6 @@ async def connect(url: str, user: str | None = None) -> Client:
         client.set_password(USERS[user][0])
     await client.connect()
     return client
-
-
-class Space:
-    """The address space as a client finds it: by NAMESPACE's index, never an assumed one."""
-
-    def __init__(self, client: Client, idx: int) -> None:
-        self.client = client
-        self.idx = idx
-
-    @classmethod
-    async def of(cls, client: Client) -> Space:
-        """The space of a connected client."""
-        return cls(client, await client.get_namespace_index(NAMESPACE))
-
-    def node(self, name: str) -> Node:
-        """The node `name` (a NodeId string) in NAMESPACE."""
-        return self.client.get_node(ua.NodeId(ua.String(name), ua.Int16(self.idx)))
-
-    def packml(self, name: str) -> Node:
-        """A node of the PackML object."""
-        return self.node(f"{PACKML}.{name}")
-
-    def tag(self, name: str) -> Node:
-        """A tag variable."""
-        return self.node(f"{TAGS}.{name}")
-
-    async def call(self, method: str, *args: object) -> object:
-        """Call a PackML method; its Result."""
-        return await self.node(PACKML).call_method(ua.QualifiedName(method, self.idx), *args)
-
-    async def last_refusal(self) -> str:
-        """This session's LastRefusal."""
-        return str(await self.packml("LastRefusal").read_value())
 
 
 async def refused_with(call: Any) -> int:

@@ -27,7 +27,7 @@ from cellctl.control.controller import Controller
 from cellctl.control.events import BatchEnded, Event, Notice
 from cellctl.control.journal.location import default_journal_path, journal_option
 from cellctl.control.journal.record import find_batch, parse_at
-from cellctl.control.journal.recorder import BatchRecorder, file_sha256, os_user
+from cellctl.control.journal.recorder import BatchRecorder, os_user
 from cellctl.control.journal.rows import JournalRow, Kind
 from cellctl.control.journal.store import JournalUnavailable, SqliteStore
 from cellctl.control.machine import Command, State
@@ -35,10 +35,12 @@ from cellctl.control.operator import FailureChoice
 from cellctl.control.parts import recorded_start
 from cellctl.control.resume import (
     NoUnfinishedBatch,
+    RecipeChanged,
     ResumePoint,
     ResumeRefused,
     UnfinishedBatch,
     batch_alive,
+    recorded_recipe,
     resume_point,
     unfinished_batches,
 )
@@ -48,10 +50,6 @@ from drivers.base import Value
 
 if TYPE_CHECKING:
     from cellctl.io.sim import CellSimulator
-
-
-class RecipeChanged(CellctlError):
-    """The recipe file no longer hashes to what the batch ran: resume refused (bad input)."""
 
 
 class BatchStillRunning(CellctlError):
@@ -133,22 +131,7 @@ def resume_command(options: ResumeOptions, out: Console) -> Callable[[], Corouti
     path = options.journal if options.journal is not None else default_journal_path()
     found, rows = find_unfinished(path, options.batch)
     started, batch = found.started, found.batch
-    recipe_text = started.get("recipe_file")
-    if not isinstance(recipe_text, str):
-        raise BadValue(f"batch {batch}: its record names no recipe file: it cannot be resumed")
-    recipe_file = Path(recipe_text)
-    try:
-        now = file_sha256(recipe_file)
-    except OSError as error:
-        raise BadValue(
-            f"batch {batch} ran {recipe_file}, which cannot be read: {error.strerror or error}"
-        ) from None
-    recorded = started.get("recipe_sha256")
-    if now != recorded:
-        raise RecipeChanged(
-            f"recipe {recipe_file} has changed since batch {batch} started: its SHA-256 is now "
-            f"{now}, the batch ran {recorded}; a batch is taken up only with the recipe it ran"
-        )
+    recipe_file = recorded_recipe(found)
     cell_text = started.get("cell_file")
     cell = options.cell or (Path(cell_text) if isinstance(cell_text, str) else None)
     parameters: Mapping[str, Value] = started.get("parameters") or {}

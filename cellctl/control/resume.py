@@ -40,7 +40,7 @@ from cellctl.control.journal.location import journal_option
 from cellctl.control.journal.record import parse_at
 from cellctl.control.journal.rows import JournalRow, Kind
 from cellctl.control.journal.store import JournalStore, SqliteStore
-from cellctl.errors import CellctlError
+from cellctl.errors import BadValue, CellctlError
 from cellctl.recipe import (
     CallStep,
     ParallelStep,
@@ -500,3 +500,33 @@ class Resuming:
     def writes_done(self) -> int:
         """The step in progress's writes confirmed before the crash (re-entered after them)."""
         return len(self.point.confirmed)
+
+
+class RecipeChanged(CellctlError):
+    """The recipe file no longer hashes to what the batch ran: resume refused (bad input)."""
+
+
+def recorded_recipe(found: UnfinishedBatch) -> Path:
+    """The recipe file an unfinished batch ran, still as it was; BadValue when its record names
+    none or it cannot be read, RecipeChanged when its bytes changed since."""
+    # Here, not at the top: the recorder imports the executor, which imports this module.
+    from cellctl.control.journal.recorder import file_sha256
+
+    batch, started = found.batch, found.started
+    recipe_text = started.get("recipe_file")
+    if not isinstance(recipe_text, str):
+        raise BadValue(f"batch {batch}: its record names no recipe file: it cannot be resumed")
+    recipe_file = Path(recipe_text)
+    try:
+        now = file_sha256(recipe_file)
+    except OSError as error:
+        raise BadValue(
+            f"batch {batch} ran {recipe_file}, which cannot be read: {error.strerror or error}"
+        ) from None
+    recorded = started.get("recipe_sha256")
+    if now != recorded:
+        raise RecipeChanged(
+            f"recipe {recipe_file} has changed since batch {batch} started: its SHA-256 is now "
+            f"{now}, the batch ran {recorded}; a batch is taken up only with the recipe it ran"
+        )
+    return recipe_file

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cellctl.control.batch_record import reopen_record
-from cellctl.control.journal.recorder import BatchRecorder, file_sha256
+from cellctl.control.journal.recorder import BatchRecorder
 from cellctl.control.journal.rows import JournalRow
 from cellctl.control.journal.store import SqliteStore
 from cellctl.control.machine import State
@@ -20,6 +20,7 @@ from cellctl.control.resume import (
     ResumeRefused,
     UnfinishedBatch,
     batch_alive,
+    recorded_recipe,
     resume_point,
     unfinished_batches,
 )
@@ -67,22 +68,13 @@ async def resume_unfinished(service: CellService) -> str | None:
         return None
     found, rows = hit
     batch, started = found.batch, found.started
-    recipe_text = started.get("recipe_file")
-    if not isinstance(recipe_text, str):
-        raise CannotTakeUp(f"batch {batch}: its record names no recipe file")
-    recipe_file = Path(recipe_text)
     try:
-        now = file_sha256(recipe_file)
-    except OSError as error:
+        recipe_file = recorded_recipe(found)
+    except CellctlError as problem:
         raise CannotTakeUp(
-            f"batch {batch} ran {recipe_file}, which cannot be read: {error.strerror or error}"
+            f"{problem} (end the batch with `cellctl resume {batch} --choice abort` while the "
+            "service is stopped)"
         ) from None
-    if now != started.get("recipe_sha256"):
-        raise CannotTakeUp(
-            f"batch {batch}: recipe {recipe_file} has changed since it started; a batch is "
-            "taken up only with the recipe it ran (end it with `cellctl resume "
-            f"{batch} --choice abort` while the service is stopped)"
-        )
     loaded = await asyncio.to_thread(service.shelf.load_file, recipe_file)
     recorded: Mapping[str, Any] = started.get("parameters") or {}
     plan = make_plan(loaded, [f"{k}={_text(v)}" for k, v in recorded.items()])
