@@ -486,6 +486,9 @@ async def test_packml_commands_go_through_commands(rig: Rig) -> None:
         result = await rig.ok(OPERATOR, command(which))
         assert result in (acting, rest), (which, result)
         await rig.settle(rest)
+        if which in (Command.HOLD, Command.STOP):  # who stopped it, and from where
+            reason = rig.service.status().stop_reason
+            assert reason.startswith(f"{which} by {OPERATOR.name} ("), reason
     reason = await rig.refused(OPERATOR, command(Command.CLEAR), RefusalKind.STATE)
     assert "Idle" in reason
     await rig.ok(OPERATOR, command(Command.ABORT))

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,8 @@ FORCE_STATES = frozenset(
 )
 #: States from which the next batch may be loaded (the last one has ended, or never started).
 LOAD_STATES = frozenset({State.STOPPED, State.IDLE, State.COMPLETE, State.ABORTED})
+#: Seconds close() waits for a request under way (a load, a force) to end before it stops.
+REQUEST_WAIT = 60.0
 
 
 @dataclass
@@ -101,6 +103,8 @@ class ServedBatch:
     finishing: asyncio.Task[None] | None = None
     #: Taken up after a crash: its controller's resume_batch says when it ended.
     resumed: bool = False
+    #: Who gave commands from where: source (surface and peer) -> user, for the stop reason.
+    given_by: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -153,6 +157,10 @@ class CellService:
         self._heard_by_batch = False
         #: What close() found unconfirmed, once it has run (it runs once).
         self.closed: dict[str, str] | None = None
+        #: Set when close() begins: a request that comes later is refused (nothing new starts).
+        self._closing = False
+        #: Told why when a task of the service fails (the runner ends the service then).
+        self.on_failure: Callable[[str], None] | None = None
 
     # -- life ------------------------------------------------------------------------------
 
@@ -174,15 +182,44 @@ class CellService:
 
     async def close(self) -> dict[str, str]:
         """Stop the batch that runs (as `run` stops on SIGTERM), wait for its end and for the
-        safe state to be confirmed (at most safe_wait), close everything; what is unconfirmed."""
+        safe state to be confirmed (at most safe_wait), close everything; what is unconfirmed.
+        A request carried out now ends first (what a load opens is closed here too); one that
+        comes later is refused."""
         if self.closed is not None:
+            return self.closed
+        self._closing = True
+        locked = False
+        try:
+            async with asyncio.timeout(REQUEST_WAIT):
+                await self._lock.acquire()
+            locked = True
+        except TimeoutError:
+            log.error(
+                "a request still runs after %g s: the service stops all the same", REQUEST_WAIT
+            )
+        try:
+            return await self._close_now()
+        finally:
+            if locked:
+                self._lock.release()
+
+    async def _close_now(self) -> dict[str, str]:
+        if self.closed is not None:  # closed while this one waited for the request to end
             return self.closed
         unconfirmed: dict[str, str] = {}
         served = self.served
         if served is not None:
             controller = served.controller
             running = controller.started_at is not None and served.ended is None
-            if running and controller.state not in END_STATES:
+            if False:
+                # As `run` on SIGTERM before its start: Resetting writes nothing more (and
+                # stops waiting for `ready`), Start is never issued.
+                served.commands.submit_soon(
+                    OperatorCommand("service", Command.STOP, "SIGTERM before the batch started")
+                )
+            elif (running) and (
+                controller.state not in END_STATES
+            ):
                 with contextlib.suppress(CellctlError):
                     await served.commands.submit(
                         OperatorCommand("service", Command.STOP, "SIGTERM: the service stops")
@@ -230,6 +267,10 @@ class CellService:
             error = task.exception()
             log.error("%s failed", what, exc_info=error)
             self.failure = error
+            why = f"{what} failed: {type(error).__name__}: {error}"
+            self._note(Kind.NOTICE, {"text": why, "level": "error"})
+            if self.on_failure is not None:  # nothing else would ever end or show it
+                self.on_failure(why)
             self._changed()
 
         task.add_done_callback(done)
@@ -438,6 +479,9 @@ class CellService:
             taken_up = event.target is State.HELD and event.source is State.STOPPED  # resumed
             if event.target in (State.HOLDING, State.STOPPING, State.ABORTING) or taken_up:
                 served.stop_reason = event.cause or ""
+                who = served.given_by.get(event.cause or "")
+                if event.command is not None and who is not None:  # a client's, not a trip's
+                    served.stop_reason = f"{event.command} by {who} ({event.cause})"
             if (
                 event.target in END_STATES
                 and served.controller.started_at is not None
@@ -489,6 +533,8 @@ class CellService:
             async with self._lock:
                 self._heard_by_batch = False
                 try:
+                    if self._closing:  # checked under the lock: close() may have waited for it
+                        raise CellctlError("the service is stopping")
                     answer = await self._carry_out(caller, request)
                 except (BadValue, UnknownTag) as bad:
                     answer = Refused(f"{request.describe()}: {bad}", RefusalKind.INPUT)
@@ -559,6 +605,8 @@ class CellService:
             await count_start(served.parts, controller, served.recorder)
         source = " ".join(p for p in (caller.via, caller.peer) if p)
         self._heard_by_batch = True  # the batch's record has it from here on
+        if len(served.given_by) < 1000:  # bounded: one entry per client connection
+            served.given_by[source] = caller.name
         answer = await served.commands.submit(OperatorCommand(caller.name, command, source, choice))
         if isinstance(answer, CommandAccepted):
             return Accepted(str(answer.state))
