@@ -27,6 +27,7 @@ MODULES = (
     "bench.decode",  # 6: decode and delivery per polled tag, CPU of a 100-tag poll cycle
     "bench.startup",  # 7-8: loading, start times
     "bench.journal",  # 10-11: a durable intent beside a bare commit; set steps, journal on
+    "bench.service",  # 12-13: cellctl serve's status and command round trips, 0 and 50 idle
 )
 
 
