@@ -795,13 +795,14 @@ async def test_close_stops_the_running_batch(rig: Rig) -> None:
 # -- a crashed batch taken up -------------------------------------------------------------------
 
 
-async def crashed(tmp_path: Path) -> str:
-    """A batch of `waiting` run into Execute, then its service gone without ending its record
-    (as a kill -9 leaves it); its batch id."""
+async def crashed(tmp_path: Path, *, start: bool = True) -> str:
+    """A batch of `waiting` run into Execute (or only loaded and reset, `start=False`), then its
+    service gone without ending its record (as a kill -9 leaves it); its batch id."""
     async with rigged(tmp_path) as rig:
         batch = await rig.loaded("waiting")
-        await rig.ok(OPERATOR, command(Command.START))
-        await wait_until(lambda: "finish" in rig.service.status().step, DEADLINE, "the wait")
+        if start:
+            await rig.ok(OPERATOR, command(Command.START))
+            await wait_until(lambda: "finish" in rig.service.status().step, DEADLINE, "the wait")
         served = rig.service.served
         assert served is not None
         # The controller dies (what it says on its way out reaches no record), then its
@@ -833,6 +834,20 @@ async def test_resume_takes_the_batch_up_held(tmp_path: Path) -> None:
         await rig.ended()
     ended = [r for r in await rows_of(rig, Kind.BATCH_ENDED) if r.batch == batch]
     assert len(ended) == 1 and ended[0].data()["state"] == "Complete"
+
+
+@pytest.mark.asyncio
+async def test_a_batch_loaded_but_never_started_is_closed_not_taken_up(tmp_path: Path) -> None:
+    """Nothing of its recipe ran: Unhold must not start a batch nobody started."""
+    batch = await crashed(tmp_path, start=False)
+    async with rigged(tmp_path) as rig:
+        said = await resume_unfinished(rig.service)
+        assert said is not None and batch in said and "never started" in said
+        assert rig.service.served is None
+        assert rig.service.status().state == "Stopped"
+        await rig.loaded("waiting")  # the next batch is not refused for it
+    ended = [r for r in journal_rows(tmp_path / "journal.sqlite") if r.batch == batch]
+    assert ended[-1].kind == Kind.BATCH_ENDED and ended[-1].data()["state"] == "abandoned"
 
 
 @pytest.mark.asyncio

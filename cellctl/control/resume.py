@@ -163,21 +163,24 @@ def refuse_unfinished(path: Path, cell: str) -> None:
 ABANDONED = "abandoned"
 
 
-def close_abandoned(path: Path, batches: Sequence[UnfinishedBatch]) -> None:
+def close_abandoned(
+    path: Path, batches: Sequence[UnfinishedBatch], cause: str | None = None
+) -> None:
     """End, on record, each unfinished batch that never recorded an intent: its controller
     stopped (killed while connecting, its terminal closed) before the recipe or Resetting wrote
     to any device, so there is nothing to take up and nothing of unknown outcome; it must not
-    refuse the cell's next batch. A notice row says why, then a batch_ended row (`abandoned`)."""
+    refuse the cell's next batch. A notice row says why (`cause`, else that), then a
+    batch_ended row (`abandoned`)."""
     from cellctl.control.journal.rows import canonical_json, format_at
     from cellctl.control.journal.store import NewRow
 
     now = format_at(time.time())
     rows: list[NewRow] = []
+    cause = cause or (
+        "its controller stopped before it wrote to any device (no intent on record): "
+        "closed when the cell's next batch was asked for"
+    )
     for batch in batches:
-        cause = (
-            "its controller stopped before it wrote to any device (no intent on record): "
-            "closed when the cell's next batch was asked for"
-        )
         notice = {"text": f"batch {batch.batch} abandoned: {cause}", "level": "warning"}
         ended = {
             "state": ABANDONED,
@@ -530,3 +533,14 @@ def recorded_recipe(found: UnfinishedBatch) -> Path:
             f"{now}, the batch ran {recorded}; a batch is taken up only with the recipe it ran"
         )
     return recipe_file
+
+
+def ever_started(rows: Iterable[JournalRow]) -> bool:
+    """True when a batch's record shows it was started (a state row into Starting): a batch a
+    service loaded and never started has nothing of its recipe to take up."""
+    for row in rows:
+        if row.kind == Kind.STATE and '"Starting"' in row.body:
+            body = _body(row)
+            if body.get("target") == "Starting":
+                return True
+    return False

@@ -16,10 +16,13 @@ from cellctl.control.journal.store import SqliteStore
 from cellctl.control.machine import State
 from cellctl.control.parts import recorded_start
 from cellctl.control.resume import (
+    ABANDONED,
     ResumePoint,
     ResumeRefused,
     UnfinishedBatch,
     batch_alive,
+    close_abandoned,
+    ever_started,
     recorded_recipe,
     resume_point,
     unfinished_batches,
@@ -68,6 +71,11 @@ async def resume_unfinished(service: CellService) -> str | None:
         return None
     found, rows = hit
     batch, started = found.batch, found.started
+    if not ever_started(rows):
+        # Loaded, perhaps reset, never started: nothing of the recipe ran; it is closed.
+        cause = "loaded but never started when its service stopped: closed at the next start"
+        await asyncio.to_thread(close_abandoned, journal, [found], cause)
+        return f"batch {batch} was loaded but never started: closed ({ABANDONED})"
     try:
         recipe_file = recorded_recipe(found)
     except CellctlError as problem:
