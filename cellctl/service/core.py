@@ -211,13 +211,13 @@ class CellService:
         if served is not None:
             controller = served.controller
             running = controller.started_at is not None and served.ended is None
-            if False:
+            if controller.before_start:
                 # As `run` on SIGTERM before its start: Resetting writes nothing more (and
                 # stops waiting for `ready`), Start is never issued.
                 served.commands.submit_soon(
                     OperatorCommand("service", Command.STOP, "SIGTERM before the batch started")
                 )
-            elif (running) and (
+            elif (running or controller.state is State.RESETTING) and (
                 controller.state not in END_STATES
             ):
                 with contextlib.suppress(CellctlError):

@@ -76,7 +76,9 @@ async def serving(
                 service = CellService(connected, io, options)
                 try:
                     await service.open()
-                    yield Serving(service, asyncio.Event(), [])
+                    served = Serving(service, asyncio.Event(), [])
+                    service.on_failure = served.end  # a failed task of the service ends it
+                    yield served
                 finally:
                     await service.close()  # once: until_stopped() may have closed it
         finally:
