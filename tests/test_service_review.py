@@ -113,3 +113,7 @@ async def test_the_runner_ends_a_service_whose_task_failed(tmp_path: Path) -> No
         async with asyncio.timeout(DEADLINE):
             await served.stop.wait()
         assert served.why == ["the resumed batch failed: RuntimeError: lost"]
+        # Not a signal's end: `serve` exits 4 then, so that a supervisor restarts it.
+        assert served.failure() == "the resumed batch failed: RuntimeError: lost"
+        served.why[:] = ["SIGTERM"]
+        assert served.failure() is None

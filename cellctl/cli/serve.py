@@ -248,7 +248,16 @@ async def _serve(setup: ServeSetup, *, sim: bool, speed: float, safe_wait: float
                 soft_wrap=True,
             )
         unconfirmed = await until_stopped(served, [surface.stop])
+        failure = served.failure()
     if unconfirmed:
         raise SafeStateUnconfirmed(unconfirmed, "when the service stopped")
+    if failure is not None:  # exit 4: a supervisor (systemd's Restart=on-failure) restarts it
+        consoles.err.print(
+            f"error: the service ended: {failure}; the safe state is confirmed; the log has "
+            "the details",
+            markup=False,
+            soft_wrap=True,
+        )
+        return exitcodes.INTERNAL_ERROR
     consoles.out.print("service stopped; safe state confirmed", markup=False)
     return exitcodes.OK

@@ -134,6 +134,7 @@ class RefusalKind(enum.StrEnum):
     ROLE = "role"  # the caller's role may not (BadUserAccessDenied)
     STATE = "state"  # not now: the state, a trip, nothing loaded (BadInvalidState)
     INPUT = "input"  # a bad argument: unknown tag, value out of range (BadInvalidArgument)
+    INTERNAL = "internal"  # a fault of the service's own, in its log (BadInternalError)
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,7 @@ STATUS_OF: Mapping[RefusalKind, str] = {
     RefusalKind.ROLE: "BadUserAccessDenied",
     RefusalKind.STATE: "BadInvalidState",
     RefusalKind.INPUT: "BadInvalidArgument",
+    RefusalKind.INTERNAL: "BadInternalError",
 }
 
 #: PackML state numbers (OPC 30050 / ISA-TR88.00.02 StateCurrent).
@@ -313,4 +315,3 @@ class Backend(Protocol):
     def security_refused(self, what: str, who: str, peer: str, reason: str) -> None:
         """Record a refused login or certificate (`what`: login, certificate)."""
         ...
-

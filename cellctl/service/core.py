@@ -543,6 +543,13 @@ class CellService:
                     answer = Refused("; ".join(lines), RefusalKind.INPUT)
                 except CellctlError as refused:
                     answer = Refused(f"{request.describe()}: {refused}", RefusalKind.STATE)
+                except Exception as error:  # a bug of ours: said, logged and on record
+                    log.error("%s failed", request.describe(), exc_info=error)
+                    answer = Refused(
+                        f"{request.describe()}: internal error: {type(error).__name__}: "
+                        f"{error} (the service's log has the details)",
+                        RefusalKind.INTERNAL,
+                    )
                 heard = self._heard_by_batch
         if not heard:
             # A PackML command the batch's command layer heard is on its record already; one
@@ -754,9 +761,9 @@ class CellService:
             self.served = None
         else:
             await self.standby.close()
-        self.recipes = tuple(await asyncio.to_thread(self.shelf.names))
         self.alarms = {n: a for n, a in self.alarms.items() if a.active}
         try:
+            self.recipes = tuple(await asyncio.to_thread(self.shelf.names))
             self.served = await self._open_batch(caller, loaded, parameters, state)
         except Exception:
             if self.served is None:  # no batch holds the cell: a standby watches it again

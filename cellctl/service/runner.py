@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cellctl.service")
 
+#: The signals that end a service normally (`Serving.why` names them so).
+SIGNALS = ("SIGTERM", "SIGINT")
+
 
 @dataclass
 class Serving:
@@ -41,6 +44,11 @@ class Serving:
         if not self.stop.is_set():
             self.why.append(why)
             self.stop.set()
+
+    def failure(self) -> str | None:
+        """Why the service ended when no signal asked it to (a surface or a task of the
+        service failed): its exit is then an internal error's, which a supervisor restarts."""
+        return next((why for why in self.why if why not in SIGNALS), None)
 
 
 @contextlib.asynccontextmanager
@@ -92,7 +100,7 @@ async def until_stopped(
     their stop functions), stop the batch and confirm the safe state: what is unconfirmed."""
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, serving.end, signal.Signals(signum).name)
+        loop.add_signal_handler(signum, serving.end, signum.name)
     try:
         await serving.stop.wait()
     finally:

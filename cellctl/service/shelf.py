@@ -46,7 +46,7 @@ class RecipeShelf:
         for name, path in self.files().items():
             try:
                 self._load(path)
-            except CellctlError as problem:
+            except (CellctlError, OSError) as problem:  # a file replaced or gone meanwhile
                 log.info("recipe %s (%s) is not released: %s", name, path, problem)
                 continue
             released.append(name)
