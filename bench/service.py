@@ -136,7 +136,7 @@ async def raw_server() -> None:
 
     from cellctl.cell import load_cell
     from cellctl.service.api import NAMESPACE, PACKML, STATUS_VARIABLES, TAGS
-    from cellctl.service.opcua_surface import variable_type
+    from cellctl.service.opcua_nodes import variable_type
     from drivers.opcua_types import ns0_node, status_code
 
     url = f"opc.tcp://127.0.0.1:{_free_port()}"

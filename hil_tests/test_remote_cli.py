@@ -30,8 +30,9 @@ from cellctl.service.api import (
     Role,
     ServiceStatus,
 )
-from cellctl.service.certs import CertDir, server_security
+from cellctl.service.certs import CertDir
 from cellctl.service.opcua_surface import OpcuaSurface
+from cellctl.service.security import server_security
 from cellctl.testing import LoopThread, cli, wait_until
 from cellctl.values import TagValue
 from drivers.base import Quality, Value

@@ -28,7 +28,8 @@ from asyncua.client.client import Client
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from cellctl.service.api import ServiceStatus
-from cellctl.service.client import CommandRefused, RemoteCell
+from cellctl.service.client import RemoteCell
+from cellctl.service.client_errors import CommandRefused
 from cellctl.service.opcua_surface import MAX_CONNECTIONS, MAX_SESSIONS
 from cellctl.testing import LoopThread, wait_until
 from drivers.opcua_types import status_code, status_name

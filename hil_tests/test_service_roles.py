@@ -31,14 +31,9 @@ from cellctl.service.api import (
     Role,
 )
 from cellctl.service.certs import CertDir, read_certificate
-from cellctl.service.users import (
-    LOCK_AFTER,
-    ROLE_NAMES,
-    WRONG_LOGIN,
-    UsersFile,
-    hash_password,
-    save_users,
-)
+from cellctl.service.logins import LOCK_AFTER, WRONG_LOGIN
+from cellctl.service.passwords import hash_password
+from cellctl.service.users import ROLE_NAMES, UsersFile, save_users
 from cellctl.testing import wait_until
 from drivers.opcua.security import certificate_uri
 from hil_tests.conftest import tool_missing

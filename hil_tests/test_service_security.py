@@ -1,7 +1,7 @@
-"""The channel security of `cellctl serve` (cellctl.service.certs) on a real asyncua server on
-127.0.0.1 with one variable, against real asyncua clients: a trusted client certificate reads
-over Basic256Sha256 SignAndEncrypt; an untrusted one is refused and reported; no security is
-refused where only SignAndEncrypt is offered."""
+"""The channel security of `cellctl serve` (cellctl.service.security, channel_guard,
+client_security) on a real asyncua server on 127.0.0.1 with one variable, against real asyncua
+clients: a trusted client certificate reads over Basic256Sha256 SignAndEncrypt; an untrusted
+one is refused and reported; no security is refused where only SignAndEncrypt is offered."""
 
 from __future__ import annotations
 
@@ -18,15 +18,10 @@ from asyncua.server.server import Server
 from asyncua.ua.uaerrors import UaError
 
 from cellctl.service.api import NAMESPACE
-from cellctl.service.certs import (
-    CertDir,
-    ServerSecurity,
-    client_security,
-    init_client,
-    init_server,
-    server_security,
-    trust,
-)
+from cellctl.service.certs import CertDir, init_client, init_server
+from cellctl.service.client_security import client_security
+from cellctl.service.security import ServerSecurity, server_security
+from cellctl.service.trust import trust
 from drivers.sim.opcua_cache import default_cache_dir, init_with_cache
 
 #: An address beyond loopback: the security a server bound there gets (SignAndEncrypt only) is

@@ -43,10 +43,11 @@ from cellctl.service.api import (
     Role,
     ServiceStatus,
 )
-from cellctl.service.certs import CertDir, server_security
+from cellctl.service.certs import CertDir
+from cellctl.service.logins import LoginRefused
 from cellctl.service.opcua_surface import BadEndpoint, OpcuaSurface, SurfaceStartFailed
 from cellctl.service.opcua_thread import SurfaceThread
-from cellctl.service.users import LoginRefused
+from cellctl.service.security import server_security
 from cellctl.testing import wait_until
 from cellctl.values import TagValue
 from drivers.base import Quality
@@ -73,7 +74,7 @@ DEADLINE = 1.0
 
 
 def login(name: str | None, password: str | None, peer: str) -> Caller | LoginRefused:
-    """The service's login as the surface gets it (cellctl.service.users.Authenticator.login)."""
+    """The service's login as the surface gets it (cellctl.service.logins.Authenticator.login)."""
     if name is None:
         return Caller(None, Role.VIEWER, "opcua", peer)
     known = USERS.get(name)

@@ -1,5 +1,6 @@
-"""Certificates and trust of `cellctl serve` (cellctl.service.certs, `cellctl certs`): making
-them, trusting client certificates, and which channel security an address gets."""
+"""Certificates and trust of `cellctl serve` (cellctl.service.certs, trust, security;
+`cellctl certs`): making them, trusting client certificates, and which channel security an
+address gets."""
 
 from __future__ import annotations
 
@@ -13,16 +14,9 @@ from asyncua import ua
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from cellctl.service.certs import (
-    CertDir,
-    CertificateError,
-    InsecureBind,
-    init_client,
-    init_server,
-    server_security,
-    trust,
-    trusted_certificates,
-)
+from cellctl.service.certs import CertDir, CertificateError, init_client, init_server
+from cellctl.service.security import InsecureBind, server_security
+from cellctl.service.trust import trust, trusted_certificates
 from cellctl.testing import cli
 
 SECURE = ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt

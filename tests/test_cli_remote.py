@@ -11,7 +11,7 @@ import pytest
 
 from cellctl.cli.views.service import WIDTH, status_lines
 from cellctl.service.api import Prompt
-from cellctl.service.client import parse_prompt, status_from
+from cellctl.service.client_status import parse_prompt, status_from
 from cellctl.testing import cli, free_port
 
 

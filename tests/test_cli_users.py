@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cellctl.service.users import hash_password, load_users, save_users, verify_password
+from cellctl.service.passwords import hash_password, verify_password
+from cellctl.service.users import load_users, save_users
 from cellctl.testing import cli
 
 

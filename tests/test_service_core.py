@@ -241,7 +241,7 @@ async def rigged(folder: Path) -> AsyncIterator[Rig]:
 async def rows_of(rig: Rig, *kinds: str) -> list[JournalRow]:
     """The journal's rows of `kinds` (every row when none is named), once every row queued
     so far is on disk (the service's own writer and the loaded batch's)."""
-    writers = [rig.service._record]  # the service's own record: no public handle on it
+    writers = [rig.service.record.writer]  # the service's own record
     served = rig.service.served
     if served is not None and served.recorder.writer.on_failure is not None:
         writers.append(served.recorder.writer)

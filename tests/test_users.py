@@ -1,5 +1,5 @@
 """Users of `cellctl serve`: password hashes, the users file, the login guard's lockouts and the
-authenticator's rules (cellctl.service.users)."""
+authenticator's rules (cellctl.service.passwords, users, logins)."""
 
 from __future__ import annotations
 
@@ -14,24 +14,25 @@ import pytest
 
 from cellctl.errors import ValidationFailed
 from cellctl.service.api import Caller, Role
-from cellctl.service.users import (
+from cellctl.service.logins import (
     ANONYMOUS_OFF,
     MAX_KEYS,
     PEER_LOCK_AFTER,
-    ROLE_NAMES,
     WRONG_LOGIN,
     Authenticator,
     LoginGuard,
     LoginRefused,
+    peer_host,
+)
+from cellctl.service.passwords import hash_password, verify_password
+from cellctl.service.users import (
+    ROLE_NAMES,
     RoleName,
     UserEntry,
     UsersFile,
     default_users_path,
-    hash_password,
     load_users,
-    peer_host,
     save_users,
-    verify_password,
 )
 
 #: A cheap scrypt cost for tests (the hash records it; verification reads it).

@@ -97,7 +97,7 @@ def trust(
     directory: DirOption = None,
 ) -> None:
     """Trust a client certificate: clients presenting it may open a secured session."""
-    from cellctl.service.certs import trust as trust_certificate
+    from cellctl.service.trust import trust as trust_certificate
 
     certdir = _certdir(directory)
     trusted = trust_certificate(certdir, file)
@@ -111,7 +111,7 @@ def trust(
 @certs_app.command("list")
 def list_trusted(directory: DirOption = None) -> None:
     """The trusted client certificates: subject, SHA-1 thumbprint, expiry."""
-    from cellctl.service.certs import trusted_certificates
+    from cellctl.service.trust import trusted_certificates
 
     certdir = _certdir(directory)
     found = trusted_certificates(certdir)

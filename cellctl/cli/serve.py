@@ -17,7 +17,8 @@ from cellctl.service.defaults import DEFAULT_ENDPOINT
 
 if TYPE_CHECKING:
     from cellctl.cell import Cell
-    from cellctl.service.certs import CertDir, ServerSecurity
+    from cellctl.service.certs import CertDir
+    from cellctl.service.security import ServerSecurity
     from cellctl.service.users import UsersFile
 
 
@@ -72,7 +73,7 @@ class ServeSetup:
         journal: Path | None,
     ) -> None:
         from cellctl.cell import load_cell
-        from cellctl.service.certs import server_security
+        from cellctl.service.security import server_security
         from drivers.config import is_loopback
 
         self.cell_file = cell_file
@@ -211,10 +212,10 @@ async def _serve(setup: ServeSetup, *, sim: bool, speed: float, safe_wait: float
     exit code (5 naming what is unconfirmed)."""
     from cellctl.cli.batch import SafeStateUnconfirmed
     from cellctl.service.core import ServiceOptions
+    from cellctl.service.logins import Authenticator, LoginGuard
     from cellctl.service.opcua_thread import SurfaceThread
     from cellctl.service.resuming import resume_unfinished
     from cellctl.service.runner import serving, until_stopped
-    from cellctl.service.users import Authenticator, LoginGuard
 
     options = ServiceOptions(
         journal=setup.journal,

@@ -93,7 +93,8 @@ def add(
     file: FileOption = None,
 ) -> None:
     """Add a user with a role; the password from CELLCTL_PASSWORD or typed twice."""
-    from cellctl.service.users import UsersFile, hash_password, save_users
+    from cellctl.service.passwords import hash_password
+    from cellctl.service.users import UsersFile, save_users
 
     path = _path(file)
     label = _role(role)
@@ -118,7 +119,8 @@ def rm(name: NameArgument, file: FileOption = None) -> None:
 @users_app.command()
 def passwd(name: NameArgument, file: FileOption = None) -> None:
     """Set a user's password, from CELLCTL_PASSWORD or typed twice."""
-    from cellctl.service.users import hash_password, save_users
+    from cellctl.service.passwords import hash_password
+    from cellctl.service.users import save_users
 
     path = _path(file)
     users = _load(path)

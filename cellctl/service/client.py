@@ -1,5 +1,6 @@
 """The remote CLI's side of `cellctl serve`: one OPC UA session with a running service, its
-status read in one request, its methods called, refusals turned into errors with their reason.
+status read in one request, its methods called, refusals turned into errors with their reason
+(cellctl.service.client_errors).
 
 Everything is found by the names in cellctl.service.api: the namespace by its URI (never an
 assumed index), the status variables by their NodeId strings, the PackML object and its
@@ -13,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlparse
 
 from asyncua import ua
@@ -25,12 +26,22 @@ from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeNotif, Subscription
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
-from cellctl import exitcodes
 from cellctl.errors import CellctlError
-from cellctl.service.api import METHODS, NAMESPACE, PACKML, STATUS_VARIABLES, Prompt, ServiceStatus
+from cellctl.service.api import METHODS, NAMESPACE, PACKML, STATUS_VARIABLES, ServiceStatus
+from cellctl.service.client_errors import (
+    COMMUNICATION,
+    BadRemoteInput,
+    CommandRefused,
+    InsecureLogin,
+    ServerUnreachable,
+    ServiceFailed,
+    connect_error,
+    name_of,
+    request_error,
+)
+from cellctl.service.client_status import status_from, text_of
 from drivers.config import is_loopback
-from drivers.opcua.faults import SESSION_GONE
-from drivers.opcua_types import status_code, status_name
+from drivers.opcua_types import status_name
 
 log = logging.getLogger(__name__)
 
@@ -46,153 +57,6 @@ PUBLISHING_MS = 500.0
 SAMPLING_MS = ua.Double(100.0)
 STATE_QUEUE = 10
 
-# Activation refusals that mean the user name or password was not accepted.
-_LOGIN_REFUSALS = ("BadUserAccessDenied", "BadIdentityTokenRejected", "BadIdentityTokenInvalid")
-# Statuses that say the connection or the session is gone, or no answer came in time.
-_COMMUNICATION = (*SESSION_GONE, "BadTimeout", "BadRequestTimeout", "BadNotConnected")
-
-
-# -- errors ------------------------------------------------------------------------------------
-
-
-class ServerUnreachable(CellctlError):
-    """The service cannot be reached, did not answer in time, or the connection was lost."""
-
-    exit_code: ClassVar[int] = exitcodes.DEVICE_FAILURE
-
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(f"{url}: {reason}")
-        self.url = url
-        self.reason = reason
-
-
-class LoginRefused(CellctlError):
-    """The service refused the session: the user name or password, or its security policy."""
-
-    exit_code: ClassVar[int] = exitcodes.REFUSED
-
-    def __init__(self, url: str, user: str | None, message: str) -> None:
-        super().__init__(message)
-        self.url = url
-        self.user = user
-
-
-class CertificateRefused(LoginRefused):
-    """The service does not trust this client's certificate."""
-
-
-class InsecureLogin(CellctlError):
-    """A password would cross the network in clear text: refused before anything is sent."""
-
-    def __init__(self, url: str, user: str) -> None:
-        super().__init__(
-            f"{url} is not on this machine: logging in as {user!r} there needs --certs DIR with "
-            "a client certificate (cellctl certs client NAME): without it the password would "
-            "cross the network in clear text"
-        )
-        self.url = url
-        self.user = user
-
-
-class CommandRefused(CellctlError):
-    """The service refused a call for the state or the caller's role; nothing changed."""
-
-    exit_code: ClassVar[int] = exitcodes.REFUSED
-
-    def __init__(self, method: str, status: str, reason: str) -> None:
-        # The service's reason names the command already ("Start is not legal in ...").
-        super().__init__(f"refused: {reason}" if reason else f"{method} refused: {status}")
-        self.method = method
-        self.status = status
-        self.reason = reason
-
-
-class BadRemoteInput(CellctlError):
-    """The service refused a call's argument (unknown tag, value out of range); nothing changed."""
-
-    def __init__(self, method: str, reason: str) -> None:
-        super().__init__(
-            f"refused: {reason}" if reason else f"{method} refused: an argument is not valid"
-        )
-        self.method = method
-        self.reason = reason
-
-
-class ServiceFailed(CellctlError):
-    """The service answered a status that is neither a refusal nor a lost connection."""
-
-    exit_code: ClassVar[int] = exitcodes.INTERNAL_ERROR
-
-    def __init__(self, url: str, what: str, status: str, reason: str = "") -> None:
-        detail = f": {reason}" if reason else ""
-        super().__init__(f"{url}: {what} failed with {status}{detail}")
-        self.url = url
-        self.status = status
-        self.reason = reason
-
-
-# -- reading the status ------------------------------------------------------------------------
-
-
-def parse_prompt(text: str) -> Prompt | None:
-    """The prompt of a `Prompt` variable's text ('STEP_ID: text (wants)'); None for ''."""
-    if not text:
-        return None
-    step_id, sep, rest = text.partition(": ")
-    if not sep:
-        return Prompt(step_id="", text=text, wants="")
-    body, paren, wants = rest.rpartition(" (")
-    if paren and wants.endswith(")"):
-        return Prompt(step_id=step_id, text=body, wants=wants[:-1])
-    return Prompt(step_id=step_id, text=rest, wants="")
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _texts(value: Any) -> tuple[str, ...]:
-    return tuple(str(item) for item in value or ())
-
-
-def _number(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) else 0
-
-
-def _pairs(value: Any) -> dict[str, str]:
-    """NAME=VALUE texts as a mapping (a text without '=' is a name with an empty value)."""
-    pairs: dict[str, str] = {}
-    for item in _texts(value):
-        name, _, text = item.partition("=")
-        pairs[name] = text
-    return pairs
-
-
-def status_from(values: Mapping[str, Any]) -> ServiceStatus:
-    """The status snapshot from the status variables' values, by browse name."""
-    return ServiceStatus(
-        cell=_text(values.get("Cell")),
-        state=_text(values.get("State")),
-        mode=_text(values.get("Mode")),
-        legal=_texts(values.get("LegalCommands")),
-        security=_text(values.get("Security")),
-        batch=_text(values.get("BatchId")),
-        recipe=_text(values.get("Recipe")),
-        recipe_version=_number(values.get("RecipeVersion")),
-        recipe_sha256=_text(values.get("RecipeSha256")),
-        parameters=_pairs(values.get("Parameters")),
-        step=_text(values.get("CurrentStep")),
-        produced=_number(values.get("Produced")),
-        rejected=_number(values.get("Rejected")),
-        stop_reason=_text(values.get("StopReason")),
-        trips=_texts(values.get("ActiveTrips")),
-        prompt=parse_prompt(_text(values.get("Prompt"))),
-        paused=_text(values.get("Paused")),
-        breakpoints=_texts(values.get("Breakpoints")),
-        forced=_pairs(values.get("Forced")),
-        recipes=_texts(values.get("Recipes")),
-    )
-
 
 def _variant(arg: str | Sequence[str]) -> ua.Variant:
     """A method argument as the String (or String[]) the method declares: an empty list
@@ -200,10 +64,6 @@ def _variant(arg: str | Sequence[str]) -> ua.Variant:
     if isinstance(arg, str):
         return ua.Variant(arg, ua.VariantType.String)
     return ua.Variant(list(arg), ua.VariantType.String, is_array=True)
-
-
-def _name_of(err: UaStatusCodeError) -> str:
-    return status_name(status_code(err.code))
 
 
 # -- the session -------------------------------------------------------------------------------
@@ -273,7 +133,7 @@ class RemoteCell:
             client.disconnect_socket()  # a connect cut short leaves its socket open
             if isinstance(err, CellctlError):
                 raise
-            raise self._connect_error(err) from err
+            raise connect_error(self.url, self.user, self._timeout, err) from err
         self._client = client
         self._lost = asyncio.Event()
         lost = self._lost
@@ -292,7 +152,7 @@ class RemoteCell:
             ) from err
         except BaseException as err:
             await self.close()
-            raise self._request_error(err, "reading the namespaces") from err
+            raise request_error(self.url, self._timeout, err, "reading the namespaces") from err
 
     async def _secure(self, client: Client) -> bool:
         """Set up SignAndEncrypt when the certificate folder holds a client certificate (to the
@@ -300,7 +160,8 @@ class RemoteCell:
         another machine without it: InsecureLogin, before anything is sent."""
         secured = False
         if self._certdir is not None:
-            from cellctl.service.certs import CertDir, client_security
+            from cellctl.service.certs import CertDir
+            from cellctl.service.client_security import client_security
 
             certs = CertDir(self._certdir)
             if certs.client_cert.is_file():
@@ -311,41 +172,6 @@ class RemoteCell:
         if self.user is not None and not secured and not is_loopback(host):
             raise InsecureLogin(self.url, self.user)
         return secured
-
-    def _connect_error(self, err: BaseException) -> CellctlError | BaseException:
-        """The error a failed connect ends in, for a person to act on."""
-        if isinstance(err, TimeoutError):
-            return ServerUnreachable(self.url, f"no answer within {self._timeout:g} s")
-        if isinstance(err, ConnectionRefusedError):
-            return ServerUnreachable(self.url, "connection refused: is `cellctl serve` running?")
-        if isinstance(err, OSError):
-            return ServerUnreachable(self.url, f"cannot connect: {err.strerror or err}")
-        if isinstance(err, UaStatusCodeError):
-            name = _name_of(err)
-            if name in _LOGIN_REFUSALS:
-                who = f"user {self.user!r}" if self.user else "anonymous access"
-                return LoginRefused(
-                    self.url, self.user, f"{self.url} refused the login ({who}): {name}"
-                )
-            if name.startswith("BadCertificate") or name == "BadSecurityChecksFailed":
-                return CertificateRefused(
-                    self.url,
-                    self.user,
-                    f"{self.url} refused this client's certificate ({name}): ask the "
-                    "server's admin to run `cellctl certs trust FILE` with your "
-                    "client-cert.der",
-                )
-            return ServerUnreachable(self.url, f"the server refused the session: {name}")
-        if isinstance(err, UaError) and str(err).startswith("No matching endpoints"):
-            return LoginRefused(
-                self.url,
-                self.user,
-                f"{self.url} accepts only secured connections: pass --certs DIR with a client "
-                "certificate (cellctl certs client NAME)",
-            )
-        if isinstance(err, UaError):
-            return ServerUnreachable(self.url, f"the session could not be opened: {err}")
-        return err
 
     async def close(self) -> None:
         """Close the session (bounded: a server that is gone does not hold the CLI)."""
@@ -372,21 +198,6 @@ class RemoteCell:
     def _node(self, name: str) -> Node:
         return self.client.get_node(ua.NodeId(ua.String(f"{PACKML}.{name}"), ua.Int16(self._ns)))
 
-    def _request_error(self, err: BaseException, what: str) -> CellctlError | BaseException:
-        """The error a request that did not get its answer ends in."""
-        if isinstance(err, TimeoutError):
-            return ServerUnreachable(self.url, f"{what}: no answer within {self._timeout:g} s")
-        if isinstance(err, OSError):
-            return ServerUnreachable(self.url, f"{what}: connection lost ({err})")
-        if isinstance(err, UaStatusCodeError):
-            name = _name_of(err)
-            if name in _COMMUNICATION:
-                return ServerUnreachable(self.url, f"{what}: {name}")
-            return ServiceFailed(self.url, what, name)
-        if isinstance(err, UaError):
-            return ServerUnreachable(self.url, f"{what}: {err}")
-        return err
-
     async def status(self) -> ServiceStatus:
         """Every status variable read in one request, as a ServiceStatus."""
         names = list(STATUS_VARIABLES)
@@ -394,7 +205,7 @@ class RemoteCell:
             async with asyncio.timeout(self._timeout):
                 answers = await self.client.read_attributes([self._node(n) for n in names])
         except BaseException as err:
-            raise self._request_error(err, "reading the status") from err
+            raise request_error(self.url, self._timeout, err, "reading the status") from err
         values: dict[str, Any] = {}
         for name, answer in zip(names, answers, strict=True):
             status = status_name(answer.StatusCode) if answer.StatusCode is not None else "Good"
@@ -429,20 +240,20 @@ class RemoteCell:
             async with asyncio.timeout(CALL_TIMEOUT + 1):
                 result = await self._packml.call_method(method_id, *map(_variant, args))
         except UaStatusCodeError as err:
-            raise await self._refusal(method, _name_of(err)) from err
+            raise await self._refusal(method, name_of(err)) from err
         except BaseException as err:
-            raise self._request_error(err, f"calling {method}") from err
+            raise request_error(self.url, self._timeout, err, f"calling {method}") from err
         finally:
             protocol.timeout = saved
-        return _text(result)
+        return text_of(result)
 
     async def _refusal(self, method: str, status: str) -> CellctlError:
         """The error of a call answered `status`, with this session's LastRefusal text."""
-        if status in _COMMUNICATION:
+        if status in COMMUNICATION:
             return ServerUnreachable(self.url, f"calling {method}: {status}")
         try:
             async with asyncio.timeout(self._timeout):
-                reason = _text(await self._node("LastRefusal").read_value())
+                reason = text_of(await self._node("LastRefusal").read_value())
         except (TimeoutError, OSError, UaError) as err:
             log.debug("reading LastRefusal after %s: %r", status, err)
             reason = ""
@@ -462,7 +273,7 @@ class RemoteCell:
             except CellctlError:
                 raise
             except BaseException as err:
-                raise self._request_error(err, f"browsing {PACKML}") from err
+                raise request_error(self.url, self._timeout, err, f"browsing {PACKML}") from err
             for child in children:
                 if child.NodeClass == ua.NodeClass.Method:
                     self._methods.setdefault(child.BrowseName.Name, child.NodeId)
@@ -502,14 +313,14 @@ class RemoteCell:
                     [self._node(n) for n in names], sampling_interval=SAMPLING_MS
                 )
         except BaseException as err:
-            raise self._request_error(err, "subscribing to the status") from err
+            raise request_error(self.url, self._timeout, err, "subscribing to the status") from err
         try:
             last = await self.status()
             callback(last, ())
             while True:
                 states: list[str] = []
                 for node, value in await self._next_batch(notes):
-                    state = _text(value)
+                    state = text_of(value)
                     if node == state_node and state != (states[-1] if states else last.state):
                         states.append(state)
                 try:

@@ -8,6 +8,9 @@ its String output `Result`; a refused one answers the Bad status of its kind (ST
 keeps the reason as the calling session's LastRefusal. A handler never raises: asyncua would
 answer BadUnexpectedError, which tells a client nothing.
 
+The address space is built by cellctl.service.opcua_nodes; a call's arguments become a Request
+in cellctl.service.opcua_requests.
+
 Runs on the surface's own loop (SurfaceThread): nothing here touches the control loop.
 """
 
@@ -16,32 +19,24 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol
 from urllib.parse import urlparse
 
 from asyncua import ua
 from asyncua.common.connection import TransportLimits
-from asyncua.common.node import Node
 from asyncua.server.server import Server
-from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
 from cellctl import exitcodes
 from cellctl.cell import Cell
-from cellctl.control.machine import Command
 from cellctl.errors import CellctlError
 from cellctl.io.sim import init_opcua_server
 from cellctl.service.api import (
-    METHODS,
-    MODE_NUMBERS,
     NAMESPACE,
-    PACKML,
     REQUIRED_ROLE,
-    STATE_NUMBERS,
     STATUS_OF,
-    STATUS_VARIABLES,
     TAGS,
     Accepted,
     Action,
@@ -50,14 +45,24 @@ from cellctl.service.api import (
     Request,
     ServiceStatus,
 )
+from cellctl.service.opcua_nodes import (
+    MethodHandler,
+    StatusNodes,
+    TagNodes,
+    build_packml,
+    build_tags,
+    status_values,
+    tag_datavalue,
+    write_value,
+)
+from cellctl.service.opcua_requests import BadCall, build_request
 from cellctl.service.opcua_sessions import CURRENT_SESSION as CURRENT_SESSION
 from cellctl.service.opcua_sessions import ServiceLogins, ServiceServer, ServiceSession
 from cellctl.textvalue import show
 from cellctl.values import TagValue
-from drivers.base import Quality
 from drivers.config import url_host
 from drivers.opcua_types import VARIANT_TYPES, from_ua, ns0_node, status_code
-from drivers.points import Access, DataType
+from drivers.points import Access
 
 log = logging.getLogger("cellctl.service.opcua")
 
@@ -126,88 +131,6 @@ class ChannelSecurity(Protocol):
 #: (user name or None, password or None, peer) -> the Caller, or None when refused.
 Authenticate = Callable[[str | None, str | None, str], Caller | None]
 
-#: A method input's Request field, by input name (Choice: `choice` of a command, else `value`).
-_FIELDS: Mapping[str, str] = {
-    "Mode": "value",
-    "Name": "name",
-    "Parameters": "parameters",
-    "StepId": "name",
-    "Value": "value",
-    "Tag": "name",
-    "Choice": "value",
-}
-#: The inputs that take a String array.
-_ARRAY_INPUTS = frozenset({"Parameters"})
-
-
-class _BadCall(Exception):
-    """A call whose arguments do not fit the method: its status and the reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def variable_type(name: str) -> tuple[ua.VariantType, bool]:
-    """A status variable's OPC UA type and whether it is an array (from STATUS_VARIABLES)."""
-    kind = STATUS_VARIABLES[name].split(":", 1)[0].strip()
-    return ua.VariantType[kind.removesuffix("[]")], kind.endswith("[]")
-
-
-def status_values(status: ServiceStatus, security: str) -> dict[str, str | int | list[str]]:
-    """Each status variable's value (but LastRefusal, which each session reads for itself)."""
-    prompt = status.prompt
-    return {
-        "Cell": status.cell,
-        "State": status.state,
-        "StateCurrent": STATE_NUMBERS.get(status.state, 0),
-        "Mode": status.mode,
-        "UnitModeCurrent": MODE_NUMBERS.get(status.mode, 0),
-        "LegalCommands": list(status.legal),
-        "BatchId": status.batch,
-        "Recipe": status.recipe,
-        "RecipeVersion": status.recipe_version,
-        "RecipeSha256": status.recipe_sha256,
-        "Parameters": [f"{k}={v}" for k, v in status.parameters.items()],
-        "CurrentStep": status.step,
-        "Produced": status.produced,
-        "Rejected": status.rejected,
-        "StopReason": status.stop_reason,
-        "ActiveTrips": list(status.trips),
-        "Prompt": f"{prompt.step_id}: {prompt.text} ({prompt.wants})" if prompt else "",
-        "Paused": status.paused,
-        "Breakpoints": list(status.breakpoints),
-        "Forced": [f"{k}={v}" for k, v in status.forced.items()],
-        "Recipes": list(status.recipes),
-        "Security": status.security or security,
-    }
-
-
-def tag_datavalue(datatype: DataType, value: TagValue | None) -> ua.DataValue:
-    """A tag variable's DataValue: the value as the node's type, its quality as the status and
-    its reading's time as the source timestamp."""
-    vtype = VARIANT_TYPES[datatype]
-    now = ua.DateTime.now(datetime.UTC)
-    if value is None:
-        status = status_code(StatusCodes.BadWaitingForInitialData)
-        return ua.DataValue(ua.Variant(), StatusCode=status, ServerTimestamp=now)
-    source = ua.DateTime.fromtimestamp(value.device_time or value.timestamp, datetime.UTC)
-    shown: object = None
-    status = status_code(StatusCodes.Bad)
-    if value.quality is not Quality.BAD and value.value is not None:
-        try:
-            shown = from_ua(datatype, value.value)
-        except ValueError:
-            log.warning("tag %s: value %r is not a %s", value.tag, value.value, datatype.value)
-            status = status_code(StatusCodes.BadTypeMismatch)
-        else:
-            good = value.quality is Quality.GOOD
-            status = status_code(StatusCodes.Good if good else StatusCodes.Uncertain)
-    # A Bad value is a null Variant (asyncua would null it anyway: OPC UA Part 4, 7.7.1).
-    variant = ua.Variant(shown, vtype) if shown is not None else ua.Variant()
-    return ua.DataValue(variant, StatusCode=status, SourceTimestamp=source, ServerTimestamp=now)
-
 
 def may_force(caller: Caller | None) -> bool:
     """True when the caller's role may force tags (what a tag's UserAccessLevel shows)."""
@@ -242,9 +165,9 @@ class OpcuaSurface:
         self._authenticate = authenticate
         self._cell = cell
         self._server: Server | None = None
-        self._status_nodes: dict[str, tuple[ua.NodeId, ua.VariantType]] = {}
+        self._status_nodes: StatusNodes = {}
         self._shown: dict[str, object] = {}
-        self._tag_nodes: dict[str, tuple[ua.NodeId, DataType]] = {}
+        self._tag_nodes: TagNodes = {}
         self._tags_shown: dict[str, TagValue] = {}
 
     @property
@@ -315,74 +238,17 @@ class OpcuaSurface:
 
     async def _build_packml(self, server: Server, idx: int, status: ServiceStatus) -> None:
         """Objects/PackML: every status variable and every method."""
-        packml = await server.nodes.objects.add_object(
-            _node(PACKML, idx), ua.QualifiedName(PACKML, idx)
-        )
         values: dict[str, object] = {**status_values(status, self._security.describe())}
         values["LastRefusal"] = ""
-        for name, description in STATUS_VARIABLES.items():
-            vtype, array = variable_type(name)
-            node_id = _node(f"{PACKML}.{name}", idx)
-            node = await packml.add_variable(
-                node_id,
-                ua.QualifiedName(name, idx),
-                ua.Variant(values[name], vtype),
-                datatype=ns0_node(vtype.value),
-            )
-            await _describe(node, description)
-            if array:
-                await node.write_value_rank(ua.ValueRank.OneDimension)
-                await node.write_attribute(
-                    AttributeIds.ArrayDimensions,
-                    ua.DataValue(ua.Variant([0], ua.VariantType.UInt32)),
-                )
-            self._status_nodes[name] = (node_id, vtype)
+        self._status_nodes = await build_packml(server, idx, values, self._handler)
         self._shown = {k: v for k, v in values.items() if k != "LastRefusal"}
         assert isinstance(server.iserver, ServiceServer)
         server.iserver.last_refusal_node = self._status_nodes["LastRefusal"][0]
-        string = ns0_node(ua.VariantType.String.value)
-        for name, (inputs, action) in METHODS.items():
-            arguments = [
-                ua.Argument(
-                    Name=arg,
-                    DataType=string,
-                    ValueRank=ua.ValueRank.OneDimension if arg in _ARRAY_INPUTS else -1,
-                    ArrayDimensions=[0] if arg in _ARRAY_INPUTS else [],
-                )
-                for arg in inputs
-            ]
-            result = [ua.Argument(Name="Result", DataType=string, ValueRank=-1)]
-            await packml.add_method(
-                _node(f"{PACKML}.{name}", idx),
-                ua.QualifiedName(name, idx),
-                self._handler(name, inputs, action),
-                arguments,
-                result,
-            )
 
     async def _build_tags(self, server: Server, idx: int, tags: Mapping[str, TagValue]) -> None:
         """Objects/Tags: one variable per cell tag, of the tag's type."""
-        folder = await server.nodes.objects.add_folder(
-            _node(TAGS, idx), ua.QualifiedName(TAGS, idx)
-        )
-        for name, tag in self._cell.tags.items():
-            datatype = tag.datatype
-            node_id = _node(f"{TAGS}.{name}", idx)
-            vtype = VARIANT_TYPES[datatype]
-            node = await folder.add_variable(
-                node_id,
-                ua.QualifiedName(name, idx),
-                ua.Variant(_zero(datatype), vtype),
-                datatype=ns0_node(vtype.value),
-            )
-            if tag.description:
-                await _describe(node, tag.description)
-            if tag.access is Access.RW:
-                await node.set_writable()
-            self._tag_nodes[name] = (node_id, datatype)
-            await self._write(server, node_id, tag_datavalue(datatype, tags.get(name)))
-            if name in tags:
-                self._tags_shown[name] = tags[name]
+        self._tag_nodes = await build_tags(server, idx, self._cell, tags)
+        self._tags_shown = {name: tags[name] for name in self._tag_nodes if name in tags}
 
     # -- keeping it current ------------------------------------------------------------------
 
@@ -395,7 +261,7 @@ class OpcuaSurface:
             if self._shown.get(name) == value:
                 continue
             node_id, vtype = self._status_nodes[name]
-            await self._write(server, node_id, ua.DataValue(ua.Variant(value, vtype)))
+            await write_value(server, node_id, ua.DataValue(ua.Variant(value, vtype)))
             self._shown[name] = value
 
     async def apply_tags(self, values: Mapping[str, TagValue]) -> None:
@@ -408,16 +274,8 @@ class OpcuaSurface:
             if node is None or self._tags_shown.get(name) == value:
                 continue
             node_id, datatype = node
-            await self._write(server, node_id, tag_datavalue(datatype, value))
+            await write_value(server, node_id, tag_datavalue(datatype, value))
             self._tags_shown[name] = value
-
-    @staticmethod
-    async def _write(server: Server, node_id: ua.NodeId, value: ua.DataValue) -> None:
-        """Write a value into the address space; a refusal is a bug in this module."""
-        status = await server.iserver.aspace.write_attribute_value(
-            node_id, AttributeIds.Value, value
-        )
-        status.check()
 
     # -- clients' calls and writes -----------------------------------------------------------
 
@@ -426,9 +284,7 @@ class OpcuaSurface:
         session = CURRENT_SESSION.get()
         self._bridge.security_refused("certificate", who, session.peer if session else "", reason)
 
-    def _handler(
-        self, method: str, inputs: tuple[str, ...], action: Action
-    ) -> Callable[..., Coroutine[Any, Any, list[ua.Variant] | ua.StatusCode]]:
+    def _handler(self, method: str, inputs: tuple[str, ...], action: Action) -> MethodHandler:
         """The asyncua handler of one method: (parent, *args) -> [Result] or a Bad status."""
 
         async def handle(parent: ua.NodeId, *args: ua.Variant) -> list[ua.Variant] | ua.StatusCode:
@@ -437,7 +293,7 @@ class OpcuaSurface:
                 return status_code(StatusCodes.BadUserAccessDenied)
             try:
                 request = build_request(method, inputs, action, args)
-            except _BadCall as bad:
+            except BadCall as bad:
                 session.refuse(bad.reason)
                 return status_code(bad.status)
             answer = await self._submit(session, request, method)
@@ -492,64 +348,6 @@ class OpcuaSurface:
             session.refuse(answer.reason)
             return status_code(getattr(StatusCodes, STATUS_OF[answer.kind]))
         return answer
-
-
-def build_request(
-    method: str, inputs: tuple[str, ...], action: Action, args: Sequence[ua.Variant]
-) -> Request:
-    """The Request a call of `method` with these arguments makes; _BadCall when they do not
-    fit (count or type)."""
-    if len(args) < len(inputs):
-        missing = ", ".join(inputs[len(args) :])
-        raise _BadCall(StatusCodes.BadArgumentsMissing, f"{method}: missing {missing}")
-    if len(args) > len(inputs):
-        takes = ", ".join(inputs) or "no arguments"
-        raise _BadCall(StatusCodes.BadTooManyArguments, f"{method} takes {takes}")
-    fields: dict[str, Any] = {}
-    for name, arg in zip(inputs, args, strict=True):
-        field = "choice" if name == "Choice" and action is Action.COMMAND else _FIELDS[name]
-        fields[field] = _text(method, name, arg)
-    command = Command(method) if action is Action.COMMAND else None
-    return Request(action, command=command, **fields)
-
-
-def _text(method: str, name: str, arg: ua.Variant) -> str | tuple[str, ...]:
-    """An input as the text (or texts) a Request holds; a null input is '' (or no texts)."""
-    value = arg.Value
-    if value is None:
-        return () if name in _ARRAY_INPUTS else ""
-    if arg.VariantType == ua.VariantType.String:
-        if name in _ARRAY_INPUTS and isinstance(value, list):
-            return tuple(v or "" for v in value)
-        if name not in _ARRAY_INPUTS and isinstance(value, str):
-            return value
-    wanted = "a String array" if name in _ARRAY_INPUTS else "a String"
-    raise _BadCall(
-        StatusCodes.BadInvalidArgument,
-        f"{method}: {name} must be {wanted} (got {arg.VariantType.name})",
-    )
-
-
-def _node(name: str, idx: int) -> ua.NodeId:
-    """The NodeId `name` in namespace `idx` (asyncua annotates the parts with marker classes)."""
-    return ua.NodeId(ua.String(name), ua.Int16(idx))
-
-
-def _zero(datatype: DataType) -> object:
-    """A value of the type for a variable's creation (its status says there is none yet)."""
-    if datatype is DataType.BOOL:
-        return False
-    if datatype is DataType.STRING:
-        return ""
-    if datatype in (DataType.FLOAT32, DataType.FLOAT64):
-        return 0.0
-    return 0
-
-
-async def _describe(node: Node, text: str) -> None:
-    """Set a node's Description (what browsing clients show beside it)."""
-    variant = ua.Variant(ua.LocalizedText(text), ua.VariantType.LocalizedText)
-    await node.write_attribute(AttributeIds.Description, ua.DataValue(variant))
 
 
 def _limit(iserver: ServiceServer) -> None:

@@ -24,13 +24,13 @@ from typing import Any
 
 from cellctl.cell import Cell
 from cellctl.service.api import Accepted, Backend, Caller, Refused, Request, ServiceStatus
+from cellctl.service.logins import LoginRefused
 from cellctl.service.opcua_surface import (
     ChannelSecurity,
     ControllerTimeout,
     OpcuaSurface,
     SurfaceStartFailed,
 )
-from cellctl.service.users import LoginRefused
 from cellctl.values import TagValue
 
 log = logging.getLogger("cellctl.service.opcua")
