@@ -166,7 +166,7 @@ def serve(
         float, typer.Option("--speed", metavar="F", min=0.01, help="simulators' speed-up (--sim)")
     ] = 1.0,
     endpoint: Annotated[
-        str, typer.Option("--endpoint", metavar="URL", help=f"where to listen ({DEFAULT_ENDPOINT})")
+        str, typer.Option("--endpoint", metavar="URL", help="where to listen")
     ] = DEFAULT_ENDPOINT,
     users: Annotated[
         Path | None, typer.Option("--users", metavar="FILE", help="the users file")
