@@ -498,6 +498,36 @@ async def test_packml_commands_go_through_commands(rig: Rig) -> None:
 
 
 @pytest.mark.asyncio
+async def test_the_batch_detail_follows_the_steps(rig: Rig) -> None:
+    assert rig.service.batch_detail() is None  # nothing loaded
+    names = [r["name"] for r in rig.service.recipes_info()]
+    assert "waiting" in names
+    waiting = next(r for r in rig.service.recipes_info() if r["name"] == "waiting")
+    assert {"name", "version", "parameters"} <= waiting.keys()
+    await rig.loaded("waiting")
+    detail = rig.service.batch_detail()
+    assert detail is not None and detail["steps"]
+    assert {s["state"] for s in detail["steps"]} == {"pending"}
+    await rig.ok(OPERATOR, command(Command.START))
+    await wait_until(lambda: "finish" in rig.service.status().step, DEADLINE, "the wait")
+
+    def waiting_now() -> bool:
+        shown = rig.service.batch_detail()
+        return shown is not None and shown["wait"] is not None
+
+    await wait_until(waiting_now, DEADLINE, "the wait shown")
+    shown = rig.service.batch_detail()
+    assert shown is not None and "line.done" in shown["wait"]["tags"]
+    assert shown["running"] is not None and shown["started_at"] is not None
+    rig.device("line.done", True)
+    await rig.settle("Complete")
+    done = rig.service.batch_detail()
+    assert done is not None and done["running"] is None and done["wait"] is None
+    assert {s["state"] for s in done["steps"]} <= {"done", "skipped"}
+    assert done["safe_state"] is None or done["safe_state"]["results"]
+
+
+@pytest.mark.asyncio
 async def test_reset_refused_until_the_trip_is_acknowledged(rig: Rig) -> None:
     await rig.loaded("waiting")
     await rig.ok(OPERATOR, command(Command.START))

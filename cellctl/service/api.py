@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from cellctl.cell import Cell
 from cellctl.control.machine import Command, Mode
@@ -314,4 +314,13 @@ class Backend(Protocol):
 
     def security_refused(self, what: str, who: str, peer: str, reason: str) -> None:
         """Record a refused login or certificate (`what`: login, certificate)."""
+        ...
+
+    def batch_detail(self) -> dict[str, Any] | None:
+        """The loaded batch's step tree with each step's state, its wait, its last safe
+        state (cellctl.service.detail.BatchDetail as JSON), or None before any load."""
+        ...
+
+    def recipes_info(self) -> list[dict[str, Any]]:
+        """The released recipes with their parameters (type, range, choices, unit, default)."""
         ...

@@ -23,6 +23,7 @@ from cellctl.io.session import TagIO
 from cellctl.recipe import LoadedRecipe
 from cellctl.recipe.plan import make_plan
 from cellctl.service.api import Accepted, Caller, RefusalKind, Refused, Request
+from cellctl.service.detail import BatchDetail
 from cellctl.service.served import Alarm, ServedBatch, finish, make_served, retire
 from cellctl.service.shelf import RecipeShelf
 from cellctl.service.standby import Standby
@@ -55,11 +56,15 @@ class ServedBatches:
 
         def _spawn(self, work: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]: ...
 
+        async def look_at_recipes(self) -> None: ...
+
     # -- events of the batch ------------------------------------------------------------------
 
     def _event(self, event: Event) -> None:
         """Every event of the batch's controller (and the standby's)."""
         served = self.served
+        if served is not None and served.detail is not None:
+            served.detail.apply(event)
         if isinstance(event, Tripped):
             self.alarms[event.interlock] = Alarm(event.message)
         elif isinstance(event, TripCleared):
@@ -121,8 +126,9 @@ class ServedBatches:
             await self.standby.close()
         self.alarms = {n: a for n, a in self.alarms.items() if a.active}
         try:
-            self.recipes = tuple(await asyncio.to_thread(self.shelf.names))
+            await self.look_at_recipes()
             self.served = await self._open_batch(caller, loaded, parameters, state)
+            self.served.detail = BatchDetail.of(plan)
         except Exception:
             if self.served is None:  # no batch holds the cell: a standby watches it again
                 self.standby = Standby(self.cell, self.io, self._event)

@@ -38,6 +38,7 @@ from cellctl.service.api import (
     ServiceStatus,
 )
 from cellctl.service.batches import ServedBatches
+from cellctl.service.detail import recipe_info
 from cellctl.service.record import ServiceRecord
 from cellctl.service.served import Alarm, ServedBatch, retire, stop_served
 from cellctl.service.shelf import RecipeShelf
@@ -74,6 +75,8 @@ class CellService(ServedBatches):
         self.options = options
         self.shelf = RecipeShelf(cell, options.recipes)
         self.recipes: tuple[str, ...] = ()
+        #: The released recipes with their parameters (recipes_info), as last looked at.
+        self.recipe_infos: list[dict[str, Any]] = []
         self.mode = Mode.PRODUCTION
         self.served: ServedBatch | None = None
         self.standby = Standby(cell, io, self._event)
@@ -101,7 +104,7 @@ class CellService(ServedBatches):
     async def open(self) -> None:
         """Open the service's own record, watch the tags and the interlocks (standby)."""
         self.record.open()
-        self.recipes = tuple(await asyncio.to_thread(self.shelf.names))
+        await self.look_at_recipes()
         self._unlisten = self.io.board.listen(list(self.io.tags), self.feed.tag_changed)
         self.io.watch()
         await self.standby.open()
@@ -202,6 +205,23 @@ class CellService(ServedBatches):
     ) -> Callable[[], None]:
         """Be told of each new status and of changed tag values; returns the stop."""
         return self.feed.listen(on_status, on_tags)
+
+    async def look_at_recipes(self) -> None:
+        """Find the released recipes again (at the start and at each load)."""
+        released = await asyncio.to_thread(self.shelf.released)
+        self.recipes = tuple(loaded.recipe.recipe for loaded in released)
+        self.recipe_infos = [recipe_info(loaded) for loaded in released]
+
+    def recipes_info(self) -> list[dict[str, Any]]:
+        """The released recipes with their parameters (type, range, unit, default)."""
+        return list(self.recipe_infos)
+
+    def batch_detail(self) -> dict[str, Any] | None:
+        """The loaded batch's step tree, each step's state, its wait and last safe state."""
+        served = self.served
+        if served is None or served.detail is None:
+            return None
+        return served.detail.to_json()
 
     def tag_values(self) -> Mapping[str, TagValue]:
         """The latest value of every tag that has one."""

@@ -31,6 +31,7 @@ from cellctl.errors import CellctlError
 from cellctl.recipe import Recipe
 from cellctl.recipe.plan import make_plan
 from cellctl.service.core import CellService, ServedBatch
+from cellctl.service.detail import BatchDetail
 
 __all__ = ["CannotTakeUp", "resume_unfinished", "unfinished_of"]
 
@@ -100,6 +101,7 @@ async def resume_unfinished(service: CellService) -> str | None:
     )
     operator = str(started.get("operator") or "service")
     served = service.make_served(loaded, parameters, recorder, operator, State.STOPPED)
+    served.detail = BatchDetail.of(plan)
     holder.append(served)
     if served.parts is not None:
         if started.get("sim") is True:

@@ -22,6 +22,7 @@ from cellctl.control.parts import PartsCount, read_count
 from cellctl.errors import CellctlError
 from cellctl.io.session import TagIO
 from cellctl.recipe import LoadedRecipe
+from cellctl.service.detail import BatchDetail
 from cellctl.service.operator import RemoteOperator
 from drivers.base import Value
 
@@ -49,6 +50,8 @@ class ServedBatch:
     resumed: bool = False
     #: Who gave commands from where: source (surface and peer) -> user, for the stop reason.
     given_by: dict[str, str] = field(default_factory=dict)
+    #: The step tree with each step's state, for the clients that draw it (the web view).
+    detail: BatchDetail | None = None
 
 
 @dataclass

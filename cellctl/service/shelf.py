@@ -42,15 +42,17 @@ class RecipeShelf:
 
     def names(self) -> list[str]:
         """The released recipes: those that validate now, by name."""
+        return [loaded.recipe.recipe for loaded in self.released()]
+
+    def released(self) -> list[LoadedRecipe]:
+        """The recipes that validate now, by name."""
         released = []
-        for name, path in self.files().items():
+        for name, path in sorted(self.files().items()):
             try:
-                self._load(path)
+                released.append(self._load(path))
             except (CellctlError, OSError) as problem:  # a file replaced or gone meanwhile
                 log.info("recipe %s (%s) is not released: %s", name, path, problem)
-                continue
-            released.append(name)
-        return sorted(released)
+        return released
 
     def load(self, name: str) -> LoadedRecipe:
         """The recipe `name`, validated against the cell: UnknownRecipe, or ValidationFailed
