@@ -438,6 +438,40 @@ def test_report_to_a_file(
     assert code == 1 and str(tmp_path) in err
 
 
+def test_the_web_view_reads_the_report_and_history_the_cli_prints(
+    journal: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cellctl.reports' report_html_of and history_json (what /history/{batch}/report and
+    /api/history serve): the CLI's own output, the journal only read."""
+    from cellctl.control.journal.store import JournalUnavailable
+    from cellctl.reports import history_json, report_html_of
+
+    before = journal.read_bytes()
+    for batch in (B1, B2):
+        page = tmp_path / f"{batch}.html"
+        argv = ["report", batch, "--format", "html", "-o", str(page), "--journal", str(journal)]
+        assert _cli(argv, capsys)[0] == 0
+        assert report_html_of(journal, batch) == page.read_text(encoding="utf-8")
+    # None for what names no batch: an unknown id, an empty one, and a prefix (here of both
+    # batches) that `cellctl report` would take: a link names one whole batch id.
+    assert report_html_of(journal, "B-9999") is None
+    assert report_html_of(journal, "") is None
+    assert report_html_of(journal, "B-000") is None
+    code, out, _ = _cli(["history", "--json", "--last", "1", "--journal", str(journal)], capsys)
+    assert code == 0 and history_json(journal, 1) == json.loads(out)
+    data = history_json(journal, 5)
+    jsonschema.validate(data, load_schema("history"))
+    assert [d["batch"] for d in data] == [B2, B1] and history_json(journal, 0) == []
+    assert journal.read_bytes() == before
+    # A missing journal is an error naming it, and is never made.
+    missing = tmp_path / "none" / "journal.sqlite"
+    with pytest.raises(JournalUnavailable, match="no such file"):
+        report_html_of(missing, B1)
+    with pytest.raises(JournalUnavailable, match="no such file"):
+        history_json(missing, 5)
+    assert not missing.parent.exists()
+
+
 # --- the HTML -------------------------------------------------------------------------------
 
 
@@ -478,7 +512,7 @@ class Page(HTMLParser):
 
 
 def _page(store: SqliteStore, batch: str) -> tuple[str, Page]:
-    from cellctl.cli.views.report_html import report_html
+    from cellctl.reports import report_html
 
     text = report_html(batch_record(store, batch))
     page = Page()
@@ -684,7 +718,7 @@ def test_a_duration_reads_the_same_long_or_short(
     seconds: float | None, long: str, short: str
 ) -> None:
     """`report` spells a duration out; `history` fits it in 6 characters."""
-    from cellctl.cli.views.report_text import span
+    from cellctl.reports import span
 
     assert span(seconds) == long
     assert span(seconds, short=True) == short

@@ -78,3 +78,46 @@ def test_an_unwritable_journal_is_exit_6(
     result = cli(capsys, "serve", cell, "--check", "--journal", folder / "j.sqlite")
     assert result.exit_code == 6
     assert "j.sqlite" in result.err
+
+
+def test_http_alone_is_the_default_web_address_on_plain_http(
+    capsys: pytest.CaptureFixture[str], cell: Path, tmp_path: Path
+) -> None:
+    journal = tmp_path / "j.sqlite"
+    alone = cli(capsys, "serve", "--http", cell, "--check", "--journal", journal)
+    assert alone.exit_code == 0, alone.err
+    assert "web view: http://127.0.0.1:8480; plain HTTP (loopback)" in alone.out
+    last = cli(capsys, "serve", cell, "--check", "--journal", journal, "--http")
+    assert "web view: http://127.0.0.1:8480" in last.out
+    port = cli(capsys, "serve", cell, "--http", "9001", "--check", "--journal", journal)
+    assert "web view: http://127.0.0.1:9001" in port.out
+    bad = cli(capsys, "serve", cell, "--http", "[::1]:99999", "--check", "--journal", journal)
+    assert bad.exit_code == 1 and "[ADDR:]PORT" in bad.err
+
+
+def test_a_non_loopback_web_view_needs_the_services_certificate(
+    capsys: pytest.CaptureFixture[str], cell: Path, tmp_path: Path
+) -> None:
+    journal = tmp_path / "j.sqlite"
+    refused = cli(
+        capsys, "serve", cell, "--http", "192.0.2.1:8443", "--check", "--journal", journal
+    )
+    assert refused.exit_code == 1
+    assert "HTTPS only" in refused.err and "cellctl certs init" in refused.err
+    certs = tmp_path / "certs"
+    made = cli(capsys, "certs", "init", "--dir", certs, "--host", "192.0.2.1")
+    assert made.exit_code == 0, made.err
+    served = cli(
+        capsys,
+        "serve",
+        cell,
+        "--certs",
+        certs,
+        "--http",
+        "192.0.2.1:8443",
+        "--check",
+        "--journal",
+        journal,
+    )
+    assert served.exit_code == 0, served.err
+    assert "web view: https://192.0.2.1:8443; HTTPS with" in served.out

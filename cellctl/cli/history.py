@@ -23,20 +23,14 @@ def history(
     # sqlite3 and the views load for this command only.
     import json
 
-    from cellctl.cli.views.report_text import history_lines, history_table
-    from cellctl.control.journal.record import history as read_history
-    from cellctl.control.journal.store import SqliteStore
+    from cellctl.reports import history_json, history_lines, history_table, read_history
 
     path = journal_path(journal)
     # Read-only: reading the record never creates a journal, and never writes to one.
-    store = SqliteStore(path, readonly=True)
-    try:
-        summaries = read_history(store, last=last)
-    finally:
-        store.close()
-    if as_json:
-        consoles.out.print_json(json.dumps([s.to_json() for s in summaries]))
+    if as_json:  # the same JSON as the web view's /api/history
+        consoles.out.print_json(json.dumps(history_json(path, last)))
         return
+    summaries = read_history(path, last)
     if not summaries:
         consoles.out.print(f"no batch in journal {path}", markup=False, soft_wrap=True)
         return

@@ -43,25 +43,16 @@ def report(
     """A batch's full record: identity and parameters, then its timeline and device writes."""
     import json
 
-    from cellctl.control.journal.record import batch_record
-    from cellctl.control.journal.store import SqliteStore
+    from cellctl.reports import read_record, report_html, report_lines
 
     # Read-only: reading the record never creates a journal, and never writes to one.
     path = journal_path(journal)
-    store = SqliteStore(path, readonly=True)
-    try:
-        record = batch_record(store, batch)
-    finally:
-        store.close()
+    record = read_record(path, batch)
     if fmt is ReportFormat.JSON:
         text = json.dumps(record.to_json(), indent=2, ensure_ascii=False) + "\n"
     elif fmt is ReportFormat.HTML:
-        from cellctl.cli.views.report_html import report_html
-
         text = report_html(record, path)
     else:
-        from cellctl.cli.views.report_text import report_lines
-
         text = "\n".join(report_lines(record, path)) + "\n"
     if output is None:
         consoles.out.file.write(text)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,16 +11,24 @@ import typer
 
 from cellctl import exitcodes
 from cellctl.cli import consoles
-from cellctl.cli.app import app
+from cellctl.cli.app import _Command, app
 from cellctl.cli.audit import JournalOption, journal_path
 from cellctl.errors import BadValue, CellctlError
 from cellctl.service.defaults import DEFAULT_ENDPOINT
+from cellctl.web import DEFAULT_ADDR, DEFAULT_PORT
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from typer._click import Context
+
     from cellctl.cell import Cell
     from cellctl.service.certs import CertDir
+    from cellctl.service.logins import Authenticator
+    from cellctl.service.runner import Serving
     from cellctl.service.security import ServerSecurity
     from cellctl.service.users import UsersFile
+    from cellctl.web.thread import WebThread
 
 
 def endpoint_host_port(url: str) -> tuple[str, int]:
@@ -36,6 +45,37 @@ def endpoint_host_port(url: str) -> tuple[str, int]:
             f"--endpoint {url}: write opc.tcp://HOST:PORT (for example {DEFAULT_ENDPOINT})"
         )
     return parts.hostname, port
+
+
+#: `--http` given alone.
+DEFAULT_HTTP = f"{DEFAULT_ADDR}:{DEFAULT_PORT}"
+#: What `--http` takes: [ADDR:]PORT, an IPv6 address in brackets.
+_HTTP_VALUE = re.compile(r"(?:(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):)?(\d{1,5})")
+
+
+def http_addr_port(text: str) -> tuple[str, int]:
+    """The address and port of `--http [ADDR:]PORT` (ADDR: 127.0.0.1 unless given); BadValue
+    naming what is wrong."""
+    match = _HTTP_VALUE.fullmatch(text.strip())
+    if match is None or int(match[2]) > 65535:
+        raise BadValue(f"--http {text}: write [ADDR:]PORT (for example {DEFAULT_HTTP}, or 8480)")
+    return (match[1] or DEFAULT_ADDR).strip("[]"), int(match[2])
+
+
+class _ServeCommand(_Command):
+    """`serve`, whose `--http` may come alone (then DEFAULT_HTTP): click options take a value
+    or none, so a bare `--http` (not followed by [ADDR:]PORT) is given the default here."""
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        """The arguments, a bare `--http` completed, parsed as click does."""
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            bare = i + 1 == len(args) or not _HTTP_VALUE.fullmatch(args[i + 1])
+            if arg == "--http" and bare:
+                args[i] = f"--http={DEFAULT_HTTP}"
+        return super().parse_args(ctx, args)
 
 
 def _users(path: Path | None) -> tuple[UsersFile | None, Path | None]:
@@ -71,6 +111,7 @@ class ServeSetup:
         certs: Path | None,
         recipes: Path | None,
         journal: Path | None,
+        http: str | None = None,
     ) -> None:
         from cellctl.cell import load_cell
         from cellctl.service.security import server_security
@@ -86,8 +127,16 @@ class ServeSetup:
         self.users, self.users_file = _users(users)
         self.loopback = is_loopback(self.host)
         self.certdir = _certs(certs)
+        #: The web view's address and port (None: no web view), and the certificates it
+        #: serves HTTPS with (None: plain HTTP, on loopback).
+        self.http = http_addr_port(http) if http is not None else None
+        self.http_certs: CertDir | None = None
         try:
             self.security: ServerSecurity = server_security(self.host, self.certdir)
+            if self.http is not None:
+                from cellctl.web.tls import check_https
+
+                self.http_certs = check_https(self.http[0], self.certdir)
         except CellctlError as refused:  # on record in the log: the journal is not open yet
             import logging
 
@@ -146,6 +195,20 @@ def _check(setup: ServeSetup) -> int:
         markup=False,
         soft_wrap=True,
     )
+    if setup.http is not None:
+        from cellctl.web.thread import url_of
+
+        addr, port = setup.http
+        how = (
+            f"HTTPS with {setup.http_certs.server_cert}"
+            if setup.http_certs is not None
+            else "plain HTTP (loopback)"
+        )
+        out.print(
+            f"web view: {url_of(addr, port, setup.http_certs is not None)}; {how}",
+            markup=False,
+            soft_wrap=True,
+        )
     store = SqliteStore(setup.journal)  # JournalUnavailable (exit 6) names why it cannot be
     store.close()
     out.print(f"journal: {setup.journal}: writable", markup=False, soft_wrap=True)
@@ -156,7 +219,7 @@ def _check(setup: ServeSetup) -> int:
     return exitcodes.OK
 
 
-@app.command()
+@app.command(cls=_ServeCommand)
 def serve(
     cell: Annotated[Path, typer.Argument(metavar="CELL", help="the cell file")],
     sim: Annotated[
@@ -186,6 +249,14 @@ def serve(
             "--safe-wait", metavar="S", min=0, help="seconds a stop waits for the safe state"
         ),
     ] = 300.0,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="[ADDR:]PORT",
+            help=f"serve the web view too (alone: {DEFAULT_HTTP}; beyond loopback HTTPS only)",
+        ),
+    ] = None,
     check: Annotated[
         bool,
         typer.Option(
@@ -195,7 +266,7 @@ def serve(
     journal: JournalOption = None,
 ) -> int:
     """Serve the cell's controller on OPC UA: batches one after another, driven by clients."""
-    setup = ServeSetup(cell, endpoint, users, certs, recipes, journal)
+    setup = ServeSetup(cell, endpoint, users, certs, recipes, journal, http)
     if check:
         return _check(setup)
     import asyncio
@@ -216,6 +287,7 @@ async def _serve(setup: ServeSetup, *, sim: bool, speed: float, safe_wait: float
     from cellctl.service.opcua_thread import SurfaceThread
     from cellctl.service.resuming import resume_unfinished
     from cellctl.service.runner import serving, until_stopped
+    from drivers.config import is_loopback
 
     options = ServiceOptions(
         journal=setup.journal,
@@ -224,7 +296,8 @@ async def _serve(setup: ServeSetup, *, sim: bool, speed: float, safe_wait: float
         sim=sim,
         safe_wait=safe_wait,
     )
-    authenticator = Authenticator(setup.users, setup.loopback, LoginGuard())
+    guard = LoginGuard()  # one count of failed logins, whichever surface they came through
+    authenticator = Authenticator(setup.users, setup.loopback, guard)
     async with serving(setup.cell, options, sim=sim, speed=speed) as served:
         taken_up = await resume_unfinished(served.service)  # CannotTakeUp: exit 1
         if taken_up is not None:
@@ -248,7 +321,16 @@ async def _serve(setup: ServeSetup, *, sim: bool, speed: float, safe_wait: float
                 markup=False,
                 soft_wrap=True,
             )
-        unconfirmed = await until_stopped(served, [surface.stop])
+        stops: list[Callable[[], Awaitable[None]]] = [surface.stop]
+        if setup.http is not None:
+            web_login = Authenticator(setup.users, is_loopback(setup.http[0]), guard, via="web")
+            try:
+                web = await _start_web(setup, served, web_login)
+            except BaseException:
+                await surface.stop()  # then the batch stopped and the safe state confirmed
+                raise
+            stops.insert(0, web.stop)
+        unconfirmed = await until_stopped(served, stops)
         failure = served.failure()
     if unconfirmed:
         raise SafeStateUnconfirmed(unconfirmed, "when the service stopped")
@@ -262,3 +344,30 @@ async def _serve(setup: ServeSetup, *, sim: bool, speed: float, safe_wait: float
         return exitcodes.INTERNAL_ERROR
     consoles.out.print("service stopped; safe state confirmed", markup=False)
     return exitcodes.OK
+
+
+async def _start_web(setup: ServeSetup, served: Serving, authenticator: Authenticator) -> WebThread:
+    """Start the web view beside the OPC UA surface (HTTPS with the service's certificate when
+    `setup.http_certs`); its URL printed."""
+    import contextlib
+
+    from cellctl.web.journal import ServedWithJournal
+    from cellctl.web.thread import WebThread
+    from cellctl.web.tls import pem_files
+
+    assert setup.http is not None
+    addr, port = setup.http
+    with contextlib.ExitStack() as files:
+        # The PEM files live only while the server loads them.
+        tls = files.enter_context(pem_files(setup.http_certs)) if setup.http_certs else None
+        web = WebThread(
+            ServedWithJournal(served.service, setup.journal),
+            addr,
+            port,
+            authenticator.login,
+            tls,
+            on_failure=lambda error: served.end(f"the web view failed: {error}"),
+        )
+        url = await web.start()
+    consoles.out.print(f"web view on {url}", markup=False, soft_wrap=True)
+    return web

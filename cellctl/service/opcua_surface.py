@@ -45,6 +45,7 @@ from cellctl.service.api import (
     Request,
     ServiceStatus,
 )
+from cellctl.service.bridge import ControllerTimeout as ControllerTimeout
 from cellctl.service.opcua_nodes import (
     MethodHandler,
     StatusNodes,
@@ -96,12 +97,6 @@ class SurfaceStartFailed(CellctlError):
 
 class BadEndpoint(CellctlError):
     """The endpoint to serve on is not an opc.tcp:// URL with a host."""
-
-
-class ControllerTimeout(CellctlError):
-    """The controller did not answer a request in time (the request may still be carried out)."""
-
-    exit_code = exitcodes.DEVICE_FAILURE
 
 
 class Bridge(Protocol):

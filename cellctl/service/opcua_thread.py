@@ -20,17 +20,12 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from cellctl.cell import Cell
-from cellctl.service.api import Accepted, Backend, Caller, Refused, Request, ServiceStatus
+from cellctl.service.api import Backend, Caller, ServiceStatus
+from cellctl.service.bridge import ControlBridge, on_loop, settle
 from cellctl.service.logins import LoginRefused
-from cellctl.service.opcua_surface import (
-    ChannelSecurity,
-    ControllerTimeout,
-    OpcuaSurface,
-    SurfaceStartFailed,
-)
+from cellctl.service.opcua_surface import ChannelSecurity, OpcuaSurface, SurfaceStartFailed
 from cellctl.values import TagValue
 
 log = logging.getLogger("cellctl.service.opcua")
@@ -44,66 +39,6 @@ STOP_DEADLINE = 10.0
 
 #: The service's login: (user name or None, password or None, peer) -> Caller or a refusal.
 Login = Callable[[str | None, str | None, str], Caller | LoginRefused]
-
-
-class _ControlBridge:
-    """The surface's way to the service: each call is carried to the control loop."""
-
-    def __init__(self, backend: Backend, control: asyncio.AbstractEventLoop, deadline: float):
-        self._backend = backend
-        self._control = control
-        self._deadline = deadline
-
-    async def submit(self, caller: Caller, request: Request) -> Accepted | Refused:
-        """`backend.submit` on the control loop; ControllerTimeout after the deadline."""
-        work = self._backend.submit(caller, request)
-        try:
-            future = asyncio.run_coroutine_threadsafe(work, self._control)
-        except RuntimeError:  # the control loop has closed
-            work.close()
-            raise
-        # Shielded: a late answer is not cancelled halfway (the command layer records it).
-        answer = asyncio.wrap_future(future)
-        answer.add_done_callback(_late_answer)
-        try:
-            async with asyncio.timeout(self._deadline):
-                return await asyncio.shield(answer)
-        except TimeoutError:
-            raise ControllerTimeout(
-                f"the controller did not answer within {self._deadline:g} s; the request may "
-                "still be carried out: read the status before trying again"
-            ) from None
-
-    def security_refused(self, what: str, who: str, peer: str, reason: str) -> None:
-        """`backend.security_refused` on the control loop."""
-        _on_loop(self._control, self._backend.security_refused, what, who, peer, reason)
-
-
-def _late_answer(answer: asyncio.Future[Accepted | Refused]) -> None:
-    """Log what a request that ran past its deadline ended with (nobody awaits it any more)."""
-    if answer.cancelled():
-        return
-    error = answer.exception()
-    if error is not None:
-        log.error("a request failed on the controller", exc_info=error)
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
-    """`fn(*args)` soon on `loop`, unless that loop has closed (then logged)."""
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:
-        log.error("cannot hand %s to a closed event loop", getattr(fn, "__name__", fn))
-
-
-def _settle(started: asyncio.Future[str], url: str, error: BaseException | None) -> None:
-    """Resolve `start`'s future (on the control loop), unless `start` gave up on it."""
-    if started.done():
-        return
-    if error is not None:
-        started.set_exception(error)
-    else:
-        started.set_result(url)
 
 
 class SurfaceThread:
@@ -127,7 +62,7 @@ class SurfaceThread:
         self._on_failure = on_failure
         self._submit_deadline = submit_deadline
         self._control: asyncio.AbstractEventLoop | None = None
-        self._bridge: _ControlBridge | None = None
+        self._bridge: ControlBridge | None = None
         self._thread: threading.Thread | None = None
         self._ended: asyncio.Future[None] | None = None
         self._unlisten: Callable[[], None] | None = None
@@ -155,7 +90,7 @@ class SurfaceThread:
             raise RuntimeError("the OPC UA surface was started already")
         control = asyncio.get_running_loop()
         self._control = control
-        self._bridge = _ControlBridge(self._backend, control, self._submit_deadline)
+        self._bridge = ControlBridge(self._backend, control, self._submit_deadline)
         self._ended = control.create_future()
         started: asyncio.Future[str] = control.create_future()
         initial = (self._backend.cell, self._backend.status(), dict(self._backend.tag_values()))
@@ -240,7 +175,7 @@ class SurfaceThread:
         except BaseException as err:
             error = err
         finally:
-            _on_loop(self._control, self._ended_with, error, started)
+            on_loop(self._control, self._ended_with, error, started)
 
     def _ended_with(self, error: BaseException | None, started: asyncio.Future[str]) -> None:
         """On the control loop: the thread has ended, after a stop or with `error` (which
@@ -276,9 +211,9 @@ class SurfaceThread:
         except Exception as err:
             if surface is not None:
                 await surface.stop()
-            _on_loop(self._control, _settle, started, "", err)
+            on_loop(self._control, settle, started, "", err)
             return
-        _on_loop(self._control, _settle, started, url, None)
+        on_loop(self._control, settle, started, url, None)
         if self._stopping:  # stop() came while it was starting
             self._stop_requested.set()
         workers = {

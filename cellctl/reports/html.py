@@ -1,4 +1,5 @@
-"""`cellctl report --format html`: the batch record as ONE self-contained HTML file.
+"""The batch record as ONE self-contained HTML file: `cellctl report --format html` and the web
+view's /history/{batch}/report.
 
 No external URL, no script: inline CSS and an inline SVG Gantt of the steps (holds shaded and
 hatched, trips marked with a line and a label). Faults and operator actions carry a word and
@@ -12,7 +13,6 @@ import html
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cellctl.cli.views.report_text import span, when
 from cellctl.control.journal.location import journal_option
 from cellctl.control.journal.record import (
     CONFIRMED,
@@ -22,6 +22,7 @@ from cellctl.control.journal.record import (
     parse_at,
     value_text,
 )
+from cellctl.reports.text import span, when
 
 #: The Gantt's geometry, in SVG user units (the SVG scales to the page's width).
 LABEL_W = 200
