@@ -370,6 +370,7 @@ async def test_login_gives_an_httponly_samesite_strict_session(
     assert page.status == 200 and "text/html" in page.headers["content-type"]
     assert f'<meta name="csrf-token" content="{me["csrf"]}">' in page.text
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert "unsafe-inline" not in page.headers["content-security-policy"]  # no inline anything
     assert backend.refusals == []
 
 
@@ -403,6 +404,17 @@ async def test_a_login_without_the_forms_token_is_refused(web: Web, backend: Tab
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def test_a_login_with_an_empty_token_and_no_cookie_is_refused(web: Web) -> None:
+    # Another site's form: its browser sends no SameSite=Strict login cookie, and the form
+    # says csrf="" — an empty token must not match the missing one.
+    browser = web.client()
+    answer = await browser.post_form("/login", {"csrf": "", "user": "olga", "password": "pw-olga"})
+    assert answer.status == 403
+    assert not [c for c in answer.cookies() if c.startswith("cellctl_session=")]
+    assert (await browser.get("/api/state")).status == 401
+
+
+@pytest.mark.asyncio(loop_scope="module")
 async def test_without_a_session_pages_go_to_login_and_the_api_answers_401(web: Web) -> None:
     browser = web.client()
     for page in ("/", "/batch", "/tags", "/recipes", "/history", "/history/B-1/report"):
@@ -425,6 +437,23 @@ async def test_logout_ends_the_session(web: Web) -> None:
     out = await browser.post_form("/logout", {"csrf": csrf})
     assert (out.status, out.headers["location"]) == (303, "/login")
     assert (await browser.get("/api/state")).status == 401
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_logout_ends_the_sessions_open_event_streams(web: Web) -> None:
+    # Another tab of the same browser must not go on showing the cell after a logout.
+    browser = web.client()
+    await browser.login("olga")
+    csrf = await browser.csrf()
+    stream = await asyncio.to_thread(Stream, browser)
+    try:
+        assert (await asyncio.to_thread(stream.next))[0] == "state"
+        await browser.post_form("/logout", {"csrf": csrf})
+        with pytest.raises(EOFError):
+            await asyncio.to_thread(stream.next)
+    finally:
+        stream.close()
+    await wait_until(lambda: web.thread.hub.streams == 0, what="the stream forgotten")
 
 
 # -- CSRF and the request mapping ---------------------------------------------------------------
@@ -630,6 +659,34 @@ async def test_the_stream_starts_with_the_state_then_carries_each_change(
 # -- development mode, the HTTPS rule -----------------------------------------------------------
 
 
+def _raw_get(port: int, path: str, host: str) -> bytes:
+    """A GET with this Host header on 127.0.0.1:port: the answer's status line and headers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(4096)):
+            answer += chunk
+        return answer.split(b"\r\n\r\n")[0]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_plain_http_answers_only_a_loopback_host(tmp_path: Path) -> None:
+    # DNS rebinding: another site's name resolved to 127.0.0.1 makes its page same-origin
+    # with this server (its Origin passes); without a users file it would be an admin.
+    web = await serve(tmp_path, None)
+    try:
+        port = int(web.url.rsplit(":", 1)[1])
+        for host in (f"evil.example:{port}", "evil.example", ""):
+            head = await asyncio.to_thread(_raw_get, port, "/api/state", host)
+            assert head.startswith(b"HTTP/1.1 421"), (host, head)
+            assert b"cellctl_session" not in head
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+            head = await asyncio.to_thread(_raw_get, port, "/api/state", host)
+            assert head.startswith(b"HTTP/1.1 200"), (host, head)
+    finally:
+        await web.thread.stop()
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_without_a_users_file_every_visitor_on_loopback_is_admin(tmp_path: Path) -> None:
     web = await serve(tmp_path, None)
@@ -661,7 +718,7 @@ async def test_a_page_that_reads_nothing_is_dropped_and_the_others_go_on(tmp_pat
         stuck = socket.socket()
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills soon
         stuck.connect(("127.0.0.1", port))
-        stuck.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        stuck.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         reader = await asyncio.to_thread(Stream, web.client())
         await wait_until(lambda: web.thread.hub.streams == 2, what="both streams open")
         big = "x" * 200_000

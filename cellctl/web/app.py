@@ -30,6 +30,7 @@ from starlette.responses import (
     FileResponse,
     HTMLResponse,
     JSONResponse,
+    PlainTextResponse,
     RedirectResponse,
     Response,
 )
@@ -45,6 +46,7 @@ from cellctl.service.logins import LoginRefused
 from cellctl.web import pages
 from cellctl.web.events import PING, SLOW_CLIENT, EventStream, Hub
 from cellctl.web.sessions import Session, SessionStore, new_token, same_token
+from drivers.config import is_loopback
 
 __all__ = ["LOGIN_COOKIE", "SESSION_COOKIE", "WebBackend", "WebContext", "create_app"]
 
@@ -83,8 +85,10 @@ _HEADERS = {
     "Referrer-Policy": "same-origin",
 }
 _RAW_HEADERS = [(k.lower().encode(), v.encode()) for k, v in _HEADERS.items()]
+#: No inline style either: the pages have none (the JS sets custom properties through the
+#: CSSOM, which a CSP does not govern).
 _PAGE_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 #: The journal's report has its CSS inline, and no script.
@@ -167,9 +171,12 @@ def create_app(web: WebContext) -> Starlette:
         Route("/favicon.ico", views.favicon, methods=["GET"]),
         Mount("/static", app=StaticFiles(directory=STATIC, check_dir=False), name="static"),
     ]
+    middleware = [Middleware(_SecurityHeaders)]
+    if not web.secure:
+        middleware.append(Middleware(_LoopbackHostOnly))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_SecurityHeaders)],
+        middleware=middleware,
         exception_handlers={HTTPException: _http_error},
     )
 
@@ -194,6 +201,36 @@ class _SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def host_name(host: str) -> str:
+    """The name or address of a Host header, without its port ('[::1]:8480' -> '::1')."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rpartition(":")[0] if ":" in host else host
+
+
+class _LoopbackHostOnly:
+    """Plain HTTP (loopback only) answers only a Host that names loopback: a page of another
+    site whose name it rebinds to 127.0.0.1 (DNS rebinding) is its own origin, so its Origin
+    check passes, and without a users file every visitor is an admin. (Over HTTPS the
+    certificate's names refuse such a page.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if not is_loopback(host_name(host)):
+                response = PlainTextResponse(
+                    f"this server answers only to a loopback address (127.0.0.1, localhost), "
+                    f"not to {host!r}",
+                    421,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _http_error(request: HttpRequest, error: Exception) -> Response:
@@ -355,7 +392,10 @@ class _Views:
         form = await self._form(request)
         if form is None or not self._same_origin(request):
             return self._login_page(request, "the form is too large or from another site", 403)
-        if not same_token(form.get("csrf"), request.cookies.get(LOGIN_COOKIE) or ""):
+        # The cookie must be there: without it an empty form field would equal the empty
+        # token (a form posted from another site carries no SameSite=Strict cookie).
+        login_token = request.cookies.get(LOGIN_COOKIE) or ""
+        if not login_token or not same_token(form.get("csrf"), login_token):
             return self._login_page(
                 request, "the login form has expired: log in again on this page", 403
             )
@@ -367,7 +407,7 @@ class _Views:
         if isinstance(answer, LoginRefused):
             self.web.bridge.security_refused("login", name, peer, answer.reason)
             return self._login_page(request, answer.reason, 401)
-        self.web.sessions.drop(request.cookies.get(SESSION_COOKIE))
+        self._drop(request.cookies.get(SESSION_COOKIE))
         session = self.web.sessions.create(answer)
         response = RedirectResponse("/", 303)
         self._set_session(response, session)
@@ -387,10 +427,16 @@ class _Views:
             )
             if not proven or not self._same_origin(request):
                 return _error(403, "log out from a page of this server (its CSRF token)")
-            self.web.sessions.drop(session.token)
+            self._drop(session.token)
         response = RedirectResponse("/login", 303)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
+
+    def _drop(self, token: str | None) -> None:
+        """Forget a session and end its open event streams."""
+        if token:
+            self.web.sessions.drop(token)
+            self.web.hub.end_session(token)
 
     @staticmethod
     async def _form(request: HttpRequest) -> dict[str, str] | None:
@@ -424,7 +470,7 @@ class _Views:
         if session is None:
             return _error(401, "log in first: /login")
         hub = self.web.hub
-        subscriber = hub.subscribe()
+        subscriber = hub.subscribe(session.token)
         if subscriber is None:
             return _error(503, "too many pages are open on this server: close some")
         response = EventStream(

@@ -79,9 +79,11 @@ def encode(name: str, data: Any) -> bytes:
 
 
 class Subscriber:
-    """One open event stream's queue: at most one status, one detail and a value per tag."""
+    """One open event stream's queue: at most one status, one detail and a value per tag;
+    `session`: the token of the session that opened it."""
 
-    def __init__(self) -> None:
+    def __init__(self, session: str = "") -> None:
+        self.session = session
         self._status: JsonDict | None = None
         self._detail: tuple[JsonDict | None] | None = None  # a 1-tuple: None is a value
         self._tags: dict[str, JsonDict] = {}
@@ -169,11 +171,12 @@ class Hub:
         for subscriber in self._subscribers:
             subscriber.put_tags(changed)
 
-    def subscribe(self) -> Subscriber | None:
-        """A new stream's queue, or None when MAX_STREAMS are open or the hub has closed."""
+    def subscribe(self, session: str = "") -> Subscriber | None:
+        """A new stream's queue (of the session `session`), or None when MAX_STREAMS are open
+        or the hub has closed."""
         if self.closed or len(self._subscribers) >= MAX_STREAMS:
             return None
-        subscriber = Subscriber()
+        subscriber = Subscriber(session)
         self._subscribers.add(subscriber)
         return subscriber
 
@@ -185,6 +188,12 @@ class Hub:
     def streams(self) -> int:
         """How many event streams are open."""
         return len(self._subscribers)
+
+    def end_session(self, session: str) -> None:
+        """End the streams of a session that is gone (a logout): they show the cell no more."""
+        for subscriber in list(self._subscribers):
+            if subscriber.session == session:
+                subscriber.close()
 
     def close(self) -> None:
         """End every stream (the server stops)."""
