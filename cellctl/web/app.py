@@ -470,7 +470,8 @@ class _Views:
         if session is None:
             return _error(401, "log in first: /login")
         hub = self.web.hub
-        subscriber = hub.subscribe(session.token)
+        peer = request.client.host if request.client is not None else ""
+        subscriber = hub.subscribe(session.token, peer)
         if subscriber is None:
             return _error(503, "too many pages are open on this server: close some")
         response = EventStream(

@@ -43,6 +43,9 @@ PING = 15.0
 SLOW_CLIENT = 30.0
 #: The most event streams open at once (each open page has one).
 MAX_STREAMS = 256
+#: The most one peer host may hold open: one client cannot take every place (a panel PC's
+#: browser opens at most 6 per server over HTTP/1.1; an HMI server may serve several people).
+MAX_STREAMS_PER_PEER = 32
 
 JsonDict = dict[str, Any]
 
@@ -82,8 +85,9 @@ class Subscriber:
     """One open event stream's queue: at most one status, one detail and a value per tag;
     `session`: the token of the session that opened it."""
 
-    def __init__(self, session: str = "") -> None:
+    def __init__(self, session: str = "", peer: str = "") -> None:
         self.session = session
+        self.peer = peer
         self._status: JsonDict | None = None
         self._detail: tuple[JsonDict | None] | None = None  # a 1-tuple: None is a value
         self._tags: dict[str, JsonDict] = {}
@@ -171,12 +175,14 @@ class Hub:
         for subscriber in self._subscribers:
             subscriber.put_tags(changed)
 
-    def subscribe(self, session: str = "") -> Subscriber | None:
-        """A new stream's queue (of the session `session`), or None when MAX_STREAMS are open
-        or the hub has closed."""
+    def subscribe(self, session: str = "", peer: str = "") -> Subscriber | None:
+        """A new stream's queue (of the session `session`, from the host `peer`), or None when
+        MAX_STREAMS are open, or MAX_STREAMS_PER_PEER of that peer's, or the hub has closed."""
         if self.closed or len(self._subscribers) >= MAX_STREAMS:
             return None
-        subscriber = Subscriber(session)
+        if peer and sum(s.peer == peer for s in self._subscribers) >= MAX_STREAMS_PER_PEER:
+            return None
+        subscriber = Subscriber(session, peer)
         self._subscribers.add(subscriber)
         return subscriber
 
