@@ -28,6 +28,7 @@ MODULES = (
     "bench.startup",  # 7-8: loading, start times
     "bench.journal",  # 10-11: a durable intent beside a bare commit; set steps, journal on
     "bench.service",  # 12-13: cellctl serve's status and command round trips, 0 and 50 idle
+    "bench.web",  # 14: event to page: a state change to the web view's open pages, 1 and 10
 )
 
 

@@ -101,6 +101,8 @@ class ServiceChild:
     url: str
     folder: Path
     env: dict[str, str]
+    #: The web view's URL (`service_in_child(..., http=True)`), else None.
+    web: str | None = None
     out: str = ""
     err: str = ""
     ended: list[int] = field(default_factory=list)
@@ -155,15 +157,22 @@ def service_in_child(
     host: str = "127.0.0.1",
     env: Mapping[str, str] | None = None,
     prefix: tuple[str, ...] = (),
+    sim: bool = True,
+    http: bool = False,
 ) -> Iterator[ServiceChild]:
     """`cellctl serve CELL --sim --endpoint opc.tcp://HOST:PORT ARGS` in a child, once it
     listens; SIGTERM at the end (unless the test ended it) and its exit code checked by the
-    test through `stop()`. `prefix` runs it under another command (`unshare -rn ...`)."""
+    test through `stop()`. `prefix` runs it under another command (`unshare -rn ...`).
+    `sim=False`: no `--sim` (CELL points at simulators the test serves itself); `http`: the
+    web view too, on `--http 127.0.0.1:PORT` (its URL in `child.web`), listening as well."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"opc.tcp://{host}:{port}"
     full_env = service_env(folder, env)
-    command = [sys.executable, "-m", "cellctl", "serve", str(cell), "--sim", "--endpoint", url]
+    command = [sys.executable, "-m", "cellctl", "serve", str(cell), "--endpoint", url]
+    command += ["--sim"] if sim else []
+    web_port = free_port() if http else None
+    command += ["--http", f"127.0.0.1:{web_port}"] if web_port is not None else []
     process = subprocess.Popen(
         [*prefix, *command, *args],
         stdout=subprocess.PIPE,
@@ -171,11 +180,19 @@ def service_in_child(
         text=True,
         env=full_env,
     )
-    child = ServiceChild(process, url, folder, full_env)
+    web = f"http://127.0.0.1:{web_port}" if web_port is not None else None
+    child = ServiceChild(process, url, folder, full_env, web)
+
+    def up() -> bool:
+        """It ended, or it listens (on the web view's port too when it serves one)."""
+        if process.poll() is not None:
+            return True
+        return _listening(host, port) and (web_port is None or _listening("127.0.0.1", web_port))
+
     try:
         if not prefix:
             wait_until(
-                lambda: process.poll() is not None or _listening(host, port),
+                up,
                 START_WITHIN,
                 "cellctl serve to listen",
             )

@@ -564,7 +564,7 @@ async def test_unhold_choice(rig: Rig) -> None:
     reason = await rig.refused(OPERATOR, command(Command.UNHOLD), RefusalKind.STATE)
     assert "retry" in reason and "skip" in reason
     reason = await rig.refused(OPERATOR, command(Command.UNHOLD, "later"), RefusalKind.INPUT)
-    assert "retry or skip" in reason
+    assert "retry (re-run) or skip" in reason
     assert rig.state() == "Held"
     await rig.ok(OPERATOR, command(Command.UNHOLD, " Skip "))
     await rig.settle("Complete")

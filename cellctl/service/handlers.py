@@ -28,6 +28,9 @@ FORCE_STATES = frozenset(
     {State.STOPPED, State.IDLE, State.HELD, State.SUSPENDED, State.COMPLETE, State.ABORTED}
 )
 
+#: What Unhold's question calls a choice, for the FailureChoice it is.
+_SAID = {"re-run": "retry", "rerun": "retry"}
+
 
 async def packml_command(
     caller: Caller,
@@ -43,9 +46,11 @@ async def packml_command(
     choice = None
     if request.choice:
         try:
-            choice = FailureChoice(request.choice.strip().lower())
+            # Unhold's question says "re-run" for a step the safe state undid: the same choice.
+            said = request.choice.strip().lower()
+            choice = FailureChoice(_SAID.get(said, said))
         except ValueError:
-            raise BadValue(f"choice {request.choice!r}: write retry or skip") from None
+            raise BadValue(f"choice {request.choice!r}: write retry (re-run) or skip") from None
     if command is Command.RESET:
         unacknowledged = [n for n, a in alarms.items() if not a.acknowledged]
         if unacknowledged:
