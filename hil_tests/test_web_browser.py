@@ -506,3 +506,44 @@ def test_every_page_at_both_sizes_without_console_errors_with_screenshots(
             assert got.ok and got.headers["content-type"].startswith("image/"), (icon, got.status)
         erik.check_clean()
     assert [shot.name for shot in wanted if not shot.is_file()] == []
+
+
+def test_the_login_and_a_command_work_from_the_keyboard_alone(
+    visit: Callable[..., Visitor],
+) -> None:
+    """A panel without a mouse: Tab to each field and button, Enter to act, focus visible."""
+    olga = visit()
+    page = olga.page
+    page.goto(olga.bench.url + "/")
+    expect(page).to_have_url(olga.bench.url + "/login")
+    # Typed faster than a person: let the page's own requests (its icon) end first, or the
+    # login's navigation cuts one short.
+    page.wait_for_load_state("networkidle")
+
+    def tab_to(matches: str, what: str) -> None:
+        """Press Tab until the focused element matches the JS test `matches` (bounded)."""
+        for _ in range(60):
+            page.keyboard.press("Tab")
+            if page.evaluate(f"() => {{ const e = document.activeElement; return {matches}; }}"):
+                outline = page.evaluate(
+                    "() => getComputedStyle(document.activeElement).outlineStyle"
+                )
+                assert outline not in ("", "none"), f"{what}: focus not visible ({outline})"
+                return
+        raise AssertionError(f"{what} is not reachable with Tab")
+
+    tab_to("e.tagName === 'INPUT' && e.name === 'user'", "the user field")
+    page.keyboard.type("olga")
+    tab_to("e.tagName === 'INPUT' && e.name === 'password'", "the password field")
+    page.keyboard.type(USERS["olga"][1])
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(olga.bench.url + "/")
+    # The cell page shown whole (its fetches done) before the next page is opened.
+    expect(page.locator("#conn")).to_have_text("live", timeout=SHOWN * 1000)
+    expect(page.locator("#view")).not_to_have_attribute("aria-busy", "true")
+    load(olga, "press-fit", parts="1")  # a loaded batch: Reset is legal
+    cell = olga.go("cell")
+    tab_to("e.tagName === 'BUTTON' && e.textContent.trim() === 'Reset'", "the Reset button")
+    cell.keyboard.press("Enter")
+    expect(state_text(cell)).to_have_text("Idle", timeout=SHOWN * 1000)
+    olga.check_clean()
