@@ -55,7 +55,8 @@ def test_every_demo_recipe_completes_on_the_simulators(
     assert "outcome: Complete" in out
     assert "faults: none" in out
     assert "steps: 0 done" not in out
-    assert err == ""
+    # Nothing but the connect report, which a loaded machine's slow connect prints by design.
+    assert [line for line in err.splitlines() if not line.startswith("connecting to ")] == []
 
 
 def check_setup_output(out: str) -> None:
