@@ -374,7 +374,7 @@ async def test_every_request_is_recorded_with_its_user(rig: Rig) -> None:
     users = [(r.kind, r.data()["command"], r.data().get("operator")) for r in rows]
     assert users == [
         (Kind.COMMAND, "Unsuspend", "otto"),  # the batch's command layer hears it first
-        (Kind.REFUSED, "Unsuspend", None),  # the controller's refusal, naming the state
+        (Kind.REFUSED, "Unsuspend", "otto"),  # the controller's refusal, with who
         (Kind.REFUSED, "Start", "vera"),
         (Kind.REFUSED, "Unhold (maybe)", "otto"),
         (Kind.COMMAND, "break add press", "erin"),

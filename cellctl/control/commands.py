@@ -97,7 +97,7 @@ class Commands:
         self._given(order)
         try:
             state = await self.controller.command(
-                order.command, cause=order.cause, choice=order.choice
+                order.command, cause=order.cause, choice=order.choice, user=order.user
             )
         except (IllegalCommand, CommandBlocked) as refused:
             return Refused(str(refused))
@@ -112,4 +112,4 @@ class Commands:
         if order.command is Command.STOP and controller.before_start:
             controller.refuse_start(order.cause)
             return
-        controller.request(order.command, cause=order.cause, choice=order.choice)
+        controller.request(order.command, cause=order.cause, choice=order.choice, user=order.user)

@@ -272,13 +272,20 @@ class Controller(ActingStates):
 
     # -- commands -----------------------------------------------------------------------------
 
-    def request(self, command: Command, *, cause: str, choice: FailureChoice | None = None) -> None:
+    def request(
+        self,
+        command: Command,
+        *,
+        cause: str,
+        choice: FailureChoice | None = None,
+        user: str | None = None,
+    ) -> None:
         """A command from a synchronous context (a key, a signal, a failed step): carried out
         in a task of the controller's; a refusal is an event (CommandRefused), never raised."""
 
         async def issue() -> None:
             with contextlib.suppress(MachineError, CommandBlocked):
-                await self.command(command, cause=cause, choice=choice)
+                await self.command(command, cause=cause, choice=choice, user=user)
 
         self._spawn(issue())
 
@@ -325,15 +332,19 @@ class Controller(ActingStates):
         *,
         cause: str = "operator",
         choice: FailureChoice | None = None,
+        user: str | None = None,
     ) -> State:
-        """An operator command; raises IllegalCommand or CommandBlocked, nothing changed then."""
+        """An operator command (`user` gave it, when a person did); raises IllegalCommand or
+        CommandBlocked, nothing changed then."""
         try:
             await vet(self, command, choice)
         except (IllegalCommand, CommandBlocked) as refused:
             blocked = isinstance(refused, CommandBlocked)
             if blocked:  # an interlock or a pending choice refused it, not a key pressed early
                 self.fault(f"{command} refused: {refused}")
-            self.emit(CommandRefused(command=command, reason=str(refused), blocked=blocked))
+            self.emit(
+                CommandRefused(command=command, reason=str(refused), blocked=blocked, user=user)
+            )
             raise
         if command in (Command.START, Command.UNHOLD, Command.RESET) and (
             unrecorded := self.ledger.unavailable()
@@ -342,12 +353,12 @@ class Controller(ActingStates):
             # Abort, which only write the safe state, still do).
             reason = f"{command}: the journal cannot be written: {unrecorded}"
             self.fault(reason)
-            self.emit(CommandRefused(command=command, reason=reason, blocked=True))
+            self.emit(CommandRefused(command=command, reason=reason, blocked=True, user=user))
             raise CommandBlocked(reason)
         if command is Command.START and self._no_start is not None:
             # A stop request came while the interlocks were read (a signal): no Start. Not a
             # fault: the run ends as when it came before Reset.
-            self.emit(CommandRefused(command=command, reason=self._no_start))
+            self.emit(CommandRefused(command=command, reason=self._no_start, user=user))
             raise CommandBlocked(self._no_start)
         # No await between the checks above and the change: nothing can move the state.
         if command is Command.UNHOLD:

@@ -45,6 +45,8 @@ class CommandRefused(Event):
     reason: str
     #: An interlock or a lost device refused it (a fault), not a key pressed in the wrong state.
     blocked: bool = False
+    #: Who gave it, when a person did (the command layer says); None for the controller's own.
+    user: str | None = None
 
 
 class StepOutcome(enum.StrEnum):

@@ -46,11 +46,14 @@ def _row(event: ev.Event) -> tuple[str, Body] | None:
         case ev.ModeChanged():
             return Kind.MODE, {"mode": event.mode}
         case ev.CommandRefused():
-            return Kind.REFUSED, {
+            refused: Body = {
                 "command": event.command,
                 "reason": event.reason,
                 "blocked": event.blocked,
             }
+            if event.user is not None:  # every refusal on record with who gave the command
+                refused["operator"] = event.user
+            return Kind.REFUSED, refused
         case ev.StepStarted():
             return Kind.STEP_STARTED, {
                 "path": event.path,
