@@ -121,3 +121,9 @@ def test_a_non_loopback_web_view_needs_the_services_certificate(
     )
     assert served.exit_code == 0, served.err
     assert "web view: https://192.0.2.1:8443; HTTPS with" in served.out
+
+
+def test_a_bad_http_address_is_named(capsys: pytest.CaptureFixture[str], cell: Path) -> None:
+    result = cli(capsys, "serve", cell, "--check", "--http", "foo:bar")
+    assert result.exit_code == 1
+    assert "--http foo:bar: write [ADDR:]PORT" in result.err

@@ -72,7 +72,10 @@ class _ServeCommand(_Command):
         for i, arg in enumerate(args):
             if arg == "--":
                 break
-            bare = i + 1 == len(args) or not _HTTP_VALUE.fullmatch(args[i + 1])
+            after = args[i + 1] if i + 1 < len(args) else ""
+            # Its value looks like one (a port, or ADDR:PORT, good or bad: a bad one is said
+            # so); anything else (an option, the cell file) leaves it bare.
+            bare = not after or after.startswith("-") or not (":" in after or after.isdigit())
             if arg == "--http" and bare:
                 args[i] = f"--http={DEFAULT_HTTP}"
         return super().parse_args(ctx, args)
