@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from cellctl.cell import Cell
 from cellctl.cell.load import load_cell
-from cellctl.control.events import Notice
+from cellctl.control.events import Notice, WaitProgress
 from cellctl.control.journal.record import history
 from cellctl.control.journal.rows import JournalRow, Kind
 from cellctl.control.journal.store import JournalUnavailable, SqliteStore
@@ -525,6 +525,35 @@ async def test_the_batch_detail_follows_the_steps(rig: Rig) -> None:
     assert done is not None and done["running"] is None and done["wait"] is None
     assert {s["state"] for s in done["steps"]} <= {"done", "skipped"}
     assert done["safe_state"] is None or done["safe_state"]["results"]
+
+
+@pytest.mark.asyncio
+async def test_a_wait_looking_again_changes_no_status(rig: Rig) -> None:
+    """Each poll cycle of a wait is an event; only a change a client shows rebuilds the status."""
+    await rig.loaded("waiting")
+    await rig.ok(OPERATOR, command(Command.START))
+
+    def waiting() -> bool:
+        shown = rig.service.batch_detail()
+        return shown is not None and shown["wait"] is not None
+
+    await wait_until(waiting, DEADLINE, "the wait shown")
+    shown = rig.service.batch_detail()
+    assert shown is not None and shown["wait"] is not None
+    wait, path = shown["wait"], shown["running"]
+
+    def look(met: bool) -> WaitProgress:
+        values: dict[str, Value | None] = {str(tag): met for tag in wait["tags"]}
+        return WaitProgress(
+            path=path, step_id=None, condition=wait["condition"], values=values, met=met
+        )
+
+    seq = rig.service.feed.seq
+    for _ in range(3):  # the controller's own listener: as the executor emits them
+        rig.service._event(look(False))
+    assert rig.service.feed.seq == seq  # nothing a client shows changed
+    rig.service._event(look(True))
+    assert rig.service.feed.seq > seq  # the wait is over: that shows
 
 
 @pytest.mark.asyncio

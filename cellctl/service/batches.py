@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 from cellctl.cell import Cell
 from cellctl.control.batch_record import hold_on_failure, start_record
 from cellctl.control.controller import END_STATES
-from cellctl.control.events import Event, StateChanged, StepEnded, StepStarted, TripCleared, Tripped
+from cellctl.control.events import (
+    Event,
+    StateChanged,
+    StepEnded,
+    StepStarted,
+    TripCleared,
+    Tripped,
+    WaitProgress,
+)
 from cellctl.control.journal.recorder import BatchRecorder
 from cellctl.control.journal.store import SqliteStore
 from cellctl.control.machine import Mode, State
@@ -63,8 +71,9 @@ class ServedBatches:
     def _event(self, event: Event) -> None:
         """Every event of the batch's controller (and the standby's)."""
         served = self.served
-        if served is not None and served.detail is not None:
-            served.detail.apply(event)
+        shown = served is not None and served.detail is not None and served.detail.apply(event)
+        if isinstance(event, WaitProgress) and not shown:
+            return  # a wait looked again, no status changes: every poll cycle would rebuild it
         if isinstance(event, Tripped):
             self.alarms[event.interlock] = Alarm(event.message)
         elif isinstance(event, TripCleared):
