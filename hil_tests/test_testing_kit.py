@@ -57,7 +57,18 @@ def user_repository(folder: Path, test: str, completes: bool) -> None:
     (folder / "test_cell.py").write_text(test, encoding="utf-8")
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+#: The variants the extended tier runs (each is a whole pytest run with simulators, 5–10 s):
+#: the default suite keeps one that completes and one that fails before any simulator starts.
+EXTENDED_VARIANTS = {"does-not-complete", "option", "setting"}
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        pytest.param(v, marks=[pytest.mark.extended] if v in EXTENDED_VARIANTS else [])
+        for v in VARIANTS
+    ],
+)
 def test_a_users_repository_runs_its_recipe_on_simulators_under_pytest(
     tmp_path: Path, variant: str
 ) -> None:

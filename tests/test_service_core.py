@@ -554,6 +554,9 @@ async def test_a_wait_looking_again_changes_no_status(rig: Rig) -> None:
     assert rig.service.feed.seq == seq  # nothing a client shows changed
     rig.service._event(look(True))
     assert rig.service.feed.seq > seq  # the wait is over: that shows
+    # Ended here: a Stop (the rig's close) lets a wait run to its boundary, here its 30 s.
+    rig.device("line.done", True)
+    await rig.settle("Complete")
 
 
 @pytest.mark.asyncio
