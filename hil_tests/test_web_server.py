@@ -299,6 +299,7 @@ async def serve(
     tls: tuple[Path, Path] | None = None,
     ping: float = 15.0,
     slow_client: float = 30.0,
+    request_deadline: float = 10.0,
 ) -> Web:
     """A web view on addr, port 0, over a fresh TableBackend, started."""
     cell = tmp / "cell.yaml"
@@ -316,6 +317,7 @@ async def serve(
         failures.append,
         ping=ping,
         slow_client=slow_client,
+        request_deadline=request_deadline,
     )
     return Web(backend, thread, await thread.start(), failures)
 

@@ -10,7 +10,11 @@ every failure into its exit code.
 
 from __future__ import annotations
 
+import functools
+from typing import TYPE_CHECKING
+
 import typer
+import typer.main
 from typer.exceptions import TyperException
 
 from cellctl import exitcodes
@@ -26,6 +30,9 @@ from cellctl.cli.app import app
 from cellctl.cli.consoles import err
 from cellctl.errors import CellctlError, ValidationFailed
 from drivers.errors import DriverError
+
+if TYPE_CHECKING:
+    from typer import _click as click
 
 __all__ = ["app", "run"]
 
@@ -49,10 +56,17 @@ def _fail(error: CellctlError | DriverError) -> int:
     return _exit_code_of(error)
 
 
+@functools.cache
+def _command() -> click.Command:
+    """The click command of the app, built once: typer builds it from the functions'
+    signatures on every call of `app`, most of an in-process command's time."""
+    return typer.main.get_command(app)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on argv and return its exit code (used in-process by the tests)."""
     try:
-        result = app(args=argv, prog_name="cellctl", standalone_mode=False)
+        result = _command().main(args=argv, prog_name="cellctl", standalone_mode=False)
     except typer.Exit as done:
         return int(done.exit_code)
     except (typer.Abort, KeyboardInterrupt):

@@ -59,8 +59,12 @@ def init(
     days: DaysOption = 365,
 ) -> None:
     """Make the server's self-signed certificate and key."""
+    from cellctl.errors import BadValue
     from cellctl.service.certs import default_hosts, init_server
 
+    if host is not None and not all(name.strip() for name in host):
+        # A certificate for '' matches no address a client could reach the server by.
+        raise BadValue("--host '': give a name or address clients reach the server by")
     certdir = _certdir(directory)
     hosts = host or default_hosts()
     made = init_server(certdir, hosts, force=force, days=days)
@@ -111,8 +115,12 @@ def trust(
 @certs_app.command("list")
 def list_trusted(directory: DirOption = None) -> None:
     """The trusted client certificates: subject, SHA-1 thumbprint, expiry."""
+    from cellctl.errors import BadValue
     from cellctl.service.trust import trusted_certificates
 
+    # A folder named that is not there is a typo, not a directory that trusts nobody.
+    if directory is not None and not directory.is_dir():
+        raise BadValue(f"--dir {directory}: not a folder")
     certdir = _certdir(directory)
     found = trusted_certificates(certdir)
     if not found:

@@ -76,9 +76,12 @@ class Target:
 
 def target(server: str | None, user: str | None, certs: Path | None) -> Target:
     """The options resolved (environment, then defaults); the password asked for now."""
+    from cellctl.cli.serve import endpoint_host_port
     from cellctl.errors import BadValue
 
     url = server or os.environ.get(SERVER_VARIABLE) or DEFAULT_ENDPOINT
+    # A URL the client cannot even parse is bad input (exit 1), named before any connect.
+    endpoint_host_port(url, "--server" if server else SERVER_VARIABLE)
     name = user or os.environ.get(USER_VARIABLE) or None
     certdir = certs
     if certs is not None:

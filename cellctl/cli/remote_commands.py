@@ -103,7 +103,10 @@ def mode(
     certs: CertsOption = None,
 ) -> None:
     """Change the running service's unit mode (engineer)."""
-    call(target(server, user, certs), "SetMode", name)
+    from cellctl.service.handlers import parse_mode
+
+    # The service's own check, here too: a typo is named before anything is sent.
+    call(target(server, user, certs), "SetMode", parse_mode(name).value)
 
 
 @app.command()

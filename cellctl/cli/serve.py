@@ -31,20 +31,27 @@ if TYPE_CHECKING:
     from cellctl.web.thread import WebThread
 
 
-def endpoint_host_port(url: str) -> tuple[str, int]:
-    """The host and port of an opc.tcp URL; BadValue naming what is wrong."""
+def endpoint_host_port(url: str, option: str = "--endpoint") -> tuple[str, int]:
+    """The host and port of an opc.tcp URL; BadValue naming `option`, the URL and what is
+    wrong."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
-    try:
-        port = parts.port
+    try:  # urlsplit itself refuses some URLs ('opc.tcp://[::1'), .port a port out of range
+        parts = urlsplit(url)
+        hostname, port = parts.hostname, parts.port
     except ValueError:
-        port = None
-    if parts.scheme != "opc.tcp" or not parts.hostname or port is None:
-        raise BadValue(
-            f"--endpoint {url}: write opc.tcp://HOST:PORT (for example {DEFAULT_ENDPOINT})"
+        parts, hostname, port = None, None, None
+    if parts is None or parts.scheme != "opc.tcp" or not hostname or port is None:
+        # The web view's address is the likely mix-up: say which one this is.
+        web = (
+            " (an http:// address is the web view's, for a browser)"
+            if parts is not None and parts.scheme in ("http", "https")
+            else ""
         )
-    return parts.hostname, port
+        raise BadValue(
+            f"{option} {url}: write opc.tcp://HOST:PORT (for example {DEFAULT_ENDPOINT}){web}"
+        )
+    return hostname, port
 
 
 #: `--http` given alone.
@@ -98,6 +105,11 @@ def _certs(path: Path | None) -> CertDir | None:
     from cellctl.service.certs import CertDir
 
     if path is not None:
+        # Named, it must be a folder: on loopback a typo would serve without security, unseen.
+        if not path.is_dir():
+            raise BadValue(
+                f"--certs {path}: not a folder (make one with `cellctl certs init --dir {path}`)"
+            )
         return CertDir(path)
     default = CertDir.default()
     return default if default.path.exists() else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -20,6 +21,8 @@ from cellctl.web.auth import SessionViews
 from cellctl.web.context import MAX_BODY, REPORT_CSP, STATIC, api_error, peer_of, read_body
 from cellctl.web.events import EventStream
 from cellctl.web.sessions import same_token
+
+log = logging.getLogger("cellctl.web")
 
 #: The most batches /api/history lists.
 MAX_HISTORY = 1000
@@ -47,6 +50,8 @@ def parse_request(body: bytes) -> Request:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadBody('the body is not JSON: send {"action": ..., ...}') from None
+    except RecursionError:  # '[[[[...' 64 KiB deep: json's decoder recurses per level
+        raise BadBody('the body is JSON nested too deeply: send {"action": ..., ...}') from None
     if not isinstance(data, dict):
         raise BadBody('the body must be a JSON object: {"action": ..., ...}')
     actions = ", ".join(a.value for a in Action)
@@ -136,11 +141,13 @@ class Views(SessionViews):
             return api_error(403, "a request from another site's page is refused")
         body = await read_body(request)
         if body is None:
-            return api_error(413, f"the body is over {MAX_BODY} bytes")
+            return self._malformed(
+                request, session.caller.name, 413, f"the body is over {MAX_BODY} bytes"
+            )
         try:
             wanted = parse_request(body)
         except BadBody as bad:
-            return api_error(400, str(bad))
+            return self._malformed(request, session.caller.name, 400, str(bad))
         caller = replace(session.caller, via="web", peer=peer_of(request))
         try:
             answer = await self.web.bridge.submit(caller, wanted)
@@ -152,6 +159,15 @@ class Views(SessionViews):
             {"accepted": False, "reason": answer.reason, "kind": answer.kind.value},
             STATUS_OF_REFUSAL[answer.kind],
         )
+
+    @staticmethod
+    def _malformed(request: HttpRequest, who: str, status: int, reason: str) -> Response:
+        """A request the API cannot read: refused with `reason`, and logged (it never reaches
+        the command layer, so the journal does not have it)."""
+        log.warning(
+            "web: a request of %s from %s refused (%d): %s", who, peer_of(request), status, reason
+        )
+        return api_error(status, reason)
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A backend method that reads, called on the control loop; _Unavailable when the

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse
 
@@ -95,13 +96,18 @@ def api_error(status: int, message: str) -> JSONResponse:
 
 
 async def read_body(request: HttpRequest) -> bytes | None:
-    """The request's body, or None when it is over MAX_BODY bytes."""
+    """The request's body, or None when it is over MAX_BODY bytes, or the client left before
+    sending it all (closed by the request deadline, cellctl.web.protocol: nobody reads the
+    answer then)."""
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
         return None
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            return None
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return None
+    except ClientDisconnect:
+        return None
     return bytes(body)

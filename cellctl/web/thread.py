@@ -28,6 +28,7 @@ from cellctl.service.server_thread import STOP_DEADLINE, ServerThread
 from cellctl.values import TagValue
 from cellctl.web.app import Login, WebBackend, WebContext, create_app
 from cellctl.web.events import PING, SLOW_CLIENT, Hub
+from cellctl.web.protocol import REQUEST_DEADLINE, guarded_protocol
 from cellctl.web.sessions import SessionStore
 from cellctl.web.tls import HttpsRequired
 from drivers.config import is_loopback
@@ -110,6 +111,7 @@ class WebThread(ServerThread[WebBackend, tuple[ServiceStatus, Detail]]):
         submit_deadline: float = SUBMIT_DEADLINE,
         ping: float = PING,
         slow_client: float = SLOW_CLIENT,
+        request_deadline: float = REQUEST_DEADLINE,
     ) -> None:
         super().__init__(backend, on_failure)
         self._addr = addr
@@ -119,6 +121,7 @@ class WebThread(ServerThread[WebBackend, tuple[ServiceStatus, Detail]]):
         self._submit_deadline = submit_deadline
         self._ping = ping
         self._slow_client = slow_client
+        self._request_deadline = request_deadline
         self.hub = Hub(backend.cell)
         # Made on the control loop at start, served from the web thread.
         self._config_made: uvicorn.Config | None = None
@@ -177,7 +180,8 @@ class WebThread(ServerThread[WebBackend, tuple[ServiceStatus, Detail]]):
         config = uvicorn.Config(
             create_app(context),
             loop="asyncio",
-            http="h11",
+            # h11 with a deadline for each request and a cap on connections (uvicorn has none).
+            http=guarded_protocol(self._request_deadline),
             ws="none",
             lifespan="off",
             interface="asgi3",
