@@ -6,7 +6,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from pymodbus.client import ModbusBaseClient
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import DecodePDU, ModbusPDU
 
 from drivers.points import ModbusTable
 
@@ -21,6 +21,38 @@ READ_FC: dict[ModbusTable, int] = {
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+class Undecodable(ModbusPDU):
+    """An answer frame whose PDU cannot be decoded (an unknown function code, a byte count
+    beyond the frame): what AnswerDecoder gives instead of nothing."""
+
+    def __init__(self, pdu: bytes) -> None:
+        super().__init__()
+        #: The PDU as received: function code and data.
+        self.pdu = pdu
+
+    def describe(self) -> str:
+        """What arrived, for a technician: its function code and size."""
+        fc = f"function {self.pdu[0]}, " if self.pdu else ""
+        return f"{fc}{_plural(len(self.pdu), 'byte')}"
+
+
+class AnswerDecoder(DecodePDU):
+    """pymodbus's decoder of answers, but an answer it cannot decode is Undecodable: a failed
+    try the bus retries. (pymodbus raises on it inside the protocol's data_received: asyncio
+    then logs a traceback and drops the connection, and the request waits for its timeout.)"""
+
+    def __init__(self) -> None:
+        super().__init__(is_server=False)
+
+    def decode(self, frame: bytes) -> ModbusPDU:
+        """The answer in `frame`, or Undecodable."""
+        try:
+            pdu: ModbusPDU | None = super().decode(frame)
+        except Exception:  # pymodbus catches its own decode errors; anything else alike
+            pdu = None
+        return pdu if pdu is not None else Undecodable(bytes(frame))
 
 
 @dataclass(frozen=True)
@@ -55,6 +87,8 @@ class Ask:
     def mismatch(self, response: ModbusPDU) -> str | None:
         """Why `response` cannot answer this request (function, size or echo), or None."""
         fc = self.function
+        if isinstance(response, Undecodable):
+            return f"an answer that cannot be decoded ({response.describe()})"
         got = int(response.function_code)
         if response.isError():
             got &= 0x7F

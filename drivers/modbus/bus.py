@@ -26,7 +26,7 @@ from drivers.base import ConnectProgress, ConnectTry
 from drivers.config import ModbusRtuConfig, ModbusTcpConfig, RequestLimits
 from drivers.errors import BadResponse, ConnectFailed, DeviceTimeout, NotConnected
 from drivers.health import Backoff, connect_with_backoff
-from drivers.modbus.ask import Ask
+from drivers.modbus.ask import AnswerDecoder, Ask
 from drivers.modbus.line import LineBusy, SerialQuiet, make_client, turnaround
 from drivers.tasks import cancel_and_wait
 
@@ -86,6 +86,8 @@ class ModbusBus:
         # The quiet a serial line needs after a failed try (none on TCP: transaction ids).
         quiet = turnaround(config) if isinstance(config, ModbusRtuConfig) else 0.0
         self._quiet = SerialQuiet(quiet, self.limits.timeout)
+        # On TCP an answer carries its request's transaction id (RTU ones carry none).
+        self._numbered = isinstance(config, ModbusTcpConfig)
 
     @property
     def connected(self) -> bool:
@@ -313,6 +315,12 @@ class ModbusBus:
             self._quiet.answer_may_come(sent)
             raise
         problem = ask.mismatch(response)
+        if problem is None and self._numbered:
+            # pymodbus skips an answer with another transaction id, but takes one with id 0
+            # (which it never sends on TCP) for any request's.
+            sent_id = client.ctx.request_transaction_id
+            if response.transaction_id != sent_id:
+                problem = f"an answer to transaction {response.transaction_id}, sent {sent_id}"
         if problem is not None:
             # Likely a late answer to an earlier try; this try's own may still come.
             self._quiet.answer_may_come(sent)
@@ -365,6 +373,12 @@ class ModbusBus:
         if not up:
             self.last_error = f"connection to {self.endpoint} lost"
             self._down.set()
+            # pymodbus leaves a request in flight waiting out its whole timeout for an answer
+            # that cannot come, holding the bus: the reconnect's first request would wait too.
+            client = self._client
+            pending = client.ctx.response_future if client is not None else None
+            if pending is not None and not pending.done():
+                pending.set_exception(ConnectionException(self.last_error))
 
     def _notify(self, up: bool, error: str | None) -> None:
         for listener in list(self._listeners):
@@ -375,7 +389,11 @@ class ModbusBus:
         self._down.clear()
         if self._client is None:
             self._client = make_client(
-                self._config, self.limits, self._on_connection, self._quiet.on_packet
+                self._config,
+                self.limits,
+                self._on_connection,
+                self._quiet.on_packet,
+                AnswerDecoder(),
             )
         if await self._client.connect():
             return

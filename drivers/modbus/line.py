@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.framer import FramerType
+from pymodbus.logging import Log
+from pymodbus.pdu import DecodePDU
 
 from drivers.config import ModbusRtuConfig, ModbusTcpConfig, RequestLimits
 
@@ -81,8 +83,10 @@ def make_client(
     limits: RequestLimits,
     on_connection: Callable[[bool], None],
     on_packet: Callable[[bool, bytes], bytes],
+    decoder: DecodePDU,
 ) -> ModbusBaseClient:
-    """A pymodbus client for the bus (inside the running loop, as pymodbus needs)."""
+    """A pymodbus client for the bus (inside the running loop, as pymodbus needs) that decodes
+    answers with `decoder`."""
     # reconnect_delay=0 turns pymodbus's reconnect off: the bus's connect loop does it, with
     # jitter.
     # retries=0: pymodbus would resend the same request (same transaction id); the bus
@@ -114,4 +118,10 @@ def make_client(
     # pymodbus drops a TCP connection after a run of unanswered requests (retries + 3 by
     # default); counted in tries now, so keep that run as long in requests.
     client.set_max_no_responses((limits.retries + 1) * (limits.retries + 3))
+    # pymodbus appends the last 20 chunks received, in hex, to each error it logs (one read
+    # ends in such an error after a timeout): a device that floods the link turns each into
+    # megabytes of log, built in the event loop. Keep none: the error's text is enough.
+    Log.MAX_FRAMES = 0
+    # The framer's decoder is what client.register() extends: the one place to plug one in.
+    client.ctx.framer.decoder = decoder
     return client
