@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import reprlib
 
 from asyncua import ua
 from asyncua.ua.object_ids import ObjectIdNames
@@ -80,7 +81,12 @@ def from_ua(datatype: DataType, value: object) -> Value:
         low, high = INT_RANGES[datatype]
         if low <= value <= high:
             return value
-    raise ValueError(f"value {value!r} ({type(value).__name__}) is not a {datatype.value}")
+    kind = type(value).__name__
+    if isinstance(value, list | tuple):
+        kind = f"{kind} of {len(value)} values"
+    # reprlib: the server chooses the value's size (a 10 MB string, a million-element array)
+    # and the message goes into every BAD reading and log line.
+    raise ValueError(f"value {reprlib.repr(value)} ({kind}) is not a {datatype.value}")
 
 
 def status_name(status: ua.StatusCode | None) -> str:

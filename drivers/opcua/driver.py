@@ -36,6 +36,12 @@ log = logging.getLogger("drivers.opcua")
 
 # Re-reads of a watched point after a fresh read that differed from its last notification.
 RECHECKS = 3
+# Publishing intervals without a change after which the server sends a keep-alive (asyncua
+# asks for 75 % of the session timeout: 45 s at 100 ms, far too late to notice a subscription
+# that stopped publishing).
+KEEP_ALIVE_COUNT = 10
+# Publishing intervals without a Publish request after which the server drops a subscription.
+LIFETIME_COUNT = 10_000
 
 
 class OpcuaDriver(OpcuaSession):
@@ -152,10 +158,10 @@ class OpcuaDriver(OpcuaSession):
         nodes = [client.get_node(node_id) for node_id in watch.by_node]
         subscription: Subscription | None = None
         try:
-            subscription = await self._request(
-                "create subscription", lambda c: c.create_subscription(period, watch)
+            created, revised = await self._request(
+                "create subscription", lambda c: _create_subscription(c, period, watch)
             )
-            created = subscription
+            subscription = created
             results = await self._request(
                 f"monitor {len(nodes)} node(s)",
                 lambda c: created.subscribe_data_change(nodes, sampling_interval=ua.Double(period)),
@@ -184,7 +190,11 @@ class OpcuaDriver(OpcuaSession):
             self._spawn(self._delete(created), "delete subscription")
             self._refused(watch, client, f"cannot subscribe: monitored item refused: {passing[0]}")
             return
-        watch.subscription = created
+        # The server promised a publish response (a keep-alive at least) this often; one that
+        # stays away a request's worst case longer has stopped publishing (_keep_alive checks).
+        interval = revised.RevisedPublishingInterval / 1000.0
+        promised = interval * max(revised.RevisedMaxKeepAliveCount, 1)
+        watch.subscribed(created, promised + self.config.limits.worst_case)
         watch.refusal = None
         for node_id, status in refused:
             points = [p for p in watch.points if p.name in watch.by_node[node_id]]
@@ -266,3 +276,25 @@ class OpcuaDriver(OpcuaSession):
         """Delete a subscription on the server; a dead session took it along anyway."""
         with contextlib.suppress(DriverError):
             await self._request("delete subscription", lambda _c: subscription.delete())
+
+
+async def _create_subscription(
+    client: Client, period_ms: float, watch: Watch
+) -> tuple[Subscription, ua.CreateSubscriptionResult]:
+    """A subscription with our keep-alive count, and what the server made of the request.
+
+    Not client.create_subscription: it replaces a revised keep-alive count with its own, and
+    its watchdog recreates a silent subscription behind our back, hiding the silence from the
+    subscribers (the session's keep-alive finds it: see Watch.silent_for).
+    """
+    params = ua.CreateSubscriptionParameters(
+        RequestedPublishingInterval=ua.Double(period_ms),
+        RequestedLifetimeCount=ua.UInt32(LIFETIME_COUNT),
+        RequestedMaxKeepAliveCount=ua.UInt32(KEEP_ALIVE_COUNT),
+        MaxNotificationsPerPublish=ua.UInt32(10_000),  # what asyncua asks for
+        PublishingEnabled=True,
+        Priority=ua.Byte(0),
+    )
+    subscription = Subscription(client.uaclient.session, params, watch)
+    revised = await subscription.init()
+    return subscription, revised

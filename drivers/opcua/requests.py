@@ -33,6 +33,14 @@ T = TypeVar("T")
 
 # Reconnect delays after a lost connection grow up to this cap (seconds).
 RECONNECT_CAP = 5.0
+# The largest message the client takes from a server (asyncua's default lets the server choose,
+# up to 100 MB): a 10 MB string or a million-element array is refused, not allocated. Our own
+# servers keep to the same size (drivers.opcua.server_limits).
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+# A message over the size limit, ours (asyncua then closes the connection) or the server's.
+TOO_LARGE = ("BadRequestTooLarge", "BadResponseTooLarge")
+# Tags named in the message of a read whose answer was refused.
+SHOWN_TAGS = 5
 
 
 class OpcuaRequests(TracksHealth):
@@ -91,6 +99,13 @@ class OpcuaRequests(TracksHealth):
             except UaStatusCodeError as err:
                 name = status_name(status_code(err.code))
                 reason = f"{what}: {endpoint} answered {name}"
+                if name in TOO_LARGE:
+                    limit = f"{MAX_MESSAGE_SIZE // 1024 // 1024} MiB"
+                    raise BadResponse.about(
+                        self.name,
+                        f"{what}: {endpoint}: {name}: a message larger than the limit "
+                        f"({limit} here) was refused",
+                    ) from err
                 if name.startswith(SESSION_GONE):
                     # Not an answer about the request: the session or channel is gone, though
                     # the TCP link may live on. Fail the session, so that it is opened again.
@@ -108,11 +123,18 @@ class OpcuaRequests(TracksHealth):
             return []
         ids = [node_id_of(self.name, p.name, p.node_id) for p in opc]
         attempts = self.config.limits.retries + 1
-        values = await self._request(
-            f"read {len(opc)} point(s)",
-            lambda c: c.uaclient.read_attributes(ids, AttributeIds.Value),
-            attempts,
-        )
+        try:
+            values = await self._request(
+                f"read {len(opc)} point(s)",
+                lambda c: c.uaclient.read_attributes(ids, AttributeIds.Value),
+                attempts,
+            )
+        except BadResponse as err:
+            # The answer as a whole was refused (too large, garbled): the tags are the clue to
+            # which value is to blame.
+            names = ", ".join(p.name for p in opc[:SHOWN_TAGS])
+            more = f" and {len(opc) - SHOWN_TAGS} more" if len(opc) > SHOWN_TAGS else ""
+            raise BadResponse.about(self.name, f"{err.reason} (tags {names}{more})") from err
         now = time.time()
         return [to_reading(self.name, p, dv, now) for p, dv in zip(opc, values, strict=True)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Coroutine
 from typing import Any
@@ -15,7 +16,7 @@ from drivers.base import ConnectProgress, ConnectTry, HealthState
 from drivers.errors import ConnectFailed, DeviceTimeout, DriverError, NotConnected, PointMismatch
 from drivers.health import Backoff, connect_with_backoff
 from drivers.opcua.faults import Refused, error_text, failure_text, permanent
-from drivers.opcua.requests import RECONNECT_CAP, OpcuaRequests
+from drivers.opcua.requests import MAX_MESSAGE_SIZE, RECONNECT_CAP, OpcuaRequests
 from drivers.opcua.security import secure
 from drivers.opcua.watch import Watch
 from drivers.tasks import cancel_and_wait
@@ -26,6 +27,8 @@ log = logging.getLogger("drivers.opcua")
 SESSION_TIMEOUT_MS = 60_000
 # asyncua's own liveness probe, behind our keep-alive (seconds).
 BACKSTOP_PROBE = 30.0
+# The size of the chunks a message arrives in (asyncua's receive buffer).
+CHUNK_SIZE = 65535
 
 
 class _Unbound:
@@ -170,6 +173,10 @@ class OpcuaSession(OpcuaRequests, ABC):
             watchdog_intervall=BACKSTOP_PROBE,
         )
         client.session_timeout = SESSION_TIMEOUT_MS
+        # Told to the server in the Hello: an answer larger than this is refused (BadResponse
+        # from _request, and asyncua closes the connection), never allocated in full.
+        client.max_messagesize = MAX_MESSAGE_SIZE
+        client.max_chunkcount = MAX_MESSAGE_SIZE // CHUNK_SIZE + 1
 
         async def start() -> None:
             await secure(client, self.config)
@@ -200,16 +207,21 @@ class OpcuaSession(OpcuaRequests, ABC):
         if not self._running:
             return  # connect() is still running and will fail on its next request
         self._set_lost(f"connection to {self.config.endpoint} lost: {error_text(exc)}")
-        self._spawn_reconnect(client)
+        # Delayed like a failed session: a connection that dies again at once (a server that
+        # sends a message over the size limit to every new subscription) must not spin.
+        self._spawn_reconnect(client, self._failures.next_delay())
 
     async def _keep_alive(self, client: Client) -> None:
         """Probe the server every publishing interval; no answer within the limits → lost.
 
         A server that stopped answering is so found within limits.worst_case plus one
-        publishing interval.
+        publishing interval; a subscription that stopped publishing (no data change, no
+        keep-alive) within the server's keep-alive period plus limits.worst_case plus one
+        publishing interval (Watch.silent_for).
         """
         limits = self.config.limits
         state = client.nodes.server_state
+        started = time.monotonic()
         while self._client is client:
             await asyncio.sleep(self.config.publishing_interval)
             try:
@@ -221,9 +233,32 @@ class OpcuaSession(OpcuaRequests, ABC):
                 return
             except DriverError:
                 pass  # an answer, even a bad one, proves the server is there
+            silence = self._silence(client)
+            if silence is not None:
+                log.error("%s: %s", self.name, silence)
+                self._session_failed(client, silence)
+                return
             # What the controller's watchdog looks for: only the keep-alive's own answers, so
             # other requests cannot hide a keep-alive that stopped.
             self._tracker.answered()
+            if time.monotonic() - started >= RECONNECT_CAP:
+                # A session that lasts: restarts are not spinning, the next one starts at once.
+                self._failures.reset()
+
+    def _silence(self, client: Client) -> str | None:
+        """Why a subscription on this session counts as stopped, if one does: the server
+        answers requests but has sent it nothing for longer than it promised."""
+        now = time.monotonic()
+        for watch in self._watches:
+            if watch.client is not client:
+                continue
+            quiet = watch.silent_for(now)
+            if quiet is not None:
+                return (
+                    f"subscription silent: nothing from {self.config.endpoint} for "
+                    f"{quiet:.1f} s, not even a keep-alive (due within {watch.silent_after:.3g} s)"
+                )
+        return None
 
     def _set_lost(self, cause: str, reason: str | None = None) -> None:
         """Health LOST naming `cause`; on the transition every subscriber hears BAD for each

@@ -53,10 +53,30 @@ class Watch:
         self.told: dict[str, Reading] = {}
         #: The newest fresh read that differed from `told`, of each point being re-read.
         self.pending: dict[str, Reading] = {}
+        #: When the subscription was created (time.monotonic(), asyncua's clock for its
+        #: last publish) and how long it may stay silent (see `silent_for`).
+        self.subscribed_at = 0.0
+        self.silent_after = 0.0
 
     def watches(self, point: OpcuaPoint) -> bool:
         """True when this watch has the point (by name and node)."""
         return self._points.get(point.name) == point
+
+    def subscribed(self, subscription: Subscription, silent_after: float) -> None:
+        """The subscription is created on the watch's session; it may be silent this long."""
+        self.subscription = subscription
+        self.subscribed_at = time.monotonic()
+        self.silent_after = silent_after
+
+    def silent_for(self, now: float) -> float | None:
+        """How long the subscription has sent nothing (no data change, no keep-alive) when
+        that is longer than its server promised (`silent_after`); None otherwise."""
+        if self.subscription is None:
+            return None
+        # asyncua stamps every publish response, keep-alives included (None before the first).
+        last = self.subscription.last_publish_at
+        quiet = now - (last if last is not None else self.subscribed_at)
+        return quiet if quiet > self.silent_after else None
 
     def detach(self) -> Subscription | None:
         """Forget the session this watch was subscribed on; returns its subscription."""
