@@ -39,8 +39,11 @@ log = logging.getLogger("cellctl.service.opcua")
 #: The inputs that take a String array.
 ARRAY_INPUTS = frozenset({"Parameters"})
 
-#: The asyncua handler of one method: (parent, *args) -> [Result] or a Bad status.
-MethodHandler = Callable[..., Coroutine[Any, Any, list[ua.Variant] | ua.StatusCode]]
+#: The asyncua handler of one method: (parent, *args) -> [Result], a Bad status, or a Bad
+#: result naming the arguments that do not fit.
+MethodHandler = Callable[
+    ..., Coroutine[Any, Any, list[ua.Variant] | ua.StatusCode | ua.CallMethodResult]
+]
 #: Makes the handler of a method from its name, its inputs and its action.
 HandlerFactory = Callable[[str, tuple[str, ...], Action], MethodHandler]
 #: The status variables' nodes, by browse name: NodeId and OPC UA type.

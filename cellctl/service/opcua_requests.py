@@ -26,12 +26,14 @@ _FIELDS: Mapping[str, str] = {
 
 
 class BadCall(Exception):
-    """A call whose arguments do not fit the method: its status and the reason."""
+    """A call whose arguments do not fit the method: its status, the reason, and the index of
+    the argument of a wrong type (None when it is their count)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, argument: int | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.argument = argument
 
 
 def build_request(
@@ -46,15 +48,16 @@ def build_request(
         takes = ", ".join(inputs) or "no arguments"
         raise BadCall(StatusCodes.BadTooManyArguments, f"{method} takes {takes}")
     fields: dict[str, Any] = {}
-    for name, arg in zip(inputs, args, strict=True):
+    for index, (name, arg) in enumerate(zip(inputs, args, strict=True)):
         field = "choice" if name == "Choice" and action is Action.COMMAND else _FIELDS[name]
-        fields[field] = _input_text(method, name, arg)
+        fields[field] = _input_text(method, name, arg, index)
     command = Command(method) if action is Action.COMMAND else None
     return Request(action, command=command, **fields)
 
 
-def _input_text(method: str, name: str, arg: ua.Variant) -> str | tuple[str, ...]:
-    """An input as the text (or texts) a Request holds; a null input is '' (or no texts)."""
+def _input_text(method: str, name: str, arg: ua.Variant, index: int) -> str | tuple[str, ...]:
+    """An input as the text (or texts) a Request holds; a null input is '' (or no texts);
+    BadCall naming the argument's `index` when it is of another type."""
     value = arg.Value
     if value is None:
         return () if name in ARRAY_INPUTS else ""
@@ -67,4 +70,5 @@ def _input_text(method: str, name: str, arg: ua.Variant) -> str | tuple[str, ...
     raise BadCall(
         StatusCodes.BadInvalidArgument,
         f"{method}: {name} must be {wanted} (got {arg.VariantType.name})",
+        index,
     )

@@ -6,9 +6,10 @@ session or its user, and its permission rulesets run only on secured channels. S
 `ServiceSession` sets the contextvar `CURRENT_SESSION` to itself while its `call`, `read`,
 `write`, `create_session` and `activate_session` run (asyncua awaits the method handlers,
 the certificate validator and calls the UserManager inside them, in the same context), and
-`ServiceServer.create_session` makes sessions of that class. Roles are checked by the command
-layer, never here: every logged-in session's asyncua role is `UserRole.User` (asyncua's Admin
-could add and delete nodes, and its Anonymous may do nothing at all on a secured channel).
+`ServiceServer` makes sessions of that class (its `session_class`). Roles are checked by the
+command layer, never here: every logged-in session's asyncua role is `UserRole.User`
+(asyncua's Admin could add and delete nodes, and its Anonymous may do nothing at all on a
+secured channel).
 
 - `PackML.LastRefusal` is read per session: the reason of that session's last refused call,
   kept on the session object (the address space holds only '').
@@ -17,6 +18,8 @@ could add and delete nodes, and its Anonymous may do nothing at all on a secured
   attribute take asyncua's own path (read-only nodes: BadUserAccessDenied).
 - A tag node's UserAccessLevel is read per session: writable only for a user whose role may
   force (what generic clients show; the command layer still decides).
+- Limits (sessions, timeouts, subscriptions, publishing interval, values that do not fit a
+  node) are the simulators' too: drivers.opcua.server_limits.
 """
 
 from __future__ import annotations
@@ -29,26 +32,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from asyncua import ua
-from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.internal_server import InternalServer
-from asyncua.server.internal_session import InternalSession
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 
 from cellctl.service.api import Caller
 from drivers.config import url_host
+from drivers.opcua.server_limits import LimitedServer, LimitedSession, ServerLimits
 from drivers.opcua_types import status_code
 
 log = logging.getLogger("cellctl.service.opcua")
 
 #: The session whose request is being served now (None outside a client's request).
 CURRENT_SESSION: ContextVar[ServiceSession | None] = ContextVar("CURRENT_SESSION", default=None)
-
-#: Publishing intervals below this (ms) are raised to it: a client asking for 0 ms would make
-#: the server publish on every change, or spin.
-MIN_PUBLISHING_INTERVAL_MS = 100.0
 
 #: Writes a tag for a session: (session, tag name, the written DataValue) -> status.
 TagWriter = Callable[["ServiceSession", str, ua.DataValue], Awaitable[ua.StatusCode]]
@@ -88,7 +86,7 @@ class ServiceLogins(UserManager):
         return ServiceUser(role=UserRole.User, name=caller.user, caller=caller)
 
 
-class ServiceSession(InternalSession):
+class ServiceSession(LimitedSession):
     """A client's session: binds itself to CURRENT_SESSION while it serves a request, and keeps
     the reason of its last refused call."""
 
@@ -206,24 +204,14 @@ class ServiceSession(InternalSession):
             results[i] = await writer(self, tags[items[i].NodeId], items[i].Value)
         return results
 
-    async def create_subscription(
-        self,
-        params: ua.CreateSubscriptionParameters,
-        callback: Callable[..., Any],
-        request_callback: Callable[..., Any] | None = None,
-    ) -> ua.CreateSubscriptionResult:
-        """asyncua's, with the publishing interval raised to MIN_PUBLISHING_INTERVAL_MS."""
-        if params.RequestedPublishingInterval < MIN_PUBLISHING_INTERVAL_MS:
-            params.RequestedPublishingInterval = MIN_PUBLISHING_INTERVAL_MS
-        return await super().create_subscription(params, callback, request_callback)
 
+class ServiceServer(LimitedServer):
+    """A LimitedServer making ServiceSessions."""
 
-class ServiceServer(InternalServer):
-    """asyncua's InternalServer making ServiceSessions, with at most `max_sessions` of them."""
+    session_class = ServiceSession
 
-    def __init__(self, user_manager: UserManager, max_sessions: int) -> None:
-        super().__init__(user_manager=user_manager)
-        self.max_sessions = max_sessions
+    def __init__(self, user_manager: UserManager, limits: ServerLimits) -> None:
+        super().__init__(limits, user_manager=user_manager)
         #: PackML.LastRefusal's NodeId, read per session (set once the node exists).
         self.last_refusal_node: ua.NodeId | None = None
         #: The tag variables' NodeIds and their tag names.
@@ -232,40 +220,3 @@ class ServiceServer(InternalServer):
         self.tag_writer: TagWriter | None = None
         #: Whether a caller's role may force tags (what a tag's UserAccessLevel shows).
         self.may_write_tags: Callable[[Caller | None], bool] = lambda caller: False
-        self._sessions: dict[ua.NodeId, InternalSession] = {}
-
-    def create_session(
-        self, name: str, user: User | None = None, external: bool = False
-    ) -> InternalSession:
-        """A ServiceSession; BadTooManySessions once `max_sessions` clients hold one."""
-        if external and len(self._sessions) >= self.max_sessions:
-            raise ServiceError(StatusCodes.BadTooManySessions)
-        return ServiceSession(
-            self,
-            self.aspace,
-            self.subscription_service,
-            name,
-            user=user or User(role=UserRole.Anonymous),
-            external=external,
-        )
-
-    def register_external_session(self, session: InternalSession) -> None:
-        """asyncua's registry of client sessions, counted for the limit."""
-        super().register_external_session(session)
-        self._sessions[session.auth_token] = session
-
-    def unregister_external_session(self, session: InternalSession) -> None:
-        """A closed (or timed-out) client session leaves the count."""
-        super().unregister_external_session(session)
-        self._sessions.pop(session.auth_token, None)
-
-    @property
-    def session_count(self) -> int:
-        """Client sessions open now."""
-        return len(self._sessions)
-
-    async def close_sessions(self) -> None:
-        """Close every client session left (asyncua's stop keeps those with subscriptions
-        open, waiting for their clients to come back, with their timeout tasks running)."""
-        for session in list(self._sessions.values()):
-            await session.close_session(delete_subs=True)

@@ -24,7 +24,6 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from asyncua import ua
-from asyncua.common.connection import TransportLimits
 from asyncua.server.server import Server
 from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
@@ -62,31 +61,24 @@ from cellctl.service.opcua_sessions import ServiceLogins, ServiceServer, Service
 from cellctl.textvalue import show
 from cellctl.values import TagValue
 from drivers.config import url_host
+from drivers.opcua.server_limits import SERVER_LIMITS
+from drivers.opcua.server_transport import HardenedServer
 from drivers.opcua_types import VARIANT_TYPES, from_ua, ns0_node, status_code
 from drivers.points import Access
 
 log = logging.getLogger("cellctl.service.opcua")
 
 # -- limits: idle, slow and vanished clients must not grow memory without bound ---------------
+# The simulators keep to the same (drivers.opcua.server_limits has what each means).
 
-#: Client sessions at once (BadTooManySessions beyond), and TCP connections at once (refused).
-MAX_SESSIONS = 100
-MAX_CONNECTIONS = 100
-#: The longest session timeout a client may ask for: an idle or vanished client's session (and
-#: its subscriptions) is closed this long after its last request.
-MAX_SESSION_TIMEOUT_MS = 120_000.0
-#: A connection that has not activated a session this long after connecting is closed.
-ACTIVATION_TIMEOUT_S = 10.0
-#: Subscriptions in the whole server; notifications kept per subscription for a slow client;
-#: values queued per monitored item; lifetime and keep-alive counts a client may ask for.
-MAX_SUBSCRIPTIONS = 200
-MAX_UNACKED_MESSAGES = 100
-MAX_QUEUE_SIZE = 100
-MAX_LIFETIME_COUNT = 3_000
-MAX_KEEP_ALIVE_COUNT = 1_000
-#: The largest request or response (asyncua's default is 100 MB).
-MAX_MESSAGE_SIZE = 4 * 1024 * 1024
-_CHUNK = 65535
+#: The service's limits by name: sessions and connections at once, the longest session
+#: timeout, the activation timeout, subscriptions in all, the largest message.
+MAX_SESSIONS = SERVER_LIMITS.max_sessions
+MAX_CONNECTIONS = SERVER_LIMITS.max_connections
+MAX_SESSION_TIMEOUT_MS = SERVER_LIMITS.max_session_timeout_ms
+ACTIVATION_TIMEOUT_S = SERVER_LIMITS.activation_timeout_s
+MAX_SUBSCRIPTIONS = SERVER_LIMITS.max_subscriptions
+MAX_MESSAGE_SIZE = SERVER_LIMITS.max_message_size
 
 
 class SurfaceStartFailed(CellctlError):
@@ -159,7 +151,7 @@ class OpcuaSurface:
         self._security = security
         self._authenticate = authenticate
         self._cell = cell
-        self._server: Server | None = None
+        self._server: HardenedServer | None = None
         self._status_nodes: StatusNodes = {}
         self._shown: dict[str, object] = {}
         self._tag_nodes: TagNodes = {}
@@ -172,21 +164,14 @@ class OpcuaSurface:
 
     async def start(self, status: ServiceStatus, tags: Mapping[str, TagValue]) -> str:
         """Build the address space with these values and listen; returns the URL."""
-        iserver = ServiceServer(ServiceLogins(self._authenticate), MAX_SESSIONS)
-        _limit(iserver)
-        server = Server(iserver=iserver)
+        iserver = ServiceServer(ServiceLogins(self._authenticate), SERVER_LIMITS)
+        server = HardenedServer(iserver)
         await init_opcua_server(server)
         server.set_endpoint(self._endpoint)
         server.set_server_name(f"cellctl serve {self._cell.cell}")
         server.set_identity_tokens([ua.AnonymousIdentityToken, ua.UserNameIdentityToken])
         # asyncua's clock task makes stop() wait up to 1 s; run_clock ticks instead.
         server.disable_clock()
-        server.limits = TransportLimits(
-            max_recv_buffer=_CHUNK,
-            max_send_buffer=_CHUNK,
-            max_chunk_count=MAX_MESSAGE_SIZE // _CHUNK + 1,
-            max_message_size=MAX_MESSAGE_SIZE,
-        )
         await self._security.apply(server, self._untrusted)
         idx = await server.register_namespace(NAMESPACE)
         await self._build_packml(server, idx, status)
@@ -215,8 +200,6 @@ class OpcuaSurface:
         server, self._server = self._server, None
         if server is not None:
             await server.stop()
-            assert isinstance(server.iserver, ServiceServer)
-            await server.iserver.close_sessions()
 
     async def run_clock(self) -> None:
         """Keep the server's CurrentTime ticking once a second, until cancelled."""
@@ -282,7 +265,9 @@ class OpcuaSurface:
     def _handler(self, method: str, inputs: tuple[str, ...], action: Action) -> MethodHandler:
         """The asyncua handler of one method: (parent, *args) -> [Result] or a Bad status."""
 
-        async def handle(parent: ua.NodeId, *args: ua.Variant) -> list[ua.Variant] | ua.StatusCode:
+        async def handle(
+            parent: ua.NodeId, *args: ua.Variant
+        ) -> list[ua.Variant] | ua.StatusCode | ua.CallMethodResult:
             session = CURRENT_SESSION.get()
             if session is None:  # the server's own internal session: no caller to act for
                 return status_code(StatusCodes.BadUserAccessDenied)
@@ -290,7 +275,14 @@ class OpcuaSurface:
                 request = build_request(method, inputs, action, args)
             except BadCall as bad:
                 session.refuse(bad.reason)
-                return status_code(bad.status)
+                if bad.argument is None:
+                    return status_code(bad.status)
+                # Which argument is of the wrong type (OPC UA Part 4, 5.11.2.4).
+                results = [status_code(StatusCodes.Good)] * len(args)
+                results[bad.argument] = status_code(StatusCodes.BadTypeMismatch)
+                return ua.CallMethodResult(
+                    StatusCode=status_code(bad.status), InputArgumentResults=results
+                )
             answer = await self._submit(session, request, method)
             if isinstance(answer, Accepted):
                 return [ua.Variant(answer.result, ua.VariantType.String)]
@@ -343,15 +335,3 @@ class OpcuaSurface:
             session.refuse(answer.reason)
             return status_code(getattr(StatusCodes, STATUS_OF[answer.kind]))
         return answer
-
-
-def _limit(iserver: ServiceServer) -> None:
-    """asyncua's server-side limits (see the constants above)."""
-    iserver.max_connections = MAX_CONNECTIONS
-    iserver.max_session_timeout_ms = MAX_SESSION_TIMEOUT_MS
-    iserver.max_pending_activation_seconds = ACTIVATION_TIMEOUT_S
-    iserver.max_subscriptions = MAX_SUBSCRIPTIONS
-    iserver.max_unacked_messages_per_subscription = MAX_UNACKED_MESSAGES
-    iserver.max_monitored_item_queue_size = MAX_QUEUE_SIZE
-    iserver.max_lifetime_count = MAX_LIFETIME_COUNT
-    iserver.max_keep_alive_count = MAX_KEEP_ALIVE_COUNT

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from asyncua.ua.object_ids import ObjectIds
 
 from drivers.base import Value
 from drivers.config import url_host
+from drivers.opcua.server_limits import SERVER_LIMITS, LimitedServer, ServerLimits
+from drivers.opcua.server_transport import HardenedServer
 from drivers.opcua_types import datatype_node, from_ua, ns0_node, parse_node_id, to_variant
 from drivers.points import Access, MethodSpec, OpcuaPoint
 from drivers.sim.image import ProcessImage
@@ -44,6 +47,7 @@ class OpcuaSimServer:
         handlers: Mapping[str, MethodHandler] | None = None,
         cache_dir: Path | None = None,
         host: str = "127.0.0.1",
+        limits: ServerLimits = SERVER_LIMITS,
     ) -> None:
         url = urlparse(endpoint)
         if url.scheme != "opc.tcp":
@@ -54,6 +58,7 @@ class OpcuaSimServer:
         self._handlers = dict(handlers or {})
         self._cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
         self._host = host
+        self._limits = limits
         self._port = url.port or 0
         self._path = url.path or "/"
         self._node_ids = {
@@ -62,8 +67,8 @@ class OpcuaSimServer:
         self._tags_by_node: dict[ua.NodeId, list[str]] = {}
         for tag, node_id in self._node_ids.items():
             self._tags_by_node.setdefault(node_id, []).append(tag)
-        self._server: Server | None = None
-        self._prepared: Server | None = None
+        self._server: HardenedServer | None = None
+        self._prepared: HardenedServer | None = None
         self._clock: asyncio.Task[None] | None = None
 
     @property
@@ -84,7 +89,9 @@ class OpcuaSimServer:
             logger = logging.getLogger(name)
             if logger.level == logging.NOTSET:
                 logger.setLevel(logging.WARNING)
-        server = Server()
+        # The service's limits and hardened transport: a simulator meets the same hostile and
+        # vanishing clients (drivers.opcua.server_limits, drivers.opcua.server_transport).
+        server = HardenedServer(LimitedServer(self._limits))
         await init_with_cache(server, self._cache_dir)
         server.set_endpoint(self.endpoint)
         server.set_server_name(f"cellctl simulator {self._image.device}")
@@ -103,10 +110,18 @@ class OpcuaSimServer:
         await self.prepare()
         server, self._prepared = self._prepared, None
         assert server is not None
-        await server.start()
+        # The nodes hold the image as prepare() found it: what the model changed since was
+        # published to no server (a robot that ended its move while killed would stay busy).
+        # From here on publish() reaches this address space, also while the endpoint opens.
+        self._server = server
+        try:
+            await self.publish(self._image.device, self._image.snapshot())
+            await server.start()
+        except BaseException:
+            self._server = None
+            raise
         assert server.bserver is not None
         self._port = int(server.bserver.port)
-        self._server = server
         self._clock = asyncio.create_task(_run_clock(server))
         log.info("%s: OPC UA simulator listening on %s", self._image.device, self.endpoint)
 
@@ -217,9 +232,9 @@ class OpcuaSimServer:
                     value = from_ua(self._points[tag].datatype, raw)
                 except ValueError:
                     log.warning(
-                        "%s: client wrote %r to %s, not a value of its type",
+                        "%s: client wrote %s to %s, not a value of its type",
                         self._image.device,
-                        raw,
+                        reprlib.repr(raw),  # bounded: a client chooses its size
                         tag,
                     )
                     continue
