@@ -10,15 +10,21 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from pymodbus.constants import ExcCodes
-from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusBaseServer, ModbusSerialServer, ModbusTcpServer
+from pymodbus.server import ModbusBaseServer
 from pymodbus.simulator import SimAction, SimDevice
 
 from drivers.base import Value
 from drivers.config import url_host
 from drivers.points import ModbusTable
 from drivers.sim.image import ProcessImage
+from drivers.sim.modbus_protocol import (
+    IDLE_TIMEOUT,
+    MAX_CONNECTIONS,
+    StrictRtuServer,
+    StrictTcpServer,
+    check_bounds,
+)
 from drivers.sim.modbus_unit import ModbusUnit, table_of
 from drivers.sim.pty_bridge import PtyBridge
 
@@ -189,15 +195,26 @@ async def _shutdown(server: ModbusBaseServer) -> None:
 class ModbusSimServer(_ModbusSimBase):
     """A Modbus TCP gateway serving several unit ids, each with four tables.
 
-    It binds 127.0.0.1 unless the caller names another host (`cellctl sim --host`).
+    It binds 127.0.0.1 unless the caller names another host (`cellctl sim --host`). A client
+    that sends and is answered nothing for `idle_timeout` seconds is disconnected, and beyond
+    `max_connections` open ones a new connection is closed at once (modbus_protocol.py).
     """
 
     def __init__(
-        self, devices: dict[int, ProcessImage], host: str = "127.0.0.1", port: int = 0
+        self,
+        devices: dict[int, ProcessImage],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         super().__init__(devices)
+        check_bounds(idle_timeout, max_connections)
         self._host = host
         self._port = port
+        self._idle_timeout = idle_timeout
+        self._max_connections = max_connections
 
     @property
     def host(self) -> str:
@@ -215,11 +232,13 @@ class ModbusSimServer(_ModbusSimBase):
         return f"{url_host(self._host)}:{self._port}"
 
     def _create_server(self, devices: list[SimDevice]) -> ModbusBaseServer:
-        return ModbusTcpServer(
+        return StrictTcpServer(
             devices,
             address=(self._host, self._port),
             trace_pdu=self._trace_pdu,
             trace_connect=self._trace_connect,
+            idle_timeout=self._idle_timeout,
+            max_connections=self._max_connections,
         )
 
     def _after_start(self, server: ModbusBaseServer) -> None:
@@ -265,9 +284,8 @@ class ModbusRtuSimServer(_ModbusSimBase):
         temporary = f"{self._link}.{secrets.token_hex(4)}"
         os.symlink(self._bridge.client_path, temporary)
         os.replace(temporary, self._link)
-        return ModbusSerialServer(
+        return StrictRtuServer(
             devices,
-            framer=FramerType.RTU,
             port=self._bridge.device_path,
             baudrate=self._baudrate,
             trace_pdu=self._trace_pdu,
