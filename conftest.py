@@ -10,7 +10,8 @@ settings.load_profile("cellctl")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Add --cell and --allow-motion (used by hil_tests/). Here, in the root conftest, because
+    """Add --cell and --allow-motion (used by hil_tests/), --chaos-seeds and --chaos-seed
+    (hil_tests/test_chaos.py). Here, in the root conftest, because
     pytest learns options only from the conftests it loads before parsing the command line, and
     hil_tests/conftest.py is not among them when no path under it is named. Not in the testing
     kit's plugin: it loads wherever cellctl is installed, and these options are this project's
@@ -34,6 +35,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="with --cell: also run tests marked 'moves' (they write rw tags on real machines)",
+    )
+    chaos = parser.getgroup("cellctl chaos schedules (hil_tests/test_chaos.py)")
+    chaos.addoption(
+        "--chaos-seeds",
+        action="store",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N seeded fault schedules (seeds from 1) instead of the suite's fixed ones",
+    )
+    chaos.addoption(
+        "--chaos-seed",
+        action="store",
+        type=int,
+        default=None,
+        metavar="S",
+        help="run exactly the fault schedule of seed S (as a failure message names it)",
     )
 
 

@@ -11,11 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
+from cellctl import exitcodes
 from cellctl.cli import run
 from cellctl.cli.batch import RunOptions, prepare
+from cellctl.control.batch_record import close_record, hold_on_failure, start_record
+from cellctl.control.commands import Commands
 from cellctl.control.controller import Controller
 from cellctl.control.events import BatchEnded, Event, StateChanged
-from cellctl.control.machine import State
+from cellctl.control.journal.recorder import BatchRecorder
+from cellctl.control.journal.store import SqliteStore
+from cellctl.control.ledger import NO_LEDGER
+from cellctl.control.machine import Mode, State
 from cellctl.control.operator import Operator, ScriptedOperator
 from cellctl.io.drivers import build_drivers
 from cellctl.io.heartbeat import Heartbeat
@@ -59,6 +65,15 @@ class Harness:
     controller: Controller
     io: TagIO
     events: list[Event] = field(default_factory=list)
+    #: The batch's record, when controller_for was given a journal.
+    recorder: BatchRecorder | None = None
+    #: The command layer, as an operator's keys reach the controller (and the record hears).
+    commands: Commands = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.commands = Commands(self.controller)
+        if self.recorder is not None:
+            self.commands.heard.append(self.recorder.command)
 
     def of(self, kind: type[T]) -> list[T]:
         """The events of one kind, in order."""
@@ -76,10 +91,12 @@ async def controller_for(
     params: list[str] | None = None,
     answers: list[str] | None = None,
     operator: Callable[[ScriptedOperator], Operator] | None = None,
+    journal: Path | None = None,
 ) -> AsyncIterator[Harness]:
     """A Controller built as `cellctl run` builds it (non-interactive, prompts answered by
-    `answers`, "id=value" as --answer takes them; `operator` may wrap that scripted one),
-    opened; closed after."""
+    `answers`, "id=value" as --answer takes them; `operator` may wrap that scripted one;
+    with `journal`, the batch recorded there as `cellctl run --journal` records it), opened;
+    closed after (the record ended with the exit code of the state the batch is in)."""
     options = RunOptions(
         recipe=recipe, cell=cell_file, params=params or [], answers=answers or [], interactive=False
     )
@@ -87,16 +104,38 @@ async def controller_for(
     cell = prepared.loaded.cell
     io = TagIO(cell, build_drivers(cell, prepared.devices), prepared.tags)
     await io.connect()
+    recorder: BatchRecorder | None = None
+    made: list[Controller] = []
+
+    def journal_failed(reason: str) -> None:
+        # As `cellctl run`: the batch fails closed (Held with the safe state).
+        hold_on_failure(made[0] if made else None, recorder, reason)
+
     try:
         assert isinstance(prepared.operator, ScriptedOperator)  # non-interactive
+        if journal is not None:
+            recorder = start_record(
+                journal,
+                prepared.loaded,
+                prepared.parameters,
+                operator=None,
+                mode=Mode.PRODUCTION,
+                sim=False,
+                open_store=SqliteStore,
+                on_failure=journal_failed,
+            )
         controller = Controller(
             prepared.loaded,
             prepared.parameters,
             io,
             operator(prepared.operator) if operator else prepared.operator,
             comm_devices=prepared.devices,
+            ledger=NO_LEDGER if recorder is None else recorder,
         )
-        harness = Harness(controller, io)
+        made.append(controller)
+        harness = Harness(controller, io, recorder=recorder)
+        if recorder is not None:  # first: the record queues each event before it is shown
+            controller.listeners.append(recorder.event)
         controller.listeners.append(harness.events.append)
         # As `cellctl run` does: the devices' watchdogs see a live controller all along.
         async with Heartbeat(io, cell.heartbeat):
@@ -105,8 +144,15 @@ async def controller_for(
                 yield harness
             finally:
                 await controller.close()
+                if recorder is not None:
+                    await close_record(recorder, controller, _exit_code(controller.state), None)
     finally:
         await io.close()
+
+
+def _exit_code(state: State) -> int:
+    """The exit code `cellctl run` gives a batch that is in `state` (safe state confirmed)."""
+    return exitcodes.OK if state is State.COMPLETE else exitcodes.BATCH_NOT_COMPLETE
 
 
 def entered(events: list[Event], state: State) -> StateChanged:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -68,6 +69,9 @@ class PlantModel:
         self.clock = clock
         self._tags = bind_signals(self.model, self.signals, image, signal_map or {})
         self._watchdog: _Watchdog | None = None
+        #: What the machine did, by what (the model says: 'cycles_started', 'picks', ...):
+        #: its own witness, apart from any counter a client can read or write.
+        self.counts: Counter[str] = Counter()
 
     def get(self, signal: str) -> Value:
         """The current value of a signal."""

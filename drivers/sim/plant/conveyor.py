@@ -15,6 +15,7 @@ class Conveyor(PlantModel):
 
     Nothing tells the conveyor that the robot (another device) took the part, so a waiting
     part is taken after `PICK_DWELL` model seconds; the next one starts travelling then.
+    `counts`: parts_delivered to the station, parts_taken from it.
     """
 
     model: ClassVar[str] = "conveyor"
@@ -47,6 +48,7 @@ class Conveyor(PlantModel):
             if self._waited >= self.PICK_DWELL:
                 self.set("part_at_station", False)
                 self._waited = 0.0
+                self.counts["parts_taken"] += 1
             return
         speed = float(self.get("speed_rpm"))
         if not self.get("run") or speed <= 0 or self.get("fault"):
@@ -55,6 +57,7 @@ class Conveyor(PlantModel):
         if self._travel >= 1.0:
             self._travel = 0.0  # parts do not queue up behind one waiting at the station
             self.set("part_at_station", True)
+            self.counts["parts_delivered"] += 1
             # A 16-bit counter, wrapping like a device register.
             self.set("parts_delivered", (int(self.get("parts_delivered")) + 1) % 0x10000)
 

@@ -16,7 +16,7 @@ class Inspection(PlantModel):
 
     Measurements are pseudo-random but repeatable (seeded with SEED) and lie within half the
     tolerance of nominal; with the fault raised they lie outside the tolerance, so parts fail.
-    trigger false resets done (and abandons a measurement in progress).
+    trigger false resets done (and abandons a measurement in progress). `counts`: measures.
     """
 
     model: ClassVar[str] = "inspection"
@@ -69,6 +69,7 @@ class Inspection(PlantModel):
         else:
             offset = self.TOLERANCE_MM * self._random.uniform(-0.5, 0.5)
         value = self.NOMINAL_MM + offset
+        self.counts["measures"] += 1
         self.set("measured_mm", value)
         self.set("passed", abs(offset) <= self.TOLERANCE_MM)
         return value

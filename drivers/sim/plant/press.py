@@ -22,6 +22,8 @@ class _Phase(enum.Enum):
 class Press(PlantModel):
     """A press cycle: ramp over RAMP_TIME, hold for HOLD_TIME, then cycle_done and cycles+1.
 
+    `counts`: rising_edges of cycle_start seen, cycles_started, cycles_done.
+
     cycle_start false ends the cycle at any phase (done false, force 0); a fault ends it too,
     and the press then waits for the next rising edge of cycle_start.
     """
@@ -56,8 +58,11 @@ class Press(PlantModel):
         if not start or self.get("fault"):
             self._end_cycle()
             return
+        if rising:
+            self.counts["rising_edges"] += 1
         if rising and self._phase is _Phase.IDLE:
             self._phase = _Phase.RAMP
+            self.counts["cycles_started"] += 1
         target = self._target()
         if self._phase is _Phase.RAMP:
             force = float(self.get("force_kN")) + target / self.RAMP_TIME * dt
@@ -72,6 +77,7 @@ class Press(PlantModel):
             if self._held >= self.HOLD_TIME:
                 self._phase = _Phase.DONE
                 self.set("cycle_done", True)
+                self.counts["cycles_done"] += 1
                 self.set("cycles", (int(self.get("cycles")) + 1) % 0x1_0000_0000)
 
     def _target(self) -> float:

@@ -18,6 +18,8 @@ class Robot(PlantModel):
     ValueError (the OPC UA simulator answers BadInvalidArgument). With the gripper faulted
     (no vacuum, a jaw sensor that disagrees), Pick is refused while Place still moves, and
     the robot's fault bit stays off: the only sign is Pick's answer.
+
+    `counts`: pick_calls and place_calls answered, picks and places (moves) started.
     """
 
     model: ClassVar[str] = "robot"
@@ -47,8 +49,10 @@ class Robot(PlantModel):
         """
         if not 0 <= slot <= self.MAX_SLOT:
             raise ValueError(f"{self.image.device}: no slot {slot} (slots 0..{self.MAX_SLOT})")
+        self.counts["pick_calls" if pick else "place_calls"] += 1
         if self.get("fault") or self.get("busy") or (pick and self._gripper_fault):
             return False
+        self.counts["picks" if pick else "places"] += 1
         self._target = slot
         self._remaining = self.MOVE_TIME
         self.set("busy", True)
