@@ -4,6 +4,9 @@ the testing kit (cellctl.testing), and raw protocol clients that read what a dev
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -83,3 +86,30 @@ def edit_cell(source: Path, target: Path, device: str, **fields: object) -> None
         data["devices"][device][key] = value
     with target.open("w", encoding="utf-8") as out:
         yaml.dump(data, out)
+
+
+def run_child(
+    recipe: Path, cell: Path, parts: int, journal: Path, folder: Path
+) -> subprocess.Popen[str]:
+    """`cellctl run RECIPE --cell CELL -p parts=N --journal J` in a child process without a
+    terminal: stdout and stderr on one pipe, its log file in `folder`."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cellctl",
+            "run",
+            str(recipe),
+            "--cell",
+            str(cell),
+            "-p",
+            f"parts={parts}",
+            "--journal",
+            str(journal),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, CELLCTL_LOG_FILE=str(folder / "run.log")),
+    )

@@ -25,11 +25,8 @@ seeds 1..N, `--chaos-seed S` seed S alone.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -60,7 +57,7 @@ from hil_tests.chaos_support import (
     skipped,
     step_choices,
 )
-from hil_tests.run_support import DEMO_CELL, PRESS_FIT, opcua_value
+from hil_tests.run_support import DEMO_CELL, PRESS_FIT, opcua_value, run_child
 from hil_tests.support import with_room
 from hil_tests.test_run_faults import Lines
 
@@ -389,26 +386,7 @@ def kill_child(
     """Run the batch in a child, faults at its step starts, SIGKILL it at `kill_at`; the
     state it ended in if it ended first, else None (killed)."""
     assert schedule.kill_at is not None
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cellctl",
-            "run",
-            str(PRESS_FIT),
-            "--cell",
-            str(cell),
-            "-p",
-            f"parts={schedule.parts}",
-            "--journal",
-            str(journal),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dict(os.environ, CELLCTL_LOG_FILE=str(folder / "run.log")),
-    )
+    child = run_child(PRESS_FIT, cell, schedule.parts, journal, folder)
     out = Lines(child)
     try:
         seen = 0

@@ -20,11 +20,8 @@ A handful of points run in the default suite; all of them (>= 50) in the extende
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import struct
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +31,7 @@ import pytest
 
 from cellctl.testing import Served, cli, serve, wait_until
 from drivers.sim.faultproxy import FaultProxy, RequestAction
-from hil_tests.run_support import edit_cell
+from hil_tests.run_support import edit_cell, run_child
 from hil_tests.test_run_faults import Lines, target_of
 
 CELLS = Path(__file__).parent / "cells" / "crash"
@@ -183,26 +180,7 @@ def crash_at(
     hold = {"hold": RequestAction.HOLD, "answer": RequestAction.HOLD_ANSWER}.get(point.how)
     witness = Witness(hold, point.nth)
     press.on_loop(lambda: proxy.watch_requests(witness))
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cellctl",
-            "run",
-            str(CELLS / "crash.yaml"),
-            "--cell",
-            str(cell),
-            "-p",
-            f"parts={PARTS}",
-            "--journal",
-            str(journal),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=dict(os.environ, CELLCTL_LOG_FILE=str(folder / "run.log")),
-    )
+    child = run_child(CELLS / "crash.yaml", cell, PARTS, journal, folder)
     out = Lines(child)
     try:
         if hold is not None:
