@@ -51,6 +51,8 @@ def parse(text: str, datatype: DataType, *, expects: str | None = None) -> Value
     caller checks min/max. A float32 keeps the decimal typed: the device rounds it on write.
     """
     if datatype is DataType.STRING:
+        if not text.isascii():
+            _check_unicode(text)
         return text
     wanted = expects or describe(datatype)
     stripped = text.strip(_BLANK)
@@ -90,6 +92,18 @@ def show(value: Value, datatype: DataType) -> str:
             return repr(shortest_float32(number))
         return repr(number)
     return str(value)
+
+
+def _check_unicode(text: str) -> None:
+    """BadValue for a text with a lone surrogate: Python's reading of bytes that are not UTF-8
+    (an argument typed in a terminal set to Latin-1), which no device, journal or file holds."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadValue(
+            f"{quote(text)} is not UTF-8 text: character {err.start + 1} is a byte the terminal "
+            "sent that is not UTF-8 (set its encoding to UTF-8)"
+        ) from None
 
 
 def _hint(text: str) -> str:

@@ -59,6 +59,8 @@ def check_value(datatype: DataType, value: Value) -> Value:
     if datatype is DataType.STRING:
         if not isinstance(value, str):
             raise WriteRejected(f"value {value!r} is not a string ({_kind(value)})")
+        if not value.isascii():
+            _check_encodable(value)
         return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise WriteRejected(f"value {value!r} is not a number for {datatype.value}")
@@ -78,6 +80,18 @@ def check_value(datatype: DataType, value: Value) -> Value:
     if not low <= value <= high:
         raise WriteRejected(f"value {value} out of range for {datatype.value} ({low}..{high})")
     return value
+
+
+def _check_encodable(text: str) -> None:
+    """WriteRejected for a text no device can hold: a lone surrogate, which is what Python
+    makes of bytes that are not UTF-8 (a shell argument, a JSON escape such as \\udcff)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise WriteRejected(
+            f"string {text!r} is not valid text: character {err.start + 1} cannot be stored "
+            "as UTF-8 (it was read from bytes that were not UTF-8)"
+        ) from None
 
 
 def check_write(where: str, point: Point, value: Value, *, read_only: str) -> Value:
