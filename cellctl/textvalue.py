@@ -52,7 +52,7 @@ def parse(text: str, datatype: DataType, *, expects: str | None = None) -> Value
     """
     if datatype is DataType.STRING:
         if not text.isascii():
-            _check_unicode(text)
+            check_utf8(text)
         return text
     wanted = expects or describe(datatype)
     stripped = text.strip(_BLANK)
@@ -94,15 +94,17 @@ def show(value: Value, datatype: DataType) -> str:
     return str(value)
 
 
-def _check_unicode(text: str) -> None:
+def check_utf8(text: str, what: str = "") -> None:
     """BadValue for a text with a lone surrogate: Python's reading of bytes that are not UTF-8
-    (an argument typed in a terminal set to Latin-1), which no device, journal or file holds."""
+    (an argument typed in a terminal set to Latin-1), which no device, journal or file holds.
+    `what` (an option's name) starts the message."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         raise BadValue(
-            f"{quote(text)} is not UTF-8 text: character {err.start + 1} is a byte the terminal "
-            "sent that is not UTF-8 (set its encoding to UTF-8)"
+            f"{what + ' ' if what else ''}{quote(text)} is not UTF-8 text: character "
+            f"{err.start + 1} is a byte the terminal sent that is not UTF-8 (set its encoding "
+            "to UTF-8)"
         ) from None
 
 

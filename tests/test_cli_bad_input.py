@@ -58,6 +58,7 @@ CASES: dict[str, list[Case]] = {
         (["run", "{recipe}", "--cell", "{folder}"], 1, "{folder}:1:1: " + _READ),
         (["run", "{png}", "--cell", "{cell}"], 1, "{png}:1:1: " + _NOT_UTF8),
         (["run", "{ghost}", "--cell", "{cell}"], 1, "plc.ghost"),
+        (["run", "{recipe}", "--cell", "{cell}", "--operator", "b\udcff"], 1, "--operator 'b"),
         (["run", "{recipe}", "--cell", "{cell}", "-p", "parts=99"], 1, "99 is out of range"),
         (["run", "{recipe}", "--cell", "{cell}", "--speed", "0"], 1, "'--speed'"),
         (["run", "{recipe}", "--cell", "{cell}", "--break", "nosuch"], 1, "no step 'nosuch'"),
@@ -73,6 +74,8 @@ CASES: dict[str, list[Case]] = {
         (["write", "--cell", "{cell}", "plc.ghost=1"], 1, "'plc.ghost'"),
         (["write", "--cell", "{cell}", "plc.x=1000"], 1, "plc.x on device plc: 1000 is above"),
         (["write", "--cell", "{cell}", "plc.run=maybe"], 1, "plc.run on device plc: expects"),
+        (["write", "--cell", "{cell}", "--operator", "b\udcff", "plc.x=1"], 1, "not UTF-8 text"),
+        (["write", "--cell", "{cell}", "--operator", " ", "plc.x=1"], 1, "--operator: give a name"),
     ],
     "check": [
         (["check", "{missing}"], 1, "{missing}:1:1: " + _READ),

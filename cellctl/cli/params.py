@@ -104,6 +104,24 @@ ParamOption = Annotated[
     typer.Option("--param", "-p", metavar="NAME=VALUE", help="a recipe parameter (repeatable)"),
 ]
 
+
+def _operator_name(name: str | None) -> str | None:
+    """--operator as given; bad input when it is empty or not UTF-8 text (it is recorded)."""
+    if name is None:
+        return None
+    from cellctl.textvalue import check_utf8
+
+    if not name.strip():
+        raise BadValue("--operator: give a name (it is recorded with every action)")
+    check_utf8(name, "--operator")
+    return name
+
+
+def operator_option(help: str) -> Any:
+    """--operator NAME (recorded), checked as bad input before anything runs."""
+    return typer.Option("--operator", help=help, callback=_operator_name)
+
+
 #: --safe-wait: how long a run waits for its safe state to be confirmed.
 DEFAULT_SAFE_WAIT = "5m"
 SafeWaitOption = Annotated[

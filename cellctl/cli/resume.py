@@ -12,7 +12,13 @@ from cellctl import exitcodes
 from cellctl.cli import consoles
 from cellctl.cli.app import app
 from cellctl.cli.audit import JournalOption
-from cellctl.cli.params import DEFAULT_SAFE_WAIT, SafeWaitOption, safe_wait_seconds, speed_option
+from cellctl.cli.params import (
+    DEFAULT_SAFE_WAIT,
+    SafeWaitOption,
+    operator_option,
+    safe_wait_seconds,
+    speed_option,
+)
 
 #: What `--choice` may say: Unhold's answer to the step in progress, or the end of the batch.
 CHOICES = ("retry", "skip", "continue", "abort")
@@ -39,9 +45,7 @@ def resume_batch(
         list[str] | None,
         typer.Option("--answer", metavar="ID=VALUE", help="answer a prompt (repeatable)"),
     ] = None,
-    operator: Annotated[
-        str | None, typer.Option("--operator", help="who takes the batch up (recorded)")
-    ] = None,
+    operator: Annotated[str | None, operator_option("who takes the batch up (recorded)")] = None,
     choice: Annotated[
         str | None,
         typer.Option(

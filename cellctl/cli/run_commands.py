@@ -19,6 +19,7 @@ from cellctl.cli.params import (
     RecipeArgument,
     RecipeCellOption,
     SafeWaitOption,
+    operator_option,
     safe_wait_seconds,
     speed_option,
 )
@@ -76,9 +77,7 @@ def run_recipe(
         list[str] | None,
         typer.Option("--answer", metavar="ID=VALUE", help="answer a prompt (repeatable)"),
     ] = None,
-    operator: Annotated[
-        str | None, typer.Option("--operator", help="who runs the batch (recorded)")
-    ] = None,
+    operator: Annotated[str | None, operator_option("who runs the batch (recorded)")] = None,
     safe_wait: SafeWaitOption = DEFAULT_SAFE_WAIT,
     journal: JournalOption = None,
 ) -> None:

@@ -11,7 +11,7 @@ from cellctl import exitcodes
 from cellctl.cli import consoles
 from cellctl.cli.app import app
 from cellctl.cli.audit import JournalOption
-from cellctl.cli.params import CellOption
+from cellctl.cli.params import CellOption, operator_option
 
 # The cell model, the drivers and the views load when a command runs, not for every command.
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def write(
         bool, typer.Option("--yes", "-y", help="write to non-loopback endpoints without asking")
     ] = False,
     operator: Annotated[
-        str | None, typer.Option("--operator", help="who writes (recorded; default: your login)")
+        str | None, operator_option("who writes (recorded; default: your login)")
     ] = None,
     journal: JournalOption = None,
 ) -> None:
