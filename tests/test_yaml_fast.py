@@ -177,13 +177,17 @@ def test_what_the_fast_path_does_not_take_is_left_to_the_round_trip_parser(text:
     _agree(text)
 
 
-@pytest.mark.timeout(180)  # a 200,000-item document through ruamel: slow on a loaded machine
 def test_a_document_past_the_node_limit_is_left_to_the_round_trip_parser() -> None:
     text = "a: [" + ", ".join(["1"] * 10) + "]\n"
     # The mapping, its key, the list and its 10 items: as many nodes as the round-trip
     # loader counts (cellctl.yamlload._refuse_bombs).
     assert fast_data(text, 13, MAX_NUMBER_CHARS) is not None
     assert fast_data(text, 12, MAX_NUMBER_CHARS) is None
+
+
+@pytest.mark.extended  # 10-20 s: the default suite keeps the limit's check above
+@pytest.mark.timeout(180)  # a 200,000-item document through ruamel: slow on a loaded machine
+def test_a_document_past_the_node_limit_is_refused_by_the_round_trip_parser() -> None:
     many = "a: [" + ",".join(["1"] * MAX_NODES) + "]\n"
     assert fast_data(many, MAX_NODES, MAX_NUMBER_CHARS) is None
     # Left to the round-trip parser, which refuses it as past the limit: parsed once (the
