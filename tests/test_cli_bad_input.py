@@ -152,10 +152,20 @@ CASES: dict[str, list[Case]] = {
     "certs list": [(["certs", "list", "--dir", "{missing}"], 1, "--dir {missing}: not a folder")],
     "status": _remote("status"),
     "watch": _remote("watch"),
-    "cmd": [*_remote("cmd", "reset"), (["cmd", "jump"], 1, "'jump'")],
+    "cmd": [
+        *_remote("cmd", "reset"),
+        (["cmd", "jump"], 1, "'jump'"),
+        # PackML's own spelling is a command too: it goes as far as the closed port.
+        (["cmd", "Start", "--server", "{closed}"], 2, "{closed}: " + _REFUSED),
+        (["cmd", "UNHOLD", "--choice", "Skip", "--server", "{closed}"], 2, _REFUSED),
+    ],
     "load": [*_remote("load", "press-fit"), (["load", "r", "-p", "parts"], 1, "-p 'parts'")],
     "mode": [*_remote("mode", "manual"), (["mode", "fast"], 1, "mode 'fast': write")],
-    "step": [*_remote("step", "run"), (["step", "jump"], 1, "'jump'")],
+    "step": [
+        *_remote("step", "run"),
+        (["step", "jump"], 1, "'jump'"),
+        (["step", "Run", "--server", "{closed}"], 2, _REFUSED),
+    ],
     "break add": _remote("break", "add", "press"),
     "break rm": _remote("break", "rm", "press"),
     "answer": _remote("answer", "press", "ok"),

@@ -58,10 +58,14 @@ class StepChoice(enum.StrEnum):
 
 @app.command("cmd")
 def cmd(
-    command: Annotated[CommandName, typer.Argument(help="the PackML command")],
+    command: Annotated[
+        CommandName, typer.Argument(help="the PackML command", case_sensitive=False)
+    ],
     choice: Annotated[
         UnholdChoice | None,
-        typer.Option("--choice", help="unhold only: retry or skip the step that failed"),
+        typer.Option(
+            "--choice", help="unhold only: retry or skip the step that failed", case_sensitive=False
+        ),
     ] = None,
     server: ServerOption = None,
     user: UserOption = None,
@@ -112,7 +116,8 @@ def mode(
 @app.command()
 def step(
     choice: Annotated[
-        StepChoice, typer.Argument(help="what to do with the step paused before")
+        StepChoice,
+        typer.Argument(help="what to do with the step paused before", case_sensitive=False),
     ] = StepChoice.RUN,
     server: ServerOption = None,
     user: UserOption = None,
