@@ -634,9 +634,21 @@ async def cpu_share(sim: Sim, seconds: float) -> float:
     return (sim.cpu() - cpu) / (time.monotonic() - wall)
 
 
+def established(port: int) -> int:
+    """TCP connections established to 127.0.0.1:`port`, as the kernel lists them (both ends)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    local = f"0100007F:{port:04X}"
+    return sum(1 for line in lines if line.split()[1] == local and line.split()[3] == "01")
+
+
 async def abandoned_sessions_cost_little_and_are_reclaimed(sim: Sim, count: int) -> None:
     """The check of the abandoned-sessions tests: `count` fill every session place."""
     await abandon(sim.server.endpoint, SPEED.node_id, count)
+    # What the server does once, as the killed client's sockets close, is not what the
+    # sessions cost while they wait: measure after the server has closed its ends.
+    await wait_until(
+        lambda: established(sim.server.port) == 0, with_room(2.0), "the sockets closed"
+    )
     share = await cpu_share(sim, WINDOW)
     allowed = CPU_SHARE_BASE + CPU_SHARE_PER_SESSION * count
     assert share < allowed, f"{count} abandoned sessions cost {share:.0%} of a core"
@@ -660,7 +672,8 @@ async def test_abandoned_sessions_cost_little_and_are_reclaimed(short_sim: Sim) 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_two_hundred_abandoned_sessions_cost_little_and_are_reclaimed() -> None:
     sim = start_sim(
-        ServerLimits(max_sessions=200, max_connections=201, max_session_timeout_ms=5_000.0)
+        # Sessions outlive the 200 sessions' opening on a loaded machine and the measurement.
+        ServerLimits(max_sessions=200, max_connections=201, max_session_timeout_ms=15_000.0)
     )
     try:
         await abandoned_sessions_cost_little_and_are_reclaimed(sim, 200)

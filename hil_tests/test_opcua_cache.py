@@ -80,6 +80,7 @@ async def child_simulator(xdg: Path) -> AsyncIterator[asyncio.subprocess.Process
                 await child.wait()
 
 
+@pytest.mark.extended  # 8-10 s of cache builds: the default suite keeps the cache's load
 @pytest.mark.asyncio
 async def test_two_simulators_starting_at_once_on_an_empty_cache_both_serve(
     tmp_path: Path,
@@ -131,6 +132,7 @@ def half_written(shelf: Path) -> None:
     Path(f"{shelf}.dat").write_bytes(bytes(16))
 
 
+@pytest.mark.extended  # 8 s: a killed build
 @pytest.mark.asyncio
 async def test_a_half_written_cache_of_a_killed_build_is_never_used_and_is_removed(
     tmp_path: Path,

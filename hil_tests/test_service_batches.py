@@ -310,6 +310,7 @@ async def plain_batches(url: str) -> tuple[str, str]:
     return first, second
 
 
+@pytest.mark.extended  # 11 s: the remote CLI test drives the same two batches
 def test_two_batches_driven_by_a_plain_asyncua_client(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
