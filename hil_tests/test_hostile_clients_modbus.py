@@ -434,9 +434,14 @@ async def check_connection_flood(
                 # Two round trips of the bystander: the loop has accepted the last of them and
                 # closed those beyond the cap (a transport's socket closes a turn later).
                 await good.more(2)
-                held = server_sockets(server.port)
-                assert held <= cap, f"{held} connections held, the cap is {cap}"
                 assert server.connections <= cap
+                # A connection refused at the cap is accepted, then aborted: its socket closes a
+                # loop turn later, and under a 10,000-connect burst a few may still be closing.
+                await wait_until(
+                    lambda: server_sockets(server.port) <= cap,
+                    with_room(0.5),
+                    f"at most the cap ({cap}) of sockets held",
+                )
                 peak.append(rss_kib())
                 await wait_until(
                     lambda: server.connections == 1, with_room(idle_timeout), "idle ones closed"
