@@ -233,6 +233,7 @@ def _free_port_v6() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.extended  # 10 s: `cellctl sim` on [::1]; the default suite serves 127.0.0.1
 def test_sim_serves_ipv6_loopback_with_bracketed_endpoints(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

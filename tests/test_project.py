@@ -68,7 +68,11 @@ def test_pytest_cell_file_from_the_root_as_the_issue_writes_it() -> None:
     assert "test_project.py::" in done.stdout
 
 
-@pytest.mark.parametrize(("cell", "workers"), [(True, False), (False, True)])
+@pytest.mark.parametrize(
+    ("cell", "workers"),
+    # Without --cell on two workers: 10 s of a second pytest, in the extended tier.
+    [(True, False), pytest.param(False, True, marks=pytest.mark.extended)],
+)
 def test_tests_of_real_machines_run_one_at_a_time(
     tmp_path: Path, cell: bool, workers: bool
 ) -> None:
