@@ -57,9 +57,9 @@ def user_repository(folder: Path, test: str, completes: bool) -> None:
     (folder / "test_cell.py").write_text(test, encoding="utf-8")
 
 
-#: The variants the extended tier runs (each is a whole pytest run with simulators, 5–10 s):
-#: the default suite keeps one that completes and one that fails before any simulator starts.
-EXTENDED_VARIANTS = {"does-not-complete", "option", "setting"}
+#: The variants the extended tier runs (each is a whole pytest run, 5–10 s): the default suite
+#: keeps the one that completes.
+EXTENDED_VARIANTS = {"does-not-complete", "option", "setting", "no-cell"}
 
 
 @pytest.mark.parametrize(
