@@ -121,6 +121,13 @@ async def connect_with_backoff(
             return
         except (TimeoutError, DriverError, OSError) as err:
             last = err
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # ours: the caller gives up
+            # A library's own: asyncua's wait_for can end a timed-out request with a bare
+            # CancelledError under load. Nobody cancelled this task: a failed try, not an end.
+            last = DriverError(f"the connection attempt to {endpoint} was cut short")
         remaining = end - loop.time()
         if remaining <= 0:
             raise ConnectFailed.about(

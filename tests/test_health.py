@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 
 import pytest
 
 from drivers.base import Health, HealthState
-from drivers.health import Backoff, HealthTracker
+from drivers.health import Backoff, HealthTracker, connect_with_backoff
 
 
 def test_listeners_hear_each_transition_once() -> None:
@@ -86,3 +87,39 @@ def test_backoff_is_equal_jitter_as_documented_and_stays_at_its_cap() -> None:
         assert min(delays) < 0.55 * ceiling and max(delays) > 0.95 * ceiling
     assert all(2.5 <= d <= 5.0 for d in long_run[-2000:])
     assert 0.025 <= after_reset <= 0.05
+
+
+@pytest.mark.asyncio
+async def test_a_library_s_own_cancellation_is_a_failed_try_not_the_end() -> None:
+    tries: list[str | None] = []
+
+    async def attempt() -> None:
+        if len(tries) == 1:  # asyncua's wait_for, timed out under load, raises a bare one
+            raise asyncio.CancelledError
+
+    await connect_with_backoff(
+        attempt,
+        device="arm",
+        endpoint="opc.tcp://127.0.0.1:1",
+        deadline=5.0,
+        backoff=Backoff(first=0.001),
+        on_try=lambda number, why: tries.append(why),
+    )
+    assert tries == [None, "the connection attempt to opc.tcp://127.0.0.1:1 was cut short"]
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_connect_still_ends_it() -> None:
+    started = asyncio.Event()
+
+    async def attempt() -> None:
+        started.set()
+        await asyncio.Event().wait()  # a try that hangs until cancelled
+
+    task = asyncio.ensure_future(
+        connect_with_backoff(attempt, device="arm", endpoint="opc.tcp://127.0.0.1:1", deadline=5)
+    )
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
